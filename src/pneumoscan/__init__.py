@@ -1,0 +1,27 @@
+"""pneumoscan: pneumonia detection on chest X-rays. NOT a medical device; not for diagnosis.
+
+>>> import pneumoscan
+>>> model = pneumoscan.load("runs/latest")          # a run folder, .safetensors, .ckpt or .onnx
+>>> model.predict(["chest.jpeg"])[0].probability
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pneumoscan.provenance import DISCLAIMER
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from pneumoscan.inference import Classifier
+
+
+def load(path, device: str | None = None) -> Classifier:
+    """Load a trained model for prediction (see :func:`pneumoscan.inference.load`)."""
+    from pneumoscan.inference import load as _load
+
+    return _load(path, device=device)
+
+
+__all__ = ["DISCLAIMER", "__version__", "load"]

@@ -1,0 +1,5 @@
+import sys
+
+from pneumoscan.cli import main
+
+sys.exit(main())

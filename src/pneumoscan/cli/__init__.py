@@ -1,0 +1,76 @@
+"""The ``pneumoscan`` command: thin argument parsing over the Python API, one module per command group.
+
+Each module has ``register(subparsers)``, which adds its sub-commands and sets ``func`` on them; the
+function takes the parsed arguments and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pneumoscan import __version__
+from pneumoscan.errors import PneumoscanError
+from pneumoscan.provenance import DISCLAIMER
+
+EXAMPLES = """\
+examples:
+  pneumoscan data inspect ../shared/data/chest_xray     # counts, leakage check, plots
+  pneumoscan train                                      # default recipe on the default data
+  pneumoscan evaluate runs/latest --data ROOT --split test
+  pneumoscan predict runs/latest chest.jpeg scans/
+  pneumoscan explain runs/latest chest.jpeg
+  pneumoscan export runs/latest --format onnx
+  pneumoscan serve runs/latest/export/model.onnx
+
+""" + DISCLAIMER
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the examples' line breaks and shows defaults."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pneumoscan.cli import data, evaluate, infer, serve, train
+
+    parser = argparse.ArgumentParser(
+        prog="pneumoscan",
+        description="Pneumonia detection on chest X-rays: data, training, evaluation, explanation, export, serving.",
+        epilog=EXAMPLES,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"pneumoscan {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for module in (data, train, evaluate, infer, serve):
+        module.register(subparsers)
+    return parser
+
+
+def add_command(subparsers, name: str, help: str, example: str, func) -> argparse.ArgumentParser:
+    """Add a sub-command whose ``--help`` ends with a usage example."""
+    command = subparsers.add_parser(
+        name, help=help, description=help, epilog=f"example:\n  {example}", formatter_class=HelpFormatter
+    )
+    command.set_defaults(func=func)
+    return command
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except PneumoscanError as exc:
+        print(f"pneumoscan: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pneumoscan: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Decode any supported radiograph (JPEG, PNG, DICOM, ...) into one 8-bit grayscale array.
+
+Everything that reads pixels (the cache, prediction, the server) goes through :func:`read_image`, so a
+file is decoded the same way for training and for inference.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from pneumoscan.errors import ImageReadError
+
+Fit = Literal["pad", "crop", "stretch"]
+FITS: tuple[str, ...] = ("pad", "crop", "stretch")
+
+# Real radiographs are at most ~4,300 px a side (18 Mpx); anything far beyond is a decompression bomb.
+MAX_PIXELS = int(os.environ.get("PNEUMOSCAN_MAX_PIXELS", 64_000_000))
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".webp"})
+
+# A truncated JPEG must be an error, not a silently grey bottom half.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+# We check the pixel count ourselves (with a clearer message); PIL's own check stays as a backstop.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header says, read without decoding the pixels."""
+
+    width: int
+    height: int
+    mode: str  # PIL mode, or "DICOM:<photometric interpretation>"
+    format: str  # "JPEG", "PNG", "DICOM", ...
+
+
+def is_dicom(head: bytes) -> bool:
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+def read_image(
+    source: str | os.PathLike | bytes,
+    size: int | None = None,
+    fit: Fit = "pad",
+    *,
+    name: str | None = None,
+) -> np.ndarray:
+    """Decode ``source`` (a path or the file's bytes) to a ``uint8`` array of shape (H, W).
+
+    With ``size``, the image is resized to ``size`` x ``size`` keeping its aspect ratio: ``pad`` fits the
+    whole image and pads with black, ``crop`` fills the square and centre-crops, ``stretch`` ignores the
+    aspect ratio (how the public 224 px copies of the Kermany data were made).
+
+    Raises :class:`ImageReadError` naming the file and the reason for anything that cannot be decoded.
+    """
+    label = name or (str(source) if not isinstance(source, bytes) else "<upload>")
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
+    data = _read_bytes(source, label)
+    if not data:
+        raise ImageReadError(f"{label}: empty file (0 bytes)")
+    if is_dicom(data):
+        pixels = _decode_dicom(data, label)
+        image = Image.fromarray(pixels, mode="L")
+    else:
+        image = _decode_pil(data, label, size)
+    if size is not None:
+        image = resize(image, size, fit)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def probe_image(source: str | os.PathLike | bytes, *, name: str | None = None) -> ImageInfo:
+    """Read only the header: size, mode and format. Raises :class:`ImageReadError` when unreadable."""
+    label = name or (str(source) if not isinstance(source, bytes) else "<upload>")
+    data = _read_bytes(source, label)
+    if not data:
+        raise ImageReadError(f"{label}: empty file (0 bytes)")
+    if is_dicom(data):
+        ds = _dcmread(data, label, stop_before_pixels=True)
+        return ImageInfo(int(ds.get("Columns", 0)), int(ds.get("Rows", 0)),
+                         f"DICOM:{ds.get('PhotometricInterpretation', '?')}", "DICOM")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return ImageInfo(im.width, im.height, im.mode, im.format or "?")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"{label}: not a readable image ({_reason(exc)})") from None
+
+
+def resize(image: Image.Image, size: int, fit: Fit = "pad") -> Image.Image:
+    """Resize a grayscale PIL image to ``size`` x ``size`` (see :func:`read_image` for ``fit``)."""
+    width, height = image.size
+    if fit == "stretch":
+        return image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    scale = size / max(width, height) if fit == "pad" else size / min(width, height)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    scaled = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    if fit == "pad":
+        canvas = Image.new("L", (size, size), 0)
+        canvas.paste(scaled, ((size - new_w) // 2, (size - new_h) // 2))
+        return canvas
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return scaled.crop((left, top, left + size, top + size))
+
+
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Scale any-depth pixel values to 0..255 by their own range (12/16-bit and float images)."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    values = pixels.astype(np.float32)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(values.shape, np.uint8)
+    low, high = float(values[finite].min()), float(values[finite].max())
+    values = np.where(finite, values, low)
+    if high <= low:
+        return np.zeros(values.shape, np.uint8)
+    return np.clip((values - low) * (255.0 / (high - low)) + 0.5, 0, 255).astype(np.uint8)
+
+
+def _read_bytes(source: str | os.PathLike | bytes, label: str) -> bytes:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source)
+    path = Path(source)
+    try:
+        if path.is_dir():
+            raise ImageReadError(f"{label}: is a folder, not an image file")
+        return path.read_bytes()
+    except ImageReadError:
+        raise
+    except OSError as exc:
+        raise ImageReadError(f"{label}: cannot read file ({_reason(exc)})") from None
+
+
+def _decode_pil(data: bytes, label: str, size: int | None) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            _check_pixels(image.width, image.height, label)
+            if size is not None and image.format == "JPEG":
+                # Decoding a JPEG at 1/2, 1/4 or 1/8 scale is several times faster and loses
+                # nothing once we shrink it to `size` anyway.
+                image.draft("L", (size, size))
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_grayscale(image)
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageReadError(f"{label}: refused as a decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{label}: not an image (unknown or unsupported format)") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageReadError(f"{label}: corrupt or truncated image ({_reason(exc)})") from None
+
+
+def _to_grayscale(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode == "L":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return Image.fromarray(to_uint8(np.asarray(image)), mode="L")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        # Transparent regions become black, the colour of the background around a radiograph.
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(canvas, rgba).convert("L")
+    if mode == "CMYK":
+        return image.convert("RGB").convert("L")
+    return image.convert("L")
+
+
+def _dcmread(data: bytes, label: str, stop_before_pixels: bool = False):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
+    except (InvalidDicomError, OSError, ValueError, KeyError, EOFError, AttributeError) as exc:
+        raise ImageReadError(f"{label}: corrupt DICOM ({_reason(exc)})") from None
+
+
+def _decode_dicom(data: bytes, label: str) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    ds = _dcmread(data, label)
+    if "PixelData" not in ds:
+        raise ImageReadError(f"{label}: DICOM has no pixel data (a report or structured document?)")
+    _check_pixels(int(ds.get("Columns", 0)), int(ds.get("Rows", 0)), label)
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # pydicom raises many types for unsupported transfer syntaxes
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+        raise ImageReadError(
+            f"{label}: cannot decode DICOM pixel data (transfer syntax {syntax}: {_reason(exc)}); "
+            "compressed DICOMs may need 'pip install pylibjpeg pylibjpeg-libjpeg'"
+        ) from None
+    if pixels.ndim == 3 and int(ds.get("SamplesPerPixel", 1)) == 1:
+        pixels = pixels[0]  # multi-frame: the first frame
+    if pixels.ndim == 3:  # RGB DICOM (secondary capture)
+        return np.asarray(Image.fromarray(to_uint8(pixels)).convert("L"))
+    try:
+        values = apply_modality_lut(pixels, ds)  # rescale slope / intercept
+        if "WindowCenter" in ds or "VOILUTSequence" in ds:
+            values = apply_voi_lut(values, ds, index=0)
+    except Exception as exc:
+        raise ImageReadError(f"{label}: invalid DICOM value transforms ({_reason(exc)})") from None
+    image = to_uint8(np.asarray(values))
+    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+        image = 255 - image  # MONOCHROME1 stores bright as low values
+    return image
+
+
+def _check_pixels(width: int, height: int, label: str) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageReadError(f"{label}: image has no pixels ({width}x{height})")
+    if width * height > MAX_PIXELS:
+        raise ImageReadError(
+            f"{label}: refused as a decompression bomb: {width}x{height} = {width * height:,} pixels is over "
+            f"the limit of {MAX_PIXELS:,} (set PNEUMOSCAN_MAX_PIXELS to raise it)"
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]

@@ -1,0 +1,38 @@
+"""Patient-level, class-stratified train/validation split: no patient is ever in two splits."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+from pneumoscan.data.records import Sample
+
+
+def split_by_patient(samples: list[Sample], val_fraction: float = 0.1, seed: int = 0) -> list[Sample]:
+    """Return ``samples`` with ``split`` set to ``train`` or ``val`` for every non-test sample.
+
+    The pool is every sample not marked ``test`` (the official 16-image ``val`` of the Kermany
+    release joins it: too small to select models on). Patients are shuffled per class with ``seed``
+    and ``val_fraction`` of each class's patients go to validation. A patient's class is pneumonia
+    if any of their images is. Patients that also appear in the test split are dropped from the pool,
+    so that the test split stays unseen even when the source itself leaks.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be between 0 and 1, not {val_fraction}")
+    test_patients = {s.patient_id for s in samples if s.split == "test"}
+    pool = [s for s in samples if s.split != "test" and s.patient_id not in test_patients]
+    patient_label: dict[str, int] = defaultdict(int)
+    for s in pool:
+        patient_label[s.patient_id] = max(patient_label[s.patient_id], int(s.label or 0))
+    rng = random.Random(seed)
+    val_patients: set[str] = set()
+    for label in sorted(set(patient_label.values())):
+        patients = sorted(p for p, lab in patient_label.items() if lab == label)
+        rng.shuffle(patients)
+        n_val = round(len(patients) * val_fraction)
+        if len(patients) >= 2:
+            n_val = min(max(n_val, 1), len(patients) - 1)
+        val_patients.update(patients[:n_val])
+    result = [s.with_split("val" if s.patient_id in val_patients else "train") for s in pool]
+    result += [s for s in samples if s.split == "test"]
+    return result

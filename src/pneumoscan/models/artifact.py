@@ -1,0 +1,148 @@
+"""Save and load trained models as safetensors with their metadata: never a pickle.
+
+A model file is ``model.safetensors``: the weights, and in the safetensors header the JSON of
+:class:`ModelMeta` (name, input contract, threshold, provenance). ``model.json`` beside it holds the same
+metadata for people. :func:`load_model` accepts a run folder, a ``.safetensors`` file, or a Lightning
+``.ckpt`` read with ``torch.load(weights_only=True)``; anything else is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pneumoscan._io import atomic_write, atomic_write_json
+from pneumoscan.data.records import CLASS_NAMES
+from pneumoscan.errors import ModelFileError
+
+META_KEY = "pneumoscan"
+MODEL_FILE = "model.safetensors"
+
+
+@dataclass
+class ModelMeta:
+    """Everything needed to use a model correctly, stored inside the model file."""
+
+    name: str  # registry name, e.g. "densenet121"
+    image_size: int
+    fit: str = "pad"  # how images are made square: pad, crop or stretch
+    threshold: float = 0.5  # probability at or above which the label is PNEUMONIA; chosen on validation
+    operating_points: dict[str, float] = field(default_factory=dict)  # e.g. {"youden": .., "sens95": ..}
+    class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
+    version: str = ""  # pneumoscan version that trained it
+    run_id: str = ""
+    created: str = ""
+    val_metrics: dict[str, float] = field(default_factory=dict)
+    temperature: float = 1.0  # logits are divided by this before the sigmoid (temperature scaling)
+    provenance: dict[str, Any] = field(default_factory=dict)  # config, versions, git commit, data hash
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """The input contract: what a caller must feed the network."""
+        return {"size": self.image_size, "fit": self.fit, "channels": 1, "layout": "NCHW",
+                "dtype": "float32", "scale": "uint8 grayscale / 255 -> [0, 1]",
+                "normalisation": "per image, inside the model"}
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), default=str)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelMeta:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def save_model(folder: str | os.PathLike, model: nn.Module, meta: ModelMeta) -> Path:
+    """Write ``folder/model.safetensors`` and ``folder/model.json`` atomically; return the weights' path."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    path = atomic_write(folder / MODEL_FILE, lambda tmp: save_file(state, str(tmp), metadata={META_KEY: meta.to_json()}))
+    atomic_write_json(folder / "model.json", asdict(meta))
+    return path
+
+
+def find_model_file(path: str | os.PathLike) -> Path:
+    """Resolve a run folder to its model file; pass files through."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for candidate in (path / MODEL_FILE, path / "export" / MODEL_FILE):
+            if candidate.is_file():
+                return candidate
+        raise ModelFileError(f"{path}: no {MODEL_FILE} in this folder; is it a pneumoscan run folder?")
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file or run folder")
+    return path
+
+
+def read_meta(path: str | os.PathLike) -> ModelMeta:
+    """The metadata of a model file or run folder, without building the network."""
+    file = find_model_file(path)
+    if file.suffix == ".safetensors":
+        return _safetensors_meta(file)
+    return _read_checkpoint(file)[1]
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, ModelMeta]:
+    """Build the network named in the metadata and load its weights; the model is in eval mode."""
+    from pneumoscan.models.registry import build_model
+
+    file = find_model_file(path)
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        meta = _safetensors_meta(file)
+        try:
+            state = load_file(str(file), device=str(map_location))
+        except Exception as exc:  # safetensors raises its own error types
+            raise ModelFileError(f"{file}: corrupt safetensors file ({exc})") from None
+    else:
+        state, meta = _read_checkpoint(file)
+    model = build_model(meta.name, meta.image_size)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelFileError(
+            f"{file}: the weights do not fit a {meta.name!r} network at {meta.image_size}px ({first})"
+        ) from None
+    return model.to(map_location).eval(), meta
+
+
+def _safetensors_meta(file: Path) -> ModelMeta:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            header = fh.metadata() or {}
+    except Exception as exc:
+        raise ModelFileError(f"{file}: not a safetensors file ({exc})") from None
+    if META_KEY not in header:
+        raise ModelFileError(f"{file}: a safetensors file without pneumoscan metadata; not one of our models")
+    return ModelMeta.from_dict(json.loads(header[META_KEY]))
+
+
+def _read_checkpoint(file: Path) -> tuple[dict[str, torch.Tensor], ModelMeta]:
+    """A Lightning checkpoint written by pneumoscan's training: read without unpickling code."""
+    if file.suffix not in (".ckpt", ".pt", ".pth"):
+        raise ModelFileError(f"{file}: unknown model format; expected a run folder, .safetensors, .ckpt or .onnx")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(
+            f"{file}: refused: not a weights-only checkpoint, it would need unpickling arbitrary code ({reason})"
+        ) from None
+    if not isinstance(checkpoint, dict) or META_KEY not in checkpoint or "state_dict" not in checkpoint:
+        raise ModelFileError(f"{file}: not a pneumoscan checkpoint (no {META_KEY!r} metadata)")
+    meta = ModelMeta.from_dict(json.loads(checkpoint[META_KEY]))
+    prefix = "model."
+    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    return state, meta

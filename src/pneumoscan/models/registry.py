@@ -1,0 +1,102 @@
+"""A registry of networks by name: ``build_model("densenet121", image_size=224)``.
+
+Every model takes a batch of one-channel images scaled to [0, 1], shape (N, 1, S, S), and returns one
+logit per image, shape (N, 1); ``sigmoid(logit)`` is the probability of pneumonia. Each network is
+wrapped in :class:`PerImageStandardize`, so the preprocessing contract is the same for all of them and
+travels inside the weights and the ONNX export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from pneumoscan.errors import ConfigError
+
+ModelFactory = Callable[[int], nn.Module]
+_REGISTRY: dict[str, tuple[ModelFactory, str]] = {}
+
+
+def register_model(name: str, description: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator: register ``factory(image_size) -> nn.Module`` (one logit, one input channel)."""
+
+    def decorate(factory: ModelFactory) -> ModelFactory:
+        _REGISTRY[name] = (factory, description)
+        return factory
+
+    return decorate
+
+
+def available_models() -> dict[str, str]:
+    """Name -> one-line description of every registered model."""
+    return {name: desc for name, (_, desc) in sorted(_REGISTRY.items())}
+
+
+def build_model(name: str, image_size: int = 224) -> nn.Module:
+    """A freshly initialised model ``name`` for ``image_size`` px inputs, ready for one-channel [0, 1] input."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
+    factory, _ = _REGISTRY[name]
+    return PerImageStandardize(factory(image_size))
+
+
+class PerImageStandardize(nn.Module):
+    """Standardise each image by its own mean and standard deviation before the network.
+
+    ImageNet statistics are wrong for radiographs, and exposure varies from one machine to the next;
+    per-image standardisation removes both, and lives in the model so no caller can forget it.
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        mean = images.mean(dim=(1, 2, 3), keepdim=True)
+        std = images.std(dim=(1, 2, 3), keepdim=True)
+        return self.network((images - mean) / (std + 1e-5))
+
+
+@register_model("seed-cnn", "the public projects' baseline: 3x Conv-ReLU-MaxPool, Dense-ReLU, Dropout")
+def seed_cnn(image_size: int) -> nn.Module:
+    layers: list[nn.Module] = []
+    channels, size = 1, image_size
+    for width in (32, 64, 128):
+        layers += [nn.Conv2d(channels, width, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        channels, size = width, (size - 2) // 2
+    if size < 1:
+        raise ConfigError(f"seed-cnn needs images of at least 22 px, not {image_size}")
+    return nn.Sequential(
+        *layers, nn.Flatten(), nn.Linear(channels * size * size, 128), nn.ReLU(inplace=True),
+        nn.Dropout(0.5), nn.Linear(128, 1),
+    )
+
+
+@register_model("densenet121", "MONAI DenseNet-121, the CheXNet architecture")
+def densenet121(image_size: int) -> nn.Module:
+    from monai.networks.nets import DenseNet121
+
+    return DenseNet121(spatial_dims=2, in_channels=1, out_channels=1)
+
+
+@register_model("resnet18", "MONAI ResNet-18")
+def resnet18(image_size: int) -> nn.Module:
+    from monai.networks.nets import resnet18 as monai_resnet18
+
+    return monai_resnet18(spatial_dims=2, n_input_channels=1, num_classes=1)
+
+
+@register_model("resnet50", "MONAI ResNet-50")
+def resnet50(image_size: int) -> nn.Module:
+    from monai.networks.nets import resnet50 as monai_resnet50
+
+    return monai_resnet50(spatial_dims=2, n_input_channels=1, num_classes=1)
+
+
+@register_model("efficientnet-b0", "MONAI EfficientNet-B0")
+def efficientnet_b0(image_size: int) -> nn.Module:
+    from monai.networks.nets import EfficientNetBN
+
+    return EfficientNetBN("efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=1, num_classes=1)
