@@ -1,0 +1,37 @@
+import os
+
+import pytest
+
+from pneumoscan._io import atomic_write, atomic_write_text, ensure_writable_dir
+from pneumoscan.errors import OutputError
+
+
+def test_a_write_that_fails_midway_leaves_the_old_file_whole_and_no_temporary(tmp_path):
+    target = tmp_path / "report.json"
+    target.write_text("old")
+
+    def torn_write(tmp):
+        tmp.write_text("half of the new")
+        raise KeyboardInterrupt  # a kill at the worst moment
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, torn_write)
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["report.json"]
+
+
+def test_atomic_write_replaces_the_file(tmp_path):
+    atomic_write_text(tmp_path / "a" / "b.txt", "new")
+    assert (tmp_path / "a" / "b.txt").read_text() == "new"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
+def test_a_read_only_output_folder_is_a_clear_error(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(OutputError, match="ro.*cannot write: permission denied"):
+            ensure_writable_dir(folder)
+    finally:
+        folder.chmod(0o700)
