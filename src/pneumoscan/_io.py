@@ -42,7 +42,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    # surrogateescape: a file name that is not UTF-8 (b"caf\xe9.png") is written back as its own bytes.
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", errors="surrogateescape"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -54,14 +55,17 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-probe-", delete=True)
-        probe.close()
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-probe-", delete=True):
+            pass
     except OSError as exc:
         raise _output_error(path, exc) from None
     return path
 
 
 def _output_error(path: Path, exc: OSError) -> OutputError:
+    if exc.errno is None and " requested and " in str(exc):
+        # numpy's save/tofile reports a short write without an errno: the device filled up.
+        return OutputError(f"{path}: cannot write: no space left on the device ({exc})")
     reason = {
         errno.ENOSPC: "no space left on the device",
         errno.EROFS: "the file system is read-only",

@@ -57,6 +57,10 @@ def add_command(subparsers, name: str, help: str, example: str, func) -> argpars
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        # A file name that is not UTF-8 (b"caf\xe9.png") is printed as caf\xe9.png rather than crashing.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):

@@ -1,7 +1,79 @@
-"""`pneumoscan evaluate` sub-commands (to be filled in by the issue that owns them)."""
+"""`pneumoscan evaluate` and `pneumoscan compare`."""
 
 from __future__ import annotations
 
+import argparse
+
+from pneumoscan.cli import add_command
+
 
 def register(subparsers) -> None:
-    """Add this group's sub-commands."""
+    """Add ``evaluate`` and ``compare``."""
+    ev = add_command(
+        subparsers, "evaluate",
+        "Evaluate a run (or an ensemble of runs) on a split: metrics with patient-bootstrap 95% CIs, "
+        "operating points chosen on validation, calibration, plots; writes report.html/.json/.md.",
+        "pneumoscan evaluate runs/latest --data ../shared/data/chest_xray --split test --tta",
+        _evaluate,
+    )
+    ev.add_argument("models", nargs="+", metavar="RUN_OR_MODEL",
+                    help="run folder or model file; several are evaluated as an ensemble (mean probability)")
+    ev.add_argument("--data", default=None, help="dataset folder or CSV manifest (default: the default data)")
+    ev.add_argument("--split", default=None, help="split to evaluate: train, val, test or all (default: test)")
+    ev.add_argument("--bootstrap", type=int, default=None, metavar="N", help="bootstrap resamples (default: 1000)")
+    ev.add_argument("--seed", type=int, default=None, help="bootstrap seed (default: 0)")
+    ev.add_argument("--tta", action="store_true", default=None, help="test-time augmentation: mean with the flipped image")
+    ev.add_argument("--calibrate", action="store_true", default=None,
+                    help="temperature scaling fitted on the run's validation predictions")
+    ev.add_argument("--out", default=None, help="report folder (default: RUN/reports/<split>-<timestamp>/)")
+    ev.add_argument("--config", default=None, help="options from a config.yaml written by an earlier evaluate")
+    ev.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: best available)")
+
+    cmp = add_command(
+        subparsers, "compare",
+        "Compare runs' evaluation reports side by side (terminal table, optional Markdown).",
+        "pneumoscan compare runs/run-a runs/run-b --markdown comparison.md",
+        _compare,
+    )
+    cmp.add_argument("runs", nargs="+", metavar="RUN_OR_REPORT",
+                     help="run folder (its newest report), report folder or report.json")
+    cmp.add_argument("--markdown", default=None, metavar="FILE", help="also write the table as Markdown")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pneumoscan.config import from_dict, load_config
+    from pneumoscan.evaluation import EvaluateConfig, evaluate
+
+    overrides = {k: getattr(args, k) for k in ("data", "split", "bootstrap", "seed", "tta", "calibrate", "out",
+                                               "device")}
+    overrides["models"] = args.models
+    if args.config:
+        config = load_config(EvaluateConfig, args.config, **overrides)
+    else:
+        config = from_dict(EvaluateConfig, {k: v for k, v in overrides.items() if v is not None})
+    result = evaluate(config)
+    report = result.report
+    stored = report["metrics"]["at"]["stored"]
+    free = report["metrics"]["threshold_free"]
+    from pneumoscan.evaluation.report import format_value
+
+    print(f"{report['data']['images']} images, {report['data']['patients']} patients "
+          f"(split {report['data']['split']}); stored threshold {report['operating_points']['stored']['threshold']:.4f}")
+    for metric in ("sensitivity", "specificity", "ppv", "npv", "balanced_accuracy"):
+        print(f"  {metric:<18} {format_value(stored[metric])}")
+    for metric in ("roc_auc", "pr_auc", "ece"):
+        print(f"  {metric:<18} {format_value(free[metric])}")
+    for warning in report["warnings"]:
+        print(f"WARNING: {warning}")
+    print(f"report: {result.html}\n        {result.json}\n        {result.markdown}")
+    print(report["disclaimer"])
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from pneumoscan.evaluation import compare
+
+    print(compare(args.runs, markdown=args.markdown).to_text())
+    if args.markdown:
+        print(f"written: {args.markdown}")
+    return 0

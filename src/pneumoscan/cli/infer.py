@@ -1,7 +1,115 @@
-"""`pneumoscan infer` sub-commands (to be filled in by the issue that owns them)."""
+"""`pneumoscan predict`, `explain` and `export`: use a trained model.
+
+Imports are inside the commands: `pneumoscan predict model.onnx x.jpeg` must start without loading torch.
+"""
 
 from __future__ import annotations
 
+import sys
+
+from pneumoscan.provenance import DISCLAIMER
+
 
 def register(subparsers) -> None:
-    """Add this group's sub-commands."""
+    """Add ``predict``, ``explain`` and ``export``."""
+    from pneumoscan.cli import add_command
+
+    predict = add_command(
+        subparsers, "predict", "Score chest X-rays (files, folders, globs, DICOM) with a trained model.",
+        "pneumoscan predict runs/latest/export/model.onnx scans/ 'more/*.dcm' --out preds.csv", run_predict,
+    )
+    predict.add_argument("model", metavar="MODEL", help="run folder, .safetensors, .ckpt or exported .onnx")
+    predict.add_argument("paths", metavar="PATH", nargs="+", help="image files, folders (searched recursively) or globs")
+    predict.add_argument("--out", metavar="FILE", help="also write the results to FILE (.csv or .json)")
+    predict.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    bar = predict.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="always show a progress bar (default: when there are more than 50 files)")
+    bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
+    predict.add_argument("--quiet", action="store_true", help="do not print the table (only the summary)")
+
+    explain = add_command(
+        subparsers, "explain", "Grad-CAM heatmaps over the radiographs, and optionally filters and feature maps.",
+        "pneumoscan explain runs/latest chest.jpeg --out explain/ --filters", run_explain,
+    )
+    explain.add_argument("model", metavar="MODEL", help="run folder, .safetensors or .ckpt (or an .onnx inside a run folder)")
+    explain.add_argument("images", metavar="IMAGE", nargs="*", help="image files, folders or globs")
+    explain.add_argument("--out", metavar="DIR", default="explain", help="folder for the PNG files")
+    explain.add_argument("--filters", action="store_true",
+                         help="also save the first layer's filters and the feature maps of --layers for the first image")
+    explain.add_argument("--layers", metavar="A,B", help="layers for the feature maps (default: first and last)")
+    explain.add_argument("--layer", metavar="NAME", help="Grad-CAM target layer (default: the last spatial feature map)")
+    explain.add_argument("--list-layers", action="store_true", help="print the model's convolution layers and exit")
+
+    export = add_command(
+        subparsers, "export", "Export a model to ONNX with its preprocessing contract and a model card.",
+        "pneumoscan export runs/latest --format onnx", run_export,
+    )
+    export.add_argument("model", metavar="MODEL", help="run folder, .safetensors or .ckpt")
+    export.add_argument("--format", choices=["onnx"], default="onnx", help="export format")
+    export.add_argument("--out", metavar="FILE", help="output file (default: RUN/export/model.onnx)")
+    export.add_argument("--opset", type=int, default=18, help="ONNX opset")
+
+
+def run_predict(args) -> int:
+    import pneumoscan
+    from pneumoscan.errors import ConfigError
+    from pneumoscan.inference.inputs import expand_inputs, format_table, write_predictions
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, not {args.batch_size}")
+    if args.out and not args.out.lower().endswith((".csv", ".json")):
+        raise ConfigError(f"--out {args.out}: use a name ending in .csv or .json")
+    classifier = pneumoscan.load(args.model, device=args.device)
+    files = expand_inputs(args.paths)
+    if not files:
+        raise ConfigError(f"no image files found in {' '.join(args.paths)}")
+    rows = classifier.predict(files, batch_size=args.batch_size, progress=args.progress)
+    if not args.quiet:
+        print(format_table(rows))
+    if args.out:
+        write_predictions(rows, args.out)
+    scored = sum(row.error is None for row in rows)
+    meta = classifier.meta
+    print(f"\nscored {scored} of {len(rows)} files with {meta.name} (pneumoscan {meta.version or '?'}), "
+          f"threshold {classifier.threshold:.4f}" + (f"; results in {args.out}" if args.out else ""))
+    if scored < len(rows):
+        print(f"{len(rows) - scored} file(s) could not be scored: see the note on their rows", file=sys.stderr)
+    print(DISCLAIMER, file=sys.stderr)
+    return 0 if scored else 1
+
+
+def run_explain(args) -> int:
+    from pneumoscan.errors import ConfigError
+    from pneumoscan.explain import conv_layers, explain_images, load_explainable, target_layer
+    from pneumoscan.inference.inputs import expand_inputs
+
+    if args.list_layers:
+        model, meta = load_explainable(args.model)
+        for name in conv_layers(model):
+            print(name)
+        print(f"Grad-CAM target by default: {target_layer(model, int(meta.image_size))}")
+        return 0
+    if not args.images:
+        raise ConfigError("give at least one IMAGE to explain (or --list-layers)")
+    layers = [name.strip() for name in args.layers.split(",") if name.strip()] if args.layers else None
+    result = explain_images(args.model, expand_inputs(args.images), args.out,
+                            filters=args.filters, layers=layers, layer=args.layer)
+    for path in result.written:
+        print(path)
+    for _, reason in result.failures:
+        print(f"skipped: {reason}", file=sys.stderr)
+    print(f"\n{len(result.written)} file(s) written to {args.out} (Grad-CAM layer {result.layer})")
+    print(DISCLAIMER, file=sys.stderr)
+    return 0 if result.written else 1
+
+
+def run_export(args) -> int:
+    from pneumoscan.serving.export import export_onnx
+
+    out = export_onnx(args.model, args.out, opset=args.opset)
+    print(out)
+    print(out.parent / "model_card.json")
+    print(out.parent / "model_card.md")
+    return 0

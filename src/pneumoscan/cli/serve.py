@@ -1,7 +1,52 @@
-"""`pneumoscan serve` sub-commands (to be filled in by the issue that owns them)."""
+"""`pneumoscan serve`: the REST API and the web page for one model."""
 
 from __future__ import annotations
 
+import argparse
+import logging
+
+from pneumoscan.cli import add_command
+
 
 def register(subparsers) -> None:
-    """Add this group's sub-commands."""
+    """Add ``serve``."""
+    from pneumoscan.serving.options import ServeOptions
+
+    defaults = ServeOptions(model="")
+    command = add_command(
+        subparsers, "serve",
+        help="Serve a model: REST API (POST /v1/predict, /v1/predict/batch, GET /v1/model, /healthz, /readyz, "
+             "/docs) and a web page at /. MODEL is an exported model.onnx (fastest start) or a run folder "
+             "(its export/model.onnx when present, else the PyTorch weights).",
+        example="pneumoscan serve runs/latest --port 8000    # then open http://127.0.0.1:8000/",
+        func=run,
+    )
+    command.add_argument("model", metavar="MODEL", help="model.onnx, a run folder, or a .safetensors/.ckpt file")
+    command.add_argument("--host", default=defaults.host,
+                         help="address to listen on; anything but loopback exposes an unauthenticated service")
+    command.add_argument("--port", type=int, default=defaults.port)
+    command.add_argument("--workers", type=int, default=defaults.workers,
+                         help="worker processes (each loads its own copy of the model)")
+    command.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_mb,
+                         help="largest request body accepted; larger uploads get 413")
+    command.add_argument("--max-batch-files", type=int, default=defaults.max_batch_files,
+                         help="most files in one /v1/predict/batch request")
+    command.add_argument("--max-concurrency", type=int, default=defaults.max_concurrency,
+                         help="inferences run at once per worker")
+    command.add_argument("--max-queue", type=int, default=defaults.max_queue,
+                         help="requests that may wait for an inference thread; beyond that, 503")
+    command.add_argument("--log-level", default=defaults.log_level,
+                         choices=["critical", "error", "warning", "info", "debug"])
+
+
+def run(args: argparse.Namespace) -> int:
+    from pneumoscan.serving.options import ServeOptions
+    from pneumoscan.serving.server import serve
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    serve(ServeOptions(
+        model=args.model, host=args.host, port=args.port, workers=args.workers,
+        max_upload_mb=args.max_upload_mb, max_batch_files=args.max_batch_files,
+        max_concurrency=args.max_concurrency, max_queue=args.max_queue, log_level=args.log_level,
+    ))
+    return 0

@@ -1,7 +1,68 @@
-"""`pneumoscan train` sub-commands (to be filled in by the issue that owns them)."""
+"""`pneumoscan train`: every option of :class:`TrainConfig` as a flag, plus --config, --resume, --list-models."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import types
+import typing
+
+from pneumoscan.cli import add_command
+
+EXAMPLE = ("pneumoscan train --model mini-resnet --image-size 128 --epochs 12    "
+           "# then: pneumoscan evaluate runs/latest")
+
 
 def register(subparsers) -> None:
-    """Add this group's sub-commands."""
+    """Add ``train``; its flags are generated from the fields of :class:`TrainConfig`."""
+    from pneumoscan.training.config import TrainConfig
+
+    command = add_command(subparsers, "train", "train a model (default recipe on the default data) into a run folder",
+                          EXAMPLE, run)
+    command.add_argument("--config", metavar="YAML", help="start from a saved config (e.g. RUN/config.yaml); "
+                         "flags given as well override it")
+    command.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint "
+                         "(a run folder or a .ckpt); --epochs and --max-time may extend it")
+    command.add_argument("--list-models", action="store_true", help="list the registered models and exit")
+    hints = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        kind = _base_type(hints[field.name])
+        text = field.metadata["help"]
+        if "default" not in text:
+            text += f" (default: {field.default})"
+        # SUPPRESS: a flag left out is absent from the namespace, so --config values are not overridden
+        options = {"dest": field.name, "default": argparse.SUPPRESS, "help": text}
+        if kind is bool:
+            command.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+        else:
+            command.add_argument(flag, type=kind, choices=field.metadata.get("choices"), **options)
+
+
+def _base_type(hint: object) -> type:
+    # "int | None" -> int; the CLI never needs to spell None (leaving a flag out means "default")
+    if isinstance(hint, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint  # type: ignore[return-value]
+
+
+def run(args: argparse.Namespace) -> int:
+    from pneumoscan.config import from_dict, load_config
+    from pneumoscan.training import TrainConfig, train
+
+    if args.list_models:
+        from pneumoscan.models import available_models
+
+        for name, description in available_models().items():
+            print(f"{name:18s} {description}")
+        return 0
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    given = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    if args.resume:
+        extend = {k: v for k, v in given.items() if k in ("epochs", "max_time")}
+        config = TrainConfig(**extend) if extend else None
+        train(config, resume=args.resume)
+        return 0
+    config = load_config(TrainConfig, args.config, **given) if args.config else from_dict(TrainConfig, given)
+    train(config)
+    return 0

@@ -1,10 +1,10 @@
 """Decode and resize a dataset once into a compact uint8 array that training and evaluation read.
 
 A cache lives in ``<cache_root>/images/<key>/`` with ``images.npy`` (N x S x S, uint8) and
-``index.json`` (the samples, in the same order, and the files that failed to decode). The key hashes
-the size, the fit and each file's path, size and modification time: a changed file means a new cache.
-The folder is written under a temporary name and renamed, so a killed build never leaves a torn cache;
-a cache whose array does not match its index is detected and rebuilt.
+``index.json`` (the files, in the same order, and the files that failed to decode). The key hashes
+the size, the fit and each file's path, size and modification time: a changed, added or removed file
+means a new cache. Both files are written atomically (``_io``), the index last: a killed build leaves
+no index or a complete cache, and a cache whose array does not match its index is rebuilt.
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pneumoscan._io import atomic_write, atomic_write_json
+from pneumoscan.data._parallel import parallel_map
 from pneumoscan.data.defaults import cache_root
 from pneumoscan.data.image import Fit, read_image
 from pneumoscan.data.records import Sample
@@ -63,7 +62,7 @@ def cache_key(paths: list[str], size: int, fit: str) -> str:
             stamp = f"{st.st_size}:{st.st_mtime_ns}"
         except OSError:
             stamp = "missing"
-        digest.update(f"\n{path}|{stamp}".encode())
+        digest.update(f"\n{path}|{stamp}".encode("utf-8", "surrogateescape"))  # non-UTF-8 file names
     return digest.hexdigest()[:20]
 
 
@@ -85,24 +84,20 @@ def build_cache(
     cached = _load(target, samples)
     if cached is not None:
         return cached
-    if target.exists():
-        shutil.rmtree(target, ignore_errors=True)  # torn or foreign: rebuild
     images, kept, failures = _decode_all(paths, size, fit, workers, progress)
-    base.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=base))
-    try:
-        np.save(staging / "images.npy", images)
-        index = {
-            "format": CACHE_FORMAT, "size": size, "fit": fit, "count": len(kept),
-            "bytes": (staging / "images.npy").stat().st_size,
-            "paths": kept,
-            "failures": [{"path": p, "reason": r} for p, r in failures],
-        }
-        (staging / "index.json").write_text(json.dumps(index))
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to a path
+            np.save(fh, images)
+
+    atomic_write(target / "images.npy", save)
+    index = {
+        "format": CACHE_FORMAT, "size": size, "fit": fit, "count": len(kept),
+        "bytes": (target / "images.npy").stat().st_size,
+        "paths": kept,
+        "failures": [{"path": p, "reason": r} for p, r in failures],
+    }
+    atomic_write_json(target / "index.json", index)  # last: it is what marks the cache complete
     loaded = _load(target, samples)
     if loaded is None:
         raise OSError(f"{target}: the cache just written cannot be read back")
@@ -120,33 +115,21 @@ def _decode_one(job: tuple[str, int, str]) -> np.ndarray | str:
         return f"{path}: unexpected decoding error ({type(exc).__name__}: {exc})"
 
 
-def _decode_all(paths: list[str], size: int, fit: str, workers: int | None, progress: bool):
-    from tqdm.auto import tqdm
-
-    jobs = [(path, size, fit) for path in paths]
-    workers = workers or min(os.cpu_count() or 1, 8)
+def _decode_all(
+    paths: list[str], size: int, fit: str, workers: int | None, progress: bool
+) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
     images = np.empty((len(paths), size, size), dtype=np.uint8)
-    kept_rows: list[int] = []
+    kept: list[str] = []
     failures: list[tuple[str, str]] = []
-    bar = tqdm(total=len(jobs), desc=f"caching {size}px", unit="img", disable=not progress, leave=False)
-
-    def collect(i: int, result: np.ndarray | str) -> None:
+    jobs = [(path, size, fit) for path in paths]
+    results = parallel_map(_decode_one, jobs, workers, progress, desc=f"caching {size}px", chunksize=64)
+    for path, result in zip(paths, results, strict=True):
         if isinstance(result, str):
-            failures.append((jobs[i][0], result))
+            failures.append((path, result))
         else:
-            images[len(kept_rows)] = result
-            kept_rows.append(i)
-        bar.update()
-
-    if workers <= 1 or len(jobs) < 64:
-        for i, job in enumerate(jobs):
-            collect(i, _decode_one(job))
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for i, result in enumerate(pool.map(_decode_one, jobs, chunksize=64)):
-                collect(i, result)
-    bar.close()
-    return images[: len(kept_rows)].copy(), [paths[i] for i in kept_rows], failures
+            images[len(kept)] = result
+            kept.append(path)
+    return images[: len(kept)], kept, failures
 
 
 def _load(folder: Path, samples: list[Sample]) -> ImageCache | None:

@@ -6,9 +6,11 @@ file is decoded the same way for training and for inference.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -25,6 +27,15 @@ FITS: tuple[str, ...] = ("pad", "crop", "stretch")
 MAX_PIXELS = int(os.environ.get("PNEUMOSCAN_MAX_PIXELS", 64_000_000))
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".webp"})
+
+# What each extension promises. A file whose content is another format (a PNG named .dcm) is refused:
+# it is a sign of a broken export, and the fix (rename it) is the user's to make knowingly.
+_FORMATS_OF_SUFFIX = {
+    ".jpg": {"JPEG", "MPO"}, ".jpeg": {"JPEG", "MPO"}, ".png": {"PNG"}, ".dcm": {"DICOM"},
+    ".dicom": {"DICOM"}, ".bmp": {"BMP"}, ".tif": {"TIFF"}, ".tiff": {"TIFF"}, ".webp": {"WEBP"},
+}
+_SUFFIX_OF_FORMAT = {"JPEG": ".jpeg", "MPO": ".jpeg", "PNG": ".png", "DICOM": ".dcm", "BMP": ".bmp",
+                     "TIFF": ".tiff", "WEBP": ".webp"}
 
 # A truncated JPEG must be an error, not a silently grey bottom half.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -59,19 +70,24 @@ def read_image(
     whole image and pads with black, ``crop`` fills the square and centre-crops, ``stretch`` ignores the
     aspect ratio (how the public 224 px copies of the Kermany data were made).
 
-    Raises :class:`ImageReadError` naming the file and the reason for anything that cannot be decoded.
+    A file on disk must hold the format its extension names (a PNG named ``.dcm`` is refused); bytes
+    are decoded by their content. Raises :class:`ImageReadError` naming the file and the reason for
+    anything that cannot be decoded.
     """
-    label = name or (str(source) if not isinstance(source, bytes) else "<upload>")
+    label = name or (str(source) if not isinstance(source, bytes | bytearray | memoryview) else "<upload>")
     if fit not in FITS:
         raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
     data = _read_bytes(source, label)
     if not data:
         raise ImageReadError(f"{label}: empty file (0 bytes)")
+    suffix = _suffix(source)
     if is_dicom(data):
-        pixels = _decode_dicom(data, label)
+        _check_suffix(suffix, "DICOM", label)
+        with _corrupt_dicom(label):
+            pixels = _decode_dicom(data, label)
         image = Image.fromarray(pixels, mode="L")
     else:
-        image = _decode_pil(data, label, size)
+        image = _decode_pil(data, label, size, suffix)
     if size is not None:
         image = resize(image, size, fit)
     return np.asarray(image, dtype=np.uint8)
@@ -79,19 +95,26 @@ def read_image(
 
 def probe_image(source: str | os.PathLike | bytes, *, name: str | None = None) -> ImageInfo:
     """Read only the header: size, mode and format. Raises :class:`ImageReadError` when unreadable."""
-    label = name or (str(source) if not isinstance(source, bytes) else "<upload>")
+    label = name or (str(source) if not isinstance(source, bytes | bytearray | memoryview) else "<upload>")
     data = _read_bytes(source, label)
     if not data:
         raise ImageReadError(f"{label}: empty file (0 bytes)")
+    suffix = _suffix(source)
     if is_dicom(data):
-        ds = _dcmread(data, label, stop_before_pixels=True)
-        return ImageInfo(int(ds.get("Columns", 0)), int(ds.get("Rows", 0)),
-                         f"DICOM:{ds.get('PhotometricInterpretation', '?')}", "DICOM")
+        _check_suffix(suffix, "DICOM", label)
+        with _corrupt_dicom(label):
+            ds = _dcmread(data, label, stop_before_pixels=True)
+            return ImageInfo(int(ds.get("Columns", 0)), int(ds.get("Rows", 0)),
+                             f"DICOM:{ds.get('PhotometricInterpretation', '?')}", "DICOM")
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return ImageInfo(im.width, im.height, im.mode, im.format or "?")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                info = ImageInfo(im.width, im.height, im.mode, im.format or "?")
+    except Exception as exc:  # Pillow raises many types on damaged headers (found by fuzzing)
         raise ImageReadError(f"{label}: not a readable image ({_reason(exc)})") from None
+    _check_suffix(suffix, info.format, label)
+    return info
 
 
 def resize(image: Image.Image, size: int, fit: Fit = "pad") -> Image.Image:
@@ -139,12 +162,29 @@ def _read_bytes(source: str | os.PathLike | bytes, label: str) -> bytes:
         raise ImageReadError(f"{label}: cannot read file ({_reason(exc)})") from None
 
 
-def _decode_pil(data: bytes, label: str, size: int | None) -> Image.Image:
+def _suffix(source: str | os.PathLike | bytes) -> str | None:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return None
+    return Path(source).suffix.lower()
+
+
+def _check_suffix(suffix: str | None, actual: str, label: str) -> None:
+    expected = _FORMATS_OF_SUFFIX.get(suffix or "")
+    if expected is not None and actual not in expected:
+        better = _SUFFIX_OF_FORMAT.get(actual, f" matching {actual}")
+        raise ImageReadError(
+            f"{label}: wrong extension: the file is {actual}, not {(suffix or '')[1:].upper()}; "
+            f"rename it to {better}"
+        )
+
+
+def _decode_pil(data: bytes, label: str, size: int | None, suffix: str | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             _check_pixels(image.width, image.height, label)
+            _check_suffix(suffix, image.format or "?", label)
             if size is not None and image.format == "JPEG":
                 # Decoding a JPEG at 1/2, 1/4 or 1/8 scale is several times faster and loses
                 # nothing once we shrink it to `size` anyway.
@@ -157,9 +197,12 @@ def _decode_pil(data: bytes, label: str, size: int | None) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageReadError(f"{label}: refused as a decompression bomb ({exc})") from None
     except UnidentifiedImageError:
-        raise ImageReadError(f"{label}: not an image (unknown or unsupported format)") from None
+        what = "not a DICOM file (no DICM marker)" if suffix in (".dcm", ".dicom") else "not an image"
+        raise ImageReadError(f"{label}: {what} (unknown or unsupported format)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageReadError(f"{label}: corrupt or truncated image ({_reason(exc)})") from None
+    except Exception as exc:  # Pillow's plugins raise TypeError, struct.error, ... on damaged files (fuzzing)
+        raise ImageReadError(f"{label}: corrupt image ({type(exc).__name__}: {_reason(exc)})") from None
 
 
 def _to_grayscale(image: Image.Image) -> Image.Image:
@@ -176,6 +219,21 @@ def _to_grayscale(image: Image.Image) -> Image.Image:
     if mode == "CMYK":
         return image.convert("RGB").convert("L")
     return image.convert("L")
+
+
+@contextlib.contextmanager
+def _corrupt_dicom(label: str) -> Iterator[None]:
+    """Turn whatever pydicom raises on a damaged file into an ImageReadError naming the file.
+
+    pydicom parses elements lazily and raises NotImplementedError (unknown VR), struct.error,
+    BytesLengthException, TypeError... from attribute access, not only from dcmread (found by fuzzing).
+    """
+    try:
+        yield
+    except ImageReadError:
+        raise
+    except Exception as exc:
+        raise ImageReadError(f"{label}: corrupt DICOM ({_reason(exc)})") from None
 
 
 def _dcmread(data: bytes, label: str, stop_before_pixels: bool = False):
@@ -208,12 +266,19 @@ def _decode_dicom(data: bytes, label: str) -> np.ndarray:
     if pixels.ndim == 3:  # RGB DICOM (secondary capture)
         return np.asarray(Image.fromarray(to_uint8(pixels)).convert("L"))
     try:
-        values = apply_modality_lut(pixels, ds)  # rescale slope / intercept
-        if "WindowCenter" in ds or "VOILUTSequence" in ds:
-            values = apply_voi_lut(values, ds, index=0)
+        values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)  # rescale slope / intercept
+        if "VOILUTSequence" in ds:
+            image = to_uint8(np.asarray(apply_voi_lut(values, ds, index=0)))
+        elif "WindowCenter" in ds and "WindowWidth" in ds:
+            # Scale by the window's output range, not the image's own: a window is an absolute
+            # choice of contrast, and pixels outside it must saturate at 0 or 255.
+            windowed = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
+            low, high = np.asarray(apply_voi_lut(np.array([-1e12, 1e12]), ds, index=0), dtype=np.float64)
+            image = np.clip((windowed - low) * (255.0 / max(high - low, 1e-9)) + 0.5, 0, 255).astype(np.uint8)
+        else:
+            image = to_uint8(values)
     except Exception as exc:
         raise ImageReadError(f"{label}: invalid DICOM value transforms ({_reason(exc)})") from None
-    image = to_uint8(np.asarray(values))
     if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         image = 255 - image  # MONOCHROME1 stores bright as low values
     return image

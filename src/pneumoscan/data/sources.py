@@ -85,6 +85,7 @@ def load_folders(root: Path) -> DataIndex:
         )
     samples: list[Sample] = []
     ignored: Counter[str] = Counter()
+    _note_stray_files(root, layout, ignored)
     for split, class_dirs in layout.items():
         for label, class_dir in class_dirs.items():
             for path in _walk_images(class_dir, ignored):
@@ -103,23 +104,32 @@ _IM = re.compile(r"(?:^|-)IM-(\d+)-", re.IGNORECASE)
 def kermany_patient_id(stem: str) -> str:
     """Patient id from a Kermany file name, else the file stem.
 
-    ``person1449_bacteria_3745`` -> ``1449``; ``NORMAL2-IM-1427-0001`` and ``IM-0001-0001`` -> the IM number.
-    Person and IM numbers share one namespace on purpose: grouping two patients too many never leaks,
-    separating one patient's images can.
+    ``person1449_bacteria_3745`` -> ``1449``; ``NORMAL2-IM-1427-0001`` and ``IM-1427-0001`` -> ``IM-1427``.
+    The two normal series share the IM number on purpose: grouping two patients too many never leaks,
+    separating one patient's images can. Person and IM numbers are kept apart: they are two numbering
+    schemes (pneumonia and normal studies), and merging them would pair nearly every normal patient
+    with a pneumonia patient, which breaks class stratification and fakes leakage between splits.
     """
-    match = _PERSON.search(stem) or _IM.search(stem)
-    return str(int(match.group(1))) if match else stem
+    if match := _PERSON.search(stem):
+        return str(int(match.group(1)))
+    if match := _IM.search(stem):
+        return f"IM-{int(match.group(1)):04d}"
+    return stem
 
 
 def _descend_archive_wrapper(root: Path, notes: list[str]) -> Path:
     # The public archive unpacks to chest_xray/ holding the splits, a duplicated nested
     # chest_xray/chest_xray/ copy and a __MACOSX/ folder of resource forks.
+    start, descended = root, []
     while not _class_or_split_dirs(root):
         inner = [d for d in _visible_dirs(root) if d.name.lower() not in _IGNORED_NAMES]
         if len(inner) != 1:
             break
-        notes.append(f"using {inner[0]} (the archive's top folder)")
+        descended.append(f"using {inner[0]} (the archive's top folder)")
         root = inner[0]
+    if not _class_or_split_dirs(root):
+        return start  # nothing found below: the error should name what the user passed
+    notes.extend(descended)
     for dup in _visible_dirs(root):
         if dup.name.lower() == "chest_xray":
             notes.append(f"ignored {dup}: the public archive's duplicated nested copy")
@@ -175,7 +185,28 @@ def _walk_images(folder: Path, ignored: Counter[str]) -> list[Path]:
     return found
 
 
+def _note_stray_files(root: Path, layout: dict[str | None, dict[int, Path]], ignored: Counter[str]) -> None:
+    """Count the junk beside the class folders (the public archive's ``.DS_Store``), for a note."""
+    folders = {root} | ({next(iter(d.values())).parent for d in layout.values()} if layout else set())
+    for folder in sorted(folders):
+        try:
+            entries = list(folder.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_file() and (entry.name.lower() in _IGNORED_NAMES or entry.name.startswith("._")):
+                ignored[f"{entry.name} files"] += 1
+
+
 def _check_classes(root: Path, samples: list[Sample], layout: dict[str | None, dict[int, Path]]) -> None:
+    present = {s.path.parent for s in samples}
+    for class_dirs in layout.values():
+        for label, folder in class_dirs.items():
+            if not any(p == folder or folder in p.parents for p in present):
+                raise DatasetError(
+                    f"{folder}: empty {CLASS_NAMES[label]} folder (no .jpeg/.png/.dcm images); "
+                    "add its images or remove the folder"
+                )
     counts = Counter(s.label for s in samples)
     for label, name in enumerate(CLASS_NAMES):
         if counts[label] == 0:

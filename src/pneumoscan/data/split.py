@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
 
-from pneumoscan.data.records import Sample
+from pneumoscan.data.records import CLASS_NAMES, SPLITS, Sample
 
 
 def split_by_patient(samples: list[Sample], val_fraction: float = 0.1, seed: int = 0) -> list[Sample]:
@@ -36,3 +39,48 @@ def split_by_patient(samples: list[Sample], val_fraction: float = 0.1, seed: int
     result = [s.with_split("val" if s.patient_id in val_patients else "train") for s in pool]
     result += [s for s in samples if s.split == "test"]
     return result
+
+
+@dataclass
+class SplitResult:
+    """What :func:`split_dataset` wrote: the manifest and the counts per split and class."""
+
+    manifest: Path
+    samples: list[Sample]
+    dropped_patients: list[str]  # in the source's test split and also elsewhere: left out of train/val
+    notes: list[str]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{split: {"images": n, "patients": n, "NORMAL": n, "PNEUMONIA": n}}."""
+        table: dict[str, dict[str, int]] = {}
+        for split in sorted({s.split or "" for s in self.samples}, key=_split_order):
+            rows = [s for s in self.samples if (s.split or "") == split]
+            table[split] = {"images": len(rows), "patients": len({s.patient_id for s in rows})}
+            for label, name in enumerate(CLASS_NAMES):
+                table[split][name] = sum(1 for s in rows if s.label == label)
+        return table
+
+
+def split_dataset(
+    root: str | os.PathLike, out: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0
+) -> SplitResult:
+    """Split the dataset at ``root`` by patient (:func:`split_by_patient`) and write the manifest ``out``.
+
+    The manifest (``path,label,patient_id,split``) is what ``load_dataset(out)`` reads back.
+    """
+    from pneumoscan.data.manifest import write_manifest
+    from pneumoscan.data.sources import load_dataset
+
+    index = load_dataset(root)
+    test_patients = {s.patient_id for s in index.samples if s.split == "test"}
+    dropped = sorted({s.patient_id for s in index.samples if s.split != "test" and s.patient_id in test_patients})
+    samples = split_by_patient(index.samples, val_fraction, seed)
+    notes = list(index.notes)
+    if dropped:
+        notes.append(f"left out {len(dropped)} patients who are also in the test split (e.g. {dropped[0]})")
+    manifest = write_manifest(samples, out)
+    return SplitResult(manifest, samples, dropped, notes)
+
+
+def _split_order(split: str) -> int:
+    return SPLITS.index(split) if split in SPLITS else len(SPLITS)

@@ -1,7 +1,13 @@
-"""The user-facing predictor: load a model once, score files, arrays or uploads."""
+"""The user-facing predictor: load a model once, score files, arrays or uploads.
+
+Two backends give the same numbers: eager PyTorch (run folders, ``.safetensors``, ``.ckpt``) and ONNX
+Runtime (``.onnx`` from ``pneumoscan export``; see :mod:`pneumoscan.inference.onnx_backend`). This module
+imports neither torch nor ONNX Runtime itself, so the ONNX path never loads torch.
+"""
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -9,8 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan.data.image import read_image
+from pneumoscan.data.image import is_dicom, read_image
 from pneumoscan.errors import ImageReadError
+
+# Above this many files, predict() shows a progress bar (on stderr) unless told otherwise.
+PROGRESS_MIN_FILES = 50
+# Mean channel difference (0-255) above which an image is a colour picture, not a radiograph. Grey
+# radiographs saved as RGB (the public Kermany copies) score about 0-2; photographs score 15 or more.
+MAX_CHROMA = 12.0
 
 
 @dataclass(frozen=True)
@@ -42,8 +54,13 @@ class Classifier:
         return int(self.meta.image_size)
 
     def preprocess(self, source: str | os.PathLike | bytes, name: str | None = None) -> np.ndarray:
-        """Decode one image into the model's input: float32 (1, S, S) in [0, 1]."""
+        """Decode one image into the model's input: float32 (1, S, S) in [0, 1].
+
+        Raises :class:`ImageReadError` for a file that cannot be decoded, and for an image of the wrong
+        kind (blank, or a colour picture rather than a radiograph), with the reason.
+        """
         pixels = read_image(source, self.meta.image_size, self.meta.fit, name=name)
+        check_radiograph(source, pixels, name)
         return (pixels.astype(np.float32) / 255.0)[None]
 
     def predict_proba(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -58,33 +75,93 @@ class Classifier:
         logits = np.concatenate(out) if out else np.zeros(0, np.float32)
         return 1.0 / (1.0 + np.exp(-logits / float(self.meta.temperature or 1.0)))
 
-    def predict(self, sources: Iterable[str | os.PathLike], batch_size: int = 32) -> list[Prediction]:
-        """Score image files; a file that cannot be read gets a row with ``error`` and the rest go on."""
-        results: list[Prediction] = []
-        pending: list[tuple[str, np.ndarray]] = []
+    def predict(
+        self, sources: Iterable[str | os.PathLike], batch_size: int = 32, progress: bool | None = None
+    ) -> list[Prediction]:
+        """Score image files in batches, one row per file in the order given.
+
+        A file that cannot be read, or is not a radiograph, gets a row with ``error`` and the rest are
+        scored. ``progress`` shows a bar; ``None`` shows it for more than ``PROGRESS_MIN_FILES`` files.
+        """
+        sources = list(sources)
+        if progress is None:
+            progress = len(sources) > PROGRESS_MIN_FILES
+        results: list[Prediction | None] = [None] * len(sources)
+        pending: list[tuple[int, str, np.ndarray]] = []
 
         def flush() -> None:
             if pending:
-                probs = self.predict_proba(np.stack([x for _, x in pending]))
-                results.extend(self._row(name, float(p)) for (name, _), p in zip(pending, probs, strict=True))
+                probs = self.predict_proba(np.stack([x for _, _, x in pending]), batch_size=batch_size)
+                for (i, name, _), p in zip(pending, probs, strict=True):
+                    results[i] = self._row(name, float(p))
                 pending.clear()
 
-        for source in sources:
-            name = str(source)
+        bar = _progress_bar(len(sources), progress)
+        for i, source in enumerate(sources):
+            name = os.fspath(source)
             try:
-                pending.append((name, self.preprocess(source)))
+                pending.append((i, name, self.preprocess(source)))
             except ImageReadError as exc:
-                flush()
-                results.append(Prediction(name, None, None, self.threshold, self.meta.name, self.meta.version,
-                                          str(exc)))
+                results[i] = self._error_row(name, str(exc))
+            except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not stop the others
+                results[i] = self._error_row(name, f"{name}: unexpected error ({type(exc).__name__}: {exc})")
             if len(pending) >= batch_size:
                 flush()
+            bar.update()
         flush()
-        return results
+        bar.close()
+        return [r for r in results if r is not None]
+
+    def _error_row(self, name: str, error: str) -> Prediction:
+        return Prediction(name, None, None, self.threshold, self.meta.name, self.meta.version, error)
 
     def _row(self, name: str, probability: float) -> Prediction:
         label = self.meta.class_names[int(probability >= self.threshold)]
         return Prediction(name, probability, label, self.threshold, self.meta.name, self.meta.version)
+
+
+def check_radiograph(source: str | os.PathLike | bytes, pixels: np.ndarray, name: str | None = None) -> None:
+    """Refuse images that decode but cannot be chest radiographs: blank ones and colour pictures.
+
+    ``pixels`` is the decoded grayscale image; the colour test re-reads only the header and a tiny
+    draft of images stored in colour modes, so grey files cost nothing extra.
+    """
+    label = name or (os.fspath(source) if not isinstance(source, bytes | bytearray | memoryview) else "<upload>")
+    if int(pixels.max()) - int(pixels.min()) < 8:
+        raise ImageReadError(f"{label}: blank image (all pixels about {int(pixels.mean())}); not a radiograph")
+    chroma = _chroma(source)
+    if chroma is not None and chroma > MAX_CHROMA:
+        raise ImageReadError(
+            f"{label}: a colour picture (mean channel difference {chroma:.0f}/255), not a grayscale "
+            "chest radiograph"
+        )
+
+
+def _chroma(source: str | os.PathLike | bytes) -> float | None:
+    from PIL import Image
+
+    stream = io.BytesIO(bytes(source)) if isinstance(source, bytes | bytearray | memoryview) else None
+    try:
+        with stream or open(source, "rb") as fh:  # type: ignore[arg-type]
+            if is_dicom(fh.read(132)):
+                return None  # DICOM radiographs are grey; RGB DICOMs are already converted by read_image
+            fh.seek(0)
+            with Image.open(fh) as image:
+                if image.mode not in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+                    return None
+                image.draft("RGB", (64, 64))  # JPEG: decode at 1/8 scale, enough to tell colour
+                small = image.convert("RGB")
+                small.thumbnail((64, 64))
+                rgb = np.asarray(small, dtype=np.int16)
+    except OSError:
+        return None  # read_image already decoded it; never fail a readable file on this check
+    return float(np.mean(np.abs(rgb[..., 0] - rgb[..., 1]) + np.abs(rgb[..., 1] - rgb[..., 2])) / 2)
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="scoring", unit="img", disable=not enabled, leave=False)
 
 
 class TorchBackend:
@@ -104,15 +181,17 @@ class TorchBackend:
 
 
 def load(path: str | os.PathLike, device: str | None = None) -> Classifier:
-    """Load a run folder, a ``.safetensors``/``.ckpt`` model, or an exported ``.onnx`` model."""
+    """Load a run folder, a ``.safetensors``/``.ckpt`` model, or an exported ``.onnx`` model.
+
+    Raises :class:`~pneumoscan.errors.ModelFileError` for anything that is not one of our models; no
+    file is ever unpickled.
+    """
     path = Path(path).expanduser()
     if path.suffix.lower() == ".onnx":
         from pneumoscan.inference.onnx_backend import load_onnx
 
-        return load_onnx(path)
+        return load_onnx(path, device=device)
     from pneumoscan.models.artifact import load_model
 
     model, meta = load_model(path)
     return Classifier(TorchBackend(model, device), meta)
-
-

@@ -12,14 +12,15 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from pneumoscan._io import atomic_write, atomic_write_json
 from pneumoscan.data.records import CLASS_NAMES
 from pneumoscan.errors import ModelFileError
+
+if TYPE_CHECKING:  # torch is imported where it is used: ModelMeta must load without it (ONNX path)
+    import torch
+    from torch import nn
 
 META_KEY = "pneumoscan"
 MODEL_FILE = "model.safetensors"
@@ -133,6 +134,8 @@ def _read_checkpoint(file: Path) -> tuple[dict[str, torch.Tensor], ModelMeta]:
     """A Lightning checkpoint written by pneumoscan's training: read without unpickling code."""
     if file.suffix not in (".ckpt", ".pt", ".pth"):
         raise ModelFileError(f"{file}: unknown model format; expected a run folder, .safetensors, .ckpt or .onnx")
+    import torch
+
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:

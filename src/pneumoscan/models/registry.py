@@ -74,6 +74,21 @@ def seed_cnn(image_size: int) -> nn.Module:
     )
 
 
+@register_model(
+    "mini-resnet",
+    "pneumoscan's fast default: a narrow MONAI ResNet (BasicBlock x1 per stage, 16-32-64-128 channels, stride-2 stem)",
+)
+def mini_resnet(image_size: int) -> nn.Module:
+    # Measured on 2 CPU cores (bench/bench_train.py): ~10x the training images/s of resnet18 at the same
+    # input size, and at 128 px it still reaches a patient-level validation AUC of ~0.99 on Kermany.
+    from monai.networks.nets import ResNet
+
+    return ResNet(
+        "basic", [1, 1, 1, 1], [16, 32, 64, 128], spatial_dims=2, n_input_channels=1,
+        conv1_t_size=7, conv1_t_stride=2, num_classes=1,
+    )
+
+
 @register_model("densenet121", "MONAI DenseNet-121, the CheXNet architecture")
 def densenet121(image_size: int) -> nn.Module:
     from monai.networks.nets import DenseNet121

@@ -1,0 +1,459 @@
+"""``evaluate(config)``: score a split with one model (or an ensemble), then write the report.
+
+The order of work is fixed so that nothing is tuned on the evaluated split: thresholds and the
+temperature come from the model file or from the run's validation data, and are frozen before the
+evaluated images are scored.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pneumoscan._io import atomic_write_bytes, atomic_write_json, atomic_write_text, ensure_writable_dir
+from pneumoscan.config import save_config, to_dict
+from pneumoscan.errors import ConfigError, DatasetError
+from pneumoscan.evaluation import metrics as M
+from pneumoscan.evaluation import plots
+from pneumoscan.evaluation.operating import (
+    OPERATING_POINTS,
+    apply_temperature,
+    choose_operating_points,
+    fit_temperature,
+)
+from pneumoscan.provenance import DISCLAIMER, git_commit, library_versions
+
+REPORT_JSON = "report.json"
+
+
+@dataclass
+class EvaluateConfig:
+    """Options of ``pneumoscan evaluate``; saved as ``config.yaml`` in every report folder."""
+
+    models: list[str] = field(default_factory=list)  # run folders or model files; several = an ensemble
+    data: str | None = None  # dataset root or manifest; None = the default data
+    split: str = "test"  # "train", "val", "test" or "all"
+    bootstrap: int = 1000  # resamples of patients for the confidence intervals
+    seed: int = 0
+    level: float = 0.95  # confidence level of the intervals
+    bins: int = 10  # calibration bins (ECE, reliability diagram)
+    tta: bool = False  # test-time augmentation: mean probability of the image and its horizontal flip
+    calibrate: bool = False  # temperature scaling fitted on the run's validation predictions
+    out: str | None = None  # report folder; default RUN/reports/<split>-<timestamp>/
+    batch_size: int = 64
+    gallery: int = 4  # worst false positives / negatives shown with Grad-CAM (when explain is available)
+    device: str | None = None
+
+
+@dataclass
+class EvaluationResult:
+    """Where the report went, and its content (the same dict as ``report.json``)."""
+
+    folder: Path
+    report: dict[str, Any]
+
+    @property
+    def html(self) -> Path:
+        return self.folder / "report.html"
+
+    @property
+    def json(self) -> Path:
+        return self.folder / REPORT_JSON
+
+    @property
+    def markdown(self) -> Path:
+        return self.folder / "report.md"
+
+
+@dataclass
+class _Member:
+    source: Path
+    run_dir: Path | None
+    classifier: Any
+
+
+def evaluate(config: EvaluateConfig) -> EvaluationResult:
+    """Evaluate ``config.models`` on ``config.split`` of ``config.data`` and write HTML, JSON and Markdown.
+
+    Promises: the model files are only read (their threshold is never changed); operating points and
+    the temperature come from the model file or the run's validation data, never from the evaluated
+    split; images that cannot be decoded are skipped and listed in the report.
+    """
+    import pneumoscan
+    from pneumoscan.data import build_cache, default_data_root, load_dataset
+
+    if not config.models:
+        raise ConfigError("evaluate: give at least one run folder or model file")
+    if config.bootstrap < 1:
+        raise ConfigError(f"--bootstrap must be at least 1, not {config.bootstrap}")
+    if not 0 < config.level < 1:
+        raise ConfigError(f"--level must be between 0 and 1, not {config.level}")
+    members = [_Member(Path(m), _run_dir(Path(m)), pneumoscan.load(m, device=config.device)) for m in config.models]
+    metas = [m.classifier.meta for m in members]
+    if len({(meta.image_size, meta.fit) for meta in metas}) > 1:
+        raise ConfigError("ensemble members differ in image size or fit; evaluate them separately "
+                          f"({', '.join(f'{m.source}: {x.image_size}px {x.fit}' for m, x in zip(members, metas, strict=True))})")
+    size, fit = metas[0].image_size, metas[0].fit
+    started = datetime.now(UTC)
+    out = Path(config.out) if config.out else _default_out(members, config.split, started)
+    ensure_writable_dir(out)
+
+    # 1. The data to evaluate.
+    data_root = Path(config.data) if config.data else default_data_root()
+    index = load_dataset(data_root)
+    samples, data_notes = _select(index, config.split)
+    cache = build_cache(samples, size, fit, progress=False)
+    images, kept = cache.subset(None)
+    labels = np.array([s.label for s in kept], dtype=np.int64)
+    patients = np.array([s.patient_id for s in kept], dtype=str)
+    if len(kept) == 0:
+        raise DatasetError(f"{data_root}: none of the {len(samples)} images of split {config.split!r} could be decoded")
+
+    # 2. Everything chosen on validation, frozen before the evaluated images are scored.
+    validation = _validation(members, config, size, fit)
+    points, points_source, stored = _operating_points(members, metas, validation, config)
+    temperature = None
+    if config.calibrate:
+        if validation is None:
+            raise ConfigError(f"{members[0].source}: --calibrate needs the run's validation predictions "
+                              "(val_predictions.csv or split.csv in the run folder)")
+        temperature = fit_temperature(validation["labels"], validation["probs"])
+
+    # 3. Score the evaluated split.
+    raw = _score(members, images, config)
+    probs = apply_temperature(raw, temperature) if temperature else raw
+    thresholds = {"stored": stored, **points}
+    if temperature:
+        # Same decisions as before scaling: the thresholds move with the probabilities (monotone map).
+        thresholds = {k: float(apply_temperature(np.array([t]), temperature)[0]) for k, t in thresholds.items()}
+
+    # 4. Metrics with patient-bootstrap intervals.
+    weights = M.patient_bootstrap_weights(patients, config.bootstrap, config.seed)
+    ci = M.bootstrap_intervals(labels, probs, patients, thresholds, level=config.level, bins=config.bins,
+                               weights=weights)
+    free = M.threshold_free_metrics(labels, probs, config.bins)
+    report: dict[str, Any] = {
+        "title": "pneumoscan evaluation report",
+        "disclaimer": DISCLAIMER,
+        "created": started.isoformat(timespec="seconds"),
+        "metrics": {
+            "threshold_free": {m: _with_ci(free[m], ci["threshold_free"][m]) for m in M.THRESHOLD_FREE_METRICS},
+            "at": {name: {m: _with_ci(v, ci["at"][name][m])
+                          for m, v in M.threshold_metrics(labels, probs, t).items()}
+                   for name, t in thresholds.items()},
+        },
+        "confusion_matrix": {name: M.confusion(labels, probs, t) for name, t in thresholds.items()},
+        "operating_points": {
+            name: {"threshold": thresholds[name], "source": points_source if name != "stored" else
+                   ("model file" if len(members) == 1 else "mean of the ensemble members' stored thresholds"),
+                   "rule": _RULES.get(name, "")}
+            for name in thresholds
+        },
+        "bootstrap": {"resamples": config.bootstrap, "seed": config.seed, "level": config.level,
+                      "unit": "patient", "method": "percentile",
+                      "undefined_resamples": ci["undefined"]},
+        "calibration": _calibration(labels, raw, probs, temperature, weights, config) if temperature else None,
+        "reliability": M.calibration_bins(labels, probs, config.bins),
+        "models": [_describe_member(m) for m in members],
+        "ensemble": len(members) > 1,
+        "tta": "horizontal flip, mean probability" if config.tta else None,
+        "data": _describe_data(index, config.split, kept, cache.failures, data_notes, labels, patients),
+        "validation": None if validation is None else {
+            "source": validation["source"], "images": len(validation["labels"]),
+            "patients": len(set(validation["patients"])),
+        },
+        "leakage": _leakage(members, kept),
+        "config": to_dict(config),
+        "versions": library_versions(),
+        "git_commit": git_commit(),
+        "plots": {},
+        "gallery": None,
+    }
+    report["warnings"] = _warnings(report)
+
+    # 5. Figures, per-image predictions, report files.
+    figures = _figures(members, labels, probs, raw, thresholds, weights, report, config)
+    for name, png in figures.items():
+        atomic_write_bytes(out / "plots" / f"{name}.png", png)
+        report["plots"][name] = f"plots/{name}.png"
+    _write_predictions(out / "predictions.csv", kept, labels, raw, probs, thresholds["stored"])
+    from pneumoscan.evaluation.report import render_html, render_markdown
+
+    save_config(config, out / "config.yaml")
+    atomic_write_json(out / REPORT_JSON, _json_safe(report))
+    atomic_write_text(out / "report.md", render_markdown(report))
+    atomic_write_text(out / "report.html", render_html(report, figures))
+    return EvaluationResult(out, report)
+
+
+_RULES = {"stored": "the threshold stored in the model at training (chosen on validation), applied as is",
+          **OPERATING_POINTS}
+
+
+def _with_ci(value: float, interval: tuple[float, float]) -> dict[str, float | None]:
+    return {"value": _num(value), "low": _num(interval[0]), "high": _num(interval[1])}
+
+
+def _num(value: float) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return _num(float(obj))
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _run_dir(path: Path) -> Path | None:
+    """The run folder of a model path: the folder itself, or the one holding the file (or its checkpoints/)."""
+    path = path.expanduser()
+    candidates = [path] if path.is_dir() else [path.parent, path.parent.parent]
+    for folder in candidates:
+        if any((folder / name).is_file() for name in ("split.csv", "val_predictions.csv", "config.yaml")):
+            return folder.resolve()
+    return path.resolve() if path.is_dir() else None
+
+
+def _default_out(members: list[_Member], split: str, when: datetime) -> Path:
+    base = members[0].run_dir or members[0].source.expanduser().resolve().parent
+    prefix = "ensemble-" if len(members) > 1 else ""
+    return base / "reports" / f"{prefix}{split}-{when.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _select(index, split: str) -> tuple[list, list[str]]:
+    notes: list[str] = []
+    present = [s for s in index.splits if s is not None]
+    if split == "all":
+        chosen = list(index.samples)
+    elif not present:
+        chosen = list(index.samples)
+        notes.append(f"the data has no split folders or column: all {len(chosen)} images were evaluated")
+    elif split in present:
+        chosen = index.by_split(split)
+    else:
+        raise DatasetError(f"{index.root}: no {split!r} split; it has {', '.join(present)} "
+                           "(pass --split with one of those, or --split all)")
+    labelled = [s for s in chosen if s.label is not None]
+    if len(labelled) < len(chosen):
+        notes.append(f"{len(chosen) - len(labelled)} images without a label were left out")
+    if not labelled:
+        raise DatasetError(f"{index.root}: split {split!r} has no labelled images to evaluate")
+    return labelled, notes
+
+
+def _score(members: list[_Member], images: np.ndarray, config: EvaluateConfig) -> np.ndarray:
+    """Mean pneumonia probability over the ensemble members (and the flipped image with TTA)."""
+    total = np.zeros(len(images), dtype=np.float64)
+    for member in members:
+        total += member.classifier.predict_proba(images, config.batch_size)
+        if config.tta:
+            flipped = np.ascontiguousarray(images[..., ::-1])
+            total += member.classifier.predict_proba(flipped, config.batch_size)
+    return total / (len(members) * (2 if config.tta else 1))
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:  # non-UTF-8 names
+            return list(csv.DictReader(fh))
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _validation(members: list[_Member], config: EvaluateConfig, size: int, fit: str) -> dict | None:
+    """The validation labels and scores of the same scorer (model, ensemble, TTA) as the evaluation.
+
+    The run's ``val_predictions.csv`` is used as is when it was made by the same scorer (one model, no
+    TTA); otherwise the validation rows of ``split.csv`` are scored again.
+    """
+    if not config.tta:
+        tables = [_read_csv(m.run_dir / "val_predictions.csv") for m in members
+                  if m.run_dir and (m.run_dir / "val_predictions.csv").is_file()]
+        if len(tables) == len(members):
+            try:
+                rows = [{r["path"]: r for r in table} for table in tables]
+                common = sorted(set.intersection(*(set(r) for r in rows)))
+                if common:
+                    return {
+                        "labels": np.array([int(rows[0][p]["label"]) for p in common]),
+                        "probs": np.mean([[float(r[p]["probability"]) for p in common] for r in rows], axis=0),
+                        "patients": [rows[0][p].get("patient_id") or p for p in common],
+                        "source": "val_predictions.csv of the run" + ("s (common images, mean)" if len(rows) > 1 else ""),
+                    }
+            except (KeyError, ValueError) as exc:
+                raise DatasetError(f"{members[0].run_dir}/val_predictions.csv: expected columns "
+                                   f"path,patient_id,label,probability ({exc})") from None
+    split_file = members[0].run_dir / "split.csv" if members[0].run_dir else None
+    if split_file is None or not split_file.is_file():
+        return None
+    from pneumoscan.data import Sample, build_cache
+
+    val = [Sample(Path(r["path"]), int(r["label"]), r.get("patient_id") or r["path"], "val")
+           for r in _read_csv(split_file) if r.get("split") == "val" and r.get("label") not in (None, "")]
+    if not val:
+        return None
+    cache = build_cache(val, size, fit, progress=False)  # type: ignore[arg-type]
+    images, kept = cache.subset(None)
+    if not kept:
+        return None
+    return {"labels": np.array([s.label for s in kept]), "probs": _score(members, images, config),
+            "patients": [s.patient_id for s in kept],
+            "source": f"validation rows of {split_file} scored again ({len(cache.failures)} unreadable)"}
+
+
+def _operating_points(members, metas, validation, config) -> tuple[dict[str, float], str, float]:
+    """(youden/sens95/spec95 thresholds, where they come from, the stored threshold)."""
+    stored = float(np.mean([meta.threshold for meta in metas]))
+    same_scorer = len(members) == 1 and not config.tta
+    saved = metas[0].operating_points or {}
+    if same_scorer and all(k in saved for k in ("youden", "sens95", "spec95")):
+        return {k: float(saved[k]) for k in ("youden", "sens95", "spec95")}, "model file (chosen on validation at training)", stored
+    if validation is not None:
+        return (choose_operating_points(validation["labels"], validation["probs"]),
+                f"chosen now on validation ({validation['source']})", stored)
+    if all(k in saved for k in ("youden", "sens95", "spec95")):
+        return ({k: float(saved[k]) for k in ("youden", "sens95", "spec95")},
+                "model file (chosen on validation without TTA/ensemble; no validation data to redo it)", stored)
+    return {}, "none: the model file stores no operating points and the run has no validation data", stored
+
+
+def _calibration(labels, raw, calibrated, temperature, weights, config) -> dict[str, Any]:
+    before = M.bootstrap_intervals(labels, raw, [], {}, level=config.level, bins=config.bins, weights=weights)
+    after = M.bootstrap_intervals(labels, calibrated, [], {}, level=config.level, bins=config.bins, weights=weights)
+    free_before = M.threshold_free_metrics(labels, raw, config.bins)
+    free_after = M.threshold_free_metrics(labels, calibrated, config.bins)
+    return {
+        "temperature": temperature,
+        "fitted_on": "the run's validation predictions",
+        "before": {m: _with_ci(free_before[m], before["threshold_free"][m]) for m in M.CALIBRATION_METRICS},
+        "after": {m: _with_ci(free_after[m], after["threshold_free"][m]) for m in M.CALIBRATION_METRICS},
+    }
+
+
+def _describe_member(member: _Member) -> dict[str, Any]:
+    meta = member.classifier.meta
+    return {"path": str(member.source), "run_dir": str(member.run_dir) if member.run_dir else None,
+            "name": meta.name, "run_id": meta.run_id, "version": meta.version, "image_size": meta.image_size,
+            "fit": meta.fit, "threshold": meta.threshold, "operating_points": dict(meta.operating_points),
+            "temperature": meta.temperature, "val_metrics": dict(meta.val_metrics),
+            "provenance": meta.provenance}
+
+
+def _describe_data(index, split, kept, failures, notes, labels, patients) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    for s in kept:
+        digest.update(f"{os.path.abspath(s.path)}|{s.label}|{s.patient_id}\n".encode("utf-8", "surrogateescape"))
+    return {
+        "root": str(index.root), "source": index.source, "split": split,
+        "images": len(kept), "patients": len(set(patients.tolist())),
+        "pneumonia": int((labels == 1).sum()), "normal": int((labels == 0).sum()),
+        "fingerprint": digest.hexdigest()[:16],
+        "unreadable": [{"path": p, "reason": r} for p, r in failures],
+        "notes": [*index.notes, *notes],
+    }
+
+
+def _leakage(members: list[_Member], kept) -> dict[str, Any]:
+    """Evaluated images or patients that a member saw in training or validation (from its split.csv)."""
+    patients = {s.patient_id for s in kept}
+    paths = {os.path.abspath(s.path) for s in kept}
+    result: dict[str, Any] = {"checked": [], "patients": {}, "images": {}}
+    for member in members:
+        split_file = member.run_dir / "split.csv" if member.run_dir else None
+        if split_file is None or not split_file.is_file():
+            continue
+        result["checked"].append(str(split_file))
+        for row in _read_csv(split_file):
+            part = row.get("split") or "?"
+            if part not in ("train", "val"):
+                continue
+            if row.get("patient_id") in patients:
+                result["patients"].setdefault(part, set()).add(row["patient_id"])
+            if row.get("path") and os.path.abspath(row["path"]) in paths:
+                result["images"].setdefault(part, set()).add(row["path"])
+    result["patients"] = {k: len(v) for k, v in result["patients"].items()}
+    result["images"] = {k: len(v) for k, v in result["images"].items()}
+    return result
+
+
+def _warnings(report: dict[str, Any]) -> list[str]:
+    warnings: list[str] = []
+    leak = report["leakage"]
+    for part in ("train", "val"):
+        if leak["images"].get(part) or leak["patients"].get(part):
+            warnings.append(
+                f"LEAKAGE: {leak['images'].get(part, 0)} evaluated images and {leak['patients'].get(part, 0)} "
+                f"patients were in the run's {part} split; these figures are optimistic, not a test result")
+    if not leak["checked"]:
+        warnings.append("no split.csv beside the model: could not check the evaluated patients against training")
+    if report["validation"] is None:
+        warnings.append("no validation data in the run folder: operating points come from the model file only")
+    if report["data"]["unreadable"]:
+        warnings.append(f"{len(report['data']['unreadable'])} images could not be decoded and were skipped")
+    if report["data"]["pneumonia"] == 0 or report["data"]["normal"] == 0:
+        warnings.append("the evaluated split holds one class only: sensitivity/specificity/AUC are undefined")
+    return warnings
+
+
+def _figures(members, labels, probs, raw, thresholds, weights, report, config) -> dict[str, bytes]:
+    free = report["metrics"]["threshold_free"]
+
+    def fmt(metric: str) -> str:
+        m = free[metric]
+        return "n/a" if m["value"] is None else f"{metric.upper().replace('_', '-')} {m['value']:.3f}" + (
+            f" [{m['low']:.3f}, {m['high']:.3f}]" if m["low"] is not None else "")
+
+    figures: dict[str, bytes] = {}
+    both = bool((labels == 1).any() and (labels == 0).any())
+    if both:
+        figures["roc"] = plots.roc_plot(labels, probs, thresholds, weights, fmt("roc_auc"))
+        figures["precision_recall"] = plots.pr_plot(labels, probs, thresholds, fmt("pr_auc"))
+    curves = {"after temperature scaling": probs, "before": raw} if report["calibration"] else {"model": probs}
+    figures["reliability"] = plots.reliability_plot(labels, dict(reversed(curves.items())), config.bins)
+    figures["confusion_matrix"] = plots.confusion_plot(report["confusion_matrix"]["stored"], thresholds["stored"])
+    figures["score_histograms"] = plots.histogram_plot(labels, probs, thresholds)
+    history = _history(members[0].run_dir)
+    if history:
+        figures["training_curves"] = plots.history_plot(history)
+    elif members[0].run_dir and (members[0].run_dir / "curves.png").is_file():
+        figures["training_curves"] = (members[0].run_dir / "curves.png").read_bytes()
+    return figures
+
+
+def _history(run_dir: Path | None) -> dict[str, list[float]]:
+    if run_dir is None or not (run_dir / "history.csv").is_file():
+        return {}
+    rows = _read_csv(run_dir / "history.csv")
+    columns: dict[str, list[float]] = {}
+    for row in rows:
+        for key, value in row.items():
+            try:
+                columns.setdefault(key, []).append(float(value) if value not in (None, "") else float("nan"))
+            except ValueError:
+                continue  # a text column (e.g. a timestamp) is not a curve
+    return columns
+
+
+def _write_predictions(path: Path, kept, labels, raw, probs, threshold: float) -> None:
+    lines = ["path,patient_id,label,probability,calibrated_probability,predicted"]
+    for s, y, r, p in zip(kept, labels, raw, probs, strict=True):
+        lines.append(f"{_csv_cell(str(s.path))},{_csv_cell(s.patient_id)},{int(y)},{r:.6f},{p:.6f},{int(p >= threshold)}")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _csv_cell(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+

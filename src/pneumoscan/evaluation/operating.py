@@ -1,0 +1,65 @@
+"""Operating points and temperature scaling, chosen on VALIDATION data only.
+
+Nothing here is ever given the split being evaluated: :func:`pneumoscan.evaluation.evaluate` passes the
+run's validation predictions, and the tests check that the evaluated split cannot move a threshold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pneumoscan.errors import DatasetError
+
+OPERATING_POINTS: dict[str, str] = {
+    "youden": "maximises Youden's J (sensitivity + specificity - 1) on validation",
+    "sens95": "highest threshold with sensitivity >= 0.95 on validation",
+    "spec95": "lowest threshold with specificity >= 0.95 on validation",
+}
+
+
+def choose_operating_points(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """Thresholds for Youden's J, sensitivity 0.95 and specificity 0.95 on the given (validation) scores."""
+    from sklearn.metrics import roc_curve
+
+    labels = np.asarray(labels, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    if not ((labels == 1).any() and (labels == 0).any()):
+        raise DatasetError("validation predictions hold one class only; operating points need both classes")
+    fpr, tpr, thresholds = roc_curve(labels, probs, drop_intermediate=False)
+    # roc_curve's first threshold is +inf (nothing called positive). It is kept, as the smallest number
+    # above every score, only where no real threshold reaches specificity 0.95.
+    thresholds = thresholds.copy()
+    thresholds[0] = np.nextafter(probs.max(), np.inf)
+    j = tpr[1:] - fpr[1:]
+    youden = thresholds[1:][int(np.argmax(j))]
+    sens95 = thresholds[int(np.flatnonzero(tpr >= 0.95)[0])]
+    spec95 = thresholds[int(np.flatnonzero(fpr <= 0.05)[-1])]
+    return {"youden": float(youden), "sens95": float(sens95), "spec95": float(spec95)}
+
+
+def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
+    """The temperature T that minimises the log loss of ``sigmoid(logit(probs) / T)`` on these labels.
+
+    Temperature scaling is a one-weight logistic regression without intercept on the logit, so it is
+    fitted with scikit-learn's ``LogisticRegression`` without penalty (C = inf); T = 1 / weight.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    labels = np.asarray(labels, dtype=np.int64)
+    if not ((labels == 1).any() and (labels == 0).any()):
+        raise DatasetError("validation predictions hold one class only; temperature scaling needs both classes")
+    z = logit(probs)[:, None]
+    weight = float(LogisticRegression(C=np.inf, fit_intercept=False).fit(z, labels).coef_[0, 0])
+    if weight <= 0:
+        raise DatasetError("validation scores are anti-correlated with the labels; temperature scaling refused")
+    return 1.0 / weight
+
+
+def logit(probs: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.log(p) - np.log1p(-p)
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Rescale probabilities by a temperature: ``sigmoid(logit(p) / T)`` (ranking unchanged)."""
+    return 1.0 / (1.0 + np.exp(-logit(probs) / temperature))

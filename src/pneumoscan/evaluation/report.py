@@ -1,0 +1,168 @@
+"""Render a report dict (the content of ``report.json``) as self-contained HTML and as Markdown.
+
+The HTML embeds its figures as base64 data URIs and links nothing outside itself, so it opens offline
+and can be mailed as one file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from typing import Any
+
+from pneumoscan.evaluation.metrics import THRESHOLD_FREE_METRICS, THRESHOLD_METRICS
+
+LABELS: dict[str, str] = {
+    "accuracy": "Accuracy", "sensitivity": "Sensitivity (recall)", "specificity": "Specificity",
+    "ppv": "PPV (precision)", "npv": "NPV", "f1": "F1", "balanced_accuracy": "Balanced accuracy",
+    "roc_auc": "ROC-AUC", "pr_auc": "PR-AUC (average precision)", "brier": "Brier score (lower is better)",
+    "log_loss": "Log loss (lower is better)", "ece": "ECE (lower is better)",
+}
+POINT_LABELS = {"stored": "stored threshold", "youden": "Youden's J", "sens95": "sensitivity 0.95",
+                "spec95": "specificity 0.95"}
+PLOT_TITLES = {"roc": "ROC curve", "precision_recall": "Precision-recall curve",
+               "reliability": "Reliability diagram", "confusion_matrix": "Confusion matrix",
+               "score_histograms": "Scores per class", "training_curves": "Training curves of the run"}
+
+
+def format_value(entry: dict[str, Any] | None) -> str:
+    """``0.912 [0.887, 0.934]`` for a metric with its interval, ``n/a`` when undefined."""
+    if not entry or entry.get("value") is None:
+        return "n/a"
+    text = f"{entry['value']:.3f}"
+    if entry.get("low") is not None and entry.get("high") is not None:
+        text += f" [{entry['low']:.3f}, {entry['high']:.3f}]"
+    return text
+
+
+def _summary_line(report: dict[str, Any]) -> str:
+    data = report["data"]
+    models = ", ".join(f"{m['name']} ({m['path']})" for m in report["models"])
+    extra = " + TTA (flip)" if report.get("tta") else ""
+    kind = "ensemble of " if report.get("ensemble") else ""
+    return (f"{kind}{models}{extra} on split '{data['split']}' of {data['root']}: {data['images']} images, "
+            f"{data['patients']} patients ({data['pneumonia']} pneumonia, {data['normal']} normal)")
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """A short Markdown summary: disclaimer, data, warnings, metric tables with intervals."""
+    boot = report["bootstrap"]
+    level = round(boot["level"] * 100)
+    points = list(report["metrics"]["at"])
+    lines = [f"# {report['title']}", "", f"> **{report['disclaimer']}**", "", _summary_line(report), "",
+             f"Created {report['created']}; {level}% intervals: percentile bootstrap over patients, "
+             f"{boot['resamples']} resamples, seed {boot['seed']}.", ""]
+    for warning in report["warnings"]:
+        lines.append(f"- **WARNING:** {warning}")
+    if report["warnings"]:
+        lines.append("")
+    lines += ["## Operating points", "", "| point | threshold | chosen by |", "|---|---|---|"]
+    for name in points:
+        op = report["operating_points"][name]
+        lines.append(f"| {POINT_LABELS.get(name, name)} | {op['threshold']:.4f} | {op['rule']}; {op['source']} |")
+    lines += ["", "## Metrics at each operating point", "",
+              "| metric | " + " | ".join(POINT_LABELS.get(p, p) for p in points) + " |",
+              "|---|" + "---|" * len(points)]
+    for metric in THRESHOLD_METRICS:
+        cells = [format_value(report["metrics"]["at"][p][metric]) for p in points]
+        lines.append(f"| {LABELS[metric]} | " + " | ".join(cells) + " |")
+    lines += ["", "## Threshold-free metrics", "", "| metric | value |", "|---|---|"]
+    for metric in THRESHOLD_FREE_METRICS:
+        lines.append(f"| {LABELS[metric]} | {format_value(report['metrics']['threshold_free'][metric])} |")
+    cm = report["confusion_matrix"]["stored"]
+    lines += ["", "## Confusion matrix (stored threshold)", "", "| true \\ predicted | NORMAL | PNEUMONIA |",
+              "|---|---|---|", f"| NORMAL | {cm['tn']} | {cm['fp']} |", f"| PNEUMONIA | {cm['fn']} | {cm['tp']} |"]
+    if report.get("calibration"):
+        cal = report["calibration"]
+        lines += ["", f"## Temperature scaling (T = {cal['temperature']:.3f}, fitted on {cal['fitted_on']})", "",
+                  "| metric | before | after |", "|---|---|---|"]
+        for metric in cal["before"]:
+            lines.append(f"| {LABELS[metric]} | {format_value(cal['before'][metric])} | "
+                         f"{format_value(cal['after'][metric])} |")
+    lines += ["", f"Data fingerprint {report['data']['fingerprint']}; pneumoscan "
+              f"{report['versions'].get('pneumoscan', '?')}, git {report.get('git_commit') or 'unknown'}.", ""]
+    return "\n".join(lines)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+.disclaimer{background:#fff3cd;border:2px solid #d39e00;padding:.8em 1em;font-weight:600}
+.warning{background:#f8d7da;border:1px solid #c82333;padding:.5em 1em;margin:.4em 0}
+table{border-collapse:collapse;margin:.5em 0 1.2em}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}
+th{background:#f3f3f3}figure{display:inline-block;margin:.5em;vertical-align:top}figure img{max-width:520px}
+pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.85em}.muted{color:#666;font-size:.9em}
+"""
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def render_html(report: dict[str, Any], figures: dict[str, bytes], gallery: dict[str, bytes] | None = None) -> str:
+    """One self-contained HTML page: figures inlined as data URIs, no script, no external resource."""
+    esc = html.escape
+    points = list(report["metrics"]["at"])
+    boot = report["bootstrap"]
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{esc(report['title'])}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{esc(report['title'])}</h1>",
+        f"<p class='disclaimer' id='disclaimer'>{esc(report['disclaimer'])}</p>",
+        f"<p>{esc(_summary_line(report))}</p>",
+        f"<p class='muted'>Created {esc(report['created'])}. Intervals: {round(boot['level'] * 100)}% percentile "
+        f"bootstrap resampling patients (not images), {boot['resamples']} resamples, seed {boot['seed']}.</p>",
+    ]
+    parts += [f"<p class='warning'>WARNING: {esc(w)}</p>" for w in report["warnings"]]
+    parts.append("<h2>Operating points</h2><p>Every threshold was chosen on validation data or stored at "
+                 "training; none was tuned on the split evaluated here.</p>")
+    parts.append(_table(["point", "threshold", "rule", "source"], [
+        [POINT_LABELS.get(n, n), f"{report['operating_points'][n]['threshold']:.4f}",
+         report["operating_points"][n]["rule"], report["operating_points"][n]["source"]] for n in points]))
+    parts.append("<h2>Metrics at each operating point</h2>")
+    parts.append(_table(["metric", *[POINT_LABELS.get(p, p) for p in points]], [
+        [LABELS[m], *[format_value(report["metrics"]["at"][p][m]) for p in points]] for m in THRESHOLD_METRICS]))
+    parts.append("<h2>Threshold-free metrics</h2>")
+    parts.append(_table(["metric", "value [95% CI]"], [
+        [LABELS[m], format_value(report["metrics"]["threshold_free"][m])] for m in THRESHOLD_FREE_METRICS]))
+    parts.append("<h2>Confusion matrices</h2>")
+    parts.append(_table(["point", "TN", "FP", "FN", "TP"], [
+        [POINT_LABELS.get(p, p), *[str(report["confusion_matrix"][p][k]) for k in ("tn", "fp", "fn", "tp")]]
+        for p in points]))
+    if report.get("calibration"):
+        cal = report["calibration"]
+        parts.append(f"<h2>Temperature scaling</h2><p>T = {cal['temperature']:.3f}, fitted on "
+                     f"{esc(cal['fitted_on'])}. Rankings (AUCs) and decisions are unchanged; the thresholds "
+                     "above were moved with the probabilities.</p>")
+        parts.append(_table(["metric", "before", "after"], [
+            [LABELS[m], format_value(cal["before"][m]), format_value(cal["after"][m])] for m in cal["before"]]))
+    parts.append("<h2>Figures</h2>")
+    for name, png in figures.items():
+        title = PLOT_TITLES.get(name, name)
+        parts.append(f"<figure>{_img(png, title)}<figcaption>{esc(title)}</figcaption></figure>")
+    if gallery:
+        parts.append("<h2>Worst errors with Grad-CAM</h2>")
+        for name, png in gallery.items():
+            parts.append(f"<figure>{_img(png, name)}<figcaption>{esc(name)}</figcaption></figure>")
+    data = report["data"]
+    parts.append("<h2>Data</h2>")
+    parts.append(_table(["", ""], [
+        ["root", data["root"]], ["source", data["source"]], ["split", data["split"]],
+        ["images / patients", f"{data['images']} / {data['patients']}"],
+        ["pneumonia / normal", f"{data['pneumonia']} / {data['normal']}"],
+        ["fingerprint", data["fingerprint"]], ["unreadable (skipped)", str(len(data["unreadable"]))],
+        ["validation used", json.dumps(report["validation"])],
+    ]))
+    if data["unreadable"]:
+        parts.append("<ul>" + "".join(f"<li>{esc(u['reason'])}</li>" for u in data["unreadable"][:50]) + "</ul>")
+    parts += [f"<p class='muted'>{esc(n)}</p>" for n in data["notes"]]
+    parts.append("<h2>Models, configuration, versions</h2>")
+    parts.append(f"<pre>{esc(json.dumps({'models': report['models'], 'config': report['config'], 'versions': report['versions'], 'git_commit': report.get('git_commit')}, indent=2, default=str))}</pre>")
+    parts.append(f"<p class='disclaimer'>{esc(report['disclaimer'])}</p></body></html>")
+    return "\n".join(parts)

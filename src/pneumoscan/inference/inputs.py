@@ -1,0 +1,108 @@
+"""What ``predict`` reads and writes: inputs given as files, folders or globs; results as CSV or JSON."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from pneumoscan._io import atomic_write_text
+from pneumoscan.data.image import IMAGE_SUFFIXES, is_dicom
+from pneumoscan.errors import ConfigError
+from pneumoscan.inference.classifier import Prediction
+from pneumoscan.provenance import DISCLAIMER
+
+COLUMNS = ("file", "probability", "label", "threshold", "model", "version", "error")
+
+
+def expand_inputs(items: Iterable[str | os.PathLike]) -> list[str]:
+    """Files, folders and globs -> the list of files to score, in a stable order.
+
+    A file named explicitly is always kept, whatever its type: if it is not an image it is reported on
+    its own row rather than silently dropped. A folder is searched recursively for image files
+    (by extension, plus extension-less DICOMs, which scanners often write); hidden files are skipped.
+    A pattern that matches nothing, or a path that does not exist, is kept so that it is reported too.
+    """
+    files: list[str] = []
+    for item in items:
+        text = os.fspath(item)
+        path = Path(text).expanduser()
+        if path.is_dir():
+            files.extend(_images_under(path))
+        elif path.exists():
+            files.append(str(path))
+        elif glob.has_magic(text):
+            matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
+            if not matches:
+                files.append(text)
+            for match in matches:
+                files.extend(_images_under(Path(match)) if Path(match).is_dir() else [match])
+        else:
+            files.append(text)  # missing: read_image reports "cannot read file (No such file ...)"
+    return list(dict.fromkeys(files))  # a file given twice is scored once
+
+
+def _images_under(folder: Path) -> list[str]:
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            path = Path(root) / name
+            suffix = path.suffix.lower()
+            if suffix in IMAGE_SUFFIXES or (not suffix and _looks_like_dicom(path)):
+                found.append(str(path))
+    return found
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return is_dicom(fh.read(132))
+    except OSError:
+        return False
+
+
+def write_predictions(rows: Sequence[Prediction], out: str | os.PathLike) -> Path:
+    """Write ``rows`` to ``out`` (``.csv`` or ``.json``, chosen by the extension) atomically."""
+    out = Path(out)
+    records = [_record(row) for row in rows]
+    if out.suffix.lower() == ".json":
+        return atomic_write_text(out, json.dumps({"disclaimer": DISCLAIMER, "predictions": records}, indent=2) + "\n")
+    if out.suffix.lower() == ".csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        return atomic_write_text(out, buffer.getvalue())
+    raise ConfigError(f"{out}: unknown output format; use a name ending in .csv or .json")
+
+
+def format_table(rows: Sequence[Prediction], max_name: int = 48) -> str:
+    """A plain-text table for the terminal: one line per file, errors in place of a probability."""
+    lines = [f"{'file':<{max_name}}  {'probability':>11}  {'label':<9}  note"]
+    for row in rows:
+        name = row.source if len(row.source) <= max_name else "..." + row.source[-(max_name - 3):]
+        if row.error:
+            lines.append(f"{name:<{max_name}}  {'-':>11}  {'-':<9}  {_short_error(row)}")
+        else:
+            lines.append(f"{name:<{max_name}}  {row.probability:>11.4f}  {row.label:<9}")
+    return "\n".join(lines)
+
+
+def _short_error(row: Prediction) -> str:
+    # The error message starts with the file name, which the table already shows.
+    error = row.error or ""
+    return error[len(row.source) + 2:] if error.startswith(row.source + ": ") else error
+
+
+def _record(row: Prediction) -> dict:
+    data = asdict(row)
+    data["file"] = data.pop("source")
+    return {column: data.get(column) for column in COLUMNS}

@@ -1,0 +1,109 @@
+"""Score images with an exported ONNX model through ONNX Runtime, without torch, Lightning or MONAI.
+
+The contract of a pneumoscan ONNX file (written by :func:`pneumoscan.serving.export.export_onnx`):
+
+- input ``image``: float32 ``(N, 1, S, S)``, grayscale ``uint8 / 255``; N is dynamic. Per-image
+  standardisation is inside the graph.
+- outputs ``logit`` ``(N, 1)`` and ``probability`` ``(N, 1)`` = ``sigmoid(logit / temperature)``.
+- ``metadata_props``: ``pneumoscan`` holds the full :class:`~pneumoscan.models.ModelMeta` JSON; readable
+  keys (``image_size``, ``fit``, ``channels``, ``scale``, ``threshold``, ...) repeat the contract for
+  other tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pneumoscan.errors import ModelFileError
+from pneumoscan.inference.classifier import Classifier
+from pneumoscan.models.artifact import META_KEY, ModelMeta
+
+INPUT_NAME = "image"
+LOGIT_OUTPUT = "logit"
+PROBABILITY_OUTPUT = "probability"
+
+
+class OnnxBackend:
+    """An ONNX Runtime session that returns one logit per image (the same contract as the torch backend)."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, device: str | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        available = ort.get_available_providers()
+        wanted = ["CPUExecutionProvider"]
+        if device != "cpu" and "CUDAExecutionProvider" in available:
+            wanted.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+        except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ModelFileError(f"{path}: not a loadable ONNX model ({reason})") from None
+        self.input = self.session.get_inputs()[0].name
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        out = self.session.run([LOGIT_OUTPUT], {self.input: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        return np.asarray(out, dtype=np.float32).reshape(-1)
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+
+def load_onnx(path: str | os.PathLike, device: str | None = None, threads: int | None = None) -> Classifier:
+    """Load an ONNX model exported by pneumoscan, with its :class:`ModelMeta` read from the file.
+
+    Raises :class:`ModelFileError` when the file is missing, is not ONNX, or is an ONNX model without
+    pneumoscan metadata (someone else's model: its input contract is unknown, so it is refused).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such ONNX model file")
+    backend = OnnxBackend(path, threads=threads, device=device)
+    meta = read_onnx_meta(backend.metadata(), path)
+    if LOGIT_OUTPUT not in backend.outputs:
+        raise ModelFileError(f"{path}: ONNX model has no '{LOGIT_OUTPUT}' output (has {backend.outputs}); "
+                             "re-export it with 'pneumoscan export'")
+    return Classifier(backend, meta)
+
+
+def read_onnx_meta(props: dict[str, str], path: str | os.PathLike = "<onnx>") -> ModelMeta:
+    """The :class:`ModelMeta` stored in an ONNX model's ``metadata_props``."""
+    if META_KEY not in props:
+        raise ModelFileError(f"{path}: an ONNX model without pneumoscan metadata; not one of ours "
+                             "(export models with 'pneumoscan export RUN --format onnx')")
+    try:
+        return ModelMeta.from_dict(json.loads(props[META_KEY]))
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(f"{path}: corrupt pneumoscan metadata in the ONNX model ({exc})") from None
+
+
+def onnx_metadata(meta: ModelMeta) -> dict[str, str]:
+    """The ``metadata_props`` written into an exported model: the full meta and readable contract keys."""
+    from pneumoscan.provenance import DISCLAIMER
+
+    contract = meta.preprocessing
+    return {
+        META_KEY: meta.to_json(),
+        "image_size": str(contract["size"]),
+        "fit": str(contract["fit"]),
+        "channels": str(contract["channels"]),
+        "layout": str(contract["layout"]),
+        "dtype": str(contract["dtype"]),
+        "scale": str(contract["scale"]),
+        "normalisation": str(contract["normalisation"]),
+        "input": f"{INPUT_NAME}: float32 (N, 1, {meta.image_size}, {meta.image_size})",
+        "outputs": f"{LOGIT_OUTPUT}: (N, 1) raw score; {PROBABILITY_OUTPUT}: (N, 1) = sigmoid(logit / temperature)",
+        "temperature": repr(float(meta.temperature or 1.0)),
+        "threshold": repr(float(meta.threshold)),
+        "class_names": ",".join(meta.class_names),
+        "model_name": meta.name,
+        "disclaimer": DISCLAIMER,
+    }

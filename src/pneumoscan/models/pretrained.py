@@ -1,0 +1,164 @@
+"""Start a registry network from other weights: a local state dict, or ImageNet through torchvision.
+
+Loading is by name after light normalisation (``module.``/``model.``/``network.`` prefixes, MONAI's
+``.layers.`` in DenseNet blocks, torchvision's old ``norm.1`` names), never by position. A first
+convolution trained on three channels is adapted to our one grayscale channel by summing its kernels
+over the colour axis: a gray pixel is R = G = B, so the adapted layer computes exactly what the original
+computed on the gray image. A head of another shape (1,000 ImageNet classes) is left freshly initialised.
+Nothing is unpickled: files are safetensors or read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pneumoscan.errors import ConfigError, ModelFileError
+
+_PREFIXES = ("module.", "model.", "network.", "_orig_mod.")
+_OLD_DENSENET = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+# registry name -> torchvision model name, for --pretrained imagenet
+TORCHVISION_NAMES = {"resnet18": "resnet18", "resnet50": "resnet50", "densenet121": "densenet121"}
+
+
+@dataclass
+class PretrainedReport:
+    """What was loaded into the network, adapted on the way, or left as initialised."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)  # "key: how"
+    mismatched: list[str] = field(default_factory=list)  # "key: source shape vs network shape"
+    missing: list[str] = field(default_factory=list)  # network tensors absent from the source
+    unused: list[str] = field(default_factory=list)  # source tensors the network has no place for
+
+    def summary(self) -> str:
+        """A few lines for people: counts, and the names of what was not loaded."""
+
+        def some(keys: list[str]) -> str:
+            return ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
+
+        lines = [f"pretrained weights from {self.source}: loaded {len(self.loaded)} tensors "
+                 f"({len(self.adapted)} adapted), left {len(self.mismatched) + len(self.missing)} as initialised"]
+        if self.adapted:
+            lines.append(f"  adapted: {some(self.adapted)}")
+        if self.mismatched:
+            lines.append(f"  not loaded, other shape: {some(self.mismatched)}")
+        if self.missing:
+            lines.append(f"  not in the source: {some(self.missing)}")
+        if self.unused:
+            lines.append(f"  unused from the source: {some(self.unused)}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"source": self.source, "loaded": self.loaded, "adapted": self.adapted,
+                "mismatched": self.mismatched, "missing": self.missing, "unused": self.unused}
+
+
+def load_pretrained(model: nn.Module, source: str | os.PathLike, name: str = "") -> PretrainedReport:
+    """Load ``source`` (a file, or ``"imagenet"`` for registry model ``name``) into ``model`` in place.
+
+    Raises :class:`ModelFileError` when the file cannot be read safely or none of its tensors fit (a
+    checkpoint of another architecture), :class:`ConfigError` when ImageNet weights are unavailable.
+    """
+    if str(source).lower() == "imagenet":
+        state, label = _imagenet_state(name), f"ImageNet ({TORCHVISION_NAMES.get(name, name)}, torchvision)"
+    else:
+        path = Path(source).expanduser()
+        state, label = read_state_dict(path), str(path)
+    target = getattr(model, "network", model)  # inside PerImageStandardize
+    report = adapt_into(target, state, label)
+    if not report.loaded:
+        raise ModelFileError(
+            f"{label}: none of its {len(state)} tensors fit a {name or type(target).__name__!r} network; "
+            "is it a checkpoint of another architecture? (pick the matching --model)"
+        )
+    return report
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` file or a weights-only torch file (a Lightning ``state_dict`` too)."""
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such weights file; pass a .safetensors, .pt, .pth or .ckpt file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise ModelFileError(f"{path}: not a readable safetensors file ({exc})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelFileError(f"{path}: refused: not a weights-only state dict ({first}); "
+                             "convert it to .safetensors") from None
+    for key in ("state_dict", "model_state_dict", "model", "net"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict):
+        raise ModelFileError(f"{path}: holds a {type(obj).__name__}, not a state dict of tensors")
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def adapt_into(target: nn.Module, state: dict[str, torch.Tensor], label: str) -> PretrainedReport:
+    """Copy the tensors of ``state`` that fit ``target`` by name, adapting 3-channel first convolutions."""
+    report = PretrainedReport(label)
+    by_name = {_canonical(k): v for k, v in state.items()}
+    used: set[str] = set()
+    merged = target.state_dict()
+    for key, current in merged.items():
+        canon = _canonical(key)
+        if canon not in by_name:
+            report.missing.append(key)
+            continue
+        value = by_name[canon]
+        used.add(canon)
+        if value.shape == current.shape:
+            merged[key] = value.to(current.dtype)
+            report.loaded.append(key)
+        elif (value.ndim == 4 and current.ndim == 4 and value.shape[1] == 3 and current.shape[1] == 1
+              and value.shape[0] == current.shape[0] and value.shape[2:] == current.shape[2:]):
+            merged[key] = value.sum(dim=1, keepdim=True).to(current.dtype)
+            report.loaded.append(key)
+            report.adapted.append(f"{key}: 3 input channels summed into 1")
+        else:
+            report.mismatched.append(f"{key}: {tuple(value.shape)} vs {tuple(current.shape)}")
+    report.unused = sorted(k for k in by_name if k not in used)
+    target.load_state_dict(merged, strict=True)
+    return report
+
+
+def _canonical(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+    key = _OLD_DENSENET.sub(lambda m: m.group(1) + m.group(2), key)
+    return key.replace(".layers.", ".")
+
+
+def _imagenet_state(name: str) -> dict[str, torch.Tensor]:
+    if name not in TORCHVISION_NAMES:
+        raise ConfigError(f"--pretrained imagenet: no ImageNet weights for {name!r}; "
+                          f"available for: {', '.join(sorted(TORCHVISION_NAMES))}")
+    try:
+        import torchvision
+    except Exception:  # not installed, or a wheel that does not import against this torch
+        raise ConfigError("--pretrained imagenet needs torchvision: pip install 'pneumoscan[imagenet]' "
+                          "(or pass a local .safetensors file to --pretrained)") from None
+    try:
+        weights = torchvision.models.get_model_weights(TORCHVISION_NAMES[name]).DEFAULT
+        return weights.get_state_dict(progress=False)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(f"--pretrained imagenet: cannot download the {name} weights ({first}); "
+                          "download them elsewhere and pass the file to --pretrained") from None

@@ -1,0 +1,427 @@
+"""The REST service and its web page: ``create_app(model) -> FastAPI``.
+
+Routes: ``POST /v1/predict`` (one image, ``?explain=true`` adds Grad-CAM), ``POST /v1/predict/batch``,
+``GET /v1/model`` (the model card), ``GET /healthz``, ``GET /readyz``, the page at ``/`` and the
+OpenAPI docs at ``/docs`` (served from the package: they work offline).
+
+Safety: request bodies are counted while they are read and refused with 413 over the limit; uploads are
+kept in memory (or in the system's temporary folder above 1 MiB, deleted with the request) and their
+names are only echoed back, never used as paths; the content is sniffed (415 when it is not an image)
+and decoded by the project's one decoder, which refuses decompression bombs (422). Inference runs in a
+bounded pool of threads, never on the event loop; beyond the queue's length requests get 503. Every
+error is JSON ``{"detail": message}``, without a stack trace.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from html import escape
+from importlib.resources import files
+from typing import Annotated, Any, TypeVar
+
+import anyio
+import numpy as np
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, Field
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pneumoscan import __version__
+from pneumoscan.data.image import is_dicom
+from pneumoscan.errors import ImageReadError, PneumoscanError
+from pneumoscan.inference import Classifier
+from pneumoscan.provenance import DISCLAIMER
+from pneumoscan.serving.explainer import Explainer, ExplainUnavailable
+from pneumoscan.serving.loader import ServedModel, load_served_model, served_from_classifier
+from pneumoscan.serving.options import (
+    DEFAULT_MAX_BATCH_FILES,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_UPLOAD_BYTES,
+)
+
+log = logging.getLogger("pneumoscan.serving")
+
+# The page and the API load nothing from elsewhere; images are shown from data: and blob: URLs.
+PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "
+            "frame-ancestors 'none'; form-action 'self'")
+# FastAPI's docs page starts Swagger UI with an inline script.
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; frame-ancestors 'none'")
+MULTIPART_HINT = "send the image as multipart/form-data, field 'file' (field 'files' for a batch)"
+
+T = TypeVar("T")
+
+
+class Explanation(BaseModel):
+    method: str = Field(description="how the heatmap was computed")
+    overlay_png_base64: str = Field(description="PNG: the heatmap over the image as the model sees it")
+    image_png_base64: str = Field(description="PNG: the image as the model sees it (square, model size)")
+
+
+class PredictResponse(BaseModel):
+    filename: str = Field(description="the uploaded file's name, echoed (never used as a path)")
+    probability: float = Field(description="probability of pneumonia, 0 to 1")
+    label: str = Field(description="PNEUMONIA when probability >= threshold, else NORMAL")
+    threshold: float
+    model: str = Field(description="architecture name")
+    version: str = Field(description="pneumoscan version that trained the model")
+    backend: str = Field(description="onnxruntime or torch")
+    latency_ms: float = Field(description="server time for this request after the upload: queue, decoding, inference")
+    explanation: Explanation | None = None
+    disclaimer: str = DISCLAIMER
+
+
+class BatchItem(BaseModel):
+    filename: str
+    probability: float | None = None
+    label: str | None = None
+    error: str | None = Field(None, description="why this file could not be scored; the others still are")
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchItem]
+    threshold: float
+    model: str
+    version: str
+    backend: str
+    latency_ms: float
+    disclaimer: str = DISCLAIMER
+
+
+def _error_doc(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"example": {"detail": "a one-line message: what and how to fix"}}}}
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error_doc("malformed multipart body or too many files"),
+    413: _error_doc("upload over the size limit"),
+    415: _error_doc("not an image (JPEG, PNG or DICOM), or not multipart/form-data"),
+    422: _error_doc("an image that cannot be decoded (corrupt, truncated, decompression bomb), or a missing field"),
+    503: _error_doc("model not loaded yet, or too many requests waiting"),
+}
+
+
+def create_app(
+    model: str | os.PathLike | Classifier | ServedModel,
+    *,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_batch_files: int = DEFAULT_MAX_BATCH_FILES,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+) -> FastAPI:
+    """The FastAPI app serving ``model``: a path (loaded in the background at start-up, ``/readyz``
+    answers 503 until it is ready), a loaded :class:`Classifier`, or a :class:`ServedModel`.
+
+    ``max_upload_bytes`` bounds one request's body (a batch may carry ``max_batch_files`` files of that
+    total size); ``max_concurrency`` inferences run at once and ``max_queue`` more may wait.
+    """
+    if min(max_upload_bytes, max_batch_files, max_concurrency) < 1 or max_queue < 0:
+        raise ValueError("limits must be positive (max_queue may be 0)")
+    state = _State(model)
+    gate = _Gate(max_concurrency, max_queue)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async with anyio.create_task_group() as tasks:
+            if state.served is None and state.error is None:
+                tasks.start_soon(state.load)
+            yield
+
+    app = FastAPIOffline(
+        title="pneumoscan",
+        version=__version__,
+        description="Pneumonia probability for chest radiographs. " + DISCLAIMER,
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    too_large = f"upload too large: the limit is {_size(max_upload_bytes)} per request; send a smaller file"
+    app.add_middleware(_DeclaredSizeLimit, max_bytes=max_upload_bytes, detail=too_large)
+    # Added last, so outermost: every answer gets the headers, the early 413 included.
+    app.add_middleware(_SecurityHeaders, docs_paths=("/docs", "/docs/oauth2-redirect"))
+    app.mount("/static", StaticFiles(packages=[("pneumoscan.serving", "static")]), name="static")
+    page = (files("pneumoscan.serving") / "static" / "index.html").read_text(encoding="utf-8")
+    page = page.replace("__DISCLAIMER__", escape(DISCLAIMER))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = too_large if exc.status_code == 413 else exc.detail  # the limiter's own text omits the limit
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        content_type = request.headers.get("content-type", "")
+        if request.method == "POST" and not content_type.startswith("multipart/form-data"):
+            return JSONResponse({"detail": f"expected multipart/form-data, got {content_type or 'no content type'}; "
+                                 f"{MULTIPART_HINT}"}, status_code=415)
+        problems = "; ".join(f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'body')}: {err.get('msg')}"
+                             for err in exc.errors())
+        return JSONResponse({"detail": f"invalid request ({problems}); {MULTIPART_HINT}"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error while handling this request; the server log has the details"},
+                            status_code=500)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> RedirectResponse:
+        return RedirectResponse("/static/favicon.svg", status_code=308)
+
+    @app.get("/healthz", tags=["health"], summary="The process is up (the model may still be loading)")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="The model is loaded and requests will be answered",
+             responses={503: _error_doc("model loading, or it failed to load")})
+    async def readyz() -> JSONResponse:
+        served = state.served
+        if served is None:
+            return JSONResponse({"status": "failed" if state.error else "loading",
+                                 "detail": state.error or "model is loading"}, status_code=503)
+        return JSONResponse({"status": "ready", "model": served.classifier.meta.name,
+                             "version": served.classifier.meta.version, "backend": served.backend})
+
+    @app.get("/v1/model", tags=["model"], summary="The model card: data, metrics, threshold, intended use, limits",
+             responses={503: _error_doc("model not loaded yet")})
+    async def model_card() -> dict[str, Any]:
+        return state.require().card
+
+    @app.post("/v1/predict", tags=["predict"], response_model=PredictResponse, responses=ERROR_RESPONSES,
+              summary="Probability of pneumonia for one radiograph (JPEG, PNG or DICOM)",
+              max_body_size=max_upload_bytes, form_limits={"max_files": 1, "max_fields": 4})
+    async def predict(
+        file: Annotated[UploadFile, File(description="the radiograph: JPEG, PNG or DICOM")],
+        explain: Annotated[bool, Query(description="add a Grad-CAM overlay (PNG, base64); needs the "
+                                                   "PyTorch weights beside the model, else 409")] = False,
+    ) -> PredictResponse:
+        served = state.require()
+        if explain and not state.explainer.available:
+            raise HTTPException(409, state.explainer.unavailable_reason)
+        name = _display_name(file.filename)
+        data = await file.read()
+        start = time.perf_counter()
+        probability, image = await gate.run(_score_one, served.classifier, data, name)
+        explanation = None
+        if explain:
+            try:
+                explanation = Explanation(**await gate.run(state.explainer.explain, image, exclusive=True))
+            except ExplainUnavailable as exc:
+                raise HTTPException(409, str(exc)) from None
+        meta = served.classifier.meta
+        return PredictResponse(
+            filename=name, probability=probability, label=_label(served.classifier, probability),
+            threshold=served.classifier.threshold, model=meta.name, version=meta.version, backend=served.backend,
+            latency_ms=round((time.perf_counter() - start) * 1000, 2), explanation=explanation,
+        )
+
+    @app.post("/v1/predict/batch", tags=["predict"], response_model=BatchResponse, responses=ERROR_RESPONSES,
+              summary=f"Probabilities for up to {max_batch_files} radiographs; a bad file is reported on its row",
+              max_body_size=max_upload_bytes, form_limits={"max_files": max_batch_files, "max_fields": 4})
+    async def predict_batch(
+        # Annotations are evaluated at module level (PEP 563): no closure variables in them.
+        files: Annotated[list[UploadFile], File(description="the radiographs (JPEG, PNG or DICOM)")],
+    ) -> BatchResponse:
+        served = state.require()
+        uploads = [(_display_name(f.filename), await f.read()) for f in files]
+        start = time.perf_counter()
+        items = await gate.run(_score_many, served.classifier, uploads)
+        meta = served.classifier.meta
+        return BatchResponse(
+            results=items, threshold=served.classifier.threshold, model=meta.name, version=meta.version,
+            backend=served.backend, latency_ms=round((time.perf_counter() - start) * 1000, 2),
+        )
+
+    app.state.pneumoscan = state
+    return app
+
+
+class _State:
+    """The served model, loaded at construction or in the background at start-up."""
+
+    def __init__(self, model: str | os.PathLike | Classifier | ServedModel) -> None:
+        self.path: str | os.PathLike | None = None
+        self.served: ServedModel | None = None
+        self.explainer: Explainer | None = None
+        self.error: str | None = None
+        if isinstance(model, ServedModel):
+            self._set(model)
+        elif isinstance(model, Classifier):
+            self._set(served_from_classifier(model))
+        else:
+            self.path = model
+
+    async def load(self) -> None:
+        try:
+            served = await anyio.to_thread.run_sync(load_served_model, self.path)
+        except PneumoscanError as exc:
+            self.error = f"model failed to load: {exc}"
+            log.error("%s", self.error)
+            return
+        except Exception as exc:  # the server stays up and says why on /readyz
+            self.error = f"model failed to load: {type(exc).__name__}: {exc}"
+            log.exception("model failed to load")
+            return
+        self._set(served)
+
+    def _set(self, served: ServedModel) -> None:
+        self.explainer = Explainer(served)
+        self.served = served
+
+    def require(self) -> ServedModel:
+        if self.served is None:
+            raise HTTPException(503, self.error or "the model is still loading; retry in a few seconds",
+                                headers={"Retry-After": "2"})
+        return self.served
+
+
+class _Gate:
+    """Runs CPU-bound work in worker threads: at most ``concurrency`` at once (explanations one at a time),
+    at most ``queue`` more waiting; beyond that, 503 at once rather than an unbounded backlog."""
+
+    def __init__(self, concurrency: int, queue: int) -> None:
+        self.concurrency, self.capacity = concurrency, concurrency + queue
+        self.pending = 0
+        self._limiters: dict[bool, anyio.CapacityLimiter] = {}
+
+    async def run(self, func: Callable[..., T], *args: Any, exclusive: bool = False) -> T:
+        if self.pending >= self.capacity:
+            raise HTTPException(503, f"server busy: {self.pending} requests in progress; retry shortly",
+                                headers={"Retry-After": "1"})
+        if exclusive not in self._limiters:  # created lazily, inside the running event loop
+            self._limiters[exclusive] = anyio.CapacityLimiter(1 if exclusive else self.concurrency)
+        self.pending += 1
+        try:
+            return await anyio.to_thread.run_sync(func, *args, limiter=self._limiters[exclusive])
+        finally:
+            self.pending -= 1
+
+
+def _score_one(classifier: Classifier, data: bytes, name: str) -> tuple[float, np.ndarray]:
+    """Decode and score one upload (in a worker thread); HTTP errors for what the client sent."""
+    image = _decode(classifier, data, name)
+    return float(classifier.predict_proba(image[None])[0]), image
+
+
+def _score_many(classifier: Classifier, uploads: list[tuple[str, bytes]]) -> list[BatchItem]:
+    """Decode every upload, score the good ones in one batch, and report the bad ones on their rows."""
+    items: list[BatchItem] = []
+    images: list[np.ndarray] = []
+    for name, data in uploads:
+        try:
+            images.append(_decode(classifier, data, name))
+            items.append(BatchItem(filename=name))
+        except HTTPException as exc:
+            items.append(BatchItem(filename=name, error=str(exc.detail)))
+    probabilities = iter(classifier.predict_proba(np.stack(images)) if images else ())
+    for item in items:
+        if item.error is None:
+            item.probability = float(next(probabilities))
+            item.label = _label(classifier, item.probability)
+    return items
+
+
+def _decode(classifier: Classifier, data: bytes, name: str) -> np.ndarray:
+    if not data:
+        raise HTTPException(422, f"{name}: empty file (0 bytes); choose a JPEG, PNG or DICOM radiograph")
+    if not _looks_like_image(data):
+        raise HTTPException(415, f"{name}: not an image; send a JPEG, PNG or DICOM radiograph")
+    try:
+        return classifier.preprocess(data, name=name)
+    except ImageReadError as exc:
+        raise HTTPException(422, str(exc)) from None
+    except Exception as exc:  # a decoder's own bug on one odd file: answer, log, and keep serving
+        log.exception("unexpected error decoding %s", name)
+        raise HTTPException(422, f"{name}: cannot decode this file ({type(exc).__name__})") from None
+
+
+def _looks_like_image(data: bytes) -> bool:
+    """True when the bytes are DICOM or a format Pillow recognises (header only: nothing is decoded)."""
+    if is_dicom(data[:132]):
+        return True
+    try:
+        with Image.open(io.BytesIO(data)):
+            return True
+    except UnidentifiedImageError:
+        return False
+    except Exception:  # Pillow knew the format but not the content: the decoder will say what is wrong
+        return True
+
+
+def _label(classifier: Classifier, probability: float) -> str:
+    return classifier.meta.class_names[int(probability >= classifier.threshold)]
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.3g} MiB" if n >= 2**20 else f"{n / 2**10:.3g} KiB"
+
+
+def _display_name(filename: str | None) -> str:
+    """The client's file name for echoing back: last path part, printable characters, at most 128."""
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable())[:128].strip()
+    return name or "upload"
+
+
+class _DeclaredSizeLimit:
+    """Refuses a request whose declared Content-Length is over the limit before reading any of it.
+
+    Bodies without a length (chunked) are counted as they arrive by FastAPI's own limit on each route;
+    this answers the common case early and as JSON (the route limiter's own reply is plain text).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, detail: str) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.detail = detail
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for key, value in scope["headers"]:
+                if key == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                    response = JSONResponse({"detail": self.detail}, status_code=413, headers={"Connection": "close"})
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+class _SecurityHeaders:
+    """Adds a strict Content-Security-Policy (no resource from elsewhere) and related headers."""
+
+    def __init__(self, app: ASGIApp, docs_paths: tuple[str, ...] = ()) -> None:
+        self.app = app
+        self.docs_paths = docs_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        csp = DOCS_CSP if scope["path"] in self.docs_paths else PAGE_CSP
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("Content-Security-Policy", csp)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                headers.setdefault("Referrer-Policy", "no-referrer")
+                if not scope["path"].startswith(("/static", "/docs", "/static-offline-docs")):
+                    headers.setdefault("Cache-Control", "no-store")  # results about patients' images
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,117 @@
+"""Export a trained model to ONNX, with its preprocessing contract inside and a model card beside it.
+
+``export_onnx(RUN)`` writes ``RUN/export/model.onnx``, ``model_card.json`` and ``model_card.md``. The graph
+takes float32 ``(N, 1, S, S)`` images in [0, 1] (N dynamic) and returns ``logit`` and ``probability``
+(``sigmoid(logit / temperature)``), both ``(N, 1)``; see :mod:`pneumoscan.inference.onnx_backend`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from pneumoscan._io import atomic_write_bytes
+from pneumoscan.errors import ModelFileError
+
+OPSET = 18  # the opset the torch.export-based exporter targets natively; ONNX Runtime >= 1.14 runs it
+PARITY_TOLERANCE = 1e-4  # largest allowed |p_onnx - p_torch| on the check batch
+
+
+def export_onnx(model_path: str | os.PathLike, out_path: str | os.PathLike | None = None, *,
+                opset: int = OPSET, check: bool = True) -> Path:
+    """Export the model at ``model_path`` (run folder, ``.safetensors`` or ``.ckpt``) to ONNX.
+
+    Writes the ONNX file (default ``RUN/export/model.onnx``) atomically as one self-contained file, with
+    the full :class:`~pneumoscan.models.ModelMeta` and the readable input contract in its metadata,
+    then ``model_card.json`` and ``model_card.md`` beside it. With ``check``, the exported graph is run
+    by ONNX Runtime on a batch of 3 and must agree with PyTorch within ``PARITY_TOLERANCE``.
+    Returns the ONNX file's path.
+    """
+    import torch
+
+    from pneumoscan.inference.onnx_backend import (
+        INPUT_NAME,
+        LOGIT_OUTPUT,
+        PROBABILITY_OUTPUT,
+        load_onnx,
+        onnx_metadata,
+    )
+    from pneumoscan.models import load_model
+    from pneumoscan.serving.model_card import write_model_card
+
+    model_path = Path(model_path).expanduser()
+    if model_path.suffix.lower() == ".onnx":
+        raise ModelFileError(f"{model_path}: already an ONNX model; export from the run folder or .safetensors")
+    model, meta = load_model(model_path)
+    run_folder = model_path if model_path.is_dir() else model_path.parent
+    out = Path(out_path) if out_path is not None else run_folder / "export" / "model.onnx"
+    if out.suffix.lower() != ".onnx":
+        raise ModelFileError(f"{out}: the exported model's name must end in .onnx")
+
+    wrapper = _with_probability(model, float(meta.temperature or 1.0)).eval()
+    size = int(meta.image_size)
+    example = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with _quiet():
+        program = torch.onnx.export(
+            wrapper, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
+            output_names=[LOGIT_OUTPUT, PROBABILITY_OUTPUT], dynamic_shapes=({0: batch},),
+            external_data=False, optimize=True, verbose=False,
+        )
+    proto = program.model_proto
+    proto.doc_string = f"pneumoscan {meta.name} at {size}px. NOT a medical device; not for diagnosis."
+    del proto.metadata_props[:]
+    for key, value in onnx_metadata(meta).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    atomic_write_bytes(out, proto.SerializeToString())
+
+    if check:
+        probe = torch.rand(3, 1, size, size, generator=torch.Generator().manual_seed(1))
+        with torch.inference_mode():
+            expected = wrapper(probe)[1].reshape(-1).numpy()
+        got = load_onnx(out, device="cpu").predict_proba(probe.numpy())
+        worst = float(np.max(np.abs(got - expected)))
+        if worst > PARITY_TOLERANCE:
+            raise ModelFileError(f"{out}: ONNX and PyTorch disagree by {worst:.2g} in probability "
+                                 f"(tolerance {PARITY_TOLERANCE}); the export is not trustworthy")
+    write_model_card(out.parent, meta, run_folder=run_folder, onnx_file=out)
+    return out
+
+
+def _with_probability(model, temperature: float):
+    """The model wrapped so that the graph returns both the logit and the calibrated probability."""
+    from torch import nn
+
+    class LogitAndProbability(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, image):
+            logit = self.model(image)
+            return logit, (logit / temperature).sigmoid()
+
+    return LogitAndProbability()
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter prints its progress and deprecation notes; a CLI user needs none of it."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)

@@ -1,0 +1,206 @@
+"""The model card written beside every exported model: what the model is for, what it was trained and
+measured on, how to feed it, and what it must not be used for. JSON for tools, Markdown for people.
+
+Figures come from the model's own metadata (validation metrics, threshold, operating points) and, when
+the run has been evaluated, from the newest ``RUN/reports/*/report.json`` (read defensively: a missing or
+unfamiliar report leaves the card without test figures, and says so).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pneumoscan._io import atomic_write_json, atomic_write_text
+from pneumoscan.models.artifact import ModelMeta
+from pneumoscan.provenance import DISCLAIMER, sha256_file
+
+INTENDED_USE = (
+    "Research, teaching and engineering: reproducing and comparing pneumonia classifiers on public chest "
+    "X-ray data, and demonstrating an honest evaluation and deployment pipeline."
+)
+OUT_OF_SCOPE = [
+    "Any clinical decision: diagnosis, triage, screening or ruling out pneumonia in a patient.",
+    "Adult radiographs, lateral or PA views from other hospitals, CT, or any image that is not a "
+    "chest radiograph: the model has no notion of 'not a chest X-ray' beyond basic input checks.",
+    "Telling bacterial from viral pneumonia, or any other finding (effusion, nodules, lines and tubes).",
+]
+LIMITATIONS = [
+    "The default training data (Kermany et al. 2018) are paediatric AP radiographs (ages 1-5) from one "
+    "centre in Guangzhou; performance on other populations, scanners and hospitals is unknown.",
+    "The public copies were resized to 224x224 and stretched to a square; the labels are two physicians' "
+    "grades, not laboratory-confirmed diagnoses.",
+    "Confidence intervals are patient-level bootstrap intervals on a single test set; they do not cover "
+    "the shift to another hospital.",
+    "A probability near the threshold is uncertain; the threshold trades sensitivity against specificity "
+    "and was chosen on validation data, not for any clinical setting.",
+    "Grad-CAM heatmaps show where the network's evidence is, not where the disease is.",
+]
+
+
+def build_model_card(meta: ModelMeta, run_folder: str | os.PathLike | None = None,
+                     onnx_file: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The model card as a JSON-ready dict, from ``meta`` and the run's newest evaluation report."""
+    report_path, report = latest_report(run_folder) if run_folder is not None else (None, None)
+    card: dict[str, Any] = {
+        "disclaimer": DISCLAIMER,
+        "model": {"name": meta.name, "pneumoscan_version": meta.version, "run_id": meta.run_id,
+                  "created": meta.created},
+        "intended_use": INTENDED_USE,
+        "out_of_scope": OUT_OF_SCOPE,
+        "input": {**meta.preprocessing, "tensor": f"image: float32 (N, 1, {meta.image_size}, {meta.image_size})"},
+        "output": {
+            "logit": "(N, 1) raw score",
+            "probability": "(N, 1) = sigmoid(logit / temperature), the probability of PNEUMONIA",
+            "temperature": float(meta.temperature or 1.0),
+            "threshold": float(meta.threshold),
+            "label": f"{meta.class_names[1]} when probability >= threshold, else {meta.class_names[0]}",
+            "operating_points": dict(meta.operating_points),
+        },
+        "training_data": _training_data(meta),
+        "metrics": {
+            "validation": dict(meta.val_metrics),
+            "evaluation": (
+                {"report": str(report_path), "figures": flatten_figures(report)}
+                if report is not None else None
+            ),
+            "note": None if report is not None else
+            "no evaluation report found in RUN/reports/: run 'pneumoscan evaluate' for test figures with intervals",
+        },
+        "limitations": LIMITATIONS,
+        "provenance": meta.provenance,
+    }
+    if onnx_file is not None and Path(onnx_file).is_file():
+        card["files"] = {"onnx": Path(onnx_file).name, "onnx_sha256": sha256_file(onnx_file)}
+    return card
+
+
+def write_model_card(folder: str | os.PathLike, meta: ModelMeta, run_folder: str | os.PathLike | None = None,
+                     onnx_file: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """Write ``folder/model_card.json`` and ``folder/model_card.md`` atomically; return both paths."""
+    card = build_model_card(meta, run_folder, onnx_file)
+    folder = Path(folder)
+    return (atomic_write_json(folder / "model_card.json", card),
+            atomic_write_text(folder / "model_card.md", render_markdown(card)))
+
+
+def latest_report(run_folder: str | os.PathLike) -> tuple[Path | None, dict | None]:
+    """The newest readable ``run_folder/reports/*/report.json`` (by modification time), or ``(None, None)``."""
+    candidates = sorted(Path(run_folder).glob("reports/*/report.json"), key=_mtime, reverse=True)
+    for path in candidates:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # a torn or foreign file: try the next one rather than fail the export
+        if isinstance(data, dict):
+            return path, data
+    return None, None
+
+
+def flatten_figures(report: dict, limit: int = 80) -> dict[str, Any]:
+    """The report's numbers as ``{"a.b.c": value}``; a pair of numbers (an interval) stays a pair.
+
+    The evaluation report's layout belongs to the evaluation stage; flattening keeps the card correct
+    whatever that layout is, at the price of a plainer table.
+    """
+    figures: dict[str, Any] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if len(figures) >= limit:
+            return
+        if isinstance(value, bool):
+            return
+        if isinstance(value, int | float):
+            figures[key] = value
+        elif (isinstance(value, list | tuple) and len(value) == 2
+              and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)):
+            figures[key] = list(value)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+
+    for section in ("metrics", "intervals", "summary", "test", "results"):
+        if section in report:
+            walk(report[section], section)
+    if not figures:
+        walk(report, "")
+    return figures
+
+
+def render_markdown(card: dict[str, Any]) -> str:
+    """The card for people: the same content as the JSON."""
+    model, out, inp = card["model"], card["output"], card["input"]
+    lines = [
+        f"# Model card: pneumoscan `{model['name']}`",
+        "",
+        f"> **{card['disclaimer']}**",
+        "",
+        f"- pneumoscan version: {model['pneumoscan_version'] or 'unknown'}; run: {model['run_id'] or 'unknown'}; "
+        f"created: {model['created'] or 'unknown'}",
+    ]
+    if "files" in card:
+        lines.append(f"- file: `{card['files']['onnx']}` (sha256 `{card['files']['onnx_sha256']}`)")
+    lines += ["", "## Intended use", "", card["intended_use"], "", "## Out of scope", ""]
+    lines += [f"- {item}" for item in card["out_of_scope"]]
+    lines += [
+        "", "## Input", "",
+        f"- tensor: `{inp['tensor']}`, layout {inp['layout']}, {inp['channels']} channel",
+        f"- pixels: {inp['scale']}; images made square by `{inp['fit']}` at {inp['size']} px",
+        f"- normalisation: {inp['normalisation']}",
+        "", "## Output", "",
+        f"- `logit`: {out['logit']}; `probability`: {out['probability']} (temperature {out['temperature']:g})",
+        f"- threshold: **{out['threshold']:.4f}**: {out['label']}",
+    ]
+    if out["operating_points"]:
+        lines.append("- other operating points (probability thresholds): "
+                     + ", ".join(f"{k} {v:.4f}" for k, v in out["operating_points"].items()))
+    lines += ["", "## Training data", ""]
+    lines += [f"- {k}: {v}" for k, v in card["training_data"].items()]
+    lines += ["", "## Metrics", ""]
+    validation = card["metrics"]["validation"]
+    if validation:
+        lines += ["Validation (the split the threshold was chosen on, so optimistic):", "",
+                  "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in validation.items()]
+        lines.append("")
+    evaluation = card["metrics"]["evaluation"]
+    if evaluation:
+        lines += [f"Evaluation report `{evaluation['report']}` (pairs are 95% intervals):", "",
+                  "| figure | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in evaluation["figures"].items()]
+        lines.append("")
+    if card["metrics"]["note"]:
+        lines += [f"*{card['metrics']['note']}.*", ""]
+    lines += ["## Limitations", ""]
+    lines += [f"- {item}" for item in card["limitations"]]
+    lines += ["", "---", "", card["disclaimer"], ""]
+    return "\n".join(lines)
+
+
+def _training_data(meta: ModelMeta) -> dict[str, Any]:
+    """What the provenance says about the data; keys vary with the training code, so pick by name."""
+    found = {k: v for k, v in meta.provenance.items()
+             if any(word in k.lower() for word in ("data", "manifest", "split", "seed"))
+             and isinstance(v, str | int | float)}
+    config = meta.provenance.get("config")
+    if isinstance(config, dict):
+        found.update({f"config.{k}": v for k, v in config.items()
+                      if "data" in k.lower() and isinstance(v, str | int | float)})
+    return found or {"note": "no data provenance stored with this model"}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0

@@ -1,0 +1,43 @@
+"""The options of ``pneumoscan serve`` and the server's default limits (light: imports nothing heavy, so
+``pneumoscan --help`` stays fast)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pneumoscan.errors import ConfigError
+
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a 3,000 px 16-bit DICOM is ~18 MiB
+DEFAULT_MAX_BATCH_FILES = 16
+DEFAULT_MAX_CONCURRENCY = 2  # inference threads per worker; each also uses the backend's own threads
+DEFAULT_MAX_QUEUE = 64  # requests waiting for a thread before new ones get 503
+
+
+@dataclass
+class ServeOptions:
+    """The options of ``pneumoscan serve``."""
+
+    model: str
+    host: str = "127.0.0.1"  # loopback: reachable from this machine only, unless asked otherwise
+    port: int = 8000
+    workers: int = 1
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_BYTES / 2**20
+    max_batch_files: int = DEFAULT_MAX_BATCH_FILES
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    max_queue: int = DEFAULT_MAX_QUEUE
+    log_level: str = "info"
+
+    def limits(self) -> dict[str, int]:
+        """Keyword arguments of :func:`pneumoscan.serving.app.create_app`."""
+        return {"max_upload_bytes": int(self.max_upload_mb * 2**20), "max_batch_files": self.max_batch_files,
+                "max_concurrency": self.max_concurrency, "max_queue": self.max_queue}
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid option."""
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port {self.port}: must be between 0 and 65535")
+        if self.workers < 1:
+            raise ConfigError(f"--workers {self.workers}: must be at least 1")
+        if self.max_upload_mb <= 0 or self.max_batch_files < 1 or self.max_concurrency < 1 or self.max_queue < 0:
+            raise ConfigError("--max-upload-mb, --max-batch-files and --max-concurrency must be positive, "
+                              "--max-queue at least 0")

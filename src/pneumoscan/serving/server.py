@@ -1,0 +1,65 @@
+"""Run the service with uvicorn: ``serve(ServeOptions(model="runs/latest"))``, what ``pneumoscan serve`` calls."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pneumoscan.errors import ConfigError
+from pneumoscan.serving.options import ServeOptions
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger("pneumoscan.serving")
+
+# How `--workers N` hands the model and the limits to uvicorn's worker processes.
+ENV_MODEL = "PNEUMOSCAN_SERVE_MODEL"
+ENV_LIMITS = "PNEUMOSCAN_SERVE_LIMITS"
+
+
+def serve(options: ServeOptions) -> None:
+    """Load the model (a bad one is a :class:`ModelFileError` before anything listens), then serve until
+    interrupted. With ``workers > 1`` every worker process loads its own copy in the background."""
+    import uvicorn
+
+    from pneumoscan.serving.app import create_app
+    from pneumoscan.serving.loader import load_served_model, resolve_model
+
+    options.validate()
+    _warn_if_public(options.host)
+    config = {"host": options.host, "port": options.port, "log_level": options.log_level,
+              "server_header": False, "proxy_headers": False}
+    if options.workers == 1:
+        app = create_app(load_served_model(options.model), **options.limits())
+        uvicorn.run(app, **config)
+        return
+    resolve_model(options.model)  # fail now, not in every worker
+    os.environ[ENV_MODEL] = str(Path(options.model).expanduser().resolve())
+    os.environ[ENV_LIMITS] = json.dumps(options.limits())
+    uvicorn.run("pneumoscan.serving.server:app_from_env", factory=True, workers=options.workers, **config)
+
+
+def app_from_env() -> FastAPI:
+    """The app for one of uvicorn's worker processes, from the environment that :func:`serve` set."""
+    model = os.environ.get(ENV_MODEL)
+    if not model:
+        raise ConfigError(f"${ENV_MODEL} is not set; start the server with `pneumoscan serve MODEL`")
+    from pneumoscan.serving.app import create_app
+
+    limits = json.loads(os.environ.get(ENV_LIMITS) or "{}")
+    return create_app(model, **limits)
+
+
+def _warn_if_public(host: str) -> None:
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        log.warning("listening on %s: other machines can reach this server, which has no authentication "
+                    "and no TLS; put it behind a reverse proxy that adds them", host)

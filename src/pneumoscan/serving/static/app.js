@@ -1,0 +1,146 @@
+// The page: choose or drop a radiograph, POST it to /v1/predict, show the result. No dependencies.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { card: null, original: null, modelView: null, overlay: null, objectUrl: null };
+
+function setStatus(text) { $("status").textContent = text; }
+
+function showError(text) {
+  const box = $("error");
+  box.textContent = text;
+  box.hidden = !text;
+}
+
+async function errorOf(response) {
+  try {
+    const body = await response.json();
+    if (body && body.detail) return new Error(String(body.detail));
+  } catch (_) { /* not JSON: fall through */ }
+  return new Error(`${response.status} ${response.statusText}`);
+}
+
+async function loadCard() {
+  const response = await fetch("/v1/model", { headers: { Accept: "application/json" } });
+  if (!response.ok) throw await errorOf(response);
+  state.card = await response.json();
+  const serving = state.card.serving || {};
+  const version = serving.version ? `, trained with pneumoscan ${serving.version}` : "";
+  $("model-info").textContent =
+    `Model: ${serving.model || "unknown"}${version} · threshold ${Number(serving.threshold).toFixed(2)}` +
+    ` · backend ${serving.backend}` + (serving.explain ? " · Grad-CAM available" : "");
+  return state.card;
+}
+
+function showImage() {
+  const img = $("image");
+  const heat = $("heatmap").checked && state.overlay;
+  if (heat) {
+    img.src = state.overlay;
+    img.alt = "Grad-CAM heatmap over the radiograph: warm colours mark the regions that raised the score";
+    $("caption").textContent = "Grad-CAM heatmap over the image as the model sees it (square, at the model's size).";
+  } else if (state.original) {
+    img.src = state.original;
+    img.alt = "The uploaded radiograph";
+    $("caption").textContent = "The uploaded radiograph.";
+  } else if (state.modelView) {
+    img.src = state.modelView;
+    img.alt = "The radiograph as the model sees it";
+    $("caption").textContent = "The radiograph as the model sees it (this browser cannot display the file itself).";
+  } else {
+    img.removeAttribute("src");
+    img.alt = "";
+    $("caption").textContent = "This browser cannot display this file (DICOM?); the result below is still valid.";
+  }
+}
+
+function render(result) {
+  const pct = (100 * result.probability).toFixed(1);
+  $("result-file").textContent = result.filename;
+  $("probability").textContent = `${pct}%`;
+  $("label").textContent = result.label;
+  $("label").className = result.label;
+  $("threshold").textContent = result.threshold.toFixed(2);
+  const fill = $("bar-fill");
+  fill.style.width = `${pct}%`;
+  fill.classList.toggle("pneumonia", result.label === "PNEUMONIA");
+  $("bar-threshold").style.left = `calc(${(100 * result.threshold).toFixed(1)}% - 1px)`;
+  $("details").textContent =
+    `Model ${result.model} (pneumoscan ${result.version || "?"}, ${result.backend}); answered in ` +
+    (result.latency_ms >= 1000 ? `${(result.latency_ms / 1000).toFixed(1)} s.` : `${Math.round(result.latency_ms)} ms.`);
+
+  const explanation = result.explanation;
+  state.overlay = explanation ? `data:image/png;base64,${explanation.overlay_png_base64}` : null;
+  state.modelView = explanation ? `data:image/png;base64,${explanation.image_png_base64}` : null;
+  const toggle = $("heatmap");
+  toggle.disabled = !state.overlay;
+  if (!state.overlay) toggle.checked = false;
+  $("heatmap-note").textContent = state.overlay ? "" :
+    "No heatmap: this server has no PyTorch weights for Grad-CAM.";
+  showImage();
+  $("result").hidden = false;
+}
+
+function previewable(file) {
+  return /^image\/(jpeg|png|gif|webp|bmp)$/.test(file.type) || /\.(jpe?g|png)$/i.test(file.name);
+}
+
+async function analyse(file) {
+  showError("");
+  setStatus(`Analysing ${file.name}…`);
+  if (state.objectUrl) URL.revokeObjectURL(state.objectUrl);
+  state.objectUrl = previewable(file) ? URL.createObjectURL(file) : null;
+  state.original = state.objectUrl;
+  try {
+    const card = state.card || (await loadCard());
+    const explain = Boolean(card.serving && card.serving.explain);
+    const form = new FormData();
+    form.append("file", file, file.name);
+    const response = await fetch(`/v1/predict${explain ? "?explain=true" : ""}`, { method: "POST", body: form });
+    if (!response.ok) throw await errorOf(response);
+    const result = await response.json();
+    render(result);
+    setStatus(`${result.filename}: probability of pneumonia ${(100 * result.probability).toFixed(1)}%, ` +
+              `labelled ${result.label}.`);
+  } catch (error) {
+    $("result").hidden = true;
+    setStatus("");
+    // The server's messages already name the file.
+    showError(error.message.startsWith(file.name) ? error.message : `Could not analyse ${file.name}: ${error.message}`);
+  }
+}
+
+function setUpDropzone() {
+  const zone = $("dropzone");
+  // Without this, a file dropped next to the box makes the browser navigate away to it.
+  for (const type of ["dragover", "drop"]) {
+    window.addEventListener(type, (event) => event.preventDefault());
+  }
+  zone.addEventListener("dragenter", () => zone.classList.add("dragging"));
+  zone.addEventListener("dragover", (event) => { event.dataTransfer.dropEffect = "copy"; zone.classList.add("dragging"); });
+  zone.addEventListener("dragleave", (event) => {
+    if (!zone.contains(event.relatedTarget)) zone.classList.remove("dragging");
+  });
+  zone.addEventListener("drop", (event) => {
+    zone.classList.remove("dragging");
+    const file = event.dataTransfer.files[0];
+    if (file) analyse(file);
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("file").addEventListener("change", (event) => {
+    const file = event.target.files[0];
+    if (file) analyse(file);
+  });
+  $("heatmap").addEventListener("change", showImage);
+  $("image").addEventListener("error", () => {
+    // The browser could not decode the file itself: fall back to the model's view when there is one.
+    if (state.original && state.original === state.objectUrl) {
+      state.original = null;
+      showImage();
+    }
+  });
+  setUpDropzone();
+  loadCard().catch((error) => showError(`The model is not ready: ${error.message}. Reload the page in a moment.`));
+});

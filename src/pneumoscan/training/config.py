@@ -1,0 +1,101 @@
+"""The options of one training run: one dataclass, saved as ``RUN/config.yaml`` and loadable again."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pneumoscan.errors import ConfigError
+
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+SCHEDULERS = ("cosine", "plateau", "none")
+SAMPLERS = ("shuffle", "weighted")
+MONITORS = ("val_loss", "val_auc")
+SPLITS = ("patient", "source")
+PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "64-true")
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    # The CLI is generated from these fields: the help text and choices live next to the default.
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run. ``pneumoscan train --config RUN/config.yaml`` reproduces it."""
+
+    # data
+    data: str | None = _opt(None, "dataset root, CSV manifest or .npz (default: ../shared/data/chest_xray "
+                                  "or $PNEUMOSCAN_DATA)")
+    split: str = _opt("patient", "'patient': carve validation by patient from the training pool; "
+                                 "'source': use the source's own train/val splits", SPLITS)
+    val_fraction: float = _opt(0.1, "share of patients (per class) held out for validation")
+    image_size: int = _opt(128, "input size in pixels (images are cached once at this size)")
+    fit: str = _opt("pad", "how images are made square", ("pad", "crop", "stretch"))
+    limit_train_images: int | None = _opt(None, "use at most this many training images (quick runs)")
+    limit_val_images: int | None = _opt(None, "use at most this many validation images (quick runs)")
+    # model
+    model: str = _opt("mini-resnet", "network from the registry (see `pneumoscan train --list-models`)")
+    pretrained: str | None = _opt(None, "initial weights: a .safetensors/.pt/.ckpt state dict, or 'imagenet'")
+    channels_last: bool = _opt(True, "NHWC memory format (faster convolutions on CPU and tensor cores)")
+    # optimisation
+    epochs: int = _opt(12, "maximum number of epochs")
+    batch_size: int = _opt(64, "images per batch (per device)")
+    lr: float = _opt(3e-3, "peak learning rate")
+    weight_decay: float = _opt(1e-4, "weight decay (decoupled for adamw)")
+    optimizer: str = _opt("adamw", "optimiser", OPTIMIZERS)
+    scheduler: str = _opt("cosine", "learning-rate schedule: cosine with linear warm-up, or "
+                                    "ReduceLROnPlateau on the monitored metric", SCHEDULERS)
+    warmup_epochs: float = _opt(1.0, "linear warm-up length for the cosine schedule, in epochs")
+    grad_clip: float = _opt(1.0, "clip the gradient norm to this value (0: off)")
+    sampler: str = _opt("shuffle", "'weighted' oversamples the minority class (then the loss is not "
+                                   "class-weighted)", SAMPLERS)
+    class_weights: bool = _opt(True, "weight the loss by inverse class frequency (ignored with --sampler weighted)")
+    monitor: str = _opt("val_loss", "metric that picks the best checkpoint and drives early stopping", MONITORS)
+    early_stopping: int = _opt(4, "stop after this many epochs without improvement of the monitored metric (0: off)")
+    max_time: float | None = _opt(None, "stop training after this many minutes (the best weights are kept)")
+    seed: int = _opt(0, "seed for the split, initialisation, sampling and augmentation")
+    # augmentation (kornia, on batches, on the training device; never on validation)
+    augment: bool = _opt(True, "augment training batches")
+    flip: float = _opt(0.5, "probability of a horizontal flip")
+    rotation: float = _opt(10.0, "maximum rotation in degrees")
+    zoom: float = _opt(0.1, "maximum zoom in or out (0.1: scale 0.9 to 1.1)")
+    shift: float = _opt(0.1, "maximum shift as a fraction of the image size")
+    brightness: float = _opt(0.1, "maximum brightness change")
+    contrast: float = _opt(0.1, "maximum contrast change (0.1: factor 0.9 to 1.1)")
+    # hardware and scale-out (all through Lightning)
+    accelerator: str = _opt("auto", "cpu, gpu, cuda, mps or auto")
+    devices: str = _opt("auto", "devices per node: a number, a list like '0,1', or auto")
+    num_nodes: int = _opt(1, "number of nodes")
+    strategy: str = _opt("auto", "Lightning strategy: auto, ddp, ddp_spawn, fsdp, ...")
+    precision: str = _opt("auto", "auto: 16-mixed on a CUDA GPU, 32-true otherwise", PRECISIONS)
+    workers: int = _opt(-1, "data loader worker processes (-1: 0 on CPU where images are already in RAM, "
+                            "4 on GPU)")
+    threads: int | None = _opt(None, "CPU threads per process (default: the cores divided by the processes)")
+    # output
+    out: str = _opt("runs", "folder that receives the run folder")
+    run_name: str | None = _opt(None, "name of the run folder (default: <timestamp>-<model>)")
+    progress: bool = _opt(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the option when a value is out of range."""
+        for name in ("optimizer", "scheduler", "sampler", "monitor", "split", "precision", "fit"):
+            choices = type(self).__dataclass_fields__[name].metadata["choices"]
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"--{name.replace('_', '-')}: {getattr(self, name)!r} is not one of "
+                                  f"{', '.join(choices)}")
+        positive = {"image_size": self.image_size, "epochs": self.epochs, "batch_size": self.batch_size,
+                    "lr": self.lr, "num_nodes": self.num_nodes}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"--{name.replace('_', '-')}: must be positive, not {value}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"--val-fraction: must be between 0 and 1, not {self.val_fraction}")
+        for name in ("limit_train_images", "limit_val_images", "max_time", "threads"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"--{name.replace('_', '-')}: must be positive, not {value}")
+        self.devices = str(self.devices)

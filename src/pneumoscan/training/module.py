@@ -1,0 +1,205 @@
+"""The LightningModule: class-weighted BCE on one logit, kornia augmentation on the device, metrics.
+
+The network lives under the attribute ``model`` so that checkpoint keys start with ``model.`` (the model
+file contract), and every checkpoint carries ``checkpoint["pneumoscan"]``: the :class:`ModelMeta` JSON with
+the threshold chosen on that epoch's validation predictions.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import CatMetric
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+
+from pneumoscan import __version__
+from pneumoscan.models import ModelMeta
+from pneumoscan.training.config import TrainConfig
+from pneumoscan.training.metrics import operating_points
+
+
+def build_augmentation(config: TrainConfig) -> nn.Module | None:
+    """Random flip, rotation, zoom, shift, brightness and contrast, drawn per image (kornia, on batches)."""
+    if not config.augment:
+        return None
+    import kornia.augmentation as K
+
+    ops: list[nn.Module] = []
+    if config.flip > 0:
+        ops.append(K.RandomHorizontalFlip(p=config.flip))
+    if config.rotation > 0 or config.zoom > 0 or config.shift > 0:
+        ops.append(K.RandomAffine(
+            degrees=config.rotation, translate=(config.shift, config.shift) if config.shift > 0 else None,
+            scale=(1 - config.zoom, 1 + config.zoom) if config.zoom > 0 else None, p=1.0,
+        ))
+    if config.brightness > 0:
+        ops.append(K.RandomBrightness(brightness=(1 - config.brightness, 1 + config.brightness), p=1.0))
+    if config.contrast > 0:
+        ops.append(K.RandomContrast(contrast=(1 - config.contrast, 1 + config.contrast), p=1.0))
+    if not ops:
+        return None
+    return K.AugmentationSequential(*ops, data_keys=["input"], same_on_batch=False)
+
+
+class XrayClassifier(L.LightningModule):
+    """Binary pneumonia classifier around any registry network (one-channel [0, 1] input, one logit)."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig, class_weights: tuple[float, float] = (1.0, 1.0),
+                 provenance: dict[str, Any] | None = None, run_id: str = "") -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.augment = build_augmentation(config)
+        self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32), persistent=False)
+        self.provenance = provenance or {}
+        self.run_id = run_id
+        self.train_auc, self.train_acc = BinaryAUROC(), BinaryAccuracy()
+        self.val_auc, self.val_acc = BinaryAUROC(), BinaryAccuracy()
+        self.val_probs, self.val_targets = CatMetric(), CatMetric()
+        self.points: dict[str, float] = {"youden": 0.5}
+        self.wall_offset = 0.0  # seconds trained before a resume
+        self._fit_start = time.perf_counter()
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    # -- set-up ------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.trainer is not None and self.trainer.strategy.root_device.type == "cpu":
+            # Every process of a CPU run shares the same cores: split them instead of oversubscribing.
+            procs = max(1, self.trainer.num_devices)
+            torch.set_num_threads(self.config.threads or max(1, (os.cpu_count() or 1) // procs))
+
+    def on_fit_start(self) -> None:
+        self._fit_start = time.perf_counter()
+
+    # -- data on the device ------------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, labels = batch
+        images = images.float().div_(255.0)
+        if self.augment is not None and self.trainer is not None and self.trainer.training:
+            with torch.no_grad():
+                images = self.augment(images).clamp_(0.0, 1.0)
+        if self.config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels
+
+    # -- steps -------------------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        weights = self.class_weights[labels.long()]
+        return F.binary_cross_entropy_with_logits(logits, labels, weight=weights)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images).float().reshape(-1)
+        loss = self._loss(logits, labels)
+        probs = torch.sigmoid(logits.detach())
+        self.train_auc.update(probs, labels.long())
+        self.train_acc.update(probs, labels.long())
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels),
+                 sync_dist=True)
+        self.log("train_auc", self.train_auc, on_step=False, on_epoch=True)
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        images, labels = batch
+        logits = self(images).float().reshape(-1)
+        probs = torch.sigmoid(logits)
+        self.val_auc.update(probs, labels.long())
+        self.val_acc.update(probs, labels.long())
+        self.val_probs.update(probs)
+        self.val_targets.update(labels)
+        self.log("val_loss", self._loss(logits, labels), on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=len(labels), sync_dist=True)
+        self.log("val_auc", self.val_auc, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val_acc", self.val_acc, on_step=False, on_epoch=True)
+
+    def on_validation_epoch_end(self) -> None:
+        probs = self.val_probs.compute().detach().cpu().numpy()
+        targets = self.val_targets.compute().detach().cpu().numpy()
+        self.val_probs.reset()
+        self.val_targets.reset()
+        self.points = operating_points(targets, probs)
+        if not self.trainer.sanity_checking:
+            self.log("wall_s", self.wall_offset + time.perf_counter() - self._fit_start, sync_dist=False,
+                     rank_zero_only=True)
+
+    def on_train_epoch_end(self) -> None:
+        self.log("lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]), rank_zero_only=True)
+
+    # -- optimisation ------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        c = self.config
+        params = self.model.parameters()
+        if c.optimizer == "adam":
+            optimizer = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+        elif c.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        elif c.optimizer == "rmsprop":
+            optimizer = torch.optim.RMSprop(params, lr=c.lr, weight_decay=c.weight_decay, momentum=0.9)
+        else:
+            optimizer = torch.optim.SGD(params, lr=c.lr, weight_decay=c.weight_decay, momentum=0.9, nesterov=True)
+        if c.scheduler == "none":
+            return optimizer
+        if c.scheduler == "plateau":
+            mode = "min" if c.monitor == "val_loss" else "max"
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.3, patience=1)
+            return {"optimizer": optimizer,
+                    "lr_scheduler": {"scheduler": plateau, "monitor": c.monitor, "interval": "epoch"}}
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = max(1, total // max(1, c.epochs))
+        warmup = min(total - 1, int(c.warmup_epochs * steps_per_epoch))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        cosine = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def meta(self) -> ModelMeta:
+        """The model file metadata for the current weights (threshold from the last validation)."""
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()
+                   if k.startswith("val_") and torch.as_tensor(v).numel() == 1} if self._trainer else {}
+        return ModelMeta(
+            name=self.provenance.get("model", self.config.model), image_size=self.config.image_size,
+            fit=self.config.fit, threshold=float(self.points.get("youden", 0.5)),
+            operating_points=dict(self.points), version=__version__, run_id=self.run_id,
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), val_metrics=metrics, provenance=self.provenance,
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["pneumoscan"] = self.meta().to_json()
+        checkpoint["pneumoscan_wall_s"] = float(self.wall_offset + time.perf_counter() - self._fit_start)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.wall_offset = float(checkpoint.get("pneumoscan_wall_s", 0.0))
+
+
+def predict_probabilities(model: nn.Module, images: np.ndarray, batch_size: int = 256,
+                          channels_last: bool = True) -> np.ndarray:
+    """Probabilities of a network for uint8 (N, S, S) images, in order, without augmentation."""
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
+            batch = batch.unsqueeze(1).float().div_(255.0)
+            if channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            out.append(torch.sigmoid(model(batch).float().reshape(-1)).numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.float32)

@@ -1,0 +1,310 @@
+"""``train(config) -> run folder``: data, model, Lightning Trainer, and everything written around them.
+
+Run folder (``runs/<timestamp>-<model>/``, ``runs/latest`` points at the newest)::
+
+    config.yaml          the resolved TrainConfig: `pneumoscan train --config` reproduces the run
+    provenance.json      library versions, git commit, data manifest hash, seed, counts, skipped images
+    split.csv            path,label,patient_id,split of every image used
+    checkpoints/         best.ckpt (monitored metric) and last.ckpt (for --resume), weights-only loadable
+    logs/csv, logs/tensorboard
+    history.csv          one row per epoch: wall seconds, lr, loss / accuracy / AUC for train and val
+    curves.png           loss, accuracy and AUC per epoch
+    model.safetensors    the best weights with threshold and operating points chosen on validation
+    model.json           the same metadata, for people
+    val_predictions.csv  path,patient_id,label,probability of the best weights on validation
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pneumoscan._io import atomic_write_json, atomic_write_text, ensure_writable_dir
+from pneumoscan.config import load_config, save_config, to_dict
+from pneumoscan.errors import ConfigError, ModelFileError
+from pneumoscan.provenance import DISCLAIMER, command_line, git_commit, library_versions
+from pneumoscan.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+RUN_ENV = "PNEUMOSCAN_RUN_DIR"  # lets the processes of one multi-process run agree on one folder
+
+
+def train(config: TrainConfig | None = None, *, resume: str | os.PathLike | None = None,
+          callbacks: Sequence[Any] = ()) -> Path:
+    """Train a model and return its run folder (see the module docstring for what it holds).
+
+    ``resume`` is a run folder or a checkpoint: training continues from its ``last.ckpt`` with the run's
+    own config. ``callbacks`` are extra Lightning callbacks. Raises the project's errors (one line) for an
+    unknown model, missing data, or a checkpoint of another architecture.
+    """
+    import lightning as L
+
+    from pneumoscan.models import ModelMeta, build_model, read_meta
+    from pneumoscan.training.data import XrayDataModule, prepare_data
+    from pneumoscan.training.module import XrayClassifier
+
+    resume_ckpt: Path | None = None
+    if resume is not None:
+        run_dir, resume_ckpt = _resume_paths(Path(resume).expanduser())
+        saved = load_config(TrainConfig, run_dir / "config.yaml")
+        config = saved if config is None else replace(saved, epochs=config.epochs, max_time=config.max_time)
+        meta = read_meta(resume_ckpt)
+        if meta.name != config.model or meta.image_size != config.image_size:
+            raise ModelFileError(f"{resume_ckpt}: a {meta.name!r} checkpoint at {meta.image_size}px cannot resume "
+                                 f"a {config.model!r} run at {config.image_size}px")
+    config = config or TrainConfig()
+    rank_zero = _env_rank() == 0
+    network = build_model(config.model, config.image_size)  # an unknown name fails before any work
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    on_gpu = _uses_cuda(config)
+    if not on_gpu:
+        torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // _local_processes(config)))
+
+    data = prepare_data(config, progress=config.progress and rank_zero)
+    if resume_ckpt is None:
+        run_dir = _new_run_dir(config)
+    if rank_zero:
+        ensure_writable_dir(run_dir / "checkpoints")
+    provenance = _provenance(config, data, resume_ckpt)
+
+    pretrained_report = None
+    if config.pretrained and resume_ckpt is None:
+        from pneumoscan.models.pretrained import load_pretrained
+
+        pretrained_report = load_pretrained(network, config.pretrained, config.model)
+        provenance["pretrained"] = {"source": pretrained_report.source, "loaded": len(pretrained_report.loaded),
+                                    "adapted": pretrained_report.adapted}
+        if rank_zero:
+            print(pretrained_report.summary())
+    if rank_zero:
+        save_config(config, run_dir / "config.yaml")
+        atomic_write_text(run_dir / "split.csv", data.split_csv())
+        atomic_write_json(run_dir / "provenance.json", provenance)
+        if pretrained_report is not None:
+            atomic_write_json(run_dir / "pretrained.json", pretrained_report.to_dict())
+        if data.failures:
+            print(f"skipped {len(data.failures)} image(s) that could not be decoded (see provenance.json)")
+
+    labels = data.train_labels
+    positives = float(labels.sum())
+    negatives = float(len(labels) - positives)
+    use_weights = config.class_weights and config.sampler != "weighted"
+    # Inverse class frequency, normalised so that a balanced set has weights (1, 1) (Keras' class_weight).
+    weights = (len(labels) / (2 * negatives), len(labels) / (2 * positives)) if use_weights else (1.0, 1.0)
+    module = XrayClassifier(network, config, weights, provenance, run_id=run_dir.name)
+    datamodule = XrayDataModule(data, config, on_gpu=on_gpu)
+    trainer = _trainer(config, run_dir, on_gpu, list(callbacks), len(data.train_samples))
+    with warnings.catch_warnings():
+        # On CPU the loaders deliberately use no worker processes (the images are already in RAM).
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")
+        warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_ckpt, weights_only=True)
+    if not trainer.is_global_zero:
+        return run_dir
+    if trainer.interrupted:
+        print(f"training interrupted; continue with: pneumoscan train --resume {run_dir}")
+        return run_dir
+    _finish(run_dir, config, module, data, provenance, ModelMeta)
+    _point_latest(run_dir)
+    return run_dir
+
+
+# -- run folder ----------------------------------------------------------------------------------------------
+def _new_run_dir(config: TrainConfig) -> Path:
+    if env := os.environ.get(RUN_ENV):
+        return Path(env)
+    out = Path(config.out).expanduser()
+    name = config.run_name
+    if name is None:
+        # The processes of one torchrun / SLURM job must agree on a name without talking to each other.
+        job = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_JOB_ID")
+        name = f"{job}-{config.model}" if job and int(os.environ.get("WORLD_SIZE", "1")) > 1 else \
+            f"{time.strftime('%Y%m%d-%H%M%S')}-{config.model}"
+        base, n = name, 2
+        while (out / name).exists() and _env_rank() == 0:
+            name, n = f"{base}-{n}", n + 1
+    run_dir = (out / name).resolve()
+    # Lightning's "ddp" launcher re-runs this command for the other ranks: they must find the same folder.
+    os.environ[RUN_ENV] = str(run_dir)
+    return run_dir
+
+
+def _resume_paths(path: Path) -> tuple[Path, Path]:
+    if path.is_dir():
+        run_dir, ckpt = path.resolve(), path.resolve() / "checkpoints" / "last.ckpt"
+    else:
+        ckpt = path.resolve()
+        run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    if not ckpt.is_file():
+        raise ModelFileError(f"{ckpt}: no checkpoint to resume from; pass a run folder that has "
+                             "checkpoints/last.ckpt, or start a new run")
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir / 'config.yaml'}: missing; --resume needs the run folder the checkpoint came from")
+    os.environ[RUN_ENV] = str(run_dir)
+    return run_dir, ckpt
+
+
+def _point_latest(run_dir: Path) -> None:
+    """``<out>/latest`` -> the run (a symlink, replaced atomically; a LATEST text file where links fail)."""
+    link = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest.{os.getpid()}"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(run_dir.name, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        atomic_write_text(run_dir.parent / "LATEST", run_dir.name + "\n")
+
+
+def _provenance(config: TrainConfig, data: Any, resume: Path | None) -> dict[str, Any]:
+    return {
+        "model": config.model,
+        "config": to_dict(config),
+        "versions": library_versions(),
+        "git_commit": git_commit(),
+        "data_root": str(data.root),
+        "data_manifest_sha256": data.manifest_hash(),
+        "seed": config.seed,
+        "command": command_line(),
+        "counts": {
+            "train": {"images": len(data.train_samples), "pneumonia": int(data.train_labels.sum()),
+                      "patients": len({s.patient_id for s in data.train_samples})},
+            "val": {"images": len(data.val_samples), "pneumonia": int(data.val_labels.sum()),
+                    "patients": len({s.patient_id for s in data.val_samples})},
+        },
+        "skipped_images": {"count": len(data.failures), "files": [r for _, r in data.failures][:100]},
+        "resumed_from": str(resume) if resume else None,
+        "disclaimer": DISCLAIMER,
+    }
+
+
+# -- Lightning -----------------------------------------------------------------------------------------------
+def _env_rank() -> int:
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if name in os.environ:
+            try:
+                return int(os.environ[name])
+            except ValueError:
+                continue
+    return 0
+
+
+def _uses_cuda(config: TrainConfig) -> bool:
+    return config.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def _local_processes(config: TrainConfig) -> int:
+    if config.strategy.startswith("ddp") and config.devices.isdigit():
+        return max(1, int(config.devices))
+    return 1
+
+
+def _devices(value: str) -> Any:
+    if value == "auto" or value == "-1":
+        return value if value == "auto" else -1
+    if "," in value:
+        return [int(v) for v in value.split(",") if v.strip()]
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"--devices: {value!r} is not a number, a list like '0,1' or auto") from None
+
+
+def _trainer(config: TrainConfig, run_dir: Path, on_gpu: bool, extra: list[Any], n_train: int):
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from pneumoscan.training.callbacks import AtomicCheckpointIO
+
+    mode = "min" if config.monitor == "val_loss" else "max"
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor, mode=mode, save_top_k=1,
+        save_last=True, enable_version_counter=False, auto_insert_metric_name=False,
+    )
+    callbacks: list[Any] = [checkpoint, *extra]
+    if config.early_stopping > 0:
+        callbacks.append(EarlyStopping(monitor=config.monitor, mode=mode, patience=config.early_stopping))
+    loggers = [CSVLogger(run_dir / "logs", name="", version="csv")]
+    try:
+        loggers.append(TensorBoardLogger(run_dir / "logs", name="", version="tensorboard", default_hp_metric=False))
+    except ModuleNotFoundError:  # tensorboard is a dependency, but a trimmed install should still train
+        log.warning("tensorboard is not installed: only CSV logs are written")
+    precision = config.precision
+    if precision == "auto":
+        precision = "16-mixed" if on_gpu else "32-true"
+    steps_per_epoch = max(1, -(-n_train // config.batch_size))
+    return L.Trainer(
+        accelerator=config.accelerator, devices=_devices(config.devices), num_nodes=config.num_nodes,
+        strategy=config.strategy, precision=precision, max_epochs=config.epochs,
+        max_time=timedelta(minutes=config.max_time) if config.max_time else None,
+        gradient_clip_val=config.grad_clip or None, callbacks=callbacks, logger=loggers,
+        log_every_n_steps=min(50, steps_per_epoch), enable_progress_bar=config.progress,
+        enable_model_summary=config.progress, plugins=[AtomicCheckpointIO()],
+        default_root_dir=run_dir, deterministic=False, num_sanity_val_steps=0,
+    )
+
+
+# -- after training ------------------------------------------------------------------------------------------
+def _finish(run_dir: Path, config: TrainConfig, module: Any, data: Any, provenance: dict[str, Any],
+            meta_cls: Any) -> None:
+    """Best weights -> validation predictions, threshold, model file, history and curves."""
+    from pneumoscan.models import build_model, save_model
+    from pneumoscan.training.curves import plot_curves, read_history
+    from pneumoscan.training.metrics import binary_summary, operating_points
+    from pneumoscan.training.module import predict_probabilities
+
+    network = build_model(config.model, config.image_size)
+    best = run_dir / "checkpoints" / "best.ckpt"
+    best_epoch = None
+    if best.is_file():
+        checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+        state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        network.load_state_dict(state)
+        best_epoch = int(checkpoint.get("epoch", -1))
+    else:  # validation never ran (a very short --max-time): keep the weights in memory
+        network.load_state_dict(module.model.state_dict())
+    network = network.to(memory_format=torch.channels_last) if config.channels_last else network
+    probs = predict_probabilities(network.cpu(), data.val_images, channels_last=config.channels_last)
+    labels = data.val_labels
+    points = operating_points(labels, probs)
+    metrics = binary_summary(labels, probs, points["youden"])
+    metrics["best_epoch"] = best_epoch if best_epoch is not None else -1
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "patient_id", "label", "probability"])
+    for sample, p in zip(data.val_samples, probs, strict=True):
+        writer.writerow([str(sample.path), sample.patient_id, sample.label, f"{float(p):.6f}"])
+    atomic_write_text(run_dir / "val_predictions.csv", buffer.getvalue())
+    meta = meta_cls(
+        name=config.model, image_size=config.image_size, fit=config.fit, threshold=points["youden"],
+        operating_points=points, version=provenance["versions"].get("pneumoscan", ""), run_id=run_dir.name,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), val_metrics=metrics, provenance=provenance,
+    )
+    save_model(run_dir, network.to(memory_format=torch.contiguous_format), meta)
+    history = read_history(run_dir / "logs" / "csv" / "metrics.csv")
+    if history:
+        fields = list(history[0])
+        out = io.StringIO()
+        table = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+        table.writeheader()
+        table.writerows(history)
+        atomic_write_text(run_dir / "history.csv", out.getvalue())
+        plot_curves(history, run_dir / "curves.png", title=f"{config.model} at {config.image_size}px")
+    provenance["val_metrics"] = metrics
+    atomic_write_json(run_dir / "provenance.json", provenance)
+    summary = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+    print(f"run folder: {run_dir}\nvalidation (best epoch {metrics['best_epoch']}): {summary}")

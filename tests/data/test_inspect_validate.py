@@ -1,0 +1,105 @@
+"""validate_dataset and inspect_dataset on a dataset with planted bad files and planted leakage."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumoscan.data.inspect import format_table, inspect_dataset
+from pneumoscan.data.validate import validate_dataset
+from pneumoscan.provenance import DISCLAIMER
+
+from ._make import png_header_only, save, truncated_jpeg
+
+
+def _smooth(seed: int, size: int = 64) -> np.ndarray:
+    """A random textured picture: two seeds are far apart in phash, a re-encoding stays close."""
+    coarse = np.random.default_rng(seed).integers(0, 255, (16, 16), dtype=np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC))
+
+
+BAD = {
+    "train/NORMAL/IM-0900-0001.jpeg": "empty file",
+    "train/NORMAL/IM-0901-0001.jpeg": "truncated",
+    "train/PNEUMONIA/person900_virus_1.jpeg": "not an image",
+    "train/PNEUMONIA/person901_virus_1.dcm": "wrong extension",
+    "test/NORMAL/IM-0902-0001.png": "decompression bomb",
+}
+
+
+@pytest.fixture
+def leaky(tmp_path):
+    """train/test folders: patient 5 in both, one byte-identical and one re-encoded copy across splits,
+    and one file of each bad kind."""
+    root = tmp_path / "leaky"
+    for i in range(6):
+        save(root / "train" / "NORMAL" / f"IM-{i:04d}-0001.png", _smooth(i))
+        save(root / "train" / "PNEUMONIA" / f"person{i}_bacteria_{i}.png", _smooth(100 + i))
+    for i in range(6, 9):
+        save(root / "test" / "NORMAL" / f"IM-{i:04d}-0001.png", _smooth(i))
+        save(root / "test" / "PNEUMONIA" / f"person{i}_virus_{i}.png", _smooth(100 + i))
+    save(root / "test" / "PNEUMONIA" / "person5_virus_77.png", _smooth(200))  # patient 5 again
+    shutil.copy(root / "train" / "NORMAL" / "IM-0001-0001.png", root / "test" / "NORMAL" / "IM-0050-0001.png")
+    buffer = io.BytesIO()  # the same picture re-encoded smaller and lossy: a near duplicate
+    Image.fromarray(_smooth(102)).resize((48, 48)).save(buffer, "JPEG", quality=40)
+    (root / "test" / "PNEUMONIA" / "person60_virus_1.jpeg").write_bytes(buffer.getvalue())
+    (root / "train" / "NORMAL" / "IM-0900-0001.jpeg").write_bytes(b"")
+    truncated_jpeg(root / "train" / "NORMAL" / "IM-0901-0001.jpeg")
+    (root / "train" / "PNEUMONIA" / "person900_virus_1.jpeg").write_bytes(np.random.default_rng(3).bytes(900))
+    save(root / "train" / "PNEUMONIA" / "person901_virus_1.dcm", _smooth(9), format="PNG")
+    png_header_only(root / "test" / "NORMAL" / "IM-0902-0001.png", 20000, 20000)
+    return root
+
+
+def test_validate_lists_every_bad_file_with_its_reason_and_nothing_else(leaky):
+    report = validate_dataset(leaky)
+    assert report.checked == 12 + 6 + 3 + 5
+    found = {p.removeprefix(f"{leaky}/"): r for p, r in report.bad}
+    assert set(found) == set(BAD)
+    for name, reason in BAD.items():
+        assert reason in found[name]
+    assert not report.ok
+
+
+def test_validate_of_a_clean_dataset_is_ok(synthetic_dataset):
+    report = validate_dataset(synthetic_dataset)
+    assert report.ok and report.checked == 40
+
+
+def test_inspect_finds_planted_leakage_and_writes_its_outputs(leaky, tmp_path):
+    report = inspect_dataset(leaky, tmp_path / "out")
+    s = report.summary
+    assert s["counts"]["train"] == {"NORMAL": 8, "PNEUMONIA": 8, "total": 16}
+    assert s["counts"]["test"] == {"NORMAL": 5, "PNEUMONIA": 5, "total": 10}
+    assert s["patients"]["train"]["NORMAL"] == 8 and s["patients"]["test"]["PNEUMONIA"] == 5
+    assert s["imbalance"]["train"] == 1.0
+    assert {u["path"].removeprefix(f"{leaky}/") for u in s["unreadable"]} == set(BAD)
+    leak = s["leakage"]
+    assert [p["patient_id"] for p in leak["patients_in_several_splits"]["patients"]] == ["5"]
+    assert leak["exact_duplicates_across_splits"]["count"] == 1
+    assert sorted(x.rsplit("/", 1)[1] for x in leak["exact_duplicates_across_splits"]["groups"][0]) == [
+        "IM-0001-0001.png", "IM-0050-0001.png"]
+    near = {tuple(sorted((p["a"].rsplit("/", 1)[1], p["b"].rsplit("/", 1)[1])))
+            for p in leak["near_duplicates_across_splits"]["pairs"]}
+    assert near == {("IM-0001-0001.png", "IM-0050-0001.png"), ("person2_bacteria_2.png", "person60_virus_1.jpeg")}
+    assert leak["near_duplicates_within_split"]["count"] == 0
+    assert s["images"]["modes"] == {"L": 21} and s["images"]["formats"] == {"PNG": 20, "JPEG": 1}
+    written = json.loads(report.files["summary"].read_text())
+    assert written["disclaimer"] == DISCLAIMER and written["leakage"] == leak
+    for key in ("class_balance", "samples"):
+        with Image.open(report.files[key]) as im:
+            assert im.format == "PNG" and im.width > 300
+    table = format_table(s)
+    assert "patients in more than one split:          1" in table and "unreadable files: 5" in table
+
+
+def test_inspect_on_real_images_reports_sizes_and_no_leakage(real_subset, tmp_path):
+    s = inspect_dataset(real_subset, tmp_path / "out", samples_per_class=2).summary
+    assert s["counts"]["train"] == {"NORMAL": 24, "PNEUMONIA": 24, "total": 48}
+    assert s["images"]["most_common_sizes"] == {"224x224": 48} and not s["unreadable"]
+    assert s["leakage"]["near_duplicates_within_split"]["count"] == 0

@@ -1,0 +1,175 @@
+"""End to end: a tiny saved model evaluated on a small synthetic split; the report against scikit-learn."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from evaluation_fixtures import make_run
+from sklearn import metrics as skm
+
+import pneumoscan
+from pneumoscan.cli import main
+from pneumoscan.errors import ConfigError, DatasetError
+from pneumoscan.evaluation import EvaluateConfig, compare, evaluate
+from pneumoscan.evaluation.operating import apply_temperature
+from pneumoscan.models.artifact import read_meta
+from pneumoscan.provenance import DISCLAIMER, sha256_file
+
+
+def run_eval(models, data, out, **options):
+    return evaluate(EvaluateConfig(models=[str(m) for m in models], data=str(data), out=str(out),
+                                   bootstrap=options.pop("bootstrap", 200), **options))
+
+
+def predictions(folder: Path) -> dict[str, dict[str, str]]:
+    with open(folder / "predictions.csv", newline="") as fh:
+        return {row["path"]: row for row in csv.DictReader(fh)}
+
+
+@pytest.fixture(scope="module")
+def report(tiny_run, tiny_data, tmp_path_factory):
+    return run_eval([tiny_run], tiny_data, tmp_path_factory.mktemp("report"), calibrate=True)
+
+
+def test_report_metrics_equal_scikit_learn_on_the_written_predictions(report):
+    rows = list(predictions(report.folder).values())
+    y = np.array([int(r["label"]) for r in rows])
+    p = np.array([float(r["calibrated_probability"]) for r in rows])
+    at = report.report["metrics"]["at"]
+    free = report.report["metrics"]["threshold_free"]
+    for name, op in report.report["operating_points"].items():
+        pred = (p >= op["threshold"]).astype(int)
+        assert at[name]["sensitivity"]["value"] == pytest.approx(skm.recall_score(y, pred), abs=1e-5)
+        assert at[name]["specificity"]["value"] == pytest.approx(skm.recall_score(y, pred, pos_label=0), abs=1e-5)
+        assert at[name]["balanced_accuracy"]["value"] == pytest.approx(skm.balanced_accuracy_score(y, pred), abs=1e-5)
+        (tn, fp), (fn, tp) = skm.confusion_matrix(y, pred)
+        assert report.report["confusion_matrix"][name] == {"tn": tn, "fp": fp, "fn": fn, "tp": tp}
+    assert free["roc_auc"]["value"] == pytest.approx(skm.roc_auc_score(y, p), abs=1e-5)
+    assert free["brier"]["value"] == pytest.approx(skm.brier_score_loss(y, p), abs=1e-5)
+    for entry in [*free.values(), *at["stored"].values()]:
+        assert entry["low"] <= entry["value"] + 1e-9 or entry["value"] is None
+        assert entry["value"] <= entry["high"] + 1e-9
+
+
+def test_evaluation_never_changes_the_stored_threshold(tiny_data, tmp_path):
+    run = make_run(tmp_path / "run", tiny_data, threshold=0.3)
+    before = sha256_file(run / "model.safetensors"), (run / "model.json").read_text()
+    plain = run_eval([run], tiny_data, tmp_path / "plain")
+    calibrated = run_eval([run], tiny_data, tmp_path / "calibrated", calibrate=True, tta=True)
+    assert (sha256_file(run / "model.safetensors"), (run / "model.json").read_text()) == before
+    assert read_meta(run).threshold == 0.3
+    assert plain.report["operating_points"]["stored"]["threshold"] == 0.3
+    # With temperature scaling the threshold moves with the probabilities: the same logit cut.
+    temperature = calibrated.report["calibration"]["temperature"]
+    assert calibrated.report["operating_points"]["stored"]["threshold"] == pytest.approx(
+        float(apply_temperature(np.array([0.3]), temperature)[0]))
+
+
+def test_thresholds_and_temperature_do_not_depend_on_the_evaluated_split(tiny_run, tiny_data, tmp_path):
+    # The same run evaluated on two different splits: everything chosen on validation is identical.
+    on_test = run_eval([tiny_run], tiny_data, tmp_path / "test", split="test", calibrate=True, tta=True)
+    on_train = run_eval([tiny_run], tiny_data, tmp_path / "train", split="train", calibrate=True, tta=True)
+    assert on_test.report["operating_points"] == on_train.report["operating_points"]
+    assert on_test.report["calibration"]["temperature"] == on_train.report["calibration"]["temperature"]
+    # ... and evaluating the training split is flagged loudly as leakage.
+    assert any(w.startswith("LEAKAGE") and "train" in w for w in on_train.report["warnings"])
+    assert not any(w.startswith("LEAKAGE") for w in on_test.report["warnings"])
+    assert "LEAKAGE" in (tmp_path / "train" / "report.md").read_text()
+
+
+def test_operating_points_stored_in_the_model_are_applied_as_is(tiny_data, tmp_path):
+    stored = {"youden": 0.41, "sens95": 0.22, "spec95": 0.77}
+    run = make_run(tmp_path / "run-ops", tiny_data, threshold=0.33, operating_points=stored)
+    result = run_eval([run], tiny_data, tmp_path / "r")
+    assert {k: v["threshold"] for k, v in result.report["operating_points"].items()} == {"stored": 0.33, **stored}
+
+
+def test_tta_and_ensemble_average_the_probabilities(tiny_run, tiny_data, tmp_path):
+    other = make_run(tmp_path / "run-b", tiny_data, seed=1)
+    single_a = predictions(run_eval([tiny_run], tiny_data, tmp_path / "a").folder)
+    single_b = predictions(run_eval([other], tiny_data, tmp_path / "b").folder)
+    ensemble = predictions(run_eval([tiny_run, other], tiny_data, tmp_path / "ab").folder)
+    for path, row in ensemble.items():
+        expected = (float(single_a[path]["probability"]) + float(single_b[path]["probability"])) / 2
+        assert float(row["probability"]) == pytest.approx(expected, abs=2e-6)
+    tta = predictions(run_eval([tiny_run], tiny_data, tmp_path / "tta", tta=True).folder)
+    model = pneumoscan.load(tiny_run)
+    path = sorted(tta)[0]
+    image = model.preprocess(path)[None]
+    expected = (model.predict_proba(image)[0] + model.predict_proba(image[..., ::-1].copy())[0]) / 2
+    assert float(tta[path]["probability"]) == pytest.approx(float(expected), abs=2e-6)
+
+
+def test_a_corrupt_image_is_skipped_and_reported(tiny_run, tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data / "test", data / "test")
+    (data / "test" / "NORMAL" / "IM-9999-0001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    result = run_eval([tiny_run], data, tmp_path / "r")
+    unreadable = result.report["data"]["unreadable"]
+    assert [Path(u["path"]).name for u in unreadable] == ["IM-9999-0001.png"]
+    assert result.report["data"]["images"] == 24
+    assert any("could not be decoded" in w for w in result.report["warnings"])
+
+
+def test_report_files_hold_every_figure_and_the_disclaimer(report):
+    data = json.loads(report.json.read_text())
+    for key in ("metrics", "confusion_matrix", "operating_points", "bootstrap", "calibration", "data",
+                "config", "versions", "models", "validation", "leakage"):
+        assert data[key] is not None, key
+    assert data["disclaimer"] == DISCLAIMER
+    assert data["bootstrap"] == {**data["bootstrap"], "resamples": 200, "seed": 0, "unit": "patient"}
+    assert set(data["metrics"]["at"]["stored"]) == {"accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",
+                                                    "balanced_accuracy"}
+    assert set(data["metrics"]["threshold_free"]) == {"roc_auc", "pr_auc", "brier", "log_loss", "ece"}
+    assert set(data["plots"]) == {"roc", "precision_recall", "reliability", "confusion_matrix",
+                                  "score_histograms", "training_curves"}
+    for rel in data["plots"].values():
+        assert (report.folder / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert DISCLAIMER in report.markdown.read_text()
+    page = report.html.read_text()
+    assert DISCLAIMER in page
+    assert "http://" not in page and "https://" not in page  # opens offline: nothing outside the file
+    assert page.count('src="data:image/png;base64,') == len(data["plots"])
+
+
+def test_calibrate_without_validation_data_is_a_clear_error(tiny_run, tiny_data, tmp_path):
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(tiny_run / "model.safetensors", alone / "model.safetensors")
+    with pytest.raises(ConfigError, match="--calibrate needs"):
+        run_eval([alone / "model.safetensors"], tiny_data, tmp_path / "r", calibrate=True)
+
+
+def test_a_missing_split_names_the_ones_present(tiny_run, tiny_data, tmp_path):
+    with pytest.raises(DatasetError, match="no 'holdout' split; it has train, val, test"):
+        run_eval([tiny_run], tiny_data, tmp_path / "r", split="holdout")
+
+
+def test_cli_evaluate_then_compare_side_by_side(tiny_run, tiny_data, tmp_path, capsys):
+    other = make_run(tmp_path / "run-b", tiny_data, seed=2, threshold=0.4)
+    for run in (tiny_run, other):
+        code = main(["evaluate", str(run), "--data", str(tiny_data), "--bootstrap", "50", "--seed", "3"])
+        assert code == 0
+    out = capsys.readouterr().out
+    assert "report:" in out and DISCLAIMER in out
+    md = tmp_path / "compare.md"
+    assert main(["compare", str(tiny_run), str(other), "--markdown", str(md)]) == 0
+    table = capsys.readouterr().out
+    assert "Sensitivity (recall)" in table and tiny_run.name in table and "run-b" in table
+    assert "0.4000" in table and "0.5000" in table  # each run's own stored threshold
+    text = md.read_text()
+    assert DISCLAIMER in text and text.count("| ROC-AUC |") == 1
+    result = compare([tiny_run, other])
+    assert result.header == ["metric", tiny_run.name, "run-b"]
+
+
+def test_cli_reports_user_errors_on_one_line_with_exit_code_2(tiny_run, tmp_path, capsys):
+    assert main(["evaluate", str(tiny_run), "--data", str(tmp_path / "nowhere")]) == 2
+    assert main(["compare", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("pneumoscan: error:") for line in err)

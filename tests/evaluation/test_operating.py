@@ -1,0 +1,63 @@
+"""Operating points meet their targets; temperature scaling recovers a known temperature."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pneumoscan.errors import DatasetError
+from pneumoscan.evaluation.operating import apply_temperature, choose_operating_points, fit_temperature
+
+
+def rates(labels, probs, threshold):
+    called = probs >= threshold
+    return called[labels == 1].mean(), (~called[labels == 0]).mean()
+
+
+@st.composite
+def validation_scores(draw):
+    n = draw(st.integers(6, 80))
+    labels = np.array(draw(st.lists(st.integers(0, 1), min_size=n, max_size=n)))
+    labels[:2] = [0, 1]
+    probs = np.round(np.array(draw(st.lists(st.floats(0.001, 0.999), min_size=n, max_size=n))), 2)
+    return labels, probs
+
+
+@settings(max_examples=40, deadline=None)
+@given(validation_scores())
+def test_operating_points_meet_their_targets_and_are_the_best_such(data):
+    labels, probs = data
+    points = choose_operating_points(labels, probs)
+    candidates = np.unique(probs)
+    sens, spec = rates(labels, probs, points["sens95"])
+    assert sens >= 0.95
+    # No higher candidate threshold also reaches sensitivity 0.95 (it would give more specificity).
+    assert all(rates(labels, probs, t)[0] < 0.95 for t in candidates[candidates > points["sens95"]])
+    sens, spec = rates(labels, probs, points["spec95"])
+    assert spec >= 0.95
+    assert all(rates(labels, probs, t)[1] < 0.95 for t in candidates[candidates < points["spec95"]])
+    best_j = max(sum(rates(labels, probs, t)) - 1 for t in candidates)
+    assert sum(rates(labels, probs, points["youden"])) - 1 == pytest.approx(best_j)
+
+
+def test_operating_points_need_both_classes():
+    with pytest.raises(DatasetError, match="one class"):
+        choose_operating_points(np.ones(5, dtype=int), np.linspace(0.1, 0.9, 5))
+
+
+def test_temperature_scaling_recovers_a_known_temperature():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, 40_000)
+    labels = (rng.random(40_000) < 1 / (1 + np.exp(-logits / 2.0))).astype(int)  # true temperature 2
+    overconfident = 1 / (1 + np.exp(-logits))
+    assert fit_temperature(labels, overconfident) == pytest.approx(2.0, rel=0.05)
+
+
+def test_temperature_scaling_keeps_the_ranking_and_maps_thresholds_consistently():
+    probs = np.array([0.01, 0.2, 0.5, 0.7, 0.99])
+    scaled = apply_temperature(probs, 2.5)
+    assert np.array_equal(np.argsort(probs), np.argsort(scaled))
+    t = 0.6
+    assert np.array_equal(probs >= t, scaled >= apply_temperature(np.array([t]), 2.5)[0])

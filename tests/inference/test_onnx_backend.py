@@ -1,0 +1,102 @@
+"""The ONNX Runtime backend: parity with PyTorch on real images, a light import path, refusing foreign files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pneumoscan
+from pneumoscan.errors import ModelFileError
+from pneumoscan.inference.onnx_backend import load_onnx
+from pneumoscan.models import ModelMeta, build_model, save_model
+from pneumoscan.serving.export import export_onnx
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    """A seed CNN (random weights: parity does not depend on training) exported once for the module."""
+    run = tmp_path_factory.mktemp("run")
+    torch.manual_seed(3)
+    meta = ModelMeta(name="seed-cnn", image_size=SIZE, fit="stretch", threshold=0.42, temperature=1.7,
+                     operating_points={"sens95": 0.2}, version="0.1.0", run_id="test-run")
+    save_model(run, build_model("seed-cnn", SIZE), meta)
+    return export_onnx(run)
+
+
+def test_onnx_runtime_and_pytorch_agree_within_1e_4_on_real_images(exported, real_subset):
+    files = sorted(real_subset.glob("train/*/*.jpeg"))[::4]
+    torch_rows = pneumoscan.load(exported.parent.parent).predict(files)
+    onnx_rows = pneumoscan.load(exported).predict(files, batch_size=5)
+    assert len(files) >= 10 and all(r.error is None for r in onnx_rows)
+    p_torch = np.array([r.probability for r in torch_rows])
+    p_onnx = np.array([r.probability for r in onnx_rows])
+    assert np.max(np.abs(p_onnx - p_torch)) < 1e-4
+    assert [r.label for r in onnx_rows] == [r.label for r in torch_rows]
+
+
+def test_the_batch_axis_is_dynamic_and_images_are_scored_independently(exported):
+    classifier = load_onnx(exported)
+    images = np.random.default_rng(0).integers(0, 256, (7, SIZE, SIZE), dtype=np.uint8)
+    all_at_once = classifier.predict_proba(images, batch_size=7)
+    one_by_one = np.concatenate([classifier.predict_proba(images[i:i + 1]) for i in range(7)])
+    np.testing.assert_allclose(all_at_once, one_by_one, atol=1e-6)
+
+
+def test_the_model_meta_travels_inside_the_onnx_file(exported):
+    meta = load_onnx(exported).meta
+    original = pneumoscan.models.read_meta(exported.parent.parent)
+    assert meta == original
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(exported)).metadata_props}
+    assert (props["image_size"], props["fit"], props["channels"]) == (str(SIZE), "stretch", "1")
+    assert "/ 255" in props["scale"] and float(props["threshold"]) == pytest.approx(0.42)
+
+
+def test_onnx_prediction_imports_neither_torch_nor_lightning_nor_monai(exported, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (80, 80), dtype=np.uint8), "L").save(image)
+    script = textwrap.dedent(f"""
+        import json, sys
+        import pneumoscan
+        row = pneumoscan.load({str(exported)!r}).predict([{str(image)!r}])[0]
+        print(json.dumps({{"p": row.probability, "error": row.error,
+                          "loaded": [m for m in ("torch", "lightning", "monai") if m in sys.modules]}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["error"] is None and 0.0 <= result["p"] <= 1.0
+    assert result["loaded"] == []  # torch alone costs ~2 s of start-up: the cold-start target needs it absent
+
+
+def test_an_onnx_model_that_is_not_ours_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "foreign",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(foreign))
+    with pytest.raises(ModelFileError, match="foreign.onnx: .*not one of ours"):
+        pneumoscan.load(foreign)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x80\x04K\x01.", b"definitely not protobuf" * 10])
+def test_a_file_named_onnx_that_is_not_onnx_gives_a_one_line_error(tmp_path, content):
+    fake = tmp_path / "model.onnx"
+    fake.write_bytes(content)
+    with pytest.raises(ModelFileError, match="model.onnx: not a loadable ONNX model") as info:
+        pneumoscan.load(fake)
+    assert "\n" not in str(info.value)

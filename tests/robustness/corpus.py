@@ -1,0 +1,350 @@
+"""The corpus of bad inputs that every entry point gets, built fresh in a folder by the tests.
+
+One definition serves the tests and the README: each :class:`Case` says what the input is, how to make
+it (small: nothing here allocates a big image), and what :func:`pneumoscan.data.read_image` must do
+with it: decode it (``decoded``) or refuse it with :class:`ImageReadError` whose message names the file
+and contains ``reason`` (``refused``). The dataset-level cases (an empty class folder, bad manifests)
+are in :data:`DATASET_CASES`.
+
+``python tests/robustness/corpus.py`` prints the README's table of the corpus.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+GOOD_SIZE = 48
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad (or merely unusual) input file."""
+
+    name: str  # key in the corpus dict
+    what: str  # what a person would call it (the README's first column)
+    filename: str | bytes  # bytes for a non-UTF-8 name
+    make: Callable[[Path], None]  # writes the file at the given path
+    expect: str  # "decoded" or "refused"
+    reason: str = ""  # lower-case words the refusal message must contain ("a|b": either)
+    blank: bool = False  # decodes, but holds one grey level: prediction refuses it as "not a radiograph"
+    only_name_wrong: bool = False  # the bytes are a good image: an upload (bytes, no extension) decodes
+
+    @property
+    def scorable_upload(self) -> bool:
+        """What the server must score (200); every other case gets a 415/422 with a message."""
+        return (self.decodable or self.only_name_wrong) and not self.blank
+
+    @property
+    def decodable(self) -> bool:
+        return self.expect == "decoded"
+
+    def says(self, message: str) -> bool:
+        """Whether ``message`` gives this case's reason."""
+        return any(words in message.lower() for words in self.reason.split("|"))
+
+
+def _image(seed: int = 0, size: int = GOOD_SIZE) -> np.ndarray:
+    """An asymmetric gradient with noise: bright top-left, so a flip or an inversion is visible."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    img = 255 - (yy + xx) * (200 / (2 * size)) + rng.normal(0, 5, (size, size))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _encoded(mode: str, fmt: str, **save) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(_image(), "L").convert(mode).save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+def _write(data: bytes) -> Callable[[Path], None]:
+    return lambda path: path.write_bytes(data)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def header_only_png(width: int, height: int) -> bytes:
+    """A valid PNG header announcing ``width`` x ``height`` with a few bytes of pixels: never allocated."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def _png16(path: Path) -> None:
+    # The full 16-bit range, so that a reader keeping only the low byte would show stripes.
+    pixels = (_image().astype(np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(pixels).save(path, "PNG")  # uint16 -> mode I;16
+
+
+def _rgba(path: Path) -> None:
+    rgba = Image.fromarray(_image(), "L").convert("RGBA")
+    alpha = np.full((GOOD_SIZE, GOOD_SIZE), 255, np.uint8)
+    alpha[:, : GOOD_SIZE // 4] = 0  # a transparent border
+    rgba.putalpha(Image.fromarray(alpha, "L"))
+    rgba.save(path, "PNG")
+
+
+def dicom_bytes(photometric: str = "MONOCHROME2", pixels: bool = True) -> bytes:
+    """A small DICOM file written with pydicom: 12-bit pixels, or none at all (a report)."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    sop_class = "1.2.840.10008.5.1.4.1.1.1" if pixels else "1.2.840.10008.5.1.4.1.1.88.11"  # CR image / basic SR
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientID = "robustness"
+    ds.Modality = "CR" if pixels else "SR"
+    if pixels:
+        values = (_image().astype(np.uint16) * 16).astype(np.uint16)  # 12-bit range, 0..4080
+        if photometric == "MONOCHROME1":
+            values = 4080 - values  # low values are bright: displayed, it is the same picture
+        ds.Rows, ds.Columns = values.shape
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = photometric
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = values.tobytes()
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _unreadable(path: Path) -> None:
+    """chmod 000 where permissions are enforced; as root (CI, containers) they are not, so a dangling link."""
+    path.write_bytes(_encoded("L", "PNG"))
+    path.chmod(0)
+    try:
+        path.read_bytes()
+    except PermissionError:
+        return
+    path.chmod(0o644)
+    path.unlink()
+    path.symlink_to(path.with_name(".missing-target.png"))
+
+
+def _symlink_loop(path: Path) -> None:
+    partner = path.with_name(path.stem + "-partner" + path.suffix)
+    partner.symlink_to(path.name)
+    path.symlink_to(partner.name)
+
+
+def _truncated(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+_RANDOM = np.random.default_rng(7).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+
+CASES: tuple[Case, ...] = (
+    Case("zero_byte", "zero-byte file", "empty.jpeg", _write(b""), "refused", "empty file"),
+    Case("truncated_jpeg", "truncated JPEG", "truncated.jpeg",
+         _write(_truncated(_encoded("L", "JPEG", quality=90))), "refused", "truncated"),
+    Case("truncated_png", "truncated PNG", "truncated.png",
+         _write(_truncated(_encoded("L", "PNG"))), "refused", "truncated"),
+    Case("random_bytes", "random bytes named .jpeg", "random.jpeg", _write(_RANDOM), "refused",
+         "not an image|not a readable image"),
+    Case("png_named_dcm", "a PNG named .dcm", "really-a-png.dcm", _write(_encoded("L", "PNG")), "refused",
+         "wrong extension", only_name_wrong=True),
+    Case("png16", "16-bit PNG", "sixteen-bit.png", _png16, "decoded"),
+    Case("rgba", "RGBA PNG (transparent border)", "rgba.png", _rgba, "decoded"),
+    Case("cmyk", "CMYK JPEG", "cmyk.jpeg", _write(_encoded("CMYK", "JPEG", quality=95)), "decoded"),
+    Case("one_pixel", "1x1 image", "one-pixel.png",
+         _write((lambda b: (Image.new("L", (1, 1), 200).save(b, "PNG"), b.getvalue())[1])(io.BytesIO())), "decoded",
+         blank=True),
+    Case("huge_header", "20000x20000 PNG (header only, decompression bomb)", "huge-20000.png",
+         _write(header_only_png(20_000, 20_000)), "refused", "decompression bomb"),
+    Case("dicom_no_pixels", "DICOM without pixel data", "report.dcm", _write(dicom_bytes(pixels=False)),
+         "refused", "no pixel data"),
+    Case("dicom_monochrome1", "DICOM MONOCHROME1 (12-bit)", "monochrome1.dcm",
+         _write(dicom_bytes("MONOCHROME1")), "decoded"),
+    Case("non_utf8_name", "non-UTF-8 file name (b'caf\\xe9.png')", b"caf\xe9.png", _write(_encoded("L", "PNG")),
+         "decoded"),
+    Case("spaces_name", "file name with spaces and brackets", " chest x ray (copy) .png",
+         _write(_encoded("L", "PNG")), "decoded"),
+    Case("unreadable", "unreadable file (chmod 000; a dangling symlink when root)", "unreadable.png", _unreadable,
+         "refused", "cannot read"),
+    Case("symlink_loop", "symlink loop (a.png -> b.png -> a.png)", "loop.png", _symlink_loop, "refused",
+         "cannot read"),
+)
+
+BAD_CASES = tuple(c for c in CASES if not c.decodable)
+ODD_GOOD_CASES = tuple(c for c in CASES if c.decodable)
+
+
+def reference_pixels() -> np.ndarray:
+    """The picture every decodable corpus image holds (except the 1x1 one)."""
+    return _image()
+
+
+def case_path(folder: Path, case: Case) -> Path:
+    if isinstance(case.filename, bytes):
+        return Path(os.fsdecode(os.path.join(os.fsencode(folder), case.filename)))
+    return folder / case.filename
+
+
+def make_corpus(folder: str | os.PathLike) -> dict[str, Path]:
+    """Write every case into ``folder`` (created); return name -> path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for case in CASES:
+        path = case_path(folder, case)
+        case.make(path)
+        paths[case.name] = path
+    return paths
+
+
+def write_good_images(folder: Path, label: int, count: int, start: int = 0, size: int = GOOD_SIZE) -> list[Path]:
+    """``count`` decodable synthetic radiographs of class ``label`` with Kermany-style names."""
+    write_synthetic_image = _shared_conftest().write_synthetic_image
+    paths = []
+    for i in range(start, start + count):
+        name = f"person{1000 + i}_bacteria_{i}.png" if label else f"IM-{1000 + i:04d}-0001.png"
+        paths.append(write_synthetic_image(folder / name, label, seed=10_000 * label + i, size=size))
+    return paths
+
+
+def _shared_conftest():
+    """tests/conftest.py loaded by path: the name ``conftest`` is ambiguous once sub-folders have one."""
+    import importlib.util
+    import sys
+
+    name = "_pneumoscan_tests_conftest"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "conftest.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
+def make_dataset(root: str | os.PathLike, good_per_class: int = 6, size: int = GOOD_SIZE) -> dict[str, Path]:
+    """A Kermany-layout dataset ``root/train/{NORMAL,PNEUMONIA}`` of good images with the corpus beside them.
+
+    The corpus goes into PNEUMONIA/ (and a directory symlink loop into NORMAL/), so a reader that
+    stops at the first bad file loses good ones. Returns the corpus paths plus ``good:<i>`` entries.
+    """
+    root = Path(root)
+    normal, pneumonia = root / "train" / "NORMAL", root / "train" / "PNEUMONIA"
+    paths = {f"good:{i}": p for i, p in enumerate(
+        write_good_images(normal, 0, good_per_class, size=size) + write_good_images(pneumonia, 1, good_per_class, size=size)
+    )}
+    paths.update(make_corpus(pneumonia))
+    loop_dir = normal / "loop-dir"
+    loop_dir.symlink_to(".", target_is_directory=True)  # a directory cycle: a walker that follows it never ends
+    paths["dir_loop"] = loop_dir
+    return paths
+
+
+# Dataset-level cases: what load_dataset (and every command that lists a dataset) must refuse with a
+# DatasetError naming the file or folder.
+def make_empty_class(root: Path) -> Path:
+    """``root/train/NORMAL`` exists but is empty; PNEUMONIA has images. Returns the empty folder."""
+    write_good_images(root / "train" / "PNEUMONIA", 1, 3)
+    empty = root / "train" / "NORMAL"
+    empty.mkdir(parents=True)
+    return empty
+
+
+def make_manifest_missing_columns(folder: Path) -> Path:
+    images = write_good_images(folder / "images", 0, 2) + write_good_images(folder / "images", 1, 2, start=2)
+    manifest = folder / "missing-columns.csv"
+    manifest.write_text("file,diagnosis\n" + "".join(f"{p},{i % 2}\n" for i, p in enumerate(images)))
+    return manifest
+
+
+def make_manifest_unknown_label(folder: Path) -> Path:
+    images = write_good_images(folder / "images", 0, 2) + write_good_images(folder / "images", 1, 2, start=2)
+    labels = ["NORMAL", "PNEUMONIA", "maybe", "PNEUMONIA"]
+    manifest = folder / "unknown-label.csv"
+    manifest.write_text("path,label\n" + "".join(f"{p},{lab}\n" for p, lab in zip(images, labels, strict=True)))
+    return manifest
+
+
+DATASET_CASES: dict[str, tuple[str, Callable[[Path], Path], str]] = {
+    # name: (what, maker(folder) -> path to give the command, words the error must contain)
+    "empty_class": ("empty class folder (NORMAL/ with no images)", lambda f: make_empty_class(f).parents[1], "normal"),
+    "manifest_missing_columns": ("CSV manifest without path/label columns", make_manifest_missing_columns, "column"),
+    "manifest_unknown_label": ("CSV manifest with an unknown label ('maybe')", make_manifest_unknown_label, "maybe"),
+}
+
+
+def tiny_model(folder: Path, size: int = 32) -> Path:
+    """A randomly initialised ``seed-cnn`` saved as a pneumoscan model file: enough to exercise the plumbing."""
+    import torch
+
+    from pneumoscan.models import ModelMeta, build_model, save_model
+
+    torch.manual_seed(0)
+    save_model(folder, build_model("seed-cnn", size), ModelMeta(name="seed-cnn", image_size=size, threshold=0.5,
+                                                                 version="test"))
+    return folder
+
+
+def fuzz_seeds() -> dict[str, bytes]:
+    """Small valid files of every format the decoder reads (and one bomb): what the fuzzers mutate."""
+
+    def encode(fmt: str, mode: str = "L", **save) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(_image()[:32, :32], "L").convert(mode).save(buf, fmt, **save)
+        return buf.getvalue()
+
+    return {
+        "jpeg": encode("JPEG", quality=85),
+        "progressive-jpeg": encode("JPEG", quality=85, progressive=True),
+        "cmyk-jpeg": encode("JPEG", "CMYK", quality=85),
+        "png": encode("PNG"),
+        "png-rgba": encode("PNG", "RGBA"),
+        "bmp": encode("BMP"),
+        "tiff": encode("TIFF"),
+        "webp": encode("WEBP"),
+        "dicom": dicom_bytes(),
+        "dicom-monochrome1": dicom_bytes("MONOCHROME1"),
+        "bomb": header_only_png(30_000, 30_000),
+    }
+
+
+def mutate(data: bytes, rng) -> bytes:
+    """Up to 8 random edits (bit flips, extreme bytes, cuts, insertions, truncation) with ``random.Random``."""
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        if not out:
+            break
+        i = rng.randrange(len(out))
+        op = rng.choice(("flip", "set", "cut", "insert", "truncate"))
+        if op == "flip":
+            out[i] ^= 1 << rng.randrange(8)
+        elif op == "set":
+            out[i] = rng.choice((0x00, 0xFF, 0x7F, 0x80, rng.randrange(256)))
+        elif op == "cut":
+            del out[i : i + rng.randint(1, 64)]
+        elif op == "insert":
+            out[i:i] = rng.randbytes(rng.randint(1, 32))
+        else:
+            del out[i:]
+    return bytes(out)
+
+
+if __name__ == "__main__":
+    print("| input | read_image |")
+    print("|---|---|")
+    for case in CASES:
+        print(f"| {case.what} | {case.expect}{': ' + case.reason if case.reason else ''} |")
+    for what, _, words in DATASET_CASES.values():
+        print(f"| {what} | DatasetError: {words} |")

@@ -1,0 +1,85 @@
+"""`pneumoscan export`: an ONNX file with its contract inside, and a model card beside it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pneumoscan.cli import main
+from pneumoscan.errors import ModelFileError
+from pneumoscan.inference.onnx_backend import load_onnx
+from pneumoscan.models import ModelMeta, build_model, save_model
+from pneumoscan.provenance import DISCLAIMER
+from pneumoscan.serving.export import export_onnx
+from pneumoscan.serving.model_card import latest_report
+
+SIZE = 32
+
+
+@pytest.fixture
+def run(tmp_path) -> Path:
+    torch.manual_seed(5)
+    meta = ModelMeta(name="seed-cnn", image_size=SIZE, threshold=0.3125, temperature=1.25,
+                     operating_points={"youden": 0.5, "sens95": 0.125}, val_metrics={"auroc": 0.9375},
+                     version="0.1.0", run_id="r1", provenance={"data_manifest_sha256": "abc123", "seed": 7})
+    save_model(tmp_path / "run", build_model("seed-cnn", SIZE), meta)
+    return tmp_path / "run"
+
+
+def _report(run: Path, name: str, payload: dict | str, age: float) -> Path:
+    path = run / "reports" / name / "report.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(payload if isinstance(payload, str) else json.dumps(payload))
+    stamp = path.stat().st_mtime - age
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def test_cli_export_writes_onnx_and_a_model_card_with_threshold_intervals_and_disclaimer(run, capsys):
+    _report(run, "old", {"metrics": {"auroc": 0.5}}, age=100)
+    newest = _report(run, "test", {"metrics": {"auroc": 0.91, "sensitivity": 0.95},
+                                   "intervals": {"auroc": [0.87, 0.94]}}, age=0)
+
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+
+    onnx_file = run / "export" / "model.onnx"
+    assert str(onnx_file) in capsys.readouterr().out
+    card = json.loads((run / "export" / "model_card.json").read_text())
+    markdown = (run / "export" / "model_card.md").read_text()
+    assert card["disclaimer"] == DISCLAIMER and DISCLAIMER in markdown
+    assert card["output"]["threshold"] == 0.3125 and "0.3125" in markdown
+    assert card["metrics"]["evaluation"]["report"] == str(newest)
+    assert card["metrics"]["evaluation"]["figures"]["intervals.auroc"] == [0.87, 0.94]
+    assert "[0.8700, 0.9400]" in markdown and "0.9375" in markdown  # test interval and validation AUROC
+    assert card["training_data"]["data_manifest_sha256"] == "abc123"
+    assert card["input"]["size"] == SIZE and "Intended use" in markdown and "Out of scope" in markdown
+    assert card["files"]["onnx"] == "model.onnx" and len(card["files"]["onnx_sha256"]) == 64
+
+
+def test_exported_graph_outputs_the_logit_and_the_temperature_scaled_probability(run):
+    out = run.parent / "elsewhere" / "m.onnx"
+    assert export_onnx(run, out) == out
+    session = load_onnx(out).backend.session
+    images = np.random.default_rng(2).random((3, 1, SIZE, SIZE), dtype=np.float32)
+    logit, probability = session.run(["logit", "probability"], {"image": images})
+    assert logit.shape == probability.shape == (3, 1)
+    np.testing.assert_allclose(probability, 1 / (1 + np.exp(-logit / 1.25)), atol=1e-6)
+
+
+def test_a_torn_or_foreign_report_never_breaks_the_model_card(run):
+    _report(run, "torn", '{"metrics": {"auroc": 0.9', age=0)
+    _report(run, "list", "[1, 2, 3]", age=10)
+    assert latest_report(run) == (None, None)
+
+
+def test_export_refuses_an_onnx_input_and_a_non_onnx_output_name(run, tmp_path):
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    with pytest.raises(ModelFileError, match="already an ONNX model"):
+        export_onnx(tmp_path / "m.onnx")
+    with pytest.raises(ModelFileError, match=r"must end in \.onnx"):
+        export_onnx(run, tmp_path / "model.pt")

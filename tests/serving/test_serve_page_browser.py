@@ -1,0 +1,113 @@
+"""The web page as a person uses it: `pneumoscan serve` in a real process, Debian's headless Chromium driven
+by Playwright, the keyboard only, a real radiograph; a screenshot is saved under the test's tmp_path."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pneumoscan.provenance import DISCLAIMER
+
+CHROMIUM = Path("/usr/bin/chromium")
+# DEVELOPERS.md "Browser tests": without the background-networking flags Chromium floods this closed network.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's Chromium is not installed at /usr/bin/chromium "
+                                                     "(apt-get install chromium; .ci/run does it)"),
+]
+
+
+@pytest.fixture
+def server(served_run, wait_ready, tmp_path):
+    """`pneumoscan serve RUN` on a free loopback port, as a user starts it; stopped after the test."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = (tmp_path / "server.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pneumoscan", "serve", str(served_run), "--port", str(port), "--log-level", "warning"],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for _ in range(300):  # the process needs a few seconds to import and listen
+                try:
+                    wait_ready(client)
+                    break
+                except httpx.TransportError:
+                    assert process.poll() is None, (tmp_path / "server.log").read_text()
+                    time.sleep(0.1)
+            yield url, client
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+def test_a_person_uploads_a_radiograph_with_the_keyboard_and_reads_the_result(server, real_images, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, api = server
+    image = real_images[-1]
+    expected = api.post("/v1/predict", files={"file": (image.name, image.read_bytes())}).json()
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            problems: list[str] = []
+            page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+            page.on("requestfailed", lambda request: problems.append(f"failed: {request.url}"))
+            page.goto(url + "/")
+            assert DISCLAIMER in page.locator("#disclaimer").inner_text()
+            page.wait_for_function("document.getElementById('model-info').textContent.includes('seed-cnn')")
+
+            # Keyboard only: Tab to the file input, open the chooser with Space, pick the radiograph.
+            for _ in range(10):
+                page.keyboard.press("Tab")
+                if page.evaluate("document.activeElement.id") == "file":
+                    break
+            assert page.evaluate("document.activeElement.id") == "file"
+            with page.expect_file_chooser() as chooser:
+                page.keyboard.press("Space")
+            chooser.value.set_files(str(image))
+
+            page.wait_for_selector("#result:not([hidden])", timeout=30_000)
+            assert page.locator("#probability").inner_text() == f"{100 * expected['probability']:.1f}%"
+            assert page.locator("#label").inner_text() == expected["label"]
+            assert page.locator("#threshold").inner_text() == f"{expected['threshold']:.2f}"
+            assert expected["label"] in page.locator("#status").inner_text()  # announced (aria-live)
+            assert page.locator("#image").get_attribute("src").startswith("blob:")  # the upload itself
+
+            # The heatmap toggle, with the keyboard too.
+            toggle = page.locator("#heatmap")
+            assert toggle.is_enabled()
+            toggle.focus()
+            page.keyboard.press("Space")
+            assert toggle.is_checked()
+            assert page.locator("#image").get_attribute("src").startswith("data:image/png;base64,")
+            page.screenshot(path=str(tmp_path / "page-result.png"), full_page=True)
+            assert problems == [], problems  # no CSP violation, no missing asset, no script error
+
+            # A file that is not an image: the server's message, in the alert region.
+            bad = tmp_path / "notes.txt"
+            bad.write_text("not a radiograph")
+            page.set_input_files("#file", str(bad))
+            page.wait_for_selector("#error:not([hidden])")
+            assert "not an image" in page.locator("#error").inner_text()
+            assert page.locator("#result").is_hidden()
+            page.screenshot(path=str(tmp_path / "page-error.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (tmp_path / "page-result.png").stat().st_size > 10_000
