@@ -35,6 +35,9 @@ def test_cache_is_reused_while_files_are_unchanged_and_rebuilt_when_one_changes(
     os.utime(changed, ns=(1, 1))  # a different mtime, even on a coarse clock
     rebuilt = build_cache(samples, 32, folder=tmp_path / "c", progress=False)
     assert not rebuilt.reused and rebuilt.folder != first.folder
+    assert not first.folder.exists()  # the stale cache of the same files is removed
+    other_size = build_cache(samples, 24, folder=tmp_path / "c", progress=False)
+    assert rebuilt.folder.exists() and other_size.folder.exists()
     images, _ = rebuilt.subset(None)
     assert images[3].min() == 255
 

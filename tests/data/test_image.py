@@ -151,6 +151,14 @@ def test_header_only_20000_px_png_is_refused_as_a_bomb_without_allocating(tmp_pa
         read_image(path.read_bytes(), 224)
 
 
+def test_oversized_file_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "huge.jpeg"
+    with open(path, "wb") as fh:
+        fh.truncate(600 * 2**20)  # sparse: no disk space used, nothing allocated
+    with pytest.raises(ImageReadError, match=r"huge\.jpeg: file too large \(600 MiB, over the limit of 512 MiB"):
+        read_image(path)
+
+
 def test_bytes_are_decoded_by_content_whatever_the_name(tmp_path):
     buffer = io.BytesIO()
     Image.fromarray(asymmetric()).save(buffer, "PNG")

@@ -14,6 +14,7 @@ from sklearn import metrics as skm
 
 import pneumoscan
 from pneumoscan.cli import main
+from pneumoscan.config import load_config
 from pneumoscan.errors import ConfigError, DatasetError
 from pneumoscan.evaluation import EvaluateConfig, compare, evaluate
 from pneumoscan.evaluation.operating import apply_temperature
@@ -22,8 +23,9 @@ from pneumoscan.provenance import DISCLAIMER, sha256_file
 
 
 def run_eval(models, data, out, **options):
-    return evaluate(EvaluateConfig(models=[str(m) for m in models], data=str(data), out=str(out),
-                                   bootstrap=options.pop("bootstrap", 200), **options))
+    # Small bootstrap and no Grad-CAM gallery unless a test asks: the suite must stay fast on 2 cores.
+    options = {"bootstrap": 200, "gallery": 0, **options}
+    return evaluate(EvaluateConfig(models=[str(m) for m in models], data=str(data), out=str(out), **options))
 
 
 def predictions(folder: Path) -> dict[str, dict[str, str]]:
@@ -33,7 +35,7 @@ def predictions(folder: Path) -> dict[str, dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def report(tiny_run, tiny_data, tmp_path_factory):
-    return run_eval([tiny_run], tiny_data, tmp_path_factory.mktemp("report"), calibrate=True)
+    return run_eval([tiny_run], tiny_data, tmp_path_factory.mktemp("report"), calibrate=True, gallery=4)
 
 
 def test_report_metrics_equal_scikit_learn_on_the_written_predictions(report):
@@ -56,12 +58,19 @@ def test_report_metrics_equal_scikit_learn_on_the_written_predictions(report):
         assert entry["value"] <= entry["high"] + 1e-9
 
 
-def test_evaluation_never_changes_the_stored_threshold(tiny_data, tmp_path):
+def test_evaluation_never_changes_the_stored_threshold_and_tta_averages_the_flip(tiny_data, tmp_path):
     run = make_run(tmp_path / "run", tiny_data, threshold=0.3)
     before = sha256_file(run / "model.safetensors"), (run / "model.json").read_text()
     plain = run_eval([run], tiny_data, tmp_path / "plain")
     calibrated = run_eval([run], tiny_data, tmp_path / "calibrated", calibrate=True, tta=True)
     assert (sha256_file(run / "model.safetensors"), (run / "model.json").read_text()) == before
+    # TTA: the raw probability is the mean over the image and its horizontal flip.
+    tta = predictions(calibrated.folder)
+    model = pneumoscan.load(run)
+    for path in sorted(tta)[:3]:
+        image = model.preprocess(path)[None]
+        expected = (model.predict_proba(image)[0] + model.predict_proba(image[..., ::-1].copy())[0]) / 2
+        assert float(tta[path]["probability"]) == pytest.approx(float(expected), abs=2e-6)
     assert read_meta(run).threshold == 0.3
     assert plain.report["operating_points"]["stored"]["threshold"] == 0.3
     # With temperature scaling the threshold moves with the probabilities: the same logit cut.
@@ -89,7 +98,7 @@ def test_operating_points_stored_in_the_model_are_applied_as_is(tiny_data, tmp_p
     assert {k: v["threshold"] for k, v in result.report["operating_points"].items()} == {"stored": 0.33, **stored}
 
 
-def test_tta_and_ensemble_average_the_probabilities(tiny_run, tiny_data, tmp_path):
+def test_ensemble_averages_the_members_probabilities(tiny_run, tiny_data, tmp_path):
     other = make_run(tmp_path / "run-b", tiny_data, seed=1)
     single_a = predictions(run_eval([tiny_run], tiny_data, tmp_path / "a").folder)
     single_b = predictions(run_eval([other], tiny_data, tmp_path / "b").folder)
@@ -97,12 +106,6 @@ def test_tta_and_ensemble_average_the_probabilities(tiny_run, tiny_data, tmp_pat
     for path, row in ensemble.items():
         expected = (float(single_a[path]["probability"]) + float(single_b[path]["probability"])) / 2
         assert float(row["probability"]) == pytest.approx(expected, abs=2e-6)
-    tta = predictions(run_eval([tiny_run], tiny_data, tmp_path / "tta", tta=True).folder)
-    model = pneumoscan.load(tiny_run)
-    path = sorted(tta)[0]
-    image = model.preprocess(path)[None]
-    expected = (model.predict_proba(image)[0] + model.predict_proba(image[..., ::-1].copy())[0]) / 2
-    assert float(tta[path]["probability"]) == pytest.approx(float(expected), abs=2e-6)
 
 
 def test_a_corrupt_image_is_skipped_and_reported(tiny_run, tiny_data, tmp_path):
@@ -134,7 +137,28 @@ def test_report_files_hold_every_figure_and_the_disclaimer(report):
     page = report.html.read_text()
     assert DISCLAIMER in page
     assert "http://" not in page and "https://" not in page  # opens offline: nothing outside the file
-    assert page.count('src="data:image/png;base64,') == len(data["plots"])
+    assert page.count('src="data:image/png;base64,') == len(data["plots"]) + len(data["gallery"] or [])
+
+
+def test_saved_config_reloads_to_the_same_options(report):
+    assert load_config(EvaluateConfig, report.folder / "config.yaml") == EvaluateConfig(**report.report["config"])
+
+
+def test_gallery_shows_the_worst_errors_at_the_stored_threshold(report):
+    rows = list(predictions(report.folder).values())
+    threshold = report.report["operating_points"]["stored"]["threshold"]
+    p = {r["path"]: float(r["calibrated_probability"]) for r in rows}
+    negatives_called = sorted((p[r["path"]] for r in rows if r["label"] == "0" and p[r["path"]] >= threshold),
+                              reverse=True)
+    positives_missed = sorted(p[r["path"]] for r in rows if r["label"] == "1" and p[r["path"]] < threshold)
+    gallery = report.report["gallery"]
+    shown_fp = [g["probability"] for g in gallery if g["kind"] == "false positive"]
+    shown_fn = [g["probability"] for g in gallery if g["kind"] == "false negative"]
+    assert shown_fp == pytest.approx(negatives_called[:4], abs=1e-6)
+    assert shown_fn == pytest.approx(positives_missed[:4], abs=1e-6)
+    assert shown_fp or shown_fn  # the tiny untrained model makes mistakes on this split
+    for item in gallery:
+        assert (report.folder / item["image"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_calibrate_without_validation_data_is_a_clear_error(tiny_run, tiny_data, tmp_path):
@@ -145,15 +169,17 @@ def test_calibrate_without_validation_data_is_a_clear_error(tiny_run, tiny_data,
         run_eval([alone / "model.safetensors"], tiny_data, tmp_path / "r", calibrate=True)
 
 
-def test_a_missing_split_names_the_ones_present(tiny_run, tiny_data, tmp_path):
+def test_a_missing_split_names_the_ones_present_and_leaves_no_folder(tiny_run, tiny_data, tmp_path):
     with pytest.raises(DatasetError, match="no 'holdout' split; it has train, val, test"):
         run_eval([tiny_run], tiny_data, tmp_path / "r", split="holdout")
+    assert not (tmp_path / "r").exists()  # no half-written report folder is left behind
 
 
 def test_cli_evaluate_then_compare_side_by_side(tiny_run, tiny_data, tmp_path, capsys):
     other = make_run(tmp_path / "run-b", tiny_data, seed=2, threshold=0.4)
     for run in (tiny_run, other):
-        code = main(["evaluate", str(run), "--data", str(tiny_data), "--bootstrap", "50", "--seed", "3"])
+        code = main(["evaluate", str(run), "--data", str(tiny_data), "--bootstrap", "50", "--seed", "3",
+                     "--gallery", "0"])
         assert code == 0
     out = capsys.readouterr().out
     assert "report:" in out and DISCLAIMER in out

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.browser
 def test_html_report_shows_every_plot_and_the_disclaimer_offline(tiny_run, tiny_data, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (dev extra) is not installed")
     result = evaluate(EvaluateConfig(models=[str(tiny_run)], data=str(tiny_data), out=str(tmp_path / "r"),
-                                     bootstrap=100, calibrate=True))
+                                     bootstrap=100, calibrate=True, gallery=1))
     page_file = tmp_path / "alone" / "report.html"  # moved away from plots/: it must not need them
     page_file.parent.mkdir()
     page_file.write_bytes(result.html.read_bytes())
@@ -41,7 +41,7 @@ def test_html_report_shows_every_plot_and_the_disclaimer_offline(tiny_run, tiny_
         finally:
             browser.close()
     assert title == "pneumoscan evaluation report"
-    assert len(sizes) == len(result.report["plots"]) == 6
+    assert len(sizes) == len(result.report["plots"]) + len(result.report["gallery"] or []) >= 6
     for alt, complete, width, height in sizes:
         assert complete and width > 0 and height > 0, alt
     assert {alt for alt, *_ in sizes} >= {"ROC curve", "Reliability diagram", "Confusion matrix"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -11,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import pneumoscan
+from pneumoscan.cli import main
 from pneumoscan.errors import ModelFileError
 from pneumoscan.inference.onnx_backend import load_onnx
 from pneumoscan.models import ModelMeta, build_model, save_model
@@ -34,7 +37,8 @@ def exported(tmp_path_factory) -> Path:
 
 def test_onnx_runtime_and_pytorch_agree_within_1e_4_on_real_images(exported, real_subset):
     files = sorted(real_subset.glob("train/*/*.jpeg"))[::4]
-    torch_rows = pneumoscan.load(exported.parent.parent).predict(files)
+    torch_rows = pneumoscan.load(exported.parent.parent).predict(files)  # a run folder: PyTorch
+    assert pneumoscan.load(exported.parent.parent).backend.name == "torch"
     onnx_rows = pneumoscan.load(exported).predict(files, batch_size=5)
     assert len(files) >= 10 and all(r.error is None for r in onnx_rows)
     p_torch = np.array([r.probability for r in torch_rows])
@@ -62,22 +66,38 @@ def test_the_model_meta_travels_inside_the_onnx_file(exported):
     assert "/ 255" in props["scale"] and float(props["threshold"]) == pytest.approx(0.42)
 
 
-def test_onnx_prediction_imports_neither_torch_nor_lightning_nor_monai(exported, tmp_path):
-    from PIL import Image
-
+def test_predict_on_an_onnx_model_imports_neither_torch_nor_lightning_nor_monai(exported, tmp_path):
     image = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (80, 80), dtype=np.uint8), "L").save(image)
+    # Both ways in: the CLI (which builds every command's parser) and the Python API the server uses.
     script = textwrap.dedent(f"""
         import json, sys
         import pneumoscan
+        from pneumoscan.cli import main
+        code = main(["predict", {str(exported)!r}, {str(image)!r}, "--quiet"])
         row = pneumoscan.load({str(exported)!r}).predict([{str(image)!r}])[0]
-        print(json.dumps({{"p": row.probability, "error": row.error,
+        print(json.dumps({{"code": code, "p": row.probability, "error": row.error,
                           "loaded": [m for m in ("torch", "lightning", "monai") if m in sys.modules]}}))
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["error"] is None and 0.0 <= result["p"] <= 1.0
-    assert result["loaded"] == []  # torch alone costs ~2 s of start-up: the cold-start target needs it absent
+    assert result["code"] == 0 and result["error"] is None and 0.0 <= result["p"] <= 1.0
+    assert result["loaded"] == []  # torch alone costs ~2 s of start-up: the cold-start aim needs it absent
+
+
+def test_cli_predict_on_a_run_folder_uses_its_export_only_while_it_matches_the_model(exported, tmp_path, capsys):
+    run = shutil.copytree(exported.parent.parent, tmp_path / "run")
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (80, 80), dtype=np.uint8), "L").save(image)
+    assert main(["predict", str(run), str(image)]) == 0
+    assert "onnxruntime" in capsys.readouterr().out
+    assert main(["predict", str(run), str(image), "--backend", "torch"]) == 0
+    assert "torch)" in capsys.readouterr().out
+    model, meta = pneumoscan.models.load_model(run)
+    meta.threshold = 0.9  # the model changed after the export: the stale export must not be used
+    save_model(run, model, meta)
+    assert main(["predict", str(run), str(image)]) == 0
+    assert "torch)" in capsys.readouterr().out
 
 
 def test_an_onnx_model_that_is_not_ours_is_refused(tmp_path):

@@ -42,8 +42,10 @@ def _report(run: Path, name: str, payload: dict | str, age: float) -> Path:
 
 def test_cli_export_writes_onnx_and_a_model_card_with_threshold_intervals_and_disclaimer(run, capsys):
     _report(run, "old", {"metrics": {"auroc": 0.5}}, age=100)
-    newest = _report(run, "test", {"metrics": {"auroc": 0.91, "sensitivity": 0.95},
-                                   "intervals": {"auroc": [0.87, 0.94]}}, age=0)
+    newest = _report(run, "test", {  # the layout `pneumoscan evaluate` writes
+        "metrics": {"threshold_free": {"auroc": {"value": 0.91, "low": 0.87, "high": 0.94}},
+                    "at": {"stored": {"sensitivity": {"value": 0.95, "low": 0.9, "high": 0.98}}}},
+        "bootstrap": {"level": 0.95, "unit": "patient"}}, age=0)
 
     assert main(["export", str(run), "--format", "onnx"]) == 0
 
@@ -54,8 +56,11 @@ def test_cli_export_writes_onnx_and_a_model_card_with_threshold_intervals_and_di
     assert card["disclaimer"] == DISCLAIMER and DISCLAIMER in markdown
     assert card["output"]["threshold"] == 0.3125 and "0.3125" in markdown
     assert card["metrics"]["evaluation"]["report"] == str(newest)
-    assert card["metrics"]["evaluation"]["figures"]["intervals.auroc"] == [0.87, 0.94]
-    assert "[0.8700, 0.9400]" in markdown and "0.9375" in markdown  # test interval and validation AUROC
+    figures = card["metrics"]["evaluation"]["figures"]
+    assert figures["threshold_free.auroc"] == {"value": 0.91, "low": 0.87, "high": 0.94}
+    assert "| threshold_free.auroc | 0.9100 | 0.8700 to 0.9400 |" in markdown
+    assert "| at.stored.sensitivity | 0.9500 | 0.9000 to 0.9800 |" in markdown
+    assert "95% bootstrap intervals, resampling patients" in markdown and "0.9375" in markdown
     assert card["training_data"]["data_manifest_sha256"] == "abc123"
     assert card["input"]["size"] == SIZE and "Intended use" in markdown and "Out of scope" in markdown
     assert card["files"]["onnx"] == "model.onnx" and len(card["files"]["onnx_sha256"]) == 64

@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import io
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -123,6 +125,20 @@ def test_explain_is_refused_with_409_when_only_an_onnx_file_is_served(served_run
     assert plain.status_code == 200
 
 
+def test_explain_refuses_weights_of_another_model_than_the_served_export(served_run, real_images, tmp_path,
+                                                                         wait_ready):
+    from pneumoscan.models import ModelMeta, build_model, save_model
+
+    (tmp_path / "export").mkdir()
+    shutil.copy(served_run / "export" / "model.onnx", tmp_path / "export" / "model.onnx")
+    save_model(tmp_path, build_model("seed-cnn", 64), ModelMeta(name="seed-cnn", image_size=64, run_id="retrained"))
+    with TestClient(create_app(tmp_path)) as client:
+        wait_ready(client)
+        response = client.post("/v1/predict?explain=true", files=[_upload(real_images[0])])
+    assert response.status_code == 409
+    assert "another model" in response.json()["detail"] and "export the run again" in response.json()["detail"]
+
+
 def test_a_run_folder_without_an_onnx_export_is_served_with_pytorch(served_run, real_images, tmp_path, wait_ready):
     run = tmp_path / "run"
     run.mkdir()
@@ -141,9 +157,9 @@ def test_readyz_is_503_until_the_model_is_loaded_while_healthz_answers(served_ru
     release = threading.Event()
     real_load = app_module.load_served_model
 
-    def slow_load(path):  # holds the load until the test has seen the 'loading' answers
+    def slow_load(path, threads=None):  # holds the load until the test has seen the "loading" answers
         release.wait(10)
-        return real_load(path)
+        return real_load(path, threads)
 
     monkeypatch.setattr(app_module, "load_served_model", slow_load)
     with TestClient(create_app(served_run)) as client:
@@ -248,3 +264,22 @@ def _write_dicom(path: Path, pixels: np.ndarray) -> Path:
     ds.PixelData = np.ascontiguousarray(pixels, np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def test_serving_an_onnx_model_imports_neither_torch_nor_lightning_nor_monai(served_run, real_images):
+    """The fast start the ONNX path exists for: checked in a fresh interpreter, after a real prediction."""
+    script = f"""
+import sys
+from fastapi.testclient import TestClient
+from pneumoscan.serving.app import create_app
+with TestClient(create_app({str(served_run / "export" / "model.onnx")!r})) as client:
+    for _ in range(200):
+        if client.get("/readyz").status_code == 200:
+            break
+    with open({str(real_images[0])!r}, "rb") as fh:
+        assert client.post("/v1/predict", files={{"file": ("x.jpeg", fh.read())}}).status_code == 200
+print(sorted(m for m in ("torch", "lightning", "monai") if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -3,6 +3,7 @@ by Playwright, the keyboard only, a real radiograph; a screenshot is saved under
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import subprocess
@@ -56,7 +57,7 @@ def server(served_run, wait_ready, tmp_path):
 
 
 def test_a_person_uploads_a_radiograph_with_the_keyboard_and_reads_the_result(server, real_images, tmp_path):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     url, api = server
     image = real_images[-1]
@@ -71,7 +72,8 @@ def test_a_person_uploads_a_radiograph_with_the_keyboard_and_reads_the_result(se
             page.on("requestfailed", lambda request: problems.append(f"failed: {request.url}"))
             page.goto(url + "/")
             assert DISCLAIMER in page.locator("#disclaimer").inner_text()
-            page.wait_for_function("document.getElementById('model-info').textContent.includes('seed-cnn')")
+            # (Locator waits, not wait_for_function: the page's CSP forbids the eval that one needs.)
+            expect(page.locator("#model-info")).to_contain_text("seed-cnn")
 
             # Keyboard only: Tab to the file input, open the chooser with Space, pick the radiograph.
             for _ in range(10):
@@ -99,6 +101,20 @@ def test_a_person_uploads_a_radiograph_with_the_keyboard_and_reads_the_result(se
             assert page.locator("#image").get_attribute("src").startswith("data:image/png;base64,")
             page.screenshot(path=str(tmp_path / "page-result.png"), full_page=True)
             assert problems == [], problems  # no CSP violation, no missing asset, no script error
+
+            # Drag and drop: a real radiograph dropped on the box (a DataTransfer built in the page).
+            dropped = real_images[0]
+            dropped_expected = api.post("/v1/predict", files={"file": (dropped.name, dropped.read_bytes())}).json()
+            transfer = page.evaluate_handle(
+                """([name, b64]) => {
+                    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                    const transfer = new DataTransfer();
+                    transfer.items.add(new File([bytes], name, { type: "image/jpeg" }));
+                    return transfer;
+                }""", [dropped.name, base64.b64encode(dropped.read_bytes()).decode()])
+            page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
+            expect(page.locator("#result-file")).to_have_text(dropped.name)
+            assert page.locator("#probability").inner_text() == f"{100 * dropped_expected['probability']:.1f}%"
 
             # A file that is not an image: the server's message, in the alert region.
             bad = tmp_path / "notes.txt"

@@ -7,6 +7,16 @@ import sys
 
 from pneumoscan.cli import HelpFormatter, add_command
 
+
+class _Formatter(HelpFormatter):
+    """Shows a default only when it says something: no "(default: None)" after our own wording."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 _ROOT_HELP = "dataset: class folders, RSNA folder or labels CSV, CSV manifest or MedMNIST .npz (default: the default data)"
 
 
@@ -15,7 +25,7 @@ def register(subparsers) -> None:
     group = subparsers.add_parser(
         "data", help="Inspect, validate, split, cache and download datasets.",
         description="Inspect, validate, split, cache and download datasets.",
-        epilog="example:\n  pneumoscan data inspect ../shared/data/chest_xray", formatter_class=HelpFormatter,
+        epilog="example:\n  pneumoscan data inspect ../shared/data/chest_xray", formatter_class=_Formatter,
     )
 
     def usage(_args: argparse.Namespace) -> int:
@@ -82,6 +92,8 @@ def register(subparsers) -> None:
     download.add_argument("--sha256", default=None, metavar="HEX", help="expected SHA-256 of the archive")
     download.add_argument("--dest", default=None, help="folder for the archive and the extracted data "
                                                        "(default: $PNEUMOSCAN_CACHE/datasets)")
+    for parser in (inspect, validate, split, cache, download):
+        parser.formatter_class = _Formatter
 
 
 def _add_workers(parser: argparse.ArgumentParser) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from argparse import SUPPRESS
 
 from pneumoscan.cli import add_command
 
@@ -13,21 +14,23 @@ def register(subparsers) -> None:
         subparsers, "evaluate",
         "Evaluate a run (or an ensemble of runs) on a split: metrics with patient-bootstrap 95% CIs, "
         "operating points chosen on validation, calibration, plots; writes report.html/.json/.md.",
-        "pneumoscan evaluate runs/latest --data ../shared/data/chest_xray --split test --tta",
+        "pneumoscan evaluate runs/latest --data ~/data/chest_xray --split test --tta",
         _evaluate,
     )
     ev.add_argument("models", nargs="+", metavar="RUN_OR_MODEL",
                     help="run folder or model file; several are evaluated as an ensemble (mean probability)")
-    ev.add_argument("--data", default=None, help="dataset folder or CSV manifest (default: the default data)")
-    ev.add_argument("--split", default=None, help="split to evaluate: train, val, test or all (default: test)")
-    ev.add_argument("--bootstrap", type=int, default=None, metavar="N", help="bootstrap resamples (default: 1000)")
-    ev.add_argument("--seed", type=int, default=None, help="bootstrap seed (default: 0)")
-    ev.add_argument("--tta", action="store_true", default=None, help="test-time augmentation: mean with the flipped image")
-    ev.add_argument("--calibrate", action="store_true", default=None,
+    ev.add_argument("--data", default=SUPPRESS, help="dataset folder or CSV manifest (default: the default data)")
+    ev.add_argument("--split", default=SUPPRESS, help="split to evaluate: train, val, test or all (default: test)")
+    ev.add_argument("--bootstrap", type=int, default=SUPPRESS, metavar="N", help="bootstrap resamples (default: 1000)")
+    ev.add_argument("--seed", type=int, default=SUPPRESS, help="bootstrap seed (default: 0)")
+    ev.add_argument("--tta", action="store_true", default=SUPPRESS, help="test-time augmentation: mean with the flipped image")
+    ev.add_argument("--calibrate", action="store_true", default=SUPPRESS,
                     help="temperature scaling fitted on the run's validation predictions")
-    ev.add_argument("--out", default=None, help="report folder (default: RUN/reports/<split>-<timestamp>/)")
+    ev.add_argument("--gallery", type=int, default=SUPPRESS, metavar="N",
+                    help="worst false positives and negatives shown with Grad-CAM, N of each (default: 4; 0: none)")
+    ev.add_argument("--out", default=SUPPRESS, help="report folder (default: RUN/reports/<split>-<timestamp>/)")
     ev.add_argument("--config", default=None, help="options from a config.yaml written by an earlier evaluate")
-    ev.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: best available)")
+    ev.add_argument("--device", default=SUPPRESS, help="torch device, e.g. cpu or cuda (default: best available)")
 
     cmp = add_command(
         subparsers, "compare",
@@ -44,8 +47,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from pneumoscan.config import from_dict, load_config
     from pneumoscan.evaluation import EvaluateConfig, evaluate
 
-    overrides = {k: getattr(args, k) for k in ("data", "split", "bootstrap", "seed", "tta", "calibrate", "out",
-                                               "device")}
+    # Options left out are SUPPRESSed (absent): the config file's or the dataclass's defaults apply.
+    overrides = {k: getattr(args, k, None) for k in ("data", "split", "bootstrap", "seed", "tta", "calibrate", "out",
+                                               "gallery", "device")}
     overrides["models"] = args.models
     if args.config:
         config = load_config(EvaluateConfig, args.config, **overrides)
@@ -57,8 +61,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     free = report["metrics"]["threshold_free"]
     from pneumoscan.evaluation.report import format_value
 
+    stored_point = report["operating_points"]["stored"]
+    threshold = f"stored threshold {stored_point['threshold']:.4f}"
+    if "threshold_before_calibration" in stored_point:
+        threshold = (f"stored threshold {stored_point['threshold_before_calibration']:.4f} "
+                     f"({stored_point['threshold']:.4f} after temperature scaling)")
     print(f"{report['data']['images']} images, {report['data']['patients']} patients "
-          f"(split {report['data']['split']}); stored threshold {report['operating_points']['stored']['threshold']:.4f}")
+          f"(split {report['data']['split']}); {threshold}")
     for metric in ("sensitivity", "specificity", "ppv", "npv", "balanced_accuracy"):
         print(f"  {metric:<18} {format_value(stored[metric])}")
     for metric in ("roc_auc", "pr_auc", "ece"):

@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     predict.add_argument("--out", metavar="FILE", help="also write the results to FILE (.csv or .json)")
     predict.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    predict.add_argument("--backend", choices=["auto", "torch"], default="auto",
+                         help="auto: for a run folder, its export/model.onnx (ONNX Runtime) when it matches the "
+                              "run's model, else PyTorch")
     bar = predict.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="always show a progress bar (default: when there are more than 50 files)")
@@ -53,15 +56,15 @@ def register(subparsers) -> None:
 
 
 def run_predict(args) -> int:
-    import pneumoscan
     from pneumoscan.errors import ConfigError
+    from pneumoscan.inference import load
     from pneumoscan.inference.inputs import expand_inputs, format_table, write_predictions
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, not {args.batch_size}")
     if args.out and not args.out.lower().endswith((".csv", ".json")):
         raise ConfigError(f"--out {args.out}: use a name ending in .csv or .json")
-    classifier = pneumoscan.load(args.model, device=args.device)
+    classifier = load(args.model, device=args.device, prefer_onnx=args.backend == "auto")
     files = expand_inputs(args.paths)
     if not files:
         raise ConfigError(f"no image files found in {' '.join(args.paths)}")
@@ -72,7 +75,8 @@ def run_predict(args) -> int:
         write_predictions(rows, args.out)
     scored = sum(row.error is None for row in rows)
     meta = classifier.meta
-    print(f"\nscored {scored} of {len(rows)} files with {meta.name} (pneumoscan {meta.version or '?'}), "
+    backend = getattr(classifier.backend, "name", "?")
+    print(f"\nscored {scored} of {len(rows)} files with {meta.name} (pneumoscan {meta.version or '?'}, {backend}), "
           f"threshold {classifier.threshold:.4f}" + (f"; results in {args.out}" if args.out else ""))
     if scored < len(rows):
         print(f"{len(rows) - scored} file(s) could not be scored: see the note on their rows", file=sys.stderr)
@@ -94,8 +98,10 @@ def run_explain(args) -> int:
     if not args.images:
         raise ConfigError("give at least one IMAGE to explain (or --list-layers)")
     layers = [name.strip() for name in args.layers.split(",") if name.strip()] if args.layers else None
-    result = explain_images(args.model, expand_inputs(args.images), args.out,
-                            filters=args.filters, layers=layers, layer=args.layer)
+    files = expand_inputs(args.images)
+    if not files:  # as predict does: an empty folder or a glob matching nothing is a one-line error
+        raise ConfigError(f"no image files found in {' '.join(args.images)}")
+    result = explain_images(args.model, files, args.out, filters=args.filters, layers=layers, layer=args.layer)
     for path in result.written:
         print(path)
     for _, reason in result.failures:

@@ -41,9 +41,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pneumoscan.serving.options import ServeOptions
-    from pneumoscan.serving.server import serve
+    from pneumoscan.serving.server import LOG_FORMAT, serve
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     serve(ServeOptions(
         model=args.model, host=args.host, port=args.port, workers=args.workers,
         max_upload_mb=args.max_upload_mb, max_batch_files=args.max_batch_files,

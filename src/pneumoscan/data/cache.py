@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,8 +92,9 @@ def build_cache(
             np.save(fh, images)
 
     atomic_write(target / "images.npy", save)
+    files = hashlib.sha256("\n".join(paths).encode()).hexdigest()[:20]
     index = {
-        "format": CACHE_FORMAT, "size": size, "fit": fit, "count": len(kept),
+        "format": CACHE_FORMAT, "size": size, "fit": fit, "count": len(kept), "files": files,
         "bytes": (target / "images.npy").stat().st_size,
         "paths": kept,
         "failures": [{"path": p, "reason": r} for p, r in failures],
@@ -102,7 +104,21 @@ def build_cache(
     if loaded is None:
         raise OSError(f"{target}: the cache just written cannot be read back")
     loaded.reused = False
+    _remove_stale(base, target, files, size, fit)
     return loaded
+
+
+def _remove_stale(base: Path, current: Path, files: str, size: int, fit: str) -> None:
+    """Delete older caches of the same files at the same size and fit: they can never be used again."""
+    for folder in base.iterdir():
+        if folder == current or not folder.is_dir():
+            continue
+        try:
+            index = json.loads((folder / "index.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if index.get("files") == files and index.get("size") == size and index.get("fit") == fit:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _decode_one(job: tuple[str, int, str]) -> np.ndarray | str:

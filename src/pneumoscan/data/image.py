@@ -25,6 +25,8 @@ FITS: tuple[str, ...] = ("pad", "crop", "stretch")
 
 # Real radiographs are at most ~4,300 px a side (18 Mpx); anything far beyond is a decompression bomb.
 MAX_PIXELS = int(os.environ.get("PNEUMOSCAN_MAX_PIXELS", 64_000_000))
+# A chest DICOM is tens of MB; a file far larger is refused before it is read into memory.
+MAX_FILE_BYTES = int(os.environ.get("PNEUMOSCAN_MAX_FILE_BYTES", 512 * 1024 * 1024))
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -155,6 +157,12 @@ def _read_bytes(source: str | os.PathLike | bytes, label: str) -> bytes:
     try:
         if path.is_dir():
             raise ImageReadError(f"{label}: is a folder, not an image file")
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ImageReadError(
+                f"{label}: file too large ({size / 2**20:,.0f} MiB, over the limit of "
+                f"{MAX_FILE_BYTES / 2**20:,.0f} MiB; set PNEUMOSCAN_MAX_FILE_BYTES to raise it)"
+            )
         return path.read_bytes()
     except ImageReadError:
         raise
@@ -181,6 +189,8 @@ def _check_suffix(suffix: str | None, actual: str, label: str) -> None:
 def _decode_pil(data: bytes, label: str, size: int | None, suffix: str | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
+            # A corrupt EXIF block only loses the orientation tag: the pixels are still good.
+            warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             _check_pixels(image.width, image.height, label)
@@ -253,6 +263,9 @@ def _decode_dicom(data: bytes, label: str) -> np.ndarray:
     if "PixelData" not in ds:
         raise ImageReadError(f"{label}: DICOM has no pixel data (a report or structured document?)")
     _check_pixels(int(ds.get("Columns", 0)), int(ds.get("Rows", 0)), label)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:  # every frame is decoded before we keep the first
+        _check_pixels(int(ds.get("Columns", 0)), int(ds.get("Rows", 0)) * frames, f"{label} ({frames} frames)")
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for unsupported transfer syntaxes

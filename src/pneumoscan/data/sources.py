@@ -44,7 +44,12 @@ class DataIndex:
 
 
 def load_dataset(root: str | os.PathLike) -> DataIndex:
-    """List the samples under ``root`` (a folder, a CSV manifest/RSNA label file, or an ``.npz``)."""
+    """List the samples under ``root`` (a folder, a CSV manifest/RSNA label file, or an ``.npz``).
+
+    Nothing is decoded here: unreadable images are found by ``validate_dataset`` or skipped by the
+    cache. Raises :class:`DatasetError` (one line, naming the file and the fix) when ``root`` is not a
+    dataset: no class folders, an empty class, a CSV without a needed column or with an unknown label.
+    """
     root = Path(root).expanduser()
     if not root.exists():
         raise DatasetError(f"{root}: no such file or folder; pass a dataset folder, a CSV manifest or an .npz")

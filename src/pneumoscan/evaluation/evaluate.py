@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
+import shutil
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,7 +90,6 @@ def evaluate(config: EvaluateConfig) -> EvaluationResult:
     split; images that cannot be decoded are skipped and listed in the report.
     """
     import pneumoscan
-    from pneumoscan.data import build_cache, default_data_root, load_dataset
 
     if not config.models:
         raise ConfigError("evaluate: give at least one run folder or model file")
@@ -100,11 +102,24 @@ def evaluate(config: EvaluateConfig) -> EvaluationResult:
     if len({(meta.image_size, meta.fit) for meta in metas}) > 1:
         raise ConfigError("ensemble members differ in image size or fit; evaluate them separately "
                           f"({', '.join(f'{m.source}: {x.image_size}px {x.fit}' for m, x in zip(members, metas, strict=True))})")
-    size, fit = metas[0].image_size, metas[0].fit
     started = datetime.now(UTC)
+    clock = _Clock()
     out = Path(config.out) if config.out else _default_out(members, config.split, started)
+    created = not out.exists()
     ensure_writable_dir(out)
+    try:
+        return _evaluate(config, members, metas, out, started, clock)
+    except BaseException:
+        if created:  # a failed evaluation leaves no half-written report folder behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
+
+def _evaluate(config: EvaluateConfig, members: list[_Member], metas: list, out: Path, started: datetime,
+              clock: _Clock) -> EvaluationResult:
+    from pneumoscan.data import build_cache, default_data_root, load_dataset
+
+    size, fit = metas[0].image_size, metas[0].fit
     # 1. The data to evaluate.
     data_root = Path(config.data) if config.data else default_data_root()
     index = load_dataset(data_root)
@@ -117,6 +132,7 @@ def evaluate(config: EvaluateConfig) -> EvaluationResult:
         raise DatasetError(f"{data_root}: none of the {len(samples)} images of split {config.split!r} could be decoded")
 
     # 2. Everything chosen on validation, frozen before the evaluated images are scored.
+    clock.lap("load")
     validation = _validation(members, config, size, fit)
     points, points_source, stored = _operating_points(members, metas, validation, config)
     temperature = None
@@ -127,9 +143,12 @@ def evaluate(config: EvaluateConfig) -> EvaluationResult:
         temperature = fit_temperature(validation["labels"], validation["probs"])
 
     # 3. Score the evaluated split.
+    clock.lap("validation")
     raw = _score(members, images, config)
+    clock.lap("infer")
     probs = apply_temperature(raw, temperature) if temperature else raw
     thresholds = {"stored": stored, **points}
+    uncalibrated = dict(thresholds)
     if temperature:
         # Same decisions as before scaling: the thresholds move with the probabilities (monotone map).
         thresholds = {k: float(apply_temperature(np.array([t]), temperature)[0]) for k, t in thresholds.items()}
@@ -139,6 +158,7 @@ def evaluate(config: EvaluateConfig) -> EvaluationResult:
     ci = M.bootstrap_intervals(labels, probs, patients, thresholds, level=config.level, bins=config.bins,
                                weights=weights)
     free = M.threshold_free_metrics(labels, probs, config.bins)
+    clock.lap("bootstrap")
     report: dict[str, Any] = {
         "title": "pneumoscan evaluation report",
         "disclaimer": DISCLAIMER,
@@ -153,7 +173,8 @@ def evaluate(config: EvaluateConfig) -> EvaluationResult:
         "operating_points": {
             name: {"threshold": thresholds[name], "source": points_source if name != "stored" else
                    ("model file" if len(members) == 1 else "mean of the ensemble members' stored thresholds"),
-                   "rule": _RULES.get(name, "")}
+                   "rule": _RULES.get(name, ""),
+                   **({"threshold_before_calibration": uncalibrated[name]} if temperature else {})}
             for name in thresholds
         },
         "bootstrap": {"resamples": config.bootstrap, "seed": config.seed, "level": config.level,
@@ -180,21 +201,43 @@ def evaluate(config: EvaluateConfig) -> EvaluationResult:
 
     # 5. Figures, per-image predictions, report files.
     figures = _figures(members, labels, probs, raw, thresholds, weights, report, config)
+    clock.lap("plots")
     for name, png in figures.items():
         atomic_write_bytes(out / "plots" / f"{name}.png", png)
         report["plots"][name] = f"plots/{name}.png"
     _write_predictions(out / "predictions.csv", kept, labels, raw, probs, thresholds["stored"])
+    gallery = _gallery(members[0], images, kept, probs, labels, thresholds["stored"], config.gallery)
+    clock.lap("gallery")
+    report["gallery"] = [{k: v for k, v in item.items() if k != "png"} for item in gallery] if gallery else None
+    for item in gallery or []:
+        atomic_write_bytes(out / item["image"], item["png"])
     from pneumoscan.evaluation.report import render_html, render_markdown
 
+    clock.lap("report")  # the JSON states the timings up to here; writing the files is the rest
+    report["timings_s"] = clock.laps
     save_config(config, out / "config.yaml")
     atomic_write_json(out / REPORT_JSON, _json_safe(report))
     atomic_write_text(out / "report.md", render_markdown(report))
-    atomic_write_text(out / "report.html", render_html(report, figures))
+    atomic_write_text(out / "report.html", render_html(
+        report, figures, {item["caption"]: item["png"] for item in gallery or []}))
     return EvaluationResult(out, report)
 
 
 _RULES = {"stored": "the threshold stored in the model at training (chosen on validation), applied as is",
           **OPERATING_POINTS}
+
+
+class _Clock:
+    """Seconds per phase, stored in the report (and printed by bench/bench_evaluate.py)."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.last, 4)
+        self.last = now
 
 
 def _with_ci(value: float, interval: tuple[float, float]) -> dict[str, float | None]:
@@ -288,7 +331,7 @@ def _validation(members: list[_Member], config: EvaluateConfig, size: int, fit: 
                 common = sorted(set.intersection(*(set(r) for r in rows)))
                 if common:
                     return {
-                        "labels": np.array([int(rows[0][p]["label"]) for p in common]),
+                        "labels": np.array([int(float(rows[0][p]["label"])) for p in common]),
                         "probs": np.mean([[float(r[p]["probability"]) for p in common] for r in rows], axis=0),
                         "patients": [rows[0][p].get("patient_id") or p for p in common],
                         "source": "val_predictions.csv of the run" + ("s (common images, mean)" if len(rows) > 1 else ""),
@@ -301,7 +344,7 @@ def _validation(members: list[_Member], config: EvaluateConfig, size: int, fit: 
         return None
     from pneumoscan.data import Sample, build_cache
 
-    val = [Sample(Path(r["path"]), int(r["label"]), r.get("patient_id") or r["path"], "val")
+    val = [Sample(Path(r["path"]), int(float(r["label"])), r.get("patient_id") or r["path"], "val")
            for r in _read_csv(split_file) if r.get("split") == "val" and r.get("label") not in (None, "")]
     if not val:
         return None
@@ -431,6 +474,41 @@ def _figures(members, labels, probs, raw, thresholds, weights, report, config) -
     elif members[0].run_dir and (members[0].run_dir / "curves.png").is_file():
         figures["training_curves"] = (members[0].run_dir / "curves.png").read_bytes()
     return figures
+
+
+def _gallery(member: _Member, images, kept, probs, labels, threshold: float, per_kind: int) -> list[dict] | None:
+    """The worst false positives and false negatives with their Grad-CAM overlay; None when unavailable."""
+    if per_kind <= 0:
+        return None
+    try:
+        from pneumoscan.explain import gradcam, overlay
+    except ImportError:  # explain is an optional part of the toolkit
+        return None
+    import torch
+
+    model = getattr(member.classifier.backend, "model", None)
+    if not isinstance(model, torch.nn.Module):  # an ONNX model has no gradients to explain
+        return None
+    from PIL import Image
+
+    called = probs >= threshold
+    false_pos = np.flatnonzero(called & (labels == 0))
+    false_neg = np.flatnonzero(~called & (labels == 1))
+    chosen = [("false positive", i) for i in false_pos[np.argsort(-probs[false_pos])][:per_kind]]
+    chosen += [("false negative", i) for i in false_neg[np.argsort(probs[false_neg])][:per_kind]]
+    if not chosen:
+        return []
+    rows = np.array([i for _, i in chosen])
+    heat = gradcam(model, np.ascontiguousarray(images[rows]))
+    items = []
+    for k, ((kind, i), h) in enumerate(zip(chosen, heat, strict=True)):
+        buffer = io.BytesIO()
+        Image.fromarray(overlay(images[i], h)).resize((224, 224)).save(buffer, format="PNG")
+        name = Path(kept[i].path).name
+        items.append({"kind": kind, "path": str(kept[i].path), "patient_id": kept[i].patient_id,
+                      "probability": float(probs[i]), "image": f"gallery/{k:02d}-{kind.replace(' ', '-')}.png",
+                      "caption": f"{kind}: {name} (p = {probs[i]:.3f})", "png": buffer.getvalue()})
+    return items
 
 
 def _history(run_dir: Path | None) -> dict[str, list[float]]:

@@ -129,7 +129,7 @@ def confusion_plot(counts: dict[str, int], threshold: float) -> bytes:
     ax.set_xticks([0, 1], ["NORMAL", "PNEUMONIA"])
     ax.set_yticks([0, 1], ["NORMAL", "PNEUMONIA"])
     ax.set(xlabel="predicted", ylabel="true", title=f"Confusion matrix (threshold {threshold:.3f})")
-    return _png(fig, left=0.22, bottom=0.14)
+    return _png(fig, left=0.27, bottom=0.14)
 
 
 def histogram_plot(labels, probs, points: dict[str, float]) -> bytes:
@@ -153,9 +153,13 @@ def history_plot(history: dict[str, list[float]]) -> bytes:
     fig = _figure(8.0, 3.6)
     loss_ax, other_ax = fig.subplots(1, 2)
     for column, values in history.items():
-        if column == "epoch" or not values:
+        # Only losses and [0, 1] metrics share these axes (not the learning rate or wall time).
+        if "loss" in column:
+            ax = loss_ax
+        elif any(key in column for key in ("acc", "auc", "sens", "spec", "f1")):
+            ax = other_ax
+        else:
             continue
-        ax = loss_ax if "loss" in column else other_ax
         ax.plot(epochs[: len(values)], values, marker=".", label=column)
     loss_ax.set(xlabel="epoch", title="loss")
     other_ax.set(xlabel="epoch", title="metrics")

@@ -60,7 +60,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["## Operating points", "", "| point | threshold | chosen by |", "|---|---|---|"]
     for name in points:
         op = report["operating_points"][name]
-        lines.append(f"| {POINT_LABELS.get(name, name)} | {op['threshold']:.4f} | {op['rule']}; {op['source']} |")
+        shown = f"{op['threshold']:.4f}"
+        if "threshold_before_calibration" in op:
+            shown = f"{op['threshold_before_calibration']:.4f} ({shown} calibrated)"
+        lines.append(f"| {POINT_LABELS.get(name, name)} | {shown} | {op['rule']}; {op['source']} |")
     lines += ["", "## Metrics at each operating point", "",
               "| metric | " + " | ".join(POINT_LABELS.get(p, p) for p in points) + " |",
               "|---|" + "---|" * len(points)]
@@ -122,9 +125,11 @@ def render_html(report: dict[str, Any], figures: dict[str, bytes], gallery: dict
     parts += [f"<p class='warning'>WARNING: {esc(w)}</p>" for w in report["warnings"]]
     parts.append("<h2>Operating points</h2><p>Every threshold was chosen on validation data or stored at "
                  "training; none was tuned on the split evaluated here.</p>")
+    ops = report["operating_points"]
     parts.append(_table(["point", "threshold", "rule", "source"], [
-        [POINT_LABELS.get(n, n), f"{report['operating_points'][n]['threshold']:.4f}",
-         report["operating_points"][n]["rule"], report["operating_points"][n]["source"]] for n in points]))
+        [POINT_LABELS.get(n, n), f"{ops[n]['threshold']:.4f}" + (
+            f" (model scale {ops[n]['threshold_before_calibration']:.4f})" if "threshold_before_calibration" in ops[n]
+            else ""), ops[n]["rule"], ops[n]["source"]] for n in points]))
     parts.append("<h2>Metrics at each operating point</h2>")
     parts.append(_table(["metric", *[POINT_LABELS.get(p, p) for p in points]], [
         [LABELS[m], *[format_value(report["metrics"]["at"][p][m]) for p in points]] for m in THRESHOLD_METRICS]))

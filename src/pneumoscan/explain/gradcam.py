@@ -69,7 +69,8 @@ def gradcam(model: nn.Module, images: np.ndarray, layer: str | None = None) -> n
     with torch.inference_mode(False), torch.enable_grad():
         for p in work.parameters():
             p.requires_grad_(True)
-        maps = cam(x=batch, class_idx=0).detach()[:, 0].numpy().astype(np.float32)
+        # An input that requires grad keeps the backward hooks on module inputs well-defined.
+        maps = cam(x=batch.requires_grad_(True), class_idx=0).detach()[:, 0].numpy().astype(np.float32)
     peak = maps.reshape(len(maps), -1).max(axis=1).reshape(-1, 1, 1)
     return np.where(peak > 0, maps / np.maximum(peak, 1e-12), 0.0).astype(np.float32)
 

@@ -42,7 +42,7 @@ class Classifier:
     """A loaded model with its preprocessing contract and threshold (scikit-learn-like, no fitting)."""
 
     def __init__(self, backend, meta) -> None:
-        self.backend = backend  # has .logits(batch: float32 N x 1 x S x S) -> np.ndarray (N,)
+        self.backend = backend  # has .name and .logits(batch: float32 N x 1 x S x S) -> np.ndarray (N,)
         self.meta = meta
 
     @property
@@ -167,6 +167,8 @@ def _progress_bar(total: int, enabled: bool):
 class TorchBackend:
     """Eager PyTorch on the best available device."""
 
+    name = "torch"
+
     def __init__(self, model, device: str | None = None) -> None:
         import torch
 
@@ -180,9 +182,11 @@ class TorchBackend:
         return out.float().reshape(-1).cpu().numpy()
 
 
-def load(path: str | os.PathLike, device: str | None = None) -> Classifier:
+def load(path: str | os.PathLike, device: str | None = None, *, prefer_onnx: bool = False) -> Classifier:
     """Load a run folder, a ``.safetensors``/``.ckpt`` model, or an exported ``.onnx`` model.
 
+    With ``prefer_onnx``, a run folder whose ``export/model.onnx`` holds the same metadata as its
+    ``model.json`` is served by ONNX Runtime (no torch import: a fast start); otherwise by PyTorch.
     Raises :class:`~pneumoscan.errors.ModelFileError` for anything that is not one of our models; no
     file is ever unpickled.
     """
@@ -191,7 +195,27 @@ def load(path: str | os.PathLike, device: str | None = None) -> Classifier:
         from pneumoscan.inference.onnx_backend import load_onnx
 
         return load_onnx(path, device=device)
+    if prefer_onnx and device in (None, "cpu") and (exported := _matching_export(path)) is not None:
+        return exported
     from pneumoscan.models.artifact import load_model
 
     model, meta = load_model(path)
     return Classifier(TorchBackend(model, device), meta)
+
+
+def _matching_export(run: Path) -> Classifier | None:
+    """The run's ONNX export, if it is the export of this run's model (same metadata), else None."""
+    import json
+
+    from pneumoscan.errors import ModelFileError
+    from pneumoscan.inference.onnx_backend import load_onnx
+
+    onnx_file, meta_file = run / "export" / "model.onnx", run / "model.json"
+    if not (run.is_dir() and onnx_file.is_file() and meta_file.is_file()):
+        return None
+    try:
+        classifier = load_onnx(onnx_file, device="cpu")
+        same = json.loads(classifier.meta.to_json()) == json.loads(meta_file.read_text(encoding="utf-8"))
+    except (ModelFileError, OSError, ValueError):
+        return None  # a broken export: the weights themselves are still there
+    return classifier if same else None

@@ -30,6 +30,8 @@ PROBABILITY_OUTPUT = "probability"
 class OnnxBackend:
     """An ONNX Runtime session that returns one logit per image (the same contract as the torch backend)."""
 
+    name = "onnxruntime"
+
     def __init__(self, path: str | os.PathLike, threads: int | None = None, device: str | None = None) -> None:
         import onnxruntime as ort
 

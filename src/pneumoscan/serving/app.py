@@ -49,6 +49,7 @@ from pneumoscan.serving.options import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_QUEUE,
     DEFAULT_MAX_UPLOAD_BYTES,
+    inference_threads,
 )
 
 log = logging.getLogger("pneumoscan.serving")
@@ -121,16 +122,19 @@ def create_app(
     max_batch_files: int = DEFAULT_MAX_BATCH_FILES,
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     max_queue: int = DEFAULT_MAX_QUEUE,
+    threads: int | None = None,
 ) -> FastAPI:
     """The FastAPI app serving ``model``: a path (loaded in the background at start-up, ``/readyz``
     answers 503 until it is ready), a loaded :class:`Classifier`, or a :class:`ServedModel`.
 
-    ``max_upload_bytes`` bounds one request's body (a batch may carry ``max_batch_files`` files of that
-    total size); ``max_concurrency`` inferences run at once and ``max_queue`` more may wait.
+    ``max_upload_bytes`` bounds a request's whole body (a batch's files together); a batch holds at most
+    ``max_batch_files`` files; ``max_concurrency`` inferences run at once and ``max_queue`` more may wait.
+    ``threads``: ONNX Runtime's threads per inference for a model given by path (default: the cores
+    divided by ``max_concurrency``).
     """
     if min(max_upload_bytes, max_batch_files, max_concurrency) < 1 or max_queue < 0:
         raise ValueError("limits must be positive (max_queue may be 0)")
-    state = _State(model)
+    state = _State(model, threads or inference_threads(max_concurrency))
     gate = _Gate(max_concurrency, max_queue)
 
     @asynccontextmanager
@@ -222,8 +226,8 @@ def create_app(
         if explain:
             try:
                 explanation = Explanation(**await gate.run(state.explainer.explain, image, exclusive=True))
-            except ExplainUnavailable as exc:
-                raise HTTPException(409, str(exc)) from None
+            except (ExplainUnavailable, PneumoscanError) as exc:  # no weights, or a network Grad-CAM cannot read
+                raise HTTPException(409, f"cannot explain: {exc}") from None
         meta = served.classifier.meta
         return PredictResponse(
             filename=name, probability=probability, label=_label(served.classifier, probability),
@@ -255,8 +259,9 @@ def create_app(
 class _State:
     """The served model, loaded at construction or in the background at start-up."""
 
-    def __init__(self, model: str | os.PathLike | Classifier | ServedModel) -> None:
+    def __init__(self, model: str | os.PathLike | Classifier | ServedModel, threads: int | None = None) -> None:
         self.path: str | os.PathLike | None = None
+        self.threads = threads
         self.served: ServedModel | None = None
         self.explainer: Explainer | None = None
         self.error: str | None = None
@@ -269,7 +274,7 @@ class _State:
 
     async def load(self) -> None:
         try:
-            served = await anyio.to_thread.run_sync(load_served_model, self.path)
+            served = await anyio.to_thread.run_sync(load_served_model, self.path, self.threads)
         except PneumoscanError as exc:
             self.error = f"model failed to load: {exc}"
             log.error("%s", self.error)

@@ -66,10 +66,21 @@ class Explainer:
             if self.served.weights is not None:
                 from pneumoscan.models import load_model
 
-                self._model, _ = load_model(self.served.weights)
+                model, meta = load_model(self.served.weights)
+                served = self.served.classifier.meta
+                if _identity(meta) != _identity(served):  # e.g. retrained but not exported again
+                    raise ExplainUnavailable(
+                        f"{self.served.weights.name} beside the served model is another model "
+                        f"({meta.name}, run {meta.run_id or '?'}) than the one served ({served.name}, run "
+                        f"{served.run_id or '?'}); export the run again so that both match")
+                self._model = model
             else:  # the torch backend's own network, copied: predictions may run on it at the same time
                 self._model = copy.deepcopy(self.served.classifier.backend.model).cpu().eval()
         return self._model
+
+
+def _identity(meta) -> tuple:
+    return meta.name, int(meta.image_size), meta.run_id, meta.created
 
 
 def _png_base64(image: np.ndarray | Image.Image) -> str:

@@ -50,6 +50,8 @@ def export_onnx(model_path: str | os.PathLike, out_path: str | os.PathLike | Non
         raise ModelFileError(f"{model_path}: already an ONNX model; export from the run folder or .safetensors")
     model, meta = load_model(model_path)
     run_folder = model_path if model_path.is_dir() else model_path.parent
+    if run_folder.name == "checkpoints":  # RUN/checkpoints/best.ckpt belongs to RUN
+        run_folder = run_folder.parent
     out = Path(out_path) if out_path is not None else run_folder / "export" / "model.onnx"
     if out.suffix.lower() != ".onnx":
         raise ModelFileError(f"{out}: the exported model's name must end in .onnx")

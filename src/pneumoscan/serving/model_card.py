@@ -63,7 +63,10 @@ def build_model_card(meta: ModelMeta, run_folder: str | os.PathLike | None = Non
         "metrics": {
             "validation": dict(meta.val_metrics),
             "evaluation": (
-                {"report": str(report_path), "figures": flatten_figures(report)}
+                {"report": str(report_path), "created": report.get("created"),
+                 "interval_level": (report.get("bootstrap") or {}).get("level"),
+                 "interval_unit": (report.get("bootstrap") or {}).get("unit"),
+                 "figures": flatten_figures(report)}
                 if report is not None else None
             ),
             "note": None if report is not None else
@@ -100,32 +103,32 @@ def latest_report(run_folder: str | os.PathLike) -> tuple[Path | None, dict | No
 
 
 def flatten_figures(report: dict, limit: int = 80) -> dict[str, Any]:
-    """The report's numbers as ``{"a.b.c": value}``; a pair of numbers (an interval) stays a pair.
+    """The report's figures as ``{"a.b.c": figure}``, read from its ``metrics`` section when it has one.
 
-    The evaluation report's layout belongs to the evaluation stage; flattening keeps the card correct
-    whatever that layout is, at the price of a plainer table.
+    A figure is a number, a ``[low, high]`` pair, or ``{"value", "low", "high"}`` (a value with its
+    interval, as ``pneumoscan evaluate`` writes them). The report's layout belongs to the evaluation
+    stage; walking it generically keeps the card correct if that layout grows.
     """
     figures: dict[str, Any] = {}
 
+    def number(v: Any) -> bool:
+        return v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+
     def walk(value: Any, key: str) -> None:
-        if len(figures) >= limit:
-            return
-        if isinstance(value, bool):
+        if len(figures) >= limit or isinstance(value, bool):
             return
         if isinstance(value, int | float):
             figures[key] = value
-        elif (isinstance(value, list | tuple) and len(value) == 2
-              and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)):
+        elif isinstance(value, list | tuple) and len(value) == 2 and all(number(v) for v in value):
             figures[key] = list(value)
+        elif isinstance(value, dict) and "value" in value and {"low", "high"} <= set(value) and all(
+                number(value[k]) for k in ("value", "low", "high")):
+            figures[key] = {k: value[k] for k in ("value", "low", "high")}
         elif isinstance(value, dict):
             for k, v in value.items():
                 walk(v, f"{key}.{k}" if key else str(k))
 
-    for section in ("metrics", "intervals", "summary", "test", "results"):
-        if section in report:
-            walk(report[section], section)
-    if not figures:
-        walk(report, "")
+    walk(report["metrics"] if isinstance(report.get("metrics"), dict) else report, "")
     return figures
 
 
@@ -167,9 +170,11 @@ def render_markdown(card: dict[str, Any]) -> str:
         lines.append("")
     evaluation = card["metrics"]["evaluation"]
     if evaluation:
-        lines += [f"Evaluation report `{evaluation['report']}` (pairs are 95% intervals):", "",
-                  "| figure | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in evaluation["figures"].items()]
+        level = evaluation.get("interval_level") or 0.95
+        unit = f", resampling {evaluation['interval_unit']}s" if evaluation.get("interval_unit") else ""
+        lines += [f"From the evaluation report `{evaluation['report']}` ({level:.0%} bootstrap intervals{unit}):",
+                  "", "| figure | value | interval |", "|---|---|---|"]
+        lines += [f"| {k} | {_value(v)} | {_interval(v)} |" for k, v in evaluation["figures"].items()]
         lines.append("")
     if card["metrics"]["note"]:
         lines += [f"*{card['metrics']['note']}.*", ""]
@@ -184,6 +189,11 @@ def _training_data(meta: ModelMeta) -> dict[str, Any]:
     found = {k: v for k, v in meta.provenance.items()
              if any(word in k.lower() for word in ("data", "manifest", "split", "seed"))
              and isinstance(v, str | int | float)}
+    counts = meta.provenance.get("counts")
+    if isinstance(counts, dict):
+        for split, c in counts.items():
+            if isinstance(c, dict):
+                found[f"{split} images"] = ", ".join(f"{k}: {v}" for k, v in c.items())
     config = meta.provenance.get("config")
     if isinstance(config, dict):
         found.update({f"config.{k}": v for k, v in config.items()
@@ -191,7 +201,21 @@ def _training_data(meta: ModelMeta) -> dict[str, Any]:
     return found or {"note": "no data provenance stored with this model"}
 
 
+def _value(figure: Any) -> str:
+    if isinstance(figure, dict):
+        return _fmt(figure["value"])
+    return "" if isinstance(figure, list) else _fmt(figure)
+
+
+def _interval(figure: Any) -> str:
+    if isinstance(figure, dict):
+        return f"{_fmt(figure['low'])} to {_fmt(figure['high'])}"
+    return f"{_fmt(figure[0])} to {_fmt(figure[1])}" if isinstance(figure, list) else ""
+
+
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
     if isinstance(value, list):
         return "[" + ", ".join(_fmt(v) for v in value) + "]"
     if isinstance(value, float):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from pneumoscan.errors import ConfigError
@@ -11,6 +12,12 @@ DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a 3,000 px 16-bit DICOM is ~18 Mi
 DEFAULT_MAX_BATCH_FILES = 16
 DEFAULT_MAX_CONCURRENCY = 2  # inference threads per worker; each also uses the backend's own threads
 DEFAULT_MAX_QUEUE = 64  # requests waiting for a thread before new ones get 503
+
+
+def inference_threads(max_concurrency: int, workers: int = 1) -> int:
+    """ONNX Runtime threads per inference: the cores shared out between the inferences that run at once
+    (one ONNX Runtime pool per inference thread and per worker would otherwise oversubscribe the cores)."""
+    return max(1, (os.cpu_count() or 1) // (max_concurrency * workers))
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pneumoscan.errors import ConfigError
-from pneumoscan.serving.options import ServeOptions
+from pneumoscan.serving.options import ServeOptions, inference_threads
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -20,6 +20,8 @@ log = logging.getLogger("pneumoscan.serving")
 # How `--workers N` hands the model and the limits to uvicorn's worker processes.
 ENV_MODEL = "PNEUMOSCAN_SERVE_MODEL"
 ENV_LIMITS = "PNEUMOSCAN_SERVE_LIMITS"
+ENV_LOG_LEVEL = "PNEUMOSCAN_SERVE_LOG_LEVEL"
+LOG_FORMAT = "%(levelname)s:     %(name)s: %(message)s"  # lines up with uvicorn's own
 
 
 def serve(options: ServeOptions) -> None:
@@ -35,12 +37,15 @@ def serve(options: ServeOptions) -> None:
     config = {"host": options.host, "port": options.port, "log_level": options.log_level,
               "server_header": False, "proxy_headers": False}
     if options.workers == 1:
-        app = create_app(load_served_model(options.model), **options.limits())
+        threads = inference_threads(options.max_concurrency)
+        app = create_app(load_served_model(options.model, threads), **options.limits())
         uvicorn.run(app, **config)
         return
     resolve_model(options.model)  # fail now, not in every worker
     os.environ[ENV_MODEL] = str(Path(options.model).expanduser().resolve())
-    os.environ[ENV_LIMITS] = json.dumps(options.limits())
+    os.environ[ENV_LIMITS] = json.dumps(
+        {**options.limits(), "threads": inference_threads(options.max_concurrency, options.workers)})
+    os.environ[ENV_LOG_LEVEL] = options.log_level
     uvicorn.run("pneumoscan.serving.server:app_from_env", factory=True, workers=options.workers, **config)
 
 
@@ -51,6 +56,8 @@ def app_from_env() -> FastAPI:
         raise ConfigError(f"${ENV_MODEL} is not set; start the server with `pneumoscan serve MODEL`")
     from pneumoscan.serving.app import create_app
 
+    # A worker is a fresh process: uvicorn configures its own loggers only.
+    logging.basicConfig(level=os.environ.get(ENV_LOG_LEVEL, "info").upper(), format=LOG_FORMAT)
     limits = json.loads(os.environ.get(ENV_LIMITS) or "{}")
     return create_app(model, **limits)
 

@@ -57,7 +57,9 @@ class XrayClassifier(L.LightningModule):
         super().__init__()
         self.model = model
         self.config = config
-        self.augment = build_augmentation(config)
+        # Held in a tuple, not as a sub-module: kornia's parameter buffers must not enter the checkpoint,
+        # whose state_dict holds the network only (keys "model.*").
+        self._augment = (build_augmentation(config),)
         self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32), persistent=False)
         self.provenance = provenance or {}
         self.run_id = run_id
@@ -84,9 +86,10 @@ class XrayClassifier(L.LightningModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
         images = images.float().div_(255.0)
-        if self.augment is not None and self.trainer is not None and self.trainer.training:
+        augment = self._augment[0]
+        if augment is not None and self.trainer is not None and self.trainer.training:
             with torch.no_grad():
-                images = self.augment(images).clamp_(0.0, 1.0)
+                images = augment.to(images.device)(images).clamp_(0.0, 1.0)
         if self.config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, labels

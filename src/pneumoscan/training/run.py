@@ -48,6 +48,19 @@ def train(config: TrainConfig | None = None, *, resume: str | os.PathLike | None
     own config. ``callbacks`` are extra Lightning callbacks. Raises the project's errors (one line) for an
     unknown model, missing data, or a checkpoint of another architecture.
     """
+    # RUN_ENV names this run's folder for the processes it launches; left set, a second train() in the
+    # same process (a notebook, the test suite) would write into the first run's folder.
+    outer = os.environ.get(RUN_ENV)
+    try:
+        return _train(config, resume=resume, callbacks=callbacks)
+    finally:
+        if outer is None:
+            os.environ.pop(RUN_ENV, None)
+        else:
+            os.environ[RUN_ENV] = outer
+
+
+def _train(config: TrainConfig | None, *, resume: str | os.PathLike | None, callbacks: Sequence[Any]) -> Path:
     import lightning as L
 
     from pneumoscan.models import ModelMeta, build_model, read_meta

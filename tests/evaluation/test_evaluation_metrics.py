@@ -65,7 +65,7 @@ def test_point_metrics_equal_scikit_learn(data, threshold):
     assert_close(M.threshold_free_metrics(labels, probs), expected, ("roc_auc", "pr_auc", "brier", "log_loss"))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(data=scored_labels(), threshold=st.floats(0.05, 0.95), seed=st.integers(0, 1000))
 def test_vectorised_bootstrap_metrics_equal_scikit_learn_on_each_resample(data, threshold, seed):
     labels, probs = data
