@@ -16,14 +16,17 @@ import os
 import resource
 import time
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+# As `pneumoscan train` does, before torch loads OpenMP (spinning threads collapse on a shared CPU).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from pneumoscan.models import build_model
-from pneumoscan.training.config import TrainConfig
-from pneumoscan.training.data import UInt8Images
-from pneumoscan.training.module import build_augmentation
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from pneumoscan.models import build_model  # noqa: E402
+from pneumoscan.training.config import TrainConfig  # noqa: E402
+from pneumoscan.training.data import UInt8Images  # noqa: E402
+from pneumoscan.training.module import build_augmentation  # noqa: E402
 
 
 def measure(name: str, size: int, channels_last: bool, batch: int, steps: int) -> dict[str, float]:

@@ -103,3 +103,16 @@ def test_inspect_on_real_images_reports_sizes_and_no_leakage(real_subset, tmp_pa
     assert s["counts"]["train"] == {"NORMAL": 24, "PNEUMONIA": 24, "total": 48}
     assert s["images"]["most_common_sizes"] == {"224x224": 48} and not s["unreadable"]
     assert s["leakage"]["near_duplicates_within_split"]["count"] == 0
+
+
+def test_inspect_of_flat_folders_counts_everything_under_all_and_flags_near_duplicates(tmp_path):
+    root = tmp_path / "flat"
+    save(root / "NORMAL" / "a.png", _smooth(1))
+    save(root / "PNEUMONIA" / "b.png", _smooth(2))
+    save(root / "PNEUMONIA" / "c.png", _smooth(1))  # same picture as a.png, another "patient"
+    s = inspect_dataset(root, tmp_path / "out").summary
+    assert s["counts"] == {"all": {"NORMAL": 1, "PNEUMONIA": 2, "total": 3}} and s["imbalance"]["all"] == 2.0
+    leak = s["leakage"]
+    assert leak["patients_in_several_splits"]["count"] == 0 and leak["near_duplicates_across_splits"]["count"] == 0
+    assert leak["near_duplicates_within_split"]["count"] == 1
+    assert leak["near_duplicates_within_split"]["pairs"][0]["distance"] == 0

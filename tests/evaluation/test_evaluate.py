@@ -199,3 +199,19 @@ def test_cli_reports_user_errors_on_one_line_with_exit_code_2(tiny_run, tmp_path
     assert main(["compare", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("pneumoscan: error:") for line in err)
+
+
+def test_compare_warns_when_reports_were_made_on_different_data(report, tmp_path):
+    data = json.loads(report.json.read_text())
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "report.json").write_text(json.dumps(data))
+    data["data"]["fingerprint"] = "0" * 16
+    data["warnings"] = ["LEAKAGE: 3 evaluated images and 2 patients were in the run's train split; ..."]
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "report.json").write_text(json.dumps(data))
+    result = compare([tmp_path / "a", tmp_path / "b" / "report.json"])
+    assert any("different data" in note for note in result.notes)
+    run_id = data["models"][0]["run_id"]
+    assert result.header == ["metric", f"{run_id} (a)", f"{run_id} (b)"]  # one run twice: told apart
+    assert any(note.startswith(f"{result.header[2]}: LEAKAGE") for note in result.notes)
+    assert result.rows[2][1] == result.rows[2][2]  # same figures, side by side

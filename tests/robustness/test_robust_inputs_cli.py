@@ -147,6 +147,8 @@ def _check_predict(world: World, out: Path, text: str) -> None:
 
 def _check_explain(world: World, out: Path, text: str) -> None:
     _assert_bad_named(text, world.paths)
+    blank = str(world.paths["one_pixel"])
+    assert any(blank in line and "blank" in line for line in text.splitlines()), "1x1 image not reported"
     written = {p.name for p in out.glob("*_gradcam.png")}
     for case in CASES:
         if case.decodable and not case.blank:

@@ -131,6 +131,7 @@ def test_server_answers_every_corpus_upload_without_a_server_error(case: Case, c
         else:
             assert response.status_code in (415, 422), (response.status_code, response.text)
             _assert_clean_error(response)
+            assert name in response.json()["detail"], response.text  # names the upload
         # The server is still up and still scores a good image.
         assert client.get("/healthz").status_code == 200
 

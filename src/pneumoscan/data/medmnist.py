@@ -35,7 +35,7 @@ def load_medmnist(npz: str | os.PathLike, folder: str | os.PathLike | None = Non
 
     npz = Path(npz)
     st = npz.stat()
-    key = hashlib.sha256(f"{_FORMAT}|{os.path.abspath(npz)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{_FORMAT}|{os.path.abspath(npz)}|{st.st_size}|{st.st_mtime_ns}".encode("utf-8", "surrogateescape")).hexdigest()[:16]
     target = Path(folder) if folder is not None else cache_root() / "medmnist" / f"{npz.stem}-{key}"
     marker = target / "materialised.json"
     if not marker.is_file():

@@ -66,6 +66,8 @@ def compare(paths: list[str | os.PathLike], markdown: str | os.PathLike | None =
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{file}: not a readable pneumoscan report ({exc})") from None
     names = [_column_name(Path(p), r) for p, r in zip(paths, reports, strict=True)]
+    if len(set(names)) < len(names):  # two reports of one run: tell them apart by their folder
+        names = [f"{n} ({f.parent.name})" for n, f in zip(names, files, strict=True)]
     rows = [
         ["split", *[f"{r['data']['split']} ({r['data']['images']} img)" for r in reports]],
         ["stored threshold", *[f"{r['operating_points']['stored']['threshold']:.4f}" for r in reports]],

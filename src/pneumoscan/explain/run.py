@@ -60,7 +60,7 @@ def explain_images(model_path: str | os.PathLike, images: list[str | os.PathLike
     used: set[str] = set()
     first: tuple[str, np.ndarray] | None = None
     for source in images:
-        name = os.fspath(source)
+        name = os.fsdecode(source)
         try:
             pixels = read_image(source, meta.image_size, meta.fit)
             check_radiograph(source, pixels)

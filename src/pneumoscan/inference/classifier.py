@@ -98,7 +98,7 @@ class Classifier:
 
         bar = _progress_bar(len(sources), progress)
         for i, source in enumerate(sources):
-            name = os.fspath(source)
+            name = os.fsdecode(source)
             try:
                 pending.append((i, name, self.preprocess(source)))
             except ImageReadError as exc:
@@ -126,7 +126,7 @@ def check_radiograph(source: str | os.PathLike | bytes, pixels: np.ndarray, name
     ``pixels`` is the decoded grayscale image; the colour test re-reads only the header and a tiny
     draft of images stored in colour modes, so grey files cost nothing extra.
     """
-    label = name or (os.fspath(source) if not isinstance(source, bytes | bytearray | memoryview) else "<upload>")
+    label = name or (os.fsdecode(source) if not isinstance(source, bytes | bytearray | memoryview) else "<upload>")
     if int(pixels.max()) - int(pixels.min()) < 8:
         raise ImageReadError(f"{label}: blank image (all pixels about {int(pixels.mean())}); not a radiograph")
     chroma = _chroma(source)

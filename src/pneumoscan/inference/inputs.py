@@ -30,7 +30,7 @@ def expand_inputs(items: Iterable[str | os.PathLike]) -> list[str]:
     """
     files: list[str] = []
     for item in items:
-        text = os.fspath(item)
+        text = os.fsdecode(item)
         path = Path(text).expanduser()
         if path.is_dir():
             files.extend(_images_under(path))

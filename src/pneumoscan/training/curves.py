@@ -11,11 +11,20 @@ from pneumoscan.provenance import DISCLAIMER
 COLUMNS = ("epoch", "wall_s", "lr", "train_loss", "val_loss", "train_acc", "val_acc", "train_auc", "val_auc")
 
 
-def read_history(metrics_csv: Path) -> list[dict[str, float]]:
-    """One row per epoch (the columns of ``COLUMNS`` that were logged), merged from Lightning's rows."""
-    if not metrics_csv.is_file():
-        return []
+def read_history(metrics_csvs: list[Path]) -> list[dict[str, float]]:
+    """One row per epoch (the columns of ``COLUMNS`` that were logged), merged from Lightning's CSV logs.
+
+    ``metrics_csvs`` are in the order they were written (a resumed run adds one); later rows win.
+    """
     epochs: dict[int, dict[str, float]] = {}
+    for metrics_csv in metrics_csvs:
+        _merge(metrics_csv, epochs)
+    rows = [epochs[e] for e in sorted(epochs)]
+    present = [c for c in COLUMNS if any(c in r for r in rows)]
+    return [{c: r.get(c, float("nan")) for c in present} for r in rows]
+
+
+def _merge(metrics_csv: Path, epochs: dict[int, dict[str, float]]) -> None:
     with open(metrics_csv, newline="") as fh:
         for row in csv.DictReader(fh):
             if not row.get("epoch"):
@@ -25,9 +34,6 @@ def read_history(metrics_csv: Path) -> list[dict[str, float]]:
             for key, value in row.items():
                 if key in COLUMNS and key != "epoch" and value not in ("", None):
                     merged[key] = float(value)
-    rows = [epochs[e] for e in sorted(epochs)]
-    present = [c for c in COLUMNS if any(c in r for r in rows)]
-    return [{c: r.get(c, float("nan")) for c in present} for r in rows]
 
 
 def plot_curves(history: list[dict[str, float]], path: Path, title: str = "") -> Path:

@@ -78,8 +78,8 @@ def _train(config: TrainConfig | None, *, resume: str | os.PathLike | None, call
                                  f"a {config.model!r} run at {config.image_size}px")
     config = config or TrainConfig()
     rank_zero = _env_rank() == 0
+    L.seed_everything(config.seed, workers=True, verbose=False)  # before the weights are initialised
     network = build_model(config.model, config.image_size)  # an unknown name fails before any work
-    L.seed_everything(config.seed, workers=True, verbose=False)
     on_gpu = _uses_cuda(config)
     if not on_gpu:
         torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // _local_processes(config)))
@@ -251,7 +251,9 @@ def _trainer(config: TrainConfig, run_dir: Path, on_gpu: bool, extra: list[Any],
     callbacks: list[Any] = [checkpoint, *extra]
     if config.early_stopping > 0:
         callbacks.append(EarlyStopping(monitor=config.monitor, mode=mode, patience=config.early_stopping))
-    loggers = [CSVLogger(run_dir / "logs", name="", version="csv")]
+    # Lightning's CSV logger deletes an existing metrics.csv: a resumed run logs beside it (csv-1, ...).
+    previous = len(list((run_dir / "logs").glob("csv*")))
+    loggers = [CSVLogger(run_dir / "logs", name="", version=f"csv-{previous}" if previous else "csv")]
     try:
         loggers.append(TensorBoardLogger(run_dir / "logs", name="", version="tensorboard", default_hp_metric=False))
     except ModuleNotFoundError:  # tensorboard is a dependency, but a trimmed install should still train
@@ -269,6 +271,11 @@ def _trainer(config: TrainConfig, run_dir: Path, on_gpu: bool, extra: list[Any],
         enable_model_summary=config.progress, plugins=[AtomicCheckpointIO()],
         default_root_dir=run_dir, deterministic=False, num_sanity_val_steps=0,
     )
+
+
+def _log_order(path: Path) -> int:
+    suffix = path.parent.name.removeprefix("csv").lstrip("-")
+    return int(suffix) if suffix.isdigit() else 0
 
 
 # -- after training ------------------------------------------------------------------------------------------
@@ -308,7 +315,7 @@ def _finish(run_dir: Path, config: TrainConfig, module: Any, data: Any, provenan
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), val_metrics=metrics, provenance=provenance,
     )
     save_model(run_dir, network.to(memory_format=torch.contiguous_format), meta)
-    history = read_history(run_dir / "logs" / "csv" / "metrics.csv")
+    history = read_history(sorted((run_dir / "logs").glob("csv*/metrics.csv"), key=_log_order))
     if history:
         fields = list(history[0])
         out = io.StringIO()

@@ -1,0 +1,60 @@
+"""The pieces around the loop: augmentation only while training, the oversampling option."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from pneumoscan.data import Sample
+from pneumoscan.models import build_model
+from pneumoscan.training import TrainConfig
+from pneumoscan.training.data import PreparedData, XrayDataModule
+from pneumoscan.training.module import XrayClassifier
+
+
+def attached_module(config: TrainConfig) -> tuple[XrayClassifier, L.Trainer]:
+    module = XrayClassifier(build_model(config.model, config.image_size), config)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    module.trainer = trainer
+    return module, trainer
+
+
+def test_batches_are_augmented_per_image_in_training_and_left_alone_in_validation():
+    torch.manual_seed(0)
+    module, trainer = attached_module(TrainConfig(image_size=32, channels_last=False))
+    images = torch.randint(0, 256, (8, 1, 32, 32), dtype=torch.uint8)
+    labels = torch.zeros(8)
+    trainer.validating = True
+    val_images, _ = module.on_after_batch_transfer((images, labels), 0)
+    assert torch.equal(val_images, images.float() / 255)
+    trainer.training = True
+    same = images[:1].expand(8, -1, -1, -1).contiguous()
+    train_images, _ = module.on_after_batch_transfer((same, labels), 0)
+    assert train_images.dtype == torch.float32 and train_images.min() >= 0 and train_images.max() <= 1
+    # one image copied 8 times comes out as 8 different images: parameters are drawn per image
+    assert len({tuple(x.flatten()[:64].tolist()) for x in train_images}) == 8
+
+
+def test_no_augment_leaves_training_batches_alone():
+    module, trainer = attached_module(TrainConfig(image_size=32, augment=False, channels_last=False))
+    trainer.training = True
+    images = torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8)
+    out, _ = module.on_after_batch_transfer((images, torch.zeros(4)), 0)
+    assert torch.equal(out, images.float() / 255)
+
+
+def test_weighted_sampler_draws_both_classes_about_equally_from_imbalanced_data():
+    labels = [1] * 180 + [0] * 20
+    samples = [Sample(Path(f"x{i}.png"), lab, str(i), "train") for i, lab in enumerate(labels)]
+    data = PreparedData(Path("."), np.zeros((200, 8, 8), np.uint8), samples, np.zeros((2, 8, 8), np.uint8),
+                        samples[:2])
+    drawn = []
+    for sampler, expected in (("weighted", (0.4, 0.6)), ("shuffle", (0.85, 0.95))):
+        module = XrayDataModule(data, TrainConfig(sampler=sampler, batch_size=50, seed=1))
+        batches = [y for _ in range(5) for _, y in module.train_dataloader()]
+        share = float(torch.cat(batches).mean())
+        drawn.append(share)
+        assert expected[0] <= share <= expected[1], (sampler, share)
