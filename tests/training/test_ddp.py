@@ -8,7 +8,7 @@ from pathlib import Path
 
 import lightning as L
 
-from conftest import write_synthetic_image
+from synthetic import write_synthetic_image
 from pneumoscan.training import TrainConfig, train
 
 

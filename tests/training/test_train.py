@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import pneumoscan
-from conftest import write_synthetic_image
+from synthetic import write_synthetic_image
 from pneumoscan.cli import main
 from pneumoscan.config import load_config
 from pneumoscan.errors import ConfigError, DatasetError, ModelFileError
