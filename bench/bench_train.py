@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["mini-resnet", "seed-cnn", "resnet18", "efficientnet-b0",
                                                          "densenet121"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[96, 128, 160])
+    parser.add_argument("--big-sizes", nargs="+", type=int, default=[128],
+                        help="sizes for the large MONAI networks (minutes per configuration on 2 cores)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -82,17 +84,19 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, {args.steps} timed steps; "
           "load average at start: " + " ".join(f"{x:.1f}" for x in os.getloadavg()))
     print(f"{'model':16s} {'size':>4s} {'format':>13s} {'img/s':>7s} {'data%':>6s} {'augm%':>6s} "
-          f"{'fwd%':>5s} {'bwd%':>5s} {'params':>7s} {'peak RSS':>9s}")
+          f"{'fwd%':>5s} {'bwd%':>5s} {'params':>7s} {'peak RSS*':>9s}")
     for name in args.models:
-        for size in args.sizes:
-            # a large network at a large size is minutes per configuration on 2 cores: fewer steps
-            steps = args.steps if name in ("mini-resnet", "seed-cnn") else max(1, args.steps // 3)
+        small = name in ("mini-resnet", "seed-cnn")
+        for size in args.sizes if small else args.big_sizes:
+            # a large network is seconds per step on 2 cores: fewer steps
+            steps = args.steps if small else max(1, args.steps // 3)
             for channels_last in (False, True):
                 r = measure(name, size, channels_last, args.batch, steps)
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 fmt = "channels_last" if channels_last else "contiguous"
                 print(f"{name:16s} {size:4d} {fmt:>13s} {r['img_s']:7.1f} {r['data']:6.1f} {r['augment']:6.1f} "
                       f"{r['forward']:5.1f} {r['backward']:5.1f} {r['params_m']:6.2f}M {peak:7.0f}MB", flush=True)
+    print("* peak resident memory of this process so far (it only grows: run one model per call to isolate it)")
 
 
 if __name__ == "__main__":

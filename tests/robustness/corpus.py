@@ -369,8 +369,14 @@ FAULT_ROWS: tuple[tuple[str, str, str, str], ...] = (
     ("full disk (a real 1 MiB tmpfs; a mock of os.write where mounting is not allowed)", "atomic writes, data cache",
      "`OutputError`: *…: cannot write: no space left on the device*; old file kept, no temporary file left",
      "test_robust_faults.py"),
-    ("read-only output folder (a real read-only tmpfs, else a mock)", "any output", "`OutputError`: *read-only* "
-     "before any work; nothing written", "test_robust_faults.py"),
+    ("read-only output folder (a real read-only tmpfs, else a mock)", "atomic writes, train, evaluate, predict",
+     "`OutputError`: *read-only*; the commands exit 2 with one line, `train` before any work; nothing written",
+     "test_robust_faults.py"),
+    ("full disk under `data cache`", "data cache", "exit 2, one line *no space left on the device*; "
+     "nothing left on the disk", "test_robust_faults.py"),
+    ("a static check of the source: every call that writes a file", "all of `src/pneumoscan`",
+     "inside an `_io.atomic_write*` callback, or to memory; 2 listed exceptions (the resumable download's "
+     "`.part`, MedMNIST PNGs committed by a marker written last)", "test_robust_atomic_writes.py"),
     ("`kill -9` of `train` mid-epoch (after the first `last.ckpt`), then `--resume`", "train",
      "continues at the epoch after the checkpoint; final val loss within 0.05, and AUC on all 96 images "
      "within 0.02, of an uninterrupted run of the same config and seed", "test_robust_resume.py"),

@@ -161,7 +161,8 @@ def test_a_cache_build_killed_while_writing_leaves_no_cache_that_is_reused(small
 
 
 def _try_mount(where: Path, options: str) -> bool:
-    if not sys.platform.startswith("linux"):
+    # PNEUMOSCAN_TEST_NO_MOUNT=1 exercises the mock path on a machine that could mount.
+    if not sys.platform.startswith("linux") or os.environ.get("PNEUMOSCAN_TEST_NO_MOUNT"):
         return False
     where.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
@@ -201,27 +202,70 @@ def read_only_dir(tmp_path, monkeypatch) -> Iterator[Path]:
 
 
 def _mock_failing_writes(where: Path, monkeypatch, code: int) -> Path:
-    # Mock, used only where the machine cannot mount a small file system: os.open and os.write fail
-    # under `where` as the kernel would.
-    real_open, real_write = os.open, os.write
-    inside: set[int] = set()
+    # Mock, used only where the machine cannot mount a small file system: under `where`, opening a file
+    # for writing fails (EROFS), or writes fail once 1 MiB has been written (ENOSPC), as the kernel would.
+    import builtins
+    import io
 
-    def fake_open(path, flags, *args, **kwargs):
-        if str(os.fspath(path)).startswith(str(where)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+    real_open, real_os_open, real_os_write = builtins.open, os.open, os.write
+    inside: set[int] = set()
+    budget = [1 << 20]
+
+    def spend(n: int) -> None:
+        if n > budget[0]:
+            refuse()
+        budget[0] -= n
+
+    def under(path) -> bool:
+        return isinstance(path, str | bytes | os.PathLike) and os.path.abspath(os.fsdecode(path)).startswith(
+            str(where))
+
+    def refuse():
+        raise OSError(code, os.strerror(code))
+
+    class FullFile:
+        def __init__(self, fh) -> None:
+            self._fh = fh
+
+        def write(self, data):
+            spend(len(data))
+            return self._fh.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self._fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._fh.close()
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        writing = any(c in mode for c in "wax+")
+        if writing and under(file):
             if code == errno.EROFS:
-                raise OSError(code, os.strerror(code), str(path))
-            fd = real_open(path, flags, *args, **kwargs)
+                refuse()
+            return FullFile(real_open(file, mode, *args, **kwargs))
+        return real_open(file, mode, *args, **kwargs)
+
+    def fake_os_open(path, flags, *args, **kwargs):
+        if under(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            if code == errno.EROFS:
+                refuse()
+            fd = real_os_open(path, flags, *args, **kwargs)
             inside.add(fd)
             return fd
-        return real_open(path, flags, *args, **kwargs)
+        return real_os_open(path, flags, *args, **kwargs)
 
-    def fake_write(fd, data):
-        if fd in inside and len(data) > 0:
-            raise OSError(code, os.strerror(code))
-        return real_write(fd, data)
+    def fake_os_write(fd, data):
+        if fd in inside:
+            spend(len(data))
+        return real_os_write(fd, data)
 
-    monkeypatch.setattr(os, "open", fake_open)
-    monkeypatch.setattr(os, "write", fake_write)
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(io, "open", fake_open)
+    monkeypatch.setattr(os, "open", fake_os_open)
+    monkeypatch.setattr(os, "write", fake_os_write)
     return where
 
 
@@ -255,3 +299,51 @@ def test_a_read_only_output_folder_is_refused_before_any_work(read_only_dir) -> 
     with pytest.raises(OutputError, match="read-only"):
         atomic_write(read_only_dir / "model.safetensors", lambda tmp: tmp.write_bytes(b"x"))
     assert _leftovers(read_only_dir) == []
+
+
+# ------------------------------------------------------- the same faults through the commands (in-process)
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str]:
+    from pneumoscan.cli import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def _one_error_line(text: str) -> str:
+    errors = [line for line in text.splitlines() if line.startswith("pneumoscan: error:")]
+    assert len(errors) == 1 and "Traceback" not in text, text[-2000:]
+    return errors[0]
+
+
+def test_train_into_a_read_only_folder_fails_at_once_with_one_line_and_writes_nothing(
+    read_only_dir, small_dataset, capsys
+) -> None:
+    code, text = _cli(["train", "--data", str(small_dataset), "--model", "seed-cnn", "--image-size", "32",
+                       "--epochs", "1", "--out", str(read_only_dir), "--no-progress"], capsys)
+    assert code == 2
+    assert "read-only" in _one_error_line(text) and str(read_only_dir) in _one_error_line(text)
+    assert _leftovers(read_only_dir) == []
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_reports_into_a_read_only_folder_fail_with_one_line(command, read_only_dir, small_dataset, tmp_path,
+                                                            capsys) -> None:
+    from corpus import tiny_model
+
+    model = tiny_model(tmp_path / "model")
+    argv = (["evaluate", str(model), "--data", str(small_dataset), "--split", "all", "--bootstrap", "10",
+             "--out", str(read_only_dir / "report")] if command == "evaluate" else
+            ["predict", str(model), str(small_dataset), "--out", str(read_only_dir / "predictions.csv")])
+    code, text = _cli(argv, capsys)
+    assert code == 2 and "read-only" in _one_error_line(text)
+    assert _leftovers(read_only_dir) == []
+
+
+def test_data_cache_on_a_full_disk_fails_with_one_line_and_leaves_nothing(full_disk, small_dataset, capsys) -> None:
+    code, text = _cli(["data", "cache", str(small_dataset), "--size", "512", "--folder", str(full_disk),
+                       "--workers", "1", "--no-progress"], capsys)
+    assert code == 2 and "no space left" in _one_error_line(text)
+    assert _leftovers(full_disk) == []

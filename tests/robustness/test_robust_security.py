@@ -62,6 +62,47 @@ def test_a_plain_pickle_named_safetensors_is_refused_and_never_run(tmp_path) -> 
     assert not marker.exists()
 
 
+def _cli(argv: list[str], capsys) -> tuple[int, str]:
+    from pneumoscan.cli import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.mark.parametrize("command", ["predict", "explain", "evaluate", "export", "train --pretrained",
+                                     "train --resume"])
+def test_every_command_refuses_a_pickle_payload_in_one_line_and_never_runs_it(command: str, tmp_path,
+                                                                               capsys) -> None:
+    marker = tmp_path / "payload-ran"
+    evil = _malicious_checkpoint(tmp_path / "model.ckpt", marker)
+    image = write_good_images(tmp_path / "data" / "PNEUMONIA", 1, 2)[0]
+    write_good_images(tmp_path / "data" / "NORMAL", 0, 2)
+    run = tmp_path / "run"
+    if command == "train --resume":  # a run folder whose last checkpoint was swapped for a payload
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "last.ckpt").write_bytes(evil.read_bytes())
+        (run / "config.yaml").write_text(f"data: {tmp_path / 'data'}\nmodel: seed-cnn\nimage_size: 32\n")
+    argv = {
+        "predict": ["predict", str(evil), str(image)],
+        "explain": ["explain", str(evil), str(image), "--out", str(tmp_path / "out")],
+        "evaluate": ["evaluate", str(evil), "--data", str(tmp_path / "data"), "--split", "all",
+                     "--out", str(tmp_path / "out")],
+        "export": ["export", str(evil), "--out", str(tmp_path / "out" / "model.onnx")],
+        "train --pretrained": ["train", "--data", str(tmp_path / "data"), "--model", "seed-cnn", "--image-size", "32",
+                               "--epochs", "1", "--pretrained", str(evil), "--out", str(tmp_path / "runs"),
+                               "--no-progress"],
+        "train --resume": ["train", "--resume", str(run)],
+    }[command]
+    code, text = _cli(argv, capsys)
+    assert code == 2, text[-2000:]
+    errors = [line for line in text.splitlines() if line.startswith("pneumoscan: error:")]
+    assert len(errors) == 1, text[-2000:]
+    assert ("model.ckpt" in errors[0] or "last.ckpt" in errors[0]) and "refused" in errors[0], errors[0]
+    assert "Traceback" not in text
+    assert not marker.exists(), "the pickle payload was executed"
+
+
 def test_a_weights_only_checkpoint_of_ours_still_loads(tmp_path) -> None:
     """The other side of the refusal: a checkpoint holding only tensors and strings is accepted."""
     model, meta = load_model(tiny_model(tmp_path / "run"))

@@ -94,7 +94,7 @@ def test_a_person_uploads_a_radiograph_with_the_keyboard_and_reads_the_result(se
 
             # The heatmap toggle, with the keyboard too.
             toggle = page.locator("#heatmap")
-            assert toggle.is_enabled()
+            expect(toggle).to_be_enabled(timeout=30_000)  # the heatmap follows the result
             toggle.focus()
             page.keyboard.press("Space")
             assert toggle.is_checked()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import lightning as L
 
-from synthetic import write_synthetic_image
 from pneumoscan.training import TrainConfig, train
+from synthetic import write_synthetic_image
 
 
 class WeightsFingerprint(L.Callback):

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 import pneumoscan
-from synthetic import write_synthetic_image
 from pneumoscan.cli import main
 from pneumoscan.config import load_config
 from pneumoscan.errors import ConfigError, DatasetError, ModelFileError
 from pneumoscan.models import load_model, read_meta
 from pneumoscan.training import TrainConfig, train
 from pneumoscan.training.metrics import binary_summary, operating_points
+from synthetic import write_synthetic_image
 
 CORRUPT = "IM-0099-0001.png"
 
@@ -192,3 +192,22 @@ def test_train_help_ends_with_an_example(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert capsys.readouterr().out.rstrip().splitlines()[-1].strip().startswith("pneumoscan train")
+
+
+@pytest.mark.slow
+def test_training_on_real_radiographs_writes_a_model_that_scores_them(real_subset, tmp_path, monkeypatch):
+    monkeypatch.delenv("PNEUMOSCAN_RUN_DIR", raising=False)
+    run = train(tiny_config(real_subset, tmp_path / "runs", image_size=64, epochs=1, val_fraction=0.25))
+    rows = read_csv(run / "val_predictions.csv")
+    assert {r["label"] for r in rows} == {"0", "1"}
+    predictions = pneumoscan.load(run).predict([r["path"] for r in rows])
+    assert all(p.error is None and p.label in ("NORMAL", "PNEUMONIA") for p in predictions)
+    assert [p.probability for p in predictions] == pytest.approx([float(r["probability"]) for r in rows], abs=1e-4)
+
+
+def test_a_named_run_is_never_overwritten(run, workdir, dataset, monkeypatch):
+    monkeypatch.delenv("PNEUMOSCAN_RUN_DIR", raising=False)
+    before = (run / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match="--resume"):
+        train(tiny_config(dataset, workdir / "runs", run_name="first"))
+    assert (run / "model.safetensors").read_bytes() == before

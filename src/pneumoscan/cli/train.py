@@ -63,9 +63,10 @@ def run(args: argparse.Namespace) -> int:
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     given = {name: getattr(args, name) for name in names if hasattr(args, name)}
     if args.resume:
+        from pneumoscan.training.run import run_config
+
         extend = {k: v for k, v in given.items() if k in ("epochs", "max_time")}
-        config = TrainConfig(**extend) if extend else None
-        train(config, resume=args.resume)
+        train(dataclasses.replace(run_config(args.resume), **extend), resume=args.resume)
         return 0
     config = load_config(TrainConfig, args.config, **given) if args.config else from_dict(TrainConfig, given)
     train(config)

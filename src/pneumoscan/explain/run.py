@@ -50,9 +50,9 @@ def explain_images(model_path: str | os.PathLike, images: list[str | os.PathLike
     ``layer`` overrides the automatically chosen Grad-CAM target. Unreadable files are skipped and listed.
     """
     from pneumoscan.data.image import read_image
+    from pneumoscan.data.radiograph import check_radiograph
     from pneumoscan.explain.filters import feature_maps, first_layer_filters
     from pneumoscan.explain.gradcam import gradcam, overlay, target_layer
-    from pneumoscan.inference.classifier import check_radiograph
 
     model, meta = load_explainable(model_path)
     out = Path(out_dir)

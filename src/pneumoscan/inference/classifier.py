@@ -7,7 +7,6 @@ imports neither torch nor ONNX Runtime itself, so the ONNX path never loads torc
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,14 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan.data.image import is_dicom, read_image
+from pneumoscan.data.image import read_image
+from pneumoscan.data.radiograph import check_radiograph
 from pneumoscan.errors import ImageReadError
 
 # Above this many files, predict() shows a progress bar (on stderr) unless told otherwise.
 PROGRESS_MIN_FILES = 50
-# Mean channel difference (0-255) above which an image is a colour picture, not a radiograph. Grey
-# radiographs saved as RGB (the public Kermany copies) score about 0-2; photographs score 15 or more.
-MAX_CHROMA = 12.0
 
 
 @dataclass(frozen=True)
@@ -118,44 +115,6 @@ class Classifier:
     def _row(self, name: str, probability: float) -> Prediction:
         label = self.meta.class_names[int(probability >= self.threshold)]
         return Prediction(name, probability, label, self.threshold, self.meta.name, self.meta.version)
-
-
-def check_radiograph(source: str | os.PathLike | bytes, pixels: np.ndarray, name: str | None = None) -> None:
-    """Refuse images that decode but cannot be chest radiographs: blank ones and colour pictures.
-
-    ``pixels`` is the decoded grayscale image; the colour test re-reads only the header and a tiny
-    draft of images stored in colour modes, so grey files cost nothing extra.
-    """
-    label = name or (os.fsdecode(source) if not isinstance(source, bytes | bytearray | memoryview) else "<upload>")
-    if int(pixels.max()) - int(pixels.min()) < 8:
-        raise ImageReadError(f"{label}: blank image (all pixels about {int(pixels.mean())}); not a radiograph")
-    chroma = _chroma(source)
-    if chroma is not None and chroma > MAX_CHROMA:
-        raise ImageReadError(
-            f"{label}: a colour picture (mean channel difference {chroma:.0f}/255), not a grayscale "
-            "chest radiograph"
-        )
-
-
-def _chroma(source: str | os.PathLike | bytes) -> float | None:
-    from PIL import Image
-
-    stream = io.BytesIO(bytes(source)) if isinstance(source, bytes | bytearray | memoryview) else None
-    try:
-        with stream or open(source, "rb") as fh:  # type: ignore[arg-type]
-            if is_dicom(fh.read(132)):
-                return None  # DICOM radiographs are grey; RGB DICOMs are already converted by read_image
-            fh.seek(0)
-            with Image.open(fh) as image:
-                if image.mode not in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
-                    return None
-                image.draft("RGB", (64, 64))  # JPEG: decode at 1/8 scale, enough to tell colour
-                small = image.convert("RGB")
-                small.thumbnail((64, 64))
-                rgb = np.asarray(small, dtype=np.int16)
-    except OSError:
-        return None  # read_image already decoded it; never fail a readable file on this check
-    return float(np.mean(np.abs(rgb[..., 0] - rgb[..., 1]) + np.abs(rgb[..., 1] - rgb[..., 2])) / 2)
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -42,15 +42,17 @@ def plot_curves(history: list[dict[str, float]], path: Path, title: str = "") ->
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] + 1 for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, metric, label in zip(axes, ("loss", "acc", "auc"), ("loss", "accuracy", "ROC-AUC"), strict=True):
+    for ax, metric, label in zip(axes, ("loss", "acc", "auc"), ("loss (class-weighted BCE)", "accuracy at 0.5", "ROC-AUC"), strict=True):
         for split, style in (("train", "-o"), ("val", "-s")):
             key = f"{split}_{metric}"
             if any(key in r for r in history):
                 ax.plot(epochs, [r.get(key, float("nan")) for r in history], style, ms=3, label=split)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(label)
         ax.grid(alpha=0.3)
         ax.legend()

@@ -53,7 +53,7 @@ class PreparedData:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["path", "label", "patient_id", "split"])
         for s in sorted(self.train_samples + self.val_samples, key=lambda s: (s.split or "", str(s.path))):
-            writer.writerow([str(s.path), s.label, s.patient_id, s.split])
+            writer.writerow([os.path.abspath(s.path), s.label, s.patient_id, s.split])
         return buffer.getvalue()
 
     def manifest_hash(self) -> str:

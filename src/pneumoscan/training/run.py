@@ -60,7 +60,13 @@ def train(config: TrainConfig | None = None, *, resume: str | os.PathLike | None
             os.environ[RUN_ENV] = outer
 
 
-def _train(config: TrainConfig | None, *, resume: str | os.PathLike | None, callbacks: Sequence[Any]) -> Path:
+def run_config(resume: str | os.PathLike) -> TrainConfig:
+    """The saved config of a run folder (or of the run a checkpoint belongs to)."""
+    run_dir, _ = _resume_paths(Path(resume).expanduser())
+    return load_config(TrainConfig, run_dir / "config.yaml")
+
+
+def _train(config: TrainConfig | None, resume: str | os.PathLike | None, callbacks: Sequence[Any]) -> Path:
     import lightning as L
 
     from pneumoscan.models import ModelMeta, build_model, read_meta
@@ -71,11 +77,12 @@ def _train(config: TrainConfig | None, *, resume: str | os.PathLike | None, call
     if resume is not None:
         run_dir, resume_ckpt = _resume_paths(Path(resume).expanduser())
         saved = load_config(TrainConfig, run_dir / "config.yaml")
+        # Only the length of training may change on resume; everything else is the run's own.
         config = saved if config is None else replace(saved, epochs=config.epochs, max_time=config.max_time)
         meta = read_meta(resume_ckpt)
         if meta.name != config.model or meta.image_size != config.image_size:
             raise ModelFileError(f"{resume_ckpt}: a {meta.name!r} checkpoint at {meta.image_size}px cannot resume "
-                                 f"a {config.model!r} run at {config.image_size}px")
+                                 f"a {config.model!r} run at {config.image_size}px (another architecture)")
     config = config or TrainConfig()
     rank_zero = _env_rank() == 0
     L.seed_everything(config.seed, workers=True, verbose=False)  # before the weights are initialised
@@ -84,22 +91,25 @@ def _train(config: TrainConfig | None, *, resume: str | os.PathLike | None, call
     if not on_gpu:
         torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // _local_processes(config)))
 
+    pretrained_report = None
+    if config.pretrained and resume_ckpt is None:
+        from pneumoscan.models.pretrained import load_pretrained
+
+        # before the data: a wrong weights file fails in a second, not after minutes of caching
+        pretrained_report = load_pretrained(network, config.pretrained, config.model)
+        if rank_zero:
+            print(pretrained_report.summary())
+
     data = prepare_data(config, progress=config.progress and rank_zero)
     if resume_ckpt is None:
         run_dir = _new_run_dir(config)
     if rank_zero:
         ensure_writable_dir(run_dir / "checkpoints")
     provenance = _provenance(config, data, resume_ckpt)
-
-    pretrained_report = None
-    if config.pretrained and resume_ckpt is None:
-        from pneumoscan.models.pretrained import load_pretrained
-
-        pretrained_report = load_pretrained(network, config.pretrained, config.model)
+    if pretrained_report is not None:
         provenance["pretrained"] = {"source": pretrained_report.source, "loaded": len(pretrained_report.loaded),
                                     "adapted": pretrained_report.adapted}
-        if rank_zero:
-            print(pretrained_report.summary())
+
     if rank_zero:
         save_config(config, run_dir / "config.yaml")
         atomic_write_text(run_dir / "split.csv", data.split_csv())
@@ -148,6 +158,9 @@ def _new_run_dir(config: TrainConfig) -> Path:
         base, n = name, 2
         while (out / name).exists() and _env_rank() == 0:
             name, n = f"{base}-{n}", n + 1
+    elif (out / name / "config.yaml").exists() and _env_rank() == 0:
+        raise ConfigError(f"{out / name}: a run of that name exists; continue it with --resume {out / name} "
+                          "or choose another --run-name")
     run_dir = (out / name).resolve()
     # Lightning's "ddp" launcher re-runs this command for the other ranks: they must find the same folder.
     os.environ[RUN_ENV] = str(run_dir)
@@ -307,7 +320,7 @@ def _finish(run_dir: Path, config: TrainConfig, module: Any, data: Any, provenan
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "patient_id", "label", "probability"])
     for sample, p in zip(data.val_samples, probs, strict=True):
-        writer.writerow([str(sample.path), sample.patient_id, sample.label, f"{float(p):.6f}"])
+        writer.writerow([os.path.abspath(sample.path), sample.patient_id, sample.label, f"{float(p):.6f}"])
     atomic_write_text(run_dir / "val_predictions.csv", buffer.getvalue())
     meta = meta_cls(
         name=config.model, image_size=config.image_size, fit=config.fit, threshold=points["youden"],

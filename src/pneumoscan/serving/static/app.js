@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { card: null, original: null, modelView: null, overlay: null, objectUrl: null };
+const state = { card: null, original: null, modelView: null, overlay: null, objectUrl: null, request: 0 };
 
 function setStatus(text) { $("status").textContent = text; }
 
@@ -69,16 +69,29 @@ function render(result) {
     `Model ${result.model} (pneumoscan ${result.version || "?"}, ${result.backend}); answered in ` +
     (result.latency_ms >= 1000 ? `${(result.latency_ms / 1000).toFixed(1)} s.` : `${Math.round(result.latency_ms)} ms.`);
 
-  const explanation = result.explanation;
-  state.overlay = explanation ? `data:image/png;base64,${explanation.overlay_png_base64}` : null;
-  state.modelView = explanation ? `data:image/png;base64,${explanation.image_png_base64}` : null;
+  state.overlay = null;
+  state.modelView = null;
   const toggle = $("heatmap");
-  toggle.disabled = !state.overlay;
-  if (!state.overlay) toggle.checked = false;
-  $("heatmap-note").textContent = state.overlay ? "" :
-    "No heatmap: this server has no PyTorch weights for Grad-CAM.";
+  toggle.disabled = true;
+  toggle.checked = false;
   showImage();
   $("result").hidden = false;
+}
+
+function showExplanation(explanation) {
+  state.overlay = `data:image/png;base64,${explanation.overlay_png_base64}`;
+  state.modelView = `data:image/png;base64,${explanation.image_png_base64}`;
+  $("heatmap").disabled = false;
+  $("heatmap-note").textContent = "";
+  showImage();
+}
+
+async function post(file, explain) {
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const response = await fetch(`/v1/predict${explain ? "?explain=true" : ""}`, { method: "POST", body: form });
+  if (!response.ok) throw await errorOf(response);
+  return response.json();
 }
 
 function previewable(file) {
@@ -86,6 +99,7 @@ function previewable(file) {
 }
 
 async function analyse(file) {
+  const request = ++state.request;  // answers for an earlier file are dropped
   showError("");
   setStatus(`Analysing ${file.name}…`);
   if (state.objectUrl) URL.revokeObjectURL(state.objectUrl);
@@ -93,20 +107,30 @@ async function analyse(file) {
   state.original = state.objectUrl;
   try {
     const card = state.card || (await loadCard());
-    const explain = Boolean(card.serving && card.serving.explain);
-    const form = new FormData();
-    form.append("file", file, file.name);
-    const response = await fetch(`/v1/predict${explain ? "?explain=true" : ""}`, { method: "POST", body: form });
-    if (!response.ok) throw await errorOf(response);
-    const result = await response.json();
+    const result = await post(file, false);
+    if (request !== state.request) return;
     render(result);
     setStatus(`${result.filename}: probability of pneumonia ${(100 * result.probability).toFixed(1)}%, ` +
               `labelled ${result.label}.`);
+    if (!(card.serving && card.serving.explain)) {
+      $("heatmap-note").textContent = "No heatmap: this server has no PyTorch weights for Grad-CAM.";
+      return;
+    }
   } catch (error) {
+    if (request !== state.request) return;
     $("result").hidden = true;
     setStatus("");
     // The server's messages already name the file.
     showError(error.message.startsWith(file.name) ? error.message : `Could not analyse ${file.name}: ${error.message}`);
+    return;
+  }
+  // The heatmap takes longer (the first one loads PyTorch): the result is shown first, the heatmap after.
+  $("heatmap-note").textContent = "Computing the Grad-CAM heatmap…";
+  try {
+    const explained = await post(file, true);
+    if (request === state.request) showExplanation(explained.explanation);
+  } catch (error) {
+    if (request === state.request) $("heatmap-note").textContent = `No heatmap: ${error.message}`;
   }
 }
 
