@@ -381,8 +381,10 @@ FAULT_ROWS: tuple[tuple[str, str, str, str], ...] = (
      "continues at the epoch after the checkpoint; final val loss within 0.05, and AUC on all 96 images "
      "within 0.02, of an uninterrupted run of the same config and seed", "test_robust_resume.py"),
     ("a `.ckpt` / `.pt` / `.pth` carrying a pickle payload; a pickle named `.safetensors`",
-     "load_model, pneumoscan.load (predict, explain, evaluate, serve)",
-     "`ModelFileError` naming the file (*refused …*); the payload never runs", "test_robust_security.py"),
+     "load_model, pneumoscan.load; predict, explain, evaluate, export, train --pretrained, train --resume "
+     "(a run whose last.ckpt was swapped)",
+     "`ModelFileError` naming the file (*refused …*), exit 2 in one line; the payload never runs",
+     "test_robust_security.py"),
     ("upload over the size limit; not an image; not multipart; a 60000x60000 header-only PNG",
      "server", "413 / 415 / 422 with a JSON `detail` naming the limit or the file, no stack trace", "test_robust_security.py"),
     ("client file names `../../../../tmp/x.png`, `/etc/passwd`, `..\\..\\x.png`, `C:\\Windows\\win.ini`, NUL",

@@ -103,6 +103,36 @@ def test_every_command_refuses_a_pickle_payload_in_one_line_and_never_runs_it(co
     assert not marker.exists(), "the pickle payload was executed"
 
 
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory) -> dict[str, Path]:
+    """A tiny model as safetensors and (when the exporter is there) ONNX."""
+    folder = tiny_model(tmp_path_factory.mktemp("model-files"))
+    files = {"safetensors": folder / "model.safetensors"}
+    try:
+        from pneumoscan.serving.export import export_onnx
+    except ImportError:
+        return files
+    files["onnx"] = export_onnx(folder)
+    return files
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+@pytest.mark.parametrize("kind", ["safetensors", "onnx"])
+def test_a_damaged_model_file_is_a_one_line_error_naming_it(kind: str, damage: str, model_files, tmp_path,
+                                                            capsys) -> None:
+    if kind not in model_files:
+        pytest.skip("ONNX export is not written yet")
+    data = model_files[kind].read_bytes()
+    damaged = tmp_path / model_files[kind].name
+    damaged.write_bytes({"truncated": data[: len(data) // 2], "empty": b"",
+                         "garbage": os.urandom(4096)}[damage])
+    image = write_good_images(tmp_path / "images", 1, 1)[0]
+    code, text = _cli(["predict", str(damaged), str(image)], capsys)
+    assert code == 2, text[-2000:]
+    errors = [line for line in text.splitlines() if line.startswith("pneumoscan: error:")]
+    assert len(errors) == 1 and str(damaged) in errors[0] and "Traceback" not in text, text[-2000:]
+
+
 def test_a_weights_only_checkpoint_of_ours_still_loads(tmp_path) -> None:
     """The other side of the refusal: a checkpoint holding only tensors and strings is accepted."""
     model, meta = load_model(tiny_model(tmp_path / "run"))
@@ -120,9 +150,12 @@ def test_a_weights_only_checkpoint_of_ours_still_loads(tmp_path) -> None:
 fastapi_testclient = pytest.importorskip("fastapi.testclient")
 
 
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory):
-    return pneumoscan.load(tiny_model(tmp_path_factory.mktemp("served-model")))
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def classifier(request, model_files):
+    """The served model through both backends: ONNX Runtime is what `pneumoscan serve` prefers."""
+    if request.param not in ("torch",) and "onnx" not in model_files:
+        pytest.skip("ONNX export is not written yet")
+    return pneumoscan.load(model_files["onnx" if request.param == "onnx" else "safetensors"])
 
 
 @pytest.fixture(scope="module")
