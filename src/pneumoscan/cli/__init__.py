@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 def add_command(subparsers, name: str, help: str, example: str, func) -> argparse.ArgumentParser:
     """Add a sub-command whose ``--help`` ends with a usage example."""
     command = subparsers.add_parser(
-        name, help=help, description=help, epilog=f"example:\n  {example}", formatter_class=HelpFormatter
+        # argparse %-formats a sub-command's help line (not its description): "95% CI" would crash --help.
+        name, help=help.replace("%", "%%"), description=help, epilog=f"example:\n  {example}", formatter_class=HelpFormatter
     )
     command.set_defaults(func=func)
     return command
