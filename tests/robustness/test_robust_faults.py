@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corpus import write_good_images
+from corpus import run_cli, write_good_images
 
 from pneumoscan._io import atomic_write, atomic_write_bytes, atomic_write_json, ensure_writable_dir
 from pneumoscan.data import build_cache, load_dataset
@@ -305,11 +305,7 @@ def test_a_read_only_output_folder_is_refused_before_any_work(read_only_dir) -> 
 
 
 def _cli(argv: list[str], capsys) -> tuple[int, str]:
-    from pneumoscan.cli import main
-
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+    return run_cli(argv, capsys)
 
 
 def _one_error_line(text: str) -> str:

@@ -6,7 +6,6 @@ number of examples (a few seconds each); `bench/bench_fuzz.py` runs the same pro
 
 from __future__ import annotations
 
-import functools
 import os
 
 import numpy as np
@@ -89,25 +88,18 @@ def test_probe_image_on_mutated_real_images_raises_only_image_read_error(data: b
     assert info.width >= 0 and info.height >= 0
 
 
-@functools.cache
-def _client():
-    import tempfile
-    from pathlib import Path
-
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    pytest.importorskip("fastapi.testclient")
     from corpus import tiny_model
     from fastapi.testclient import TestClient
 
     import pneumoscan
     from pneumoscan.serving.app import create_app
 
-    model = tiny_model(Path(tempfile.mkdtemp(prefix="pneumoscan-fuzz-model-")))
-    return TestClient(create_app(pneumoscan.load(model)), raise_server_exceptions=False)
-
-
-@pytest.fixture(scope="module")
-def client():
-    pytest.importorskip("fastapi.testclient")
-    return _client()
+    model = tiny_model(tmp_path_factory.mktemp("fuzz-model"))
+    with TestClient(create_app(pneumoscan.load(model)), raise_server_exceptions=False) as test_client:
+        yield test_client
 
 
 @fuzz(150)

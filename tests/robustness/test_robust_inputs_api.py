@@ -158,3 +158,16 @@ def test_classifier_predict_reports_bad_files_on_their_row_and_scores_the_rest(c
             assert row.error is None and 0.0 <= row.probability <= 1.0, case.name
         else:
             assert row.probability is None and case.says(row.error), case.name
+
+
+def test_the_readme_tables_are_the_ones_the_corpus_prints() -> None:
+    """docs/readme/60-robustness.md shows what these tests assert: regenerate it with
+    `python tests/robustness/corpus.py` when a case or an outcome changes."""
+    from corpus import readme_table
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "readme" / "60-robustness.md"
+    if not doc.is_file():
+        pytest.skip(f"{doc} is absent (the README part lives elsewhere now)")
+    text = doc.read_text(encoding="utf-8")
+    for table in readme_table().split("\n\n"):
+        assert table in text, "docs/readme/60-robustness.md is out of date: run tests/robustness/corpus.py"

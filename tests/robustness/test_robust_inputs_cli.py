@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from corpus import BAD_CASES, CASES, DATASET_CASES, Case, make_dataset, tiny_model
+from corpus import BAD_CASES, CASES, DATASET_CASES, make_dataset, run_cli, tiny_model
 
-from pneumoscan.cli import build_parser, main
+from pneumoscan.cli import build_parser
 
 GOOD_PER_CLASS = 6
 
@@ -60,13 +60,9 @@ def _commands() -> set[str]:
 
 
 def _run(argv: list[str], capsys, caplog=None) -> tuple[int, str]:
-    """Exit code and everything the user would see: stdout, stderr and log records (warnings go to stderr)."""
     if " ".join(argv[:2]) not in _commands() and argv[0] not in _commands():
         pytest.skip(f"`pneumoscan {argv[0]}` is not written yet")
-    code = main(argv)
-    captured = capsys.readouterr()
-    logged = "\n".join(r.getMessage() for r in caplog.records) if caplog is not None else ""
-    return code, captured.out + captured.err + logged
+    return run_cli(argv, capsys, caplog)
 
 
 def _assert_bad_named(text: str, paths: dict[str, Path], cases=BAD_CASES) -> None:
@@ -234,5 +230,3 @@ def test_a_bad_file_named_directly_on_the_command_line_does_not_stop_the_others(
     rows = rows["predictions"] if isinstance(rows, dict) else rows
     assert [r["probability"] is not None for r in rows] == [False, True, False, True]
 
-
-_ = Case  # re-exported for readers of this module's parametrisation

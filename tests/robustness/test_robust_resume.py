@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 
 import pneumoscan
 
-EPOCHS = 5
+EPOCHS = 8
 CHILD = textwrap.dedent('''
     import json, sys, time
     from pathlib import Path
@@ -135,11 +135,11 @@ def test_training_killed_mid_epoch_resumes_from_last_checkpoint_and_matches_an_u
     # a resume the batch order and dropout masks come from freshly seeded generators.
     ref, got = _final_val(k["reference"]), _final_val(k["run"])
     assert got["epoch"] == ref["epoch"] == EPOCHS - 1, (ref, got)
-    # Measured here: 0.0015 against 0.10 in val loss, both at val AUC 1.0: after the resume the run took
-    # another path to the same quality. The bounds are of that size, not of float round-off.
-    assert abs(got["val_loss"] - ref["val_loss"]) <= 0.15, (ref, got)
-    assert abs(got["val_acc"] - ref["val_acc"]) <= 0.1, (ref, got)
-    assert abs(got["val_auc"] - ref["val_auc"]) <= 0.05, (ref, got)
+    # Both runs converge in 8 epochs (measured: val loss 9e-7 and 4e-5, accuracy and AUC 1.0); after 5
+    # epochs they had not (0.0015 against 0.10), so the bounds would have measured the path, not the resume.
+    assert abs(got["val_loss"] - ref["val_loss"]) <= 0.05, (ref, got)
+    assert abs(got["val_acc"] - ref["val_acc"]) <= 0.05, (ref, got)  # one of the 24 validation images
+    assert abs(got["val_auc"] - ref["val_auc"]) <= 0.02, (ref, got)
     # And the two models score all 96 images alike.
     auc = {}
     for name in ("run", "reference"):
@@ -148,7 +148,7 @@ def test_training_killed_mid_epoch_resumes_from_last_checkpoint_and_matches_an_u
         labels = [int("PNEUMONIA" in r.source) for r in scored]
         auc[name] = roc_auc_score(labels, [r.probability for r in scored])
         assert classifier.meta.name == "seed-cnn"
-    assert abs(auc["run"] - auc["reference"]) <= 0.02, auc
+    assert abs(auc["run"] - auc["reference"]) <= 0.01, auc
 
 
 def test_a_resumed_run_keeps_the_history_of_the_epochs_before_the_kill(killed_then_resumed) -> None:

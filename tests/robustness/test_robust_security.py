@@ -6,7 +6,6 @@ checks are about the HTTP layer and decoding, not the weights).
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import threading
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from corpus import CASES, ODD_GOOD_CASES, Case, case_path, make_corpus, tiny_model, write_good_images
+from corpus import CASES, ODD_GOOD_CASES, Case, make_corpus, run_cli, tiny_model, write_good_images
 
 import pneumoscan
 from pneumoscan.errors import ModelFileError
@@ -63,11 +62,7 @@ def test_a_plain_pickle_named_safetensors_is_refused_and_never_run(tmp_path) -> 
 
 
 def _cli(argv: list[str], capsys) -> tuple[int, str]:
-    from pneumoscan.cli import main
-
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+    return run_cli(argv, capsys)
 
 
 @pytest.mark.parametrize("command", ["predict", "explain", "evaluate", "export", "train --pretrained",
@@ -339,4 +334,20 @@ def test_odd_good_uploads_decode_like_the_files_on_disk(classifier, corpus_files
             assert abs(response.json()["probability"] - expected) < 1e-5, case.name
 
 
-_ = (io, case_path)  # imported for helpers used by other modules' fixtures
+
+def test_a_server_given_a_pickle_payload_stays_up_and_says_why_it_is_not_ready(tmp_path) -> None:
+    marker = tmp_path / "payload-ran"
+    evil = _malicious_checkpoint(tmp_path / "model.ckpt", marker)
+    from pneumoscan.serving.app import create_app
+
+    with fastapi_testclient.TestClient(create_app(evil), raise_server_exceptions=False) as client:
+        for _ in range(100):  # the model loads in the background at start-up
+            ready = client.get("/readyz")
+            if ready.json().get("status") != "loading":
+                break
+            time.sleep(0.05)
+        assert ready.status_code == 503 and "refused" in ready.json()["detail"]
+        assert client.get("/healthz").status_code == 200
+        response = client.post("/v1/predict", files={"file": ("x.png", b"\x89PNG", "image/png")})
+        assert response.status_code == 503 and "Traceback" not in response.text
+    assert not marker.exists()
