@@ -153,8 +153,8 @@ def _new_run_dir(config: TrainConfig) -> Path:
     if name is None:
         # The processes of one torchrun / SLURM job must agree on a name without talking to each other.
         job = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_JOB_ID")
-        name = f"{job}-{config.model}" if job and int(os.environ.get("WORLD_SIZE", "1")) > 1 else \
-            f"{time.strftime('%Y%m%d-%H%M%S')}-{config.model}"
+        processes = max(int(os.environ.get("WORLD_SIZE", "1") or 1), int(os.environ.get("SLURM_NTASKS", "1") or 1))
+        name = f"{job}-{config.model}" if job and processes > 1 else f"{time.strftime('%Y%m%d-%H%M%S')}-{config.model}"
         base, n = name, 2
         while (out / name).exists() and _env_rank() == 0:
             name, n = f"{base}-{n}", n + 1
