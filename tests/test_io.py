@@ -35,3 +35,10 @@ def test_a_read_only_output_folder_is_a_clear_error(tmp_path):
             ensure_writable_dir(folder)
     finally:
         folder.chmod(0o700)
+
+
+def test_atomically_written_files_get_the_usual_permissions_not_owner_only(tmp_path):
+    mask = os.umask(0o022)
+    os.umask(mask)
+    written = atomic_write_text(tmp_path / "model.json", "{}")
+    assert written.stat().st_mode & 0o777 == 0o666 & ~mask

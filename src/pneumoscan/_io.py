@@ -13,6 +13,16 @@ from typing import Any
 from pneumoscan.errors import OutputError
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner only; a report or model should get the usual mode.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp_path)`` then rename ``tmp_path`` onto ``path`` (same folder, so rename is atomic)."""
     path = Path(path)
@@ -27,6 +37,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

@@ -3,32 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_auc_score
+
+from pneumoscan.evaluation.operating import choose_operating_points
 
 
 def operating_points(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    """Probability thresholds picked on (validation) data.
+    """Youden / sens95 / spec95 thresholds picked on validation (see ``evaluation.operating``).
 
-    ``youden`` maximises sensitivity + specificity - 1; ``sens95`` is the highest threshold whose
-    sensitivity is at least 0.95; ``spec95`` the lowest threshold whose specificity is at least 0.95.
-    A prediction is positive when ``probability >= threshold``.
+    Early in a tiny run the validation batch may hold one class; training then stores 0.5 rather than
+    stopping, and evaluation, which needs both classes, refuses such a model's points itself.
     """
     labels = np.asarray(labels).astype(int).ravel()
-    probabilities = np.asarray(probabilities, dtype=np.float64).ravel()
     if len(np.unique(labels)) < 2:
         return {"youden": 0.5, "sens95": 0.5, "spec95": 0.5}
-    fpr, tpr, thresholds = roc_curve(labels, probabilities)
-    # The first threshold is +inf ("nothing is positive"): the smallest number above every score says
-    # the same and stays a finite, storable probability (1.0 itself would call a score of 1.0 positive).
-    thresholds[0] = np.nextafter(probabilities.max(), np.inf)
-    youden = float(thresholds[int(np.argmax(tpr - fpr))])
-    sens_ok = np.flatnonzero(tpr >= 0.95)
-    spec_ok = np.flatnonzero(1.0 - fpr >= 0.95)
-    return {
-        "youden": youden,
-        "sens95": float(thresholds[sens_ok[0]]) if len(sens_ok) else 0.0,
-        "spec95": float(thresholds[spec_ok[-1]]) if len(spec_ok) else 1.0,
-    }
+    return choose_operating_points(labels, probabilities)
 
 
 def binary_summary(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float]:
