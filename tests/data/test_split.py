@@ -83,3 +83,23 @@ def test_split_dataset_on_real_data_keeps_every_patient_on_one_side(tmp_path, sh
     for name in ("NORMAL", "PNEUMONIA"):
         share = counts["val"][name] / (counts["val"][name] + counts["train"][name])
         assert 0.07 < share < 0.13
+
+
+@given(rows=patients_strategy, seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=60, deadline=None)
+def test_a_carved_test_split_shares_no_patient_with_train_or_val(rows, seed):
+    samples = _samples(rows)
+    result = split_by_patient(samples, 0.2, seed, test_fraction=0.2)
+    side_of: dict[str, set[str]] = {}
+    for s in result:
+        side_of.setdefault(s.patient_id, set()).add(s.split)
+    assert all(len(sides) == 1 for sides in side_of.values())
+    source_test = {s.patient_id for s in samples if s.split == "test"}
+    if not source_test:  # nothing dropped: every image is on exactly one side
+        assert sorted(str(s.path) for s in result) == sorted(str(s.path) for s in samples)
+
+
+def test_no_test_split_is_carved_when_the_source_has_one():
+    samples = _samples([(p, p % 2, "test" if p < 4 else None) for p in range(20)])
+    result = split_by_patient(samples, 0.2, 0, test_fraction=0.3)
+    assert {s.path for s in result if s.split == "test"} == {s.path for s in samples if s.split == "test"}

@@ -113,14 +113,19 @@ def test_corrupt_image_is_skipped_and_counted_not_fatal(run):
     assert all(CORRUPT not in r["path"] for r in read_csv(run / "split.csv"))
 
 
-def test_split_never_puts_one_patient_in_two_splits_and_has_no_test_images(run):
+def test_split_never_puts_one_patient_in_two_splits_and_holds_out_test_patients(run):
     rows = read_csv(run / "split.csv")
     splits: dict[str, set[str]] = {}
     for r in rows:
         splits.setdefault(r["patient_id"], set()).add(r["split"])
     assert all(len(s) == 1 for s in splits.values())
-    assert {r["split"] for r in rows} == {"train", "val"}
-    assert len(rows) == 48  # 49 files, one of them corrupt
+    assert {r["split"] for r in rows} == {"train", "val", "test"}
+    test_patients = {r["patient_id"] for r in rows if r["split"] == "test"}
+    assert {r["label"] for r in rows if r["split"] == "test"} == {"0", "1"}  # stratified: both classes
+    trained_on = {r["path"] for r in rows if r["split"] != "test"}
+    validated = {r["path"] for r in read_csv(run / "val_predictions.csv")}
+    assert not validated & {r["path"] for r in rows if r["split"] == "test"}
+    assert trained_on.isdisjoint(r["path"] for r in rows if r["patient_id"] in test_patients)
 
 
 def test_history_has_one_row_per_epoch_for_train_and_validation(run):

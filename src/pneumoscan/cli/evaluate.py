@@ -19,7 +19,8 @@ def register(subparsers) -> None:
     )
     ev.add_argument("models", nargs="+", metavar="RUN_OR_MODEL",
                     help="run folder or model file; several are evaluated as an ensemble (mean probability)")
-    ev.add_argument("--data", default=SUPPRESS, help="dataset folder or CSV manifest (default: the default data)")
+    ev.add_argument("--data", default=SUPPRESS, help="dataset folder or CSV manifest (default: the run's split.csv, whose "
+                    "test split is the patients training held out; else the default data)")
     ev.add_argument("--split", default=SUPPRESS, help="split to evaluate: train, val, test or all (default: test)")
     ev.add_argument("--bootstrap", type=int, default=SUPPRESS, metavar="N", help="bootstrap resamples (default: 1000)")
     ev.add_argument("--seed", type=int, default=SUPPRESS, help="bootstrap seed (default: 0)")

@@ -11,34 +11,47 @@ from pathlib import Path
 from pneumoscan.data.records import CLASS_NAMES, SPLITS, Sample
 
 
-def split_by_patient(samples: list[Sample], val_fraction: float = 0.1, seed: int = 0) -> list[Sample]:
-    """Return ``samples`` with ``split`` set to ``train`` or ``val`` for every non-test sample.
+def split_by_patient(
+    samples: list[Sample], val_fraction: float = 0.1, seed: int = 0, test_fraction: float = 0.0
+) -> list[Sample]:
+    """Return ``samples`` with ``split`` set to ``train``, ``val`` (or ``test``) for every non-test sample.
 
     The pool is every sample not marked ``test`` (the official 16-image ``val`` of the Kermany
     release joins it: too small to select models on). Patients are shuffled per class with ``seed``
     and ``val_fraction`` of each class's patients go to validation. A patient's class is pneumonia
     if any of their images is. Patients that also appear in the test split are dropped from the pool,
     so that the test split stays unseen even when the source itself leaks.
+
+    When the source has no test split and ``test_fraction`` > 0, that share of each class's patients is
+    held out first as ``test``: a split no training or model selection ever sees, for an honest estimate.
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be between 0 and 1, not {val_fraction}")
-    test_patients = {s.patient_id for s in samples if s.split == "test"}
+    if not 0.0 <= test_fraction < 1.0 - val_fraction:
+        raise ValueError(f"test_fraction must be at least 0 and below 1 - val_fraction, not {test_fraction}")
+    source_test = [s for s in samples if s.split == "test"]
+    test_patients = {s.patient_id for s in source_test}
     pool = [s for s in samples if s.split != "test" and s.patient_id not in test_patients]
     patient_label: dict[str, int] = defaultdict(int)
     for s in pool:
         patient_label[s.patient_id] = max(patient_label[s.patient_id], int(s.label or 0))
+    carve = [("val", val_fraction)]
+    if test_fraction > 0 and not source_test:
+        carve.insert(0, ("test", test_fraction))
     rng = random.Random(seed)
-    val_patients: set[str] = set()
+    held_out: dict[str, str] = {}
     for label in sorted(set(patient_label.values())):
         patients = sorted(p for p, lab in patient_label.items() if lab == label)
         rng.shuffle(patients)
-        n_val = round(len(patients) * val_fraction)
-        if len(patients) >= 2:
-            n_val = min(max(n_val, 1), len(patients) - 1)
-        val_patients.update(patients[:n_val])
-    result = [s.with_split("val" if s.patient_id in val_patients else "train") for s in pool]
-    result += [s for s in samples if s.split == "test"]
-    return result
+        start = 0
+        for split, fraction in carve:
+            left = len(patients) - start
+            n = min(round(len(patients) * fraction), left)
+            if left >= 2:  # at least one patient per held-out split while one stays for training
+                n = min(max(n, 1), left - 1)
+            held_out.update((p, split) for p in patients[start : start + n])
+            start += n
+    return [s.with_split(held_out.get(s.patient_id, "train")) for s in pool] + source_test
 
 
 @dataclass

@@ -41,7 +41,7 @@ class EvaluateConfig:
     """Options of ``pneumoscan evaluate``; saved as ``config.yaml`` in every report folder."""
 
     models: list[str] = field(default_factory=list)  # run folders or model files; several = an ensemble
-    data: str | None = None  # dataset root or manifest; None = the default data
+    data: str | None = None  # dataset root or manifest; None = the run's split.csv, else the default data
     split: str = "test"  # "train", "val", "test" or "all"
     bootstrap: int = 1000  # resamples of patients for the confidence intervals
     seed: int = 0
@@ -121,7 +121,7 @@ def _evaluate(config: EvaluateConfig, members: list[_Member], metas: list, out: 
 
     size, fit = metas[0].image_size, metas[0].fit
     # 1. The data to evaluate.
-    data_root = Path(config.data) if config.data else default_data_root()
+    data_root = Path(config.data) if config.data else _default_data(members, config.split, default_data_root)
     index = load_dataset(data_root)
     samples, data_notes = _select(index, config.split)
     cache = build_cache(samples, size, fit, progress=False)
@@ -268,6 +268,19 @@ def _run_dir(path: Path) -> Path | None:
         if any((folder / name).is_file() for name in ("split.csv", "val_predictions.csv", "config.yaml")):
             return folder.resolve()
     return path.resolve() if path.is_dir() else None
+
+
+def _default_data(members: list[_Member], split: str, fallback) -> Path:
+    """The first run's ``split.csv`` when it holds ``split`` (e.g. its held-out test patients), else the default data.
+
+    Training holds out a patient-level test split when the data has none, so ``evaluate RUN`` alone
+    gives an estimate on patients that neither training nor model selection saw.
+    """
+    split_file = members[0].run_dir / "split.csv" if members[0].run_dir else None
+    if (split_file is not None and split_file.is_file()
+            and (split == "all" or any(row.get("split") == split for row in _read_csv(split_file)))):
+        return split_file
+    return fallback()
 
 
 def _default_out(members: list[_Member], split: str, when: datetime) -> Path:

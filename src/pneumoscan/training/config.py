@@ -30,6 +30,9 @@ class TrainConfig:
     split: str = _opt("patient", "'patient': carve validation by patient from the training pool; "
                                  "'source': use the source's own train/val splits", SPLITS)
     val_fraction: float = _opt(0.1, "share of patients (per class) held out for validation")
+    test_fraction: float = _opt(0.1, "share of patients (per class) held out as a test split when the data "
+                                     "has none (with --split patient); never trained on or used to select "
+                                     "anything: `pneumoscan evaluate RUN` scores it (0: none)")
     image_size: int = _opt(128, "input size in pixels (images are cached once at this size)")
     fit: str = _opt("pad", "how images are made square", ("pad", "crop", "stretch"))
     limit_train_images: int | None = _opt(None, "use at most this many training images (quick runs)")
@@ -94,6 +97,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')}: must be positive, not {value}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"--val-fraction: must be between 0 and 1, not {self.val_fraction}")
+        if not 0.0 <= self.test_fraction < 1.0 - self.val_fraction:
+            raise ConfigError(f"--test-fraction: must be at least 0 and below 1 - val-fraction, not {self.test_fraction}")
         for name in ("limit_train_images", "limit_val_images", "max_time", "threads"):
             value = getattr(self, name)
             if value is not None and not value > 0:

@@ -38,6 +38,7 @@ class PreparedData:
     val_samples: list[Sample]
     failures: list[tuple[str, str]] = field(default_factory=list)  # (file, reason), never decoded
     notes: list[str] = field(default_factory=list)
+    test_samples: list[Sample] = field(default_factory=list)  # held out, never decoded by training
 
     @property
     def train_labels(self) -> np.ndarray:
@@ -52,7 +53,8 @@ class PreparedData:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["path", "label", "patient_id", "split"])
-        for s in sorted(self.train_samples + self.val_samples, key=lambda s: (s.split or "", str(s.path))):
+        rows = self.train_samples + self.val_samples + self.test_samples
+        for s in sorted(rows, key=lambda s: (s.split or "", str(s.path))):
             writer.writerow([os.path.abspath(s.path), s.label, s.patient_id, s.split])
         return buffer.getvalue()
 
@@ -77,7 +79,7 @@ def prepare_data(config: TrainConfig, progress: bool = True) -> PreparedData:
     root = Path(config.data).expanduser() if config.data else default_data_root()
     index = load_dataset(root)
     if config.split == "patient":
-        samples = split_by_patient(index.samples, config.val_fraction, config.seed)
+        samples = split_by_patient(index.samples, config.val_fraction, config.seed, config.test_fraction)
     else:
         samples = list(index.samples)
         if not any(s.split == "val" for s in samples):
@@ -101,7 +103,9 @@ def prepare_data(config: TrainConfig, progress: bool = True) -> PreparedData:
                 f"{root}: the {name} split has {len(subset)} decodable images of classes {sorted(present)}; "
                 "it needs both NORMAL and PNEUMONIA (add images or change --val-fraction / --limit-*-images)"
             )
-    return PreparedData(root, train_images, train_samples, val_images, val_samples, failures, list(index.notes))
+    test = [s for s in samples if s.split == "test"]
+    return PreparedData(root, train_images, train_samples, val_images, val_samples, failures, list(index.notes),
+                        test)
 
 
 def _limit(samples: list[Sample], limit: int | None, rng: random.Random) -> list[Sample]:
