@@ -55,7 +55,10 @@ class TrainConfig:
                                    "class-weighted)", SAMPLERS)
     class_weights: bool = _opt(True, "weight the loss by inverse class frequency (ignored with --sampler weighted)")
     monitor: str = _opt("val_loss", "metric that picks the best checkpoint and drives early stopping", MONITORS)
-    early_stopping: int = _opt(4, "stop after this many epochs without improvement of the monitored metric (0: off)")
+    # Off by default: the cosine schedule is a fixed budget that ends at a low learning rate, and the
+    # validation loss is noisy in its high-rate phase (patience 4 stopped the default recipe at epoch 6,
+    # validation AUC 0.979, where the full 12 epochs reach 0.994).
+    early_stopping: int = _opt(0, "stop after this many epochs without improvement of the monitored metric (0: off)")
     max_time: float | None = _opt(None, "stop training after this many minutes (the best weights are kept)")
     seed: int = _opt(0, "seed for the split, initialisation, sampling and augmentation")
     # augmentation (kornia, on batches, on the training device; never on validation)
