@@ -36,6 +36,20 @@ def real_images(shared_data) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
+def radiographs(request, tmp_path_factory) -> list[Path]:
+    """Real radiographs when ../shared/data is present, else synthetic JPEGs: the browser test runs wherever
+    Chromium does, not only where the data is."""
+    try:
+        return request.getfixturevalue("real_images")
+    except pytest.skip.Exception:
+        from synthetic import write_synthetic_image
+
+        folder = tmp_path_factory.mktemp("radiographs")
+        return [write_synthetic_image(folder / f"synthetic-{label}.jpeg", label, seed=label, size=224)
+                for label in (0, 1)]
+
+
+@pytest.fixture(scope="session")
 def original_image(shared_data) -> Path:
     """A full-resolution original radiograph (grayscale JPEG, about 2,000 px)."""
     originals = sorted((shared_data / "chest_xray_originals" / "PNEUMONIA").glob("*.jpeg"))

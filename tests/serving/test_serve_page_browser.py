@@ -56,11 +56,11 @@ def server(served_run, wait_ready, tmp_path):
         log.close()
 
 
-def test_a_person_uploads_a_radiograph_with_the_keyboard_and_reads_the_result(server, real_images, tmp_path):
+def test_a_person_uploads_a_radiograph_with_the_keyboard_and_reads_the_result(server, radiographs, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     url, api = server
-    image = real_images[-1]
+    image = radiographs[-1]
     expected = api.post("/v1/predict", files={"file": (image.name, image.read_bytes())}).json()
 
     with sync_playwright() as playwright:
@@ -103,7 +103,7 @@ def test_a_person_uploads_a_radiograph_with_the_keyboard_and_reads_the_result(se
             assert problems == [], problems  # no CSP violation, no missing asset, no script error
 
             # Drag and drop: a real radiograph dropped on the box (a DataTransfer built in the page).
-            dropped = real_images[0]
+            dropped = radiographs[0]
             dropped_expected = api.post("/v1/predict", files={"file": (dropped.name, dropped.read_bytes())}).json()
             transfer = page.evaluate_handle(
                 """([name, b64]) => {
