@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_train_vs_peer.py --skip-peer        # only pneumoscan from scratch: time to 0.98
     .venv/bin/python bench/bench_train_vs_peer.py --limit 300 --peer-epochs 1 -- --epochs 1   # check it works
 
-The split: 10% of patients (per class) are held out, then 10% of the remaining patients are the validation
+The split: 10% of patients (per class) are held out as test and 10% are the validation
 set, both with ``pneumoscan.data.split_by_patient``. pneumoscan reads it as a manifest (``--split source``),
 the peer as symlinked class folders. The peer runs unchanged through ``bench/peer_epoch_auc.py``, which
 records its validation AUC after each epoch. Both are timed from the start of fitting (``wall_s``); the
@@ -35,11 +35,10 @@ def build_split(root: Path, out: Path, seed: int, limit: int | None) -> dict[str
     from pneumoscan.data.manifest import write_manifest
 
     index = load_dataset(root)
-    first = split_by_patient([s for s in index.samples if s.split != "test"], 0.1, seed + 1)
-    heldout = [s.with_split("test") for s in first if s.split == "val"]
-    second = split_by_patient([s.with_split(None) for s in first if s.split == "train"], 0.1, seed)
-    splits = {"train": [s for s in second if s.split == "train"], "val": [s for s in second if s.split == "val"],
-              "test": heldout}
+    # The same split `pneumoscan train` makes: 10% of patients held out as test, 10% as validation.
+    pool = [s.with_split(None) for s in index.samples if s.split != "test"]
+    split = split_by_patient(pool, val_fraction=0.1, seed=seed, test_fraction=0.1)
+    splits = {name: [s for s in split if s.split == name] for name in ("train", "val", "test")}
     if limit:
         rng = np.random.default_rng(seed)
         splits = {k: [v[i] for i in sorted(rng.choice(len(v), min(limit, len(v)), replace=False))]

@@ -432,7 +432,7 @@ FAULT_ROWS: tuple[tuple[str, str, str, str], ...] = (
 
 
 def readme_table() -> str:
-    """The Markdown tables of docs/readme/60-robustness.md, from the definitions above."""
+    """The Markdown tables of README.md, from the definitions above."""
     lines = ["| input | entry points | outcome |", "|---|---|---|"]
     every = ", ".join(FILE_ENTRY_POINTS)
     for case in CASES:

@@ -161,13 +161,10 @@ def test_classifier_predict_reports_bad_files_on_their_row_and_scores_the_rest(c
 
 
 def test_the_readme_tables_are_the_ones_the_corpus_prints() -> None:
-    """docs/readme/60-robustness.md shows what these tests assert: regenerate it with
+    """README.md shows what these tests assert: regenerate it with
     `python tests/robustness/corpus.py` when a case or an outcome changes."""
     from corpus import readme_table
 
-    doc = Path(__file__).resolve().parents[2] / "docs" / "readme" / "60-robustness.md"
-    if not doc.is_file():
-        pytest.skip(f"{doc} is absent (the README part lives elsewhere now)")
-    text = doc.read_text(encoding="utf-8")
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     for table in readme_table().split("\n\n"):
-        assert table in text, "docs/readme/60-robustness.md is out of date: run tests/robustness/corpus.py"
+        assert table in text, "README.md is out of date: run tests/robustness/corpus.py"
