@@ -161,7 +161,8 @@ ENTRIES: dict[str, Entry] = {
                                         "--workers", "1", "--no-progress"], _check_cache),
     "train": Entry(lambda w, out: ["train", "--data", str(w.root), "--model", "seed-cnn", "--image-size", "32",
                                    "--epochs", "1", "--batch-size", "8", "--out", str(out), "--no-progress",
-                                   "--no-augment"], _check_train),
+                                   # nothing held out as test: every file must reach training's decoder
+                                   "--no-augment", "--test-fraction", "0"], _check_train),
     "evaluate": Entry(lambda w, out: ["evaluate", str(w.model), "--data", str(w.root), "--split", "all",
                                       "--bootstrap", "20", "--out", str(out)], _check_evaluate),
     "predict": Entry(lambda w, out: ["predict", str(w.model), str(w.root / "train"), "--out",
