@@ -34,30 +34,9 @@ sys.path.insert(0, str(REPO / "src"))
 
 import numpy as np  # noqa: E402
 
+from _common import default_architecture, random_run  # noqa: E402
+
 AIM_P50_MS, AIM_IMAGES_PER_S, AIM_COLD_S = 10.0, 300.0, 2.0
-
-
-def default_architecture() -> tuple[str, int]:
-    """The training recipe's default network and image size (seed-cnn at 224 px if training is absent)."""
-    try:
-        from pneumoscan.training.config import TrainConfig
-    except ImportError:
-        return "seed-cnn", 224
-    config = TrainConfig()
-    return config.model, int(config.image_size)
-
-
-def prepare_run(folder: Path, name: str, size: int) -> Path:
-    """A run folder with a randomly initialised ``name`` and its ONNX export."""
-    import torch
-
-    from pneumoscan import __version__
-    from pneumoscan.models import ModelMeta, build_model, save_model
-
-    torch.manual_seed(0)
-    save_model(folder, build_model(name, size), ModelMeta(name=name, image_size=size, version=__version__,
-                                                          run_id="bench-random-weights"))
-    return folder
 
 
 def real_images(count: int) -> list[Path]:
@@ -126,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        run = args.run or prepare_run(Path(tmp) / "run", args.model, args.image_size)
+        run = args.run or random_run(Path(tmp) / "run", args.model, args.image_size)
         onnx_file = run / "export" / "model.onnx"
         if not onnx_file.is_file():
             start = time.perf_counter()

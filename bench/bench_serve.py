@@ -33,30 +33,9 @@ sys.path.insert(0, str(REPO / "src"))
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
+from _common import default_architecture, random_run  # noqa: E402
+
 AIM_RPS, AIM_P99_MS = 50.0, 250.0
-
-
-def default_architecture() -> tuple[str, int]:
-    """The training recipe's default network and image size."""
-    from pneumoscan.training.config import TrainConfig
-
-    config = TrainConfig()
-    return config.model, int(config.image_size)
-
-
-def random_model(folder: Path, name: str, size: int) -> Path:
-    """A run folder with a randomly initialised ``name`` and its ONNX export; returns the run folder."""
-    import torch
-
-    from pneumoscan import __version__
-    from pneumoscan.models import ModelMeta, build_model, save_model
-    from pneumoscan.serving.export import export_onnx
-
-    torch.manual_seed(0)
-    save_model(folder, build_model(name, size), ModelMeta(name=name, image_size=size, version=__version__,
-                                                          run_id="bench-random-weights"))
-    export_onnx(folder)
-    return folder
 
 
 def real_images(root: Path, count: int) -> list[tuple[str, bytes]]:
@@ -170,7 +149,10 @@ def main() -> None:
             arch, size = default_architecture()
             arch, size = args.arch or arch, args.image_size or size
             print(f"exporting a random-weight {arch} at {size} px to ONNX ...")
-            model = random_model(Path(tmp) / "run", arch, size)
+            from pneumoscan.serving.export import export_onnx
+
+            model = random_run(Path(tmp) / "run", arch, size)
+            export_onnx(model)
         port = free_port()
         server = start_server(model, port, args, Path(tmp) / "server.log")
         url = f"http://127.0.0.1:{port}"

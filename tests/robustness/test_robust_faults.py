@@ -176,29 +176,24 @@ def _umount(where: Path) -> None:
 @pytest.fixture
 def full_disk(tmp_path, monkeypatch) -> Iterator[Path]:
     """A folder on a 1 MiB file system: real (tmpfs) where mounting works, else writes fail with ENOSPC (mock)."""
-    where = tmp_path / "full"
-    if _try_mount(where, "size=1m"):
-        try:
-            yield where
-        finally:
-            _umount(where)
-        return
-    where.mkdir(exist_ok=True)
-    yield _mock_failing_writes(where, monkeypatch, errno.ENOSPC)
+    yield from _constrained_folder(tmp_path / "full", "size=1m", errno.ENOSPC, monkeypatch)
 
 
 @pytest.fixture
 def read_only_dir(tmp_path, monkeypatch) -> Iterator[Path]:
     """A read-only folder: a read-only tmpfs where mounting works, else writes fail with EROFS (mock)."""
-    where = tmp_path / "ro"
-    if _try_mount(where, "ro,size=1m"):
+    yield from _constrained_folder(tmp_path / "ro", "ro,size=1m", errno.EROFS, monkeypatch)
+
+
+def _constrained_folder(where: Path, mount_options: str, code: int, monkeypatch) -> Iterator[Path]:
+    if _try_mount(where, mount_options):
         try:
             yield where
         finally:
             _umount(where)
         return
     where.mkdir(exist_ok=True)
-    yield _mock_failing_writes(where, monkeypatch, errno.EROFS)
+    yield _mock_failing_writes(where, monkeypatch, code)
 
 
 def _mock_failing_writes(where: Path, monkeypatch, code: int) -> Path:
