@@ -37,3 +37,26 @@ def test_every_sub_command_help_ends_with_a_runnable_example(command, capsys):
 def test_no_command_prints_help_and_fails(capsys):
     assert main([]) == 2
     assert "commands:" in capsys.readouterr().out
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["data", "split", "{data}", "--val-fraction", "1.5", "--out", "{tmp}/s.csv"], "--val-fraction"),
+    (["data", "cache", "{data}", "--size", "0", "--folder", "{tmp}/cache"], "--size"),
+    (["train", "--data", "{data}", "--devices", "x", "--out", "{tmp}/runs"], "--devices"),
+    (["predict", "{model}", "{data}", "--device", "bogus"], "--device bogus"),
+])
+def test_out_of_range_options_are_one_line_errors_before_any_work(argv, message, synthetic_dataset, tmp_path,
+                                                                  capsys):
+    from pneumoscan.models import ModelMeta, build_model, save_model
+
+    save_model(tmp_path / "model", build_model("seed-cnn", 32), ModelMeta(name="seed-cnn", image_size=32))
+    values = {"data": str(synthetic_dataset), "tmp": str(tmp_path), "model": str(tmp_path / "model")}
+    assert main([part.format(**values) for part in argv]) == 2
+    assert message in _one_line_error(capsys)
+    assert not (tmp_path / "runs").exists()  # train wrote no half run folder

@@ -58,7 +58,7 @@ def test_split_is_reproducible_with_a_seed_and_changes_with_another():
 
 
 def test_split_rejects_a_fraction_outside_0_1():
-    with pytest.raises(ValueError, match="val_fraction"):
+    with pytest.raises(ValueError, match="--val-fraction"):
         split_by_patient(_samples([(1, 0, None)]), 1.0)
 
 

@@ -132,7 +132,8 @@ def test_explain_refuses_weights_of_another_model_than_the_served_export(served_
     (tmp_path / "export").mkdir()
     shutil.copy(served_run / "export" / "model.onnx", tmp_path / "export" / "model.onnx")
     save_model(tmp_path, build_model("seed-cnn", 64), ModelMeta(name="seed-cnn", image_size=64, run_id="retrained"))
-    with TestClient(create_app(tmp_path)) as client:
+    # The .onnx file named explicitly (a run folder with a stale export is served with PyTorch instead).
+    with TestClient(create_app(tmp_path / "export" / "model.onnx")) as client:
         wait_ready(client)
         response = client.post("/v1/predict?explain=true", files=[_upload(real_images[0])])
     assert response.status_code == 409

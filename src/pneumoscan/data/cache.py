@@ -23,7 +23,7 @@ from pneumoscan.data._parallel import parallel_map
 from pneumoscan.data.defaults import cache_root
 from pneumoscan.data.image import Fit, read_image
 from pneumoscan.data.records import Sample
-from pneumoscan.errors import ImageReadError
+from pneumoscan.errors import ConfigError, ImageReadError
 
 CACHE_FORMAT = 1
 
@@ -79,6 +79,8 @@ def build_cache(
 
     Files that cannot be decoded are left out and listed in ``failures``; they never stop the build.
     """
+    if size < 1:
+        raise ConfigError(f"--size: must be a positive number of pixels, not {size}")
     base = Path(folder) if folder is not None else cache_root() / "images"
     paths = sorted({os.path.abspath(s.path) for s in samples})
     target = base / cache_key(paths, size, fit)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pneumoscan.data.records import CLASS_NAMES, SPLITS, Sample
+from pneumoscan.errors import ConfigError
 
 
 def split_by_patient(
@@ -26,9 +27,9 @@ def split_by_patient(
     held out first as ``test``: a split no training or model selection ever sees, for an honest estimate.
     """
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be between 0 and 1, not {val_fraction}")
+        raise ConfigError(f"--val-fraction: must be between 0 and 1, not {val_fraction}")
     if not 0.0 <= test_fraction < 1.0 - val_fraction:
-        raise ValueError(f"test_fraction must be at least 0 and below 1 - val_fraction, not {test_fraction}")
+        raise ConfigError(f"--test-fraction: must be at least 0 and below 1 - val-fraction, not {test_fraction}")
     source_test = [s for s in samples if s.split == "test"]
     test_patients = {s.patient_id for s in source_test}
     pool = [s for s in samples if s.split != "test" and s.patient_id not in test_patients]

@@ -16,7 +16,7 @@ import numpy as np
 
 from pneumoscan.data.image import read_image
 from pneumoscan.data.radiograph import check_radiograph
-from pneumoscan.errors import ImageReadError
+from pneumoscan.errors import ConfigError, ImageReadError
 
 # Above this many files, predict() shows a progress bar (on stderr) unless told otherwise.
 PROGRESS_MIN_FILES = 50
@@ -132,8 +132,12 @@ class TorchBackend:
         import torch
 
         self.torch = torch
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.to(self.device).eval()
+        try:
+            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            self.model = model.to(self.device).eval()
+        except (RuntimeError, AssertionError) as exc:  # an unknown device, or CUDA absent from this build
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"--device {device}: not usable here ({reason}); use cpu") from None
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
@@ -154,7 +158,7 @@ def load(path: str | os.PathLike, device: str | None = None, *, prefer_onnx: boo
         from pneumoscan.inference.onnx_backend import load_onnx
 
         return load_onnx(path, device=device)
-    if prefer_onnx and device in (None, "cpu") and (exported := _matching_export(path)) is not None:
+    if prefer_onnx and device in (None, "cpu") and (exported := matching_export(path)) is not None:
         return exported
     from pneumoscan.models.artifact import load_model
 
@@ -162,7 +166,7 @@ def load(path: str | os.PathLike, device: str | None = None, *, prefer_onnx: boo
     return Classifier(TorchBackend(model, device), meta)
 
 
-def _matching_export(run: Path) -> Classifier | None:
+def matching_export(run: Path) -> Classifier | None:
     """The run's ONNX export, if it is the export of this run's model (same metadata), else None."""
     import json
 

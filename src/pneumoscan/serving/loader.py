@@ -63,14 +63,20 @@ def resolve_model(path: str | os.PathLike) -> ModelSource:
     if not path.exists():
         raise ModelFileError(f"{path}: no such model file or run folder; give a run folder or an exported model.onnx")
     if path.is_dir():
-        for onnx in (path / "export" / ONNX_FILE, path / ONNX_FILE):
-            if onnx.is_file():
-                return ModelSource(onnx, "onnxruntime", _weights_near(onnx), _card_near(onnx), path)
+        from pneumoscan.inference.classifier import matching_export
         from pneumoscan.models.artifact import find_model_file
 
+        exported = path / "export" / ONNX_FILE
+        # The same rule as `predict`: an export made before the run was retrained or resumed is stale.
+        if exported.is_file() and matching_export(path) is not None:
+            return ModelSource(exported, "onnxruntime", _weights_near(exported), _card_near(exported), path)
+        if not exported.is_file() and (path / ONNX_FILE).is_file():
+            onnx = path / ONNX_FILE
+            return ModelSource(onnx, "onnxruntime", _weights_near(onnx), _card_near(onnx), path)
         weights = find_model_file(path)  # raises a clear ModelFileError when there is none
-        log.warning("%s has no export/%s: serving with PyTorch (slower start); run `pneumoscan export %s` "
-                    "to serve with ONNX Runtime", path, ONNX_FILE, path)
+        reason = "is stale (it does not match model.json)" if exported.is_file() else "is missing"
+        log.warning("%s: export/%s %s: serving with PyTorch (slower start); run `pneumoscan export %s` "
+                    "to serve with ONNX Runtime", path, ONNX_FILE, reason, path)
         return ModelSource(weights, "torch", weights, _card_near(path / "export" / ONNX_FILE), path)
     if path.suffix.lower() == ".onnx":
         run = path.parent.parent if path.parent.name == "export" else path.parent

@@ -34,7 +34,7 @@ from pneumoscan._io import atomic_write_json, atomic_write_text, ensure_writable
 from pneumoscan.config import load_config, save_config, to_dict
 from pneumoscan.errors import ConfigError, ModelFileError
 from pneumoscan.provenance import DISCLAIMER, command_line, git_commit, library_versions
-from pneumoscan.training.config import TrainConfig
+from pneumoscan.training.config import TrainConfig, parse_devices
 
 log = logging.getLogger(__name__)
 RUN_ENV = "PNEUMOSCAN_RUN_DIR"  # lets the processes of one multi-process run agree on one folder
@@ -238,17 +238,6 @@ def _local_processes(config: TrainConfig) -> int:
     return 1
 
 
-def _devices(value: str) -> Any:
-    if value == "auto" or value == "-1":
-        return value if value == "auto" else -1
-    if "," in value:
-        return [int(v) for v in value.split(",") if v.strip()]
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f"--devices: {value!r} is not a number, a list like '0,1' or auto") from None
-
-
 def _trainer(config: TrainConfig, run_dir: Path, on_gpu: bool, extra: list[Any], n_train: int):
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -276,7 +265,7 @@ def _trainer(config: TrainConfig, run_dir: Path, on_gpu: bool, extra: list[Any],
         precision = "16-mixed" if on_gpu else "32-true"
     steps_per_epoch = max(1, -(-n_train // config.batch_size))
     return L.Trainer(
-        accelerator=config.accelerator, devices=_devices(config.devices), num_nodes=config.num_nodes,
+        accelerator=config.accelerator, devices=parse_devices(config.devices), num_nodes=config.num_nodes,
         strategy=config.strategy, precision=precision, max_epochs=config.epochs,
         max_time=timedelta(minutes=config.max_time) if config.max_time else None,
         gradient_clip_val=config.grad_clip or None, callbacks=callbacks, logger=loggers,
