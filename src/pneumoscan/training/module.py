@@ -188,9 +188,17 @@ class XrayClassifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["pneumoscan"] = self.meta().to_json()
         checkpoint["pneumoscan_wall_s"] = float(self.wall_offset + time.perf_counter() - self._fit_start)
+        # The batch order, augmentation and dropout all draw from torch's generators: saving them makes a
+        # resumed run continue exactly as an uninterrupted one would (tensors only: weights_only loads it).
+        checkpoint["pneumoscan_rng"] = {"cpu": torch.get_rng_state(),
+                                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.wall_offset = float(checkpoint.get("pneumoscan_wall_s", 0.0))
+        if rng := checkpoint.get("pneumoscan_rng"):
+            torch.set_rng_state(rng["cpu"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def predict_probabilities(model: nn.Module, images: np.ndarray, batch_size: int = 256,
