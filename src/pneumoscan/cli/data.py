@@ -35,47 +35,51 @@ def register(subparsers) -> None:
     group.set_defaults(func=usage)
     commands = group.add_subparsers(title="data commands", metavar="COMMAND")
 
-    inspect = add_command(
-        commands, "inspect",
+    def dataset_command(name: str, help: str, example: str, func) -> argparse.ArgumentParser:
+        parser = add_command(commands, name, help, example, func)
+        parser.formatter_class = _Formatter
+        parser.add_argument("root", nargs="?", default=None, metavar="ROOT", help=_ROOT_HELP)
+        return parser
+
+    inspect = dataset_command(
+        "inspect",
         "Counts per split and class, patients, imbalance, image sizes and modes, unreadable files, and a "
         "leakage check (patients and exact/near-duplicate images in two splits); writes summary.json, "
         "class_balance.png and samples.png.",
         "pneumoscan data inspect ../shared/data/chest_xray --out reports/data-inspect", _inspect,
     )
-    inspect.add_argument("root", nargs="?", default=None, metavar="ROOT", help=_ROOT_HELP)
     inspect.add_argument("--out", default="reports/data-inspect", help="output folder")
     inspect.add_argument("--hash-distance", type=int, default=None, metavar="BITS",
                          help="largest perceptual-hash distance (of 256 bits) that counts as a near duplicate "
                               "(default: 20)")
     _add_workers(inspect)
 
-    validate = add_command(
-        commands, "validate",
+    validate = dataset_command(
+        "validate",
         "Decode every file and list each one that fails with its reason.",
         "pneumoscan data validate ../shared/data/chest_xray --strict", _validate,
     )
-    validate.add_argument("root", nargs="?", default=None, metavar="ROOT", help=_ROOT_HELP)
     validate.add_argument("--strict", action="store_true", help="exit with code 1 when any file is bad")
     _add_workers(validate)
 
-    split = add_command(
-        commands, "split",
+    split = dataset_command(
+        "split",
         "Patient-level, class-stratified split of train (and the official val) into train/val, written as a "
         "CSV manifest (path,label,patient_id,split) that every command accepts as ROOT.",
         "pneumoscan data split ../shared/data/chest_xray --val-fraction 0.1 --seed 0 --out split.csv", _split,
     )
-    split.add_argument("root", nargs="?", default=None, metavar="ROOT", help=_ROOT_HELP)
     split.add_argument("--val-fraction", type=float, default=0.1, help="fraction of each class's patients for val")
+    split.add_argument("--test-fraction", type=float, default=0.0,
+                       help="fraction of each class's patients held out as test when the data has no test split")
     split.add_argument("--seed", type=int, default=0, help="shuffling seed")
     split.add_argument("--out", default="split.csv", help="manifest to write")
 
-    cache = add_command(
-        commands, "cache",
+    cache = dataset_command(
+        "cache",
         "Decode and resize every image once into a uint8 array that training reads; reused while the files "
         "are unchanged, rebuilt when they change.",
         "pneumoscan data cache ../shared/data/chest_xray --size 224", _cache,
     )
-    cache.add_argument("root", nargs="?", default=None, metavar="ROOT", help=_ROOT_HELP)
     cache.add_argument("--size", type=int, default=224, help="side of the square images, in pixels")
     cache.add_argument("--fit", choices=("pad", "crop", "stretch"), default="pad",
                        help="keep the aspect ratio by padding or centre-cropping, or stretch")
@@ -92,8 +96,7 @@ def register(subparsers) -> None:
     download.add_argument("--sha256", default=None, metavar="HEX", help="expected SHA-256 of the archive")
     download.add_argument("--dest", default=None, help="folder for the archive and the extracted data "
                                                        "(default: $PNEUMOSCAN_CACHE/datasets)")
-    for parser in (inspect, validate, split, cache, download):
-        parser.formatter_class = _Formatter
+    download.formatter_class = _Formatter
 
 
 def _add_workers(parser: argparse.ArgumentParser) -> None:
@@ -132,7 +135,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _split(args: argparse.Namespace) -> int:
     from pneumoscan.data.split import split_dataset
 
-    result = split_dataset(_root(args), args.out, args.val_fraction, args.seed)
+    result = split_dataset(_root(args), args.out, args.val_fraction, args.seed, args.test_fraction)
     print(f"{'split':<7}{'images':>8}{'patients':>10}{'NORMAL':>9}{'PNEUMONIA':>11}")
     for split, row in result.counts().items():
         print(f"{split or '-':<7}{row['images']:>8,}{row['patients']:>10,}{row['NORMAL']:>9,}{row['PNEUMONIA']:>11,}")

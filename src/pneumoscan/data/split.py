@@ -76,7 +76,8 @@ class SplitResult:
 
 
 def split_dataset(
-    root: str | os.PathLike, out: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0
+    root: str | os.PathLike, out: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0,
+    test_fraction: float = 0.0,
 ) -> SplitResult:
     """Split the dataset at ``root`` by patient (:func:`split_by_patient`) and write the manifest ``out``.
 
@@ -88,7 +89,7 @@ def split_dataset(
     index = load_dataset(root)
     test_patients = {s.patient_id for s in index.samples if s.split == "test"}
     dropped = sorted({s.patient_id for s in index.samples if s.split != "test" and s.patient_id in test_patients})
-    samples = split_by_patient(index.samples, val_fraction, seed)
+    samples = split_by_patient(index.samples, val_fraction, seed, test_fraction)
     notes = list(index.notes)
     if dropped:
         notes.append(f"left out {len(dropped)} patients who are also in the test split (e.g. {dropped[0]})")
