@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import yaml
 
 from pneumoscan._io import atomic_write_text
-from pneumoscan.errors import ConfigError
+from pneumoscan.errors import ConfigError, reason
 
 T = TypeVar("T")
 
@@ -44,7 +44,7 @@ def load_config(cls: type[T], path: str | os.PathLike, **overrides: Any) -> T:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({reason(exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option: value")
     return from_dict(cls, {**data, **{k: v for k, v in overrides.items() if v is not None}}, source=str(path))

@@ -26,3 +26,9 @@ class ConfigError(PneumoscanError, ValueError):
 
 class OutputError(PneumoscanError, OSError):
     """An output folder cannot be written (read-only, full disk)."""
+
+
+def reason(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type), short enough for a one-line error."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import platform
 import subprocess
 import sys
@@ -22,6 +21,8 @@ _LIBRARIES = (
 
 def library_versions() -> dict[str, str]:
     """Versions of Python and the libraries that decide a result (missing ones are omitted)."""
+    import importlib.metadata  # here, not at the top: every command imports this module for DISCLAIMER
+
     versions = {"python": platform.python_version(), "platform": platform.platform()}
     for name in _LIBRARIES:
         try:

@@ -12,7 +12,6 @@ After extraction, ``<cache_root>/datasets/ChestXRay2017/`` holds ``chest_xray/{t
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import shutil
@@ -26,6 +25,7 @@ from pathlib import Path
 from pneumoscan._io import atomic_write_json
 from pneumoscan.data.defaults import cache_root
 from pneumoscan.errors import DatasetError
+from pneumoscan.provenance import sha256_file
 
 DEFAULT_URL = (
     "https://data.mendeley.com/public-files/datasets/rscbjbr9sj/files/"
@@ -73,7 +73,7 @@ def download_dataset(
     base.mkdir(parents=True, exist_ok=True)
     if not archive.is_file():
         _fetch(url, archive, retries, timeout, progress)
-    digest = _sha256(archive)
+    digest = sha256_file(archive)
     if expected and digest != expected:
         archive.unlink(missing_ok=True)
         raise DatasetError(
@@ -153,14 +153,6 @@ def _fetch_once(url: str, part: Path, timeout: float, bar) -> bool:
     if total is not None and size < total:
         raise OSError(f"connection closed at {size:,} of {total:,} bytes")
     return True
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _extract(archive: Path, folder: Path) -> None:

@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from pneumoscan.errors import ImageReadError
+from pneumoscan.errors import ImageReadError, reason
 
 Fit = Literal["pad", "crop", "stretch"]
 FITS: tuple[str, ...] = ("pad", "crop", "stretch")
@@ -114,7 +114,7 @@ def probe_image(source: str | os.PathLike | bytes, *, name: str | None = None) -
             with Image.open(io.BytesIO(data)) as im:
                 info = ImageInfo(im.width, im.height, im.mode, im.format or "?")
     except Exception as exc:  # Pillow raises many types on damaged headers (found by fuzzing)
-        raise ImageReadError(f"{label}: not a readable image ({_reason(exc)})") from None
+        raise ImageReadError(f"{label}: not a readable image ({reason(exc)})") from None
     _check_suffix(suffix, info.format, label)
     return info
 
@@ -167,7 +167,7 @@ def _read_bytes(source: str | os.PathLike | bytes, label: str) -> bytes:
     except ImageReadError:
         raise
     except OSError as exc:
-        raise ImageReadError(f"{label}: cannot read file ({_reason(exc)})") from None
+        raise ImageReadError(f"{label}: cannot read file ({reason(exc)})") from None
 
 
 def _suffix(source: str | os.PathLike | bytes) -> str | None:
@@ -210,9 +210,9 @@ def _decode_pil(data: bytes, label: str, size: int | None, suffix: str | None = 
         what = "not a DICOM file (no DICM marker)" if suffix in (".dcm", ".dicom") else "not an image"
         raise ImageReadError(f"{label}: {what} (unknown or unsupported format)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageReadError(f"{label}: corrupt or truncated image ({_reason(exc)})") from None
+        raise ImageReadError(f"{label}: corrupt or truncated image ({reason(exc)})") from None
     except Exception as exc:  # Pillow's plugins raise TypeError, struct.error, ... on damaged files (fuzzing)
-        raise ImageReadError(f"{label}: corrupt image ({type(exc).__name__}: {_reason(exc)})") from None
+        raise ImageReadError(f"{label}: corrupt image ({type(exc).__name__}: {reason(exc)})") from None
 
 
 def _to_grayscale(image: Image.Image) -> Image.Image:
@@ -243,7 +243,7 @@ def _corrupt_dicom(label: str) -> Iterator[None]:
     except ImageReadError:
         raise
     except Exception as exc:
-        raise ImageReadError(f"{label}: corrupt DICOM ({_reason(exc)})") from None
+        raise ImageReadError(f"{label}: corrupt DICOM ({reason(exc)})") from None
 
 
 def _dcmread(data: bytes, label: str, stop_before_pixels: bool = False):
@@ -253,7 +253,7 @@ def _dcmread(data: bytes, label: str, stop_before_pixels: bool = False):
     try:
         return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
     except (InvalidDicomError, OSError, ValueError, KeyError, EOFError, AttributeError) as exc:
-        raise ImageReadError(f"{label}: corrupt DICOM ({_reason(exc)})") from None
+        raise ImageReadError(f"{label}: corrupt DICOM ({reason(exc)})") from None
 
 
 def _decode_dicom(data: bytes, label: str) -> np.ndarray:
@@ -271,7 +271,7 @@ def _decode_dicom(data: bytes, label: str) -> np.ndarray:
     except Exception as exc:  # pydicom raises many types for unsupported transfer syntaxes
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         raise ImageReadError(
-            f"{label}: cannot decode DICOM pixel data (transfer syntax {syntax}: {_reason(exc)}); "
+            f"{label}: cannot decode DICOM pixel data (transfer syntax {syntax}: {reason(exc)}); "
             "compressed DICOMs may need 'pip install pylibjpeg pylibjpeg-libjpeg'"
         ) from None
     if pixels.ndim == 3 and int(ds.get("SamplesPerPixel", 1)) == 1:
@@ -291,7 +291,7 @@ def _decode_dicom(data: bytes, label: str) -> np.ndarray:
         else:
             image = to_uint8(values)
     except Exception as exc:
-        raise ImageReadError(f"{label}: invalid DICOM value transforms ({_reason(exc)})") from None
+        raise ImageReadError(f"{label}: invalid DICOM value transforms ({reason(exc)})") from None
     if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         image = 255 - image  # MONOCHROME1 stores bright as low values
     return image
@@ -307,6 +307,3 @@ def _check_pixels(width: int, height: int, label: str) -> None:
         )
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]

@@ -152,9 +152,10 @@ def _examine(path: str) -> dict[str, Any]:
     from PIL import Image
 
     try:
-        info = probe_image(path)
-        pixels = read_image(path, _HASH_DECODE_SIZE, "stretch")
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        info = probe_image(path)  # also refuses oversized files and wrong extensions, naming the file
+        data = Path(path).read_bytes()  # read once for the pixels and the byte hash
+        pixels = read_image(data, _HASH_DECODE_SIZE, "stretch", name=path)
+        digest = hashlib.sha256(data).hexdigest()
     except ImageReadError as exc:
         return {"error": str(exc).removeprefix(f"{path}: ")}
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop the inspection of thousands

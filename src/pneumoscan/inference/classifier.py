@@ -16,7 +16,7 @@ import numpy as np
 
 from pneumoscan.data.image import read_image
 from pneumoscan.data.radiograph import check_radiograph
-from pneumoscan.errors import ConfigError, ImageReadError
+from pneumoscan.errors import ConfigError, ImageReadError, reason
 
 # Above this many files, predict() shows a progress bar (on stderr) unless told otherwise.
 PROGRESS_MIN_FILES = 50
@@ -136,8 +136,7 @@ class TorchBackend:
             self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
             self.model = model.to(self.device).eval()
         except (RuntimeError, AssertionError) as exc:  # an unknown device, or CUDA absent from this build
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"--device {device}: not usable here ({reason}); use cpu") from None
+            raise ConfigError(f"--device {device}: not usable here ({reason(exc)}); use cpu") from None
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan.errors import ModelFileError
+from pneumoscan.errors import ModelFileError, reason
 from pneumoscan.inference.classifier import Classifier
 from pneumoscan.models.artifact import META_KEY, ModelMeta
 
@@ -46,8 +46,7 @@ class OnnxBackend:
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
-            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise ModelFileError(f"{path}: not a loadable ONNX model ({reason})") from None
+            raise ModelFileError(f"{path}: not a loadable ONNX model ({reason(exc)})") from None
         self.input = self.session.get_inputs()[0].name
         self.outputs = [o.name for o in self.session.get_outputs()]
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pneumoscan._io import atomic_write, atomic_write_json
 from pneumoscan.data.records import CLASS_NAMES
-from pneumoscan.errors import ModelFileError
+from pneumoscan.errors import ModelFileError, reason
 
 if TYPE_CHECKING:  # torch is imported where it is used: ModelMeta must load without it (ONNX path)
     import torch
@@ -110,9 +110,8 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
         raise ModelFileError(
-            f"{file}: the weights do not fit a {meta.name!r} network at {meta.image_size}px ({first})"
+            f"{file}: the weights do not fit a {meta.name!r} network at {meta.image_size}px ({reason(exc)})"
         ) from None
     return model.to(map_location).eval(), meta
 
@@ -139,9 +138,8 @@ def _read_checkpoint(file: Path) -> tuple[dict[str, torch.Tensor], ModelMeta]:
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(
-            f"{file}: refused: not a weights-only checkpoint, it would need unpickling arbitrary code ({reason})"
+            f"{file}: refused: not a weights-only checkpoint, it would need unpickling arbitrary code ({reason(exc)})"
         ) from None
     if not isinstance(checkpoint, dict) or META_KEY not in checkpoint or "state_dict" not in checkpoint:
         raise ModelFileError(f"{file}: not a pneumoscan checkpoint (no {META_KEY!r} metadata)")

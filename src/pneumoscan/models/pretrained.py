@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pneumoscan.errors import ConfigError, ModelFileError
+from pneumoscan.errors import ConfigError, ModelFileError, reason
 
 _PREFIXES = ("module.", "model.", "network.", "_orig_mod.")
 _OLD_DENSENET = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
@@ -95,8 +95,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ModelFileError(f"{path}: refused: not a weights-only state dict ({first}); "
+        raise ModelFileError(f"{path}: refused: not a weights-only state dict ({reason(exc)}); "
                              "convert it to .safetensors") from None
     for key in ("state_dict", "model_state_dict", "model", "net"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -159,6 +158,5 @@ def _imagenet_state(name: str) -> dict[str, torch.Tensor]:
         weights = torchvision.models.get_model_weights(TORCHVISION_NAMES[name]).DEFAULT
         return weights.get_state_dict(progress=False)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ConfigError(f"--pretrained imagenet: cannot download the {name} weights ({first}); "
+        raise ConfigError(f"--pretrained imagenet: cannot download the {name} weights ({reason(exc)}); "
                           "download them elsewhere and pass the file to --pretrained") from None
