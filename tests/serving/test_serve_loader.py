@@ -26,3 +26,17 @@ def test_a_stale_export_is_not_served_after_the_run_is_retrained(served_run, tmp
     source = resolve_model(run)
     assert source.backend == "torch"
     assert source.path == run / "model.safetensors"
+
+
+def test_a_stale_exports_model_card_is_not_served_for_the_retrained_model(served_run, tmp_path):
+    from pneumoscan.serving.loader import load_served_model
+
+    run = tmp_path / "run"
+    shutil.copytree(served_run, run)
+    meta = read_meta(run)
+    save_model(run, build_model(meta.name, meta.image_size),
+               ModelMeta(name=meta.name, image_size=meta.image_size, threshold=0.7, run_id="retrained"))
+    served = load_served_model(run)
+    assert served.backend == "torch"
+    assert "test-run" not in str(served.card)  # the old export's card named the old run
+    assert "0.7" in str(served.card)

@@ -29,12 +29,12 @@ def load_explainable(path: str | os.PathLike):
     the ONNX file or one folder up) is used; without one, :class:`ModelFileError` says what to pass.
     """
     from pneumoscan.models import load_model
+    from pneumoscan.models.artifact import weights_beside
 
     path = Path(path).expanduser()
     if path.suffix.lower() == ".onnx":
-        for candidate in (path.parent / "model.safetensors", path.parent.parent / "model.safetensors"):
-            if candidate.is_file():
-                return load_model(candidate)
+        if (weights := weights_beside(path)) is not None:
+            return load_model(weights)
         raise ModelFileError(f"{path}: Grad-CAM needs the PyTorch weights and there is no model.safetensors "
                              "beside this ONNX model or in its run folder; pass the run folder instead")
     return load_model(path)

@@ -83,6 +83,25 @@ def find_model_file(path: str | os.PathLike) -> Path:
     return path
 
 
+def run_folder_of(model_path: str | os.PathLike) -> Path:
+    """The run folder a model file belongs to: ``RUN/model.safetensors``, ``RUN/checkpoints/best.ckpt`` and
+    ``RUN/export/model.onnx`` all belong to ``RUN``; a folder is its own run."""
+    path = Path(model_path).expanduser()
+    if path.is_dir():
+        return path
+    folder = path.parent
+    return folder.parent if folder.name in ("checkpoints", "export") else folder
+
+
+def weights_beside(onnx_path: str | os.PathLike) -> Path | None:
+    """The PyTorch weights of an exported model: ``model.safetensors`` beside it or in its run folder."""
+    onnx_path = Path(onnx_path)
+    for candidate in (onnx_path.parent / MODEL_FILE, onnx_path.parent.parent / MODEL_FILE):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def read_meta(path: str | os.PathLike) -> ModelMeta:
     """The metadata of a model file or run folder, without building the network."""
     file = find_model_file(path)

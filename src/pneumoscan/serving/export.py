@@ -37,15 +37,14 @@ def export_onnx(model_path: str | os.PathLike, out_path: str | os.PathLike | Non
 
     from pneumoscan.inference.onnx_backend import INPUT_NAME, LOGIT_OUTPUT, PROBABILITY_OUTPUT, onnx_metadata
     from pneumoscan.models import load_model
+    from pneumoscan.models.artifact import run_folder_of
     from pneumoscan.serving.model_card import write_model_card
 
     model_path = Path(model_path).expanduser()
     if model_path.suffix.lower() == ".onnx":
         raise ModelFileError(f"{model_path}: already an ONNX model; export from the run folder or .safetensors")
     model, meta = load_model(model_path)
-    run_folder = model_path if model_path.is_dir() else model_path.parent
-    if run_folder.name == "checkpoints":  # RUN/checkpoints/best.ckpt belongs to RUN
-        run_folder = run_folder.parent
+    run_folder = run_folder_of(model_path)
     out = Path(out_path) if out_path is not None else run_folder / "export" / "model.onnx"
     if out.suffix.lower() != ".onnx":
         raise ModelFileError(f"{out}: the exported model's name must end in .onnx")

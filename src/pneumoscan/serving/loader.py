@@ -23,12 +23,12 @@ from typing import Any
 
 from pneumoscan.errors import ModelFileError
 from pneumoscan.inference import Classifier
+from pneumoscan.models.artifact import run_folder_of, weights_beside
 from pneumoscan.provenance import DISCLAIMER
 
 log = logging.getLogger("pneumoscan.serving")
 
 ONNX_FILE = "model.onnx"
-WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
 
 
@@ -69,19 +69,19 @@ def resolve_model(path: str | os.PathLike) -> ModelSource:
         exported = path / "export" / ONNX_FILE
         # The same rule as `predict`: an export made before the run was retrained or resumed is stale.
         if exported.is_file() and matching_export(path) is not None:
-            return ModelSource(exported, "onnxruntime", _weights_near(exported), _card_near(exported), path)
+            return ModelSource(exported, "onnxruntime", weights_beside(exported), _card_near(exported), path)
         if not exported.is_file() and (path / ONNX_FILE).is_file():
             onnx = path / ONNX_FILE
-            return ModelSource(onnx, "onnxruntime", _weights_near(onnx), _card_near(onnx), path)
+            return ModelSource(onnx, "onnxruntime", weights_beside(onnx), _card_near(onnx), path)
         weights = find_model_file(path)  # raises a clear ModelFileError when there is none
         reason = "is stale (it does not match model.json)" if exported.is_file() else "is missing"
         log.warning("%s: export/%s %s: serving with PyTorch (slower start); run `pneumoscan export %s` "
                     "to serve with ONNX Runtime", path, ONNX_FILE, reason, path)
-        return ModelSource(weights, "torch", weights, _card_near(path / "export" / ONNX_FILE), path)
+        # No card: the export's one describes another model; complete_card builds this model's.
+        return ModelSource(weights, "torch", weights, None, path)
     if path.suffix.lower() == ".onnx":
-        run = path.parent.parent if path.parent.name == "export" else path.parent
-        return ModelSource(path, "onnxruntime", _weights_near(path), _card_near(path), run)
-    return ModelSource(path, "torch", path, _card_near(path.parent / "export" / ONNX_FILE), path.parent)
+        return ModelSource(path, "onnxruntime", weights_beside(path), _card_near(path), run_folder_of(path))
+    return ModelSource(path, "torch", path, None, run_folder_of(path))
 
 
 def load_served_model(path: str | os.PathLike, threads: int | None = None) -> ServedModel:
@@ -108,7 +108,7 @@ def load_served_model(path: str | os.PathLike, threads: int | None = None) -> Se
 
 def served_from_classifier(classifier: Classifier) -> ServedModel:
     """Wrap an already loaded :class:`Classifier` (for tests and notebooks)."""
-    backend = "torch" if hasattr(classifier.backend, "model") else "onnxruntime"
+    backend = classifier.backend.name
     served = ServedModel(classifier, backend)
     served.card = complete_card(None, served, None)
     return served
@@ -133,13 +133,6 @@ def complete_card(card: dict[str, Any] | None, served: ServedModel, file_name: s
         "explain": served.explain_available,
     }
     return card
-
-
-def _weights_near(onnx: Path) -> Path | None:
-    for candidate in (onnx.parent / WEIGHTS_FILE, onnx.parent.parent / WEIGHTS_FILE):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def _card_near(onnx: Path) -> Path | None:
