@@ -19,9 +19,11 @@ def test_a_write_that_fails_midway_leaves_the_old_file_whole_and_no_temporary(tm
     assert os.listdir(tmp_path) == ["report.json"]
 
 
-def test_atomic_write_replaces_the_file(tmp_path):
+def test_atomic_write_replaces_an_existing_file_and_creates_missing_folders(tmp_path):
+    atomic_write_text(tmp_path / "a" / "b.txt", "old")
     atomic_write_text(tmp_path / "a" / "b.txt", "new")
     assert (tmp_path / "a" / "b.txt").read_text() == "new"
+    assert os.listdir(tmp_path / "a") == ["b.txt"]
 
 
 def test_atomically_written_files_get_the_usual_permissions_not_owner_only(tmp_path):

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -177,10 +178,9 @@ def test_a_model_that_fails_to_load_is_reported_on_readyz_and_requests_get_503(t
     broken = tmp_path / "model.onnx"
     broken.write_bytes(b"this is not an ONNX model")
     with TestClient(create_app(broken)) as client:
-        for _ in range(100):
-            ready = client.get("/readyz")
-            if ready.json()["status"] != "loading":
-                break
+        deadline = time.monotonic() + 30
+        while (ready := client.get("/readyz")).json()["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.05)
         response = client.post("/v1/predict", files=[_upload(real_images[0])])
     assert ready.status_code == 503 and ready.json()["status"] == "failed"
     assert "model.onnx" in ready.json()["detail"] and "not a loadable ONNX model" in ready.json()["detail"]
