@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
+from pneumoscan.evaluation.metrics import threshold_free_metrics, threshold_metrics
 from pneumoscan.evaluation.operating import choose_operating_points
 
 
@@ -21,16 +21,12 @@ def operating_points(labels: np.ndarray, probabilities: np.ndarray) -> dict[str,
 
 
 def binary_summary(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float]:
-    """ROC-AUC, and accuracy, sensitivity and specificity at ``threshold``."""
-    labels = np.asarray(labels).astype(int).ravel()
-    probabilities = np.asarray(probabilities, dtype=np.float64).ravel()
-    predicted = probabilities >= threshold
-    positives, negatives = labels == 1, labels == 0
+    """ROC-AUC, and accuracy, sensitivity and specificity at ``threshold``: evaluation's own metrics, so the
+    figures stored in a model file are computed exactly as its evaluation report computes them."""
+    at_threshold = threshold_metrics(labels, probabilities, threshold)
     return {
-        "auc": float(roc_auc_score(labels, probabilities)) if positives.any() and negatives.any() else float("nan"),
-        "accuracy": float((predicted == positives).mean()) if len(labels) else float("nan"),
-        "sensitivity": float(predicted[positives].mean()) if positives.any() else float("nan"),
-        "specificity": float((~predicted[negatives]).mean()) if negatives.any() else float("nan"),
+        "auc": float(threshold_free_metrics(labels, probabilities)["roc_auc"]),
+        **{name: float(at_threshold[name]) for name in ("accuracy", "sensitivity", "specificity")},
         "threshold": float(threshold),
-        "images": int(len(labels)),
+        "images": int(len(np.asarray(labels).ravel())),
     }

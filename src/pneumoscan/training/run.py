@@ -69,7 +69,7 @@ def run_config(resume: str | os.PathLike) -> TrainConfig:
 def _train(config: TrainConfig | None, resume: str | os.PathLike | None, callbacks: Sequence[Any]) -> Path:
     import lightning as L
 
-    from pneumoscan.models import ModelMeta, build_model, read_meta
+    from pneumoscan.models import build_model, read_meta
     from pneumoscan.training.data import XrayDataModule, prepare_data
     from pneumoscan.training.module import XrayClassifier
 
@@ -139,7 +139,7 @@ def _train(config: TrainConfig | None, resume: str | os.PathLike | None, callbac
     if trainer.interrupted:
         print(f"training interrupted; continue with: pneumoscan train --resume {run_dir}")
         return run_dir
-    _finish(run_dir, config, module, data, provenance, ModelMeta)
+    _finish(run_dir, config, module, data, provenance)
     _point_latest(run_dir)
     return run_dir
 
@@ -281,10 +281,9 @@ def _log_order(path: Path) -> int:
 
 
 # -- after training ------------------------------------------------------------------------------------------
-def _finish(run_dir: Path, config: TrainConfig, module: Any, data: Any, provenance: dict[str, Any],
-            meta_cls: Any) -> None:
+def _finish(run_dir: Path, config: TrainConfig, module: Any, data: Any, provenance: dict[str, Any]) -> None:
     """Best weights -> validation predictions, threshold, model file, history and curves."""
-    from pneumoscan.models import build_model, save_model
+    from pneumoscan.models import ModelMeta, build_model, save_model
     from pneumoscan.training.curves import plot_curves, read_history
     from pneumoscan.training.metrics import binary_summary, operating_points
     from pneumoscan.training.module import predict_probabilities
@@ -311,7 +310,7 @@ def _finish(run_dir: Path, config: TrainConfig, module: Any, data: Any, provenan
     for sample, p in zip(data.val_samples, probs, strict=True):
         writer.writerow([os.path.abspath(sample.path), sample.patient_id, sample.label, f"{float(p):.6f}"])
     atomic_write_text(run_dir / "val_predictions.csv", buffer.getvalue())
-    meta = meta_cls(
+    meta = ModelMeta(
         name=config.model, image_size=config.image_size, fit=config.fit, threshold=points["youden"],
         operating_points=points, version=provenance["versions"].get("pneumoscan", ""), run_id=run_dir.name,
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), val_metrics=metrics, provenance=provenance,
