@@ -539,12 +539,10 @@ def _history(run_dir: Path | None) -> dict[str, list[float]]:
 
 
 def _write_predictions(path: Path, kept, labels, raw, probs, threshold: float) -> None:
-    lines = ["path,patient_id,label,probability,calibrated_probability,predicted"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "patient_id", "label", "probability", "calibrated_probability", "predicted"])
     for s, y, r, p in zip(kept, labels, raw, probs, strict=True):
-        lines.append(f"{_csv_cell(str(s.path))},{_csv_cell(s.patient_id)},{int(y)},{r:.6f},{p:.6f},{int(p >= threshold)}")
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def _csv_cell(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+        writer.writerow([str(s.path), s.patient_id, int(y), f"{r:.6f}", f"{p:.6f}", int(p >= threshold)])
+    atomic_write_text(path, buffer.getvalue())
 
