@@ -88,8 +88,6 @@ def _train(config: TrainConfig | None, resume: str | os.PathLike | None, callbac
     L.seed_everything(config.seed, workers=True, verbose=False)  # before the weights are initialised
     network = build_model(config.model, config.image_size)  # an unknown name fails before any work
     on_gpu = _uses_cuda(config)
-    if not on_gpu:
-        torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // _local_processes(config)))
 
     pretrained_report = None
     if config.pretrained and resume_ckpt is None:
@@ -230,12 +228,6 @@ def _env_rank() -> int:
 
 def _uses_cuda(config: TrainConfig) -> bool:
     return config.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-
-
-def _local_processes(config: TrainConfig) -> int:
-    if config.strategy.startswith("ddp") and config.devices.isdigit():
-        return max(1, int(config.devices))
-    return 1
 
 
 def _trainer(config: TrainConfig, run_dir: Path, on_gpu: bool, extra: list[Any], n_train: int):
