@@ -53,8 +53,10 @@ def explain_images(model_path: str | os.PathLike, images: list[str | os.PathLike
     from pneumoscan.data.radiograph import check_radiograph
     from pneumoscan.explain.filters import feature_maps, first_layer_filters
     from pneumoscan.explain.gradcam import gradcam, overlay, target_layer
+    from pneumoscan.inference.classifier import Classifier, TorchBackend
 
     model, meta = load_explainable(model_path)
+    scorer = Classifier(TorchBackend(model, "cpu"), meta)  # the probability and label exactly as `predict`
     out = Path(out_dir)
     result = ExplainResult(layer=layer or target_layer(model, int(meta.image_size)))
     used: set[str] = set()
@@ -69,8 +71,8 @@ def explain_images(model_path: str | os.PathLike, images: list[str | os.PathLike
             continue
         stem = _unique(Path(name).stem, used)
         heat = gradcam(model, pixels[None], layer=result.layer)[0]
-        probability = _probability(model, pixels, float(meta.temperature or 1.0))
-        label = meta.class_names[int(probability >= meta.threshold)]
+        row = scorer.prediction(name, float(scorer.predict_proba(pixels[None])[0]))
+        probability, label = row.probability, row.label
         shown = os.fsencode(Path(name).name).decode("utf-8", "backslashreplace")  # non-UTF-8 names: drawable
         title = (f"{shown}: p(pneumonia) = {probability:.3f}, {label} at threshold {meta.threshold:.3f}\n"
                  f"Grad-CAM of {meta.name} ({result.layer}): where the evidence for PNEUMONIA is")
@@ -87,14 +89,6 @@ def explain_images(model_path: str | os.PathLike, images: list[str | os.PathLike
                 safe = layer_name.replace(".", "-")
                 result.written.append(atomic_write_bytes(out / f"{first[0]}_features_{safe}.png", png))
     return result
-
-
-def _probability(model, pixels: np.ndarray, temperature: float) -> float:
-    import torch
-
-    with torch.inference_mode():
-        logit = model(torch.from_numpy(pixels.astype(np.float32) / 255.0)[None, None]).reshape(-1)[0]
-    return float(torch.sigmoid(logit / temperature))
 
 
 def _figure(panels: list[tuple[np.ndarray, str]], title: str) -> bytes:

@@ -90,7 +90,7 @@ class Classifier:
             if pending:
                 probs = self.predict_proba(np.stack([x for _, _, x in pending]), batch_size=batch_size)
                 for (i, name, _), p in zip(pending, probs, strict=True):
-                    results[i] = self._row(name, float(p))
+                    results[i] = self.prediction(name, float(p))
                 pending.clear()
 
         bar = _progress_bar(len(sources), progress)
@@ -112,7 +112,8 @@ class Classifier:
     def _error_row(self, name: str, error: str) -> Prediction:
         return Prediction(name, None, None, self.threshold, self.meta.name, self.meta.version, error)
 
-    def _row(self, name: str, probability: float) -> Prediction:
+    def prediction(self, name: str, probability: float) -> Prediction:
+        """The row for one scored image: its label at the stored threshold, model name and version."""
         label = self.meta.class_names[int(probability >= self.threshold)]
         return Prediction(name, probability, label, self.threshold, self.meta.name, self.meta.version)
 
