@@ -166,8 +166,11 @@ def load(path: str | os.PathLike, device: str | None = None, *, prefer_onnx: boo
     return Classifier(TorchBackend(model, device), meta)
 
 
-def matching_export(run: Path) -> Classifier | None:
-    """The run's ONNX export, if it is the export of this run's model (same metadata), else None."""
+def matching_export(run: Path, threads: int | None = None) -> Classifier | None:
+    """The run's ONNX export, loaded, if it is the export of this run's model (same metadata), else None.
+
+    ``threads``: ONNX Runtime's threads per inference (None: its default).
+    """
     import json
 
     from pneumoscan.errors import ModelFileError
@@ -177,7 +180,7 @@ def matching_export(run: Path) -> Classifier | None:
     if not (run.is_dir() and onnx_file.is_file() and meta_file.is_file()):
         return None
     try:
-        classifier = load_onnx(onnx_file, device="cpu")
+        classifier = load_onnx(onnx_file, device="cpu", threads=threads)
         same = json.loads(classifier.meta.to_json()) == json.loads(meta_file.read_text(encoding="utf-8"))
     except (ModelFileError, OSError, ValueError):
         return None  # a broken export: the weights themselves are still there

@@ -41,6 +41,7 @@ class ModelSource:
     weights: Path | None = None  # PyTorch weights for Grad-CAM, when found
     card: Path | None = None  # model_card.json written by `pneumoscan export`, when found
     run_folder: Path | None = None  # for a card built on the fly (it reads the run's evaluation reports)
+    loaded: Classifier | None = None  # the classifier, when checking the export already loaded it
 
 
 @dataclass
@@ -57,7 +58,7 @@ class ServedModel:
         return self.weights is not None or self.backend == "torch"
 
 
-def resolve_model(path: str | os.PathLike) -> ModelSource:
+def resolve_model(path: str | os.PathLike, threads: int | None = None) -> ModelSource:
     """Pick the file to serve for ``path`` (see the module docstring); raises :class:`ModelFileError`."""
     path = Path(path).expanduser()
     if not path.exists():
@@ -68,8 +69,9 @@ def resolve_model(path: str | os.PathLike) -> ModelSource:
 
         exported = path / "export" / ONNX_FILE
         # The same rule as `predict`: an export made before the run was retrained or resumed is stale.
-        if exported.is_file() and matching_export(path) is not None:
-            return ModelSource(exported, "onnxruntime", weights_beside(exported), _card_near(exported), path)
+        if exported.is_file() and (classifier := matching_export(path, threads)) is not None:
+            return ModelSource(exported, "onnxruntime", weights_beside(exported), _card_near(exported), path,
+                               loaded=classifier)
         if not exported.is_file() and (path / ONNX_FILE).is_file():
             onnx = path / ONNX_FILE
             return ModelSource(onnx, "onnxruntime", weights_beside(onnx), _card_near(onnx), path)
@@ -89,8 +91,10 @@ def load_served_model(path: str | os.PathLike, threads: int | None = None) -> Se
 
     ``threads``: ONNX Runtime's threads per inference (None: its default, one per core).
     """
-    source = resolve_model(path)
-    if source.backend == "onnxruntime":
+    source = resolve_model(path, threads)
+    if source.loaded is not None:
+        classifier = source.loaded
+    elif source.backend == "onnxruntime":
         from pneumoscan.inference.onnx_backend import load_onnx
 
         classifier = load_onnx(source.path, threads=threads)
