@@ -52,7 +52,7 @@ def synthetic_dataset(tmp_path) -> Path:
     root = tmp_path / "synthetic"
     for i in range(10):
         write_synthetic_image(root / "train" / "NORMAL" / f"IM-{i:04d}-0001.png", 0, seed=i)
-        write_synthetic_image(root / "train" / "NORMAL" / f"NORMAL2-IM-{i:04d}-0002.png", 0, seed=100 + i)
+        write_synthetic_image(root / "train" / "NORMAL" / f"IM-{i:04d}-0002.png", 0, seed=100 + i)
         write_synthetic_image(root / "train" / "PNEUMONIA" / f"person{500 + i}_bacteria_{i}.png", 1, seed=200 + i)
-        write_synthetic_image(root / "train" / "PNEUMONIA" / f"person{500 + i}_virus_{50 + i}.png", 1, seed=300 + i)
+        write_synthetic_image(root / "train" / "PNEUMONIA" / f"person{500 + i}_bacteria_{50 + i}.png", 1, seed=300 + i)
     return root

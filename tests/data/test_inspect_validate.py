@@ -43,7 +43,7 @@ def leaky(tmp_path):
     for i in range(6, 9):
         save(root / "test" / "NORMAL" / f"IM-{i:04d}-0001.png", _smooth(i))
         save(root / "test" / "PNEUMONIA" / f"person{i}_virus_{i}.png", _smooth(100 + i))
-    save(root / "test" / "PNEUMONIA" / "person5_virus_77.png", _smooth(200))  # patient 5 again
+    save(root / "test" / "PNEUMONIA" / "person5_bacteria_77.png", _smooth(200))  # patient 5 again
     shutil.copy(root / "train" / "NORMAL" / "IM-0001-0001.png", root / "test" / "NORMAL" / "IM-0050-0001.png")
     buffer = io.BytesIO()  # the same picture re-encoded smaller and lossy: a near duplicate
     Image.fromarray(_smooth(102)).resize((48, 48)).save(buffer, "JPEG", quality=40)
@@ -80,7 +80,7 @@ def test_inspect_finds_planted_leakage_and_writes_its_outputs(leaky, tmp_path):
     assert s["imbalance"]["train"] == 1.0
     assert {u["path"].removeprefix(f"{leaky}/") for u in s["unreadable"]} == set(BAD)
     leak = s["leakage"]
-    assert [p["patient_id"] for p in leak["patients_in_several_splits"]["patients"]] == ["5"]
+    assert [p["patient_id"] for p in leak["patients_in_several_splits"]["patients"]] == ["person5_bacteria"]
     assert leak["exact_duplicates_across_splits"]["count"] == 1
     assert sorted(x.rsplit("/", 1)[1] for x in leak["exact_duplicates_across_splits"]["groups"][0]) == [
         "IM-0001-0001.png", "IM-0050-0001.png"]

@@ -21,9 +21,12 @@ def _img(path, value: int = 100):
 @pytest.mark.parametrize(
     ("stem", "patient"),
     [
-        ("person1449_bacteria_3745", "1449"),
-        ("person1455_virus_2489", "1455"),
-        ("NORMAL2-IM-1427-0001", "IM-1427"),
+        ("person1449_bacteria_3745", "person1449_bacteria"),
+        ("person1449_virus_2482", "person1449_virus"),
+        ("PERSON0012_Virus_1", "person12_virus"),
+        ("person1455_virus_2489", "person1455_virus"),
+        ("NORMAL2-IM-1427-0001", "NORMAL2-IM-1427"),
+        ("normal2-im-1427-0002", "NORMAL2-IM-1427"),
         ("IM-1427-0001", "IM-1427"),
         ("IM-0001-0001", "IM-0001"),
         ("IM-0429-0001-0002", "IM-0429"),
@@ -49,9 +52,9 @@ def test_split_folders_with_case_insensitive_class_names_are_read(tmp_path):
     assert index.source == "folders"
     rows = {(s.path.name, s.label, s.patient_id, s.split) for s in index.samples}
     assert rows == {
-        ("IM-0001-0001.png", 0, "IM-0001", "train"), ("person7_bacteria_1.jpeg", 1, "7", "train"),
-        ("person7_virus_2.jpeg", 1, "7", "train"), ("IM-0002-0001.png", 0, "IM-0002", "val"),
-        ("person8_virus_3.png", 1, "8", "val"),
+        ("IM-0001-0001.png", 0, "IM-0001", "train"), ("person7_bacteria_1.jpeg", 1, "person7_bacteria", "train"),
+        ("person7_virus_2.jpeg", 1, "person7_virus", "train"), ("IM-0002-0001.png", 0, "IM-0002", "val"),
+        ("person8_virus_3.png", 1, "person8_virus", "val"),
     }
     assert index.splits == ["train", "val"]
 
@@ -82,12 +85,42 @@ def test_archive_junk_is_ignored_with_a_note(tmp_path):
 
 
 def test_real_data_is_listed_with_its_official_splits_and_the_stray_ds_store_noted(shared_data):
-    index = load_dataset(shared_data / "chest_xray")
-    counts = {(split, label): 0 for split in ("train", "val") for label in (0, 1)}
+    root = shared_data / "chest_xray"
+    index = load_dataset(root)
+    counts: dict[tuple[str, int], int] = {}
     for s in index.samples:
-        counts[(s.split, s.label)] += 1
-    assert counts == {("train", 0): 1341, ("train", 1): 3875, ("val", 0): 8, ("val", 1): 8}
+        counts[(s.split, s.label)] = counts.get((s.split, s.label), 0) + 1
+    # The expected counts follow what is on disk: every JPEG of every split's class folders is listed.
+    on_disk = {(split.name, label): len(list((split / name).glob("*.jpeg")))
+               for split in root.iterdir() if split.is_dir()
+               for label, name in enumerate(("NORMAL", "PNEUMONIA")) if (split / name).is_dir()}
+    assert counts == {k: v for k, v in on_disk.items() if v}
+    # The official train and val are complete in the shared copy.
+    assert counts[("train", 0)] == 1341 and counts[("train", 1)] == 3875
+    assert counts[("val", 0)] == 8 and counts[("val", 1)] == 8
     assert any(".DS_Store" in note for note in index.notes)
+
+
+def test_bacterial_and_viral_cases_with_one_person_number_are_two_patients():
+    # The person number is counted per type: person1449_bacteria and person1449_virus are two children.
+    assert kermany_patient_id("person1449_bacteria_3745") != kermany_patient_id("person1449_virus_2482")
+    assert kermany_patient_id("person1449_bacteria_3745") == kermany_patient_id("person1449_bacteria_3746")
+
+
+def test_the_two_normal_series_are_numbered_separately():
+    assert kermany_patient_id("NORMAL2-IM-0312-0001") != kermany_patient_id("IM-0312-0001")
+    assert kermany_patient_id("NORMAL2-IM-0374-0001-0002") == kermany_patient_id("NORMAL2-IM-0374-0001-0001")
+
+
+def test_official_test_split_shares_no_patient_with_train(shared_data):
+    # The official test holds no (number, type) pair of train: a leakage alarm there would be false.
+    index = load_dataset(shared_data / "chest_xray")
+    by_split: dict[str, set[str]] = {}
+    for s in index.samples:
+        by_split.setdefault(s.split, set()).add(s.patient_id)
+    if "test" not in by_split:
+        pytest.skip("../shared/data/chest_xray has no test/ split")
+    assert not by_split["test"] & by_split["train"]
 
 
 def test_root_without_class_folders_is_an_error_naming_the_root_and_the_fix(tmp_path):
@@ -126,7 +159,7 @@ def test_manifest_with_relative_paths_labels_as_names_and_no_patient_column(tmp_
     _img(tmp_path / "imgs" / "IM-0004-0001.png")
     (tmp_path / "m.csv").write_text("path,label\nimgs/person3_virus_1.png,Pneumonia\nimgs/IM-0004-0001.png,0\n")
     index = load_dataset(tmp_path / "m.csv")
-    assert [(s.label, s.patient_id, s.split) for s in index.samples] == [(1, "3", None), (0, "IM-0004", None)]
+    assert [(s.label, s.patient_id, s.split) for s in index.samples] == [(1, "person3_virus", None), (0, "IM-0004", None)]
 
 
 def test_manifest_skips_missing_files_with_a_note(tmp_path):

@@ -77,8 +77,11 @@ def test_split_dataset_on_real_data_keeps_every_patient_on_one_side(tmp_path, sh
     result = split_dataset(shared_data / "chest_xray", tmp_path / "split.csv", 0.1, 0)
     val = {s.patient_id for s in result.samples if s.split == "val"}
     train = {s.patient_id for s in result.samples if s.split == "train"}
-    assert val and train and not (val & train)
-    assert len(result.samples) == 5232
+    test = {s.patient_id for s in result.samples if s.split == "test"}
+    assert val and train and not (val & train) and not (test & (val | train))
+    # Every listed image is kept (none dropped for a patient shared with the official test split).
+    assert len(result.samples) == len(load_dataset(shared_data / "chest_xray").samples)
+    assert not result.dropped_patients
     counts = result.counts()
     for name in ("NORMAL", "PNEUMONIA"):
         share = counts["val"][name] / (counts["val"][name] + counts["train"][name])
