@@ -1,4 +1,4 @@
-"""`pneumoscan evaluate` and `pneumoscan compare`."""
+"""`pneumoscan evaluate`, `pneumoscan calibrate` and `pneumoscan compare`."""
 
 from __future__ import annotations
 
@@ -32,6 +32,23 @@ def register(subparsers) -> None:
     ev.add_argument("--out", default=SUPPRESS, help="report folder (default: RUN/reports/<split>-<timestamp>/)")
     ev.add_argument("--config", default=None, help="options from a config.yaml written by an earlier evaluate")
     ev.add_argument("--device", default=SUPPRESS, help="torch device, e.g. cpu or cuda (default: best available)")
+
+    cal = add_command(
+        subparsers, "calibrate",
+        "Fit a model to a new site: re-fit the threshold (to a target sensitivity) and a temperature on a "
+        "small labelled sample of the site's own images, with bootstrap intervals; writes a new model "
+        "version beside the old one, which is never changed.",
+        "pneumoscan calibrate runs/latest --data site_sample/ --target-sensitivity 0.95",
+        _calibrate,
+    )
+    cal.add_argument("model", metavar="RUN_OR_MODEL", help="run folder or model file to calibrate")
+    cal.add_argument("--data", required=True, help="the site's labelled sample: a class-folder dataset or CSV manifest "
+                     "(every labelled image is used; both classes needed, at least 20 of each advised)")
+    cal.add_argument("--target-sensitivity", type=float, default=0.95,
+                     help="the threshold is the highest one reaching this sensitivity on the sample")
+    cal.add_argument("--out", default=None, help="folder of the new version (default: RUN/calibrated/<data>-<time>/)")
+    cal.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="patient bootstrap resamples")
+    cal.add_argument("--seed", type=int, default=0, help="bootstrap seed")
 
     cmp = add_command(
         subparsers, "compare",
@@ -73,10 +90,37 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"  {metric:<18} {format_value(stored[metric])}")
     for metric in ("roc_auc", "pr_auc", "ece"):
         print(f"  {metric:<18} {format_value(free[metric])}")
+    if original := report["metrics"]["at"].get("original"):
+        site = report.get("site_calibration") or {}
+        print(f"before site calibration (threshold {report['operating_points']['original']['threshold']:.4f}):")
+        for metric in ("sensitivity", "specificity", "balanced_accuracy"):
+            print(f"  {metric:<18} {format_value(original[metric])}")
+        if site.get("ece"):
+            print(f"  {'ece':<18} {site['ece']['original']:.3f} (calibrated: {site['ece']['calibrated']:.3f})")
     for warning in report["warnings"]:
         print(f"WARNING: {warning}")
     print(f"report: {result.html}\n        {result.json}\n        {result.markdown}")
     print(report["disclaimer"])
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from pneumoscan.evaluation.calibrate import MIN_PER_CLASS, calibrate
+
+    result = calibrate(args.model, args.data, args.target_sensitivity, args.out, args.bootstrap, args.seed)
+    c = result.calibration
+    low, high = c.threshold_interval
+    print(f"calibrated on {c.images} images of {c.patients} patients ({c.normal} NORMAL, {c.pneumonia} PNEUMONIA)")
+    print(f"  threshold   {c.threshold:.4f} (95% interval {low:.4f}-{high:.4f}), target sensitivity {c.target_sensitivity:g}")
+    print(f"  temperature {c.temperature:.3f}")
+    print(f"  on the sample itself (optimistic): sensitivity {c.sensitivity:.3f}, specificity {c.specificity:.3f}")
+    if min(c.normal, c.pneumonia) < MIN_PER_CLASS:
+        print(f"WARNING: fewer than {MIN_PER_CLASS} images of a class: the threshold is uncertain (see its interval)")
+    print(f"new model version: {result.folder} (the original {result.original} is unchanged)")
+    print(f"check it on other images of the site: pneumoscan evaluate {result.folder} --data SITE_TEST --split all")
+    from pneumoscan.provenance import DISCLAIMER
+
+    print(DISCLAIMER)
     return 0
 
 

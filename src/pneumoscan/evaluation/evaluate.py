@@ -27,6 +27,7 @@ from pneumoscan.evaluation import metrics as M
 from pneumoscan.evaluation import plots
 from pneumoscan.evaluation.operating import (
     OPERATING_POINTS,
+    POINT_NAMES,
     apply_temperature,
     choose_operating_points,
     fit_temperature,
@@ -181,6 +182,7 @@ def _evaluate(config: EvaluateConfig, members: list[_Member], metas: list, out: 
                       "unit": "patient", "method": "percentile",
                       "undefined_resamples": ci["undefined"]},
         "calibration": _calibration(labels, raw, probs, temperature, weights, config) if temperature else None,
+        "site_calibration": _site_calibration(metas[0], labels, probs, config) if len(members) == 1 else None,
         "reliability": M.calibration_bins(labels, probs, config.bins),
         "models": [_describe_member(m) for m in members],
         "ensemble": len(members) > 1,
@@ -223,7 +225,9 @@ def _evaluate(config: EvaluateConfig, members: list[_Member], metas: list, out: 
     return EvaluationResult(out, report)
 
 
-_RULES = {"stored": "the threshold stored in the model at training (chosen on validation), applied as is",
+_RULES = {"stored": "the threshold stored in the model (chosen on validation at training, or on a site's "
+                    "sample by `pneumoscan calibrate`), applied as is",
+          "original": "the stored threshold of the model before site calibration, in this version's scale",
           **OPERATING_POINTS}
 
 
@@ -371,19 +375,27 @@ def _validation(members: list[_Member], config: EvaluateConfig, size: int, fit: 
 
 
 def _operating_points(members, metas, validation, config) -> tuple[dict[str, float], str, float]:
-    """(youden/sens95/spec95 thresholds, where they come from, the stored threshold)."""
+    """(validation operating points, where they come from, the stored threshold).
+
+    A site-calibrated model also carries its original threshold (``original``, in the calibrated
+    probability scale): the report then shows both versions side by side.
+    """
     stored = float(np.mean([meta.threshold for meta in metas]))
     same_scorer = len(members) == 1 and not config.tta
     saved = metas[0].operating_points or {}
-    if same_scorer and all(k in saved for k in ("youden", "sens95", "spec95")):
-        return {k: float(saved[k]) for k in ("youden", "sens95", "spec95")}, "model file (chosen on validation at training)", stored
+    extra = {"original": float(saved["original"])} if same_scorer and "original" in saved else {}
+    # Model files from before the bootstrap-median point hold the three classic ones only.
+    complete = all(k in saved for k in ("youden", "sens95", "spec95"))
+    from_file = {k: float(saved[k]) for k in POINT_NAMES if k in saved}
+    if same_scorer and complete:
+        return from_file | extra, "model file (chosen on validation at training)", stored
     if validation is not None:
-        return (choose_operating_points(validation["labels"], validation["probs"]),
+        return (choose_operating_points(validation["labels"], validation["probs"]) | extra,
                 f"chosen now on validation ({validation['source']})", stored)
-    if all(k in saved for k in ("youden", "sens95", "spec95")):
-        return ({k: float(saved[k]) for k in ("youden", "sens95", "spec95")},
+    if complete:
+        return (from_file | extra,
                 "model file (chosen on validation without TTA/ensemble; no validation data to redo it)", stored)
-    return {}, "none: the model file stores no operating points and the run has no validation data", stored
+    return extra, "none: the model file stores no operating points and the run has no validation data", stored
 
 
 def _calibration(labels, raw, calibrated, temperature, weights, config) -> dict[str, Any]:
@@ -396,6 +408,22 @@ def _calibration(labels, raw, calibrated, temperature, weights, config) -> dict[
         "fitted_on": "the run's validation predictions",
         "before": {m: _with_ci(free_before[m], before["threshold_free"][m]) for m in M.CALIBRATION_METRICS},
         "after": {m: _with_ci(free_after[m], after["threshold_free"][m]) for m in M.CALIBRATION_METRICS},
+    }
+
+
+def _site_calibration(meta, labels, probs, config) -> dict[str, Any] | None:
+    """For a site-calibrated model: what it was calibrated on, and the ECE of both versions here."""
+    record = (meta.provenance or {}).get("calibration")
+    if not isinstance(record, dict):
+        return None
+    before = float(record.get("original_temperature", 1.0)) or 1.0
+    after = float(meta.temperature or 1.0)
+    original = apply_temperature(probs, before / after)  # the original version's probabilities
+    return {
+        "data": record.get("data"), "images": record.get("images"), "rule": record.get("rule"),
+        "threshold_interval": record.get("threshold_interval"),
+        "ece": {"calibrated": M.expected_calibration_error(labels, probs, config.bins),
+                "original": M.expected_calibration_error(labels, original, config.bins)},
     }
 
 

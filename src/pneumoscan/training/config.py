@@ -13,6 +13,7 @@ SAMPLERS = ("shuffle", "weighted")
 MONITORS = ("val_loss", "val_auc")
 SPLITS = ("patient", "source")
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "64-true")
+THRESHOLD_RULES = ("youden", "youden-median")
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -73,6 +74,21 @@ class TrainConfig:
     shift: float = _opt(0.1, "maximum shift as a fraction of the image size")
     brightness: float = _opt(0.1, "maximum brightness change")
     contrast: float = _opt(0.1, "maximum contrast change (0.1: factor 0.9 to 1.1)")
+    # Acquisition-shift augmentation: another hospital's radiographs differ in exposure curve, contrast
+    # processing, sharpness, noise and framing, which the geometric and linear changes above do not cover.
+    gamma: float = _opt(0.0, "random gamma in [1/(1+g), 1+g] (0: off)")
+    clahe: float = _opt(0.0, "probability of contrast-limited adaptive histogram equalisation (CLAHE)")
+    blur: float = _opt(0.0, "probability of a Gaussian blur (sigma 0.1 to 1.5 px)")
+    sharpen: float = _opt(0.0, "probability of sharpening")
+    noise: float = _opt(0.0, "standard deviation of Gaussian noise added to half of the images (0: off)")
+    crop_scale: float = _opt(0.0, "random-resized crop keeping at least this share of the area, aspect 3:4 "
+                                  "to 4:3 (0: off)")
+    label_smoothing: float = _opt(0.0, "label smoothing of the training targets (0.1: 0.05 and 0.95)")
+    ema: float = _opt(0.0, "decay of an exponential moving average of the weights, which is what is "
+                           "validated and saved (0: off)")
+    threshold_rule: str = _opt("youden", "how the stored threshold is chosen on validation: Youden's J, or "
+                                         "the median of Youden's J over bootstrap resamples of validation "
+                                         "(stable where validation is nearly separable)", THRESHOLD_RULES)
     # hardware and scale-out (all through Lightning)
     accelerator: str = _opt("auto", "cpu, gpu, cuda, mps or auto")
     devices: str = _opt("auto", "devices per node: a number, a list like '0,1', or auto")
@@ -93,7 +109,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the option when a value is out of range."""
         parse_devices(str(self.devices))  # before any data is cached or a run folder written
-        for name in ("optimizer", "scheduler", "sampler", "monitor", "split", "precision", "fit"):
+        for name in ("optimizer", "scheduler", "sampler", "monitor", "split", "precision", "fit", "threshold_rule"):
             choices = type(self).__dataclass_fields__[name].metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ConfigError(f"--{name.replace('_', '-')}: {getattr(self, name)!r} is not one of "
@@ -107,6 +123,9 @@ class TrainConfig:
             raise ConfigError(f"--val-fraction: must be between 0 and 1, not {self.val_fraction}")
         if not 0.0 <= self.test_fraction < 1.0 - self.val_fraction:
             raise ConfigError(f"--test-fraction: must be at least 0 and below 1 - val-fraction, not {self.test_fraction}")
+        for name in ("gamma", "clahe", "blur", "sharpen", "noise", "crop_scale", "label_smoothing", "ema"):
+            if not 0.0 <= getattr(self, name) < (10.0 if name == "gamma" else 1.0):
+                raise ConfigError(f"--{name.replace('_', '-')}: out of range: {getattr(self, name)}")
         for name in ("limit_train_images", "limit_val_images", "max_time", "threads"):
             value = getattr(self, name)
             if value is not None and not value > 0:

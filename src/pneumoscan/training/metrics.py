@@ -8,7 +8,7 @@ from pneumoscan.evaluation.metrics import threshold_free_metrics, threshold_metr
 from pneumoscan.evaluation.operating import choose_operating_points
 
 
-def operating_points(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+def operating_points(labels: np.ndarray, probabilities: np.ndarray, seed: int = 0) -> dict[str, float]:
     """Youden / sens95 / spec95 thresholds picked on validation (see ``evaluation.operating``).
 
     Early in a tiny run the validation batch may hold one class; training then stores 0.5 rather than
@@ -16,8 +16,8 @@ def operating_points(labels: np.ndarray, probabilities: np.ndarray) -> dict[str,
     """
     labels = np.asarray(labels).astype(int).ravel()
     if len(np.unique(labels)) < 2:
-        return {"youden": 0.5, "sens95": 0.5, "spec95": 0.5}
-    return choose_operating_points(labels, probabilities)
+        return {"youden": 0.5, "youden-median": 0.5, "sens95": 0.5, "spec95": 0.5}
+    return choose_operating_points(labels, probabilities, seed=seed)
 
 
 def binary_summary(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float]:

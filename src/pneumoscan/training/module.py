@@ -33,6 +33,10 @@ def build_augmentation(config: TrainConfig) -> nn.Module | None:
     import kornia.augmentation as K
 
     ops: list[nn.Module] = []
+    if config.crop_scale > 0:
+        # Framing differs between sites (collimation, how much of the abdomen and neck is in view).
+        size = (config.image_size, config.image_size)
+        ops.append(K.RandomResizedCrop(size, scale=(config.crop_scale, 1.0), ratio=(3 / 4, 4 / 3), p=1.0))
     if config.flip > 0:
         ops.append(K.RandomHorizontalFlip(p=config.flip))
     if config.rotation > 0 or config.zoom > 0 or config.shift > 0:
@@ -44,6 +48,16 @@ def build_augmentation(config: TrainConfig) -> nn.Module | None:
         ops.append(K.RandomBrightness(brightness=(1 - config.brightness, 1 + config.brightness), p=1.0))
     if config.contrast > 0:
         ops.append(K.RandomContrast(contrast=(1 - config.contrast, 1 + config.contrast), p=1.0))
+    if config.gamma > 0:
+        ops.append(K.RandomGamma(gamma=(1 / (1 + config.gamma), 1 + config.gamma), p=1.0))
+    if config.clahe > 0:
+        ops.append(K.RandomClahe(clip_limit=(1.0, 4.0), grid_size=(8, 8), p=config.clahe))
+    if config.blur > 0:
+        ops.append(K.RandomGaussianBlur(kernel_size=(5, 5), sigma=(0.1, 1.5), p=config.blur))
+    if config.sharpen > 0:
+        ops.append(K.RandomSharpness(sharpness=(0.0, 1.0), p=config.sharpen))
+    if config.noise > 0:
+        ops.append(K.RandomGaussianNoise(mean=0.0, std=config.noise, p=0.5))
     if not ops:
         return None
     return K.AugmentationSequential(*ops, data_keys=["input"], same_on_batch=False)
@@ -98,14 +112,15 @@ class XrayClassifier(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
         weights = self.class_weights[labels.long()]
-        return F.binary_cross_entropy_with_logits(logits, labels, weight=weights)
+        targets = labels * (1.0 - smoothing) + 0.5 * smoothing if smoothing else labels
+        return F.binary_cross_entropy_with_logits(logits, targets, weight=weights)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         images, labels = batch
         logits = self(images).float().reshape(-1)
-        loss = self._loss(logits, labels)
+        loss = self._loss(logits, labels, self.config.label_smoothing)
         probs = torch.sigmoid(logits.detach())
         self.train_auc.update(probs, labels.long())
         self.train_acc.update(probs, labels.long())
@@ -133,7 +148,7 @@ class XrayClassifier(L.LightningModule):
         targets = self.val_targets.compute().detach().cpu().numpy()
         self.val_probs.reset()
         self.val_targets.reset()
-        self.points = operating_points(targets, probs)
+        self.points = operating_points(targets, probs, seed=self.config.seed)
         if not self.trainer.sanity_checking:
             self.log("wall_s", self.wall_offset + time.perf_counter() - self._fit_start, sync_dist=False,
                      rank_zero_only=True)
@@ -180,7 +195,7 @@ class XrayClassifier(L.LightningModule):
                    if k.startswith("val_") and torch.as_tensor(v).numel() == 1} if self._trainer else {}
         return ModelMeta(
             name=self.provenance.get("model", self.config.model), image_size=self.config.image_size,
-            fit=self.config.fit, threshold=float(self.points.get("youden", 0.5)),
+            fit=self.config.fit, threshold=float(self.points.get(self.config.threshold_rule, 0.5)),
             operating_points=dict(self.points), version=__version__, run_id=self.run_id,
             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), val_metrics=metrics, provenance=self.provenance,
         )

@@ -243,6 +243,11 @@ def _trainer(config: TrainConfig, run_dir: Path, on_gpu: bool, extra: list[Any],
         save_last=True, enable_version_counter=False, auto_insert_metric_name=False,
     )
     callbacks: list[Any] = [checkpoint, *extra]
+    if config.ema > 0:
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        # The averaged weights are the ones validated, checkpointed and saved as the model.
+        callbacks.append(EMAWeightAveraging(decay=config.ema))
     if config.early_stopping > 0:
         callbacks.append(EarlyStopping(monitor=config.monitor, mode=mode, patience=config.early_stopping))
     # Lightning's CSV logger deletes an existing metrics.csv: a resumed run logs beside it (csv-1, ...).
@@ -293,8 +298,8 @@ def _finish(run_dir: Path, config: TrainConfig, module: Any, data: Any, provenan
     network = network.to(memory_format=torch.channels_last) if config.channels_last else network
     probs = predict_probabilities(network.cpu(), data.val_images, channels_last=config.channels_last)
     labels = data.val_labels
-    points = operating_points(labels, probs)
-    metrics = binary_summary(labels, probs, points["youden"])
+    points = operating_points(labels, probs, seed=config.seed)
+    metrics = binary_summary(labels, probs, points[config.threshold_rule])
     metrics["best_epoch"] = best_epoch if best_epoch is not None else -1
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -303,7 +308,7 @@ def _finish(run_dir: Path, config: TrainConfig, module: Any, data: Any, provenan
         writer.writerow([os.path.abspath(sample.path), sample.patient_id, sample.label, f"{float(p):.6f}"])
     atomic_write_text(run_dir / "val_predictions.csv", buffer.getvalue())
     meta = ModelMeta(
-        name=config.model, image_size=config.image_size, fit=config.fit, threshold=points["youden"],
+        name=config.model, image_size=config.image_size, fit=config.fit, threshold=points[config.threshold_rule],
         operating_points=points, version=provenance["versions"].get("pneumoscan", ""), run_id=run_dir.name,
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), val_metrics=metrics, provenance=provenance,
     )
