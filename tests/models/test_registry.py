@@ -28,3 +28,38 @@ def test_models_are_invariant_to_exposure_because_each_image_is_standardised():
 def test_unknown_model_name_is_a_clear_error_listing_the_choices():
     with pytest.raises(ConfigError, match="unknown model 'vgg16'.*seed-cnn"):
         build_model("vgg16")
+
+
+def test_an_ensemble_is_one_model_whose_logit_is_the_mean_of_different_members(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    from pneumoscan.models import ModelMeta, load_model, save_model
+    from pneumoscan.models.registry import member_logits
+    from pneumoscan.serving.export import export_onnx
+
+    torch.manual_seed(0)
+    model = build_model("mini-resnet", image_size=64, members=3).eval()
+    images = torch.rand(5, 1, 64, 64)
+    with torch.no_grad():
+        per_member = member_logits(model, images)
+        logits = model(images)
+    assert per_member.shape == (5, 3)
+    assert not torch.allclose(per_member[:, 0], per_member[:, 1])  # independently initialised
+    assert torch.allclose(logits, per_member.mean(dim=1, keepdim=True), atol=1e-6)
+    # One model file and one ONNX graph, with a dynamic batch.
+    save_model(tmp_path, model, ModelMeta(name="mini-resnet", image_size=64, members=3))
+    loaded, meta = load_model(tmp_path)
+    assert meta.members == 3
+    with torch.no_grad():
+        assert torch.allclose(loaded(images), logits, atol=1e-6)
+    onnx_file = export_onnx(tmp_path)
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):
+        out = session.run(["logit"], {"image": images[:batch].numpy()})[0]
+        assert np.allclose(out, logits[:batch].numpy(), atol=1e-4)
+
+
+def test_an_ensemble_needs_at_least_one_member():
+    with pytest.raises(ConfigError, match="--members"):
+        build_model("seed-cnn", 48, members=0)

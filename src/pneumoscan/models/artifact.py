@@ -41,6 +41,7 @@ class ModelMeta:
     created: str = ""
     val_metrics: dict[str, float] = field(default_factory=dict)
     temperature: float = 1.0  # logits are divided by this before the sigmoid (temperature scaling)
+    members: int = 1  # an ensemble of this many networks in one model (mean logit)
     provenance: dict[str, Any] = field(default_factory=dict)  # config, versions, git commit, data hash
 
     @property
@@ -125,7 +126,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
             raise ModelFileError(f"{file}: corrupt safetensors file ({exc})") from None
     else:
         state, meta = _read_checkpoint(file)
-    model = build_model(meta.name, meta.image_size)
+    model = build_model(meta.name, meta.image_size, meta.members)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

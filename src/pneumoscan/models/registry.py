@@ -34,12 +34,45 @@ def available_models() -> dict[str, str]:
     return {name: desc for name, (_, desc) in sorted(_REGISTRY.items())}
 
 
-def build_model(name: str, image_size: int = 224) -> nn.Module:
-    """A freshly initialised model ``name`` for ``image_size`` px inputs, ready for one-channel [0, 1] input."""
+def build_model(name: str, image_size: int = 224, members: int = 1) -> nn.Module:
+    """A freshly initialised model ``name`` for ``image_size`` px inputs, ready for one-channel [0, 1] input.
+
+    ``members`` > 1 builds an ensemble of that many independently initialised networks in one model
+    (:class:`LogitEnsemble`): one file, one ONNX graph, one threshold.
+    """
     if name not in _REGISTRY:
         raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
+    if members < 1:
+        raise ConfigError(f"--members: must be at least 1, not {members}")
     factory, _ = _REGISTRY[name]
-    return PerImageStandardize(factory(image_size))
+    if members == 1:
+        return PerImageStandardize(factory(image_size))
+    return PerImageStandardize(LogitEnsemble([factory(image_size) for _ in range(members)]))
+
+
+class LogitEnsemble(nn.Module):
+    """Several networks whose logit is the mean of theirs.
+
+    Trained together, each member on its own loss (:func:`member_logits`), they differ by their random
+    initialisation; averaging logits keeps the model a single graph that exports to ONNX as one file.
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def member_logits(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([member(images).reshape(-1, 1) for member in self.members], dim=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.member_logits(images).mean(dim=1, keepdim=True)
+
+
+def member_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """(N, k) logits of each member of an ensemble built by :func:`build_model`; (N, 1) for one network."""
+    if isinstance(model, PerImageStandardize) and isinstance(model.network, LogitEnsemble):
+        return model.network.member_logits(model.standardize(images))
+    return model(images).reshape(-1, 1)
 
 
 class PerImageStandardize(nn.Module):
@@ -53,10 +86,14 @@ class PerImageStandardize(nn.Module):
         super().__init__()
         self.network = network
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def standardize(images: torch.Tensor) -> torch.Tensor:
         mean = images.mean(dim=(1, 2, 3), keepdim=True)
         std = images.std(dim=(1, 2, 3), keepdim=True)
-        return self.network((images - mean) / (std + 1e-5))
+        return (images - mean) / (std + 1e-5)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(self.standardize(images))
 
 
 @register_model("seed-cnn", "the public projects' baseline: 3x Conv-ReLU-MaxPool, Dense-ReLU, Dropout")

@@ -44,6 +44,8 @@ class TrainConfig:
     limit_val_images: int | None = _opt(None, "use at most this many validation images (quick runs)")
     # model
     model: str = _opt("mini-resnet", "network from the registry (see `pneumoscan train --list-models`)")
+    members: int = _opt(1, "train an ensemble of this many independently initialised networks as one model "
+                           "(mean logit; each member learns from its own loss)")
     pretrained: str | None = _opt(None, "initial weights: a .safetensors/.pt/.ckpt state dict, or 'imagenet'")
     channels_last: bool = _opt(True, "NHWC memory format (faster convolutions on CPU and tensor cores)")
     # optimisation
@@ -115,7 +117,7 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')}: {getattr(self, name)!r} is not one of "
                                   f"{', '.join(choices)}")
         positive = {"image_size": self.image_size, "epochs": self.epochs, "batch_size": self.batch_size,
-                    "lr": self.lr, "num_nodes": self.num_nodes}
+                    "lr": self.lr, "num_nodes": self.num_nodes, "members": self.members}
         for name, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"--{name.replace('_', '-')}: must be positive, not {value}")
@@ -123,6 +125,8 @@ class TrainConfig:
             raise ConfigError(f"--val-fraction: must be between 0 and 1, not {self.val_fraction}")
         if not 0.0 <= self.test_fraction < 1.0 - self.val_fraction:
             raise ConfigError(f"--test-fraction: must be at least 0 and below 1 - val-fraction, not {self.test_fraction}")
+        if self.members > 1 and self.pretrained:
+            raise ConfigError("--pretrained: initial weights are for one network, not an ensemble (--members 1)")
         for name in ("gamma", "clahe", "blur", "sharpen", "noise", "crop_scale", "label_smoothing", "ema"):
             if not 0.0 <= getattr(self, name) < (10.0 if name == "gamma" else 1.0):
                 raise ConfigError(f"--{name.replace('_', '-')}: out of range: {getattr(self, name)}")

@@ -22,6 +22,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from pneumoscan import __version__
 from pneumoscan.models import ModelMeta
+from pneumoscan.models.registry import member_logits
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.metrics import operating_points
 
@@ -119,8 +120,11 @@ class XrayClassifier(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        logits = self(images).float().reshape(-1)
-        loss = self._loss(logits, labels, self.config.label_smoothing)
+        members = member_logits(self.model, images).float()
+        # Each member of an ensemble learns from its own loss, so the members stay different networks.
+        loss = torch.stack([self._loss(members[:, i], labels, self.config.label_smoothing)
+                            for i in range(members.shape[1])]).mean()
+        logits = members.mean(dim=1)
         probs = torch.sigmoid(logits.detach())
         self.train_auc.update(probs, labels.long())
         self.train_acc.update(probs, labels.long())
@@ -198,6 +202,7 @@ class XrayClassifier(L.LightningModule):
             fit=self.config.fit, threshold=float(self.points.get(self.config.threshold_rule, 0.5)),
             operating_points=dict(self.points), version=__version__, run_id=self.run_id,
             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), val_metrics=metrics, provenance=self.provenance,
+            members=self.config.members,
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -86,7 +86,7 @@ def _train(config: TrainConfig | None, resume: str | os.PathLike | None, callbac
     config = config or TrainConfig()
     rank_zero = _env_rank() == 0
     L.seed_everything(config.seed, workers=True, verbose=False)  # before the weights are initialised
-    network = build_model(config.model, config.image_size)  # an unknown name fails before any work
+    network = build_model(config.model, config.image_size, config.members)  # an unknown name fails before any work
     on_gpu = _uses_cuda(config)
 
     pretrained_report = None
@@ -285,7 +285,7 @@ def _finish(run_dir: Path, config: TrainConfig, module: Any, data: Any, provenan
     from pneumoscan.training.metrics import binary_summary, operating_points
     from pneumoscan.training.module import predict_probabilities
 
-    network = build_model(config.model, config.image_size)
+    network = build_model(config.model, config.image_size, config.members)
     best = run_dir / "checkpoints" / "best.ckpt"
     best_epoch = None
     if best.is_file():
@@ -311,6 +311,7 @@ def _finish(run_dir: Path, config: TrainConfig, module: Any, data: Any, provenan
         name=config.model, image_size=config.image_size, fit=config.fit, threshold=points[config.threshold_rule],
         operating_points=points, version=provenance["versions"].get("pneumoscan", ""), run_id=run_dir.name,
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), val_metrics=metrics, provenance=provenance,
+        members=config.members,
     )
     save_model(run_dir, network.to(memory_format=torch.contiguous_format), meta)
     history = read_history(sorted((run_dir / "logs").glob("csv*/metrics.csv"), key=_log_order))
