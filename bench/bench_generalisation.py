@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 targets.append(("held-out patients", None, "test"))
             targets += [(str(extra), extra, "all") for extra in args.extra]
             for name, folder, split in targets:
-                report_dir = run / "reports" / name.replace(" ", "-").replace("/", "")
+                report_dir = run / "reports" / re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
                 row = evaluate_on(run, folder, split, report_dir, args.bootstrap)
                 rows.append({"seed": seed, "data": name, "train_s": round(wall, 1), "run": str(run), **row})
                 print(f"seed {seed} | {name:18s} | " + " | ".join(f"{m} {fmt(row[m])}" for m in METRICS)

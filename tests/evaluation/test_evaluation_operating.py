@@ -8,7 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pneumoscan.errors import DatasetError
-from pneumoscan.evaluation.operating import apply_temperature, choose_operating_points, fit_temperature
+from pneumoscan.evaluation.operating import (
+    apply_temperature,
+    choose_operating_points,
+    fit_temperature,
+    target_sensitivity_threshold,
+)
 
 
 def rates(labels, probs, threshold):
@@ -61,3 +66,26 @@ def test_temperature_scaling_keeps_the_ranking_and_maps_thresholds_consistently(
     assert np.array_equal(np.argsort(probs), np.argsort(scaled))
     t = 0.6
     assert np.array_equal(probs >= t, scaled >= apply_temperature(np.array([t]), 2.5)[0])
+
+
+def test_the_bootstrap_median_youden_point_sits_inside_the_gap_of_separable_scores():
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(130), np.ones(390)].astype(int)
+    probs = np.r_[rng.uniform(0.001, 0.2, 130), rng.uniform(0.8, 0.999, 390)]
+    points = choose_operating_points(labels, probs)
+    # Youden's own threshold is the lowest positive score, the top edge of the gap; the median sits inside.
+    assert points["youden"] == pytest.approx(probs[labels == 1].min())
+    assert probs[labels == 0].max() < points["youden-median"] < probs[labels == 1].min()
+    # Another draw of the same populations moves Youden's edge more than the median.
+    other = np.r_[rng.uniform(0.001, 0.2, 130), rng.uniform(0.8, 0.999, 390)]
+    again = choose_operating_points(labels, other)
+    assert abs(again["youden-median"] - points["youden-median"]) < 0.05
+
+
+def test_the_sensitivity_point_reaches_its_target_with_an_interval():
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.zeros(300), np.ones(300)].astype(int)
+    probs = np.r_[rng.beta(2, 5, 300), rng.beta(5, 2, 300)]
+    threshold, (low, high) = target_sensitivity_threshold(labels, probs, 0.95, resamples=300)
+    assert low <= threshold <= high
+    assert (probs[labels == 1] >= threshold).mean() == pytest.approx(0.95, abs=0.02)

@@ -20,7 +20,7 @@ import numpy as np
 from pneumoscan._io import atomic_write_json, atomic_write_text
 from pneumoscan.errors import DatasetError
 from pneumoscan.evaluation import metrics as M
-from pneumoscan.evaluation.operating import fit_temperature, logit
+from pneumoscan.evaluation.operating import fit_temperature, logit, target_sensitivity_threshold
 
 MIN_PER_CLASS = 20  # below this the threshold's interval is too wide to be useful: warned about
 
@@ -66,30 +66,14 @@ def fit_site_calibration(labels: np.ndarray, raw_probs: np.ndarray, patients: np
         raise DatasetError(f"--target-sensitivity must be between 0 and 1, not {target_sensitivity}")
     temperature = fit_temperature(labels, raw_probs)
     probs = 1.0 / (1.0 + np.exp(-logit(raw_probs) / temperature))
-    weights = M.patient_bootstrap_weights(np.asarray(patients, dtype=str), resamples, seed)
-    picks = [_sensitivity_threshold(labels, probs, w, target_sensitivity) for w in weights]
-    picks = np.array([p for p in picks if p is not None])
-    if len(picks) == 0:
-        raise DatasetError("no bootstrap resample of the calibration sample held both classes; add images")
-    threshold = float(np.median(picks))
+    threshold, interval = target_sensitivity_threshold(labels, probs, target_sensitivity, patients, resamples, seed)
     at = M.threshold_metrics(labels, probs, threshold)
     return SiteCalibration(
-        threshold=threshold, threshold_interval=M.percentile_interval(picks, 0.95), temperature=float(temperature),
+        threshold=threshold, threshold_interval=interval, temperature=float(temperature),
         target_sensitivity=float(target_sensitivity), images=len(labels), patients=len(set(map(str, patients))),
         normal=int(counts[0]), pneumonia=int(counts[1]), sensitivity=float(at["sensitivity"]),
         specificity=float(at["specificity"]), resamples=resamples, seed=seed,
     )
-
-
-def _sensitivity_threshold(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray, target: float) -> float | None:
-    """Highest threshold whose (weighted) sensitivity reaches ``target``; None if a class is absent."""
-    positive = (labels == 1) & (weights > 0)
-    if not positive.any() or not ((labels == 0) & (weights > 0)).any():
-        return None
-    scores, w = probs[positive], weights[positive]
-    order = np.argsort(-scores)
-    covered = np.cumsum(w[order]) / w.sum()
-    return float(scores[order][int(np.searchsorted(covered, target - 1e-12))])
 
 
 @dataclass

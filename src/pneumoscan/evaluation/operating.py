@@ -15,6 +15,8 @@ OPERATING_POINTS: dict[str, str] = {
     "youden-median": "median over 200 bootstrap resamples of validation of the middle (in logit space) "
                      "of the score gap where Youden's J is maximal",
     "sens95": "highest threshold with sensitivity >= 0.95 on validation",
+    "sens95-median": "median over 200 bootstrap resamples of validation of the highest threshold with "
+                     "sensitivity >= 0.95",
     "spec95": "lowest threshold with specificity >= 0.95 on validation",
 }
 
@@ -41,6 +43,7 @@ def choose_operating_points(labels: np.ndarray, probs: np.ndarray, seed: int = 0
     sens95 = thresholds[int(np.flatnonzero(tpr >= 0.95)[0])]
     spec95 = thresholds[int(np.flatnonzero(fpr <= 0.05)[-1])]
     return {"youden": float(youden), "youden-median": median_youden(labels, probs, seed=seed), "sens95": float(sens95),
+            "sens95-median": target_sensitivity_threshold(labels, probs, 0.95, resamples=200, seed=seed)[0],
             "spec95": float(spec95)}
 
 
@@ -71,6 +74,34 @@ def median_youden(labels: np.ndarray, probs: np.ndarray, resamples: int = 200, s
     if not picks:
         raise DatasetError("validation predictions hold one class only; operating points need both classes")
     return float(1.0 / (1.0 + np.exp(-np.median(picks))))
+
+
+def target_sensitivity_threshold(labels: np.ndarray, probs: np.ndarray, target: float,
+                                 patients: np.ndarray | list[str] | None = None, resamples: int = 200,
+                                 seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """The highest threshold whose sensitivity reaches ``target``: the median over bootstrap resamples
+    (of ``patients`` when given, else of images), with its 95 % percentile interval.
+
+    A fixed sensitivity is how a triage operating point is specified; the median over resamples keeps
+    one unlucky positive image from moving it.
+    """
+    from pneumoscan.evaluation.metrics import patient_bootstrap_weights, percentile_interval
+
+    labels = np.asarray(labels, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    units = np.asarray(patients, dtype=str) if patients is not None else np.arange(len(labels)).astype(str)
+    picks = []
+    for weights in patient_bootstrap_weights(units, resamples, seed):
+        positive = (labels == 1) & (weights > 0)
+        if not positive.any() or not ((labels == 0) & (weights > 0)).any():
+            continue
+        scores, w = probs[positive], weights[positive]
+        order = np.argsort(-scores)
+        covered = np.cumsum(w[order]) / w.sum()
+        picks.append(float(scores[order][int(np.searchsorted(covered, target - 1e-12))]))
+    if not picks:
+        raise DatasetError("no bootstrap resample held both classes; operating points need both classes")
+    return float(np.median(picks)), percentile_interval(np.array(picks), 0.95)
 
 
 def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:

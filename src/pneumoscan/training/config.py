@@ -13,7 +13,7 @@ SAMPLERS = ("shuffle", "weighted")
 MONITORS = ("val_loss", "val_auc")
 SPLITS = ("patient", "source")
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "64-true")
-THRESHOLD_RULES = ("youden", "youden-median")
+THRESHOLD_RULES = ("youden", "youden-median", "sens95-median")
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -88,9 +88,10 @@ class TrainConfig:
     label_smoothing: float = _opt(0.0, "label smoothing of the training targets (0.1: 0.05 and 0.95)")
     ema: float = _opt(0.0, "decay of an exponential moving average of the weights, which is what is "
                            "validated and saved (0: off)")
-    threshold_rule: str = _opt("youden", "how the stored threshold is chosen on validation: Youden's J, or "
-                                         "the median of Youden's J over bootstrap resamples of validation "
-                                         "(stable where validation is nearly separable)", THRESHOLD_RULES)
+    threshold_rule: str = _opt("youden", "how the stored threshold is chosen on validation: Youden's J; the "
+                                         "median over bootstrap resamples of validation of Youden's J "
+                                         "(middle of the gap), or of the highest threshold with sensitivity "
+                                         ">= 0.95 (a triage operating point)", THRESHOLD_RULES)
     # hardware and scale-out (all through Lightning)
     accelerator: str = _opt("auto", "cpu, gpu, cuda, mps or auto")
     devices: str = _opt("auto", "devices per node: a number, a list like '0,1', or auto")

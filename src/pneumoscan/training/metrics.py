@@ -16,7 +16,7 @@ def operating_points(labels: np.ndarray, probabilities: np.ndarray, seed: int = 
     """
     labels = np.asarray(labels).astype(int).ravel()
     if len(np.unique(labels)) < 2:
-        return {"youden": 0.5, "youden-median": 0.5, "sens95": 0.5, "spec95": 0.5}
+        return {"youden": 0.5, "youden-median": 0.5, "sens95": 0.5, "sens95-median": 0.5, "spec95": 0.5}
     return choose_operating_points(labels, probabilities, seed=seed)
 
 
