@@ -90,6 +90,31 @@ def fmt(entry: dict | None) -> str:
     return f"{entry['value']:.3f} [{low:.3f}, {high:.3f}]"
 
 
+def print_table(rows: list[dict]) -> dict:
+    """Print the per-seed table and the mean ± sd per data set; return the summary."""
+    print()
+    print("| data | seed | ROC-AUC | accuracy | sensitivity | specificity | ECE | threshold | train s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['data']} | {r['seed']} | " + " | ".join(fmt(r[m]) for m in METRICS)
+              + f" | {r['threshold']:.3f} | {r['train_s']:.0f} |")
+    summary: dict = {}
+    for name in dict.fromkeys(r["data"] for r in rows):
+        group = [r for r in rows if r["data"] == name]
+        summary[name] = {}
+        for m in (*METRICS, "threshold"):
+            values = [r[m]["value"] if isinstance(r[m], dict) else r[m] for r in group]
+            values = [v for v in values if v is not None]
+            if values:
+                summary[name][m] = {"mean": statistics.fmean(values),
+                                    "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+                                    "min": min(values), "max": max(values)}
+        print(f"| {name} | mean ± sd of {len(group)} | " + " | ".join(
+            f"{summary[name][m]['mean']:.3f} ± {summary[name][m]['sd']:.3f}" if m in summary[name] else "–"
+            for m in (*METRICS, "threshold")) + " | |")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path(os.environ.get("PNEUMOSCAN_DATA", "../shared/data/chest_xray")),
@@ -104,7 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/out/generalisation"))
     parser.add_argument("--no-heldout", action="store_true",
                         help="train on train+val without holding patients out (as `pneumoscan train` does)")
+    parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
+                        help="print one table from generalisation.json files of earlier runs (seeds run apart)")
     args = parser.parse_args(argv)
+    if args.combine:
+        rows = [row for path in args.combine for row in json.loads(path.read_text())["rows"]]
+        order = list(dict.fromkeys(r["data"] for r in rows))
+        rows.sort(key=lambda r: (order.index(r["data"]), r["seed"]))
+        print_table(rows)
+        return 0
 
     from pneumoscan.training import TrainConfig, train
 
@@ -134,26 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"seed": seed, "data": name, "train_s": round(wall, 1), "run": str(run), **row})
                 print(f"seed {seed} | {name:18s} | " + " | ".join(f"{m} {fmt(row[m])}" for m in METRICS)
                       + f" | thr {row['threshold']:.3f} | train {wall:.0f}s", flush=True)
-    print()
-    print("| data | seed | ROC-AUC | accuracy | sensitivity | specificity | ECE | threshold | train s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['data']} | {r['seed']} | " + " | ".join(fmt(r[m]) for m in METRICS)
-              + f" | {r['threshold']:.3f} | {r['train_s']:.0f} |")
-    summary = {}
-    for name in dict.fromkeys(r["data"] for r in rows):
-        group = [r for r in rows if r["data"] == name]
-        summary[name] = {}
-        for m in (*METRICS, "threshold"):
-            values = [r[m]["value"] if isinstance(r[m], dict) else r[m] for r in group]
-            values = [v for v in values if v is not None]
-            if values:
-                summary[name][m] = {"mean": statistics.fmean(values),
-                                    "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-                                    "min": min(values), "max": max(values)}
-        print(f"| {name} | mean ± sd of {len(group)} | " + " | ".join(
-            f"{summary[name][m]['mean']:.3f} ± {summary[name][m]['sd']:.3f}" if m in summary[name] else "–"
-            for m in (*METRICS, "threshold")) + " | |")
+    summary = print_table(rows)
     from pneumoscan.provenance import library_versions
 
     result = {"overrides": overrides, "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
