@@ -47,6 +47,7 @@ def test_calibrate_writes_a_new_version_and_evaluate_reports_both(tiny_run, tiny
     assert meta.provenance["calibration"]["data"] == str((tiny_data / "test").resolve())
     card = (result.folder / "model_card.md").read_text()
     assert "not" in card.lower() and "diagnos" in card.lower()
+    assert "how the threshold was chosen: site calibration on 24 images" in card
 
     # The calibrated version really scores with its new temperature: same ranking, other probabilities.
     import pneumoscan

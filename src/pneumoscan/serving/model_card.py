@@ -56,6 +56,7 @@ def build_model_card(meta: ModelMeta, run_folder: str | os.PathLike | None = Non
             "probability": "(N, 1) = sigmoid(logit / temperature), the probability of PNEUMONIA",
             "temperature": float(meta.temperature or 1.0),
             "threshold": float(meta.threshold),
+            "threshold_rule": threshold_rule(meta),
             "label": f"{meta.class_names[1]} when probability >= threshold, else {meta.class_names[0]}",
             "operating_points": dict(meta.operating_points),
         },
@@ -155,6 +156,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         "", "## Output", "",
         f"- `logit`: {out['logit']}; `probability`: {out['probability']} (temperature {out['temperature']:g})",
         f"- threshold: **{out['threshold']:.4f}**: {out['label']}",
+        f"- how the threshold was chosen: {out.get('threshold_rule') or 'not recorded'}",
     ]
     if out["operating_points"]:
         lines.append("- other operating points (probability thresholds): "
@@ -182,6 +184,23 @@ def render_markdown(card: dict[str, Any]) -> str:
     lines += [f"- {item}" for item in card["limitations"]]
     lines += ["", "---", "", card["disclaimer"], ""]
     return "\n".join(lines)
+
+
+def threshold_rule(meta: ModelMeta) -> str | None:
+    """Where the stored threshold came from: a site calibration, or the rule applied to validation."""
+    from pneumoscan.evaluation.operating import OPERATING_POINTS
+
+    calibration = meta.provenance.get("calibration")
+    if isinstance(calibration, dict):
+        return (f"site calibration on {calibration.get('images')} images of {calibration.get('data')}: "
+                f"{calibration.get('rule')}")
+    config = meta.provenance.get("config")
+    rule = config.get("threshold_rule", "youden") if isinstance(config, dict) else None
+    if rule in OPERATING_POINTS:
+        images = (meta.val_metrics or {}).get("images")
+        on = f" ({int(images)} validation images)" if images else ""
+        return f"{rule}: {OPERATING_POINTS[rule]}{on}"
+    return None
 
 
 def _training_data(meta: ModelMeta) -> dict[str, Any]:

@@ -78,17 +78,17 @@ class TrainConfig:
     contrast: float = _opt(0.1, "maximum contrast change (0.1: factor 0.9 to 1.1)")
     # Acquisition-shift augmentation: another hospital's radiographs differ in exposure curve, contrast
     # processing, sharpness, noise and framing, which the geometric and linear changes above do not cover.
-    gamma: float = _opt(0.0, "random gamma in [1/(1+g), 1+g] (0: off)")
+    gamma: float = _opt(0.5, "random gamma in [1/(1+g), 1+g] (0: off)")
     clahe: float = _opt(0.0, "probability of contrast-limited adaptive histogram equalisation (CLAHE)")
-    blur: float = _opt(0.0, "probability of a Gaussian blur (sigma 0.1 to 1.5 px)")
-    sharpen: float = _opt(0.0, "probability of sharpening")
-    noise: float = _opt(0.0, "standard deviation of Gaussian noise added to half of the images (0: off)")
-    crop_scale: float = _opt(0.0, "random-resized crop keeping at least this share of the area, aspect 3:4 "
+    blur: float = _opt(0.2, "probability of a Gaussian blur (sigma 0.1 to 1.5 px)")
+    sharpen: float = _opt(0.2, "probability of sharpening")
+    noise: float = _opt(0.02, "standard deviation of Gaussian noise added to half of the images (0: off)")
+    crop_scale: float = _opt(0.7, "random-resized crop keeping at least this share of the area, aspect 3:4 "
                                   "to 4:3 (0: off)")
-    label_smoothing: float = _opt(0.0, "label smoothing of the training targets (0.1: 0.05 and 0.95)")
-    ema: float = _opt(0.0, "decay of an exponential moving average of the weights, which is what is "
+    label_smoothing: float = _opt(0.1, "label smoothing of the training targets (0.1: 0.05 and 0.95)")
+    ema: float = _opt(0.995, "decay of an exponential moving average of the weights, which is what is "
                            "validated and saved (0: off)")
-    threshold_rule: str = _opt("youden", "how the stored threshold is chosen on validation: Youden's J; the "
+    threshold_rule: str = _opt("sens95-median", "how the stored threshold is chosen on validation: Youden's J; the "
                                          "median over bootstrap resamples of validation of Youden's J "
                                          "(middle of the gap), or of the highest threshold with sensitivity "
                                          ">= 0.95 (a triage operating point)", THRESHOLD_RULES)
