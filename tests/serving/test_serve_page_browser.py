@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -20,6 +21,11 @@ CHROMIUM = Path("/usr/bin/chromium")
 # DEVELOPERS.md "Browser tests": without the background-networking flags Chromium floods this closed network.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+# Deadlines, not sleeps: on a loaded 2-core machine the server may take half a minute to import and listen,
+# and the page a few seconds per step. Every wait below polls a condition up to these limits.
+SERVER_START_S = 180
+STEP_MS = 60_000
 
 pytestmark = [
     pytest.mark.browser,
@@ -41,18 +47,25 @@ def server(served_run, wait_ready, tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        with httpx.Client(base_url=url, timeout=30) as client:
-            for _ in range(300):  # the process needs a few seconds to import and listen
+        with httpx.Client(base_url=url, timeout=STEP_MS / 1000) as client:
+            deadline = time.monotonic() + SERVER_START_S
+            while True:  # the process needs a few seconds (more on a busy machine) to import and listen
                 try:
-                    wait_ready(client)
+                    wait_ready(client, timeout=SERVER_START_S)
                     break
                 except httpx.TransportError:
                     assert process.poll() is None, (tmp_path / "server.log").read_text()
-                    time.sleep(0.1)
+                    assert time.monotonic() < deadline, f"server not listening after {SERVER_START_S} s: " + (
+                        tmp_path / "server.log").read_text()
+                    time.sleep(0.2)
             yield url, client
     finally:
         process.terminate()
-        process.wait(timeout=10)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
         log.close()
 
 
@@ -63,15 +76,18 @@ def test_a_person_uploads_a_radiograph_with_the_keyboard_and_reads_the_result(se
     image = radiographs[-1]
     expected = api.post("/v1/predict", files={"file": (image.name, image.read_bytes())}).json()
 
+    expect.set_options(timeout=STEP_MS)  # expect() waits for its condition up to this, not the default 5 s
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=STEP_MS)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.set_default_timeout(STEP_MS)
+            page.set_default_navigation_timeout(STEP_MS)
             problems: list[str] = []
             page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
             page.on("requestfailed", lambda request: problems.append(f"failed: {request.url}"))
             page.goto(url + "/")
-            assert DISCLAIMER in page.locator("#disclaimer").inner_text()
+            expect(page.locator("#disclaimer")).to_contain_text(DISCLAIMER)
             # (Locator waits, not wait_for_function: the page's CSP forbids the eval that one needs.)
             expect(page.locator("#model-info")).to_contain_text("seed-cnn")
 
@@ -85,20 +101,20 @@ def test_a_person_uploads_a_radiograph_with_the_keyboard_and_reads_the_result(se
                 page.keyboard.press("Space")
             chooser.value.set_files(str(image))
 
-            page.wait_for_selector("#result:not([hidden])", timeout=30_000)
-            assert page.locator("#probability").inner_text() == f"{100 * expected['probability']:.1f}%"
-            assert page.locator("#label").inner_text() == expected["label"]
-            assert page.locator("#threshold").inner_text() == f"{expected['threshold']:.2f}"
-            assert expected["label"] in page.locator("#status").inner_text()  # announced (aria-live)
-            assert page.locator("#image").get_attribute("src").startswith("blob:")  # the upload itself
+            page.wait_for_selector("#result:not([hidden])")
+            expect(page.locator("#probability")).to_have_text(f"{100 * expected['probability']:.1f}%")
+            expect(page.locator("#label")).to_have_text(expected["label"])
+            expect(page.locator("#threshold")).to_have_text(f"{expected['threshold']:.2f}")
+            expect(page.locator("#status")).to_contain_text(expected["label"])  # announced (aria-live)
+            expect(page.locator("#image")).to_have_attribute("src", re.compile(r"^blob:"))  # the upload itself
 
             # The heatmap toggle, with the keyboard too.
             toggle = page.locator("#heatmap")
-            expect(toggle).to_be_enabled(timeout=30_000)  # the heatmap follows the result
+            expect(toggle).to_be_enabled()  # the heatmap follows the result
             toggle.focus()
             page.keyboard.press("Space")
-            assert toggle.is_checked()
-            assert page.locator("#image").get_attribute("src").startswith("data:image/png;base64,")
+            expect(toggle).to_be_checked()
+            expect(page.locator("#image")).to_have_attribute("src", re.compile(r"^data:image/png;base64,"))
             page.screenshot(path=str(tmp_path / "page-result.png"), full_page=True)
             assert problems == [], problems  # no CSP violation, no missing asset, no script error
 
@@ -114,15 +130,15 @@ def test_a_person_uploads_a_radiograph_with_the_keyboard_and_reads_the_result(se
                 }""", [dropped.name, base64.b64encode(dropped.read_bytes()).decode()])
             page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
             expect(page.locator("#result-file")).to_have_text(dropped.name)
-            assert page.locator("#probability").inner_text() == f"{100 * dropped_expected['probability']:.1f}%"
+            expect(page.locator("#probability")).to_have_text(f"{100 * dropped_expected['probability']:.1f}%")
 
             # A file that is not an image: the server's message, in the alert region.
             bad = tmp_path / "notes.txt"
             bad.write_text("not a radiograph")
             page.set_input_files("#file", str(bad))
             page.wait_for_selector("#error:not([hidden])")
-            assert "not an image" in page.locator("#error").inner_text()
-            assert page.locator("#result").is_hidden()
+            expect(page.locator("#error")).to_contain_text("not an image")
+            expect(page.locator("#result")).to_be_hidden()
             page.screenshot(path=str(tmp_path / "page-error.png"), full_page=True)
         finally:
             browser.close()
