@@ -307,3 +307,49 @@ def _check_pixels(width: int, height: int, label: str) -> None:
         )
 
 
+
+
+def read_pixels(pixels: np.ndarray | Image.Image, size: int | None = None, fit: Fit = "pad", *,
+                name: str = "<array>") -> np.ndarray:
+    """One image given as pixels (a numpy array or a PIL image) -> ``uint8`` (H, W), as :func:`read_image`
+    treats a file holding the same pixels: grayscale conversion, depth scaling, ``fit`` and resize.
+
+    Arrays are ``(H, W)`` or ``(H, W, C)`` with C = 1 (grey), 3 (RGB) or 4 (RGBA). ``uint8`` is taken
+    as is; other integer types (``uint16``, ...) are scaled by their own range, as a 16-bit PNG or a
+    DICOM without a window is; floats must lie in [0, 1] (``uint8 / 255``, what torchvision's
+    ``ToTensor`` gives) because their scale cannot be guessed. Anything else raises
+    :class:`ImageReadError` saying what is expected.
+    """
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
+    image = pixels if isinstance(pixels, Image.Image) else _array_to_image(np.asarray(pixels), name)
+    _check_pixels(image.width, image.height, name)
+    image = _to_grayscale(image)
+    if size is not None:
+        image = resize(image, size, fit)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _array_to_image(array: np.ndarray, name: str) -> Image.Image:
+    expected = "one image as (H, W) or (H, W, C) with C = 1, 3 or 4"
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ImageReadError(f"{name}: an array of shape {array.shape}; expected {expected}")
+    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ImageReadError(f"{name}: pixels of type {array.dtype}; expected uint8, uint16 (or another integer "
+                             "type) or float in [0, 1]")
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ImageReadError(f"{name}: float pixels with NaN or infinity")
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            raise ImageReadError(
+                f"{name}: float pixels from {low:g} to {high:g}; floats must lie in [0, 1] (uint8 / 255). "
+                "Pass raw values as an integer array (uint8, uint16) instead: they are scaled as a file's are")
+        array = np.rint(array * 255.0).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        array = to_uint8(array)
+    if array.ndim == 2:
+        return Image.fromarray(np.ascontiguousarray(array), mode="L")
+    return Image.fromarray(np.ascontiguousarray(array), mode="RGB" if array.shape[-1] == 3 else "RGBA")

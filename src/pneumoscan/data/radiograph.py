@@ -39,6 +39,21 @@ def check_radiograph(source: str | os.PathLike | bytes, pixels: np.ndarray, name
         )
 
 
+def check_radiograph_pixels(original: np.ndarray, pixels: np.ndarray, name: str) -> None:
+    """:func:`check_radiograph` for an image given as pixels: ``original`` as the caller gave it (grey,
+    RGB or RGBA, any dtype), ``pixels`` the grayscale image made from it."""
+    if int(pixels.max()) - int(pixels.min()) < MIN_RANGE:
+        raise ImageReadError(f"{name}: blank image (all pixels about {int(pixels.mean())}); not a radiograph")
+    if original.ndim == 3 and original.shape[-1] in (3, 4):
+        rgb = original[..., :3].astype(np.float64)
+        scale = 255.0 if np.issubdtype(original.dtype, np.floating) else 255.0 / max(float(rgb.max()), 255.0)
+        rgb = rgb * scale
+        chroma = float(np.mean(np.abs(rgb[..., 0] - rgb[..., 1]) + np.abs(rgb[..., 1] - rgb[..., 2])) / 2)
+        if chroma > MAX_CHROMA:
+            raise ImageReadError(f"{name}: a colour picture (mean channel difference {chroma:.0f}/255), not a "
+                                 "grayscale chest radiograph")
+
+
 def _chroma(source: str | os.PathLike | bytes) -> float | None:
     from PIL import Image
 

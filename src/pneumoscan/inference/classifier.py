@@ -11,12 +11,18 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from pneumoscan.data.image import read_image
-from pneumoscan.data.radiograph import check_radiograph
+from pneumoscan.data.image import read_image, read_pixels
+from pneumoscan.data.radiograph import check_radiograph, check_radiograph_pixels
 from pneumoscan.errors import ConfigError, ImageReadError, reason
+
+# A path, a file's bytes, a PIL image, or pixels (numpy array, torch tensor): see Classifier.preprocess.
+ImageInput = str | os.PathLike | bytes | Any
+# One of those, or an iterable of them: see Classifier.predict.
+Sources = ImageInput | Iterable[ImageInput]
 
 # Above this many files, predict() shows a progress bar (on stderr) unless told otherwise.
 PROGRESS_MIN_FILES = 50
@@ -50,40 +56,86 @@ class Classifier:
     def image_size(self) -> int:
         return int(self.meta.image_size)
 
-    def preprocess(self, source: str | os.PathLike | bytes, name: str | None = None) -> np.ndarray:
+    def __repr__(self) -> str:
+        backend = getattr(self.backend, "name", type(self.backend).__name__)
+        return (f"Classifier(model={self.meta.name!r}, image_size={self.image_size}, fit={self.meta.fit!r}, "
+                f"threshold={self.threshold:.4f}, backend={backend!r}, version={self.meta.version!r})")
+
+    def preprocess(self, source: ImageInput, name: str | None = None) -> np.ndarray:
         """Decode one image into the model's input: float32 (1, S, S) in [0, 1].
 
-        Raises :class:`ImageReadError` for a file that cannot be decoded, and for an image of the wrong
-        kind (blank, or a colour picture rather than a radiograph), with the reason.
+        ``source`` is a path, a file's bytes, a PIL image, or the pixels as a numpy array or torch tensor
+        ((H, W) or (H, W, C); see :func:`pneumoscan.data.image.read_pixels` for the accepted types); all
+        go through the same grayscale conversion, depth scaling, fit and resize as a file. Raises
+        :class:`ImageReadError` for what cannot be decoded, and for an image of the wrong kind (blank,
+        or a colour picture rather than a radiograph), with the reason.
         """
-        pixels = read_image(source, self.meta.image_size, self.meta.fit, name=name)
-        check_radiograph(source, pixels, name)
+        if isinstance(source, str | os.PathLike | bytes | bytearray | memoryview):
+            pixels = read_image(source, self.meta.image_size, self.meta.fit, name=name)
+            check_radiograph(source, pixels, name)
+        else:
+            label = name or "<image>"
+            original = _pixels_of(source)
+            pixels = read_pixels(original, self.meta.image_size, self.meta.fit, name=label)
+            check_radiograph_pixels(np.asarray(original), pixels, label)
         return (pixels.astype(np.float32) / 255.0)[None]
 
-    def predict_proba(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Pneumonia probabilities for preprocessed images, shape (N, 1, S, S) float32 or (N, S, S) uint8."""
-        images = np.asarray(images)
-        if images.dtype == np.uint8:
-            images = images.astype(np.float32) / 255.0
-        if images.ndim == 3:
-            images = images[:, None]
-        out = [self.backend.logits(np.ascontiguousarray(images[i : i + batch_size], dtype=np.float32))
-               for i in range(0, len(images), batch_size)]
+    def predict_proba(self, images, batch_size: int = 64) -> np.ndarray:
+        """Pneumonia probabilities of images given as pixels, one per image, in order.
+
+        ``images``: one image ((H, W) or (H, W, C), a PIL image, a path or a file's bytes), a batch ((N, H, W), (N, H, W, C) or (N, C, H, W)) as a
+        numpy array or torch tensor, or a list of images of any sizes (arrays, tensors, PIL images, paths,
+        bytes). Every image goes through the same preprocessing as a file (:meth:`preprocess`): any
+        size is fitted and resized, uint16 is scaled by its range, floats must lie in [0, 1]. The
+        model's own input, float32 (N, 1, S, S) in [0, 1] or uint8 (N, S, S), is scored as is.
+        Raises :class:`ImageReadError` saying what is expected for anything else.
+        """
+        if isinstance(images, list | tuple):
+            batch = self._preprocessed([(f"<image {i}>", x) for i, x in enumerate(images)])
+        elif isinstance(images, str | os.PathLike | bytes | bytearray | memoryview) or _is_pil(images):
+            batch = self._preprocessed([(os.fsdecode(images) if isinstance(images, str | os.PathLike)
+                                         else "<image>", images)])
+        else:
+            array = _pixels_of(images)
+            batch = self._model_input(array)
+            if batch is None:
+                batch = self._preprocessed(_split_batch(array, "<array>"))
+        out = [self.backend.logits(np.ascontiguousarray(batch[i : i + batch_size], dtype=np.float32))
+               for i in range(0, len(batch), batch_size)]
         logits = np.concatenate(out) if out else np.zeros(0, np.float32)
         return 1.0 / (1.0 + np.exp(-logits / float(self.meta.temperature or 1.0)))
 
-    def predict(
-        self, sources: Iterable[str | os.PathLike], batch_size: int = 32, progress: bool | None = None
-    ) -> list[Prediction]:
-        """Score image files in batches, one row per file in the order given.
+    def _model_input(self, array) -> np.ndarray | None:
+        """``array`` as the network's input when it already is one (no preprocessing to do), else None."""
+        if not isinstance(array, np.ndarray):
+            return None
+        size = self.image_size
+        if array.dtype == np.uint8 and array.ndim == 3 and array.shape[1:] == (size, size):
+            return array.astype(np.float32)[:, None] / 255.0
+        if (array.dtype == np.float32 and array.ndim == 4 and array.shape[1:] == (1, size, size)
+                and (array.size == 0 or (float(array.min()) >= 0.0 and float(array.max()) <= 1.0))):
+            return array
+        return None
 
-        A file that cannot be read, or is not a radiograph, gets a row with ``error`` and the rest are
-        scored. ``progress`` shows a bar; ``None`` shows it for more than ``PROGRESS_MIN_FILES`` files.
+    def _preprocessed(self, items: list[tuple[str, object]]) -> np.ndarray:
+        if not items:
+            return np.zeros((0, 1, self.image_size, self.image_size), np.float32)
+        return np.stack([self.preprocess(x, name=name) for name, x in items])
+
+    def predict(self, sources: Sources, batch_size: int = 32, progress: bool | None = None) -> list[Prediction]:
+        """Score images in batches, one row per image in the order given.
+
+        ``sources``: a path (``str`` or ``Path``: a file, a folder searched recursively, or a glob), a
+        file's bytes, a PIL image, a numpy array or torch tensor (one image or a batch, as for
+        :meth:`predict_proba`), or a list of any of these. A single path is one image, never a list of
+        characters. A file that cannot be read, or is not a radiograph, gets a row with ``error`` and
+        the rest are scored. ``progress`` shows a bar; ``None`` shows it for more than
+        ``PROGRESS_MIN_FILES`` images.
         """
-        sources = list(sources)
+        items = _items(sources)
         if progress is None:
-            progress = len(sources) > PROGRESS_MIN_FILES
-        results: list[Prediction | None] = [None] * len(sources)
+            progress = len(items) > PROGRESS_MIN_FILES
+        results: list[Prediction | None] = [None] * len(items)
         pending: list[tuple[int, str, np.ndarray]] = []
 
         def flush() -> None:
@@ -93,11 +145,10 @@ class Classifier:
                     results[i] = self.prediction(name, float(p))
                 pending.clear()
 
-        bar = _progress_bar(len(sources), progress)
-        for i, source in enumerate(sources):
-            name = os.fsdecode(source)
+        bar = _progress_bar(len(items), progress)
+        for i, (name, source) in enumerate(items):
             try:
-                pending.append((i, name, self.preprocess(source)))
+                pending.append((i, name, self.preprocess(source, name=name)))
             except ImageReadError as exc:
                 results[i] = self._error_row(name, str(exc))
             except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not stop the others
@@ -116,6 +167,60 @@ class Classifier:
         """The row for one scored image: its label at the stored threshold, model name and version."""
         label = self.meta.class_names[int(probability >= self.threshold)]
         return Prediction(name, probability, label, self.threshold, self.meta.name, self.meta.version)
+
+
+def _pixels_of(image):
+    """A torch tensor as a numpy array (any device); numpy arrays and PIL images pass through."""
+    if hasattr(image, "detach") and hasattr(image, "cpu"):
+        return image.detach().cpu().numpy()
+    if isinstance(image, np.ndarray) or _is_pil(image):
+        return image
+    if hasattr(image, "__array__"):
+        return np.asarray(image)
+    raise ImageReadError(f"<image>: cannot score a {type(image).__name__}; give a path, bytes, a PIL image, "
+                         "a numpy array or a torch tensor")
+
+
+def _is_pil(value) -> bool:
+    from PIL import Image
+
+    return isinstance(value, Image.Image)
+
+
+def _split_batch(array, name: str) -> list[tuple[str, object]]:
+    """One image or a batch of them, as (name, image) pairs: (H, W) and (H, W, C) are one image; (N, H, W),
+    (N, H, W, C) and (N, C, H, W) are N (C = 1, 3 or 4)."""
+    if _is_pil(array):
+        return [(getattr(array, "filename", "") or name, array)]
+    channels = (1, 3, 4)
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in channels):
+        return [(name, array)]
+    if array.ndim == 3:
+        return [(f"{name}[{i}]", a) for i, a in enumerate(array)]
+    if array.ndim == 4 and array.shape[-1] in channels:
+        return [(f"{name}[{i}]", a) for i, a in enumerate(array)]
+    if array.ndim == 4 and array.shape[1] in channels:
+        return [(f"{name}[{i}]", np.moveaxis(a, 0, -1)) for i, a in enumerate(array)]
+    raise ImageReadError(f"{name}: an array of shape {tuple(array.shape)}; expected one image (H, W) or (H, W, C), "
+                         "or a batch (N, H, W), (N, H, W, C) or (N, C, H, W), with C = 1, 3 or 4")
+
+
+def _items(sources) -> list[tuple[str, object]]:
+    """What :meth:`Classifier.predict` was given, as (name, image) pairs: paths expanded as the CLI
+    expands them (folders, globs), arrays split into images, bytes and PIL images named by position."""
+    from pneumoscan.inference.inputs import expand_inputs
+
+    def one(value, label: str) -> list[tuple[str, object]]:
+        if isinstance(value, str | os.PathLike):
+            return [(f, f) for f in expand_inputs([value])]
+        if isinstance(value, bytes | bytearray | memoryview):
+            return [(f"<bytes{label}>", value)]
+        return _split_batch(_pixels_of(value), f"<image{label}>")
+
+    if isinstance(sources, str | os.PathLike | bytes | bytearray | memoryview) or _is_pil(sources) \
+            or hasattr(sources, "__array__") or hasattr(sources, "detach"):
+        return one(sources, "")
+    return [item for i, value in enumerate(sources) for item in one(value, f" {i}")]
 
 
 def _progress_bar(total: int, enabled: bool):
@@ -145,14 +250,22 @@ class TorchBackend:
         return out.float().reshape(-1).cpu().numpy()
 
 
-def load(path: str | os.PathLike, device: str | None = None, *, prefer_onnx: bool = False) -> Classifier:
+def load(path: str | os.PathLike | None = None, device: str | None = None, *, prefer_onnx: bool = False) -> Classifier:
     """Load a run folder, a ``.safetensors``/``.ckpt`` model, or an exported ``.onnx`` model.
+
+    With no ``path``, the model bundled with the package (:mod:`pneumoscan.bundled`): its ONNX file on
+    the CPU (no torch import), its PyTorch weights for another device.
 
     With ``prefer_onnx``, a run folder whose ``export/model.onnx`` holds the same metadata as its
     ``model.json`` is served by ONNX Runtime (no torch import: a fast start); otherwise by PyTorch.
     Raises :class:`~pneumoscan.errors.ModelFileError` for anything that is not one of our models; no
     file is ever unpickled.
     """
+    if path is None:
+        from pneumoscan.bundled import ONNX_FILE, WEIGHTS_FILE, bundled_model_dir
+
+        folder = bundled_model_dir()
+        path = folder / (ONNX_FILE if device in (None, "cpu") else WEIGHTS_FILE)
     path = Path(path).expanduser()
     if path.suffix.lower() == ".onnx":
         from pneumoscan.inference.onnx_backend import load_onnx
