@@ -1,6 +1,6 @@
 """Data-stage figures: cache build, decoding of full-resolution originals, inspect and validate.
 
-    .venv/bin/python bench/bench_data.py                     # the README's figures (about 15 s)
+    .venv/bin/python bench/bench_data.py                     # the figures of docs/benchmarks.md (about 15 s)
     .venv/bin/python bench/bench_data.py --limit 300         # a quick check on a few files
 
 Targets (issue 2): the cache of ../shared/data/chest_xray (5,232 images at 224 px) in at most 10 s on

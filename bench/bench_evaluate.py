@@ -1,6 +1,6 @@
 """Evaluation end to end: load + decode, infer, bootstrap, plots, Grad-CAM gallery, report.
 
-    .venv/bin/python bench/bench_evaluate.py                   # the README's figures: 624 images
+    .venv/bin/python bench/bench_evaluate.py                   # the figures of docs/benchmarks.md: 624 images
     .venv/bin/python bench/bench_evaluate.py --images 100      # a quick check
 
 Target (issue 4): 624 images (the size of the official Kermany test split: 234 normal, 390 pneumonia)

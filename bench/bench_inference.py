@@ -1,6 +1,6 @@
 """Inference speed: PyTorch eager against ONNX Runtime, in one run, and a cold `pneumoscan predict`.
 
-    .venv/bin/python bench/bench_inference.py                 # the README's figures
+    .venv/bin/python bench/bench_inference.py                 # the figures of docs/benchmarks.md
     .venv/bin/python bench/bench_inference.py --quick         # a few seconds: checks that it works
     .venv/bin/python bench/bench_inference.py --model densenet121 --image-size 224
     .venv/bin/python bench/bench_inference.py --run runs/latest   # a trained model instead of random weights

@@ -1,6 +1,6 @@
 """Load test of `pneumoscan serve` on 127.0.0.1: concurrent clients send real radiographs to /v1/predict.
 
-    .venv/bin/python bench/bench_serve.py                    # the README's figures: 30 s, 8 clients
+    .venv/bin/python bench/bench_serve.py                    # the figures of docs/benchmarks.md: 30 s, 8 clients
     .venv/bin/python bench/bench_serve.py --seconds 5        # a quick check
     .venv/bin/python bench/bench_serve.py --model runs/latest --workers 2
 
