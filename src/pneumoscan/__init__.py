@@ -1,6 +1,7 @@
 """pneumoscan: pneumonia detection on chest X-rays. NOT a medical device; not for diagnosis.
 
 >>> import pneumoscan
+>>> model = pneumoscan.load()                        # the bundled default model (see its model card)
 >>> model = pneumoscan.load("runs/latest")          # a run folder, .safetensors, .ckpt or .onnx
 >>> model.predict(["chest.jpeg"])[0].probability
 """
@@ -17,8 +18,9 @@ if TYPE_CHECKING:
     from pneumoscan.inference import Classifier
 
 
-def load(path, device: str | None = None) -> Classifier:
-    """Load a trained model for prediction (see :func:`pneumoscan.inference.load`)."""
+def load(path=None, device: str | None = None) -> Classifier:
+    """Load a trained model for prediction; with no ``path``, the bundled default model
+    (see :func:`pneumoscan.inference.load`)."""
     from pneumoscan.inference import load as _load
 
     return _load(path, device=device)

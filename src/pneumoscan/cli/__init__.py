@@ -19,10 +19,12 @@ examples:
   pneumoscan data inspect ../shared/data/chest_xray     # counts, leakage check, plots
   pneumoscan train                                      # default recipe on the default data
   pneumoscan evaluate runs/latest --data ROOT --split test
+  pneumoscan predict chest.jpeg                         # the bundled default model, no training
   pneumoscan predict runs/latest chest.jpeg scans/
   pneumoscan explain runs/latest chest.jpeg
   pneumoscan export runs/latest --format onnx
   pneumoscan serve runs/latest/export/model.onnx
+  pneumoscan models                                     # bundled and local models
 
 """ + DISCLAIMER
 
@@ -32,7 +34,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pneumoscan.cli import data, evaluate, infer, serve, train
+    from pneumoscan.cli import data, evaluate, infer, models, serve, train
 
     parser = argparse.ArgumentParser(
         prog="pneumoscan",
@@ -42,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pneumoscan {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for module in (data, train, evaluate, infer, serve):
+    for module in (data, train, evaluate, infer, serve, models):
         module.register(subparsers)
     return parser
 

@@ -16,10 +16,14 @@ def register(subparsers) -> None:
 
     predict = add_command(
         subparsers, "predict", "Score chest X-rays (files, folders, globs, DICOM) with a trained model.",
-        "pneumoscan predict runs/latest/export/model.onnx scans/ 'more/*.dcm' --out preds.csv", run_predict,
+        "pneumoscan predict chest.jpeg                       # the bundled default model\n"
+        "  pneumoscan predict runs/latest/export/model.onnx scans/ 'more/*.dcm' --out preds.csv", run_predict,
     )
-    predict.add_argument("model", metavar="MODEL", help="run folder, .safetensors, .ckpt or exported .onnx")
-    predict.add_argument("paths", metavar="PATH", nargs="+", help="image files, folders (searched recursively) or globs")
+    predict.add_argument("paths", metavar="[MODEL] PATH", nargs="+",
+                         help="optionally a model first (run folder, .safetensors, .ckpt or exported .onnx; "
+                              "default: the bundled model), then image files, folders (searched recursively) "
+                              "or globs")
+    predict.add_argument("--model", metavar="MODEL", help="the model, when it is not given first")
     predict.add_argument("--out", metavar="FILE", help="also write the results to FILE (.csv or .json)")
     predict.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -36,8 +40,10 @@ def register(subparsers) -> None:
         subparsers, "explain", "Grad-CAM heatmaps over the radiographs, and optionally filters and feature maps.",
         "pneumoscan explain runs/latest chest.jpeg --out explain/ --filters", run_explain,
     )
-    explain.add_argument("model", metavar="MODEL", help="run folder, .safetensors or .ckpt (or an .onnx inside a run folder)")
-    explain.add_argument("images", metavar="IMAGE", nargs="*", help="image files, folders or globs")
+    explain.add_argument("images", metavar="[MODEL] IMAGE", nargs="*",
+                         help="optionally a model first (run folder, .safetensors or .ckpt, or an .onnx with its "
+                              "weights beside it; default: the bundled model), then image files, folders or globs")
+    explain.add_argument("--model", metavar="MODEL", help="the model, when it is not given first")
     explain.add_argument("--out", metavar="DIR", default="explain", help="folder for the PNG files")
     explain.add_argument("--filters", action="store_true",
                          help="also save the first layer's filters and the feature maps of --layers for the first image")
@@ -58,16 +64,24 @@ def register(subparsers) -> None:
 def run_predict(args) -> int:
     from pneumoscan.errors import ConfigError
     from pneumoscan.inference import load
-    from pneumoscan.inference.inputs import expand_inputs, format_table, write_predictions
+    from pneumoscan.inference.inputs import (
+        expand_inputs,
+        format_table,
+        split_model_and_inputs,
+        write_predictions,
+    )
 
+    model, paths = split_model_and_inputs(args.paths, args.model)
+    if not paths:
+        raise ConfigError("give at least one image file, folder or glob to score")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, not {args.batch_size}")
     if args.out and not args.out.lower().endswith((".csv", ".json")):
         raise ConfigError(f"--out {args.out}: use a name ending in .csv or .json")
-    classifier = load(args.model, device=args.device, prefer_onnx=args.backend == "auto")
-    files = expand_inputs(args.paths)
+    classifier = load(model, device=args.device, prefer_onnx=args.backend == "auto")
+    files = expand_inputs(paths)
     if not files:
-        raise ConfigError(f"no image files found in {' '.join(args.paths)}")
+        raise ConfigError(f"no image files found in {' '.join(paths)}")
     rows = classifier.predict(files, batch_size=args.batch_size, progress=args.progress)
     if not args.quiet:
         print(format_table(rows))
@@ -76,7 +90,8 @@ def run_predict(args) -> int:
     scored = sum(row.error is None for row in rows)
     meta = classifier.meta
     backend = getattr(classifier.backend, "name", "?")
-    print(f"\nscored {scored} of {len(rows)} files with {meta.name} (pneumoscan {meta.version or '?'}, {backend}), "
+    which = f"{meta.name}, the bundled default model" if model is None else meta.name
+    print(f"\nscored {scored} of {len(rows)} files with {which} (pneumoscan {meta.version or '?'}, {backend}), "
           f"threshold {classifier.threshold:.4f}" + (f"; results in {args.out}" if args.out else ""))
     if scored < len(rows):
         print(f"{len(rows) - scored} file(s) could not be scored: see the note on their rows", file=sys.stderr)
@@ -87,21 +102,23 @@ def run_predict(args) -> int:
 def run_explain(args) -> int:
     from pneumoscan.errors import ConfigError
     from pneumoscan.explain import conv_layers, explain_images, load_explainable, target_layer
-    from pneumoscan.inference.inputs import expand_inputs
+    from pneumoscan.inference.inputs import expand_inputs, split_model_and_inputs
 
     if args.list_layers:
-        model, meta = load_explainable(args.model)
+        model_path = args.model or (args.images[0] if args.images else None)
+        model, meta = load_explainable(_model_or_bundled(model_path))
         for name in conv_layers(model):
             print(name)
         print(f"Grad-CAM target by default: {target_layer(model, int(meta.image_size))}")
         return 0
-    if not args.images:
+    model_path, images = split_model_and_inputs(args.images, args.model)
+    if not images:
         raise ConfigError("give at least one IMAGE to explain (or --list-layers)")
     layers = [name.strip() for name in args.layers.split(",") if name.strip()] if args.layers else None
-    files = expand_inputs(args.images)
+    files = expand_inputs(images)
     if not files:  # as predict does: an empty folder or a glob matching nothing is a one-line error
-        raise ConfigError(f"no image files found in {' '.join(args.images)}")
-    result = explain_images(args.model, files, args.out, filters=args.filters, layers=layers, layer=args.layer)
+        raise ConfigError(f"no image files found in {' '.join(images)}")
+    result = explain_images(_model_or_bundled(model_path), files, args.out, filters=args.filters, layers=layers, layer=args.layer)
     for path in result.written:
         print(path)
     for _, reason in result.failures:
@@ -109,6 +126,12 @@ def run_explain(args) -> int:
     print(f"\n{len(result.written)} file(s) written to {args.out} (Grad-CAM layer {result.layer})")
     print(DISCLAIMER, file=sys.stderr)
     return 0 if result.written else 1
+
+
+def _model_or_bundled(model: str | None) -> str:
+    from pneumoscan.bundled import bundled_model_dir
+
+    return model if model is not None else str(bundled_model_dir())
 
 
 def run_export(args) -> int:

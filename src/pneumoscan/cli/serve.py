@@ -21,7 +21,8 @@ def register(subparsers) -> None:
         example="pneumoscan serve runs/latest --port 8000    # then open http://127.0.0.1:8000/",
         func=run,
     )
-    command.add_argument("model", metavar="MODEL", help="model.onnx, a run folder, or a .safetensors/.ckpt file")
+    command.add_argument("model", metavar="MODEL", nargs="?", default=None,
+                         help="model.onnx, a run folder, or a .safetensors/.ckpt file (default: the bundled model)")
     command.add_argument("--host", default=defaults.host,
                          help="address to listen on; anything but loopback exposes an unauthenticated service")
     command.add_argument("--port", type=int, default=defaults.port)
@@ -44,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
     from pneumoscan.serving.server import LOG_FORMAT, serve
 
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    if args.model is None:
+        from pneumoscan.bundled import bundled_model_dir
+
+        args.model = str(bundled_model_dir())
     serve(ServeOptions(
         model=args.model, host=args.host, port=args.port, workers=args.workers,
         max_upload_mb=args.max_upload_mb, max_batch_files=args.max_batch_files,

@@ -1,0 +1,100 @@
+"""Rebuild the model shipped inside the package (``src/pneumoscan/bundled/``) from ``../shared/data``.
+
+    .venv/bin/python bench/build_default_model.py                 # the default recipe, as `pneumoscan train`
+    .venv/bin/python bench/build_default_model.py --epochs 2      # a provisional model (the card says so)
+
+Steps: train the DEFAULT recipe exactly as ``pneumoscan train`` with no options does (the default
+``TrainConfig()``; only the data root and the output folder are set, and ``--epochs`` when given, which
+the card records as a deviation), export it to ONNX (with the parity check), evaluate it on the official
+test half ``chest_xray/test`` (patient-bootstrap intervals), score a few reference images of the shared
+data with both backends, and write the bundle: ``model.onnx``, ``model.safetensors``,
+``model_card.json``, ``model_card.md``. ``tests/bundled/test_bundled_model.py`` checks that the shipped
+files match the card. The work folder (run, export, report) stays in ``bench/out/default-model/``.
+Never run by pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCES_PER_CLASS = 2  # images of the official test half whose probabilities the card records
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="../shared/data/chest_xray", help="Kermany root with train/ and test/ "
+                        "(reference images are read from its parent folder)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (provisional model)")
+    parser.add_argument("--work", default="bench/out/default-model", help="work folder (relative to the repository)")
+    parser.add_argument("--out", default="src/pneumoscan/bundled", help="bundle folder (relative to the repository)")
+    parser.add_argument("--reuse", action="store_true", help="keep the trained run of the work folder (rebuild "
+                        "export, report and card only)")
+    args = parser.parse_args(argv)
+    # Paths relative to the repository in the model's provenance: no machine's absolute paths in the bundle.
+    args.data, args.work, args.out = (os.path.relpath(Path(p).resolve(), REPO) for p in (args.data, args.work, args.out))
+    os.chdir(REPO)
+
+    from pneumoscan._io import atomic_write_json, atomic_write_text
+    from pneumoscan.bundled import CARD_JSON, CARD_MARKDOWN, ONNX_FILE, WEIGHTS_FILE
+    from pneumoscan.bundled.card import build_bundled_card, render_bundled_markdown
+    from pneumoscan.evaluation import EvaluateConfig, evaluate
+    from pneumoscan.serving.export import export_onnx
+    from pneumoscan.training import TrainConfig, train
+
+    data, work, out = Path(args.data), Path(args.work), Path(args.out)
+    missing = [p for p in (data / "train", data / "test") if not p.is_dir()]
+    if missing:
+        print(f"build_default_model: {', '.join(map(str, missing))} missing; run `pneumoscan data download` "
+              "or pass --data", file=sys.stderr)
+        return 2
+    deviations = {"epochs": args.epochs} if args.epochs is not None else {}
+    config = TrainConfig(data=str(data), out=str(work), run_name="run", progress=sys.stderr.isatty(), **deviations)
+    recipe = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+              if f.name not in ("data", "out", "run_name", "progress")}
+    started = time.perf_counter()
+    if args.reuse and (work / "run" / WEIGHTS_FILE).is_file():
+        run = work / "run"
+    else:
+        if (work / "run").exists():
+            shutil.rmtree(work / "run")
+        run = train(config)
+        (work / "train_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
+    trained_s = float((work / "train_seconds.txt").read_text())
+    print(f"trained in {trained_s:.0f} s: {run}")
+    onnx = export_onnx(run, work / "export" / ONNX_FILE)
+    print(f"exported: {onnx} (ONNX Runtime matches PyTorch)")
+    result = evaluate(EvaluateConfig(models=[str(run)], data=str(data), split="test", out=str(work / "report")))
+    print(f"evaluated on {data / 'test'}: {result.json}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(onnx, out / ONNX_FILE)
+    shutil.copyfile(run / WEIGHTS_FILE, out / WEIGHTS_FILE)
+    shutil.copyfile(run / "model.json", out / "model.json")  # the metadata, readable without torch
+    card = build_bundled_card(out, result.report, recipe=recipe, deviations=deviations,
+                              reference_images=reference_images(data), shared_root=data.parent, train_seconds=trained_s)
+    atomic_write_json(out / CARD_JSON, card)
+    atomic_write_text(out / CARD_MARKDOWN, render_bundled_markdown(card))
+    size = sum((out / name).stat().st_size for name in (ONNX_FILE, WEIGHTS_FILE, CARD_JSON, CARD_MARKDOWN, "model.json"))
+    print(f"bundle written to {out} ({size / 1e6:.2f} MB)")
+    return 0
+
+
+def reference_images(data: Path) -> list[str]:
+    """The first images of each class of ``data/test`` (sorted by name), relative to ``data``'s parent;
+    the test checks that the shipped files still give the probabilities the card records for them."""
+    found = []
+    for name in ("NORMAL", "PNEUMONIA"):
+        files = sorted((data / "test" / name).glob("*.jpeg"))[:REFERENCES_PER_CLASS]
+        found += [f"{data.name}/test/{name}/{f.name}" for f in files]
+    return found
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The shipped model's card: the export card (input, output, intended use, limits) completed with what
+a newcomer needs to trust or distrust it: the files' hashes, test figures with patient-bootstrap
+intervals, the operating point and how it was chosen, the training data, how it was built, and the
+probabilities of a few reference images (which ``tests/bundled`` re-computes from the shipped files).
+
+Used by ``bench/build_default_model.py``; reading the card needs only :func:`pneumoscan.bundled.bundled_card`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pneumoscan.errors import ImageReadError
+from pneumoscan.provenance import DISCLAIMER, git_commit, library_versions, sha256_file
+
+TRAINING_DATA = {
+    "dataset": "Kermany D, Zhang K, Goldbaum M. Labeled Optical Coherence Tomography (OCT) and Chest X-Ray "
+               "Images for Classification. Mendeley Data v2, 2018, doi:10.17632/rscbjbr9sj.2 (CC BY 4.0)",
+    "population": "paediatric (1-5 years) anterior-posterior chest radiographs from one centre "
+                  "(Guangzhou Women and Children's Medical Center), graded by two physicians",
+    "images": "the official training folder, re-published at 224x224 (stretched to a square)",
+    "split": "by patient: 10 % of each class's patients held out for validation (threshold and checkpoint "
+             "choice); the official test half is never trained on or used to choose anything",
+}
+SCOPE = (
+    "Research only. Out of scope: any clinical use; adults; lateral, PA or other views; other hospitals "
+    "and scanners without a new evaluation; findings other than pneumonia (and bacterial vs viral)."
+)
+HEADLINE = ("roc_auc", "pr_auc")
+AT_THRESHOLD = ("sensitivity", "specificity", "ppv", "npv", "accuracy", "balanced_accuracy")
+
+
+def build_bundled_card(folder: str | os.PathLike, report: dict[str, Any], *, recipe: dict[str, Any],
+                       deviations: dict[str, Any], reference_images: list[str], shared_root: str | os.PathLike,
+                       train_seconds: float) -> dict[str, Any]:
+    """The card of the model in ``folder`` (``model.onnx`` and ``model.safetensors``), from the report of
+    its evaluation on the official test half; reference images are paths relative to ``shared_root``."""
+    import pneumoscan
+    from pneumoscan.bundled import ONNX_FILE, WEIGHTS_FILE
+    from pneumoscan.serving.model_card import build_model_card
+
+    folder, shared_root = Path(folder), Path(shared_root)
+    onnx = pneumoscan.load(folder / ONNX_FILE)
+    meta = onnx.meta
+    card = build_model_card(meta, None, folder / ONNX_FILE)
+    card["files"] = {"onnx": ONNX_FILE, "onnx_sha256": sha256_file(folder / ONNX_FILE),
+                     "safetensors": WEIGHTS_FILE, "safetensors_sha256": sha256_file(folder / WEIGHTS_FILE)}
+    card["scope"] = SCOPE
+    card["training_data"] = {**TRAINING_DATA, **card["training_data"]}
+    points = report["operating_points"]
+    card["operating_point"] = {
+        "threshold": float(meta.threshold),
+        "name": "youden",
+        "how_chosen": "Youden's J (sensitivity + specificity - 1, maximised) on the validation patients at "
+                      "the end of training; stored in the model and applied unchanged to the test half",
+        "alternatives": {name: {"threshold": p["threshold"], "rule": p.get("rule", "")}
+                         for name, p in points.items() if name != "stored"},
+    }
+    data, boot, figures = report["data"], report["bootstrap"], report["metrics"]
+    card["metrics"]["evaluation"] = {
+        "report": "chest_xray/test: half of the official Kermany test set, chosen by patient",
+        "images": data["images"], "patients": data["patients"],
+        "pneumonia": data["pneumonia"], "normal": data["normal"],
+        "interval_level": boot["level"], "interval_unit": boot["unit"], "resamples": boot["resamples"],
+        "figures": {**{m: figures["threshold_free"][m] for m in HEADLINE},
+                    **{f"{m} at the threshold": figures["at"]["stored"][m] for m in AT_THRESHOLD}},
+    }
+    card["metrics"]["note"] = None
+    torch_model = pneumoscan.load(folder / WEIGHTS_FILE, device="cpu")
+    card["reference_scores"] = []
+    for image in reference_images:
+        path = shared_root / image
+        rows = [m.predict([path])[0] for m in (onnx, torch_model)]
+        if rows[0].error:
+            raise ImageReadError(f"reference image: {rows[0].error}")
+        p_onnx, p_torch = (row.probability for row in rows)
+        card["reference_scores"].append({"image": f"../shared/data/{image}", "probability": p_onnx,
+                                         "probability_torch": p_torch})
+    card["build"] = {
+        "command": "python bench/build_default_model.py" + "".join(f" --{k} {v}" for k, v in deviations.items()),
+        "recipe": "the default recipe of `pneumoscan train` with no options" if not deviations else
+                  "PROVISIONAL: the default recipe with " + ", ".join(f"{k}={v}" for k, v in deviations.items())
+                  + " (a short run to make the bundle work; rebuild without options for the real model)",
+        "deviations_from_default": deviations,
+        "config": recipe,
+        "train_seconds": round(train_seconds, 1),
+        "git_commit": git_commit(),
+        "versions": {k: v for k, v in library_versions().items() if k != "platform"},
+    }
+    card["disclaimer"] = DISCLAIMER
+    return _portable(card, {str(shared_root.resolve()): "../shared/data", str(shared_root): "../shared/data"})
+
+
+def render_bundled_markdown(card: dict[str, Any]) -> str:
+    """The card for people: the export card's sections plus operating point, build and reference scores."""
+    from pneumoscan.serving.model_card import render_markdown
+
+    base = render_markdown(card)
+    head, _, tail = base.partition("## Limitations")
+    point = card["operating_point"]
+    build = card["build"]
+    extra = [
+        "## Files", "",
+        f"- `{card['files']['onnx']}` sha256 `{card['files']['onnx_sha256']}`",
+        f"- `{card['files']['safetensors']}` sha256 `{card['files']['safetensors_sha256']}`", "",
+        "## Scope", "", card["scope"], "",
+        "## Operating point", "",
+        f"Threshold **{point['threshold']:.4f}**: {point['how_chosen']}. Alternatives (chosen on the same "
+        "validation patients):", "",
+    ]
+    extra += [f"- {name}: {p['threshold']:.4f}: {p['rule']}" for name, p in point["alternatives"].items()]
+    extra += ["", "## How it was built", "", f"- {build['recipe']}", f"- command: `{build['command']}`",
+              f"- training time: {build['train_seconds']:.0f} s; git commit {build['git_commit'] or 'unknown'}", "",
+              "## Reference scores", "",
+              "Probabilities the shipped files give (ONNX Runtime; PyTorch agrees within 1e-4):", "",
+              "| image | probability |", "|---|---|"]
+    extra += [f"| `{r['image']}` | {r['probability']:.6f} |" for r in card["reference_scores"]]
+    extra += ["", ""]
+    return head + "\n".join(extra) + "## Limitations" + tail
+
+
+def _portable(value: Any, replace: dict[str, str]) -> Any:
+    """The card with machine-specific absolute paths replaced by the project's relative ones."""
+    if isinstance(value, dict):
+        return {k: _portable(v, replace) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v, replace) for v in value]
+    if isinstance(value, str):
+        for old, new in replace.items():
+            value = value.replace(old, new)
+    return value

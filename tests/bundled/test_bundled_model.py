@@ -1,0 +1,119 @@
+"""The model shipped in the package: its files match its card, it scores the card's reference images as
+the card says with both backends, and `predict`, `serve`, `load()` and `models` use it with no model given."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pneumoscan
+from pneumoscan.bundled import BUNDLED_DIR, CARD_JSON, CARD_MARKDOWN, ONNX_FILE, WEIGHTS_FILE, bundled_card
+from pneumoscan.cli import main
+from pneumoscan.provenance import DISCLAIMER, sha256_file
+
+REPO = Path(__file__).resolve().parents[2]
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def card() -> dict:
+    return bundled_card()
+
+
+def test_the_shipped_files_are_the_ones_the_card_describes(card):
+    files = card["files"]
+    assert sha256_file(BUNDLED_DIR / ONNX_FILE) == files["onnx_sha256"]
+    assert sha256_file(BUNDLED_DIR / WEIGHTS_FILE) == files["safetensors_sha256"]
+    total = sum((BUNDLED_DIR / n).stat().st_size for n in (ONNX_FILE, WEIGHTS_FILE, CARD_JSON, CARD_MARKDOWN))
+    assert total < 5 * 2**20, f"the bundle is {total / 2**20:.1f} MiB; keep it under 5 MiB"
+
+
+def test_the_card_says_what_the_model_is_for_how_it_was_measured_and_what_it_must_not_do(card):
+    assert card["disclaimer"] == DISCLAIMER
+    markdown = (BUNDLED_DIR / CARD_MARKDOWN).read_text(encoding="utf-8")
+    assert DISCLAIMER in markdown
+    assert "Kermany" in card["training_data"]["dataset"] and "paediatric" in card["training_data"]["population"]
+    assert "one centre" in card["training_data"]["population"]
+    assert "Research only" in card["scope"] and "adults" in card["scope"] and "lateral" in card["scope"]
+    point = card["operating_point"]
+    assert point["threshold"] == pytest.approx(pneumoscan.load().threshold)
+    assert "validation" in point["how_chosen"]
+    evaluation = card["metrics"]["evaluation"]
+    assert evaluation["interval_unit"] == "patient" and "chest_xray/test" in evaluation["report"]
+    for name in ("roc_auc", "sensitivity at the threshold", "specificity at the threshold"):
+        figure = evaluation["figures"][name]
+        assert figure["low"] <= figure["value"] <= figure["high"], name
+        assert f"| {name} |" in markdown
+    assert card["build"]["recipe"] and card["build"]["command"].startswith("python bench/build_default_model.py")
+    text = json.dumps(card)
+    assert "/work/" not in text and "/home/" not in text, "no machine's absolute paths in the card"
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_the_shipped_model_gives_the_card_scores_on_the_shared_images(card, shared_data, backend):
+    model = pneumoscan.load() if backend == "onnxruntime" else pneumoscan.load(BUNDLED_DIR / WEIGHTS_FILE)
+    assert model.backend.name == backend
+    references = card["reference_scores"]
+    assert len(references) >= 4
+    files = [shared_data / r["image"].removeprefix("../shared/data/") for r in references]
+    labels = {Path(r["image"]).parent.name for r in references}
+    assert labels == {"NORMAL", "PNEUMONIA"}
+    for row, reference in zip(model.predict(files), references, strict=True):
+        assert row.error is None, row.error
+        assert row.probability == pytest.approx(reference["probability"], abs=TOLERANCE), reference["image"]
+
+
+def test_load_without_a_model_uses_the_bundled_onnx_without_importing_torch():
+    code = ("import sys, pneumoscan; m = pneumoscan.load(); "
+            "print(m.backend.name, 'torch' in sys.modules, m.meta.name)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}).stdout.split()
+    assert out[:2] == ["onnxruntime", "False"]
+    assert out[2] == bundled_card()["model"]["name"]
+
+
+def test_predict_with_no_model_scores_with_the_bundled_one(tmp_path, capsys):
+    from synthetic import write_synthetic_image
+
+    image = write_synthetic_image(tmp_path / "chest.png", 1, seed=1, size=96)
+    assert main(["predict", str(image), "--out", str(tmp_path / "out.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "the bundled default model" in out
+    expected = pneumoscan.load().predict(image)[0].probability
+    assert f"{expected:.4f}" in out
+
+
+def test_a_run_given_first_is_the_model_and_a_run_alone_is_refused(tmp_path, capsys):
+    import torch
+
+    from pneumoscan.models import ModelMeta, build_model, save_model
+    from synthetic import write_synthetic_image
+
+    torch.manual_seed(0)
+    run = tmp_path / "runs" / "20260101-000000-seed-cnn"
+    save_model(run, build_model("seed-cnn", 32), ModelMeta(name="seed-cnn", image_size=32, run_id="x"))
+    image = write_synthetic_image(tmp_path / "chest.png", 1, seed=1, size=96)
+    assert main(["predict", str(run), str(image)]) == 0
+    assert "with seed-cnn (" in capsys.readouterr().out
+    assert main(["predict", str(run)]) == 2
+    assert "this is a model; give the images" in capsys.readouterr().err
+
+    assert main(["models", "--runs", str(tmp_path / "runs")]) == 0
+    listing = capsys.readouterr().out
+    assert "default" in listing and "bundled" in listing
+    assert run.name in listing and "seed-cnn" in listing
+
+
+def test_serve_with_no_model_serves_the_bundled_one_with_its_card():
+    from pneumoscan.cli import build_parser
+    from pneumoscan.serving.loader import load_served_model
+
+    assert build_parser().parse_args(["serve"]).model is None  # the command accepts no MODEL
+    served = load_served_model(BUNDLED_DIR)
+    assert served.backend == "onnxruntime" and served.explain_available
+    assert served.card["files"]["onnx_sha256"] == bundled_card()["files"]["onnx_sha256"]
+    assert served.card["disclaimer"] == DISCLAIMER
