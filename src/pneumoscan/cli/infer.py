@@ -34,7 +34,8 @@ def register(subparsers) -> None:
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="always show a progress bar (default: when there are more than 50 files)")
     bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
-    predict.add_argument("--quiet", action="store_true", help="do not print the table (only the summary)")
+    predict.add_argument("--quiet", action="store_true", help="do not print the table (only the summary); "
+                         "with --out only the rows that could not be scored are printed")
 
     explain = add_command(
         subparsers, "explain", "Grad-CAM heatmaps over the radiographs, and optionally filters and feature maps.",
@@ -83,8 +84,11 @@ def run_predict(args) -> int:
     if not files:
         raise ConfigError(f"no image files found in {' '.join(paths)}")
     rows = classifier.predict(files, batch_size=args.batch_size, progress=args.progress)
-    if not args.quiet:
-        print(format_table(rows))
+    # With --out the results are in the file: a 5,000-row echo helps nobody, but the rows that could not
+    # be scored still show, with their reason.
+    shown = [row for row in rows if row.error] if args.out else rows
+    if not args.quiet and shown:
+        print(format_table(shown))
     if args.out:
         write_predictions(rows, args.out)
     scored = sum(row.error is None for row in rows)
@@ -95,6 +99,9 @@ def run_predict(args) -> int:
           f"threshold {classifier.threshold:.4f}" + (f"; results in {args.out}" if args.out else ""))
     if scored < len(rows):
         print(f"{len(rows) - scored} file(s) could not be scored: see the note on their rows", file=sys.stderr)
+    if backend == "torch" and model is not None:
+        print(f"note: scored with PyTorch; `pneumoscan export {model}` makes predict start in about a second "
+              "(ONNX Runtime, no torch import)", file=sys.stderr)
     print(DISCLAIMER, file=sys.stderr)
     return 0 if scored else 1
 
@@ -135,9 +142,13 @@ def _model_or_bundled(model: str | None) -> str:
 
 
 def run_export(args) -> int:
-    from pneumoscan.serving.export import export_onnx
+    from pneumoscan.serving.export import PARITY_TOLERANCE, export_onnx
 
+    print(f"exporting {args.model} to ONNX and checking it against PyTorch (about half a minute)...",
+          file=sys.stderr, flush=True)
     out = export_onnx(args.model, args.out, opset=args.opset)
+    print(f"parity check passed: ONNX Runtime and PyTorch agree within {PARITY_TOLERANCE:g} in probability",
+          file=sys.stderr)
     print(out)
     print(out.parent / "model_card.json")
     print(out.parent / "model_card.md")

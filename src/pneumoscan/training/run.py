@@ -20,6 +20,7 @@ import csv
 import io
 import logging
 import os
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -98,7 +99,7 @@ def _train(config: TrainConfig | None, resume: str | os.PathLike | None, callbac
         if rank_zero:
             print(pretrained_report.summary())
 
-    data = prepare_data(config, progress=config.progress and rank_zero)
+    data = prepare_data(config, progress=config.progress and rank_zero and sys.stderr.isatty())
     if resume_ckpt is None:
         run_dir = _new_run_dir(config)
     if rank_zero:
@@ -131,6 +132,8 @@ def _train(config: TrainConfig | None, resume: str | os.PathLike | None, callbac
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")
         warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+        # Lightning's own deprecation notice about torch's pytree API: nothing a user can act on.
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_ckpt, weights_only=True)
     if not trainer.is_global_zero:
         return run_dir
@@ -236,6 +239,7 @@ def _trainer(config: TrainConfig, run_dir: Path, on_gpu: bool, extra: list[Any],
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from pneumoscan.training.callbacks import AtomicCheckpointIO
+    from pneumoscan.training.console import EpochLine, ProgressBar, quiet_lightning, show_progress_bar
 
     mode = "min" if config.monitor == "val_loss" else "max"
     checkpoint = ModelCheckpoint(
@@ -261,13 +265,16 @@ def _trainer(config: TrainConfig, run_dir: Path, on_gpu: bool, extra: list[Any],
     if precision == "auto":
         precision = "16-mixed" if on_gpu else "32-true"
     steps_per_epoch = max(1, -(-n_train // config.batch_size))
+    quiet_lightning()
+    bar = show_progress_bar(config.progress)
+    callbacks.append(ProgressBar() if bar else EpochLine())
     return L.Trainer(
         accelerator=config.accelerator, devices=parse_devices(config.devices), num_nodes=config.num_nodes,
         strategy=config.strategy, precision=precision, max_epochs=config.epochs,
         max_time=timedelta(minutes=config.max_time) if config.max_time else None,
         gradient_clip_val=config.grad_clip or None, callbacks=callbacks, logger=loggers,
-        log_every_n_steps=min(50, steps_per_epoch), enable_progress_bar=config.progress,
-        enable_model_summary=config.progress, plugins=[AtomicCheckpointIO()],
+        log_every_n_steps=min(50, steps_per_epoch), enable_progress_bar=bar,
+        enable_model_summary=bar, plugins=[AtomicCheckpointIO()],
         default_root_dir=run_dir, deterministic=False, num_sanity_val_steps=0,
     )
 

@@ -1,0 +1,56 @@
+"""What training prints: a progress bar on a terminal, one line per epoch anywhere else, and none of
+Lightning's adverts or notices (a log redirected to a file must be worth reading)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+
+# Lightning's rank-zero notices that say nothing about this run: an advert for a cloud service, the
+# hardware lines (the summary says the device) and a note on how it counts batches.
+_NOISE = ("litlogger", "💡", "GPU available:", "TPU available:", "HPU available:", "to estimate number of stepping")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(part in message for part in _NOISE)
+
+
+def quiet_lightning() -> None:
+    """Drop Lightning's adverts and notices (idempotent: the filter is added once)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
+
+
+def show_progress_bar(wanted: bool) -> bool:
+    """A bar only when asked and stderr is a terminal: in a file every redraw becomes a line."""
+    return wanted and sys.stderr.isatty()
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's bar without ``v_num`` (the logger's version, "oard" for ours: meaningless here)."""
+
+    def get_metrics(self, trainer, pl_module) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
+class EpochLine(Callback):
+    """One line per epoch on stdout, for logs and scripts (used when there is no progress bar)."""
+
+    KEYS = ("train_loss", "val_loss", "val_auc", "val_acc")
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        shown = "  ".join(f"{k} {float(metrics[k]):.4f}" for k in self.KEYS if k in metrics)
+        wall = f"  {float(metrics['wall_s']):.0f} s" if "wall_s" in metrics else ""
+        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {shown}{wall}", flush=True)

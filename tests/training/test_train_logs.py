@@ -1,0 +1,32 @@
+"""A training log redirected to a file is fit for scripts: one line per epoch, no progress-bar frames,
+no third-party adverts or deprecation notices."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_train_into_a_file_writes_one_line_per_epoch_and_no_noise(synthetic_dataset, tmp_path):
+    log = tmp_path / "train.log"
+    command = [sys.executable, "-m", "pneumoscan", "train", "--data", str(synthetic_dataset), "--out",
+               str(tmp_path / "runs"), "--image-size", "32", "--epochs", "2", "--batch-size", "8",
+               "--val-fraction", "0.3", "--threads", "1"]  # --progress left at its default: on
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    with log.open("w") as fh:
+        done = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=600)
+    text = log.read_text(encoding="utf-8")
+    assert done.returncode == 0, text
+    lines = text.splitlines()
+    assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["1/2", "2/2"], text
+    assert "val_auc" in next(line for line in lines if line.startswith("epoch 2/2"))
+    for noise in ("litlogger", "💡", "v_num", "LeafSpec", "is deprecated", "GPU available", "\r", "it/s]"):
+        assert noise not in text, f"{noise!r} in the log:\n{text}"
+    assert len(text) < 4000, text
