@@ -91,6 +91,7 @@ def load_folders(root: Path) -> DataIndex:
     samples: list[Sample] = []
     ignored: Counter[str] = Counter()
     _note_stray_files(root, layout, ignored)
+    _note_unused_folders(root, layout, notes)
     for split, class_dirs in layout.items():
         for label, class_dir in class_dirs.items():
             for path in _walk_images(class_dir, ignored):
@@ -193,6 +194,26 @@ def _walk_images(folder: Path, ignored: Counter[str]) -> list[Path]:
             else:
                 ignored["files without an image extension"] += 1
     return found
+
+
+def _note_unused_folders(root: Path, layout: dict[str | None, dict[int, Path]], notes: list[str]) -> None:
+    """A note for every folder beside the class (or split) folders that is not used, and why: a
+    ``COVID19/`` next to ``NORMAL/`` and ``PNEUMONIA/`` must not vanish without a word."""
+    used = {folder for classes in layout.values() for folder in classes.values()}
+    parents = {folder.parent for folder in used}
+    split_parents = {p.parent for p in parents} if None not in layout else set()
+    for folder in sorted(parents | split_parents):
+        for child in _visible_dirs(folder):
+            name = child.name.lower()
+            if child in used or child in parents or name in _IGNORED_NAMES or name == "chest_xray":
+                continue
+            images = sum(1 for _, _, files in os.walk(child) for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+            if folder in split_parents:
+                why = (f"not a split folder (splits are train, val, test) or it holds no "
+                       f"{' and '.join(CLASS_NAMES)} folders")
+            else:
+                why = f"not a class folder (the classes are {' and '.join(CLASS_NAMES)})"
+            notes.append(f"ignored {child}/: {why}; its {images} image(s) are not used")
 
 
 def _note_stray_files(root: Path, layout: dict[str | None, dict[int, Path]], ignored: Counter[str]) -> None:
