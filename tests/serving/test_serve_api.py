@@ -222,6 +222,12 @@ def test_page_states_the_disclaimer_and_loads_nothing_from_elsewhere(client):
     assert "http://" not in page.text and "https://" not in page.text
 
 
+def test_head_on_the_page_answers_its_headers_like_get(client):
+    head, get = client.head("/"), client.get("/")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+
+
 def test_an_upload_streamed_without_a_length_is_cut_off_at_the_limit_with_413(served_run):
     def body():  # chunked: the server only learns the size by counting
         yield b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.png\"\r\n\r\n"

@@ -86,6 +86,8 @@ def test_a_person_uploads_a_radiograph_with_the_keyboard_and_reads_the_result(se
             problems: list[str] = []
             page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
             page.on("requestfailed", lambda request: problems.append(f"failed: {request.url}"))
+            explains: list[str] = []  # Grad-CAM requests: only when the box is ticked
+            page.on("request", lambda request: explains.append(request.url) if "explain=true" in request.url else None)
             page.goto(url + "/")
             expect(page.locator("#disclaimer")).to_contain_text(DISCLAIMER)
             # (Locator waits, not wait_for_function: the page's CSP forbids the eval that one needs.)
@@ -108,13 +110,15 @@ def test_a_person_uploads_a_radiograph_with_the_keyboard_and_reads_the_result(se
             expect(page.locator("#status")).to_contain_text(expected["label"])  # announced (aria-live)
             expect(page.locator("#image")).to_have_attribute("src", re.compile(r"^blob:"))  # the upload itself
 
-            # The heatmap toggle, with the keyboard too.
+            # The heatmap toggle, with the keyboard too; Grad-CAM is computed when it is ticked, not before.
             toggle = page.locator("#heatmap")
-            expect(toggle).to_be_enabled()  # the heatmap follows the result
+            expect(toggle).to_be_enabled()
+            assert explains == [], "Grad-CAM was requested with the box unticked"
             toggle.focus()
             page.keyboard.press("Space")
             expect(toggle).to_be_checked()
             expect(page.locator("#image")).to_have_attribute("src", re.compile(r"^data:image/png;base64,"))
+            assert len(explains) == 1, explains
             page.screenshot(path=str(tmp_path / "page-result.png"), full_page=True)
             assert problems == [], problems  # no CSP violation, no missing asset, no script error
 

@@ -180,7 +180,8 @@ def create_app(
         return JSONResponse({"detail": "internal error while handling this request; the server log has the details"},
                             status_code=500)
 
-    @app.get("/", include_in_schema=False)
+    # HEAD too: uptime checks and `curl -I` ask for the page's headers only.
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 

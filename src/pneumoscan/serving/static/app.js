@@ -2,7 +2,10 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { card: null, original: null, modelView: null, overlay: null, objectUrl: null, request: 0 };
+const state = {
+  card: null, original: null, modelView: null, overlay: null, objectUrl: null, request: 0,
+  file: null, aspect: null, explaining: false,
+};
 
 function setStatus(text) { $("status").textContent = text; }
 
@@ -32,13 +35,24 @@ async function loadCard() {
   return state.card;
 }
 
+function stretched() {
+  const input = (state.card && state.card.input) || {};
+  return input.fit === "stretch";
+}
+
 function showImage() {
   const img = $("image");
   const heat = $("heatmap").checked && state.overlay;
+  // A model that stretches images sees a square; the heatmap is shown back at the image's own aspect.
+  const reshape = heat && stretched() && state.aspect;
+  img.style.aspectRatio = reshape ? String(state.aspect) : "";
+  img.style.objectFit = reshape ? "fill" : "";
   if (heat) {
     img.src = state.overlay;
     img.alt = "Grad-CAM heatmap over the radiograph: warm colours mark the regions that raised the score";
-    $("caption").textContent = "Grad-CAM heatmap over the image as the model sees it (square, at the model's size).";
+    $("caption").textContent = reshape
+      ? "Grad-CAM heatmap over the image, at the image's own proportions."
+      : "Grad-CAM heatmap over the image as the model sees it (at the model's size).";
   } else if (state.original) {
     img.src = state.original;
     img.alt = "The uploaded radiograph";
@@ -72,8 +86,10 @@ function render(result) {
   state.overlay = null;
   state.modelView = null;
   const toggle = $("heatmap");
-  toggle.disabled = true;
+  const explain = Boolean(state.card && state.card.serving && state.card.serving.explain);
+  toggle.disabled = !explain;
   toggle.checked = false;
+  $("heatmap-note").textContent = explain ? "" : "No heatmap: this server has no PyTorch weights for Grad-CAM.";
   showImage();
   $("result").hidden = false;
 }
@@ -81,9 +97,30 @@ function render(result) {
 function showExplanation(explanation) {
   state.overlay = `data:image/png;base64,${explanation.overlay_png_base64}`;
   state.modelView = `data:image/png;base64,${explanation.image_png_base64}`;
-  $("heatmap").disabled = false;
   $("heatmap-note").textContent = "";
   showImage();
+}
+
+// Grad-CAM is asked for only when the box is ticked (the first one loads PyTorch on the server).
+async function toggleHeatmap() {
+  if (!$("heatmap").checked || state.overlay || state.explaining || !state.file) {
+    showImage();
+    return;
+  }
+  const request = state.request;
+  state.explaining = true;
+  $("heatmap-note").textContent = "Computing the Grad-CAM heatmap…";
+  try {
+    const explained = await post(state.file, true);
+    if (request === state.request) showExplanation(explained.explanation);
+  } catch (error) {
+    if (request === state.request) {
+      $("heatmap-note").textContent = `No heatmap: ${error.message}`;
+      $("heatmap").checked = false;
+    }
+  } finally {
+    state.explaining = false;
+  }
 }
 
 async function post(file, explain) {
@@ -105,32 +142,22 @@ async function analyse(file) {
   if (state.objectUrl) URL.revokeObjectURL(state.objectUrl);
   state.objectUrl = previewable(file) ? URL.createObjectURL(file) : null;
   state.original = state.objectUrl;
+  state.file = file;
+  state.aspect = null;
+  state.explaining = false;
   try {
-    const card = state.card || (await loadCard());
+    if (!state.card) await loadCard();
     const result = await post(file, false);
     if (request !== state.request) return;
     render(result);
     setStatus(`${result.filename}: probability of pneumonia ${(100 * result.probability).toFixed(1)}%, ` +
               `labelled ${result.label}.`);
-    if (!(card.serving && card.serving.explain)) {
-      $("heatmap-note").textContent = "No heatmap: this server has no PyTorch weights for Grad-CAM.";
-      return;
-    }
   } catch (error) {
     if (request !== state.request) return;
     $("result").hidden = true;
     setStatus("");
     // The server's messages already name the file.
     showError(error.message.startsWith(file.name) ? error.message : `Could not analyse ${file.name}: ${error.message}`);
-    return;
-  }
-  // The heatmap takes longer (the first one loads PyTorch): the result is shown first, the heatmap after.
-  $("heatmap-note").textContent = "Computing the Grad-CAM heatmap…";
-  try {
-    const explained = await post(file, true);
-    if (request === state.request) showExplanation(explained.explanation);
-  } catch (error) {
-    if (request === state.request) $("heatmap-note").textContent = `No heatmap: ${error.message}`;
   }
 }
 
@@ -157,7 +184,14 @@ document.addEventListener("DOMContentLoaded", () => {
     const file = event.target.files[0];
     if (file) analyse(file);
   });
-  $("heatmap").addEventListener("change", showImage);
+  $("heatmap").addEventListener("change", toggleHeatmap);
+  $("image").addEventListener("load", () => {
+    const img = $("image");
+    // The proportions of the upload itself (not of the square heatmap), for showing the heatmap back.
+    if (img.src === state.original && img.naturalWidth && img.naturalHeight) {
+      state.aspect = img.naturalWidth / img.naturalHeight;
+    }
+  });
   $("image").addEventListener("error", () => {
     // The browser could not decode the file itself: fall back to the model's view when there is one.
     if (state.original && state.original === state.objectUrl) {
