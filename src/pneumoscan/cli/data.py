@@ -22,6 +22,7 @@ _ROOT_HELP = "dataset: class folders, RSNA folder or labels CSV, CSV manifest or
 
 def register(subparsers) -> None:
     """Add the ``data`` group and its sub-commands."""
+    from pneumoscan.data import defaults
     group = subparsers.add_parser(
         "data", help="Inspect, validate, split, cache and download datasets.",
         description="Inspect, validate, split, cache and download datasets.",
@@ -68,8 +69,9 @@ def register(subparsers) -> None:
         "CSV manifest (path,label,patient_id,split) that every command accepts as ROOT.",
         "pneumoscan data split ../shared/data/chest_xray --val-fraction 0.1 --seed 0 --out split.csv", _split,
     )
-    split.add_argument("--val-fraction", type=float, default=0.1, help="fraction of each class's patients for val")
-    split.add_argument("--test-fraction", type=float, default=0.0,
+    split.add_argument("--val-fraction", type=float, default=defaults.VAL_FRACTION,
+                       help="fraction of each class's patients for val")
+    split.add_argument("--test-fraction", type=float, default=defaults.TEST_FRACTION,
                        help="fraction of each class's patients held out as test when the data has no test split")
     split.add_argument("--seed", type=int, default=0, help="shuffling seed")
     split.add_argument("--out", default="split.csv", help="manifest to write")
@@ -81,7 +83,7 @@ def register(subparsers) -> None:
         "pneumoscan data cache ../shared/data/chest_xray --size 224", _cache,
     )
     cache.add_argument("--size", type=int, default=224, help="side of the square images, in pixels")
-    cache.add_argument("--fit", choices=("pad", "crop", "stretch"), default="pad",
+    cache.add_argument("--fit", choices=("pad", "crop", "stretch"), default=defaults.FIT,
                        help="keep the aspect ratio by padding or centre-cropping, or stretch")
     cache.add_argument("--folder", default=None, help="cache folder (default: $PNEUMOSCAN_CACHE/images)")
     _add_workers(cache)

@@ -5,6 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# One default each for the options several commands share (`train`, `data split`, `data cache`): a model
+# is trained and cached the same way whichever command prepared its data.
+FIT = "stretch"  # the public Kermany copies were stretched to squares; see TrainConfig.fit
+VAL_FRACTION = 0.1  # share of each class's patients held out for validation
+TEST_FRACTION = 0.1  # share of each class's patients held out as test when the source has no test split
+# A source's own validation split is used when it has at least this many images of each class; a smaller
+# one (the official Kermany val/, 8 + 8) is pooled into training and validation is carved by patient.
+MIN_SOURCE_VAL_PER_CLASS = 50
+
 SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "chest_xray"
 
 

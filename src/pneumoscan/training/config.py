@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pneumoscan.data import defaults
 from pneumoscan.errors import ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 SCHEDULERS = ("cosine", "plateau", "none")
 SAMPLERS = ("shuffle", "weighted")
 MONITORS = ("val_loss", "val_auc")
-SPLITS = ("patient", "source")
+SPLITS = ("auto", "patient", "source")
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "64-true")
 THRESHOLD_RULES = ("youden", "youden-median", "sens95-median")
 
@@ -28,17 +29,19 @@ class TrainConfig:
     # data
     data: str | None = _opt(None, "dataset root, CSV manifest or .npz (default: ../shared/data/chest_xray "
                                   "or $PNEUMOSCAN_DATA)")
-    split: str = _opt("patient", "'patient': carve validation by patient from the training pool; "
-                                 "'source': use the source's own train/val splits", SPLITS)
-    val_fraction: float = _opt(0.1, "share of patients (per class) held out for validation")
-    test_fraction: float = _opt(0.1, "share of patients (per class) held out as a test split when the data "
+    split: str = _opt("auto", "'source': use the source's own train/val splits; 'patient': carve validation "
+                              "by patient from the training pool; 'auto': the source's own when its validation "
+                              f"split has at least {defaults.MIN_SOURCE_VAL_PER_CLASS} images of each class "
+                              "(MedMNIST), else by patient (the official Kermany val/ has 8 + 8)", SPLITS)
+    val_fraction: float = _opt(defaults.VAL_FRACTION, "share of patients (per class) held out for validation")
+    test_fraction: float = _opt(defaults.TEST_FRACTION, "share of patients (per class) held out as a test split when the data "
                                      "has none (with --split patient); never trained on or used to select "
                                      "anything: `pneumoscan evaluate RUN` scores it (0: none)")
     image_size: int = _opt(128, "input size in pixels (images are cached once at this size)")
     # stretch by default: the public Kermany copies (and most re-published sets) were stretched to squares,
     # so a model trained on them must see full-size radiographs stretched too. Measured on the 150
     # full-resolution originals with the default run: sensitivity 0.94 with stretch, 0.85 with pad.
-    fit: str = _opt("stretch", "how images are made square, here and at inference (stored with the model)",
+    fit: str = _opt(defaults.FIT, "how images are made square, here and at inference (stored with the model)",
                     ("pad", "crop", "stretch"))
     limit_train_images: int | None = _opt(None, "use at most this many training images (quick runs)")
     limit_val_images: int | None = _opt(None, "use at most this many validation images (quick runs)")

@@ -54,3 +54,38 @@ class EpochLine(Callback):
         shown = "  ".join(f"{k} {float(metrics[k]):.4f}" for k in self.KEYS if k in metrics)
         wall = f"  {float(metrics['wall_s']):.0f} s" if "wall_s" in metrics else ""
         print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {shown}{wall}", flush=True)
+
+
+# Below this many validation images of either class, the threshold chosen on them is noted as uncertain.
+MIN_VAL_PER_CLASS = 30
+
+
+def warn_if_small_validation(labels, probabilities, threshold: float, resamples: int = 200,
+                             seed: int = 0) -> str | None:
+    """A warning (printed, and returned) when the validation split is too small to choose a threshold on,
+    with how uncertain the chosen threshold is: the 90 % range of Youden's threshold over bootstrap
+    resamples of the validation images. None when the split is big enough."""
+    import numpy as np
+    from sklearn.metrics import roc_curve
+
+    labels = np.asarray(labels).astype(int).ravel()
+    probabilities = np.asarray(probabilities, dtype=np.float64).ravel()
+    counts = [int((labels == c).sum()) for c in (0, 1)]
+    if min(counts) >= MIN_VAL_PER_CLASS:
+        return None
+    rng = np.random.default_rng(seed)
+    thresholds = []
+    for _ in range(resamples):
+        pick = rng.integers(0, len(labels), len(labels))
+        if len(np.unique(labels[pick])) == 2:  # Youden's threshold of the resample
+            fpr, tpr, cuts = roc_curve(labels[pick], probabilities[pick], drop_intermediate=False)
+            thresholds.append(float(cuts[1:][int(np.argmax(tpr[1:] - fpr[1:]))]))
+    spread = (f"; over {len(thresholds)} bootstrap resamples of these images it ranges from "
+              f"{np.quantile(thresholds, 0.05):.3f} to {np.quantile(thresholds, 0.95):.3f} (90 %)"
+              if len(thresholds) >= 20 else "")
+    message = (f"warning: the validation split has only {counts[0]} NORMAL and {counts[1]} PNEUMONIA images "
+               f"(fewer than {MIN_VAL_PER_CLASS} of a class): the threshold {threshold:.3f} chosen on it is "
+               f"uncertain{spread}. Use more validation images (--val-fraction, or --split patient) before "
+               "trusting the threshold.")
+    print(message, file=sys.stderr, flush=True)
+    return message

@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,18 @@ class PreparedData:
         return hashlib.sha256("\n".join(sorted(lines)).encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def _split_rule(split: str, index) -> str:
+    """'auto' resolved: a source's own validation split when it is big enough to choose a threshold on."""
+    if split != "auto":
+        return split
+    from pneumoscan.data.defaults import MIN_SOURCE_VAL_PER_CLASS
+
+    val = Counter(s.label for s in index.samples if s.split == "val")
+    own = all(val[label] >= MIN_SOURCE_VAL_PER_CLASS for label in (0, 1))
+    log.info("--split auto: %s", "the source's own train/val splits" if own else "validation carved by patient")
+    return "source" if own else "patient"
+
+
 def prepare_data(config: TrainConfig, progress: bool = True) -> PreparedData:
     """List, split (by patient, never the test split) and decode the data of ``config``.
 
@@ -78,7 +91,7 @@ def prepare_data(config: TrainConfig, progress: bool = True) -> PreparedData:
     """
     root = Path(config.data).expanduser() if config.data else default_data_root()
     index = load_dataset(root)
-    if config.split == "patient":
+    if _split_rule(config.split, index) == "patient":
         samples = split_by_patient(index.samples, config.val_fraction, config.seed, config.test_fraction)
     else:
         samples = list(index.samples)

@@ -288,6 +288,7 @@ def _log_order(path: Path) -> int:
 def _finish(run_dir: Path, config: TrainConfig, module: Any, data: Any, provenance: dict[str, Any]) -> None:
     """Best weights -> validation predictions, threshold, model file, history and curves."""
     from pneumoscan.models import ModelMeta, build_model, save_model
+    from pneumoscan.training.console import warn_if_small_validation
     from pneumoscan.training.curves import plot_curves, read_history
     from pneumoscan.training.metrics import binary_summary, operating_points
     from pneumoscan.training.module import predict_probabilities
@@ -306,7 +307,10 @@ def _finish(run_dir: Path, config: TrainConfig, module: Any, data: Any, provenan
     probs = predict_probabilities(network.cpu(), data.val_images, channels_last=config.channels_last)
     labels = data.val_labels
     points = operating_points(labels, probs, seed=config.seed)
-    metrics = binary_summary(labels, probs, points[config.threshold_rule])
+    threshold = points[config.threshold_rule]
+    if (small := warn_if_small_validation(labels, probs, threshold)) is not None:
+        provenance["warnings"] = [*provenance.get("warnings", []), small.removeprefix("warning: ")]
+    metrics = binary_summary(labels, probs, threshold)
     metrics["best_epoch"] = best_epoch if best_epoch is not None else -1
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

@@ -1,0 +1,65 @@
+"""One default for each shared option, a source's own validation split used when it is big enough, and
+a warning with the threshold's uncertainty when validation is too small to choose a threshold on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pneumoscan.cli import build_parser
+from pneumoscan.training import TrainConfig
+from pneumoscan.training.console import warn_if_small_validation
+from pneumoscan.training.data import prepare_data
+
+
+def _defaults(argv: list[str]):
+    return build_parser().parse_args(argv)
+
+
+def test_shared_options_have_one_default_in_every_command():
+    train = TrainConfig()
+    split = _defaults(["data", "split"])
+    cache = _defaults(["data", "cache"])
+    assert split.test_fraction == train.test_fraction
+    assert split.val_fraction == train.val_fraction
+    assert cache.fit == train.fit
+
+
+def _npz(path, per_class: dict[str, int], size: int = 28) -> None:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in per_class.items():
+        labels = np.array([0, 1] * n, dtype=np.uint8).reshape(-1, 1)
+        images = rng.integers(30, 220, (2 * n, size, size), dtype=np.uint8)
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+    np.savez(path, **arrays)
+
+
+def test_an_npz_with_its_own_validation_split_trains_on_its_splits_by_default(tmp_path):
+    npz = tmp_path / "pneumoniamnist.npz"
+    _npz(npz, {"train": 20, "val": 50, "test": 5})
+    data = prepare_data(TrainConfig(data=str(npz), image_size=28, progress=False), progress=False)
+    assert len(data.val_samples) == 100 and all(s.split == "val" for s in data.val_samples)
+    assert len(data.train_samples) == 40  # its own validation images are not pooled into training
+
+    pooled = prepare_data(TrainConfig(data=str(npz), image_size=28, split="patient", progress=False), progress=False)
+    assert len(pooled.train_samples) + len(pooled.val_samples) == 140  # asked for: pooled and re-carved
+
+
+def test_a_tiny_validation_split_warns_with_the_spread_of_its_threshold(capsys):
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    probs = np.array([0.1, 0.3, 0.45, 0.6, 0.4, 0.55, 0.7, 0.9])
+    message = warn_if_small_validation(labels, probs, 0.55)
+    assert message is not None and "only 4 NORMAL and 4 PNEUMONIA" in message
+    assert "ranges from" in message and message in capsys.readouterr().err
+
+
+def test_a_large_validation_split_does_not_warn():
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1] * 100)
+    assert warn_if_small_validation(labels, rng.random(200), 0.5) is None
+
+
+@pytest.mark.parametrize("value", ["auto", "patient", "source"])
+def test_the_split_option_accepts_its_three_rules(value):
+    assert TrainConfig(split=value).split == value
