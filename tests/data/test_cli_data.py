@@ -45,8 +45,11 @@ def test_split_writes_a_manifest_every_command_accepts(synthetic_dataset, tmp_pa
     assert main(["data", "split", str(synthetic_dataset), "--val-fraction", "0.2", "--seed", "3",
                  "--out", str(manifest)]) == 0
     assert "val" in capsys.readouterr().out
-    assert {s.split for s in load_dataset(manifest).samples} == {"train", "val"}
+    # The same default as `train`: a test split is held out when the source has none.
+    assert {s.split for s in load_dataset(manifest).samples} == {"train", "val", "test"}
     assert main(["data", "validate", str(manifest), "--strict", "--no-progress"]) == 0
+    assert main(["data", "split", str(synthetic_dataset), "--test-fraction", "0", "--out", str(manifest)]) == 0
+    assert {s.split for s in load_dataset(manifest).samples} == {"train", "val"}
 
 
 def test_cache_builds_then_reuses(synthetic_dataset, tmp_path, capsys):
