@@ -8,8 +8,31 @@ import numpy as np
 
 from pneumoscan.evaluation.metrics import calibration_bins
 
-_POINT_STYLE = {"stored": ("o", "tab:red"), "youden": ("s", "tab:green"),
-                "sens95": ("^", "tab:purple"), "spec95": ("v", "tab:orange")}
+# Open markers of different shapes and sizes: points that coincide (the stored threshold is Youden's)
+# stay visible one inside the other.
+_POINT_STYLE = {"stored": ("o", "tab:red", 13), "youden": ("s", "tab:green", 9),
+                "sens95": ("^", "tab:purple", 9), "spec95": ("v", "tab:orange", 9)}
+# When the whole curve hugs the top-left corner (AUC 0.99+), an inset shows that corner enlarged.
+_ZOOM_WHEN_AUC_ABOVE = 0.95
+
+
+def _mark(ax, name: str, x: float, y: float, label: str) -> None:
+    marker, colour, size = _POINT_STYLE.get(name, ("x", "black", 9))
+    ax.plot(x, y, marker, markerfacecolor="none", markeredgecolor=colour, markeredgewidth=2, markersize=size,
+            label=label)
+
+
+def _corner_inset(ax, xs, ys, points: list[tuple[str, float, float]], x_range, y_range):
+    """An enlarged view of one corner of the plot, with the same curve and operating points."""
+    inset = ax.inset_axes([0.42, 0.32, 0.5, 0.42])
+    inset.plot(xs, ys, color="tab:blue")
+    for name, x, y in points:
+        _mark(inset, name, x, y, name)
+    inset.set(xlim=x_range, ylim=y_range)
+    inset.tick_params(labelsize=7)
+    inset.set_title("enlarged", fontsize=7)
+    ax.indicate_inset_zoom(inset, edgecolor="grey")
+    return inset
 
 
 def _figure(width: float = 5.0, height: float = 4.2):
@@ -66,15 +89,23 @@ def roc_plot(labels, probs, points: dict[str, float], weights: np.ndarray | None
     ax.plot(fpr, tpr, color="tab:blue", label=f"ROC ({auc_text})")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     y = np.asarray(labels)
+    marks = []
     for name, threshold in points.items():
         called = np.asarray(probs) >= threshold
-        marker, colour = _POINT_STYLE.get(name, ("x", "black"))
-        ax.plot(called[y == 0].mean(), called[y == 1].mean(), marker, color=colour, markersize=8,
-                label=f"{name} (t={threshold:.3f})")
+        marks.append((name, float(called[y == 0].mean()), float(called[y == 1].mean())))
+        _mark(ax, name, marks[-1][1], marks[-1][2], f"{name} (t={threshold:.3f})")
     ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
            title="ROC curve", xlim=(0, 1), ylim=(0, 1.01))
+    if _area(fpr, tpr) > _ZOOM_WHEN_AUC_ABOVE:
+        right = max(0.1, min(1.0, 1.5 * max(x for _, x, _ in marks)))
+        bottom = min(0.9, max(0.0, min(y for _, _, y in marks) - 0.05))
+        _corner_inset(ax, fpr, tpr, marks, (0, right), (bottom, 1.005))
     ax.legend(loc="lower right", fontsize=8)
     return _png(fig)
+
+
+def _area(x, y) -> float:
+    return float(np.sum(np.diff(x) * (np.asarray(y[1:]) + np.asarray(y[:-1])) / 2))
 
 
 def pr_plot(labels, probs, points: dict[str, float], ap_text: str) -> bytes:
@@ -88,13 +119,18 @@ def pr_plot(labels, probs, points: dict[str, float], ap_text: str) -> bytes:
     prevalence = float(np.mean(labels))
     ax.axhline(prevalence, color="grey", linestyle=":", linewidth=1, label=f"prevalence {prevalence:.2f}")
     y = np.asarray(labels)
+    marks = []
     for name, threshold in points.items():
         called = np.asarray(probs) >= threshold
         if called.any():
-            marker, colour = _POINT_STYLE.get(name, ("x", "black"))
-            ax.plot(called[y == 1].mean(), y[called].mean(), marker, color=colour, markersize=8, label=name)
+            marks.append((name, float(called[y == 1].mean()), float(y[called].mean())))
+            _mark(ax, name, marks[-1][1], marks[-1][2], name)
     ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="Precision-recall",
            xlim=(0, 1), ylim=(0, 1.01))
+    if marks and -_area(recall, precision) > _ZOOM_WHEN_AUC_ABOVE:  # recall decreases along the curve
+        left = max(0.0, min(0.9, min(x for _, x, _ in marks) - 0.05))
+        bottom = max(0.0, min(0.9, min(y for _, _, y in marks) - 0.05))
+        _corner_inset(ax, recall, precision, marks, (left, 1.005), (bottom, 1.005))
     ax.legend(loc="lower left", fontsize=8)
     return _png(fig)
 
@@ -149,7 +185,8 @@ def histogram_plot(labels, probs, points: dict[str, float]) -> bytes:
 
 def history_plot(history: dict[str, list[float]]) -> bytes:
     """Training curves from a run's ``history.csv``: losses and every other per-epoch metric."""
-    epochs = history.get("epoch") or list(range(len(next(iter(history.values()), []))))
+    # Counted from 1, as the training log and the run's curves.png count them (Lightning counts from 0).
+    epochs = [e + 1 for e in (history.get("epoch") or range(len(next(iter(history.values()), []))))]
     fig = _figure(8.0, 3.6)
     loss_ax, other_ax = fig.subplots(1, 2)
     for column, values in history.items():

@@ -21,9 +21,30 @@ LABELS: dict[str, str] = {
 }
 POINT_LABELS = {"stored": "stored threshold", "youden": "Youden's J", "sens95": "sensitivity 0.95",
                 "spec95": "specificity 0.95"}
+SPEC95_NOTE = ("Why \"specificity 0.95\" can have the lowest specificity here: it is the lowest threshold that "
+               "keeps specificity at 0.95 on validation, so it calls more images pneumonia than the other points, "
+               "and a test set that differs from validation can fall below 0.95.")
 PLOT_TITLES = {"roc": "ROC curve", "precision_recall": "Precision-recall curve",
                "reliability": "Reliability diagram", "confusion_matrix": "Confusion matrix",
                "score_histograms": "Scores per class", "training_curves": "Training curves of the run"}
+
+
+def _compact_setup(report: dict[str, Any]) -> list[list[str]]:
+    """The few settings a reader needs at a glance; the full record is folded below the table."""
+    config, versions = report.get("config") or {}, report.get("versions") or {}
+    rows = []
+    for model in report.get("models") or []:
+        if isinstance(model, dict):
+            what = ", ".join(f"{k} {model[k]:.4f}" if isinstance(model[k], float) else f"{k} {model[k]}"
+                             for k in ("name", "image_size", "fit", "threshold") if k in model)
+            rows.append([f"model {model.get('source', model.get('path', ''))}", what])
+    for key in ("split", "bootstrap", "level", "tta", "calibrate", "seed"):
+        if key in config:
+            rows.append([key, str(config[key])])
+    rows.append(["versions", ", ".join(f"{k} {versions[k]}" for k in ("pneumoscan", "torch", "onnxruntime")
+                                       if k in versions)])
+    rows.append(["git commit", str(report.get("git_commit") or "unknown")])
+    return rows
 
 
 def format_value(entry: dict[str, Any] | None) -> str:
@@ -64,6 +85,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         if "threshold_before_calibration" in op:
             shown = f"{op['threshold_before_calibration']:.4f} ({shown} calibrated)"
         lines.append(f"| {POINT_LABELS.get(name, name)} | {shown} | {op['rule']}; {op['source']} |")
+    if "spec95" in points:
+        lines += ["", SPEC95_NOTE]
     lines += ["", "## Metrics at each operating point", "",
               "| metric | " + " | ".join(POINT_LABELS.get(p, p) for p in points) + " |",
               "|---|" + "---|" * len(points)]
@@ -130,6 +153,8 @@ def render_html(report: dict[str, Any], figures: dict[str, bytes], gallery: dict
         [POINT_LABELS.get(n, n), f"{ops[n]['threshold']:.4f}" + (
             f" (model scale {ops[n]['threshold_before_calibration']:.4f})" if "threshold_before_calibration" in ops[n]
             else ""), ops[n]["rule"], ops[n]["source"]] for n in points]))
+    if "spec95" in points:
+        parts.append(f"<p class='muted'>{esc(SPEC95_NOTE)}</p>")
     parts.append("<h2>Metrics at each operating point</h2>")
     parts.append(_table(["metric", *[POINT_LABELS.get(p, p) for p in points]], [
         [LABELS[m], *[format_value(report["metrics"]["at"][p][m]) for p in points]] for m in THRESHOLD_METRICS]))
@@ -168,6 +193,10 @@ def render_html(report: dict[str, Any], figures: dict[str, bytes], gallery: dict
         parts.append("<ul>" + "".join(f"<li>{esc(u['reason'])}</li>" for u in data["unreadable"][:50]) + "</ul>")
     parts += [f"<p class='muted'>{esc(n)}</p>" for n in data["notes"]]
     parts.append("<h2>Models, configuration, versions</h2>")
-    parts.append(f"<pre>{esc(json.dumps({'models': report['models'], 'config': report['config'], 'versions': report['versions'], 'git_commit': report.get('git_commit')}, indent=2, default=str))}</pre>")
+    parts.append(_table(["", ""], _compact_setup(report)))
+    full = {"models": report["models"], "config": report["config"], "versions": report["versions"],
+            "git_commit": report.get("git_commit")}
+    parts.append("<details><summary>Everything, as recorded in report.json</summary>"
+                 f"<pre>{esc(json.dumps(full, indent=2, default=str))}</pre></details>")
     parts.append(f"<p class='disclaimer'>{esc(report['disclaimer'])}</p></body></html>")
     return "\n".join(parts)

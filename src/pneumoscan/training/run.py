@@ -300,7 +300,7 @@ def _finish(run_dir: Path, config: TrainConfig, module: Any, data: Any, provenan
         checkpoint = torch.load(best, map_location="cpu", weights_only=True)
         state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
         network.load_state_dict(state)
-        best_epoch = int(checkpoint.get("epoch", -1))
+        best_epoch = int(checkpoint.get("epoch", -1)) + 1  # counted from 1, as the log and curves.png count
     else:  # validation never ran (a very short --max-time): keep the weights in memory
         network.load_state_dict(module.model.state_dict())
     network = network.to(memory_format=torch.channels_last) if config.channels_last else network
