@@ -84,7 +84,10 @@ def test_predict_with_no_model_scores_with_the_bundled_one(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "the bundled default model" in out
     expected = pneumoscan.load().predict(image)[0].probability
-    assert f"{expected:.4f}" in out
+    written = (tmp_path / "out.csv").read_text().splitlines()[1].split(",")
+    assert float(written[1]) == pytest.approx(expected, abs=1e-6)
+    assert main(["predict", str(image)]) == 0  # without --out, the table on the terminal
+    assert f"{expected:.4f}" in capsys.readouterr().out
 
 
 def test_a_run_given_first_is_the_model_and_a_run_alone_is_refused(tmp_path, capsys):
