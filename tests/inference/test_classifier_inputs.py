@@ -38,12 +38,13 @@ def model(request, run):
 
 
 @pytest.fixture(scope="module")
-def pixels() -> np.ndarray:
+def pixels(request) -> np.ndarray:
     """A full-resolution, non-square real radiograph (8-bit grey) when the shared data is there, else a
     synthetic non-square one."""
-    from conftest import shared_data_root
-
-    root = shared_data_root()
+    try:
+        root = request.getfixturevalue("shared_data")
+    except pytest.skip.Exception:
+        root = None
     original = root / "chest_xray_originals" / "NORMAL" / "IM-0214-0001.jpeg" if root else None
     if original is not None and original.is_file():
         return np.asarray(Image.open(original).convert("L"))
