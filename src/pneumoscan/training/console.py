@@ -47,8 +47,9 @@ class EpochLine(Callback):
 
     KEYS = ("train_loss", "val_loss", "val_auc", "val_acc")
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+    # Lightning runs validation inside the training epoch: at its end both losses are known.
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
             return
         metrics = trainer.callback_metrics
         shown = "  ".join(f"{k} {float(metrics[k]):.4f}" for k in self.KEYS if k in metrics)
