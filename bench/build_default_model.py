@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import sys
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pneumoscan._io import atomic_write_json, atomic_write_text
     from pneumoscan.bundled import CARD_JSON, CARD_MARKDOWN, ONNX_FILE, WEIGHTS_FILE
-    from pneumoscan.bundled.card import build_bundled_card, render_bundled_markdown
+    from pneumoscan.bundled.card import build_bundled_card, portable, render_bundled_markdown
     from pneumoscan.evaluation import EvaluateConfig, evaluate
     from pneumoscan.serving.export import export_onnx
     from pneumoscan.training import TrainConfig, train
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(onnx, out / ONNX_FILE)
     shutil.copyfile(run / WEIGHTS_FILE, out / WEIGHTS_FILE)
-    shutil.copyfile(run / "model.json", out / "model.json")  # the metadata, readable without torch
+    # The metadata, readable without torch (`pneumoscan models`), without this machine's paths.
+    atomic_write_json(out / "model.json", portable(json.loads((run / "model.json").read_text()), data.parent))
     card = build_bundled_card(out, result.report, recipe=recipe, deviations=deviations,
                               reference_images=reference_images(data), shared_root=data.parent, train_seconds=trained_s)
     atomic_write_json(out / CARD_JSON, card)

@@ -49,12 +49,15 @@ def build_bundled_card(folder: str | os.PathLike, report: dict[str, Any], *, rec
                      "safetensors": WEIGHTS_FILE, "safetensors_sha256": sha256_file(folder / WEIGHTS_FILE)}
     card["scope"] = SCOPE
     card["training_data"] = {**TRAINING_DATA, **card["training_data"]}
+    from pneumoscan.evaluation.operating import OPERATING_POINTS
+
     points = report["operating_points"]
+    rule = str(recipe.get("threshold_rule", "youden"))
     card["operating_point"] = {
         "threshold": float(meta.threshold),
-        "name": "youden",
-        "how_chosen": "Youden's J (sensitivity + specificity - 1, maximised) on the validation patients at "
-                      "the end of training; stored in the model and applied unchanged to the test half",
+        "name": rule,
+        "how_chosen": f"{rule}: {OPERATING_POINTS.get(rule, rule)}, on the validation patients at the end of "
+                      "training; stored in the model and applied unchanged to the test half",
         "alternatives": {name: {"threshold": p["threshold"], "rule": p.get("rule", "")}
                          for name, p in points.items() if name != "stored"},
     }
@@ -90,7 +93,7 @@ def build_bundled_card(folder: str | os.PathLike, report: dict[str, Any], *, rec
         "versions": {k: v for k, v in library_versions().items() if k != "platform"},
     }
     card["disclaimer"] = DISCLAIMER
-    return _portable(card, {str(shared_root.resolve()): "../shared/data", str(shared_root): "../shared/data"})
+    return portable(card, shared_root)
 
 
 def render_bundled_markdown(card: dict[str, Any]) -> str:
@@ -121,13 +124,19 @@ def render_bundled_markdown(card: dict[str, Any]) -> str:
     return head + "\n".join(extra) + "## Limitations" + tail
 
 
-def _portable(value: Any, replace: dict[str, str]) -> Any:
-    """The card with machine-specific absolute paths replaced by the project's relative ones."""
-    if isinstance(value, dict):
-        return {k: _portable(v, replace) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_portable(v, replace) for v in value]
-    if isinstance(value, str):
-        for old, new in replace.items():
-            value = value.replace(old, new)
-    return value
+def portable(value: Any, shared_root: str | os.PathLike) -> Any:
+    """``value`` (a card, a model's metadata) with this machine's path to the shared data replaced by the
+    project's relative ``../shared/data``."""
+    replace = {str(Path(shared_root).resolve()): "../shared/data", str(shared_root): "../shared/data"}
+
+    def walk(item: Any) -> Any:
+        if isinstance(item, dict):
+            return {k: walk(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [walk(v) for v in item]
+        if isinstance(item, str):
+            for old, new in replace.items():
+                item = item.replace(old, new)
+        return item
+
+    return walk(value)
