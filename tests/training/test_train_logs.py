@@ -26,7 +26,8 @@ def test_train_into_a_file_writes_one_line_per_epoch_and_no_noise(synthetic_data
     assert done.returncode == 0, text
     lines = text.splitlines()
     assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["1/2", "2/2"], text
-    assert "val_auc" in next(line for line in lines if line.startswith("epoch 2/2"))
+    last = next(line for line in lines if line.startswith("epoch 2/2"))
+    assert "train_loss" in last and "val_auc" in last
     for noise in ("litlogger", "💡", "v_num", "LeafSpec", "is deprecated", "GPU available", "\r", "it/s]"):
         assert noise not in text, f"{noise!r} in the log:\n{text}"
     assert len(text) < 4000, text
