@@ -108,6 +108,8 @@ def test_a_run_given_first_is_the_model_and_a_run_alone_is_refused(tmp_path, cap
     assert main(["models", "--runs", str(tmp_path / "runs")]) == 0
     listing = capsys.readouterr().out
     assert "default" in listing and "bundled" in listing
+    val_auc = bundled_card()["metrics"]["validation"]["auc"]
+    assert f"{val_auc:.4f}" in listing  # the bundled model's validation AUC, read from its model.json
     assert run.name in listing and "seed-cnn" in listing
 
 

@@ -51,7 +51,8 @@ def list_models(runs: str | os.PathLike = "runs") -> list[ModelEntry]:
 
 def _entry(name: str, kind: str, folder: Path) -> ModelEntry:
     meta = _meta(folder)
-    auc = meta.val_metrics.get("roc_auc") if isinstance(meta.val_metrics, dict) else None
+    metrics = meta.val_metrics if isinstance(meta.val_metrics, dict) else {}
+    auc = metrics.get("auc", metrics.get("roc_auc"))
     return ModelEntry(name, kind, folder, meta.name, int(meta.image_size), float(meta.threshold), meta.created,
                       (folder / "model.onnx").is_file() or (folder / "export" / "model.onnx").is_file(),
                       float(auc) if isinstance(auc, int | float) else None)
