@@ -31,3 +31,16 @@ def test_train_into_a_file_writes_one_line_per_epoch_and_no_noise(synthetic_data
     for noise in ("litlogger", "💡", "v_num", "LeafSpec", "is deprecated", "GPU available", "\r", "it/s]"):
         assert noise not in text, f"{noise!r} in the log:\n{text}"
     assert len(text) < 4000, text
+
+
+def test_the_model_summary_names_the_network_not_only_its_wrapper():
+    from lightning.pytorch.utilities.model_summary import summarize
+
+    from pneumoscan.models import build_model
+    from pneumoscan.training import TrainConfig
+    from pneumoscan.training.console import SUMMARY_DEPTH
+    from pneumoscan.training.module import XrayClassifier
+
+    network = build_model("mini-resnet", 32)
+    summary = str(summarize(XrayClassifier(network, TrainConfig(image_size=32)), max_depth=SUMMARY_DEPTH))
+    assert type(network.network).__name__ in summary  # e.g. MiniResNet, not just PerImageStandardize

@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Any
 
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelSummary, TQDMProgressBar
 
 # Lightning's rank-zero notices that say nothing about this run: an advert for a cloud service, the
 # hardware lines (the summary says the device) and a note on how it counts batches.
@@ -31,6 +31,16 @@ def quiet_lightning() -> None:
 def show_progress_bar(wanted: bool) -> bool:
     """A bar only when asked and stderr is a terminal: in a file every redraw becomes a line."""
     return wanted and sys.stderr.isatty()
+
+
+# Depth 2: the LightningModule holds the per-image standardisation, which holds the network; at depth 1
+# the summary would name only the wrapper.
+SUMMARY_DEPTH = 2
+
+
+def model_summary() -> ModelSummary:
+    """The model summary shown with the progress bar, down to the network's own class."""
+    return ModelSummary(max_depth=SUMMARY_DEPTH)
 
 
 class ProgressBar(TQDMProgressBar):

@@ -239,7 +239,13 @@ def _trainer(config: TrainConfig, run_dir: Path, on_gpu: bool, extra: list[Any],
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from pneumoscan.training.callbacks import AtomicCheckpointIO
-    from pneumoscan.training.console import EpochLine, ProgressBar, quiet_lightning, show_progress_bar
+    from pneumoscan.training.console import (
+        EpochLine,
+        ProgressBar,
+        model_summary,
+        quiet_lightning,
+        show_progress_bar,
+    )
 
     mode = "min" if config.monitor == "val_loss" else "max"
     checkpoint = ModelCheckpoint(
@@ -267,7 +273,7 @@ def _trainer(config: TrainConfig, run_dir: Path, on_gpu: bool, extra: list[Any],
     steps_per_epoch = max(1, -(-n_train // config.batch_size))
     quiet_lightning()
     bar = show_progress_bar(config.progress)
-    callbacks.append(ProgressBar() if bar else EpochLine())
+    callbacks += [ProgressBar(), model_summary()] if bar else [EpochLine()]
     return L.Trainer(
         accelerator=config.accelerator, devices=parse_devices(config.devices), num_nodes=config.num_nodes,
         strategy=config.strategy, precision=precision, max_epochs=config.epochs,
