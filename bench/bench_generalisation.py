@@ -30,6 +30,9 @@ import time
 from dataclasses import fields, replace
 from pathlib import Path
 
+# As `pneumoscan train` does: OpenMP threads that spin while waiting burn a shared machine's cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 METRICS = ("roc_auc", "accuracy", "sensitivity", "specificity", "ece")
 
 
