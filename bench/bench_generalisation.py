@@ -54,8 +54,13 @@ def parse_set(items: list[str]) -> dict[str, object]:
             out[key] = kind(value)
         elif value.lower() == "none":
             out[key] = None
-        else:
-            out[key] = value
+        else:  # a str or an optional number (default None): the value's own form decides
+            for convert in (int, float, str):
+                try:
+                    out[key] = convert(value)
+                    break
+                except ValueError:
+                    continue
     return out
 
 
