@@ -61,24 +61,20 @@ def _dicom(path: Path, seed: int, patient: str, accession: str, sop_uid: str | N
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    import torch
+def model_dir(exported_run) -> Path:
+    """A run folder with an export: `predict RUN` scores it on ONNX Runtime, as :func:`onnx` does here."""
+    return exported_run
 
-    from pneumoscan.models import ModelMeta, build_model, save_model
 
-    folder = tmp_path_factory.mktemp("run")
-    torch.manual_seed(0)
-    meta = ModelMeta(name="seed-cnn", image_size=SIZE, threshold=0.5, version="test",
-                     operating_points={"youden": 0.5, "sens95": 0.2, "spec95": 0.8})
-    save_model(folder, build_model("seed-cnn", SIZE), meta)
-    return folder
+def onnx(run: Path):
+    return pneumoscan.load(run / "export" / "model.onnx")
 
 
 @pytest.fixture(scope="module")
 def many_inputs(tmp_path_factory) -> tuple[Path, list[str]]:
-    """600 inputs in a folder: 30 distinct PNGs, each also under 19 other names (symlinks), and one bad file."""
+    """400 inputs in a folder: 20 distinct PNGs, each also under 19 other names (symlinks), and one bad file."""
     folder = tmp_path_factory.mktemp("many")
-    originals = [_write_png(folder / "src" / f"img{i:02d}.png", i) for i in range(30)]
+    originals = [_write_png(folder / "src" / f"img{i:02d}.png", i) for i in range(20)]
     for copy in range(19):
         for original in originals:
             link = folder / f"copy{copy:02d}" / original.name
@@ -86,8 +82,14 @@ def many_inputs(tmp_path_factory) -> tuple[Path, list[str]]:
             link.symlink_to(original)
     (folder / "copy00" / "zz-cut.png").write_bytes(originals[0].read_bytes()[:50])
     files = list(iter_sources([folder]))
-    assert len(files) == 601
+    assert len(files) == 401
     return folder, files
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(model_dir, many_inputs) -> dict[str, float | None]:
+    """Each input's probability from one uninterrupted run."""
+    return {r.source: r.probability for r in onnx(model_dir).predict(many_inputs[1])}
 
 
 def _rows(out: Path) -> list[dict]:
@@ -100,9 +102,9 @@ def test_streamed_results_equal_classifier_predict_row_for_row(model_dir, tmp_pa
     (tmp_path / "in" / "notes.png").write_text("not an image")
     out = tmp_path / f"results{suffix}"
 
-    summary = predict_to_file(pneumoscan.load(model_dir), [tmp_path / "in"], out, batch_size=16, workers=2)
+    summary = predict_to_file(onnx(model_dir), [tmp_path / "in"], out, batch_size=16, workers=2)
 
-    expected = {r.source: r for r in pneumoscan.load(model_dir).predict(sorted(iter_sources([tmp_path / "in"])))}
+    expected = {r.source: r for r in onnx(model_dir).predict(sorted(iter_sources([tmp_path / "in"])))}
     rows = _rows(out)
     assert (summary.seen, summary.scored, summary.failed) == (71, 70, 1)
     assert sorted(r["file"] for r in rows) == sorted(expected)
@@ -123,7 +125,7 @@ def test_dicom_rows_carry_patient_accession_study_and_sop_instance_uid(model_dir
     _write_png(tmp_path / "ward" / "plain.png", 2)
     out = tmp_path / "results.csv"
 
-    predict_to_file(pneumoscan.load(model_dir), [tmp_path / "ward"], out)
+    predict_to_file(onnx(model_dir), [tmp_path / "ward"], out)
 
     import pydicom
 
@@ -165,7 +167,8 @@ def _count_rows(out: Path) -> int:
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
-def test_kill_9_mid_run_then_resume_scores_every_input_exactly_once(model_dir, many_inputs, tmp_path, suffix):
+def test_kill_9_mid_run_then_resume_scores_every_input_exactly_once(model_dir, many_inputs, uninterrupted, tmp_path,
+                                                                    suffix):
     folder, files = many_inputs
     out = tmp_path / f"results{suffix}"
     argv = ["predict", str(model_dir), str(folder), "--out", str(out), "--batch-size", "8", "--workers", "2"]
@@ -178,7 +181,7 @@ def test_kill_9_mid_run_then_resume_scores_every_input_exactly_once(model_dir, m
     rows = _rows(out)
     counts = Counter(r["file"] for r in rows)
     assert set(counts) == set(files) and max(counts.values()) == 1  # every input, exactly once
-    expected = {r.source: r.probability for r in pneumoscan.load(model_dir).predict(files)}
+    expected = uninterrupted
     got = {r["file"]: r["probability"] for r in rows}
     assert got.keys() == expected.keys()
     assert all((got[f] is None) == (expected[f] is None) for f in files)
@@ -190,11 +193,11 @@ def test_kill_9_mid_run_then_resume_scores_every_input_exactly_once(model_dir, m
 def test_resume_cuts_a_torn_last_line_and_scores_that_input_again(model_dir, tmp_path, suffix):
     files = [_write_png(tmp_path / "in" / f"x{i}.png", i) for i in range(12)]
     out = tmp_path / f"results{suffix}"
-    predict_to_file(pneumoscan.load(model_dir), [tmp_path / "in"], out, batch_size=4)
+    predict_to_file(onnx(model_dir), [tmp_path / "in"], out, batch_size=4)
     data = out.read_bytes()
     out.write_bytes(data[: len(data) - 25])  # what a kill inside the last write leaves
 
-    summary = predict_to_file(pneumoscan.load(model_dir), [tmp_path / "in"], out, resume=True, batch_size=4)
+    summary = predict_to_file(onnx(model_dir), [tmp_path / "in"], out, resume=True, batch_size=4)
 
     assert (summary.existing, summary.skipped, summary.scored) == (11, 11, 1)
     assert sorted(r["file"] for r in _rows(out)) == sorted(map(str, files))
@@ -203,11 +206,11 @@ def test_resume_cuts_a_torn_last_line_and_scores_that_input_again(model_dir, tmp
 def test_resume_skips_a_dicom_already_scored_under_another_name(model_dir, tmp_path):
     _dicom(tmp_path / "a" / "first.dcm", 1, patient="P1", accession="A1", sop_uid="1.2.3.4.5")
     out = tmp_path / "results.jsonl"
-    predict_to_file(pneumoscan.load(model_dir), [tmp_path / "a"], out)
+    predict_to_file(onnx(model_dir), [tmp_path / "a"], out)
     (tmp_path / "a" / "first.dcm").rename(tmp_path / "a" / "renamed.dcm")  # same instance, moved
     _dicom(tmp_path / "a" / "second.dcm", 2, patient="P2", accession="A2")
 
-    summary = predict_to_file(pneumoscan.load(model_dir), [tmp_path / "a"], out, resume=True)
+    summary = predict_to_file(onnx(model_dir), [tmp_path / "a"], out, resume=True)
 
     assert (summary.skipped, summary.scored) == (1, 1)
     assert sorted(Path(r["file"]).name for r in _rows(out)) == ["first.dcm", "second.dcm"]
