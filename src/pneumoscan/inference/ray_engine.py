@@ -22,7 +22,7 @@ from typing import Any
 
 from pneumoscan.data.dicom_ids import DICOM_ID_COLUMNS
 from pneumoscan.errors import ConfigError, ModelFileError
-from pneumoscan.inference.results import COLUMNS, results_schema
+from pneumoscan.inference.results import COLUMNS, results_schema, utf8
 
 # Files per decoding task and images per scoring call: big enough that Ray's per-task cost is small.
 DECODE_BATCH, SCORE_BATCH = 64, 256
@@ -48,13 +48,14 @@ class RaySummary:
 
 
 def decode_batch(batch, image_size: int, fit: str):
-    """A Ray Data batch (Arrow: ``file``, ``size``, ``mtime_ns``) -> the same with each file's pixels
-    (``S*S`` bytes, null when it failed), its error and its DICOM identifiers."""
+    """A Ray Data batch (Arrow: ``file``, ``fspath``, ``size``, ``mtime_ns``) -> ``file``, ``size``,
+    ``mtime_ns``, each file's pixels (``S*S`` bytes, null when it failed), its error and its DICOM
+    identifiers. ``fspath`` is the path's bytes: a name that is not UTF-8 still opens."""
     import pyarrow as pa
 
     from pneumoscan.inference.stream import decode_file
 
-    decoded = [decode_file(path, image_size, fit) for path in batch.column("file").to_pylist()]
+    decoded = [decode_file(os.fsdecode(path), image_size, fit) for path in batch.column("fspath").to_pylist()]
     columns: dict[str, Any] = {name: batch.column(name) for name in ("file", "size", "mtime_ns")}
     columns["pixels"] = pa.array([None if pixels is None else pixels.tobytes() for pixels, _, _ in decoded], pa.binary())
     columns["error"] = pa.array([error for _, error, _ in decoded], pa.string())
@@ -132,9 +133,10 @@ def predict_ray(
     for path in iter_sources(sources):
         try:
             st = os.stat(path)
-            items.append({"file": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+            stat: tuple[int | None, int | None] = (st.st_size, st.st_mtime_ns)
         except OSError:
-            items.append({"file": path, "size": None, "mtime_ns": None})
+            stat = (None, None)
+        items.append({"file": utf8(path), "fspath": os.fsencode(path), "size": stat[0], "mtime_ns": stat[1]})
     if not items:
         raise ConfigError(f"no image files found in {' '.join(map(os.fsdecode, sources))}")
 
@@ -145,14 +147,18 @@ def predict_ray(
         nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
         import pyarrow as pa
 
-        listing = pa.Table.from_pylist(items, schema=pa.schema([("file", pa.string()), ("size", pa.int64()),
-                                                                ("mtime_ns", pa.int64())]))
+        listing = pa.Table.from_pylist(items, schema=pa.schema([("file", pa.string()), ("fspath", pa.binary()),
+                                                                ("size", pa.int64()), ("mtime_ns", pa.int64())]))
         ds = ray.data.from_arrow(listing).repartition(max(1, -(-len(items) // DECODE_BATCH)))
-        # Ray Data retries a task whose worker died, and restarts a lost actor, by default.
+        # Ray Data retries a task whose worker died, and restarts a lost actor, by default. Decoding
+        # runs as tasks on every CPU (a task pool of another size than the actor pool: Ray would
+        # otherwise fuse decoding into the scoring actors and decode on their few CPUs only).
+        scorers = actors or max(1, int(cpus) // 4)
         ds = ds.map_batches(decode, fn_kwargs={"image_size": int(meta.image_size), "fit": meta.fit},
-                            batch_size=DECODE_BATCH, batch_format="pyarrow", num_cpus=1)
+                            batch_size=DECODE_BATCH, batch_format="pyarrow", num_cpus=1,
+                            compute=ray.data.TaskPoolStrategy(size=max(int(cpus), scorers + 1)))
         ds = ds.map_batches(scorer_for(onnx_file, device), batch_size=SCORE_BATCH, batch_format="pyarrow",
-                            compute=ray.data.ActorPoolStrategy(size=actors or max(1, int(cpus) // 4)),
+                            compute=ray.data.ActorPoolStrategy(size=scorers),
                             num_cpus=1, num_gpus=1 if device == "cuda" else 0)
         staging = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
         ds.write_parquet(str(staging.resolve()))

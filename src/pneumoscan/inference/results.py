@@ -64,12 +64,12 @@ def require_pyarrow(what: str | os.PathLike) -> None:
 
 def row_key(file: str, size: Any, mtime_ns: Any) -> int:
     """The resume key of one input: its path, size and modification time (64-bit hash: a set stays small)."""
-    text = f"{_utf8(file)}\0{'' if size in (None, '') else int(size)}\0{'' if mtime_ns in (None, '') else int(mtime_ns)}"
+    text = f"{utf8(file)}\0{'' if size in (None, '') else int(size)}\0{'' if mtime_ns in (None, '') else int(mtime_ns)}"
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
-def _utf8(text: str) -> str:
-    # A non-UTF-8 file name (b"caf\xe9.png" -> "caf\udce9.png") as text every format can store.
+def utf8(text: str) -> str:
+    """A file name as text every format can store: a non-UTF-8 byte becomes ``\\xe9``."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
@@ -101,7 +101,7 @@ class ResultsWriter:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            table = pa.Table.from_pylist([{**row, "file": _utf8(row["file"])} for row in rows], schema=results_schema())
+            table = pa.Table.from_pylist([{**row, "file": utf8(row["file"])} for row in rows], schema=results_schema())
             part = self.out / f"part-{self._next_part:06d}.parquet"
             self._next_part += 1
             try:
