@@ -143,7 +143,7 @@ def decode_files(paths: Iterable[str], image_size: int, fit: str, workers: int =
 
 def predict_to_file(
     classifier, sources: Iterable[str | os.PathLike], out: str | os.PathLike, *, resume: bool = False,
-    batch_size: int = 32, workers: int | None = None, progress: bool | None = None,
+    batch_size: int = 32, workers: int | None = None, progress: bool | None = None, report_failures: bool = False,
 ) -> StreamSummary:
     """Score every file of ``sources`` into ``out`` (``.csv``, ``.jsonl`` or ``.parquet``), batch by batch.
 
@@ -151,6 +151,7 @@ def predict_to_file(
     SOPInstanceUID) are skipped, so a killed run finishes with every input present exactly once.
     ``workers``: decoding processes (default: the usable cores, at most 8). ``progress``: a bar
     (``True``), nothing (``False``), or ``None``: a bar on a terminal, a rate line every 10 s otherwise.
+    ``report_failures``: also print each file that could not be scored, with its reason, on stderr.
     """
     from pneumoscan.data._parallel import default_workers
 
@@ -180,7 +181,7 @@ def predict_to_file(
         return {"file": path, "probability": probability, "label": label, "threshold": classifier.threshold,
                 "model": meta.name, "version": meta.version, "error": error, **ids, "size": size, "mtime_ns": mtime_ns}
 
-    ticker = _Ticker(progress)
+    ticker = _Ticker(progress, report_failures)
     batch: list[tuple[str, np.ndarray | None, str | None, dict]] = []
     written: list[dict[str, Any]] = []
     flush_rows = PARQUET_ROWS if writer.format == ".parquet" else batch_size
@@ -192,6 +193,7 @@ def predict_to_file(
             if pixels is None:
                 counts["failed"] += 1
                 written.append(row(path, None, error, ids))
+                ticker.failure(error or path)
             else:
                 counts["scored"] += 1
                 written.append(row(path, float(next(probs)), None, ids))
@@ -223,8 +225,9 @@ def predict_to_file(
 class _Ticker:
     """A progress bar on a terminal, else a rate line on stderr every ``RATE_EVERY_S`` seconds."""
 
-    def __init__(self, progress: bool | None) -> None:
+    def __init__(self, progress: bool | None, report_failures: bool = False) -> None:
         terminal = sys.stderr.isatty()
+        self.report_failures = report_failures
         self.bar = None
         self.lines = progress is None and not terminal
         if progress or (progress is None and terminal):
@@ -241,6 +244,14 @@ class _Ticker:
             done = counts["scored"] + counts["failed"]
             print(f"predict: {done:,} files scored or reported ({done / (now - self.start):,.0f}/s), "
                   f"{counts['failed']:,} could not be scored, {counts['skipped']:,} already done", file=sys.stderr)
+
+    def failure(self, error: str) -> None:
+        if self.report_failures:
+            line = f"not scored: {error}"
+            if self.bar is not None:
+                self.bar.write(line, file=sys.stderr)
+            else:
+                print(line, file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:
