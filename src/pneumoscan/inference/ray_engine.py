@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -119,11 +120,11 @@ def predict_ray(
     logging or faults). The output replaces ``out`` only once the whole job has succeeded.
     """
     ray = _import_ray()
+    from pneumoscan.inference.onnx_backend import load_onnx
     from pneumoscan.inference.stream import iter_sources
 
+    sources = [os.fsdecode(source) for source in sources]
     onnx_file = _onnx_of(Path(model))
-    from pneumoscan.inference.onnx_backend import load_onnx
-
     meta = load_onnx(onnx_file, device="cpu").meta  # refuses a file that is not one of ours, here, in one line
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -138,8 +139,9 @@ def predict_ray(
             stat = (None, None)
         items.append({"file": utf8(path), "fspath": os.fsencode(path), "size": stat[0], "mtime_ns": stat[1]})
     if not items:
-        raise ConfigError(f"no image files found in {' '.join(map(os.fsdecode, sources))}")
+        raise ConfigError(f"no image files found in {' '.join(sources)}")
 
+    staging = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
     started_here = _connect(ray, address, num_cpus, progress)
     try:
         resources = ray.cluster_resources()
@@ -160,8 +162,10 @@ def predict_ray(
         ds = ds.map_batches(scorer_for(onnx_file, device), batch_size=SCORE_BATCH, batch_format="pyarrow",
                             compute=ray.data.ActorPoolStrategy(size=scorers),
                             num_cpus=1, num_gpus=1 if device == "cuda" else 0)
-        staging = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
         ds.write_parquet(str(staging.resolve()))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a failed job leaves --out as it was, and no debris
+        raise
     finally:
         if started_here:
             ray.shutdown()
@@ -198,12 +202,11 @@ def _onnx_of(model: Path) -> Path:
 
 def _connect(ray, address: str | None, num_cpus: int | None, progress: bool | None) -> bool:
     """Join ``address`` or the running Ray, else start a local one; True when this call started it."""
-    import sys
-
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reporting, no prompt about it
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = bool(progress) or (progress is None and sys.stderr.isatty())
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Ray Data logs its plan and "progress bars disabled" at INFO/WARNING; a failure still raises.
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     if ray.is_initialized():
         return False
     options: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False}
