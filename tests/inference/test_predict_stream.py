@@ -139,9 +139,11 @@ def test_dicom_rows_carry_patient_accession_study_and_sop_instance_uid(model_dir
     assert read_dicom_identifiers(dcm.read_bytes()) == read_dicom_identifiers(dcm)  # bytes (uploads) too
 
 
-def _run_killed(argv: list[str], out: Path, min_rows: int, parquet_rows: int | None = None) -> int:
-    """Start `pneumoscan predict` in a child process and SIGKILL it once ``out`` holds ``min_rows`` rows."""
-    setup = f"import pneumoscan.inference.stream as s; s.PARQUET_ROWS = {parquet_rows}; " if parquet_rows else ""
+def _run_killed(argv: list[str], out: Path, min_rows: int) -> int:
+    """Start `pneumoscan predict` in a child process and SIGKILL it once ``out`` holds ``min_rows`` rows.
+
+    The child writes every 24 rows (not every 256 or 8,192) so that the kill lands between writes."""
+    setup = "import pneumoscan.inference.stream as s; s.WRITE_ROWS = s.PARQUET_ROWS = 24; "
     code = f"import sys; {setup}from pneumoscan.cli import main; sys.exit(main({argv!r}))"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     child = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -173,8 +175,7 @@ def test_kill_9_mid_run_then_resume_scores_every_input_exactly_once(model_dir, m
     out = tmp_path / f"results{suffix}"
     argv = ["predict", str(model_dir), str(folder), "--out", str(out), "--batch-size", "8", "--workers", "2"]
 
-    # Parquet parts are written every PARQUET_ROWS rows: smaller parts here so that the kill lands between them.
-    before = _run_killed(argv, out, min_rows=40, parquet_rows=24 if suffix == ".parquet" else None)
+    before = _run_killed(argv, out, min_rows=40)
     assert 0 < before < len(files)  # the kill landed mid-run
     assert main([*argv, "--resume"]) == 0
 

@@ -31,8 +31,10 @@ from pneumoscan.inference.inputs import iter_inputs
 from pneumoscan.inference.results import ResultsWriter, require_pyarrow, row_key
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
-# Parquet parts are written every this many rows (a part per small batch would make thousands of files).
-PARQUET_ROWS = 8192
+# Rows per durable write (one write and one fsync): small enough that a kill loses little work, large
+# enough that fsync does not slow the run. Parquet parts are larger (thousands of tiny files are slow to
+# read). A slow run also writes whatever it has every FLUSH_EVERY_S seconds.
+WRITE_ROWS, PARQUET_ROWS, FLUSH_EVERY_S = 256, 8192, 5.0
 # Without a terminal, a progress line every this many seconds.
 RATE_EVERY_S = 10.0
 # Files per task sent to a decoding worker, and tasks in flight per worker: enough to keep every worker
@@ -184,7 +186,8 @@ def predict_to_file(
     ticker = _Ticker(progress, report_failures)
     batch: list[tuple[str, np.ndarray | None, str | None, dict]] = []
     written: list[dict[str, Any]] = []
-    flush_rows = PARQUET_ROWS if writer.format == ".parquet" else batch_size
+    flush_rows = PARQUET_ROWS if writer.format == ".parquet" else WRITE_ROWS
+    last_flush = time.monotonic()
 
     def score() -> None:
         images = [pixels for _, pixels, _, _ in batch if pixels is not None]
@@ -211,9 +214,10 @@ def predict_to_file(
             batch.append((path, pixels, error, ids))
             if sum(p is not None for _, p, _, _ in batch) >= batch_size:
                 score()
-            if len(written) >= flush_rows:
+            if len(written) >= flush_rows or (written and time.monotonic() - last_flush >= FLUSH_EVERY_S):
                 writer.append(written)
                 written.clear()
+                last_flush = time.monotonic()
         if batch:
             score()
         writer.append(written)
