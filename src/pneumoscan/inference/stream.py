@@ -203,6 +203,7 @@ def predict_to_file(
         ticker.update(len(batch), counts)
         batch.clear()
 
+    images_waiting = 0
     with writer:
         decoded = decode_files(jobs(), int(meta.image_size), meta.fit, workers or default_workers())
         for path, pixels, error, ids in decoded:
@@ -212,8 +213,10 @@ def predict_to_file(
                 stats.pop(path, None)
                 continue
             batch.append((path, pixels, error, ids))
-            if sum(p is not None for _, p, _, _ in batch) >= batch_size:
+            images_waiting += pixels is not None
+            if images_waiting >= batch_size:
                 score()
+                images_waiting = 0
             if len(written) >= flush_rows or (written and time.monotonic() - last_flush >= FLUSH_EVERY_S):
                 writer.append(written)
                 written.clear()
