@@ -156,9 +156,25 @@ def _run_killed(argv: list[str], out: Path, min_rows: int) -> int:
             pass
         time.sleep(0.005)
     assert child.poll() is None, f"the run ended before it could be killed: {child.stderr.read().decode()[-500:]}"
+    workers = _children(child.pid)
+    assert workers, "the run had no decoding workers to orphan"
     child.send_signal(signal.SIGKILL)
     child.wait()
+    _wait_gone(workers)  # a killed run's decoding workers exit with it
     return _count_rows(out)
+
+
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+
+
+def _wait_gone(pids: list[int], timeout: float = 10.0) -> None:
+    import psutil
+
+    _, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)], timeout=timeout)
+    assert not alive, f"decoding workers outlived the killed run: {[p.pid for p in alive]}"
 
 
 def _count_rows(out: Path) -> int:

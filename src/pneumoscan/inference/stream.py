@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -119,6 +121,28 @@ def decode_file(path: str, image_size: int, fit: str) -> tuple[np.ndarray | None
         return None, f"{path}: unexpected error ({type(exc).__name__}: {exc})", ids
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Runs first in each decoding worker: a worker whose run was killed (``kill -9``) exits too.
+
+    Without this, the workers of a killed run wait forever on a queue that a sibling still holds open.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _decode_chunk(paths: list[str], image_size: int, fit: str) -> list[tuple]:
     return [(path, *decode_file(path, image_size, fit)) for path in paths]
 
@@ -133,7 +157,7 @@ def decode_files(paths: Iterable[str], image_size: int, fit: str, workers: int =
         for chunk in chain(head, chunks):
             yield from _decode_chunk(chunk, image_size, fit)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
         window: deque = deque()
         for chunk in chain(head, chunks):
             window.append(pool.submit(_decode_chunk, chunk, image_size, fit))
