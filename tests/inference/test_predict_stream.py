@@ -280,8 +280,8 @@ def test_streamed_options_are_checked_before_any_work(model_dir, tmp_path, capsy
     assert main(["predict", str(model_dir), str(image), "--resume"]) == 2
     assert main(["predict", str(model_dir), str(image), "--out", str(tmp_path / "r.json"), "--resume"]) == 2
     assert main(["predict", str(model_dir), str(image), "--out", str(tmp_path / "r.txt")]) == 2
-    (tmp_path / "old.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "old.csv").write_text("a,b\n1,2")
     assert main(["predict", str(model_dir), str(image), "--out", str(tmp_path / "old.csv"), "--resume"]) == 2
     err = capsys.readouterr().err
     assert "--resume needs --out" in err and "r.txt" in err and "old.csv: not a results file" in err
-    assert (tmp_path / "old.csv").read_text() == "a,b\n1,2\n"  # a file that is not ours is never touched
+    assert (tmp_path / "old.csv").read_text() == "a,b\n1,2"  # a file that is not ours is never touched

@@ -138,6 +138,8 @@ class ResultsWriter:
 
     def _open_lines(self, resume: bool, keys: list[int]) -> None:
         if resume and self.out.is_file():
+            if self.format == ".csv":
+                next(read_results(self.out), None)  # refuses a CSV that is not ours before anything is cut
             _cut_torn_tail(self.out)
         present = self.out.is_file() and self.out.stat().st_size > 0
         if resume and present:
