@@ -185,4 +185,4 @@ def test_cli_predict_exits_0_with_some_bad_files_and_1_when_none_can_be_scored(m
 
     assert main(["predict", str(model_dir), str(bad)]) == 1
     assert main(["predict", str(model_dir), str(good), "--out", str(tmp_path / "p.xlsx")]) == 2
-    assert ".csv or .json" in capsys.readouterr().err
+    assert ".csv, .jsonl, .parquet or .json" in capsys.readouterr().err

@@ -21,6 +21,9 @@ ALLOWED = {
                                          "the archive gets its final name only after its checksum is verified",
     ("data/medmnist.py", "_materialise"): "the PNGs are committed by materialised.json, written last and "
                                           "atomically: a killed run leaves no marker and they are written again",
+    ("inference/results.py", "_open_lines"): "streamed predictions are appended batch by batch, each batch one "
+                                             "fsynced write, so a killed run keeps every earlier batch",
+    ("inference/results.py", "_cut_torn_tail"): "a resumed run cuts the torn last line a killed append left",
 }
 WRITERS = {"write_text", "write_bytes", "save", "savefig", "save_file", "to_csv", "dump"}
 

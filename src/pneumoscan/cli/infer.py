@@ -24,7 +24,9 @@ def register(subparsers) -> None:
                               "default: the bundled model), then image files, folders (searched recursively) "
                               "or globs")
     predict.add_argument("--model", metavar="MODEL", help="the model, when it is not given first")
-    predict.add_argument("--out", metavar="FILE", help="also write the results to FILE (.csv or .json)")
+    predict.add_argument("--out", metavar="FILE",
+                         help="write the results to FILE and print only a summary: .csv, .jsonl or .parquet (a "
+                              "folder of Parquet files) are written batch by batch as files are scored; .json at the end")
     predict.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     predict.add_argument("--backend", choices=["auto", "torch"], default="auto",
@@ -32,10 +34,24 @@ def register(subparsers) -> None:
                               "run's model, else PyTorch")
     bar = predict.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
-                     help="always show a progress bar (default: when there are more than 50 files)")
+                     help="always show a progress bar (default: for more than 50 files; with a streamed --out, "
+                          "a bar on a terminal and a rate line every 10 s elsewhere)")
     bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
     predict.add_argument("--quiet", action="store_true", help="do not print the table (only the summary); "
                          "with --out only the rows that could not be scored are printed")
+    predict.add_argument("--resume", action="store_true",
+                         help="keep the rows already in --out and score only the inputs missing from it (same path, "
+                              "size and modification time, or same SOPInstanceUID)")
+    predict.add_argument("--workers", type=int, default=None,
+                         help="processes decoding images for a streamed --out (default: the usable cores, at most 8)")
+    predict.add_argument("--worklist", metavar="FILE.csv",
+                         help="after the run, also write every row of --out sorted by probability (highest first) "
+                              "with a flag per operating point and the DICOM identifiers: a triage worklist")
+    predict.add_argument("--engine", choices=["local", "ray"], default="local",
+                         help="local: this machine; ray: a Ray Data pipeline (pip install 'pneumoscan[ray]'), "
+                              "writing --out as Parquet")
+    predict.add_argument("--address", metavar="ADDRESS",
+                         help="with --engine ray: the Ray cluster to join (default: start a local Ray on this machine)")
 
     explain = add_command(
         subparsers, "explain", "Grad-CAM heatmaps over the radiographs, and optionally filters and feature maps.",
@@ -77,9 +93,20 @@ def run_predict(args) -> int:
         raise ConfigError("give at least one image file, folder or glob to score")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, not {args.batch_size}")
-    if args.out and not args.out.lower().endswith((".csv", ".json")):
-        raise ConfigError(f"--out {args.out}: use a name ending in .csv or .json")
+    streamed = bool(args.out) and not args.out.lower().endswith(".json")
+    if args.out and not args.out.lower().endswith((".csv", ".json", ".jsonl", ".parquet")):
+        raise ConfigError(f"--out {args.out}: use a name ending in .csv, .jsonl, .parquet or .json")
+    if (args.resume or args.worklist) and not streamed:
+        raise ConfigError(f"--{'resume' if args.resume else 'worklist'} needs --out ending in .csv, .jsonl or .parquet")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, not {args.workers}")
+    if args.engine == "ray":
+        return _predict_ray(args, model, paths)
+    if args.address:
+        raise ConfigError("--address joins a Ray cluster: use it with --engine ray")
     classifier = load(model, device=args.device, prefer_onnx=args.backend == "auto")
+    if streamed:
+        return _predict_streamed(args, classifier, model, paths)
     files = expand_inputs(paths)
     if not files:
         raise ConfigError(f"no image files found in {' '.join(paths)}")
@@ -104,6 +131,58 @@ def run_predict(args) -> int:
               "(ONNX Runtime, no torch import)", file=sys.stderr)
     print(DISCLAIMER, file=sys.stderr)
     return 0 if scored else 1
+
+
+def _predict_streamed(args, classifier, model: str | None, paths: list[str]) -> int:
+    from pneumoscan.errors import ConfigError
+    from pneumoscan.inference.stream import predict_to_file
+
+    meta = classifier.meta
+    backend = getattr(classifier.backend, "name", "?")
+    summary = predict_to_file(classifier, paths, args.out, resume=args.resume, batch_size=args.batch_size,
+                              workers=args.workers, progress=args.progress, report_failures=not args.quiet)
+    if summary.seen == 0:
+        raise ConfigError(f"no image files found in {' '.join(paths)}")
+    scored, total = summary.scored, summary.seen - summary.skipped
+    which = f"{meta.name}, the bundled default model" if model is None else meta.name
+    print(f"scored {scored} of {total} files with {which} (pneumoscan {meta.version or '?'}, {backend}), "
+          f"threshold {classifier.threshold:.4f}, {summary.rate:,.0f} files/s; results in {args.out}"
+          + (f" ({summary.skipped} already there)" if summary.skipped else ""))
+    if args.worklist:
+        from pneumoscan.inference.results import write_worklist
+
+        write_worklist(args.out, args.worklist, dict(meta.operating_points))
+        print(f"worklist in {args.worklist}")
+    if summary.failed:
+        print(f"{summary.failed} file(s) could not be scored: see the error column of their rows", file=sys.stderr)
+    print(DISCLAIMER, file=sys.stderr)
+    return 0 if scored or summary.existing else 1
+
+
+def _predict_ray(args, model: str | None, paths: list[str]) -> int:
+    from pneumoscan.errors import ConfigError
+    from pneumoscan.inference.ray_engine import predict_ray
+
+    if not (args.out and args.out.lower().endswith(".parquet")):
+        raise ConfigError("--engine ray writes Parquet: give --out RESULTS.parquet")
+    if args.resume:
+        raise ConfigError("--resume is for --engine local; Ray retries the tasks of failed workers itself")
+    if model is None:
+        from pneumoscan.bundled import ONNX_FILE, bundled_model_dir
+
+        model = str(bundled_model_dir() / ONNX_FILE)
+    summary = predict_ray(model, paths, args.out, address=args.address, device=args.device, progress=args.progress)
+    print(f"scored {summary.scored} of {summary.seen} files with {summary.model} on Ray ({summary.nodes} node(s), "
+          f"{summary.cpus:g} CPUs), {summary.rate:,.0f} files/s; results in {args.out}")
+    if args.worklist:
+        from pneumoscan.inference.results import write_worklist
+
+        write_worklist(args.out, args.worklist, summary.operating_points)
+        print(f"worklist in {args.worklist}")
+    if summary.failed:
+        print(f"{summary.failed} file(s) could not be scored: see the error column of their rows", file=sys.stderr)
+    print(DISCLAIMER, file=sys.stderr)
+    return 0 if summary.scored else 1
 
 
 def run_explain(args) -> int:

@@ -7,7 +7,7 @@ import glob
 import io
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -57,27 +57,30 @@ def expand_inputs(items: Iterable[str | os.PathLike]) -> list[str]:
     (by extension, plus extension-less DICOMs, which scanners often write); hidden files are skipped.
     A pattern that matches nothing, or a path that does not exist, is kept so that it is reported too.
     """
-    files: list[str] = []
+    return list(dict.fromkeys(iter_inputs(items)))  # a file given twice is scored once
+
+
+def iter_inputs(items: Iterable[str | os.PathLike]) -> Iterator[str]:
+    """:func:`expand_inputs` one file at a time, without removing repeats: a folder is walked as it is read."""
     for item in items:
         text = os.fsdecode(item)
         path = Path(text).expanduser()
         if path.is_dir():
-            files.extend(_images_under(path))
+            yield from _images_under(path)
         elif path.exists():
-            files.append(str(path))
+            yield str(path)
         elif glob.has_magic(text):
             matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
             if not matches:
-                files.append(text)
+                yield text
             for match in matches:
-                files.extend(_images_under(Path(match)) if Path(match).is_dir() else [match])
+                yield from (_images_under(Path(match)) if Path(match).is_dir() else [match])
         else:
-            files.append(text)  # missing: read_image reports "cannot read file (No such file ...)"
-    return list(dict.fromkeys(files))  # a file given twice is scored once
+            yield text  # missing: read_image reports "cannot read file (No such file ...)"
 
 
-def _images_under(folder: Path) -> list[str]:
-    found = []
+def _images_under(folder: Path) -> Iterator[str]:
+    """The image files under ``folder``, in a stable order, one at a time (a huge tree is never listed whole)."""
     for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):
@@ -86,8 +89,7 @@ def _images_under(folder: Path) -> list[str]:
             path = Path(root) / name
             suffix = path.suffix.lower()
             if suffix in IMAGE_SUFFIXES or (not suffix and _looks_like_dicom(path)):
-                found.append(str(path))
-    return found
+                yield str(path)
 
 
 def _looks_like_dicom(path: Path) -> bool:

@@ -1,0 +1,227 @@
+"""Batch prediction on a Ray cluster (or a local Ray): the same decoding and ONNX model as one machine.
+
+A Ray Data pipeline: the file list (read by the driver) -> read and decode (CPU tasks, retried when a
+worker dies) -> batched scoring in a pool of actors, each holding one ONNX Runtime session (CPU or GPU)
+-> Parquet written by Ray, in the schema of :mod:`pneumoscan.inference.results`. A file that cannot be
+read is a row with its reason, never a failed job. Needs the optional extra: ``pip install
+'pneumoscan[ray]'``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pneumoscan.data.dicom_ids import DICOM_ID_COLUMNS
+from pneumoscan.errors import ConfigError, ModelFileError
+from pneumoscan.inference.results import COLUMNS, results_schema, utf8
+
+# Files per decoding task and images per scoring call: big enough that Ray's per-task cost is small.
+DECODE_BATCH, SCORE_BATCH = 64, 256
+
+
+@dataclass(frozen=True)
+class RaySummary:
+    """What a Ray run did, and on what."""
+
+    out: Path
+    seen: int
+    scored: int
+    failed: int
+    seconds: float
+    model: str
+    operating_points: dict[str, float]
+    nodes: int
+    cpus: float
+
+    @property
+    def rate(self) -> float:
+        return self.seen / self.seconds if self.seconds > 0 else 0.0
+
+
+def decode_batch(batch, image_size: int, fit: str):
+    """A Ray Data batch (Arrow: ``file``, ``fspath``, ``size``, ``mtime_ns``) -> ``file``, ``size``,
+    ``mtime_ns``, each file's pixels (``S*S`` bytes, null when it failed), its error and its DICOM
+    identifiers. ``fspath`` is the path's bytes: a name that is not UTF-8 still opens."""
+    import pyarrow as pa
+
+    from pneumoscan.inference.stream import decode_file
+
+    decoded = [decode_file(os.fsdecode(path), image_size, fit) for path in batch.column("fspath").to_pylist()]
+    columns: dict[str, Any] = {name: batch.column(name) for name in ("file", "size", "mtime_ns")}
+    columns["pixels"] = pa.array([None if pixels is None else pixels.tobytes() for pixels, _, _ in decoded], pa.binary())
+    columns["error"] = pa.array([error for _, error, _ in decoded], pa.string())
+    for column in DICOM_ID_COLUMNS:
+        columns[column] = pa.array([ids[column] for _, _, ids in decoded], pa.string())
+    return pa.table(columns)
+
+
+class OnnxScorer:
+    """A Ray actor's model: one ONNX Runtime session, loaded once, scoring decoded batches.
+
+    Used through a subclass made by :func:`scorer_for`, which carries the model's bytes: nodes need no
+    shared model path, and Ray can restart a lost actor from the class alone.
+    """
+
+    onnx_bytes: bytes = b""
+    device: str | None = None
+
+    def __init__(self) -> None:
+        from pneumoscan.inference.onnx_backend import load_onnx
+
+        # ONNX Runtime loads from a file.
+        with tempfile.NamedTemporaryFile(suffix=".onnx") as tmp:
+            tmp.write(self.onnx_bytes)
+            tmp.flush()
+            self.classifier = load_onnx(tmp.name, device=self.device)
+
+    def __call__(self, batch):
+        import numpy as np
+        import pyarrow as pa
+
+        meta, size = self.classifier.meta, self.classifier.image_size
+        pixels = batch.column("pixels").to_pylist()
+        scorable = [np.frombuffer(p, np.uint8).reshape(size, size) for p in pixels if p is not None]
+        probs = iter(self.classifier.predict_proba(np.stack(scorable), batch_size=SCORE_BATCH) if scorable else [])
+        rows = batch.drop_columns(["pixels"]).to_pylist()
+        for row, p in zip(rows, pixels, strict=True):
+            probability = None if p is None else float(next(probs))
+            row.update(probability=probability, threshold=self.classifier.threshold, model=meta.name,
+                       version=meta.version,
+                       label=None if probability is None else meta.class_names[int(probability >= self.classifier.threshold)])
+        return pa.Table.from_pylist([{c: row.get(c) for c in COLUMNS} for row in rows], schema=results_schema())
+
+
+def scorer_for(onnx_file: Path, device: str | None = None) -> type[OnnxScorer]:
+    """An :class:`OnnxScorer` class holding ``onnx_file``'s bytes."""
+    return type("OnnxScorer", (OnnxScorer,), {"onnx_bytes": onnx_file.read_bytes(), "device": device})
+
+
+def predict_ray(
+    model: str | os.PathLike, sources: Iterable[str | os.PathLike], out: str | os.PathLike, *,
+    address: str | None = None, actors: int | None = None, num_cpus: int | None = None, device: str | None = None,
+    progress: bool | None = None, decode: Callable = decode_batch,
+) -> RaySummary:
+    """Score ``sources`` with ``model``'s ONNX export on Ray Data; write ``out`` as a folder of Parquet files.
+
+    ``address``: a running Ray cluster to join (``ray://...`` or ``HOST:PORT``); without it, joins the Ray
+    this process already started, else starts a local one (``num_cpus``: its CPUs). ``actors``: scoring
+    actors (default: a quarter of the cluster's CPUs, at least 1). ``device="cuda"`` gives each actor a
+    GPU. ``decode`` is the per-batch decoding function (the default :func:`decode_batch`; a wrapper can add
+    logging or faults). The output replaces ``out`` only once the whole job has succeeded.
+    """
+    ray = _import_ray()
+    from pneumoscan.inference.onnx_backend import load_onnx
+    from pneumoscan.inference.stream import iter_sources
+
+    sources = [os.fsdecode(source) for source in sources]
+    onnx_file = _onnx_of(Path(model))
+    meta = load_onnx(onnx_file, device="cpu").meta  # refuses a file that is not one of ours, here, in one line
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: a file, not a results folder; choose another --out")
+    start = time.perf_counter()
+    items = []
+    for path in iter_sources(sources):
+        try:
+            st = os.stat(path)
+            stat: tuple[int | None, int | None] = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            stat = (None, None)
+        items.append({"file": utf8(path), "fspath": os.fsencode(path), "size": stat[0], "mtime_ns": stat[1]})
+    if not items:
+        raise ConfigError(f"no image files found in {' '.join(sources)}")
+
+    staging = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
+    started_here = _connect(ray, address, num_cpus, progress)
+    try:
+        resources = ray.cluster_resources()
+        cpus = float(resources.get("CPU", 1))
+        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        import pyarrow as pa
+
+        listing = pa.Table.from_pylist(items, schema=pa.schema([("file", pa.string()), ("fspath", pa.binary()),
+                                                                ("size", pa.int64()), ("mtime_ns", pa.int64())]))
+        ds = ray.data.from_arrow(listing).repartition(max(1, -(-len(items) // DECODE_BATCH)))
+        # Ray Data retries a task whose worker died, and restarts a lost actor, by default. Decoding
+        # runs as tasks on every CPU (a task pool of another size than the actor pool: Ray would
+        # otherwise fuse decoding into the scoring actors and decode on their few CPUs only).
+        scorers = actors or max(1, int(cpus) // 4)
+        ds = ds.map_batches(decode, fn_kwargs={"image_size": int(meta.image_size), "fit": meta.fit},
+                            batch_size=DECODE_BATCH, batch_format="pyarrow", num_cpus=1,
+                            compute=ray.data.TaskPoolStrategy(size=max(int(cpus), scorers + 1)))
+        ds = ds.map_batches(scorer_for(onnx_file, device), batch_size=SCORE_BATCH, batch_format="pyarrow",
+                            compute=ray.data.ActorPoolStrategy(size=scorers),
+                            num_cpus=1, num_gpus=1 if device == "cuda" else 0)
+        ds.write_parquet(str(staging.resolve()))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a failed job leaves --out as it was, and no debris
+        raise
+    finally:
+        if started_here:
+            ray.shutdown()
+    _replace_folder(staging, out)
+    import pyarrow.parquet as pq
+
+    errors = pq.read_table(out, columns=["error"]).column("error")
+    scored = errors.null_count  # a row without an error is a scored image
+    return RaySummary(out, len(items), scored, len(errors) - scored, time.perf_counter() - start, meta.name,
+                      dict(meta.operating_points), nodes, cpus)
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ConfigError("--engine ray needs Ray Data: pip install 'pneumoscan[ray]'") from None
+    return ray
+
+
+def _onnx_of(model: Path) -> Path:
+    """The ONNX file to score with: ``model`` itself, or a run folder's export of the same model."""
+    from pneumoscan.inference.classifier import matching_export
+
+    if model.suffix.lower() == ".onnx":
+        if not model.is_file():
+            raise ModelFileError(f"{model}: no such ONNX model file")
+        return model
+    if model.is_dir() and matching_export(model) is not None:
+        return model / "export" / "model.onnx"
+    raise ConfigError(f"{model}: --engine ray scores an exported ONNX model; run 'pneumoscan export {model}' first")
+
+
+def _connect(ray, address: str | None, num_cpus: int | None, progress: bool | None) -> bool:
+    """Join ``address`` or the running Ray, else start a local one; True when this call started it."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reporting, no prompt about it
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = bool(progress) or (progress is None and sys.stderr.isatty())
+    # Ray Data logs its plan and "progress bars disabled" at INFO/WARNING; a failure still raises.
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    if ray.is_initialized():
+        return False
+    options: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False}
+    if address:
+        ray.init(address=address, **options)
+    else:
+        # A local Ray listens on this machine only.
+        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **options)
+    return True
+
+
+def _replace_folder(staging: Path, out: Path) -> None:
+    """Put the finished Parquet folder at ``out`` (a previous results folder there is removed)."""
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    if out.exists():
+        os.replace(out, old)
+    os.replace(staging, out)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,283 @@
+"""Streamed prediction results: one schema, appended batch by batch, read back to resume, and a worklist.
+
+A results file grows while a run scores: every batch is written with one write and fsynced, so a run
+killed at any moment leaves every earlier batch on disk. ``.csv`` and ``.jsonl`` are appended in place
+(a torn last line, the only trace a kill can leave, is cut off when the run is resumed); ``.parquet``
+is a folder of part files, each written atomically (the layout Ray Data writes too, and which
+``pyarrow.parquet.read_table(folder)`` or ``pandas.read_parquet(folder)`` read as one table).
+
+A row is keyed by its file's path, size and modification time, and a DICOM also by its
+SOPInstanceUID: :meth:`ResultsWriter.done` is what a resumed run skips.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pneumoscan._io import _output_error, atomic_write, atomic_write_text
+from pneumoscan.data.dicom_ids import DICOM_ID_COLUMNS
+from pneumoscan.errors import ConfigError
+from pneumoscan.provenance import DISCLAIMER
+
+COLUMNS: tuple[str, ...] = (
+    "file", "probability", "label", "threshold", "model", "version", "error",
+    *DICOM_ID_COLUMNS, "size", "mtime_ns",
+)
+FORMATS = (".csv", ".jsonl", ".parquet")
+_FLOATS, _INTS = ("probability", "threshold"), ("size", "mtime_ns")
+
+
+def results_schema():
+    """The Arrow schema of a results table (the Parquet files of both engines)."""
+    import pyarrow as pa
+
+    kinds = {**dict.fromkeys(_FLOATS, pa.float64()), **dict.fromkeys(_INTS, pa.int64())}
+    return pa.schema([(name, kinds.get(name, pa.string())) for name in COLUMNS])
+
+
+def output_format(out: str | os.PathLike) -> str:
+    """``.csv``, ``.jsonl`` or ``.parquet``; anything else is a :class:`ConfigError`."""
+    suffix = Path(out).suffix.lower()
+    if suffix not in FORMATS:
+        raise ConfigError(f"{out}: cannot stream results to this format; use a name ending in "
+                          f"{', '.join(FORMATS)}")
+    if suffix == ".parquet":
+        require_pyarrow(out)
+    return suffix
+
+
+def require_pyarrow(what: str | os.PathLike) -> None:
+    try:
+        import pyarrow  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"{what}: Parquet needs pyarrow: pip install 'pneumoscan[ray]' (or pyarrow)") from None
+
+
+def row_key(file: str, size: Any, mtime_ns: Any) -> int:
+    """The resume key of one input: its path, size and modification time (64-bit hash: a set stays small)."""
+    text = f"{utf8(file)}\0{'' if size in (None, '') else int(size)}\0{'' if mtime_ns in (None, '') else int(mtime_ns)}"
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def utf8(text: str) -> str:
+    """A file name as text every format can store: a non-UTF-8 byte becomes ``\\xe9``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+class ResultsWriter:
+    """Appends result rows to ``out``; with ``resume``, keeps what is there and knows what is done."""
+
+    def __init__(self, out: str | os.PathLike, resume: bool = False) -> None:
+        self.out = Path(out)
+        self.format = output_format(self.out)
+        keys: list[int] = []
+        self.sop_uids: set[str] = set()
+        self.existing = 0
+        if self.format == ".parquet":
+            self._open_parquet(resume, keys)
+        else:
+            self._open_lines(resume, keys)
+        # The rows already in the output, as a sorted array of 8-byte keys: 8 MB for a million rows.
+        self.keys = np.unique(np.array(keys, dtype=np.uint64))
+
+    def done(self, key: int | None, sop_instance_uid: str | None = None) -> bool:
+        """Whether this input already has its row: by :func:`row_key`, or by SOPInstanceUID for a DICOM."""
+        if sop_instance_uid is not None and sop_instance_uid in self.sop_uids:
+            return True
+        if key is None or not len(self.keys):
+            return False
+        i = int(np.searchsorted(self.keys, np.uint64(key)))
+        return i < len(self.keys) and int(self.keys[i]) == key
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        """Write ``rows`` as one durable batch (fsynced before this returns)."""
+        if not rows:
+            return
+        if self.format == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pylist([{**row, "file": utf8(row["file"])} for row in rows], schema=results_schema())
+            part = self.out / f"part-{self._next_part:06d}.parquet"
+            self._next_part += 1
+            try:
+                atomic_write(part, lambda tmp: pq.write_table(table, tmp))
+            except OSError as exc:
+                raise _output_error(part, exc) from None
+            return
+        data = self._encode(rows)
+        try:
+            self._fh.write(data)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            raise _output_error(self.out, exc) from None
+
+    def close(self) -> None:
+        if self.format != ".parquet":
+            self._fh.close()
+
+    def __enter__(self) -> ResultsWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- lines: .csv and .jsonl, appended in place ---
+
+    def _open_lines(self, resume: bool, keys: list[int]) -> None:
+        if resume and self.out.is_file():
+            if self.format == ".csv":
+                next(read_results(self.out), None)  # refuses a CSV that is not ours before anything is cut
+            _cut_torn_tail(self.out)
+        present = self.out.is_file() and self.out.stat().st_size > 0
+        if resume and present:
+            for row in read_results(self.out):
+                self._remember(row, keys)
+                self.existing += 1
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            # Append mode: every write lands at the end, whatever a killed run left.
+            self._fh = open(self.out, "ab" if resume and present else "wb")  # noqa: SIM115 - closed by close()
+            if not (resume and present) and self.format == ".csv":
+                self._fh.write(",".join(COLUMNS).encode() + b"\n")
+                self._fh.flush()
+        except OSError as exc:
+            raise _output_error(self.out, exc) from None
+
+    def _encode(self, rows: list[dict[str, Any]]) -> bytes:
+        if self.format == ".jsonl":
+            return "".join(json.dumps(row) + "\n" for row in rows).encode()
+        buffer = io.StringIO()
+        csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n").writerows(rows)
+        return buffer.getvalue().encode("utf-8", "surrogateescape")
+
+    # --- parquet: a folder of part files ---
+
+    def _open_parquet(self, resume: bool, keys: list[int]) -> None:
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"{self.out}: a Parquet file, not a results folder; choose another --out")
+        if self.out.is_dir():
+            foreign = [p.name for p in self.out.iterdir() if not p.name.startswith((".", "_"))
+                       and p.suffix != ".parquet"]
+            if foreign:
+                raise ConfigError(f"{self.out}: holds files that are not Parquet ({', '.join(sorted(foreign)[:3])}); "
+                                  "choose another --out")
+            for leftover in self.out.glob(".part-*.tmp"):  # a part being written when a run was killed
+                leftover.unlink()
+            if resume:
+                for row in read_results(self.out):
+                    self._remember(row, keys)
+                    self.existing += 1
+            else:
+                shutil.rmtree(self.out)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _output_error(self.out, exc) from None
+        self._next_part = 1 + max((int(p.stem[5:]) for p in self.out.glob("part-*.parquet") if p.stem[5:].isdigit()),
+                                  default=0)
+
+    def _remember(self, row: dict[str, Any], keys: list[int]) -> None:
+        keys.append(row_key(row["file"], row.get("size"), row.get("mtime_ns")))
+        if row.get("sop_instance_uid"):
+            self.sop_uids.add(row["sop_instance_uid"])
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Drop a last line without its newline: the remains of a write cut short by a kill."""
+    with open(path, "rb+") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        tail = 1 << 16
+        while True:
+            start = max(0, size - tail)
+            fh.seek(start)
+            chunk = fh.read(size - start)
+            end = chunk.rfind(b"\n")
+            if end >= 0 or start == 0:
+                keep = start + end + 1  # 0 when there is no complete line at all
+                if keep != size:
+                    fh.truncate(keep)
+                    os.fsync(fh.fileno())
+                return
+            tail *= 4
+
+
+def read_results(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """The rows of a results file or folder, one at a time, with typed values (``None`` when empty)."""
+    path = Path(path)
+    fmt = output_format(path)
+    if fmt == ".parquet":
+        import pyarrow.parquet as pq
+
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*.parquet") if not p.name.startswith((".", "_")))
+        for file in files:
+            for batch in pq.ParquetFile(file).iter_batches():
+                yield from batch.to_pylist()
+        return
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+        if fmt == ".jsonl":
+            for number, line in enumerate(fh, 1):
+                if line.strip():
+                    yield _checked(json.loads(line), path, number)
+            return
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is not None and tuple(reader.fieldnames) != COLUMNS:
+            raise ConfigError(f"{path}: not a results file of this pneumoscan (columns {', '.join(reader.fieldnames)}); "
+                              "choose another --out or remove it")
+        for row in reader:
+            yield _typed(row)
+
+
+def _checked(row: Any, path: Path, number: int) -> dict[str, Any]:
+    if not isinstance(row, dict) or "file" not in row:
+        raise ConfigError(f"{path}: line {number} is not a results row; choose another --out or remove it")
+    return row
+
+
+def _typed(row: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: (v if v != "" else None) for k, v in row.items()}
+    for name in _FLOATS:
+        out[name] = float(out[name]) if out[name] is not None else None
+    for name in _INTS:
+        out[name] = int(out[name]) if out[name] is not None else None
+    return out
+
+
+def write_worklist(results: str | os.PathLike, out: str | os.PathLike, operating_points: dict[str, float]) -> Path:
+    """Write the rows of ``results`` as a triage worklist: most probable pneumonia first.
+
+    One CSV row per input: its rank, probability and label, one yes/no flag per operating point stored
+    with the model (``at_youden``: probability at or above that threshold), the DICOM identifiers and
+    the file; files that could not be scored come last with their reason. The first line is a comment
+    (``#``) with the disclaimer.
+    """
+    rows = list(read_results(results))
+    rows.sort(key=lambda r: (r["probability"] is None, -(r["probability"] or 0.0), r["file"]))
+    flags = [f"at_{name}" for name in operating_points]
+    columns = ["rank", "probability", "label", *flags, *DICOM_ID_COLUMNS, "file", "error"]
+    buffer = io.StringIO()
+    buffer.write(f"# {DISCLAIMER}\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for rank, row in enumerate(rows, 1):
+        p = row["probability"]
+        marks = {f"at_{name}": ("" if p is None else "yes" if p >= t else "no") for name, t in operating_points.items()}
+        writer.writerow({**row, **marks, "rank": rank if p is not None else ""})
+    return atomic_write_text(out, buffer.getvalue())
+
+
+def rows_of(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` with exactly the results columns, in order (missing ones as ``None``)."""
+    return [{column: record.get(column) for column in COLUMNS} for record in records]

@@ -1,0 +1,125 @@
+"""`predict --engine ray`: a local Ray (2 CPUs) gives the single-machine results, bad files as rows, and
+survives a worker killed mid-run. Needs the ray extra (pip install -e '.[ray]')."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed: pip install -e '.[ray]'")
+
+import pneumoscan  # noqa: E402
+from pneumoscan.cli import main  # noqa: E402
+from pneumoscan.inference.ray_engine import decode_batch, predict_ray  # noqa: E402
+from pneumoscan.inference.results import read_results  # noqa: E402
+from pneumoscan.inference.stream import iter_sources, predict_to_file  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "robustness"))
+from corpus import BAD_CASES, make_corpus  # noqa: E402
+
+SHARED_IMAGES = 300
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module (starting one takes seconds): 2 CPUs, on 127.0.0.1 only."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
+             _node_ip_address="127.0.0.1")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def inputs(request, tmp_path_factory) -> Path:
+    """A folder of 300 shared training radiographs (symlinks; synthetic images where the data is absent)
+    and every file of the bad-input corpus."""
+    folder = tmp_path_factory.mktemp("ray-inputs")
+    try:
+        shared = request.getfixturevalue("shared_data")
+        files = sorted((shared / "chest_xray" / "train").glob("*/*.jpeg"))
+        for path in files[:: len(files) // SHARED_IMAGES][:SHARED_IMAGES]:
+            (folder / "images" / path.parent.name).mkdir(parents=True, exist_ok=True)
+            (folder / "images" / path.parent.name / path.name).symlink_to(path)
+    except pytest.skip.Exception:
+        from synthetic import write_synthetic_image
+
+        for i in range(SHARED_IMAGES):
+            write_synthetic_image(folder / "images" / f"synthetic-{i:03d}.png", i % 2, seed=i, size=64)
+    make_corpus(folder / "corpus")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def local_out(exported_run, inputs, tmp_path_factory) -> Path:
+    """The single-machine results of the same inputs and model."""
+    out = tmp_path_factory.mktemp("local") / "results.parquet"
+    predict_to_file(pneumoscan.load(exported_run / "export" / "model.onnx"), [inputs], out, workers=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_rows(local_out) -> dict[str, dict]:
+    return _by_file(local_out)
+
+
+def _by_file(out: Path) -> dict[str, dict]:
+    rows = list(read_results(out))
+    counts = Counter(row["file"] for row in rows)
+    assert max(counts.values()) == 1, [f for f, n in counts.items() if n > 1][:3]  # every input at most once
+    return {row["file"]: row for row in rows}
+
+
+def test_ray_results_equal_the_single_machine_results_with_bad_files_as_rows(
+    local_ray, exported_run, inputs, local_out, local_rows, tmp_path, capsys
+):
+    out = tmp_path / "ray.parquet"
+
+    code = main(["predict", str(exported_run), str(inputs), "--engine", "ray", "--out", str(out)])
+
+    assert code == 0 and "on Ray (1 node(s), 2 CPUs)" in capsys.readouterr().out
+    assert pq.read_schema(next(out.glob("*.parquet"))).equals(pq.read_schema(next(local_out.glob("*.parquet"))),
+                                                              check_metadata=False)
+    ray_rows = _by_file(out)
+    assert ray_rows.keys() == local_rows.keys() and len(ray_rows) >= SHARED_IMAGES + len(BAD_CASES)
+    for file, local in local_rows.items():
+        row = ray_rows[file]
+        if local["error"]:
+            assert row["error"] == local["error"] and row["probability"] is None
+        else:
+            assert row["error"] is None and row["probability"] == pytest.approx(local["probability"], abs=1e-5)
+            assert (row["label"], row["size"], row["mtime_ns"]) == (local["label"], local["size"], local["mtime_ns"])
+    assert sum(row["error"] is not None for row in ray_rows.values()) >= len(BAD_CASES)
+
+
+def test_a_worker_killed_mid_run_is_retried_and_every_input_is_scored_once(
+    local_ray, exported_run, inputs, local_rows, tmp_path
+):
+    marker = tmp_path / "killed-once"
+    victim = sorted(local_rows)[len(local_rows) // 2]
+
+    def decode_or_die(batch, image_size, fit):
+        """Decoding, except that the first worker to meet ``victim`` kills itself (SIGKILL) mid-task."""
+        if victim in batch.column("file").to_pylist():
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+                os.kill(os.getpid(), signal.SIGKILL)
+            except FileExistsError:
+                pass  # the retry: decode normally
+        return decode_batch(batch, image_size, fit)
+
+    out = tmp_path / "ray.parquet"
+    summary = predict_ray(exported_run, [inputs], out, actors=1, decode=decode_or_die)
+
+    assert marker.exists()  # a worker really died
+    rows = _by_file(out)
+    assert rows.keys() == local_rows.keys() and summary.seen == len(rows)
+    assert rows[victim]["probability"] == pytest.approx(local_rows[victim]["probability"], abs=1e-5)
+    assert len(list(iter_sources([inputs]))) == len(rows)
