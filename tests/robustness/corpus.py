@@ -531,7 +531,17 @@ FAULT_ROWS: tuple[tuple[str, str, str, str], ...] = (
      "moments of a writer rewriting a 3 MB file", "`_io.atomic_write` (checkpoints, caches, reports, models)",
      "the old file or the new one, never a torn one", "test_robust_faults.py"),
     ("cache truncated, index corrupted, array deleted; a cache build killed mid-write", "data cache / build_cache",
-     "detected, rebuilt, same pixels as a fresh build", "test_robust_faults.py"),
+     "detected, rebuilt, same pixels as a fresh build; the killed build's temporary file is removed by the next "
+     "build", "test_robust_faults.py"),
+    ("`kill -9` of `data validate` or `data cache` while its 2 decoding workers run", "data validate, data cache",
+     "both workers are gone within 5 s (none re-parented to init)", "test_robust_faults.py"),
+    ("every refused file of the corpus, each in a fresh process that has already decoded good files",
+     "read_image, probe_image, Classifier.predict",
+     "refused within 5 s, the process's peak memory grows by less than 300 MB (probe_image may answer from "
+     "a header that is fine)", "test_robust_bounds.py"),
+    ("the deflated DICOM bomb uploaded by 4 clients at once to `pneumoscan serve` (a real server process)",
+     "server", "4 x 422 *decompression bomb*; the server's peak memory stays under 1 GB; `/healthz` answers "
+     "200 throughout, each within 5 s", "test_robust_bounds.py"),
     ("full disk (a real 1 MiB tmpfs; a mock of os.write where mounting is not allowed)", "atomic writes, data cache",
      "`OutputError`: *…: cannot write: no space left on the device*; old file kept, no temporary file left",
      "test_robust_faults.py"),
