@@ -557,6 +557,9 @@ FAULT_ROWS: tuple[tuple[str, str, str, str], ...] = (
      "continues at the epoch after the checkpoint; history keeps every epoch; every epoch's val loss equals "
      "the uninterrupted run's (same config and seed; the checkpoint carries the random generators), AUC on "
      "all 96 images within 0.01", "test_robust_resume.py"),
+    ("a pickle in place of a run's `export/model.onnx`", "serve (a run folder)",
+     "logged as *unreadable* (not *stale*), the run's own weights served; the payload never runs",
+     "test_robust_security.py"),
     ("a `.ckpt` / `.pt` / `.pth` carrying a pickle payload; a pickle named `.safetensors`",
      "load_model, pneumoscan.load; predict, explain, evaluate, export, train --pretrained, train --resume "
      "(a run whose last.ckpt was swapped), server",
@@ -603,6 +606,8 @@ def docs_table() -> str:
     lines.append("| a CSV manifest row whose file does not exist | data validate | reported as `BAD` with the file's "
                  "name (*does not exist*); `--strict` exits 1 |")
     lines.append("| a glob that matches nothing | predict | its row says *no files match this pattern* |")
+    lines.append("| only bad files | explain | each reported, then *nothing written* (no output folder to point to), "
+                 "exit code 1 |")
     lines += ["", "| model file metadata | entry points | outcome |", "|---|---|---|"]
     for name, (what, _, words) in MODEL_META_CASES.items():
         points = ["read_meta", "load_model", "pneumoscan.load"][1 if name == "name_unknown" else 0:]

@@ -260,3 +260,12 @@ def test_predict_says_when_a_pattern_matches_no_file(world: World, tmp_path, cap
     with open(tmp_path / "p.csv", newline="") as fh:
         rows = {row["file"]: row for row in csv.DictReader(fh)}
     assert "no files match" in rows[pattern]["error"], rows[pattern]
+
+
+def test_explain_on_only_bad_files_says_nothing_was_written(world: World, tmp_path, capsys) -> None:
+    out = tmp_path / "heatmaps"
+    files = [world.paths["truncated_jpeg"], world.paths["fifo"], world.paths["dicom_deflate_bomb"]]
+    code, text = _run(["explain", str(world.model), *map(str, files), "--out", str(out)], capsys)
+    assert code == 1 and "Traceback" not in text, text
+    assert "nothing written" in text and f"written to {out}" not in text, text
+    assert not out.exists() or not any(out.iterdir())

@@ -353,3 +353,18 @@ def test_a_server_given_a_pickle_payload_stays_up_and_says_why_it_is_not_ready(t
         response = client.post("/v1/predict", files={"file": ("x.png", b"\x89PNG", "image/png")})
         assert response.status_code == 503 and "Traceback" not in response.text
     assert not marker.exists()
+
+
+def test_a_pickle_in_place_of_a_runs_onnx_export_is_called_unreadable_and_never_run(tmp_path, caplog) -> None:
+    from pneumoscan.serving.loader import resolve_model
+
+    marker = tmp_path / "payload-ran"
+    run = tiny_model(tmp_path / "run")
+    (run / "export").mkdir()
+    (run / "export" / "model.onnx").write_bytes(pickle.dumps(_Payload(marker)))
+    with caplog.at_level("WARNING", logger="pneumoscan.serving"):
+        source = resolve_model(run)
+    assert source.backend == "torch"  # the run's own weights are served instead
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "unreadable" in said and "stale" not in said, said
+    assert not marker.exists()
