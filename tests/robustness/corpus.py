@@ -411,6 +411,7 @@ MODEL_META_CASES: dict[str, tuple[str, str, str]] = {
            ("threshold", "text", "high"), ("operating_points", "text", {"youden": "high"}),
            ("class_names", "one", ["NORMAL"]), ("version", "number", 3), ("run_id", "list", []),
            ("created", "number", 1), ("val_metrics", "text", {"auc": "good"}), ("temperature", "zero", 0),
+           ("members", "zero", 0), ("members", "huge", 10**6),
            ("provenance", "text", "x"))},
     "name_unknown": ("name of no known network", json.dumps({**_VALID_META, "name": "no-such-net"}), "unknown model"),
 }

@@ -46,8 +46,11 @@ _CHILD = """
             read_image(path, 224)
         elif entry == "probe_image":
             probe_image(path)
-        else:
-            row = classifier.predict([path])[0]
+        else:  # a folder is searched for images, a file scored: only a file gets a row
+            rows = classifier.predict([path])
+            if not rows and os.path.isdir(path):
+                raise ImageReadError(f"{path}: a folder without images: no row")
+            row = rows[0]
             if row.error is None:
                 raise AssertionError(f"scored: {row.probability}")
             raise ImageReadError(row.error)

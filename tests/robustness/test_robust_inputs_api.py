@@ -149,10 +149,10 @@ def test_classifier_predict_reports_bad_files_on_their_row_and_scores_the_rest(c
     import pneumoscan.inference
 
     classifier = pneumoscan.inference.load(tiny_model_dir)
-    order = [c.name for c in CASES]
-    rows = classifier.predict([corpus_files[name] for name in order], batch_size=4)
-    assert [r.source for r in rows] == [str(corpus_files[name]) for name in order]
-    for case, row in zip(CASES, rows, strict=True):
+    cases = [c for c in CASES if c.listed]  # a folder named .png is searched, as a folder, for images
+    rows = classifier.predict([corpus_files[c.name] for c in cases], batch_size=4)
+    assert [r.source for r in rows] == [str(corpus_files[c.name]) for c in cases]
+    for case, row in zip(cases, rows, strict=True):
         if case.blank:  # a one-colour picture is no radiograph: refused rather than scored
             assert row.probability is None and "blank" in row.error.lower(), case.name
         elif case.decodable:
