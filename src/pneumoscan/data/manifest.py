@@ -33,7 +33,7 @@ def is_rsna_labels(path: str | os.PathLike) -> bool:
 def load_manifest(path: str | os.PathLike):
     """Read a manifest into a :class:`~pneumoscan.data.sources.DataIndex`.
 
-    Rows whose file does not exist are skipped and counted in a note; a missing column, an unknown
+    Rows whose file does not exist are skipped, counted in a note and listed in ``missing``; a missing column, an unknown
     label or an unknown split is a :class:`DatasetError` naming the file, the line and the fix.
     """
     from pneumoscan.data.sources import DataIndex, kermany_patient_id
@@ -61,7 +61,7 @@ def load_manifest(path: str | os.PathLike):
         notes.append(f"skipped {len(missing)} rows whose file does not exist ({shown})")
     if not samples:
         raise DatasetError(f"{path}: no usable rows (no existing image files listed); check the paths")
-    return DataIndex(path, "manifest", samples, notes)
+    return DataIndex(path, "manifest", samples, notes, [Path(m) for m in missing])
 
 
 def write_manifest(samples: Iterable[Sample], path: str | os.PathLike, relative_to: Path | None = None) -> Path:
