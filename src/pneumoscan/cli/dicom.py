@@ -32,7 +32,8 @@ def register(subparsers) -> None:
     _common(listen)
     listen.add_argument("--port", type=int, default=11112, help="TCP port to listen on")
     listen.add_argument("--ae-title", default="PNEUMOSCAN", help="this node's AE title")
-    listen.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    listen.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on; 0.0.0.0 to accept a PACS on another machine")
     listen.add_argument("--forward", metavar="AET@HOST:PORT", help="send the results there with C-STORE")
 
     pull = add_command(

@@ -142,7 +142,7 @@ class StorageNode:
     ``start()`` returns once the port is listening; ``stop()`` closes it and sends what is queued.
     """
 
-    def __init__(self, processor: Processor, port: int, ae_title: str = "PNEUMOSCAN", host: str = "0.0.0.0",
+    def __init__(self, processor: Processor, port: int, ae_title: str = "PNEUMOSCAN", host: str = "127.0.0.1",
                  forward: Peer | None = None, max_associations: int = 16) -> None:
         from pynetdicom import AE, AllStoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification
