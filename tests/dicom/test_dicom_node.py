@@ -147,3 +147,26 @@ def test_listen_refuses_a_bad_forward_address_or_a_busy_port_in_one_line(dicom_m
         processor = Processor(dicom_model, tmp_path)
         with pytest.raises(pneumoscan.errors.ConfigError, match=f"--port {port}"):
             StorageNode(processor, port, host="127.0.0.1").start()
+
+
+def test_results_that_cannot_be_forwarded_are_kept_and_listed_and_the_instance_still_acknowledged(dicom_model, corpus,
+                                                                                                 tmp_path, caplog):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ComputedRadiographyImageStorage
+
+    nobody = Peer("PACS", "127.0.0.1", orthanc.free_port())  # nothing listens there
+    port = orthanc.free_port()
+    node = StorageNode(Processor(dicom_model, tmp_path), port, forward=nobody, retries=1).start()
+    try:
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(ComputedRadiographyImageStorage, corpus["cr-mono2-12bit"].file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", port)
+        assert assoc.is_established
+        assert assoc.send_c_store(corpus["cr-mono2-12bit"]).Status == 0
+        assoc.release()
+    finally:
+        with caplog.at_level("ERROR", logger="pneumoscan.dicom"):
+            node.stop()
+    sr = tmp_path / "sr" / f"{corpus['cr-mono2-12bit'].SOPInstanceUID}.dcm"
+    assert sr.is_file() and node.forwarder.failed == [str(sr)]
+    assert any(str(sr) in m and "could not send" in m for m in caplog.messages)

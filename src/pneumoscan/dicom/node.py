@@ -143,7 +143,7 @@ class StorageNode:
     """
 
     def __init__(self, processor: Processor, port: int, ae_title: str = "PNEUMOSCAN", host: str = "127.0.0.1",
-                 forward: Peer | None = None, max_associations: int = 16) -> None:
+                 forward: Peer | None = None, max_associations: int = 16, retries: int = 3) -> None:
         from pynetdicom import AE, AllStoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification
 
@@ -154,7 +154,7 @@ class StorageNode:
         self.ae.supported_contexts = AllStoragePresentationContexts
         self.ae.add_supported_context(Verification)
         self._handlers = [(evt.EVT_C_STORE, self._on_store)]
-        self.forwarder = Forwarder(forward, self.ae_title) if forward else None
+        self.forwarder = Forwarder(forward, self.ae_title, retries) if forward else None
         self._server = None
         self.received = 0
         self._count_lock = threading.Lock()
