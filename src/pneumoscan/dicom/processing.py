@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +57,8 @@ class Outcome:
         return self.reason is None
 
     def row(self) -> dict:
-        data = {k: v for k, v in asdict(self).items() if k not in ("ids", "derived")}
+        # Not asdict(self): it would deep-copy the derived datasets, the dearest step of a result.
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("ids", "derived")}
         data.update(asdict(self.ids))
         data["status"] = "scored" if self.scored else "refused"
         data["flags"] = " ".join(self.flags)

@@ -138,12 +138,17 @@ def _version(meta) -> str:
     return ", ".join(p for p in parts if p) or "unknown"
 
 
+# What a derived object takes from its source: the groups of the patient, clinical trial, study, series
+# and instance identification modules (not acquisition, image pixel or pixel data).
+_KEPT_GROUPS = frozenset({0x0008, 0x0010, 0x0012, 0x0020, 0x0032, 0x0038})
+
+
 def _header(source: Dataset) -> Dataset:
-    """``source`` without its pixels: highdicom only needs the identifiers, and a copy of a 30 MB pixel
-    array per result would cost more than the scoring."""
+    """The identification attributes of ``source``. highdicom deep-copies its evidence: a copy of the
+    whole header (or of a 30 MB pixel array) per result would cost more than the scoring."""
     header = Dataset()
     for element in source:
-        if element.tag.group != 0x7FE0:
+        if element.tag.group in _KEPT_GROUPS:
             header.add(element)
     return header
 
