@@ -25,6 +25,7 @@ examples:
   pneumoscan export runs/latest --format onnx
   pneumoscan serve runs/latest/export/model.onnx
   pneumoscan models                                     # bundled and local models
+  pneumoscan dicom listen runs/latest --port 11112 --forward PACS@10.0.0.5:104
 
 """ + DISCLAIMER
 
@@ -34,7 +35,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pneumoscan.cli import data, evaluate, infer, models, serve, train
+    from pneumoscan.cli import data, dicom, evaluate, infer, models, serve, train
 
     parser = argparse.ArgumentParser(
         prog="pneumoscan",
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pneumoscan {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for module in (data, train, evaluate, infer, serve, models):
+    for module in (data, train, evaluate, infer, serve, models, dicom):
         module.register(subparsers)
     return parser
 
