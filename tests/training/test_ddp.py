@@ -20,7 +20,9 @@ class WeightsFingerprint(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         digest = hashlib.sha256()
-        for key, value in sorted(pl_module.model.state_dict().items()):
+        # The trainable weights, which DDP keeps identical by averaging gradients. Batch-norm running
+        # statistics are per rank in DDP (no SyncBatchNorm), and the weight average keeps its own copy.
+        for key, value in sorted(pl_module.model.named_parameters()):
             digest.update(key.encode())
             digest.update(value.detach().cpu().contiguous().numpy().tobytes())
         out = Path(self.folder) / f"rank{trainer.global_rank}.json"

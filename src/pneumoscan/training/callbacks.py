@@ -15,3 +15,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+
+
+def _ema_update(decay: float, ema_param: torch.Tensor, current_param: torch.Tensor, num_averaged: Any) -> torch.Tensor:
+    return decay * ema_param + (1 - decay) * current_param
+
+
+def weight_ema(decay: float):
+    """Lightning's weight averaging with an exponential moving average of the weights.
+
+    Lightning's own ``EMAWeightAveraging`` keeps torch's closure as its averaging function, which cannot
+    be pickled, so ``ddp_spawn`` could not start; a module-level function bound with ``partial`` can.
+    """
+    from functools import partial
+
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    return WeightAveraging(avg_fn=partial(_ema_update, decay))

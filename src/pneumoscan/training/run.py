@@ -254,10 +254,10 @@ def _trainer(config: TrainConfig, run_dir: Path, on_gpu: bool, extra: list[Any],
     )
     callbacks: list[Any] = [checkpoint, *extra]
     if config.ema > 0:
-        from lightning.pytorch.callbacks import EMAWeightAveraging
+        from pneumoscan.training.callbacks import weight_ema
 
         # The averaged weights are the ones validated, checkpointed and saved as the model.
-        callbacks.append(EMAWeightAveraging(decay=config.ema))
+        callbacks.append(weight_ema(config.ema))
     if config.early_stopping > 0:
         callbacks.append(EarlyStopping(monitor=config.monitor, mode=mode, patience=config.early_stopping))
     # Lightning's CSV logger deletes an existing metrics.csv: a resumed run logs beside it (csv-1, ...).
