@@ -25,7 +25,6 @@ import os
 import re
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import fields, replace
 from pathlib import Path
@@ -71,6 +70,18 @@ def train_only_view(root: Path, folder: Path) -> Path:
         if (root / split).is_dir() and not (folder / split).exists():
             (folder / split).symlink_to((root / split).resolve(), target_is_directory=True)
     return folder
+
+
+def trained_seconds(run: Path) -> float:
+    """Seconds of fitting the run's history records (its last ``wall_s``), NaN when absent."""
+    import csv
+
+    try:
+        with open(run / "history.csv", newline="") as fh:
+            walls = [float(r["wall_s"]) for r in csv.DictReader(fh) if r.get("wall_s")]
+    except (OSError, KeyError, ValueError):
+        return float("nan")
+    return walls[-1] if walls else float("nan")
 
 
 def evaluate_on(run: Path, data: Path | None, split: str, out: Path, bootstrap: int) -> dict:
@@ -137,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/out/generalisation"))
     parser.add_argument("--no-heldout", action="store_true",
                         help="train on train+val without holding patients out (as `pneumoscan train` does)")
+    parser.add_argument("--runs", nargs="+", type=Path, metavar="RUN",
+                        help="evaluate these existing run folders of this bench instead of training")
     parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
                         help="print one table from generalisation.json files of earlier runs (seeds run apart)")
     args = parser.parse_args(argv)
@@ -156,29 +169,38 @@ def main(argv: list[str] | None = None) -> int:
     overrides = parse_set(args.set)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="pneumoscan-gen-") as tmp:
-        data = train_only_view(root, Path(tmp) / "view")
-        for seed in range(args.first_seed, args.first_seed + args.seeds):
+    # The view stays beside the runs: their split.csv lists images through it, for later --runs.
+    data = train_only_view(root, args.out / "view")
+    jobs = args.runs or list(range(args.first_seed, args.first_seed + args.seeds))
+    for job in jobs:
+        if isinstance(job, Path):  # an earlier run of this bench: evaluate only
+            from pneumoscan.config import load_config
+
+            run, wall = job, trained_seconds(job)
+            seed = load_config(TrainConfig, run / "config.yaml").seed
+            held_out = load_config(TrainConfig, run / "config.yaml").test_fraction > 0
+        else:
+            seed, held_out = job, not args.no_heldout
             config = replace(TrainConfig(), **overrides, seed=seed, out=str(args.out / "runs"), progress=False,
-                             data=str(root if args.no_heldout else data),
-                             test_fraction=0.0 if args.no_heldout else TrainConfig().test_fraction)
+                             data=str(data if held_out else root),
+                             test_fraction=TrainConfig().test_fraction if held_out else 0.0)
             started = time.perf_counter()
             run = train(config)
             wall = time.perf_counter() - started
-            targets = [("new site (test/)", root / "test", "all")]
-            if not args.no_heldout:
-                targets.append(("held-out patients", None, "test"))
-            targets += [(str(extra), extra, "all") for extra in args.extra]
-            for name, folder, split in targets:
-                report_dir = run / "reports" / re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-                row = evaluate_on(run, folder, split, report_dir, args.bootstrap)
-                rows.append({"seed": seed, "data": name, "train_s": round(wall, 1), "run": str(run), **row})
-                print(f"seed {seed} | {name:18s} | " + " | ".join(f"{m} {fmt(row[m])}" for m in METRICS)
-                      + f" | thr {row['threshold']:.3f} | train {wall:.0f}s", flush=True)
+        targets = [("new site (test/)", root / "test", "all")]
+        if held_out:
+            targets.append(("held-out patients", None, "test"))
+        targets += [(str(extra), extra, "all") for extra in args.extra]
+        for name, folder, split in targets:
+            report_dir = run / "reports" / re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+            row = evaluate_on(run, folder, split, report_dir, args.bootstrap)
+            rows.append({"seed": seed, "data": name, "train_s": round(wall, 1), "run": str(run), **row})
+            print(f"seed {seed} | {name:18s} | " + " | ".join(f"{m} {fmt(row[m])}" for m in METRICS)
+                  + f" | thr {row['threshold']:.3f} | train {wall:.0f}s", flush=True)
     summary = print_table(rows)
     from pneumoscan.provenance import library_versions
 
-    result = {"overrides": overrides, "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
+    result = {"overrides": overrides, "seeds": sorted({r["seed"] for r in rows}),
               "rows": rows, "summary": summary, "versions": library_versions(),
               "disclaimer": "research figures; pneumoscan is not a diagnostic device"}
     (args.out / "generalisation.json").write_text(json.dumps(result, indent=2, default=str))
