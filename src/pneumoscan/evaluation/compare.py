@@ -12,8 +12,7 @@ from pneumoscan.errors import ConfigError
 from pneumoscan.evaluation.metrics import THRESHOLD_FREE_METRICS, THRESHOLD_METRICS
 from pneumoscan.evaluation.report import LABELS, format_value
 from pneumoscan.provenance import DISCLAIMER
-
-REPORT_JSON = "report.json"
+from pneumoscan.runs import REPORT_JSON, find_report
 
 
 @dataclass
@@ -39,19 +38,6 @@ class Comparison:
         lines += ["| " + " | ".join(row) + " |" for row in self.rows]
         lines += [""] + [f"- {note}" for note in self.notes] + [""]
         return "\n".join(lines)
-
-
-def find_report(path: str | os.PathLike) -> Path:
-    """A ``report.json``, a report folder, or a run folder (its newest report under ``reports/``)."""
-    path = Path(path).expanduser()
-    if path.is_file():
-        return path
-    if (path / REPORT_JSON).is_file():
-        return path / REPORT_JSON
-    found = sorted((path / "reports").glob(f"*/{REPORT_JSON}"), key=lambda p: p.stat().st_mtime)
-    if found:
-        return found[-1]
-    raise ConfigError(f"{path}: no evaluation report; run `pneumoscan evaluate {path} --data ROOT` first")
 
 
 def compare(paths: list[str | os.PathLike], markdown: str | os.PathLike | None = None) -> Comparison:
