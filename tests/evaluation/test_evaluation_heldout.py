@@ -20,7 +20,7 @@ def test_evaluate_without_data_scores_the_runs_held_out_test_patients_and_finds_
                             val_fraction=0.2, test_fraction=0.2, progress=False, threads=1))
     with open(run / "split.csv", newline="") as fh:
         held_out = [r for r in csv.DictReader(fh) if r["split"] == "test"]
-    assert {r["label"] for r in held_out} == {"0", "1"}
+    assert {r["label"] for r in held_out} == {"NORMAL", "PNEUMONIA"}
 
     result = evaluate(EvaluateConfig(models=[str(run)], bootstrap=50, gallery=0))
 

@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from pneumoscan._io import atomic_write_bytes, atomic_write_json, atomic_write_text, ensure_writable_dir
+from pneumoscan._io import (
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    ensure_writable_dir,
+)
 from pneumoscan.config import save_config, to_dict
 from pneumoscan.errors import ConfigError, DatasetError
 from pneumoscan.evaluation import metrics as M
@@ -33,8 +39,7 @@ from pneumoscan.evaluation.operating import (
     fit_temperature,
 )
 from pneumoscan.provenance import DISCLAIMER, git_commit, library_versions
-
-REPORT_JSON = "report.json"
+from pneumoscan.runs import CURVES, HISTORY, REPORT_JSON, SPLIT, VAL_PREDICTIONS, find_run, report_folder
 
 
 @dataclass
@@ -98,7 +103,7 @@ def evaluate(config: EvaluateConfig) -> EvaluationResult:
         raise ConfigError(f"--bootstrap must be at least 1, not {config.bootstrap}")
     if not 0 < config.level < 1:
         raise ConfigError(f"--level must be between 0 and 1, not {config.level}")
-    members = [_Member(Path(m), _run_dir(Path(m)), pneumoscan.load(m, device=config.device)) for m in config.models]
+    members = [_Member(Path(m), find_run(m), pneumoscan.load(m, device=config.device)) for m in config.models]
     metas = [m.classifier.meta for m in members]
     if len({(meta.image_size, meta.fit) for meta in metas}) > 1:
         raise ConfigError("ensemble members differ in image size or fit; evaluate them separately "
@@ -217,7 +222,7 @@ def _evaluate(config: EvaluateConfig, members: list[_Member], metas: list, out: 
 
     clock.lap("report")  # the JSON states the timings up to here; writing the files is the rest
     report["timings_s"] = clock.laps
-    save_config(config, out / "config.yaml")
+    save_config(config, out / "config.yaml")  # a report's own config, not a run's
     atomic_write_json(out / REPORT_JSON, _json_safe(report))
     atomic_write_text(out / "report.md", render_markdown(report))
     atomic_write_text(out / "report.html", render_html(
@@ -264,33 +269,21 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def _run_dir(path: Path) -> Path | None:
-    """The run folder of a model path: the folder itself, or the one holding the file (or its checkpoints/)."""
-    path = path.expanduser()
-    candidates = [path] if path.is_dir() else [path.parent, path.parent.parent]
-    for folder in candidates:
-        if any((folder / name).is_file() for name in ("split.csv", "val_predictions.csv", "config.yaml")):
-            return folder.resolve()
-    return path.resolve() if path.is_dir() else None
-
-
 def _default_data(members: list[_Member], split: str, fallback) -> Path:
     """The first run's ``split.csv`` when it holds ``split`` (e.g. its held-out test patients), else the default data.
 
     Training holds out a patient-level test split when the data has none, so ``evaluate RUN`` alone
     gives an estimate on patients that neither training nor model selection saw.
     """
-    split_file = members[0].run_dir / "split.csv" if members[0].run_dir else None
-    if (split_file is not None and split_file.is_file()
-            and (split == "all" or any(row.get("split") == split for row in _read_csv(split_file)))):
-        return split_file
+    trained = _run_split(members[0])
+    if trained is not None and (split == "all" or any(s.split == split for s in trained)):
+        return members[0].run_dir / SPLIT
     return fallback()
 
 
 def _default_out(members: list[_Member], split: str, when: datetime) -> Path:
     base = members[0].run_dir or members[0].source.expanduser().resolve().parent
-    prefix = "ensemble-" if len(members) > 1 else ""
-    return base / "reports" / f"{prefix}{split}-{when.strftime('%Y%m%d-%H%M%S')}"
+    return report_folder(base, split, when, ensemble=len(members) > 1)
 
 
 def _select(index, split: str) -> tuple[list, list[str]]:
@@ -340,8 +333,8 @@ def _validation(members: list[_Member], config: EvaluateConfig, size: int, fit: 
     TTA); otherwise the validation rows of ``split.csv`` are scored again.
     """
     if not config.tta:
-        tables = [_read_csv(m.run_dir / "val_predictions.csv") for m in members
-                  if m.run_dir and (m.run_dir / "val_predictions.csv").is_file()]
+        tables = [_read_csv(m.run_dir / VAL_PREDICTIONS) for m in members
+                  if m.run_dir and (m.run_dir / VAL_PREDICTIONS).is_file()]
         if len(tables) == len(members):
             try:
                 rows = [{r["path"]: r for r in table} for table in tables]
@@ -354,15 +347,15 @@ def _validation(members: list[_Member], config: EvaluateConfig, size: int, fit: 
                         "source": "val_predictions.csv of the run" + ("s (common images, mean)" if len(rows) > 1 else ""),
                     }
             except (KeyError, ValueError) as exc:
-                raise DatasetError(f"{members[0].run_dir}/val_predictions.csv: expected columns "
+                raise DatasetError(f"{members[0].run_dir}/{VAL_PREDICTIONS}: expected columns "
                                    f"path,patient_id,label,probability ({exc})") from None
-    split_file = members[0].run_dir / "split.csv" if members[0].run_dir else None
-    if split_file is None or not split_file.is_file():
+    trained = _run_split(members[0])
+    if trained is None:
         return None
-    from pneumoscan.data import Sample, build_cache
+    from pneumoscan.data import build_cache
 
-    val = [Sample(Path(r["path"]), int(float(r["label"])), r.get("patient_id") or r["path"], "val")
-           for r in _read_csv(split_file) if r.get("split") == "val" and r.get("label") not in (None, "")]
+    split_file = members[0].run_dir / SPLIT
+    val = [s for s in trained if s.split == "val" and s.label is not None]
     if not val:
         return None
     cache = build_cache(val, size, fit, progress=False)  # type: ignore[arg-type]
@@ -456,18 +449,18 @@ def _leakage(members: list[_Member], kept) -> dict[str, Any]:
     paths = {os.path.abspath(s.path) for s in kept}
     result: dict[str, Any] = {"checked": [], "patients": {}, "images": {}}
     for member in members:
-        split_file = member.run_dir / "split.csv" if member.run_dir else None
-        if split_file is None or not split_file.is_file():
+        trained = _run_split(member)
+        if trained is None:
             continue
-        result["checked"].append(str(split_file))
-        for row in _read_csv(split_file):
-            part = row.get("split") or "?"
+        result["checked"].append(str(member.run_dir / SPLIT))
+        for sample in trained:
+            part = sample.split
             if part not in ("train", "val"):
                 continue
-            if row.get("patient_id") in patients:
-                result["patients"].setdefault(part, set()).add(row["patient_id"])
-            if row.get("path") and os.path.abspath(row["path"]) in paths:
-                result["images"].setdefault(part, set()).add(row["path"])
+            if sample.patient_id in patients:
+                result["patients"].setdefault(part, set()).add(sample.patient_id)
+            if os.path.abspath(sample.path) in paths:
+                result["images"].setdefault(part, set()).add(str(sample.path))
     result["patients"] = {k: len(v) for k, v in result["patients"].items()}
     result["images"] = {k: len(v) for k, v in result["images"].items()}
     return result
@@ -512,8 +505,8 @@ def _figures(members, labels, probs, raw, thresholds, weights, report, config) -
     history = _history(members[0].run_dir)
     if history:
         figures["training_curves"] = plots.history_plot(history)
-    elif members[0].run_dir and (members[0].run_dir / "curves.png").is_file():
-        figures["training_curves"] = (members[0].run_dir / "curves.png").read_bytes()
+    elif members[0].run_dir and (members[0].run_dir / CURVES).is_file():
+        figures["training_curves"] = (members[0].run_dir / CURVES).read_bytes()
     return figures
 
 
@@ -553,9 +546,9 @@ def _gallery(member: _Member, images, kept, probs, labels, threshold: float, per
 
 
 def _history(run_dir: Path | None) -> dict[str, list[float]]:
-    if run_dir is None or not (run_dir / "history.csv").is_file():
+    if run_dir is None or not (run_dir / HISTORY).is_file():
         return {}
-    rows = _read_csv(run_dir / "history.csv")
+    rows = _read_csv(run_dir / HISTORY)
     columns: dict[str, list[float]] = {}
     for row in rows:
         for key, value in row.items():
@@ -567,10 +560,17 @@ def _history(run_dir: Path | None) -> dict[str, list[float]]:
 
 
 def _write_predictions(path: Path, kept, labels, raw, probs, threshold: float) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "patient_id", "label", "probability", "calibrated_probability", "predicted"])
-    for s, y, r, p in zip(kept, labels, raw, probs, strict=True):
-        writer.writerow([str(s.path), s.patient_id, int(y), f"{r:.6f}", f"{p:.6f}", int(p >= threshold)])
-    atomic_write_text(path, buffer.getvalue())
+    atomic_write_csv(path, ["path", "patient_id", "label", "probability", "calibrated_probability", "predicted"],
+                     ([str(s.path), s.patient_id, int(y), f"{r:.6f}", f"{p:.6f}", int(p >= threshold)]
+                      for s, y, r, p in zip(kept, labels, raw, probs, strict=True)))
+
+
+def _run_split(member: _Member) -> list | None:
+    """The samples of the run's ``split.csv`` (names only: files that moved away are kept), or None."""
+    from pneumoscan.data.manifest import load_manifest
+
+    split_file = member.run_dir / SPLIT if member.run_dir else None
+    if split_file is None or not split_file.is_file():
+        return None
+    return load_manifest(split_file, keep_missing=True).samples
 

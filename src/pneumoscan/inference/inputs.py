@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from pneumoscan._io import atomic_write_text
+from pneumoscan._io import atomic_write_csv, atomic_write_text
 from pneumoscan.data.image import IMAGE_SUFFIXES, is_dicom
 from pneumoscan.errors import ConfigError
 from pneumoscan.inference.classifier import Prediction
@@ -107,11 +105,7 @@ def write_predictions(rows: Sequence[Prediction], out: str | os.PathLike) -> Pat
     if out.suffix.lower() == ".json":
         return atomic_write_text(out, json.dumps({"disclaimer": DISCLAIMER, "predictions": records}, indent=2) + "\n")
     if out.suffix.lower() == ".csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(records)
-        return atomic_write_text(out, buffer.getvalue())
+        return atomic_write_csv(out, COLUMNS, records)
     raise ConfigError(f"{out}: unknown output format; use a name ending in .csv or .json")
 
 

@@ -231,7 +231,7 @@ def create_app(
                 raise HTTPException(409, f"cannot explain: {exc}") from None
         meta = served.classifier.meta
         return PredictResponse(
-            filename=name, probability=probability, label=_label(served.classifier, probability),
+            filename=name, probability=probability, label=served.classifier.meta.label(probability),
             threshold=served.classifier.threshold, model=meta.name, version=meta.version, backend=served.backend,
             latency_ms=round((time.perf_counter() - start) * 1000, 2), explanation=explanation,
         )
@@ -339,7 +339,7 @@ def _score_many(classifier: Classifier, uploads: list[tuple[str, bytes]]) -> lis
     for item in items:
         if item.error is None:
             item.probability = float(next(probabilities))
-            item.label = _label(classifier, item.probability)
+            item.label = classifier.meta.label(item.probability)
     return items
 
 
@@ -368,10 +368,6 @@ def _looks_like_image(data: bytes) -> bool:
         return False
     except Exception:  # Pillow knew the format but not the content: the decoder will say what is wrong
         return True
-
-
-def _label(classifier: Classifier, probability: float) -> str:
-    return classifier.meta.class_names[int(probability >= classifier.threshold)]
 
 
 def _size(n: int) -> str:
