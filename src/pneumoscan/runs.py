@@ -16,6 +16,8 @@ Every stage asks this module rather than spelling a file name itself. A run fold
     val_predictions.csv  path,patient_id,label,probability of the best weights on validation
     export/              model.onnx, model_card.json, model_card.md (`pneumoscan export`)
     reports/<split>-<time>/  report.json, report.html, report.md, plots/ (`pneumoscan evaluate`)
+    calibrated/<data>-<time>/  a site-calibrated model version: model.safetensors, model.json,
+                         calibration.json, model card (`pneumoscan calibrate`)
 
 This module imports nothing heavy: the ONNX serving path uses it without torch.
 """
@@ -49,6 +51,8 @@ CARD_JSON = "model_card.json"
 CARD_MARKDOWN = "model_card.md"
 REPORTS = "reports"
 REPORT_JSON = "report.json"
+CALIBRATED = "calibrated"
+CALIBRATION_JSON = "calibration.json"
 LATEST = "latest"  # a symlink beside the runs; LATEST_FILE where the file system has no links
 LATEST_FILE = "LATEST"
 
@@ -150,6 +154,11 @@ def point_latest(run_dir: Path) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)
         atomic_write_text(run_dir.parent / LATEST_FILE, run_dir.name + "\n")
+
+
+def calibrated_folder(run: Path, data_name: str, stamp: str) -> Path:
+    """The default folder of a site-calibrated version of the run's model."""
+    return run / CALIBRATED / f"{data_name}-{stamp}"
 
 
 # -- reports --------------------------------------------------------------------------------------------------
