@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from evaluation_fixtures import make_run
 from sklearn import metrics as skm
 
 import pneumoscan
+from helpers.fake_runs import make_run
 from pneumoscan.cli import main
 from pneumoscan.config import load_config
 from pneumoscan.errors import ConfigError, DatasetError

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from corpus import BAD_CASES, CASES, DATASET_CASES, make_dataset, run_cli, tiny_model
 
+from helpers.corpus import BAD_CASES, CASES, DATASET_CASES, make_dataset, run_cli, tiny_model
 from pneumoscan.cli import build_parser
 
 GOOD_PER_CLASS = 6
@@ -173,7 +173,8 @@ ENTRIES: dict[str, Entry] = {
 }
 
 
-@pytest.mark.parametrize("entry", list(ENTRIES), ids=lambda e: e.replace(" ", "-"))
+@pytest.mark.parametrize("entry", [pytest.param(e, id=e.replace(" ", "-"), marks=[pytest.mark.e2e] if e == "train" else [])
+                                   for e in ENTRIES])
 def test_every_command_names_each_bad_file_and_processes_the_good_ones(entry: str, world: World, tmp_path,
                                                                          capsys, caplog) -> None:
     out = tmp_path / "out"

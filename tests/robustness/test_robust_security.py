@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from corpus import CASES, ODD_GOOD_CASES, Case, make_corpus, run_cli, tiny_model, write_good_images
 
 import pneumoscan
+from helpers.corpus import CASES, ODD_GOOD_CASES, Case, make_corpus, run_cli, tiny_model, write_good_images
 from pneumoscan.errors import ModelFileError
 from pneumoscan.models import load_model
 
@@ -306,7 +306,7 @@ def test_server_hides_internal_errors_behind_a_generic_message(classifier, good_
 
 
 def test_server_refuses_a_header_only_bomb_with_422(classifier) -> None:
-    from corpus import header_only_png
+    from helpers.corpus import header_only_png
 
     with _client(classifier) as client:
         response = client.post("/v1/predict", files={"file": ("bomb.png", header_only_png(60_000, 60_000), "image/png")})

@@ -11,13 +11,15 @@ import pytest
 import torch
 
 import pneumoscan
+from helpers.synthetic import write_synthetic_image
 from pneumoscan.cli import main
 from pneumoscan.config import load_config
 from pneumoscan.errors import ConfigError, DatasetError, ModelFileError
 from pneumoscan.models import load_model, read_meta
 from pneumoscan.training import TrainConfig, train
 from pneumoscan.training.metrics import binary_summary, operating_points
-from synthetic import write_synthetic_image
+
+pytestmark = pytest.mark.e2e  # this module trains models
 
 CORRUPT = "IM-0099-0001.png"
 

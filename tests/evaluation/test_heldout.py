@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import csv
 
+import pytest
+
+from helpers.synthetic import write_synthetic_image
 from pneumoscan.evaluation import EvaluateConfig, evaluate
 from pneumoscan.training import TrainConfig, train
-from synthetic import write_synthetic_image
+
+pytestmark = pytest.mark.e2e  # this module trains models
 
 
 def test_evaluate_without_data_scores_the_runs_held_out_test_patients_and_finds_no_leak(tmp_path, monkeypatch):
