@@ -8,12 +8,15 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pneumoscan._io import atomic_write_csv, atomic_write_text
 from pneumoscan.data.image import IMAGE_SUFFIXES, is_dicom
 from pneumoscan.errors import ConfigError
-from pneumoscan.inference.classifier import Prediction
 from pneumoscan.provenance import DISCLAIMER
+
+if TYPE_CHECKING:  # the Classifier expands its inputs with this module: only the type is needed here
+    from pneumoscan.inference.classifier import Prediction
 
 COLUMNS = ("file", "probability", "label", "threshold", "model", "version", "error")
 
