@@ -29,8 +29,10 @@ def is_model_path(item: str | os.PathLike) -> bool:
     path = Path(os.fsdecode(item)).expanduser()
     if path.suffix.lower() in MODEL_SUFFIXES:
         return True
-    markers = ("model.safetensors", "model.json", "model.onnx", "export/model.onnx")
-    return path.is_dir() and any((path / marker).is_file() for marker in markers)
+    from pneumoscan import runs
+
+    markers = (path / runs.MODEL, path / runs.MODEL_JSON, path / runs.ONNX, runs.export_file(path))
+    return path.is_dir() and any(marker.is_file() for marker in markers)
 
 
 def split_model_and_inputs(items: Sequence[str], model: str | None) -> tuple[str | None, list[str]]:
