@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import errno
+import glob
 import io
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -25,12 +27,52 @@ def _current_umask() -> int:
 _FILE_MODE = 0o666 & ~_current_umask()
 
 
+def _owner_tag() -> str:
+    # Host and process in a temporary's name: a later run can tell a dead writer's leftover from a live one.
+    return f"{socket.gethostname().replace('.', '-')}-{os.getpid()}"
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries of ``path`` left by writers on this host that were killed (``kill -9``,
+    a power cut) before they could clean up; a live writer's temporary is kept. Returns what was removed."""
+    path = Path(path)
+    host = socket.gethostname().replace(".", "-")
+    removed = []
+    try:
+        candidates = list(path.parent.glob(f".{glob.escape(path.name)}.{glob.escape(host)}-*.tmp"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        pid_text = tmp.name[len(f".{path.name}.{host}-"):].split(".", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
-    """Call ``write(tmp_path)`` then rename ``tmp_path`` onto ``path`` (same folder, so rename is atomic)."""
+    """Call ``write(tmp_path)`` then rename ``tmp_path`` onto ``path`` (same folder, so rename is atomic).
+
+    Temporaries of ``path`` left by killed writers are removed first."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        remove_stale_temporaries(path)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
     except OSError as exc:
         raise _output_error(path, exc) from None

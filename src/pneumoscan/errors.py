@@ -32,3 +32,7 @@ def reason(exc: BaseException) -> str:
     """The first line of an exception's message (or its type), short enough for a one-line error."""
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:200]
+
+
+class DicomNetworkError(PneumoscanError, OSError):
+    """A DICOM or DICOMweb peer cannot be reached or refused a request; the message names it."""

@@ -4,4 +4,5 @@
 - :mod:`helpers.images`: odd and broken image files, DICOMs written with pydicom.
 - :mod:`helpers.fake_runs`: a run folder with an untrained model (evaluation without training).
 - :mod:`helpers.corpus`: the corpus of hostile inputs and a CLI runner for the robustness tests.
+- :mod:`helpers.chest_dicoms`: chest radiographs (and what a PACS also sends) as DICOM, for the DICOM node.
 """

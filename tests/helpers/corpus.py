@@ -1,18 +1,21 @@
 """The corpus of bad inputs that every entry point gets, built fresh in a folder by the tests.
 
-One definition serves the tests and the README: each :class:`Case` says what the input is, how to make
+One definition serves the tests and the docs (docs/robustness.md): each :class:`Case` says what the input is, how to make
 it (small: nothing here allocates a big image), and what :func:`pneumoscan.data.read_image` must do
 with it: decode it (``decoded``) or refuse it with :class:`ImageReadError` whose message names the file
 and contains ``reason`` (``refused``). The dataset-level cases (an empty class folder, bad manifests)
 are in :data:`DATASET_CASES`.
 
-``PYTHONPATH=tests python -m helpers.corpus`` prints the README's table of the corpus.
+``PYTHONPATH=tests python -m helpers.corpus`` prints the tables of docs/robustness.md.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import json
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Callable
@@ -32,13 +35,15 @@ class Case:
     """One bad (or merely unusual) input file."""
 
     name: str  # key in the corpus dict
-    what: str  # what a person would call it (the README's first column)
+    what: str  # what a person would call it (the docs table's first column)
     filename: str | bytes  # bytes for a non-UTF-8 name
     make: Callable[[Path], None]  # writes the file at the given path
     expect: str  # "decoded" or "refused"
     reason: str = ""  # lower-case words the refusal message must contain ("a|b": either)
     blank: bool = False  # decodes, but holds one grey level: prediction refuses it as "not a radiograph"
     only_name_wrong: bool = False  # the bytes are a good image: an upload (bytes, no extension) decodes
+    listed: bool = True  # a dataset listing or a folder search yields it (a folder named .png is walked into)
+    special: bool = False  # not a regular file: nothing a client could upload
 
     @property
     def scorable_upload(self) -> bool:
@@ -97,17 +102,19 @@ def _rgba(path: Path) -> None:
     rgba.save(path, "PNG")
 
 
-def dicom_bytes(photometric: str = "MONOCHROME2", pixels: bool = True) -> bytes:
-    """A small DICOM file written with pydicom: 12-bit pixels, or none at all (a report)."""
+def dicom_bytes(photometric: str = "MONOCHROME2", pixels: bool = True, frames: int = 1,
+                syntax: str = "1.2.840.10008.1.2.1") -> bytes:
+    """A small DICOM file written with pydicom: 12-bit pixels (``frames`` copies), or none at all (a
+    report), in the transfer syntax ``syntax`` (Explicit VR Little Endian, or Deflated)."""
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     sop_class = "1.2.840.10008.5.1.4.1.1.1" if pixels else "1.2.840.10008.5.1.4.1.1.88.11"  # CR image / basic SR
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = syntax
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = sop_class
@@ -122,10 +129,85 @@ def dicom_bytes(photometric: str = "MONOCHROME2", pixels: bool = True) -> bytes:
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = photometric
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = values.tobytes()
+        if frames > 1:
+            ds.NumberOfFrames = frames
+        ds.PixelData = values.tobytes() * frames
     buf = io.BytesIO()
     pydicom.dcmwrite(buf, ds, enforce_file_format=True)
     return buf.getvalue()
+
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def _meta_end(dicom: bytes) -> int:
+    """Where the data set starts: after the preamble, DICM and the file meta group (its length is the
+    first element's value, PS3.10 7.1)."""
+    return 144 + struct.unpack_from("<I", dicom, 140)[0]
+
+
+@functools.cache
+def deflate_bomb(inflated: int = 2**30) -> bytes:
+    """A deflated DICOM of about 1 MB holding a good 48x48 image and ``inflated`` bytes of trailing
+    padding: a reader that inflates the data set at once holds all of it in memory (and scores the image).
+
+    Built in 0.1 s: 1 MiB of zeros is compressed once and its (byte-aligned, full-flushed) output repeated.
+    """
+    plain = dicom_bytes()
+    head = dicom_bytes(syntax=DEFLATED)
+    padding = b"\xfc\xff\xfc\xff" + b"OB\0\0" + struct.pack("<I", inflated)  # (FFFC,FFFC) Data Set Trailing Padding
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    start = deflater.compress(plain[_meta_end(plain):] + padding) + deflater.flush(zlib.Z_FULL_FLUSH)
+    mebibyte = deflater.compress(bytes(2**20)) + deflater.flush(zlib.Z_FULL_FLUSH)
+    whole, rest = divmod(inflated, 2**20)
+    tail = deflater.compress(bytes(rest)) + deflater.flush()
+    return head[: _meta_end(head)] + start + mebibyte * whole + tail
+
+
+def rle_bomb(side: int = 6000, samples: int = 3) -> bytes:
+    """An RLE-compressed DICOM declaring ``side`` x ``side`` x ``samples`` values with one tiny fragment:
+    its header promises more than the pixel limit; nothing but the header may be believed."""
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes()))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.5"  # RLE Lossless
+    ds.Rows = ds.Columns = side
+    ds.SamplesPerPixel = samples
+    ds.PhotometricInterpretation = "RGB" if samples == 3 else "MONOCHROME2"
+    if samples > 1:
+        ds.PlanarConfiguration = 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = encapsulate([struct.pack("<16I", 1, 64, *([0] * 14)) + b"\x81\x00" * 32])
+    ds["PixelData"].VR = "OB"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _socket(path: Path) -> None:
+    os.mknod(path, 0o644 | stat.S_IFSOCK)  # a bound socket's node, without the 108-byte path limit of bind()
+
+
+def _link_to(target: str) -> Callable[[Path], None]:
+    return lambda path: path.symlink_to(target)
+
+
+def _folder(path: Path) -> None:
+    path.mkdir()
+
+
+def read_if_regular(path: Path) -> bytes:
+    """What a client could upload from ``path``: its bytes, or nothing for a special file or a
+    refused one (reading a FIFO would wait for ever, /dev/zero would never end)."""
+    try:
+        return path.read_bytes() if path.is_file() else b""
+    except OSError:
+        return b""
 
 
 def _unreadable(path: Path) -> None:
@@ -183,6 +265,22 @@ CASES: tuple[Case, ...] = (
          "refused", "cannot read"),
     Case("symlink_loop", "symlink loop (a.png -> b.png -> a.png)", "loop.png", _symlink_loop, "refused",
          "cannot read"),
+    Case("dicom_deflated", "DICOM, Deflated Explicit VR Little Endian", "deflated.dcm",
+         _write(dicom_bytes(syntax=DEFLATED)), "decoded"),
+    Case("dicom_deflate_bomb", "deflated DICOM bomb (1 MB inflating to 1 GiB of padding)", "deflate-bomb.dcm",
+         lambda path: path.write_bytes(deflate_bomb()), "refused", "decompression bomb"),
+    Case("dicom_rle_bomb", "RLE DICOM declaring 6000x6000 RGB (108 million values, tiny data)", "rle-bomb.dcm",
+         lambda path: path.write_bytes(rle_bomb()), "refused", "decompression bomb"),
+    Case("dicom_multiframe", "multi-frame DICOM (2 frames of 48x48)", "multiframe.dcm",
+         _write(dicom_bytes(frames=2)), "refused", "multi-frame"),
+    Case("fifo", "named pipe (FIFO) named .png", "fifo.png", _fifo, "refused", "not a regular file", special=True),
+    Case("socket", "socket named .png", "socket.png", _socket, "refused", "not a regular file", special=True),
+    Case("dev_zero", "symlink to /dev/zero", "zero.png", _link_to("/dev/zero"), "refused", "not a regular file",
+         special=True),
+    Case("dev_urandom", "symlink to /dev/urandom", "urandom.dcm", _link_to("/dev/urandom"), "refused",
+         "not a regular file", special=True),
+    Case("folder_named_png", "folder named scan.png", "scan.png", _folder, "refused", "is a folder",
+         listed=False, special=True),
 )
 
 BAD_CASES = tuple(c for c in CASES if not c.decodable)
@@ -284,6 +382,43 @@ def tiny_model(folder: Path, size: int = 32) -> Path:
     return folder
 
 
+# Model files whose weights are good and whose metadata is not: every loader must refuse them in one line
+# naming the file and the field (before building a network from the field's values).
+_VALID_META = {"name": "seed-cnn", "image_size": 32}
+MODEL_META_CASES: dict[str, tuple[str, str, str]] = {
+    # name: (what, the metadata text stored in the file, words the error must contain)
+    "not_json": ("not JSON (`not json {`)", "not json {", "not json"),
+    "not_an_object": ("a JSON list", "[1, 2]", "not an object"),
+    "empty_object": ("`{}`", "{}", "'name' is missing"),
+    "no_image_size": ("no image_size", '{"name": "seed-cnn"}', "'image_size' is missing"),
+    **{f"{field}_{tag}": (f"{field} {json.dumps(value)}", json.dumps({**_VALID_META, field: value}), f"'{field}'")
+       for field, tag, value in (
+           ("name", "number", 7), ("image_size", "huge", 60000), ("image_size", "negative", -5),
+           ("image_size", "text", "224"), ("fit", "unknown", "zoom"), ("threshold", "over_one", 7),
+           ("threshold", "text", "high"), ("operating_points", "text", {"youden": "high"}),
+           ("class_names", "one", ["NORMAL"]), ("version", "number", 3), ("run_id", "list", []),
+           ("created", "number", 1), ("val_metrics", "text", {"auc": "good"}), ("temperature", "zero", 0),
+           ("members", "zero", 0), ("members", "huge", 10**6),
+           ("provenance", "text", "x"))},
+    "name_unknown": ("name of no known network", json.dumps({**_VALID_META, "name": "no-such-net"}), "unknown model"),
+}
+
+
+MODEL_META_COMMANDS = ("predict", "explain", "evaluate", "export", "serve")
+MODEL_META_CLI_CASES = ("not_json", "empty_object", "image_size_huge", "image_size_negative")
+MODEL_META_SERVER_CASES = ("not_json", "image_size_huge")
+
+
+def model_with_meta(folder: Path, meta_text: str, weights_of: Path) -> Path:
+    """``folder/model.safetensors``: the weights of the model at ``weights_of`` with ``meta_text`` as metadata."""
+    from safetensors.torch import load_file, save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.safetensors"
+    save_file(load_file(str(weights_of / "model.safetensors")), str(path), metadata={"pneumoscan": meta_text})
+    return path
+
+
 def run_cli(argv: list[str], capsys, caplog=None) -> tuple[int, str]:
     """``pneumoscan ARGV`` in-process: the exit code and all a user would see (stdout, stderr, log records)."""
     from pneumoscan.cli import main
@@ -354,7 +489,7 @@ def mutate(data: bytes, rng) -> bytes:
     return bytes(out)
 
 
-# ------------------------------------------------------------------------------ the README's table
+# ------------------------------------------------------------------------- the tables of docs/robustness.md
 # Every row states what a test in tests/robustness asserts (the test is named in the last column).
 FILE_ENTRY_POINTS = ("read_image", "data inspect", "data validate", "data cache", "train", "evaluate", "predict",
                      "explain", "server")
@@ -371,14 +506,30 @@ _SPECIAL_OUTCOMES = {
     "png16": "decoded, scaled from its own 16-bit range, picture checked",
     "rgba": "decoded, transparent border composited on black, picture checked",
     "cmyk": "decoded, picture checked",
+    "dicom_deflated": "decoded (inflated in bounded chunks), picture checked",
+    "folder_named_png": "read_image: refused, *is a folder, not an image file*; listings and folder searches walk "
+                        "into it as the folder it is",
 }
+_SPECIAL_FILE_OUTCOME = ("skipped and reported with the file's name: *not a regular file* (and its kind); never "
+                         "opened for reading, so nothing waits for a writer or reads a device without end; a "
+                         "client can only upload bytes, so the server sees an empty upload (422)")
 
 FAULT_ROWS: tuple[tuple[str, str, str, str], ...] = (
     ("`kill -9` at 3 points of an atomic write (mid-write, before and after the rename) and at 6 random "
      "moments of a writer rewriting a 3 MB file", "`_io.atomic_write` (checkpoints, caches, reports, models)",
      "the old file or the new one, never a torn one", "test_robust_faults.py"),
     ("cache truncated, index corrupted, array deleted; a cache build killed mid-write", "data cache / build_cache",
-     "detected, rebuilt, same pixels as a fresh build", "test_robust_faults.py"),
+     "detected, rebuilt, same pixels as a fresh build; the killed build's temporary file is removed by the next "
+     "build", "test_robust_faults.py"),
+    ("`kill -9` of `data validate` or `data cache` while its 2 decoding workers run", "data validate, data cache",
+     "both workers are gone within 5 s (none re-parented to init)", "test_robust_faults.py"),
+    ("every refused file of the corpus, each in a fresh process that has already decoded good files",
+     "read_image, probe_image, Classifier.predict",
+     "refused within 5 s, the process's peak memory grows by less than 300 MB (probe_image may answer from "
+     "a header that is fine)", "test_robust_bounds.py"),
+    ("the deflated DICOM bomb uploaded by 4 clients at once to `pneumoscan serve` (a real server process)",
+     "server", "4 x 422 *decompression bomb*; the server's peak memory stays under 1 GB; `/healthz` answers "
+     "200 throughout, each within 5 s", "test_robust_bounds.py"),
     ("full disk (a real 1 MiB tmpfs; a mock of os.write where mounting is not allowed)", "atomic writes, data cache",
      "`OutputError`: *…: cannot write: no space left on the device*; old file kept, no temporary file left",
      "test_robust_faults.py"),
@@ -394,6 +545,9 @@ FAULT_ROWS: tuple[tuple[str, str, str, str], ...] = (
      "continues at the epoch after the checkpoint; history keeps every epoch; every epoch's val loss equals "
      "the uninterrupted run's (same config and seed; the checkpoint carries the random generators), AUC on "
      "all 96 images within 0.01", "test_robust_resume.py"),
+    ("a pickle in place of a run's `export/model.onnx`", "serve (a run folder)",
+     "logged as *unreadable* (not *stale*), the run's own weights served; the payload never runs",
+     "test_robust_security.py"),
     ("a `.ckpt` / `.pt` / `.pth` carrying a pickle payload; a pickle named `.safetensors`",
      "load_model, pneumoscan.load; predict, explain, evaluate, export, train --pretrained, train --resume "
      "(a run whose last.ckpt was swapped), server",
@@ -418,13 +572,15 @@ FAULT_ROWS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
-def readme_table() -> str:
-    """The Markdown tables of README.md, from the definitions above."""
+def docs_table() -> str:
+    """The Markdown tables of docs/robustness.md, from the definitions above."""
     lines = ["| input | entry points | outcome |", "|---|---|---|"]
     every = ", ".join(FILE_ENTRY_POINTS)
     for case in CASES:
         if case.name in _SPECIAL_OUTCOMES:
             outcome = _SPECIAL_OUTCOMES[case.name]
+        elif case.special:
+            outcome = _SPECIAL_FILE_OUTCOME
         else:
             reason = " / ".join(f"*{r}*" for r in case.reason.split("|"))
             outcome = f"skipped and reported with the file's name: {reason}; the good files beside it are processed"
@@ -435,10 +591,24 @@ def readme_table() -> str:
         lines.append(f"| {what} | {', '.join(DATASET_ENTRY_POINTS)} | one line `pneumoscan: error: …` naming "
                      f"the file (*{words}*), exit code 2, no model written |")
     lines.append("| an empty folder of images | predict, explain | one line naming the folder, exit code 2 |")
+    lines.append("| a CSV manifest row whose file does not exist | data validate | reported as `BAD` with the file's "
+                 "name (*does not exist*); `--strict` exits 1 |")
+    lines.append("| a glob that matches nothing | predict | its row says *no files match this pattern* |")
+    lines.append("| only bad files | explain | each reported, then *nothing written* (no output folder to point to), "
+                 "exit code 1 |")
+    lines += ["", "| model file metadata | entry points | outcome |", "|---|---|---|"]
+    for name, (what, _, words) in MODEL_META_CASES.items():
+        points = ["read_meta", "load_model", "pneumoscan.load"][1 if name == "name_unknown" else 0:]
+        points += list(MODEL_META_COMMANDS) if name in MODEL_META_CLI_CASES else []
+        points += ["server"] if name in MODEL_META_SERVER_CASES else []
+        lines.append(f"| {what} | {', '.join(points)} | `ModelFileError` naming the file and *{words}*"
+                     + ("; commands exit 2 in one line" if name in MODEL_META_CLI_CASES else "")
+                     + ("; the server stays up, `/readyz` 503 with the reason" if name in MODEL_META_SERVER_CASES
+                        else "") + " |")
     lines += ["", "| fault or attack | entry point | outcome | test |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | `tests/robustness/{d}` |" for a, b, c, d in FAULT_ROWS]
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    print(readme_table())
+    print(docs_table())

@@ -7,6 +7,7 @@ else the lowest-level write is replaced by one that fails with ENOSPC / EROFS (a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
@@ -150,11 +151,70 @@ def test_a_cache_build_killed_while_writing_leaves_no_cache_that_is_reused(small
                     workers=1, progress=False)
     """)
     assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
+    assert list(folder.rglob(".images.npy.*.tmp")), "the kill left no torn temporary: the test proves nothing"
     cache = _fresh_cache(small_dataset, folder)
     assert cache.reused is False, "a half-written cache was taken for a good one"
+    assert list(folder.rglob("*.tmp")) == [], "the killed build's temporary is still on the disk"
     assert cache.images.shape == (8, 32, 32)
     reference = _fresh_cache(small_dataset, tmp_path / "reference")
     np.testing.assert_array_equal(np.array(cache.images), np.array(reference.images))
+
+
+def _children(pid: int) -> set[int]:
+    """The child processes of ``pid`` (Linux /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie is dead, waiting for its new parent to reap it
+
+
+@pytest.fixture(scope="module")
+def many_images(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("many")
+    write_good_images(root / "NORMAL", 0, 160, size=256)  # enough work to catch the workers alive
+    write_good_images(root / "PNEUMONIA", 1, 160, size=256)
+    return root
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc to find the workers")
+@pytest.mark.parametrize("command", ["validate", "cache"])
+def test_kill_9_of_a_command_takes_its_decoding_workers_with_it(command: str, many_images, tmp_path) -> None:
+    root = many_images
+    argv = [sys.executable, "-m", "pneumoscan", "data", command, str(root), "--workers", "2", "--no-progress"]
+    if command == "cache":
+        argv += ["--size", "64", "--folder", str(tmp_path / "cache")]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        workers: set[int] = set()
+        while len(workers) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            workers = _children(proc.pid)
+            time.sleep(0.01)
+        assert len(workers) == 2, f"never saw the 2 workers (exit code {proc.poll()})"
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 5
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        orphans = [w for w in workers if _alive(w)]
+    finally:
+        proc.kill()
+        for w in _children(proc.pid) | workers:
+            with contextlib.suppress(OSError):
+                os.kill(w, signal.SIGKILL)  # the processes this test started, by id
+    assert orphans == [], f"workers outlived the killed command: {orphans}"
 
 
 # ------------------------------------------------------------------------- full disk, read-only folder

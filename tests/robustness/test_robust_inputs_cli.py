@@ -18,7 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from helpers.corpus import BAD_CASES, CASES, DATASET_CASES, make_dataset, run_cli, tiny_model
+from helpers.corpus import (
+    BAD_CASES,
+    CASES,
+    DATASET_CASES,
+    make_dataset,
+    run_cli,
+    tiny_model,
+    write_good_images,
+)
 from pneumoscan.cli import build_parser
 
 GOOD_PER_CLASS = 6
@@ -65,7 +73,10 @@ def _run(argv: list[str], capsys, caplog=None) -> tuple[int, str]:
     return run_cli(argv, capsys, caplog)
 
 
-def _assert_bad_named(text: str, paths: dict[str, Path], cases=BAD_CASES) -> None:
+LISTED_BAD_CASES = tuple(c for c in BAD_CASES if c.listed)
+
+
+def _assert_bad_named(text: str, paths: dict[str, Path], cases=LISTED_BAD_CASES) -> None:
     lines = text.splitlines()
     for case in cases:
         path = str(paths[case.name])
@@ -89,7 +100,10 @@ class Entry:
 def _check_inspect(world: World, out: Path, text: str) -> None:
     summary = json.loads((out / "summary.json").read_text())
     _assert_bad_named("\n".join(f"{u['path']}: {u['reason']}" for u in summary["unreadable"]), world.paths)
-    _assert_bad_named(text, world.paths)
+    # The terminal shows the count and the first 10 by name; summary.json names them all.
+    unreadable = len(summary["unreadable"])  # the corpus, and the symlink loop's partner
+    assert unreadable >= len(LISTED_BAD_CASES) and f"unreadable files: {unreadable}" in text
+    assert sum(1 for u in summary["unreadable"] if u["path"] in text) == min(10, unreadable)
     assert summary["images"]["count"] == len(_expected_good(world))
 
 
@@ -113,7 +127,7 @@ def _check_train(world: World, out: Path, text: str) -> None:
         used = {os.path.abspath(row["path"]) for row in csv.DictReader(fh)}
     assert used == _expected_good(world), "the good files (odd names included) are not all used"
     provenance = json.loads((run / "provenance.json").read_text())
-    assert provenance["skipped_images"]["count"] >= len(BAD_CASES)
+    assert provenance["skipped_images"]["count"] >= len(LISTED_BAD_CASES)
 
 
 def _check_evaluate(world: World, out: Path, text: str) -> None:
@@ -126,7 +140,7 @@ def _check_evaluate(world: World, out: Path, text: str) -> None:
 def _check_predict(world: World, out: Path, text: str) -> None:
     with open(out / "predictions.csv", newline="", encoding="utf-8", errors="surrogateescape") as fh:
         rows = {row["file"]: row for row in csv.DictReader(fh)}
-    refused = [c for c in CASES if not c.decodable or c.blank]
+    refused = [c for c in CASES if (not c.decodable or c.blank) and c.listed]
     for case in refused:
         row = rows[str(world.paths[case.name])]
         assert row["probability"] == "" and (case.says(row["error"]) if not case.blank else "blank" in row["error"])
@@ -232,3 +246,35 @@ def test_a_bad_file_named_directly_on_the_command_line_does_not_stop_the_others(
     rows = rows["predictions"] if isinstance(rows, dict) else rows
     assert [r["probability"] is not None for r in rows] == [False, True, False, True]
 
+
+
+def test_validate_strict_fails_on_a_manifest_row_whose_file_does_not_exist(tmp_path, capsys) -> None:
+    images = write_good_images(tmp_path / "images", 0, 2) + write_good_images(tmp_path / "images", 1, 2, start=2)
+    gone = tmp_path / "images" / "deleted-since.png"
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,label\n" + "".join(f"{p},{i % 2}\n" for i, p in enumerate([*images, gone])))
+    code, text = _run(["data", "validate", str(manifest), "--strict", "--workers", "1", "--no-progress"], capsys)
+    assert code == 1, text
+    assert any(line.startswith("BAD") and str(gone) in line and "does not exist" in line
+               for line in text.splitlines()), text
+    code, _ = _run(["data", "validate", str(manifest), "--workers", "1", "--no-progress"], capsys)
+    assert code == 0  # without --strict the report is the same but the exit code says "checked"
+
+
+def test_predict_says_when_a_pattern_matches_no_file(world: World, tmp_path, capsys) -> None:
+    pattern = str(tmp_path / "nothing-*.png")
+    code, text = _run(["predict", str(world.model), pattern, str(world.goods[0]), "--out",
+                       str(tmp_path / "p.csv")], capsys)
+    assert code == 0, text
+    with open(tmp_path / "p.csv", newline="") as fh:
+        rows = {row["file"]: row for row in csv.DictReader(fh)}
+    assert "no files match" in rows[pattern]["error"], rows[pattern]
+
+
+def test_explain_on_only_bad_files_says_nothing_was_written(world: World, tmp_path, capsys) -> None:
+    out = tmp_path / "heatmaps"
+    files = [world.paths["truncated_jpeg"], world.paths["fifo"], world.paths["dicom_deflate_bomb"]]
+    code, text = _run(["explain", str(world.model), *map(str, files), "--out", str(out)], capsys)
+    assert code == 1 and "Traceback" not in text, text
+    assert "nothing written" in text and f"written to {out}" not in text, text
+    assert not out.exists() or not any(out.iterdir())

@@ -17,7 +17,16 @@ import pytest
 import torch
 
 import pneumoscan
-from helpers.corpus import CASES, ODD_GOOD_CASES, Case, make_corpus, run_cli, tiny_model, write_good_images
+from helpers.corpus import (
+    CASES,
+    ODD_GOOD_CASES,
+    Case,
+    make_corpus,
+    read_if_regular,
+    run_cli,
+    tiny_model,
+    write_good_images,
+)
 from pneumoscan.errors import ModelFileError
 from pneumoscan.models import load_model
 
@@ -166,13 +175,6 @@ def _upload_name(case: Case) -> str:
     return name.encode("utf-8", "replace").decode("utf-8")  # what a browser would send
 
 
-def _read_or_empty(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError:  # unreadable / loop: a client could only send nothing
-        return b""
-
-
 def _assert_clean_error(response) -> None:
     body = response.text
     assert response.headers["content-type"].startswith("application/json")
@@ -183,7 +185,7 @@ def _assert_clean_error(response) -> None:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_server_answers_every_corpus_upload_without_a_server_error(case: Case, classifier, corpus_files) -> None:
     name = _upload_name(case)
-    data = _read_or_empty(corpus_files[case.name])
+    data = read_if_regular(corpus_files[case.name])
     with _client(classifier) as client:
         response = client.post("/v1/predict", files={"file": (name, data, "application/octet-stream")})
         if case.scorable_upload and data:
@@ -201,7 +203,7 @@ def test_server_batch_reports_bad_files_on_their_rows_and_scores_the_good_ones(
     classifier, corpus_files, good_image
 ) -> None:
     names = [c.name for c in CASES]
-    files = [("files", (_upload_name(c), _read_or_empty(corpus_files[c.name]), "application/octet-stream"))
+    files = [("files", (_upload_name(c), read_if_regular(corpus_files[c.name]), "application/octet-stream"))
              for c in CASES[:15]]
     files.append(("files", ("good.png", good_image, "image/png")))
     with _client(classifier, max_batch_files=16) as client:
@@ -213,7 +215,7 @@ def test_server_batch_reports_bad_files_on_their_rows_and_scores_the_good_ones(
     for name, row in zip(names, rows[:-1], strict=False):
         case = next(c for c in CASES if c.name == name)
         scored = row["error"] is None
-        assert scored == (case.scorable_upload and bool(_read_or_empty(corpus_files[name]))), (name, row)
+        assert scored == (case.scorable_upload and bool(read_if_regular(corpus_files[name]))), (name, row)
 
 
 def test_server_refuses_an_upload_over_the_size_limit_with_413(classifier, good_image) -> None:
@@ -342,4 +344,19 @@ def test_a_server_given_a_pickle_payload_stays_up_and_says_why_it_is_not_ready(t
         assert client.get("/healthz").status_code == 200
         response = client.post("/v1/predict", files={"file": ("x.png", b"\x89PNG", "image/png")})
         assert response.status_code == 503 and "Traceback" not in response.text
+    assert not marker.exists()
+
+
+def test_a_pickle_in_place_of_a_runs_onnx_export_is_called_unreadable_and_never_run(tmp_path, caplog) -> None:
+    from pneumoscan.serving.loader import resolve_model
+
+    marker = tmp_path / "payload-ran"
+    run = tiny_model(tmp_path / "run")
+    (run / "export").mkdir()
+    (run / "export" / "model.onnx").write_bytes(pickle.dumps(_Payload(marker)))
+    with caplog.at_level("WARNING", logger="pneumoscan.serving"):
+        source = resolve_model(run)
+    assert source.backend == "torch"  # the run's own weights are served instead
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "unreadable" in said and "stale" not in said, said
     assert not marker.exists()

@@ -86,8 +86,10 @@ def test_threshold_and_operating_points_are_chosen_on_the_validation_predictions
     labels = np.array([int(r["label"]) for r in rows])
     probs = np.array([float(r["probability"]) for r in rows])
     meta = read_meta(run)
-    expected = operating_points(labels, probs)
-    assert meta.threshold == pytest.approx(expected["youden"], abs=1e-5)
+    config = meta.provenance["config"]
+    expected = operating_points(labels, probs, seed=config["seed"])
+    # The stored threshold is the recipe's rule applied to these validation predictions.
+    assert meta.threshold == pytest.approx(expected[config["threshold_rule"]], abs=1e-5)
     assert meta.operating_points == pytest.approx(expected, abs=1e-5)
     assert meta.val_metrics["auc"] == pytest.approx(binary_summary(labels, probs, meta.threshold)["auc"])
     assert meta.provenance["data_manifest_sha256"] and meta.provenance["config"]["model"] == "mini-resnet"

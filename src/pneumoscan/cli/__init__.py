@@ -26,12 +26,13 @@ examples:
   pneumoscan export runs/latest --format onnx
   pneumoscan serve runs/latest/export/model.onnx
   pneumoscan models                                     # bundled and local models
+  pneumoscan dicom listen runs/latest --port 11112 --forward PACS@10.0.0.5:104
 
 """ + DISCLAIMER
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pneumoscan.cli import data, evaluate, infer, models, serve, train
+    from pneumoscan.cli import data, dicom, evaluate, infer, models, serve, train
 
     parser = argparse.ArgumentParser(
         prog="pneumoscan",
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pneumoscan {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for module in (data, train, evaluate, infer, serve, models):
+    for module in (data, train, evaluate, infer, serve, models, dicom):
         module.register(subparsers)
     return parser
 

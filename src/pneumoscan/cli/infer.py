@@ -209,7 +209,10 @@ def run_explain(args) -> int:
         print(path)
     for _, reason in result.failures:
         print(f"skipped: {reason}", file=sys.stderr)
-    print(f"\n{len(result.written)} file(s) written to {args.out} (Grad-CAM layer {result.layer})")
+    if result.written:
+        print(f"\n{len(result.written)} file(s) written to {args.out} (Grad-CAM layer {result.layer})")
+    else:  # the folder is created with the first file: there is none to point to
+        print(f"\nnothing written: none of the {len(files)} image(s) could be explained")
     print(DISCLAIMER, file=sys.stderr)
     return 0 if result.written else 1
 

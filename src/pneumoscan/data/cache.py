@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan._io import atomic_write, atomic_write_json
+from pneumoscan._io import atomic_write, atomic_write_json, remove_stale_temporaries
 from pneumoscan.data._parallel import parallel_map
 from pneumoscan.data.defaults import cache_root
 from pneumoscan.data.image import Fit, read_image
@@ -84,6 +84,8 @@ def build_cache(
     base = Path(folder) if folder is not None else cache_root() / "images"
     paths = sorted({os.path.abspath(s.path) for s in samples})
     target = base / cache_key(paths, size, fit)
+    for name in ("images.npy", "index.json"):  # a killed build's torn array can be hundreds of MB
+        remove_stale_temporaries(target / name)
     cached = _load(target, samples)
     if cached is not None:
         return cached

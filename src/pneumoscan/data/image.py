@@ -7,9 +7,14 @@ file is decoded the same way for training and for inference.
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import os
+import re
+import stat
+import struct
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +32,12 @@ FITS: tuple[str, ...] = ("pad", "crop", "stretch")
 MAX_PIXELS = int(os.environ.get("PNEUMOSCAN_MAX_PIXELS", 64_000_000))
 # A chest DICOM is tens of MB; a file far larger is refused before it is read into memory.
 MAX_FILE_BYTES = int(os.environ.get("PNEUMOSCAN_MAX_FILE_BYTES", 512 * 1024 * 1024))
+# Everything in a DICOM data set but its pixels (patient, study, overlays, an icon) stays far below this.
+# A deflated data set may inflate to its pixels' size plus this much, never more.
+MAX_DICOM_HEADER_BYTES = 8 * 1024 * 1024
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
+_INFLATE_CHUNK = 1024 * 1024
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -41,7 +52,8 @@ _SUFFIX_OF_FORMAT = {"JPEG": ".jpeg", "MPO": ".jpeg", "PNG": ".png", "DICOM": ".
 
 # A truncated JPEG must be an error, not a silently grey bottom half.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-# We check the pixel count ourselves (with a clearer message); PIL's own check stays as a backstop.
+# We check the pixel count ourselves (with a clearer message); PIL's own check stays as a backstop for
+# the decoders that call Pillow themselves (pydicom's JPEG plugins).
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
@@ -86,7 +98,7 @@ def read_image(
     if is_dicom(data):
         _check_suffix(suffix, "DICOM", label)
         with _corrupt_dicom(label):
-            pixels = _decode_dicom(data, label)
+            pixels = _decode_dicom(_inflate_if_deflated(data, label), label)
         image = Image.fromarray(pixels, mode="L")
     else:
         image = _decode_pil(data, label, size, suffix)
@@ -105,7 +117,8 @@ def probe_image(source: str | os.PathLike | bytes, *, name: str | None = None) -
     if is_dicom(data):
         _check_suffix(suffix, "DICOM", label)
         with _corrupt_dicom(label):
-            ds = _dcmread(data, label, stop_before_pixels=True)
+            ds = _dcmread(_inflate_if_deflated(data, label), label, stop_before_pixels=True)
+            _check_dicom_pixels(ds, label)
             return ImageInfo(int(ds.get("Columns", 0)), int(ds.get("Rows", 0)),
                              f"DICOM:{ds.get('PhotometricInterpretation', '?')}", "DICOM")
     try:
@@ -113,9 +126,12 @@ def probe_image(source: str | os.PathLike | bytes, *, name: str | None = None) -
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 info = ImageInfo(im.width, im.height, im.mode, im.format or "?")
+    except Image.DecompressionBombError as exc:
+        raise _pil_bomb(exc, label) from None
     except Exception as exc:  # Pillow raises many types on damaged headers (found by fuzzing)
         raise ImageReadError(f"{label}: not a readable image ({reason(exc)})") from None
     _check_suffix(suffix, info.format, label)
+    _check_pixels(info.width, info.height, label)
     return info
 
 
@@ -150,24 +166,60 @@ def to_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.clip((values - low) * (255.0 / (high - low)) + 0.5, 0, 255).astype(np.uint8)
 
 
+def read_file_bytes(path: str | os.PathLike, name: str | None = None) -> bytes:
+    """The bytes of the regular file at ``path``, never more than ``MAX_FILE_BYTES``.
+
+    A FIFO, a socket, a device (``/dev/zero`` behind a symlink) or a folder is refused without being
+    opened for reading: their reported size says nothing about what a read would return, or a read
+    would wait for ever. Raises :class:`ImageReadError` naming the file.
+    """
+    label = name or os.fsdecode(path)
+    return _read_bytes(path, label)
+
+
+_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
 def _read_bytes(source: str | os.PathLike | bytes, label: str) -> bytes:
     if isinstance(source, bytes | bytearray | memoryview):
         return bytes(source)
     path = Path(source)
     try:
-        if path.is_dir():
-            raise ImageReadError(f"{label}: is a folder, not an image file")
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageReadError(
-                f"{label}: file too large ({size / 2**20:,.0f} MiB, over the limit of "
-                f"{MAX_FILE_BYTES / 2**20:,.0f} MiB; set PNEUMOSCAN_MAX_FILE_BYTES to raise it)"
-            )
-        return path.read_bytes()
+        _check_regular(os.stat(path).st_mode, label)  # follows symlinks: a link to a device is a device
+        # O_NONBLOCK: a file swapped for a FIFO after the check must not make open() wait for a writer.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            _check_regular(info.st_mode, label)
+            _check_file_size(info.st_size, label)
+            data = fh.read(MAX_FILE_BYTES + 1)  # never more than the limit, whatever the size said
+        _check_file_size(len(data), label)
+        return data
     except ImageReadError:
         raise
+    except FileNotFoundError as exc:
+        if glob.has_magic(os.fsdecode(path)):
+            raise ImageReadError(f"{label}: no files match this pattern") from None
+        raise ImageReadError(f"{label}: cannot read file ({reason(exc)})") from None
     except OSError as exc:
         raise ImageReadError(f"{label}: cannot read file ({reason(exc)})") from None
+
+
+def _check_regular(mode: int, label: str) -> None:
+    if stat.S_ISDIR(mode):
+        raise ImageReadError(f"{label}: is a folder, not an image file")
+    if not stat.S_ISREG(mode):
+        kind = next((what for test, what in _KINDS if test(mode)), "a special file")
+        raise ImageReadError(f"{label}: not a regular file ({kind}); only image files are read")
+
+
+def _check_file_size(size: int, label: str) -> None:
+    if size > MAX_FILE_BYTES:
+        raise ImageReadError(
+            f"{label}: file too large ({size / 2**20:,.0f} MiB, over the limit of "
+            f"{MAX_FILE_BYTES / 2**20:,.0f} MiB; set PNEUMOSCAN_MAX_FILE_BYTES to raise it)"
+        )
 
 
 def _suffix(source: str | os.PathLike | bytes) -> str | None:
@@ -205,7 +257,7 @@ def _decode_pil(data: bytes, label: str, size: int | None, suffix: str | None = 
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageReadError(f"{label}: refused as a decompression bomb ({exc})") from None
+        raise _pil_bomb(exc, label) from None
     except UnidentifiedImageError:
         what = "not a DICOM file (no DICM marker)" if suffix in (".dcm", ".dicom") else "not an image"
         raise ImageReadError(f"{label}: {what} (unknown or unsupported format)") from None
@@ -259,13 +311,12 @@ def _dcmread(data: bytes, label: str, stop_before_pixels: bool = False):
 def _decode_dicom(data: bytes, label: str) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    # The header alone first: the pixel count is checked before any pixel data is read or decompressed.
+    header = _dcmread(data, label, stop_before_pixels=True)
+    _check_dicom_pixels(header, label)
     ds = _dcmread(data, label)
     if "PixelData" not in ds:
         raise ImageReadError(f"{label}: DICOM has no pixel data (a report or structured document?)")
-    _check_pixels(int(ds.get("Columns", 0)), int(ds.get("Rows", 0)), label)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:  # every frame is decoded before we keep the first
-        _check_pixels(int(ds.get("Columns", 0)), int(ds.get("Rows", 0)) * frames, f"{label} ({frames} frames)")
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for unsupported transfer syntaxes
@@ -274,8 +325,6 @@ def _decode_dicom(data: bytes, label: str) -> np.ndarray:
             f"{label}: cannot decode DICOM pixel data (transfer syntax {syntax}: {reason(exc)}); "
             "compressed DICOMs may need 'pip install pylibjpeg pylibjpeg-libjpeg'"
         ) from None
-    if pixels.ndim == 3 and int(ds.get("SamplesPerPixel", 1)) == 1:
-        pixels = pixels[0]  # multi-frame: the first frame
     if pixels.ndim == 3:  # RGB DICOM (secondary capture)
         return np.asarray(Image.fromarray(to_uint8(pixels)).convert("L"))
     try:
@@ -305,8 +354,6 @@ def _check_pixels(width: int, height: int, label: str) -> None:
             f"{label}: refused as a decompression bomb: {width}x{height} = {width * height:,} pixels is over "
             f"the limit of {MAX_PIXELS:,} (set PNEUMOSCAN_MAX_PIXELS to raise it)"
         )
-
-
 
 
 def read_pixels(pixels: np.ndarray | Image.Image, size: int | None = None, fit: Fit = "pad", *,
@@ -353,3 +400,127 @@ def _array_to_image(array: np.ndarray, name: str) -> Image.Image:
     if array.ndim == 2:
         return Image.fromarray(np.ascontiguousarray(array), mode="L")
     return Image.fromarray(np.ascontiguousarray(array), mode="RGB" if array.shape[-1] == 3 else "RGBA")
+
+
+def _check_dicom_pixels(ds, label: str) -> None:
+    """Refuse, from the header alone, a DICOM whose decoded pixels would exceed the limit, and any
+    multi-frame object (a cine loop, a tomosynthesis stack): a chest radiograph is one frame."""
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if "PixelData" not in ds and not rows and not columns:
+        return  # a report: said so by the caller, which looks for the pixel data itself
+    if rows <= 0 or columns <= 0 or frames <= 0 or samples <= 0:
+        raise ImageReadError(f"{label}: image has no pixels ({columns}x{rows}, {frames} frame(s))")
+    values = rows * columns * frames * samples
+    if values > MAX_PIXELS:
+        raise ImageReadError(
+            f"{label}: refused as a decompression bomb: {columns}x{rows} x {frames} frame(s) x {samples} "
+            f"sample(s) = {values:,} values is over the limit of {MAX_PIXELS:,} (set PNEUMOSCAN_MAX_PIXELS "
+            "to raise it)"
+        )
+    if frames > 1:
+        raise ImageReadError(f"{label}: multi-frame DICOM ({frames} frames); a chest radiograph is a single frame")
+
+
+def _inflate_if_deflated(data: bytes, label: str) -> bytes:
+    """``data`` itself, or for the Deflated Explicit VR Little Endian transfer syntax the same file with
+    its data set inflated (and marked Explicit VR Little Endian), inflated in bounded chunks.
+
+    pydicom would inflate the whole data set at once: a 1 MB file can hold gigabytes of zeros. Here the
+    header is inflated first (at most ``MAX_DICOM_HEADER_BYTES``), its pixel count checked, and the
+    rest may only inflate to the size those pixels need.
+    """
+    elements, start = _file_meta_elements(data)
+    syntax = next((value for tag, _, value in elements if tag == 0x00020010), b"").rstrip(b"\0 ").decode("ascii", "replace")
+    if syntax != _DEFLATED:
+        return data
+    meta = _encode_meta([(tag, vr, _uid_value(_EXPLICIT_LITTLE) if tag == 0x00020010 else value)
+                         for tag, vr, value in elements])
+    head = data[:128] + b"DICM" + meta
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    body = bytearray()
+    pending = data[start:]
+
+    def inflate_to(limit: int) -> None:
+        nonlocal pending
+        while len(body) < limit and not inflater.eof:
+            chunk = inflater.decompress(pending, min(_INFLATE_CHUNK, limit - len(body)))
+            pending = inflater.unconsumed_tail
+            if not chunk and not pending:
+                break  # the input is used up (a truncated stream: pydicom will say so)
+            body.extend(chunk)
+
+    inflate_to(MAX_DICOM_HEADER_BYTES)
+    header = _dcmread(head + bytes(body), label, stop_before_pixels=True)
+    _check_dicom_pixels(header, label)
+    if not inflater.eof:
+        if "Rows" not in header:
+            raise ImageReadError(f"{label}: refused: the deflated DICOM header inflates beyond "
+                                 f"{MAX_DICOM_HEADER_BYTES // 2**20} MiB without reaching the pixel data")
+        bits = int(header.get("BitsAllocated", 16) or 16)
+        needed = (int(header.Rows) * int(header.Columns) * int(header.get("SamplesPerPixel", 1) or 1)
+                  * int(header.get("NumberOfFrames", 1) or 1) * max(bits, 8) // 8)
+        limit = needed + MAX_DICOM_HEADER_BYTES
+        inflate_to(limit + 1)
+        if len(body) > limit:
+            raise ImageReadError(
+                f"{label}: refused as a decompression bomb: the deflated DICOM inflates beyond "
+                f"{limit / 2**20:,.0f} MiB while its {header.Columns}x{header.Rows} image needs "
+                f"{needed:,} bytes"
+            )
+    return head + bytes(body)
+
+
+# Explicit VR Little Endian elements whose length field is 4 bytes (after 2 reserved bytes).
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+
+
+def _file_meta_elements(data: bytes) -> tuple[list[tuple[int, bytes, bytes]], int]:
+    """The raw (tag, VR, value) elements of the file meta group (0002) and the offset where the data set
+    starts. The group is always Explicit VR Little Endian (PS3.10 7.1)."""
+    elements, offset = [], 132
+    while offset + 8 <= len(data):
+        group, element = struct.unpack_from("<HH", data, offset)
+        if group != 0x0002:
+            break
+        vr = data[offset + 4: offset + 6]
+        if vr in _LONG_VRS:
+            (length,) = struct.unpack_from("<I", data, offset + 8)
+            value_at = offset + 12
+        else:
+            (length,) = struct.unpack_from("<H", data, offset + 6)
+            value_at = offset + 8
+        elements.append(((group << 16) | element, vr, data[value_at: value_at + length]))
+        offset = value_at + length
+    return elements, offset
+
+
+def _encode_meta(elements: list[tuple[int, bytes, bytes]]) -> bytes:
+    """The file meta group again, with its group length recomputed."""
+    body = b""
+    for tag, vr, value in elements:
+        if tag == 0x00020000:
+            continue
+        tag_bytes = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+        if vr in _LONG_VRS:
+            body += tag_bytes + vr + b"\0\0" + struct.pack("<I", len(value)) + value
+        else:
+            body += tag_bytes + vr + struct.pack("<H", len(value)) + value
+    return struct.pack("<HH", 2, 0) + b"UL" + struct.pack("<HI", 4, len(body)) + body
+
+
+def _uid_value(uid: str) -> bytes:
+    value = uid.encode("ascii")
+    return value + b"\0" if len(value) % 2 else value  # UIDs are padded to even length with NUL
+
+
+_PIL_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def _pil_bomb(exc: Exception, label: str) -> ImageReadError:
+    """Pillow's own refusal quotes its internal limit (twice ours); say ours, like :func:`_check_pixels`."""
+    found = _PIL_PIXELS.search(str(exc))
+    count = f"{int(found.group(1)):,} pixels" if found else "the image"
+    return ImageReadError(f"{label}: refused as a decompression bomb: {count} is over the limit of "
+                          f"{MAX_PIXELS:,} (set PNEUMOSCAN_MAX_PIXELS to raise it)")

@@ -25,7 +25,7 @@ import numpy as np
 from pneumoscan import __version__
 from pneumoscan._io import atomic_write, atomic_write_json, ensure_writable_dir
 from pneumoscan.data._parallel import parallel_map
-from pneumoscan.data.image import probe_image, read_image
+from pneumoscan.data.image import probe_image, read_file_bytes, read_image
 from pneumoscan.data.records import CLASS_NAMES, SPLITS, Sample
 from pneumoscan.errors import ImageReadError
 from pneumoscan.provenance import DISCLAIMER
@@ -153,7 +153,7 @@ def _examine(path: str) -> dict[str, Any]:
 
     try:
         info = probe_image(path)  # also refuses oversized files and wrong extensions, naming the file
-        data = Path(path).read_bytes()  # read once for the pixels and the byte hash
+        data = read_file_bytes(path)  # read once for the pixels and the byte hash
         pixels = read_image(data, _HASH_DECODE_SIZE, "stretch", name=path)
         digest = hashlib.sha256(data).hexdigest()
     except ImageReadError as exc:

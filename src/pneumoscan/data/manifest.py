@@ -30,8 +30,9 @@ def is_rsna_labels(path: str | os.PathLike) -> bool:
 def load_manifest(path: str | os.PathLike, *, keep_missing: bool = False):
     """Read a manifest into a :class:`~pneumoscan.data.records.DataIndex`.
 
-    Rows whose file does not exist are skipped and counted in a note (``keep_missing`` keeps them, for
-    checks that need only the names, such as which patients a run trained on); a missing column, an unknown
+    Rows whose file does not exist are skipped, counted in a note and listed in ``missing``
+    (``keep_missing`` keeps them, for checks that need only the names, such as which patients a run
+    trained on); a missing column, an unknown
     label or an unknown split is a :class:`DatasetError` naming the file, the line and the fix.
     """
     path = Path(path)
@@ -57,7 +58,7 @@ def load_manifest(path: str | os.PathLike, *, keep_missing: bool = False):
         notes.append(f"skipped {len(missing)} rows whose file does not exist ({shown})")
     if not samples:
         raise DatasetError(f"{path}: no usable rows (no existing image files listed); check the paths")
-    return DataIndex(path, "manifest", samples, notes)
+    return DataIndex(path, "manifest", samples, notes, [Path(m) for m in missing])
 
 
 def write_manifest(samples: Iterable[Sample], path: str | os.PathLike, relative_to: Path | None = None) -> Path:

@@ -40,6 +40,7 @@ class DataIndex:
     source: str  # "folders", "rsna", "manifest", "medmnist"
     samples: list[Sample]
     notes: list[str] = field(default_factory=list)
+    missing: list[Path] = field(default_factory=list)  # files a manifest lists that do not exist
 
     def by_split(self, split: str) -> list[Sample]:
         return [s for s in self.samples if s.split == split]

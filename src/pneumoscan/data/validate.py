@@ -42,7 +42,8 @@ def validate_dataset(
 ) -> ValidationReport:
     """Fully decode every image file of the dataset at ``root`` (any source :func:`load_dataset` reads).
 
-    Zero-byte, truncated, non-image, wrong-extension and oversized files are reported, never raised.
+    Zero-byte, truncated, non-image, wrong-extension and oversized files are reported, never raised;
+    so is each file a manifest lists that does not exist.
     """
     from pneumoscan.data.sources import load_dataset
 
@@ -50,4 +51,5 @@ def validate_dataset(
     paths = [str(s.path) for s in index.samples]
     reasons = parallel_map(check_file, paths, workers, progress, desc="validating")
     bad = [(path, reason) for path, reason in zip(paths, reasons, strict=True) if reason is not None]
-    return ValidationReport(index.root, index.source, len(paths), bad, list(index.notes))
+    bad += [(str(path), f"listed in {index.root.name} but does not exist") for path in index.missing]
+    return ValidationReport(index.root, index.source, len(paths) + len(index.missing), bad, list(index.notes))

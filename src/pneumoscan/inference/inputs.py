@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -97,6 +98,8 @@ def _images_under(folder: Path) -> Iterator[str]:
 
 def _looks_like_dicom(path: Path) -> bool:
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False  # opening a FIFO would wait for a writer; a device never ends
         with open(path, "rb") as fh:
             return is_dicom(fh.read(132))
     except OSError:

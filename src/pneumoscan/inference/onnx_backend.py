@@ -97,10 +97,7 @@ def read_onnx_meta(props: dict[str, str], path: str | os.PathLike = "<onnx>") ->
     if META_KEY not in props:
         raise ModelFileError(f"{path}: an ONNX model without pneumoscan metadata; not one of ours "
                              "(export models with 'pneumoscan export RUN --format onnx')")
-    try:
-        return ModelMeta.from_dict(json.loads(props[META_KEY]))
-    except (ValueError, TypeError) as exc:
-        raise ModelFileError(f"{path}: corrupt pneumoscan metadata in the ONNX model ({exc})") from None
+    return ModelMeta.from_json(props[META_KEY], path)
 
 
 def onnx_metadata(meta: ModelMeta) -> dict[str, str]:

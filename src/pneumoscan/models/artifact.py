@@ -9,6 +9,7 @@ metadata for people. :func:`load_model` accepts a run folder, a ``.safetensors``
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pneumoscan._io import atomic_write, atomic_write_json
 from pneumoscan.data.records import CLASS_NAMES
-from pneumoscan.errors import ModelFileError, reason
+from pneumoscan.errors import ConfigError, ModelFileError, reason
 from pneumoscan.runs import MODEL, MODEL_JSON, find_model_file, run_folder_of, weights_beside
 
 if TYPE_CHECKING:  # torch is imported where it is used: ModelMeta must load without it (ONNX path)
@@ -26,6 +27,10 @@ if TYPE_CHECKING:  # torch is imported where it is used: ModelMeta must load wit
 META_KEY = "pneumoscan"
 MODEL_FILE = MODEL
 CHECKPOINT_PREFIX = "model."  # the LightningModule holds the network as ``self.model``
+# A model's input side. Far beyond what a chest radiograph needs, and a network built for more could
+# need gigabytes before its weights are even read.
+IMAGE_SIZES = range(8, 1025)
+MEMBERS = range(1, 33)  # networks in an ensemble: each costs a full network's memory and time
 
 __all__ = ["META_KEY", "MODEL_FILE", "ModelMeta", "read_checkpoint", "find_model_file", "load_model",
            "read_meta", "run_folder_of", "save_model", "weights_beside"]
@@ -65,8 +70,75 @@ class ModelMeta:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelMeta:
+        """Metadata from its JSON object; raises ``ValueError`` naming the first field that is missing,
+        of the wrong type or out of range (unknown fields are ignored: newer versions may add some)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"the metadata is a JSON {type(data).__name__}, not an object")
         known = {f for f in cls.__dataclass_fields__}
+        for key in ("name", "image_size"):
+            if key not in data:
+                raise ValueError(f"field {key!r} is missing")
+        for key, value in data.items():
+            if key in _CHECKS:
+                problem = _CHECKS[key](value)
+                if problem:
+                    raise ValueError(f"field {key!r} {problem}, not {_shown(value)}")
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_json(cls, text: str | bytes, source: str | os.PathLike) -> ModelMeta:
+        """Parse and check the metadata stored in ``source``; a :class:`ModelFileError` naming the file and
+        the field for anything wrong, never a bare ``JSONDecodeError`` or ``TypeError``."""
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise ModelFileError(f"{source}: invalid pneumoscan metadata: not JSON ({reason(exc)})") from None
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as exc:
+            raise ModelFileError(f"{source}: invalid pneumoscan metadata: {reason(exc)}") from None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _probability(value: Any) -> str | None:
+    # Up to just above 1: a threshold above the highest validation probability (which can be 1.0) calls
+    # nothing positive, and operating.py stores it as the next float after that probability.
+    return None if _is_number(value) and 0.0 <= value <= 1.0 + 1e-6 else "must be a number from 0 to 1"
+
+
+def _text(value: Any) -> str | None:
+    return None if isinstance(value, str) else "must be text"
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# field -> check returning what is wrong (None when the value is fine)
+_CHECKS: dict[str, Any] = {
+    "name": lambda v: None if isinstance(v, str) and v.strip() else "must be a model name",
+    "image_size": lambda v: None if isinstance(v, int) and not isinstance(v, bool) and v in IMAGE_SIZES
+    else f"must be a whole number of pixels from {IMAGE_SIZES.start} to {IMAGE_SIZES.stop - 1}",
+    "fit": lambda v: None if v in ("pad", "crop", "stretch") else "must be pad, crop or stretch",
+    "threshold": _probability,
+    "operating_points": lambda v: None if isinstance(v, dict) and all(_probability(x) is None for x in v.values())
+    else "must map names to probabilities from 0 to 1",
+    "class_names": lambda v: None if isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v)
+    else "must be a list of two class names",
+    "version": _text,
+    "run_id": _text,
+    "created": _text,
+    "val_metrics": lambda v: None if isinstance(v, dict) and all(
+        isinstance(x, int | float) and not isinstance(x, bool) for x in v.values()) else "must map names to numbers",
+    "temperature": lambda v: None if _is_number(v) and v > 0 else "must be a positive number",
+    "members": lambda v: None if isinstance(v, int) and not isinstance(v, bool) and v in MEMBERS
+    else f"must be a whole number of networks from {MEMBERS.start} to {MEMBERS.stop - 1}",
+    "provenance": lambda v: None if isinstance(v, dict) else "must be an object",
+}
 
 
 def save_model(folder: str | os.PathLike, model: nn.Module, meta: ModelMeta) -> Path:
@@ -103,7 +175,10 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
             raise ModelFileError(f"{file}: corrupt safetensors file ({exc})") from None
     else:
         state, meta, _ = read_checkpoint(file)
-    model = build_model(meta.name, meta.image_size, meta.members)
+    try:
+        model = build_model(meta.name, meta.image_size, meta.members)
+    except ConfigError as exc:  # a name this version does not know, a size the network cannot take
+        raise ModelFileError(f"{file}: invalid pneumoscan metadata: {exc}") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -123,7 +198,7 @@ def _safetensors_meta(file: Path) -> ModelMeta:
         raise ModelFileError(f"{file}: not a safetensors file ({exc})") from None
     if META_KEY not in header:
         raise ModelFileError(f"{file}: a safetensors file without pneumoscan metadata; not one of our models")
-    return ModelMeta.from_dict(json.loads(header[META_KEY]))
+    return ModelMeta.from_json(header[META_KEY], file)
 
 
 def read_checkpoint(file: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ModelMeta, int | None]:
@@ -142,7 +217,9 @@ def read_checkpoint(file: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
         ) from None
     if not isinstance(checkpoint, dict) or META_KEY not in checkpoint or "state_dict" not in checkpoint:
         raise ModelFileError(f"{file}: not a pneumoscan checkpoint (no {META_KEY!r} metadata)")
-    meta = ModelMeta.from_dict(json.loads(checkpoint[META_KEY]))
+    if not isinstance(checkpoint[META_KEY], str | bytes):
+        raise ModelFileError(f"{file}: invalid pneumoscan metadata: not JSON text")
+    meta = ModelMeta.from_json(checkpoint[META_KEY], file)
     state = {k.removeprefix(CHECKPOINT_PREFIX): v for k, v in checkpoint["state_dict"].items()
              if k.startswith(CHECKPOINT_PREFIX)}
     epoch = checkpoint.get("epoch")

@@ -72,7 +72,7 @@ def resolve_model(path: str | os.PathLike, threads: int | None = None) -> ModelS
             onnx = path / ONNX
             return ModelSource(onnx, "onnxruntime", weights_beside(onnx), card_beside(onnx), path)
         weights = find_model_file(path)  # raises a clear ModelFileError when there is none
-        reason = "is stale (it does not match model.json)" if exported.is_file() else "is missing"
+        reason = _export_problem(exported, threads) if exported.is_file() else "is missing"
         log.warning("%s: export/%s %s: serving with PyTorch (slower start); run `pneumoscan export %s` "
                     "to serve with ONNX Runtime", path, ONNX, reason, path)
         # No card: the export's one describes another model; complete_card builds this model's.
@@ -80,6 +80,17 @@ def resolve_model(path: str | os.PathLike, threads: int | None = None) -> ModelS
     if path.suffix.lower() == ".onnx":
         return ModelSource(path, "onnxruntime", weights_beside(path), card_beside(path), run_folder_of(path))
     return ModelSource(path, "torch", path, None, run_folder_of(path))
+
+
+def _export_problem(exported: Path, threads: int | None) -> str:
+    """Why a run's export is not served: it cannot be read at all, or it is another model's."""
+    from pneumoscan.inference.onnx_backend import load_onnx
+
+    try:
+        load_onnx(exported, device="cpu", threads=threads)
+    except ModelFileError as exc:
+        return f"is unreadable ({exc})"
+    return "is stale (it does not match model.json)"
 
 
 def load_served_model(path: str | os.PathLike, threads: int | None = None) -> ServedModel:

@@ -1,0 +1,101 @@
+"""`pneumoscan dicom listen` and `pneumoscan dicom pull`: a DICOM node and a DICOMweb client."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+
+from pneumoscan.provenance import DISCLAIMER
+
+
+def register(subparsers) -> None:
+    """Add the ``dicom`` group with ``listen`` and ``pull``."""
+    from pneumoscan.cli.commands import HelpFormatter, add_command
+
+    group = subparsers.add_parser(
+        "dicom", help="Receive chest X-rays from a PACS (DICOM, DICOMweb) and send results back as DICOM.",
+        description="Score chest radiographs as a DICOM node or from a DICOMweb server; results are DICOM "
+                    "Comprehensive SRs (and Grad-CAM Secondary Captures) in the source's study, plus "
+                    "worklist.csv sorted by probability.\n\n" + DISCLAIMER,
+        formatter_class=HelpFormatter,
+    )
+    commands = group.add_subparsers(title="commands", metavar="COMMAND")
+    group.set_defaults(func=lambda args: group.print_help() or 2)
+
+    listen = add_command(
+        commands, "listen", "Run a DICOM Storage SCP that scores each chest radiograph as it arrives.",
+        "pneumoscan dicom listen runs/latest --port 11112 --ae-title PNEUMOSCAN --out dicom-out "
+        "--forward ORTHANC@127.0.0.1:4242", run_listen,
+    )
+    _common(listen)
+    listen.add_argument("--port", type=int, default=11112, help="TCP port to listen on")
+    listen.add_argument("--ae-title", default="PNEUMOSCAN", help="this node's AE title")
+    listen.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on; 0.0.0.0 to accept a PACS on another machine")
+    listen.add_argument("--forward", metavar="AET@HOST:PORT", help="send the results there with C-STORE")
+
+    pull = add_command(
+        commands, "pull", "Find chest radiographs on a DICOMweb server (QIDO-RS), fetch (WADO-RS) and score them.",
+        "pneumoscan dicom pull runs/latest --url http://127.0.0.1:8042/dicom-web --since 2026-11-01 "
+        "--out dicom-out --store", run_pull,
+    )
+    _common(pull)
+    pull.add_argument("--url", required=True, help="the DICOMweb root, e.g. http://pacs:8042/dicom-web")
+    which = pull.add_mutually_exclusive_group(required=True)
+    which.add_argument("--study", metavar="UID", help="the StudyInstanceUID to score")
+    which.add_argument("--since", metavar="DATE", help="every study from this date on (YYYY-MM-DD)")
+    pull.add_argument("--store", action="store_true", help="send the results back with STOW-RS")
+
+
+def _common(command) -> None:
+    command.add_argument("model", metavar="MODEL", help="run folder, .safetensors, .ckpt or exported .onnx")
+    command.add_argument("--out", metavar="DIR", default="dicom-out",
+                         help="folder for sr/, overlay/ and worklist.csv/.json")
+    command.add_argument("--overlay", action="store_true",
+                         help="also make a Grad-CAM Secondary Capture (needs the PyTorch weights)")
+    command.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per association is noise here
+
+
+def run_listen(args) -> int:
+    from pneumoscan.dicom import Peer, Processor, StorageNode
+    from pneumoscan.dicom.node import check_ae_title
+
+    forward = Peer.parse(args.forward) if args.forward else None
+    check_ae_title(args.ae_title)
+    _logging()
+    processor = Processor(args.model, args.out, overlay=args.overlay, device=args.device)
+    node = StorageNode(processor, args.port, args.ae_title, host=args.host, forward=forward)
+    print(DISCLAIMER, file=sys.stderr)
+    # SIGTERM (a service manager stopping the node) ends it like Ctrl-C: the queued results are sent first.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with contextlib.suppress(KeyboardInterrupt):
+        node.serve_forever()
+    print(f"received {node.received} instance(s); worklist in {processor.out / 'worklist.csv'}", file=sys.stderr)
+    return 0
+
+
+def run_pull(args) -> int:
+    from pneumoscan.dicom import Processor, pull
+    from pneumoscan.dicom.web import parse_since
+
+    if args.since:
+        parse_since(args.since)  # a bad date is a one-line error before the model is loaded
+    _logging()
+    processor = Processor(args.model, args.out, overlay=args.overlay, device=args.device)
+    result = pull(processor, args.url, study=args.study, since=args.since, store=args.store)
+    scored = [o for o in result.outcomes if o.scored]
+    for outcome in result.outcomes:
+        what = f"{outcome.probability:.4f}  {outcome.label}" if outcome.scored else f"refused: {outcome.reason}"
+        print(f"{outcome.ids.sop_instance_uid}  {what}")
+    print(f"\nscored {len(scored)} of {len(result.outcomes)} instance(s), {len(result.skipped_series)} series "
+          f"skipped (not CR/DX)" + (f", {result.stored} result(s) stored" if args.store else "")
+          + f"; worklist in {processor.out / 'worklist.csv'}")
+    print(DISCLAIMER, file=sys.stderr)
+    return 0

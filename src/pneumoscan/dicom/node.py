@@ -1,0 +1,211 @@
+"""``pneumoscan dicom listen``: a DICOM Storage SCP that scores chest radiographs as they arrive.
+
+A PACS (or a modality) sends instances with C-STORE; each one is screened, scored and its SR written
+before the C-STORE is answered, so an acknowledged instance always has its result on disk. Instances
+that are not frontal chest radiographs are acknowledged too (a refused C-STORE would make many PACS
+abort the rest of the study) and logged with the reason. Results go back to a PACS with C-STORE, from a
+background thread, when a destination is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass
+
+from pneumoscan.dicom.processing import Processor
+from pneumoscan.errors import ConfigError, OutputError
+
+log = logging.getLogger("pneumoscan.dicom")
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700  # the sender keeps the instance and may try again later
+PROCESSING_FAILURE = 0x0110
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A remote DICOM node: AE title, host and port."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Peer:
+        """``AET@HOST:PORT`` -> Peer; :class:`ConfigError` naming the value and the expected form."""
+        match = re.fullmatch(r"([^@]{1,16})@([^:]+):(\d{1,5})", text.strip())
+        if not match or not 0 < int(match[3]) < 65536:
+            raise ConfigError(f"--forward {text!r}: expected AET@HOST:PORT, e.g. ORTHANC@127.0.0.1:4242")
+        return cls(match[1].strip(), match[2], int(match[3]))
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def check_ae_title(title: str) -> str:
+    """An AE title is 1-16 printable ASCII characters, no backslash; raise :class:`ConfigError` otherwise."""
+    if not (0 < len(title.strip()) <= 16) or not title.isascii() or "\\" in title or not title.isprintable():
+        raise ConfigError(f"--ae-title {title!r}: use 1 to 16 ASCII letters, digits or spaces, e.g. PNEUMOSCAN")
+    return title.strip()
+
+
+class Forwarder:
+    """Sends derived objects to a peer with C-STORE from one background thread.
+
+    Whatever is queued while an association is open goes over that association; a failed send is
+    retried (``retries`` times, with a growing pause) and then logged with the file that holds it.
+    """
+
+    def __init__(self, peer: Peer, ae_title: str, retries: int = 3) -> None:
+        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+        from pynetdicom import AE
+        from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+
+        self.peer, self.retries = peer, retries
+        self.ae = AE(ae_title=ae_title)
+        for sop_class in (ComprehensiveSRStorage, SecondaryCaptureImageStorage):
+            self.ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        self._queue: queue.Queue = queue.Queue()
+        self.sent = 0
+        self.failed: list[str] = []
+        self._thread = threading.Thread(target=self._run, name="pneumoscan-forward", daemon=True)
+        self._thread.start()
+
+    def put(self, datasets, files) -> None:
+        for ds, file in zip(datasets, files, strict=True):
+            self._queue.put((ds, file))
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Send what is queued (waiting up to ``timeout`` s), then stop the thread."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while True:  # everything already waiting goes over the same association
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._send(batch)
+                    return
+                batch.append(more)
+            self._send(batch)
+
+    def _send(self, batch: list) -> None:
+        pending = batch
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(min(10.0, 0.5 * 2 ** attempt))
+            pending = self._send_once(pending)
+            if not pending:
+                return
+        for _, file in pending:
+            self.failed.append(file)
+            log.error("could not send %s to %s after %d attempts; the file is kept", file, self.peer, self.retries + 1)
+
+    def _send_once(self, batch: list) -> list:
+        assoc = self.ae.associate(self.peer.host, self.peer.port, ae_title=self.peer.ae_title)
+        if not assoc.is_established:
+            log.warning("no association with %s (refused, aborted or not reachable)", self.peer)
+            return batch
+        left = []
+        try:
+            for ds, file in batch:
+                status = assoc.send_c_store(ds)
+                code = getattr(status, "Status", None)
+                if code is None or (code != SUCCESS and code >> 12 != 0xB):  # 0xBxxx: stored with a warning
+                    left.append((ds, file))
+                    log.warning("%s refused %s (status %s)", self.peer, file, f"0x{code:04X}" if code is not None else "none")
+                else:
+                    self.sent += 1
+                    log.info("sent %s to %s", file, self.peer)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return left
+
+
+class StorageNode:
+    """The Storage SCP: accepts every storage class (so that nothing a PACS sends fails negotiation),
+    scores the chest radiographs through ``processor`` and forwards the results to ``forward``.
+
+    ``start()`` returns once the port is listening; ``stop()`` closes it and sends what is queued.
+    """
+
+    def __init__(self, processor: Processor, port: int, ae_title: str = "PNEUMOSCAN", host: str = "127.0.0.1",
+                 forward: Peer | None = None, max_associations: int = 16, retries: int = 3) -> None:
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
+        from pynetdicom.sop_class import Verification
+
+        self.processor = processor
+        self.host, self.port, self.ae_title = host, port, check_ae_title(ae_title)
+        self.ae = AE(ae_title=self.ae_title)
+        self.ae.maximum_associations = max_associations
+        self.ae.supported_contexts = AllStoragePresentationContexts
+        self.ae.add_supported_context(Verification)
+        self._handlers = [(evt.EVT_C_STORE, self._on_store)]
+        self.forwarder = Forwarder(forward, self.ae_title, retries) if forward else None
+        self._server = None
+        self.received = 0
+        self._count_lock = threading.Lock()
+
+    def start(self) -> StorageNode:
+        try:
+            self._server = self.ae.start_server((self.host, self.port), block=False, evt_handlers=self._handlers)
+        except OSError as exc:
+            raise ConfigError(f"--port {self.port}: cannot listen on {self.host}:{self.port} ({exc.strerror or exc})") from None
+        log.info("listening as %s on %s:%d%s", self.ae_title, self.host, self.port,
+                 f", results forwarded to {self.forwarder.peer}" if self.forwarder else "")
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        if self.forwarder is not None:
+            self.forwarder.close()
+
+    def __enter__(self) -> StorageNode:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def serve_forever(self) -> None:
+        """Start, then wait until interrupted (Ctrl-C or SIGTERM turned into KeyboardInterrupt)."""
+        self.start()
+        try:
+            while True:
+                time.sleep(3600)
+        finally:
+            self.stop()
+
+    def _on_store(self, event) -> int:
+        with self._count_lock:
+            self.received += 1
+        calling = event.assoc.requestor.ae_title
+        origin = f"{calling}@{event.assoc.requestor.address}"
+        try:
+            data = event.encoded_dataset()
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            outcome = self.processor.process(ds, data, origin=origin)
+        except OutputError as exc:
+            log.error("cannot keep the result of an instance from %s: %s", origin, exc)
+            return OUT_OF_RESOURCES
+        except Exception:  # noqa: BLE001 - one instance must never take the association (or the node) down
+            log.exception("unexpected error on an instance from %s; answered with a failure", origin)
+            return PROCESSING_FAILURE
+        if self.forwarder is not None and outcome.derived:
+            self.forwarder.put(outcome.derived, [outcome.sr_file, outcome.overlay_file][: len(outcome.derived)])
+        return SUCCESS

@@ -1,0 +1,185 @@
+"""Score one DICOM instance and keep its result: the SR (and overlay) on disk and a row of the worklist.
+
+The DICOM node and the DICOMweb pull share this: an instance is screened (:func:`instances.refusal`),
+decoded by the same :func:`~pneumoscan.data.read_image` as ``predict`` and scored by the same
+:class:`~pneumoscan.inference.Classifier`, so its probability is the one ``predict`` gives for the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from pneumoscan._io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from pneumoscan.dicom import instances, results
+from pneumoscan.errors import ImageReadError
+from pneumoscan.provenance import DISCLAIMER
+
+log = logging.getLogger("pneumoscan.dicom")
+
+WORKLIST_COLUMNS = (
+    "probability", "label", "threshold", "flags", "patient_id", "accession_number", "study_instance_uid",
+    "series_instance_uid", "sop_instance_uid", "status", "reason", "received", "origin", "sr_file",
+    "overlay_file", "model", "version",
+)
+
+
+@dataclass
+class Outcome:
+    """What became of one instance: scored (probability, label, derived objects) or refused (reason)."""
+
+    ids: instances.Identifiers
+    origin: str
+    received: str
+    probability: float | None = None
+    label: str | None = None
+    threshold: float | None = None
+    flags: list[str] = field(default_factory=list)  # the model's operating points this probability reaches
+    reason: str | None = None
+    sr_file: str = ""
+    overlay_file: str = ""
+    model: str = ""
+    version: str = ""
+    derived: list[Dataset] = field(default_factory=list, repr=False)  # SR and overlay, to send back
+
+    @property
+    def scored(self) -> bool:
+        return self.reason is None
+
+    def row(self) -> dict:
+        # Not asdict(self): it would deep-copy the derived datasets, the dearest step of a result.
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("ids", "derived")}
+        data.update(asdict(self.ids))
+        data["status"] = "scored" if self.scored else "refused"
+        data["flags"] = " ".join(self.flags)
+        return {column: data.get(column) for column in WORKLIST_COLUMNS}
+
+
+class Processor:
+    """A loaded model and an output folder: ``process(ds)`` scores one instance and records the result.
+
+    Safe to call from several threads (one per association): inference runs one at a time, since the
+    backend uses every core for one image already.
+    """
+
+    def __init__(self, model: str | os.PathLike, out: str | os.PathLike, *, overlay: bool = False,
+                 device: str | None = None) -> None:
+        from pneumoscan.inference import load
+
+        self.model_path = Path(model)
+        self.classifier = load(model, device=device, prefer_onnx=True)
+        self.meta = self.classifier.meta
+        self.out = ensure_writable_dir(out)
+        self.overlay = overlay
+        self._explainable = None
+        if overlay:  # load it now: a model without PyTorch weights is an error at start, not per instance
+            from pneumoscan.explain import load_explainable, target_layer
+
+            network, _ = load_explainable(model)
+            self._explainable = (network, target_layer(network, self.classifier.image_size))
+        self._model_lock = threading.Lock()
+        self.worklist = Worklist(self.out)
+
+    def process(self, ds: Dataset, data: bytes | None = None, origin: str = "") -> Outcome:
+        """Screen, score and record ``ds``; ``data`` is its encoded file when the caller has it already.
+
+        A refused instance (not a frontal chest radiograph, undecodable pixels) gets an Outcome with the
+        reason and no derived objects. Output errors (:class:`~pneumoscan.errors.OutputError`) propagate:
+        the caller must not acknowledge an instance whose result could not be kept.
+        """
+        outcome = Outcome(instances.Identifiers.of(ds), origin, time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                          model=self.meta.name, version=self.meta.version or "")
+        name = instances.describe(ds)
+        outcome.reason = instances.refusal(ds)
+        pixels = None
+        if outcome.reason is None:
+            try:
+                pixels, probability = self._score(data if data is not None else instances.encode(ds), name)
+            except ImageReadError as exc:
+                outcome.reason = str(exc).removeprefix(f"{name}: ")
+        if outcome.reason is not None:
+            log.warning("refused %s (from %s): %s", name, origin or "?", outcome.reason)
+            self.worklist.add(outcome)
+            return outcome
+        prediction = self.classifier.prediction(name, probability)
+        outcome.probability, outcome.label, outcome.threshold = prediction.probability, prediction.label, prediction.threshold
+        outcome.flags = sorted(k for k, v in (self.meta.operating_points or {}).items() if probability >= float(v))
+        sr = results.structured_report(ds, prediction, self.meta)
+        uid = outcome.ids.sop_instance_uid
+        outcome.sr_file = str(atomic_write_bytes(self.out / "sr" / f"{uid}.dcm", results.encode(sr)))
+        outcome.derived.append(sr)
+        if self._explainable is not None:
+            image = results.overlay_image(ds, self._heatmap(pixels), prediction, self.meta)
+            outcome.overlay_file = str(atomic_write_bytes(self.out / "overlay" / f"{uid}.dcm", results.encode(image)))
+            outcome.derived.append(image)
+        log.info("scored %s (from %s): p(pneumonia) %.4f, %s", name, origin or "?", probability, prediction.label)
+        self.worklist.add(outcome)
+        return outcome
+
+    def _score(self, data: bytes, name: str) -> tuple[np.ndarray, float]:
+        image = self.classifier.preprocess(data, name=name)
+        with self._model_lock:
+            probability = float(self.classifier.predict_proba(image[None])[0])
+        return image, probability
+
+    def _heatmap(self, image: np.ndarray) -> np.ndarray:
+        from pneumoscan.explain import gradcam, overlay
+
+        network, layer = self._explainable
+        with self._model_lock:  # Grad-CAM hooks the network: one at a time
+            heat = gradcam(network, image[None], layer=layer)[0]
+        gray = np.clip(image[0] * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return overlay(gray, heat)
+
+
+class Worklist:
+    """``worklist.csv`` and ``worklist.json`` in the output folder: every instance received, the scored
+    ones by decreasing probability (the most suspicious first), then the refused ones with their reason.
+
+    Rewritten atomically after each instance; rows already in ``worklist.json`` (an earlier session on the
+    same folder) are kept, and an instance received again replaces its row.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self._lock = threading.Lock()
+        self._rows: dict[str, dict] = {}
+        previous = out / "worklist.json"
+        if previous.is_file():
+            try:
+                for row in json.loads(previous.read_text(encoding="utf-8")).get("results", []):
+                    self._rows[self._key(row)] = row
+            except (OSError, ValueError, AttributeError) as exc:
+                log.warning("%s: unreadable (%s); starting a new worklist", previous, exc)
+
+    def _key(self, row: dict) -> str:
+        return row.get("sop_instance_uid") or f"#{len(self._rows)}"
+
+    def add(self, outcome: Outcome) -> None:
+        row = outcome.row()
+        with self._lock:
+            self._rows[self._key(row)] = row
+            rows = self.rows()
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=WORKLIST_COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+            atomic_write_text(self.out / "worklist.csv", buffer.getvalue())
+            atomic_write_text(self.out / "worklist.json",
+                              json.dumps({"disclaimer": DISCLAIMER, "results": rows}, indent=1) + "\n")
+
+    def rows(self) -> list[dict]:
+        """The rows in worklist order."""
+        scored = [r for r in self._rows.values() if r.get("probability") is not None]
+        refused = [r for r in self._rows.values() if r.get("probability") is None]
+        return sorted(scored, key=lambda r: -float(r["probability"])) + refused

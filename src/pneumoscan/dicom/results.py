@@ -1,0 +1,169 @@
+"""Results as DICOM objects a radiologist's viewer shows: a Comprehensive SR and a Grad-CAM screenshot.
+
+Both are built with highdicom, which checks the modules it writes, and both keep the source's patient and
+study, so that the PACS files them with the radiograph they describe. Their UIDs are derived from the
+source instance and the model: scoring the same instance with the same model again replaces the result
+in the PACS instead of adding a copy.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+
+from pneumoscan import __version__
+from pneumoscan.inference.classifier import Prediction
+from pneumoscan.provenance import DISCLAIMER
+
+MANUFACTURER = "pneumoscan"
+# Concepts without a standard code use a private coding scheme ("99" prefix, as the standard reserves).
+SCHEME = "99PNEUMOSCAN"
+REPORT_TITLE = Code("18748-4", "LN", "Diagnostic imaging report")
+PROBABILITY = Code("PS001", SCHEME, "Probability of pneumonia")
+THRESHOLD = Code("PS002", SCHEME, "Operating threshold")
+LABEL = Code("PS003", SCHEME, "Label at the operating threshold")
+FINDING = Code("121071", "DCM", "Finding")
+PNEUMONIA = Code("233604007", "SCT", "Pneumonia")
+NO_PNEUMONIA = Code("PS004", SCHEME, "Pneumonia not detected")
+ALGORITHM_NAME = Code("111001", "DCM", "Algorithm Name")
+ALGORITHM_VERSION = Code("111003", "DCM", "Algorithm Version")
+COMMENT = Code("121106", "DCM", "Comment")
+SOURCE = Code("260753009", "SCT", "Source")
+NO_UNITS = Code("1", "UCUM", "no units")
+SR_SERIES_NUMBER = 9901
+OVERLAY_SERIES_NUMBER = 9902
+SR_DESCRIPTION = "pneumoscan result - NOT FOR DIAGNOSIS"
+OVERLAY_DESCRIPTION = "pneumoscan Grad-CAM - NOT FOR DIAGNOSIS"
+
+
+def _uid(*parts: object) -> str:
+    return generate_uid(entropy_srcs=[str(part) for part in parts])
+
+
+def _model_identity(meta) -> tuple[str, str, str]:
+    return meta.name, meta.version or "", meta.run_id or ""
+
+
+def structured_report(source: Dataset, prediction: Prediction, meta) -> Dataset:
+    """A Comprehensive SR with the probability, label, threshold, model and disclaimer for ``source``.
+
+    ``source`` is the scored instance (its pixels may be absent: only its identifiers are used); the SR
+    is in its study, in a series of pneumoscan results, and references it as evidence and as the
+    image the finding is about.
+    """
+    import highdicom as hd
+
+    positive = prediction.label == meta.class_names[-1]
+    relation = hd.sr.RelationshipTypeValues.CONTAINS
+    root = hd.sr.ContainerContentItem(name=REPORT_TITLE)
+    root.ContentSequence = hd.sr.ContentSequence([
+        hd.sr.CodeContentItem(FINDING, PNEUMONIA if positive else NO_PNEUMONIA, relationship_type=relation),
+        hd.sr.NumContentItem(PROBABILITY, float(prediction.probability), NO_UNITS, relationship_type=relation),
+        hd.sr.TextContentItem(LABEL, str(prediction.label), relationship_type=relation),
+        hd.sr.NumContentItem(THRESHOLD, float(prediction.threshold), NO_UNITS, relationship_type=relation),
+        hd.sr.TextContentItem(ALGORITHM_NAME, meta.name, relationship_type=relation),
+        hd.sr.TextContentItem(ALGORITHM_VERSION, _version(meta), relationship_type=relation),
+        hd.sr.TextContentItem(COMMENT, DISCLAIMER, relationship_type=relation),
+        hd.sr.ImageContentItem(SOURCE, source.SOPClassUID, source.SOPInstanceUID, relationship_type=relation),
+    ])
+    study = source.StudyInstanceUID
+    sr = hd.sr.ComprehensiveSR(
+        evidence=[_header(source)],
+        content=root,
+        series_instance_uid=_uid("sr-series", study, *_model_identity(meta)),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=_uid("sr", source.SOPInstanceUID, *_model_identity(meta)),
+        instance_number=int(source.get("InstanceNumber") or 1),
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+    )
+    sr.SeriesDescription = SR_DESCRIPTION
+    sr.SoftwareVersions = f"pneumoscan {__version__}"
+    return sr
+
+
+def overlay_image(source: Dataset, rgb: np.ndarray, prediction: Prediction, meta, size: int = 512) -> Dataset:
+    """A Secondary Capture of the Grad-CAM overlay ``rgb`` (H, W, 3 uint8) in the source's study.
+
+    The image is scaled to ``size`` px and carries a burned-in line saying what it is and that it is not
+    for diagnosis (BurnedInAnnotation YES).
+    """
+    import highdicom as hd
+
+    pixels = _burn_in(rgb, size, [
+        f"pneumoscan Grad-CAM ({meta.name}): p(pneumonia) {prediction.probability:.3f}, {prediction.label}",
+        "where the model's evidence is; NOT FOR DIAGNOSIS",
+    ])
+    # A radiograph is displayed with the patient's left on the right of the screen and the feet at the
+    # bottom; the overlay keeps the source's orientation, or that convention when the source has none.
+    orientation = tuple(source.get("PatientOrientation") or ("L", "F"))
+    image = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=_header(source),
+        pixel_array=pixels,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=_uid("overlay-series", source.StudyInstanceUID, *_model_identity(meta)),
+        series_number=OVERLAY_SERIES_NUMBER,
+        sop_instance_uid=_uid("overlay", source.SOPInstanceUID, *_model_identity(meta)),
+        instance_number=int(source.get("InstanceNumber") or 1),
+        manufacturer=MANUFACTURER,
+        patient_orientation=orientation[:2],
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+    )
+    image.SeriesDescription = OVERLAY_DESCRIPTION
+    image.BurnedInAnnotation = "YES"
+    image.ImageComments = DISCLAIMER
+    ref = Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
+    image.SourceImageSequence = [ref]
+    return image
+
+
+def encode(ds: Dataset) -> bytes:
+    """A derived object as a DICOM file in memory."""
+    from pydicom import dcmwrite
+
+    buffer = io.BytesIO()
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _version(meta) -> str:
+    parts = [f"pneumoscan {meta.version}" if meta.version else "", f"run {meta.run_id}" if meta.run_id else ""]
+    return ", ".join(p for p in parts if p) or "unknown"
+
+
+# What a derived object takes from its source: the groups of the patient, clinical trial, study, series
+# and instance identification modules (not acquisition, image pixel or pixel data).
+_KEPT_GROUPS = frozenset({0x0008, 0x0010, 0x0012, 0x0020, 0x0032, 0x0038})
+
+
+def _header(source: Dataset) -> Dataset:
+    """The identification attributes of ``source``. highdicom deep-copies its evidence: a copy of the
+    whole header (or of a 30 MB pixel array) per result would cost more than the scoring."""
+    header = Dataset()
+    for element in source:
+        if element.tag.group in _KEPT_GROUPS:
+            header.add(element)
+    return header
+
+
+def _burn_in(rgb: np.ndarray, size: int, lines: list[str]) -> np.ndarray:
+    """``rgb`` scaled to ``size`` px with ``lines`` written in a black band at the bottom."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB").resize((size, size),
+                                                                                    Image.Resampling.BILINEAR)
+    draw = ImageDraw.Draw(image)
+    height = max(10, size // 36)
+    font = ImageFont.load_default(size=height)
+    top = size - len(lines) * (height + 3) - 4
+    draw.rectangle((0, top, size, size), fill=(0, 0, 0))
+    for i, line in enumerate(lines):
+        draw.text((4, top + 2 + i * (height + 3)), line, fill=(255, 255, 0), font=font)
+    return np.asarray(image, dtype=np.uint8)

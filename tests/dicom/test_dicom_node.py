@@ -1,0 +1,172 @@
+"""`dicom listen` against a real PACS: Orthanc sends a study with C-STORE, the node scores the chest
+radiographs, refuses the rest with their reason and sends SRs and overlays back into Orthanc."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+import orthanc
+import pneumoscan
+from helpers import chest_dicoms
+from pneumoscan.cli import main
+from pneumoscan.dicom import Peer, Processor, StorageNode
+from pneumoscan.dicom.results import PROBABILITY
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _sr_probability(sr) -> tuple[str, float]:
+    source = next(i for i in sr.ContentSequence if i.ValueType == "IMAGE").ReferencedSOPSequence[0]
+    number = next(i for i in sr.ContentSequence
+                  if i.ValueType == "NUM" and i.ConceptNameCodeSequence[0].CodeValue == PROBABILITY.value)
+    return source.ReferencedSOPInstanceUID, float(number.MeasuredValueSequence[0].NumericValue)
+
+
+@pytest.fixture(scope="module")
+def corpus(grays):
+    return chest_dicoms.corpus(grays)
+
+
+@pytest.fixture(scope="module")
+def files(corpus, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("corpus")
+    out = {}
+    for name, ds in corpus.items():
+        out[name] = folder / f"{name}.dcm"
+        out[name].write_bytes(chest_dicoms.encode(ds))
+    return out
+
+
+def test_orthanc_study_sent_to_the_node_comes_back_as_srs_equal_to_predict(orthanc_ready, dicom_model, corpus, files,
+                                                                          tmp_path, caplog):
+    node_port = orthanc.free_port()
+    out = tmp_path / "out"
+    with orthanc.Orthanc(tmp_path / "orthanc", modalities={"pneumoscan": ("PNEUMOSCAN", node_port)}) as pacs:
+        ids = {name: pacs.upload(files[name].read_bytes()) for name in corpus}
+        processor = Processor(dicom_model, out, overlay=True)
+        peer = Peer("ORTHANC", "127.0.0.1", pacs.dicom_port)
+        with caplog.at_level("INFO", logger="pneumoscan.dicom"), StorageNode(processor, node_port, forward=peer) as node:
+            # Three concurrent associations, each mixing good and bad instances of the one study.
+            names = list(corpus)
+            groups = [names[i::3] for i in range(3)]
+            answers: list = [None] * 3
+
+            def send(i: int) -> None:
+                answers[i] = pacs.send_to("pneumoscan", [ids[n] for n in groups[i]])
+
+            threads = [threading.Thread(target=send, args=(i,)) for i in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(180)
+            assert all(answer is not None for answer in answers), "a C-STORE job of Orthanc did not finish"
+            assert node.received == len(corpus)  # every instance acknowledged, bad ones included
+            good = len(chest_dicoms.GOOD)
+            srs = [s for s in pacs.wait_for("SR", good + 1) if s != ids["report"]]
+            overlays = pacs.wait_for("OT", good)
+        assert len(srs) == good and len(overlays) == good, pacs.tail()
+
+        expected = {row.source: row for row in pneumoscan.load(dicom_model).predict([files[n] for n in chest_dicoms.GOOD])}
+        probabilities = {}
+        for sr_id in srs:
+            sr = pydicom.dcmread(io.BytesIO(pacs.file(sr_id)))
+            uid, probability = _sr_probability(sr)
+            probabilities[uid] = probability
+            assert sr.StudyInstanceUID == corpus["cr-mono2-12bit"].StudyInstanceUID
+            assert sr.PatientID == "PAT-0001"
+        for name in chest_dicoms.GOOD:
+            assert probabilities[corpus[name].SOPInstanceUID] == pytest.approx(
+                expected[str(files[name])].probability, abs=1e-6), name
+        for overlay_id in overlays:
+            sc = pydicom.dcmread(io.BytesIO(pacs.file(overlay_id)))
+            assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID in probabilities
+
+    rows = list(csv.DictReader(io.StringIO((out / "worklist.csv").read_text())))
+    assert len(rows) == len(corpus)
+    refused = {r["sop_instance_uid"]: r["reason"] for r in rows if r["status"] == "refused"}
+    for name, word in chest_dicoms.BAD.items():
+        assert word in refused[corpus[name].SOPInstanceUID], name
+        assert any(corpus[name].SOPInstanceUID in m and word in m for m in caplog.messages), name
+    scored = [float(r["probability"]) for r in rows if r["status"] == "scored"]
+    assert scored == sorted(scored, reverse=True) and len(scored) == len(chest_dicoms.GOOD)
+
+
+def test_listen_command_scores_an_instance_and_stops_cleanly_on_sigterm(dicom_model, corpus, tmp_path):
+    """The real command in its own process: C-ECHO, one C-STORE (pynetdicom as the sender), SIGTERM."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ComputedRadiographyImageStorage, Verification
+
+    port, out = orthanc.free_port(), tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    command = [sys.executable, "-m", "pneumoscan", "dicom", "listen", str(dicom_model), "--port", str(port),
+               "--host", "127.0.0.1", "--out", str(out)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(Verification)
+        ae.add_requested_context(ComputedRadiographyImageStorage, corpus["cr-mono2-12bit"].file_meta.TransferSyntaxUID)
+        deadline = time.monotonic() + 120
+        assoc = ae.associate("127.0.0.1", port)
+        while not assoc.is_established and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.3)
+            assoc = ae.associate("127.0.0.1", port)
+        assert assoc.is_established, f"the node did not listen on {port}"
+        assert assoc.send_c_echo().Status == 0
+        assert assoc.send_c_store(corpus["cr-mono2-12bit"]).Status == 0
+        assert assoc.send_c_store(corpus["lateral"]).Status == 0  # refused, yet acknowledged
+        assoc.release()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert (out / "sr" / f"{corpus['cr-mono2-12bit'].SOPInstanceUID}.dcm").is_file()
+    assert "lateral" in stderr and "received 2 instance(s)" in stderr
+    assert "NOT a medical device" in stderr
+
+
+def test_listen_refuses_a_bad_forward_address_or_a_busy_port_in_one_line(dicom_model, tmp_path, capsys):
+    assert main(["dicom", "listen", str(dicom_model), "--forward", "ORTHANC:4242", "--out", str(tmp_path)]) == 2
+    assert "AET@HOST:PORT" in capsys.readouterr().err
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        processor = Processor(dicom_model, tmp_path)
+        with pytest.raises(pneumoscan.errors.ConfigError, match=f"--port {port}"):
+            StorageNode(processor, port, host="127.0.0.1").start()
+
+
+def test_results_that_cannot_be_forwarded_are_kept_and_listed_and_the_instance_still_acknowledged(dicom_model, corpus,
+                                                                                                 tmp_path, caplog):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ComputedRadiographyImageStorage
+
+    nobody = Peer("PACS", "127.0.0.1", orthanc.free_port())  # nothing listens there
+    port = orthanc.free_port()
+    node = StorageNode(Processor(dicom_model, tmp_path), port, forward=nobody, retries=1).start()
+    try:
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(ComputedRadiographyImageStorage, corpus["cr-mono2-12bit"].file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", port)
+        assert assoc.is_established
+        assert assoc.send_c_store(corpus["cr-mono2-12bit"]).Status == 0
+        assoc.release()
+    finally:
+        with caplog.at_level("ERROR", logger="pneumoscan.dicom"):
+            node.stop()
+    sr = tmp_path / "sr" / f"{corpus['cr-mono2-12bit'].SOPInstanceUID}.dcm"
+    assert sr.is_file() and node.forwarder.failed == [str(sr)]
+    assert any(str(sr) in m and "could not send" in m for m in caplog.messages)
