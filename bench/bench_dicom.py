@@ -34,14 +34,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "tests" / "dicom"))
 
-import chest_dicoms  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import orthanc  # noqa: E402
 from _common import default_architecture, random_run  # noqa: E402
+from helpers import chest_dicoms  # noqa: E402
 
 AIM_IPS, AIM_P99_S = 20.0, 1.0
 
@@ -54,7 +53,7 @@ def radiographs(data: Path, count: int) -> tuple[list[np.ndarray], str]:
         if files:
             step = max(1, len(files) // count)
             return [np.asarray(Image.open(f).convert("L")) for f in files[::step][:count]], what
-    from synthetic import write_synthetic_image
+    from helpers.synthetic import write_synthetic_image
 
     with tempfile.TemporaryDirectory() as tmp:
         return [np.asarray(Image.open(write_synthetic_image(Path(tmp) / f"{i}.png", i % 2, seed=i, size=1024)))

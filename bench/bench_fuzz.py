@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_fuzz.py --seconds 60            # decoder + server, 60 s each
     .venv/bin/python bench/bench_fuzz.py --seconds 5 --no-server  # a quick check
 
-Inputs are small valid files of every supported format (tests/robustness/corpus.py: fuzz_seeds) with
+Inputs are small valid files of every supported format (tests/helpers/corpus.py: fuzz_seeds) with
 random edits (bit flips, extreme bytes, cuts, insertions, truncation), and plain random bytes. The
 decoder may only decode or raise ImageReadError; the server may only answer 200, 413, 415 or 422.
 Anything else is printed with the input saved under bench/out/fuzz/ to reproduce it. Exit code 1 if any.
@@ -24,10 +24,9 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "robustness"))
+sys.path.insert(0, str(ROOT / "tests"))
 
-from corpus import fuzz_seeds, mutate, tiny_model  # noqa: E402
-
+from helpers.corpus import fuzz_seeds, mutate, tiny_model  # noqa: E402
 from pneumoscan.data import probe_image, read_image  # noqa: E402
 from pneumoscan.errors import ImageReadError  # noqa: E402
 

@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from pneumoscan.inference.classifier import TorchBackend
     from pneumoscan.inference.onnx_backend import OnnxBackend, load_onnx
+    from pneumoscan.inference.torch_backend import TorchBackend
     from pneumoscan.models import load_model
     from pneumoscan.serving.export import export_onnx
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
-from synthetic import write_synthetic_image
+from helpers.synthetic import write_synthetic_image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,6 +21,62 @@ def shared_data_root() -> Path | None:
         if candidate and (Path(candidate) / "chest_xray" / "train").is_dir():
             return Path(candidate)
     return None
+
+
+# -- the e2e marker -----------------------------------------------------------------------------------------
+# A test that trains a model is marked e2e, so that `pytest -m "not e2e"` is a fast inner loop. The mark is
+# checked, not trusted: an unmarked test (or a fixture it sets up) that starts Lightning's fit fails.
+_RUNNING: list[pytest.Item | None] = [None]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem):
+    _RUNNING[0] = item
+    try:
+        return (yield)
+    finally:
+        _RUNNING[0] = None
+
+
+def _guard_fit(trainer_module) -> None:
+    fit = trainer_module.Trainer.fit
+
+    def guarded(self, *args, **kwargs):
+        item = _RUNNING[0]
+        if item is not None and item.get_closest_marker("e2e") is None:
+            pytest.fail(f"{item.nodeid} trains a model: mark it @pytest.mark.e2e", pytrace=False)
+        return fit(self, *args, **kwargs)
+
+    trainer_module.Trainer.fit = guarded
+
+
+class _GuardFitOnImport(importlib.abc.MetaPathFinder):
+    """Guards ``Trainer.fit`` as soon as Lightning's trainer module is imported (importing Lightning here
+    would cost every test run seconds; commands import it lazily, inside a test)."""
+
+    NAME = "lightning.pytorch.trainer.trainer"
+
+    def find_spec(self, name, path, target=None):
+        if name != self.NAME:
+            return None
+        sys.meta_path.remove(self)  # once: find the real spec, then wrap its loader
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            exec_module = spec.loader.exec_module
+
+            def exec_and_guard(module):
+                exec_module(module)
+                _guard_fit(module)
+
+            spec.loader.exec_module = exec_and_guard
+        return spec
+
+
+def pytest_configure(config) -> None:
+    if _GuardFitOnImport.NAME in sys.modules:
+        _guard_fit(sys.modules[_GuardFitOnImport.NAME])
+    else:
+        sys.meta_path.insert(0, _GuardFitOnImport())
 
 
 @pytest.fixture(autouse=True)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import errno
 import glob
+import io
 import json
 import os
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +103,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_write_csv(path: str | os.PathLike, columns: Sequence[str],
+                     rows: Iterable[Sequence[Any] | Mapping[str, Any]]) -> Path:
+    """Write a CSV with a header row; each row is a sequence in column order or a mapping by column name
+    (missing and None values are written empty)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([row.get(c) for c in columns] if isinstance(row, Mapping) else row)
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:

@@ -77,7 +77,7 @@ def test_load_without_a_model_uses_the_bundled_onnx_without_importing_torch():
 
 
 def test_predict_with_no_model_scores_with_the_bundled_one(tmp_path, capsys):
-    from synthetic import write_synthetic_image
+    from helpers.synthetic import write_synthetic_image
 
     image = write_synthetic_image(tmp_path / "chest.png", 1, seed=1, size=96)
     assert main(["predict", str(image), "--out", str(tmp_path / "out.csv")]) == 0
@@ -93,8 +93,8 @@ def test_predict_with_no_model_scores_with_the_bundled_one(tmp_path, capsys):
 def test_a_run_given_first_is_the_model_and_a_run_alone_is_refused(tmp_path, capsys):
     import torch
 
+    from helpers.synthetic import write_synthetic_image
     from pneumoscan.models import ModelMeta, build_model, save_model
-    from synthetic import write_synthetic_image
 
     torch.manual_seed(0)
     run = tmp_path / "runs" / "20260101-000000-seed-cnn"

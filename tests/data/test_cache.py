@@ -7,9 +7,8 @@ import os
 
 import numpy as np
 
+from helpers.images import save, truncated_jpeg
 from pneumoscan.data import build_cache, load_dataset, read_image
-
-from ._make import save, truncated_jpeg
 
 
 def test_cache_holds_exactly_what_read_image_returns_in_sample_order(tmp_path, synthetic_dataset):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers.images import save
 from pneumoscan.cli import main
 from pneumoscan.data import load_dataset
-
-from ._make import save
 
 
 @pytest.mark.parametrize("command", ["inspect", "validate", "split", "cache", "download"])

@@ -11,12 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from helpers.images import textured
 from pneumoscan.cli import main
 from pneumoscan.data import load_dataset
 from pneumoscan.data.download import download_dataset
 from pneumoscan.errors import DatasetError
-
-from .test_inspect_validate import _smooth
 
 
 def _archive(members: dict[str, bytes]) -> bytes:
@@ -31,7 +30,7 @@ def _png(seed: int) -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(_smooth(seed)).save(buffer, "PNG")
+    Image.fromarray(textured(seed)).save(buffer, "PNG")
     return buffer.getvalue()
 
 

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers.images import asymmetric, png_header_only, save, truncated_jpeg, write_dicom
 from pneumoscan.data import probe_image, read_image
 from pneumoscan.data.image import MAX_PIXELS
 from pneumoscan.errors import ImageReadError
-
-from ._make import asymmetric, png_header_only, save, truncated_jpeg, write_dicom
 
 
 @pytest.mark.parametrize("suffix", [".png", ".dcm"])

@@ -10,18 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers.images import png_header_only, save, textured, truncated_jpeg
 from pneumoscan.data.inspect import format_table, inspect_dataset
 from pneumoscan.data.validate import validate_dataset
 from pneumoscan.provenance import DISCLAIMER
-
-from ._make import png_header_only, save, truncated_jpeg
-
-
-def _smooth(seed: int, size: int = 64) -> np.ndarray:
-    """A random textured picture: two seeds are far apart in phash, a re-encoding stays close."""
-    coarse = np.random.default_rng(seed).integers(0, 255, (16, 16), dtype=np.uint8)
-    return np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC))
-
 
 BAD = {
     "train/NORMAL/IM-0900-0001.jpeg": "empty file",
@@ -38,20 +30,20 @@ def leaky(tmp_path):
     and one file of each bad kind."""
     root = tmp_path / "leaky"
     for i in range(6):
-        save(root / "train" / "NORMAL" / f"IM-{i:04d}-0001.png", _smooth(i))
-        save(root / "train" / "PNEUMONIA" / f"person{i}_bacteria_{i}.png", _smooth(100 + i))
+        save(root / "train" / "NORMAL" / f"IM-{i:04d}-0001.png", textured(i))
+        save(root / "train" / "PNEUMONIA" / f"person{i}_bacteria_{i}.png", textured(100 + i))
     for i in range(6, 9):
-        save(root / "test" / "NORMAL" / f"IM-{i:04d}-0001.png", _smooth(i))
-        save(root / "test" / "PNEUMONIA" / f"person{i}_virus_{i}.png", _smooth(100 + i))
-    save(root / "test" / "PNEUMONIA" / "person5_bacteria_77.png", _smooth(200))  # patient 5 again
+        save(root / "test" / "NORMAL" / f"IM-{i:04d}-0001.png", textured(i))
+        save(root / "test" / "PNEUMONIA" / f"person{i}_virus_{i}.png", textured(100 + i))
+    save(root / "test" / "PNEUMONIA" / "person5_bacteria_77.png", textured(200))  # patient 5 again
     shutil.copy(root / "train" / "NORMAL" / "IM-0001-0001.png", root / "test" / "NORMAL" / "IM-0050-0001.png")
     buffer = io.BytesIO()  # the same picture re-encoded smaller and lossy: a near duplicate
-    Image.fromarray(_smooth(102)).resize((48, 48)).save(buffer, "JPEG", quality=40)
+    Image.fromarray(textured(102)).resize((48, 48)).save(buffer, "JPEG", quality=40)
     (root / "test" / "PNEUMONIA" / "person60_virus_1.jpeg").write_bytes(buffer.getvalue())
     (root / "train" / "NORMAL" / "IM-0900-0001.jpeg").write_bytes(b"")
     truncated_jpeg(root / "train" / "NORMAL" / "IM-0901-0001.jpeg")
     (root / "train" / "PNEUMONIA" / "person900_virus_1.jpeg").write_bytes(np.random.default_rng(3).bytes(900))
-    save(root / "train" / "PNEUMONIA" / "person901_virus_1.dcm", _smooth(9), format="PNG")
+    save(root / "train" / "PNEUMONIA" / "person901_virus_1.dcm", textured(9), format="PNG")
     png_header_only(root / "test" / "NORMAL" / "IM-0902-0001.png", 20000, 20000)
     return root
 
@@ -107,9 +99,9 @@ def test_inspect_on_real_images_reports_sizes_and_no_leakage(real_subset, tmp_pa
 
 def test_inspect_of_flat_folders_counts_everything_under_all_and_flags_near_duplicates(tmp_path):
     root = tmp_path / "flat"
-    save(root / "NORMAL" / "a.png", _smooth(1))
-    save(root / "PNEUMONIA" / "b.png", _smooth(2))
-    save(root / "PNEUMONIA" / "c.png", _smooth(1))  # same picture as a.png, another "patient"
+    save(root / "NORMAL" / "a.png", textured(1))
+    save(root / "PNEUMONIA" / "b.png", textured(2))
+    save(root / "PNEUMONIA" / "c.png", textured(1))  # same picture as a.png, another "patient"
     s = inspect_dataset(root, tmp_path / "out").summary
     assert s["counts"] == {"all": {"NORMAL": 1, "PNEUMONIA": 2, "total": 3}} and s["imbalance"]["all"] == 2.0
     leak = s["leakage"]

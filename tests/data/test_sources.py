@@ -7,11 +7,10 @@ import os
 import numpy as np
 import pytest
 
+from helpers.images import save, write_dicom
 from pneumoscan.data import kermany_patient_id, load_dataset
 from pneumoscan.data.manifest import write_manifest
 from pneumoscan.errors import DatasetError
-
-from ._make import save, write_dicom
 
 
 def _img(path, value: int = 100):

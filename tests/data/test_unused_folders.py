@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from helpers.synthetic import write_synthetic_image
 from pneumoscan.cli import main
 from pneumoscan.data import load_dataset
-from synthetic import write_synthetic_image
 
 
 def test_a_third_class_folder_is_reported_by_load_dataset_and_data_inspect(tmp_path, capsys):

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: orthanc.py, synthetic.py
-
-import orthanc  # noqa: E402
+import orthanc
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +39,7 @@ def grays(request, tmp_path_factory) -> list[np.ndarray]:
     if root is not None:
         files = [f for cls in ("NORMAL", "PNEUMONIA") for f in sorted((root / "chest_xray" / "train" / cls).glob("*.jpeg"))[:3]]
         return [np.asarray(Image.open(f).convert("L")) for f in files[:5]]
-    from synthetic import write_synthetic_image
+    from helpers.synthetic import write_synthetic_image
 
     folder = tmp_path_factory.mktemp("grays")
     return [np.asarray(Image.open(write_synthetic_image(folder / f"{i}.png", i % 2, seed=i, size=160)))

@@ -13,12 +13,12 @@ import threading
 import time
 from pathlib import Path
 
-import chest_dicoms
 import pydicom
 import pytest
 
 import orthanc
 import pneumoscan
+from helpers import chest_dicoms
 from pneumoscan.cli import main
 from pneumoscan.dicom import Peer, Processor, StorageNode
 from pneumoscan.dicom.results import PROBABILITY

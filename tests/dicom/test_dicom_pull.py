@@ -6,12 +6,12 @@ from __future__ import annotations
 import csv
 import io
 
-import chest_dicoms
 import pydicom
 import pytest
 
 import orthanc
 import pneumoscan
+from helpers import chest_dicoms
 from pneumoscan.cli import main
 from pneumoscan.dicom.results import PROBABILITY
 

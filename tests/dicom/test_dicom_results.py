@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import io
 
-import chest_dicoms
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 
+from helpers import chest_dicoms
 from pneumoscan.dicom import Processor, refusal
 from pneumoscan.dicom.results import OVERLAY_DESCRIPTION, PROBABILITY, THRESHOLD
 from pneumoscan.provenance import DISCLAIMER

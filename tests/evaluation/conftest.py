@@ -1,11 +1,12 @@
-"""Fixtures for evaluation tests (helpers in evaluation_fixtures.py, importable by the tests)."""
+"""Fixtures for evaluation tests (the run folder itself is made by helpers.fake_runs)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from evaluation_fixtures import make_dataset, make_run
+
+from helpers.fake_runs import make_dataset, make_run
 
 
 @pytest.fixture(scope="module")

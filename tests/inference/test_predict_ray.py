@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,13 +15,11 @@ ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.
 pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed: pip install -e '.[ray]'")
 
 import pneumoscan  # noqa: E402
+from helpers.corpus import BAD_CASES, make_corpus  # noqa: E402
 from pneumoscan.cli import main  # noqa: E402
 from pneumoscan.inference.ray_engine import decode_batch, predict_ray  # noqa: E402
 from pneumoscan.inference.results import read_results  # noqa: E402
 from pneumoscan.inference.stream import iter_sources, predict_to_file  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "robustness"))
-from corpus import BAD_CASES, make_corpus  # noqa: E402
 
 SHARED_IMAGES = 300
 
@@ -49,7 +46,7 @@ def inputs(request, tmp_path_factory) -> Path:
             (folder / "images" / path.parent.name).mkdir(parents=True, exist_ok=True)
             (folder / "images" / path.parent.name / path.name).symlink_to(path)
     except pytest.skip.Exception:
-        from synthetic import write_synthetic_image
+        from helpers.synthetic import write_synthetic_image
 
         for i in range(SHARED_IMAGES):
             write_synthetic_image(folder / "images" / f"synthetic-{i:03d}.png", i % 2, seed=i, size=64)

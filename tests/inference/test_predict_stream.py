@@ -28,7 +28,7 @@ SIZE = 32
 def _write_png(path: Path, seed: int) -> Path:
     from PIL import Image
 
-    from synthetic import write_synthetic_image
+    from helpers.synthetic import write_synthetic_image
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_synthetic_image(path, seed % 2, seed=seed, size=48)

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from corpus import BAD_CASES, deflate_bomb, make_corpus, tiny_model
+
+from helpers.corpus import BAD_CASES, deflate_bomb, make_corpus, tiny_model
 
 SECONDS = 5.0
 GROWTH_MB = 300

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corpus import run_cli, write_good_images
 
+from helpers.corpus import run_cli, write_good_images
 from pneumoscan._io import atomic_write, atomic_write_bytes, atomic_write_json, ensure_writable_dir
 from pneumoscan.data import build_cache, load_dataset
 from pneumoscan.errors import OutputError
@@ -382,7 +382,7 @@ def test_train_into_a_read_only_folder_fails_at_once_with_one_line_and_writes_no
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
 def test_reports_into_a_read_only_folder_fail_with_one_line(command, read_only_dir, small_dataset, tmp_path,
                                                             capsys) -> None:
-    from corpus import tiny_model
+    from helpers.corpus import tiny_model
 
     model = tiny_model(tmp_path / "model")
     argv = (["evaluate", str(model), "--data", str(small_dataset), "--split", "all", "--bootstrap", "10",

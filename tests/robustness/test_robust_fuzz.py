@@ -10,10 +10,10 @@ import os
 
 import numpy as np
 import pytest
-from corpus import fuzz_seeds
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers.corpus import fuzz_seeds
 from pneumoscan.data import probe_image, read_image
 from pneumoscan.errors import ImageReadError
 
@@ -91,10 +91,10 @@ def test_probe_image_on_mutated_real_images_raises_only_image_read_error(data: b
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     pytest.importorskip("fastapi.testclient")
-    from corpus import tiny_model
     from fastapi.testclient import TestClient
 
     import pneumoscan
+    from helpers.corpus import tiny_model
     from pneumoscan.serving.app import create_app
 
     model = tiny_model(tmp_path_factory.mktemp("fuzz-model"))

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corpus import (
+
+from helpers.corpus import (
     BAD_CASES,
     CASES,
     DATASET_CASES,
@@ -23,7 +24,6 @@ from corpus import (
     reference_pixels,
     tiny_model,
 )
-
 from pneumoscan.data import build_cache, load_dataset, probe_image, read_image
 from pneumoscan.errors import DatasetError, ImageReadError
 
@@ -163,9 +163,9 @@ def test_classifier_predict_reports_bad_files_on_their_row_and_scores_the_rest(c
 
 def test_the_documented_tables_are_the_ones_the_corpus_prints() -> None:
     """docs/robustness.md shows what these tests assert: regenerate its tables with
-    `python tests/robustness/corpus.py` when a case or an outcome changes."""
-    from corpus import docs_table
+    `PYTHONPATH=tests python -m helpers.corpus` when a case or an outcome changes."""
+    from helpers.corpus import docs_table
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "robustness.md").read_text(encoding="utf-8")
     for table in docs_table().split("\n\n"):
-        assert table in text, "docs/robustness.md is out of date: run tests/robustness/corpus.py"
+        assert table in text, "docs/robustness.md is out of date: run PYTHONPATH=tests python -m helpers.corpus"

@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from corpus import (
+
+import pneumoscan
+from helpers.corpus import (
     MODEL_META_CASES,
     MODEL_META_CLI_CASES,
     MODEL_META_COMMANDS,
@@ -21,8 +23,6 @@ from corpus import (
     tiny_model,
     write_good_images,
 )
-
-import pneumoscan
 from pneumoscan.errors import ModelFileError
 from pneumoscan.models import load_model, read_meta
 

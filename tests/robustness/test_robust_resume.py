@@ -20,10 +20,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from corpus import write_good_images
 from sklearn.metrics import roc_auc_score
 
 import pneumoscan
+from helpers.corpus import write_good_images
+
+pytestmark = pytest.mark.e2e  # this module trains models
 
 EPOCHS = 8
 CHILD = textwrap.dedent('''
@@ -125,6 +127,7 @@ def killed_then_resumed(tmp_path_factory) -> dict:
 def test_training_killed_mid_epoch_resumes_from_last_checkpoint_and_matches_an_uninterrupted_run(
     killed_then_resumed,
 ) -> None:
+
     k = killed_then_resumed
     assert k["interrupted"] and k["saved_epoch"] < k["killed_in"]
     # It continued: the first epoch trained after the resume is the one after the checkpoint, up to the end.

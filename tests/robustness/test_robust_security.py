@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from corpus import (
+
+import pneumoscan
+from helpers.corpus import (
     CASES,
     ODD_GOOD_CASES,
     Case,
@@ -25,8 +27,6 @@ from corpus import (
     tiny_model,
     write_good_images,
 )
-
-import pneumoscan
 from pneumoscan.errors import ModelFileError
 from pneumoscan.models import load_model
 
@@ -111,21 +111,15 @@ def test_every_command_refuses_a_pickle_payload_in_one_line_and_never_runs_it(co
 def model_files(tmp_path_factory) -> dict[str, Path]:
     """A tiny model as safetensors and (when the exporter is there) ONNX."""
     folder = tiny_model(tmp_path_factory.mktemp("model-files"))
-    files = {"safetensors": folder / "model.safetensors"}
-    try:
-        from pneumoscan.serving.export import export_onnx
-    except ImportError:
-        return files
-    files["onnx"] = export_onnx(folder)
-    return files
+    from pneumoscan.serving.export import export_onnx
+
+    return {"safetensors": folder / "model.safetensors", "onnx": export_onnx(folder)}
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
 @pytest.mark.parametrize("kind", ["safetensors", "onnx"])
 def test_a_damaged_model_file_is_a_one_line_error_naming_it(kind: str, damage: str, model_files, tmp_path,
                                                             capsys) -> None:
-    if kind not in model_files:
-        pytest.skip("ONNX export is not written yet")
     data = model_files[kind].read_bytes()
     damaged = tmp_path / model_files[kind].name
     damaged.write_bytes({"truncated": data[: len(data) // 2], "empty": b"",
@@ -157,8 +151,6 @@ fastapi_testclient = pytest.importorskip("fastapi.testclient")
 @pytest.fixture(scope="module", params=["torch", "onnx"])
 def classifier(request, model_files):
     """The served model through both backends: ONNX Runtime is what `pneumoscan serve` prefers."""
-    if request.param not in ("torch",) and "onnx" not in model_files:
-        pytest.skip("ONNX export is not written yet")
     return pneumoscan.load(model_files["onnx" if request.param == "onnx" else "safetensors"])
 
 
@@ -316,7 +308,7 @@ def test_server_hides_internal_errors_behind_a_generic_message(classifier, good_
 
 
 def test_server_refuses_a_header_only_bomb_with_422(classifier) -> None:
-    from corpus import header_only_png
+    from helpers.corpus import header_only_png
 
     with _client(classifier) as client:
         response = client.post("/v1/predict", files={"file": ("bomb.png", header_only_png(60_000, 60_000), "image/png")})

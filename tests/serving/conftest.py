@@ -42,7 +42,7 @@ def radiographs(request, tmp_path_factory) -> list[Path]:
     try:
         return request.getfixturevalue("real_images")
     except pytest.skip.Exception:
-        from synthetic import write_synthetic_image
+        from helpers.synthetic import write_synthetic_image
 
         folder = tmp_path_factory.mktemp("radiographs")
         return [write_synthetic_image(folder / f"synthetic-{label}.jpeg", label, seed=label, size=224)

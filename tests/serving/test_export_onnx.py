@@ -15,8 +15,8 @@ from pneumoscan.errors import ModelFileError
 from pneumoscan.inference.onnx_backend import load_onnx
 from pneumoscan.models import ModelMeta, build_model, save_model
 from pneumoscan.provenance import DISCLAIMER
+from pneumoscan.runs import latest_report
 from pneumoscan.serving.export import export_onnx
-from pneumoscan.serving.model_card import latest_report
 
 SIZE = 32
 

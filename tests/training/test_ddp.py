@@ -7,9 +7,12 @@ import json
 from pathlib import Path
 
 import lightning as L
+import pytest
 
+from helpers.synthetic import write_synthetic_image
 from pneumoscan.training import TrainConfig, train
-from synthetic import write_synthetic_image
+
+pytestmark = pytest.mark.e2e  # this module trains models
 
 
 class WeightsFingerprint(L.Callback):

@@ -1,6 +1,6 @@
 """The ``pneumoscan`` command: thin argument parsing over the Python API, one module per command group.
 
-Each module has ``register(subparsers)``, which adds its sub-commands and sets ``func`` on them; the
+Each module has ``register(subparsers)`` (built with :mod:`~pneumoscan.cli.commands`), which adds its sub-commands and sets ``func`` on them; the
 function takes the parsed arguments and returns an exit code.
 """
 
@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from pneumoscan import __version__
+from pneumoscan.cli.commands import HelpFormatter, add_command
 from pneumoscan.errors import PneumoscanError
 from pneumoscan.provenance import DISCLAIMER
 
@@ -30,10 +31,6 @@ examples:
 """ + DISCLAIMER
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the examples' line breaks and shows defaults."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     from pneumoscan.cli import data, dicom, evaluate, infer, models, serve, train
 
@@ -48,16 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (data, train, evaluate, infer, serve, models, dicom):
         module.register(subparsers)
     return parser
-
-
-def add_command(subparsers, name: str, help: str, example: str, func) -> argparse.ArgumentParser:
-    """Add a sub-command whose ``--help`` ends with a usage example."""
-    command = subparsers.add_parser(
-        # argparse %-formats a sub-command's help line (not its description): "95% CI" would crash --help.
-        name, help=help.replace("%", "%%"), description=help, epilog=f"example:\n  {example}", formatter_class=HelpFormatter
-    )
-    command.set_defaults(func=func)
-    return command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pneumoscan: interrupted", file=sys.stderr)
         return 130
+
+
+__all__ = ["HelpFormatter", "add_command", "build_parser", "main"]
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pneumoscan.cli import HelpFormatter, add_command
+from pneumoscan.cli.commands import HelpFormatter, add_command
 
 
 class _Formatter(HelpFormatter):

@@ -12,7 +12,7 @@ from pneumoscan.provenance import DISCLAIMER
 
 def register(subparsers) -> None:
     """Add the ``dicom`` group with ``listen`` and ``pull``."""
-    from pneumoscan.cli import HelpFormatter, add_command
+    from pneumoscan.cli.commands import HelpFormatter, add_command
 
     group = subparsers.add_parser(
         "dicom", help="Receive chest X-rays from a PACS (DICOM, DICOMweb) and send results back as DICOM.",

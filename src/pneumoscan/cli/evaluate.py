@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from argparse import SUPPRESS
 
-from pneumoscan.cli import add_command
+from pneumoscan.cli.commands import add_command
 
 
 def register(subparsers) -> None:
@@ -75,32 +75,28 @@ def _evaluate(args: argparse.Namespace) -> int:
         config = from_dict(EvaluateConfig, {k: v for k, v in overrides.items() if v is not None})
     result = evaluate(config)
     report = result.report
-    stored = report["metrics"]["at"]["stored"]
-    free = report["metrics"]["threshold_free"]
-    from pneumoscan.evaluation.report import format_value
-
-    stored_point = report["operating_points"]["stored"]
+    stored_point = report.operating_points["stored"]
     threshold = f"stored threshold {stored_point['threshold']:.4f}"
     if "threshold_before_calibration" in stored_point:
         threshold = (f"stored threshold {stored_point['threshold_before_calibration']:.4f} "
                      f"({stored_point['threshold']:.4f} after temperature scaling)")
-    print(f"{report['data']['images']} images, {report['data']['patients']} patients "
-          f"(split {report['data']['split']}); {threshold}")
+    print(f"{report.data['images']} images, {report.data['patients']} patients "
+          f"(split {report.data['split']}); {threshold}")
     for metric in ("sensitivity", "specificity", "ppv", "npv", "balanced_accuracy"):
-        print(f"  {metric:<18} {format_value(stored[metric])}")
+        print(f"  {metric:<18} {report.at('stored', metric)}")
     for metric in ("roc_auc", "pr_auc", "ece"):
-        print(f"  {metric:<18} {format_value(free[metric])}")
-    if original := report["metrics"]["at"].get("original"):
-        site = report.get("site_calibration") or {}
-        print(f"before site calibration (threshold {report['operating_points']['original']['threshold']:.4f}):")
+        print(f"  {metric:<18} {report.free(metric)}")
+    if "original" in report.points:
+        site = report.site_calibration or {}
+        print(f"before site calibration (threshold {report.threshold('original'):.4f}):")
         for metric in ("sensitivity", "specificity", "balanced_accuracy"):
-            print(f"  {metric:<18} {format_value(original[metric])}")
+            print(f"  {metric:<18} {report.at('original', metric)}")
         if site.get("ece"):
             print(f"  {'ece':<18} {site['ece']['original']:.3f} (calibrated: {site['ece']['calibrated']:.3f})")
-    for warning in report["warnings"]:
+    for warning in report.warnings:
         print(f"WARNING: {warning}")
     print(f"report: {result.html}\n        {result.json}\n        {result.markdown}")
-    print(report["disclaimer"])
+    print(report.disclaimer)
     return 0
 
 

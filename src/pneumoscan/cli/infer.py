@@ -12,7 +12,7 @@ from pneumoscan.provenance import DISCLAIMER
 
 def register(subparsers) -> None:
     """Add ``predict``, ``explain`` and ``export``."""
-    from pneumoscan.cli import add_command
+    from pneumoscan.cli.commands import add_command
 
     predict = add_command(
         subparsers, "predict", "Score chest X-rays (files, folders, globs, DICOM) with a trained model.",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pneumoscan.cli import add_command
+from pneumoscan.cli.commands import add_command
 
 
 def register(subparsers) -> None:

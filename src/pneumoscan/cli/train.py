@@ -8,7 +8,7 @@ import os
 import types
 import typing
 
-from pneumoscan.cli import add_command
+from pneumoscan.cli.commands import add_command
 
 EXAMPLE = ("pneumoscan train --model mini-resnet --image-size 128 --epochs 12    "
            "# then: pneumoscan evaluate runs/latest")

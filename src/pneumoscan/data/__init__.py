@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from pneumoscan.data.image import ImageInfo, probe_image, read_image
     from pneumoscan.data.inspect import inspect_dataset
     from pneumoscan.data.manifest import write_manifest
-    from pneumoscan.data.records import CLASS_NAMES, Sample
-    from pneumoscan.data.sources import DataIndex, kermany_patient_id, load_dataset
+    from pneumoscan.data.records import CLASS_NAMES, DataIndex, Sample, kermany_patient_id
+    from pneumoscan.data.sources import load_dataset
     from pneumoscan.data.split import split_by_patient, split_dataset
     from pneumoscan.data.validate import validate_dataset
 
@@ -26,7 +26,7 @@ _WHERE = {
     "ImageCache": "cache", "build_cache": "cache", "cache_root": "defaults", "default_data_root": "defaults",
     "download_dataset": "download", "ImageInfo": "image", "probe_image": "image", "read_image": "image",
     "inspect_dataset": "inspect", "write_manifest": "manifest", "CLASS_NAMES": "records", "Sample": "records",
-    "DataIndex": "sources", "kermany_patient_id": "sources", "load_dataset": "sources",
+    "DataIndex": "records", "kermany_patient_id": "records", "load_dataset": "sources",
     "split_by_patient": "split", "split_dataset": "split", "validate_dataset": "validate",
 }
 

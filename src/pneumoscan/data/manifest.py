@@ -9,19 +9,16 @@ accepted); a missing patient id is taken from the file name (:func:`kermany_pati
 from __future__ import annotations
 
 import csv
-import io
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from pneumoscan._io import atomic_write_text
-from pneumoscan.data.records import CLASS_NAMES, Sample
+from pneumoscan._io import atomic_write_csv
+from pneumoscan.data.records import CLASS_NAMES, DataIndex, Sample, kermany_patient_id, split_name
 from pneumoscan.errors import DatasetError
 
 MANIFEST_COLUMNS = ("path", "label", "patient_id", "split")
 _LABELS = {"0": 0, "1": 1, **{name.lower(): i for i, name in enumerate(CLASS_NAMES)}}
-_SPLITS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-           "test": "test", "testing": "test", "": None}
 
 
 def is_rsna_labels(path: str | os.PathLike) -> bool:
@@ -30,14 +27,14 @@ def is_rsna_labels(path: str | os.PathLike) -> bool:
     return "patientId" in header and "Target" in header
 
 
-def load_manifest(path: str | os.PathLike):
-    """Read a manifest into a :class:`~pneumoscan.data.sources.DataIndex`.
+def load_manifest(path: str | os.PathLike, *, keep_missing: bool = False):
+    """Read a manifest into a :class:`~pneumoscan.data.records.DataIndex`.
 
-    Rows whose file does not exist are skipped, counted in a note and listed in ``missing``; a missing column, an unknown
+    Rows whose file does not exist are skipped, counted in a note and listed in ``missing``
+    (``keep_missing`` keeps them, for checks that need only the names, such as which patients a run
+    trained on); a missing column, an unknown
     label or an unknown split is a :class:`DatasetError` naming the file, the line and the fix.
     """
-    from pneumoscan.data.sources import DataIndex, kermany_patient_id
-
     path = Path(path)
     rows = _rows(path)
     base = path.parent
@@ -51,7 +48,7 @@ def load_manifest(path: str | os.PathLike):
         label = _label(row.get("label"), path, line)
         split = _split(row.get("split"), path, line)
         patient = (row.get("patient_id") or "").strip() or kermany_patient_id(file.stem)
-        if not file.is_file():
+        if not keep_missing and not file.is_file():
             missing.append(str(file))
             continue
         samples.append(Sample(file, label, patient, split))
@@ -72,17 +69,17 @@ def write_manifest(samples: Iterable[Sample], path: str | os.PathLike, relative_
     """
     path = Path(path)
     base = Path(os.path.abspath(relative_to or path.parent))
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(MANIFEST_COLUMNS)
-    for s in samples:
-        file = Path(os.path.abspath(s.path))
+
+    def row(sample: Sample) -> list[str]:
+        file = Path(os.path.abspath(sample.path))
         try:
             shown = file.relative_to(base).as_posix()
         except ValueError:
             shown = str(file)
-        writer.writerow([shown, "" if s.label is None else CLASS_NAMES[s.label], s.patient_id, s.split or ""])
-    return atomic_write_text(path, out.getvalue())
+        label = "" if sample.label is None else CLASS_NAMES[sample.label]
+        return [shown, label, sample.patient_id, sample.split or ""]
+
+    return atomic_write_csv(path, MANIFEST_COLUMNS, map(row, samples))
 
 
 def _header(path: Path) -> list[str]:
@@ -120,7 +117,8 @@ def _label(value: str | None, path: Path, line: int) -> int:
 
 
 def _split(value: str | None, path: Path, line: int) -> str | None:
-    key = (value or "").strip().lower()
-    if key not in _SPLITS:
+    if not (value or "").strip():
+        return None
+    if (split := split_name(value)) is None:
         raise DatasetError(f"{path}:{line}: unknown split {value!r}; use train, val, test or leave it empty")
-    return _SPLITS[key]
+    return split

@@ -17,7 +17,7 @@ from PIL import Image
 
 from pneumoscan._io import atomic_write_json
 from pneumoscan.data.defaults import cache_root
-from pneumoscan.data.records import CLASS_NAMES, SPLITS, Sample
+from pneumoscan.data.records import CLASS_NAMES, SPLITS, DataIndex, Sample
 from pneumoscan.errors import DatasetError
 
 _FORMAT = 1
@@ -26,13 +26,11 @@ _NOTE = ("MedMNIST has no patient ids: each image is its own patient, so a patie
 
 
 def load_medmnist(npz: str | os.PathLike, folder: str | os.PathLike | None = None):
-    """Read ``npz`` into a :class:`~pneumoscan.data.sources.DataIndex`, materialising its images as PNGs.
+    """Read ``npz`` into a :class:`~pneumoscan.data.records.DataIndex`, materialising its images as PNGs.
 
     ``folder`` is where the PNGs go (default: under :func:`cache_root`); they are written only once.
     Missing arrays, mismatched lengths or labels other than 0/1 are a :class:`DatasetError`.
     """
-    from pneumoscan.data.sources import DataIndex
-
     npz = Path(npz)
     st = npz.stat()
     key = hashlib.sha256(f"{_FORMAT}|{os.path.abspath(npz)}|{st.st_size}|{st.st_mtime_ns}".encode("utf-8", "surrogateescape")).hexdigest()[:16]

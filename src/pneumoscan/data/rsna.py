@@ -12,20 +12,18 @@ import csv
 import os
 from pathlib import Path
 
-from pneumoscan.data.records import Sample
+from pneumoscan.data.records import DataIndex, Sample
 from pneumoscan.errors import DatasetError
 
 IMAGE_FOLDER = "stage_2_train_images"
 
 
 def load_rsna(labels_csv: str | os.PathLike):
-    """Read the RSNA label file into a :class:`~pneumoscan.data.sources.DataIndex` (one sample per patient).
+    """Read the RSNA label file into a :class:`~pneumoscan.data.records.DataIndex` (one sample per patient).
 
     Patients whose DICOM is missing are skipped and counted in a note; a label file without the
     ``patientId`` and ``Target`` columns or with a ``Target`` other than 0/1 is a :class:`DatasetError`.
     """
-    from pneumoscan.data.sources import DataIndex
-
     labels_csv = Path(labels_csv)
     images = labels_csv.parent / IMAGE_FOLDER
     if not images.is_dir():

@@ -3,7 +3,7 @@ validation, calibration, plots, and a self-contained HTML / JSON / Markdown repo
 
 >>> from pneumoscan.evaluation import EvaluateConfig, evaluate
 >>> result = evaluate(EvaluateConfig(models=["runs/latest"], data="data/chest_xray", split="test"))
->>> result.report["metrics"]["at"]["stored"]["sensitivity"]   # {"value": .., "low": .., "high": ..}
+>>> print(result.report.at("stored", "sensitivity"))   # 0.912 [0.887, 0.934]
 """
 
 from pneumoscan.evaluation.compare import Comparison, compare

@@ -97,7 +97,13 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitiv
     """
     from pneumoscan.data import build_cache, load_dataset
     from pneumoscan.models import load_model, save_model
-    from pneumoscan.models.artifact import find_model_file, run_folder_of, weights_beside
+    from pneumoscan.runs import (
+        CALIBRATION_JSON,
+        calibrated_folder,
+        find_model_file,
+        run_folder_of,
+        weights_beside,
+    )
     from pneumoscan.serving.model_card import write_model_card
 
     source = find_model_file(model)
@@ -135,7 +141,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitiv
     points["original"] = convert(meta.threshold)
     points["site"] = fitted.threshold
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = Path(out) if out else run_folder_of(source) / "calibrated" / f"{_name(data)}-{stamp}"
+    folder = Path(out) if out else calibrated_folder(run_folder_of(source), _name(data), stamp)
     record = {
         **fitted.to_dict(),
         "data": str(Path(data).resolve()),
@@ -153,7 +159,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitiv
         provenance={**meta.provenance, "calibration": record},
     )
     model_file = save_model(folder, network, new_meta)
-    atomic_write_json(folder / "calibration.json", record)
+    atomic_write_json(folder / CALIBRATION_JSON, record)
     write_model_card(folder, new_meta)
     atomic_write_text(folder / "README.md", _readme(record))
     return CalibrationResult(folder, model_file, fitted, source)

@@ -10,10 +10,10 @@ from pathlib import Path
 from pneumoscan._io import atomic_write_text
 from pneumoscan.errors import ConfigError
 from pneumoscan.evaluation.metrics import THRESHOLD_FREE_METRICS, THRESHOLD_METRICS
-from pneumoscan.evaluation.report import LABELS, format_value
+from pneumoscan.evaluation.report import LABELS
+from pneumoscan.evaluation.results import Report
 from pneumoscan.provenance import DISCLAIMER
-
-REPORT_JSON = "report.json"
+from pneumoscan.runs import REPORT_JSON, find_report
 
 
 @dataclass
@@ -41,19 +41,6 @@ class Comparison:
         return "\n".join(lines)
 
 
-def find_report(path: str | os.PathLike) -> Path:
-    """A ``report.json``, a report folder, or a run folder (its newest report under ``reports/``)."""
-    path = Path(path).expanduser()
-    if path.is_file():
-        return path
-    if (path / REPORT_JSON).is_file():
-        return path / REPORT_JSON
-    found = sorted((path / "reports").glob(f"*/{REPORT_JSON}"), key=lambda p: p.stat().st_mtime)
-    if found:
-        return found[-1]
-    raise ConfigError(f"{path}: no evaluation report; run `pneumoscan evaluate {path} --data ROOT` first")
-
-
 def compare(paths: list[str | os.PathLike], markdown: str | os.PathLike | None = None) -> Comparison:
     """Read each run's (newest) report and lay their metrics side by side; write Markdown if asked."""
     if not paths:
@@ -62,31 +49,31 @@ def compare(paths: list[str | os.PathLike], markdown: str | os.PathLike | None =
     reports = []
     for file in files:
         try:
-            reports.append(json.loads(file.read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError) as exc:
+            reports.append(Report.from_dict(json.loads(file.read_text(encoding="utf-8"))))
+        except (OSError, json.JSONDecodeError, TypeError, AttributeError) as exc:
             raise ConfigError(f"{file}: not a readable pneumoscan report ({exc})") from None
     names = [_column_name(Path(p), r) for p, r in zip(paths, reports, strict=True)]
     if len(set(names)) < len(names):  # two reports of one run: tell them apart by their folder
         names = [f"{n} ({f.parent.name})" for n, f in zip(names, files, strict=True)]
     rows = [
-        ["split", *[f"{r['data']['split']} ({r['data']['images']} img)" for r in reports]],
-        ["stored threshold", *[f"{r['operating_points']['stored']['threshold']:.4f}" for r in reports]],
+        ["split", *[f"{r.data['split']} ({r.data['images']} img)" for r in reports]],
+        ["stored threshold", *[f"{r.threshold('stored'):.4f}" for r in reports]],
     ]
-    rows += [[LABELS[m], *[format_value(r["metrics"]["at"]["stored"].get(m)) for r in reports]]
+    rows += [[LABELS[m], *[str(r.at("stored", m)) for r in reports]]
              for m in THRESHOLD_METRICS]
-    rows += [[LABELS[m], *[format_value(r["metrics"]["threshold_free"].get(m)) for r in reports]]
+    rows += [[LABELS[m], *[str(r.free(m)) for r in reports]]
              for m in THRESHOLD_FREE_METRICS]
     notes = ["threshold metrics at each run's stored threshold; [95% CI] from a patient bootstrap"]
-    if len({r["data"]["fingerprint"] for r in reports}) > 1:
+    if len({r.data["fingerprint"] for r in reports}) > 1:
         notes.append("WARNING: the reports were made on different data (fingerprints differ): not comparable")
     for name, r in zip(names, reports, strict=True):
-        notes += [f"{name}: {w}" for w in r.get("warnings", []) if w.startswith("LEAKAGE")]
+        notes += [f"{name}: {w}" for w in r.warnings if w.startswith("LEAKAGE")]
     result = Comparison(files, ["metric", *names], rows, notes)
     if markdown:
         atomic_write_text(markdown, result.to_markdown())
     return result
 
 
-def _column_name(path: Path, report: dict) -> str:
-    models = report.get("models") or [{}]
+def _column_name(path: Path, report: Report) -> str:
+    models = report.models or [{}]
     return models[0].get("run_id") or (path.name if path.name != REPORT_JSON else path.parent.name)

@@ -7,61 +7,45 @@ evaluated images are scored.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pneumoscan._io import atomic_write_bytes, atomic_write_json, atomic_write_text, ensure_writable_dir
+from pneumoscan._io import (
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    ensure_writable_dir,
+)
 from pneumoscan.config import save_config, to_dict
 from pneumoscan.errors import ConfigError, DatasetError
 from pneumoscan.evaluation import metrics as M
-from pneumoscan.evaluation import plots
-from pneumoscan.evaluation.operating import (
-    OPERATING_POINTS,
-    POINT_NAMES,
-    apply_temperature,
-    choose_operating_points,
-    fit_temperature,
-)
+from pneumoscan.evaluation.config import EvaluateConfig
+from pneumoscan.evaluation.figures import report_figures
+from pneumoscan.evaluation.gallery import gallery as error_gallery
+from pneumoscan.evaluation.operating import apply_temperature, fit_temperature
+from pneumoscan.evaluation.results import Figure, Metrics, Report
+from pneumoscan.evaluation.scoring import RULES, Member, operating_points, run_split, score, validation_scores
 from pneumoscan.provenance import DISCLAIMER, git_commit, library_versions
+from pneumoscan.runs import REPORT_JSON, SPLIT, find_run, report_folder
 
-REPORT_JSON = "report.json"
-
-
-@dataclass
-class EvaluateConfig:
-    """Options of ``pneumoscan evaluate``; saved as ``config.yaml`` in every report folder."""
-
-    models: list[str] = field(default_factory=list)  # run folders or model files; several = an ensemble
-    data: str | None = None  # dataset root or manifest; None = the run's split.csv, else the default data
-    split: str = "test"  # "train", "val", "test" or "all"
-    bootstrap: int = 1000  # resamples of patients for the confidence intervals
-    seed: int = 0
-    level: float = 0.95  # confidence level of the intervals
-    bins: int = 10  # calibration bins (ECE, reliability diagram)
-    tta: bool = False  # test-time augmentation: mean probability of the image and its horizontal flip
-    calibrate: bool = False  # temperature scaling fitted on the run's validation predictions
-    out: str | None = None  # report folder; default RUN/reports/<split>-<timestamp>/
-    batch_size: int = 64
-    gallery: int = 4  # worst false positives / negatives shown with Grad-CAM (when explain is available)
-    device: str | None = None
+__all__ = ["EvaluateConfig", "EvaluationResult", "evaluate"]
 
 
 @dataclass
 class EvaluationResult:
-    """Where the report went, and its content (the same dict as ``report.json``)."""
+    """Where the report went, and its content (``report.to_dict()`` is ``report.json``)."""
 
     folder: Path
-    report: dict[str, Any]
+    report: Report
 
     @property
     def html(self) -> Path:
@@ -74,13 +58,6 @@ class EvaluationResult:
     @property
     def markdown(self) -> Path:
         return self.folder / "report.md"
-
-
-@dataclass
-class _Member:
-    source: Path
-    run_dir: Path | None
-    classifier: Any
 
 
 def evaluate(config: EvaluateConfig) -> EvaluationResult:
@@ -98,7 +75,7 @@ def evaluate(config: EvaluateConfig) -> EvaluationResult:
         raise ConfigError(f"--bootstrap must be at least 1, not {config.bootstrap}")
     if not 0 < config.level < 1:
         raise ConfigError(f"--level must be between 0 and 1, not {config.level}")
-    members = [_Member(Path(m), _run_dir(Path(m)), pneumoscan.load(m, device=config.device)) for m in config.models]
+    members = [Member(Path(m), find_run(m), pneumoscan.load(m, device=config.device)) for m in config.models]
     metas = [m.classifier.meta for m in members]
     if len({(meta.image_size, meta.fit) for meta in metas}) > 1:
         raise ConfigError("ensemble members differ in image size or fit; evaluate them separately "
@@ -116,7 +93,7 @@ def evaluate(config: EvaluateConfig) -> EvaluationResult:
         raise
 
 
-def _evaluate(config: EvaluateConfig, members: list[_Member], metas: list, out: Path, started: datetime,
+def _evaluate(config: EvaluateConfig, members: list[Member], metas: list, out: Path, started: datetime,
               clock: _Clock) -> EvaluationResult:
     from pneumoscan.data import build_cache, default_data_root, load_dataset
 
@@ -134,8 +111,8 @@ def _evaluate(config: EvaluateConfig, members: list[_Member], metas: list, out: 
 
     # 2. Everything chosen on validation, frozen before the evaluated images are scored.
     clock.lap("load")
-    validation = _validation(members, config, size, fit)
-    points, points_source, stored = _operating_points(members, metas, validation, config)
+    validation = validation_scores(members, config, size, fit)
+    points, points_source, stored = operating_points(members, metas, validation, config)
     temperature = None
     if config.calibrate:
         if validation is None:
@@ -145,7 +122,7 @@ def _evaluate(config: EvaluateConfig, members: list[_Member], metas: list, out: 
 
     # 3. Score the evaluated split.
     clock.lap("validation")
-    raw = _score(members, images, config)
+    raw = score(members, images, config)
     clock.lap("infer")
     probs = apply_temperature(raw, temperature) if temperature else raw
     thresholds = {"stored": stored, **points}
@@ -160,75 +137,64 @@ def _evaluate(config: EvaluateConfig, members: list[_Member], metas: list, out: 
                                weights=weights)
     free = M.threshold_free_metrics(labels, probs, config.bins)
     clock.lap("bootstrap")
-    report: dict[str, Any] = {
-        "title": "pneumoscan evaluation report",
-        "disclaimer": DISCLAIMER,
-        "created": started.isoformat(timespec="seconds"),
-        "metrics": {
-            "threshold_free": {m: _with_ci(free[m], ci["threshold_free"][m]) for m in M.THRESHOLD_FREE_METRICS},
-            "at": {name: {m: _with_ci(v, ci["at"][name][m])
-                          for m, v in M.threshold_metrics(labels, probs, t).items()}
-                   for name, t in thresholds.items()},
-        },
-        "confusion_matrix": {name: M.confusion(labels, probs, t) for name, t in thresholds.items()},
-        "operating_points": {
+    report = Report(
+        disclaimer=DISCLAIMER,
+        created=started.isoformat(timespec="seconds"),
+        metrics=Metrics(
+            threshold_free={m: Figure.of(free[m], ci["threshold_free"][m]) for m in M.THRESHOLD_FREE_METRICS},
+            at={name: {m: Figure.of(v, ci["at"][name][m]) for m, v in M.threshold_metrics(labels, probs, t).items()}
+                for name, t in thresholds.items()},
+        ),
+        confusion_matrix={name: M.confusion(labels, probs, t) for name, t in thresholds.items()},
+        operating_points={
             name: {"threshold": thresholds[name], "source": points_source if name != "stored" else
                    ("model file" if len(members) == 1 else "mean of the ensemble members' stored thresholds"),
-                   "rule": _RULES.get(name, ""),
+                   "rule": RULES.get(name, ""),
                    **({"threshold_before_calibration": uncalibrated[name]} if temperature else {})}
             for name in thresholds
         },
-        "bootstrap": {"resamples": config.bootstrap, "seed": config.seed, "level": config.level,
-                      "unit": "patient", "method": "percentile",
-                      "undefined_resamples": ci["undefined"]},
-        "calibration": _calibration(labels, raw, probs, temperature, weights, config) if temperature else None,
-        "site_calibration": _site_calibration(metas[0], labels, probs, config) if len(members) == 1 else None,
-        "reliability": M.calibration_bins(labels, probs, config.bins),
-        "models": [_describe_member(m) for m in members],
-        "ensemble": len(members) > 1,
-        "tta": "horizontal flip, mean probability" if config.tta else None,
-        "data": _describe_data(index, config.split, kept, cache.failures, data_notes, labels, patients),
-        "validation": None if validation is None else {
+        bootstrap={"resamples": config.bootstrap, "seed": config.seed, "level": config.level,
+                   "unit": "patient", "method": "percentile", "undefined_resamples": ci["undefined"]},
+        calibration=_calibration(labels, raw, probs, temperature, weights, config) if temperature else None,
+        site_calibration=_site_calibration(metas[0], labels, probs, config) if len(members) == 1 else None,
+        reliability=M.calibration_bins(labels, probs, config.bins),
+        models=[_describe_member(m) for m in members],
+        ensemble=len(members) > 1,
+        tta="horizontal flip, mean probability" if config.tta else None,
+        data=_describe_data(index, config.split, kept, cache.failures, data_notes, labels, patients),
+        validation=None if validation is None else {
             "source": validation["source"], "images": len(validation["labels"]),
             "patients": len(set(validation["patients"])),
         },
-        "leakage": _leakage(members, kept),
-        "config": to_dict(config),
-        "versions": library_versions(),
-        "git_commit": git_commit(),
-        "plots": {},
-        "gallery": None,
-    }
-    report["warnings"] = _warnings(report)
+        leakage=_leakage(members, kept),
+        config=to_dict(config),
+        versions=library_versions(),
+        git_commit=git_commit(),
+    )
+    report.warnings = _warnings(report)
 
     # 5. Figures, per-image predictions, report files.
-    figures = _figures(members, labels, probs, raw, thresholds, weights, report, config)
+    figures = report_figures(members[0].run_dir, labels, probs, raw, thresholds, weights, report, config.bins)
     clock.lap("plots")
     for name, png in figures.items():
         atomic_write_bytes(out / "plots" / f"{name}.png", png)
-        report["plots"][name] = f"plots/{name}.png"
+        report.plots[name] = f"plots/{name}.png"
     _write_predictions(out / "predictions.csv", kept, labels, raw, probs, thresholds["stored"])
-    gallery = _gallery(members[0], images, kept, probs, labels, thresholds["stored"], config.gallery)
+    gallery = error_gallery(members[0], images, kept, probs, labels, thresholds["stored"], config.gallery)
     clock.lap("gallery")
-    report["gallery"] = [{k: v for k, v in item.items() if k != "png"} for item in gallery] if gallery else None
+    report.gallery = [{k: v for k, v in item.items() if k != "png"} for item in gallery] if gallery else None
     for item in gallery or []:
         atomic_write_bytes(out / item["image"], item["png"])
     from pneumoscan.evaluation.report import render_html, render_markdown
 
     clock.lap("report")  # the JSON states the timings up to here; writing the files is the rest
-    report["timings_s"] = clock.laps
-    save_config(config, out / "config.yaml")
-    atomic_write_json(out / REPORT_JSON, _json_safe(report))
+    report.timings_s = clock.laps
+    save_config(config, out / "config.yaml")  # a report's own config, not a run's
+    atomic_write_json(out / REPORT_JSON, report.to_dict())
     atomic_write_text(out / "report.md", render_markdown(report))
     atomic_write_text(out / "report.html", render_html(
         report, figures, {item["caption"]: item["png"] for item in gallery or []}))
     return EvaluationResult(out, report)
-
-
-_RULES = {"stored": "the threshold stored in the model (chosen on validation at training, or on a site's "
-                    "sample by `pneumoscan calibrate`), applied as is",
-          "original": "the stored threshold of the model before site calibration, in this version's scale",
-          **OPERATING_POINTS}
 
 
 class _Clock:
@@ -244,53 +210,21 @@ class _Clock:
         self.last = now
 
 
-def _with_ci(value: float, interval: tuple[float, float]) -> dict[str, float | None]:
-    return {"value": _num(value), "low": _num(interval[0]), "high": _num(interval[1])}
-
-
-def _num(value: float) -> float | None:
-    return None if value is None or not np.isfinite(value) else float(value)
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float | np.floating):
-        return _num(float(obj))
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
-def _run_dir(path: Path) -> Path | None:
-    """The run folder of a model path: the folder itself, or the one holding the file (or its checkpoints/)."""
-    path = path.expanduser()
-    candidates = [path] if path.is_dir() else [path.parent, path.parent.parent]
-    for folder in candidates:
-        if any((folder / name).is_file() for name in ("split.csv", "val_predictions.csv", "config.yaml")):
-            return folder.resolve()
-    return path.resolve() if path.is_dir() else None
-
-
-def _default_data(members: list[_Member], split: str, fallback) -> Path:
+def _default_data(members: list[Member], split: str, fallback) -> Path:
     """The first run's ``split.csv`` when it holds ``split`` (e.g. its held-out test patients), else the default data.
 
     Training holds out a patient-level test split when the data has none, so ``evaluate RUN`` alone
     gives an estimate on patients that neither training nor model selection saw.
     """
-    split_file = members[0].run_dir / "split.csv" if members[0].run_dir else None
-    if (split_file is not None and split_file.is_file()
-            and (split == "all" or any(row.get("split") == split for row in _read_csv(split_file)))):
-        return split_file
+    trained = run_split(members[0])
+    if trained is not None and (split == "all" or any(s.split == split for s in trained)):
+        return members[0].run_dir / SPLIT
     return fallback()
 
 
-def _default_out(members: list[_Member], split: str, when: datetime) -> Path:
+def _default_out(members: list[Member], split: str, when: datetime) -> Path:
     base = members[0].run_dir or members[0].source.expanduser().resolve().parent
-    prefix = "ensemble-" if len(members) > 1 else ""
-    return base / "reports" / f"{prefix}{split}-{when.strftime('%Y%m%d-%H%M%S')}"
+    return report_folder(base, split, when, ensemble=len(members) > 1)
 
 
 def _select(index, split: str) -> tuple[list, list[str]]:
@@ -314,90 +248,6 @@ def _select(index, split: str) -> tuple[list, list[str]]:
     return labelled, notes
 
 
-def _score(members: list[_Member], images: np.ndarray, config: EvaluateConfig) -> np.ndarray:
-    """Mean pneumonia probability over the ensemble members (and the flipped image with TTA)."""
-    total = np.zeros(len(images), dtype=np.float64)
-    for member in members:
-        total += member.classifier.predict_proba(images, config.batch_size)
-        if config.tta:
-            flipped = np.ascontiguousarray(images[..., ::-1])
-            total += member.classifier.predict_proba(flipped, config.batch_size)
-    return total / (len(members) * (2 if config.tta else 1))
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    try:
-        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:  # non-UTF-8 names
-            return list(csv.DictReader(fh))
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read ({exc.strerror})") from None
-
-
-def _validation(members: list[_Member], config: EvaluateConfig, size: int, fit: str) -> dict | None:
-    """The validation labels and scores of the same scorer (model, ensemble, TTA) as the evaluation.
-
-    The run's ``val_predictions.csv`` is used as is when it was made by the same scorer (one model, no
-    TTA); otherwise the validation rows of ``split.csv`` are scored again.
-    """
-    if not config.tta:
-        tables = [_read_csv(m.run_dir / "val_predictions.csv") for m in members
-                  if m.run_dir and (m.run_dir / "val_predictions.csv").is_file()]
-        if len(tables) == len(members):
-            try:
-                rows = [{r["path"]: r for r in table} for table in tables]
-                common = sorted(set.intersection(*(set(r) for r in rows)))
-                if common:
-                    return {
-                        "labels": np.array([int(float(rows[0][p]["label"])) for p in common]),
-                        "probs": np.mean([[float(r[p]["probability"]) for p in common] for r in rows], axis=0),
-                        "patients": [rows[0][p].get("patient_id") or p for p in common],
-                        "source": "val_predictions.csv of the run" + ("s (common images, mean)" if len(rows) > 1 else ""),
-                    }
-            except (KeyError, ValueError) as exc:
-                raise DatasetError(f"{members[0].run_dir}/val_predictions.csv: expected columns "
-                                   f"path,patient_id,label,probability ({exc})") from None
-    split_file = members[0].run_dir / "split.csv" if members[0].run_dir else None
-    if split_file is None or not split_file.is_file():
-        return None
-    from pneumoscan.data import Sample, build_cache
-
-    val = [Sample(Path(r["path"]), int(float(r["label"])), r.get("patient_id") or r["path"], "val")
-           for r in _read_csv(split_file) if r.get("split") == "val" and r.get("label") not in (None, "")]
-    if not val:
-        return None
-    cache = build_cache(val, size, fit, progress=False)  # type: ignore[arg-type]
-    images, kept = cache.subset(None)
-    if not kept:
-        return None
-    return {"labels": np.array([s.label for s in kept]), "probs": _score(members, images, config),
-            "patients": [s.patient_id for s in kept],
-            "source": f"validation rows of {split_file} scored again ({len(cache.failures)} unreadable)"}
-
-
-def _operating_points(members, metas, validation, config) -> tuple[dict[str, float], str, float]:
-    """(validation operating points, where they come from, the stored threshold).
-
-    A site-calibrated model also carries its original threshold (``original``, in the calibrated
-    probability scale): the report then shows both versions side by side.
-    """
-    stored = float(np.mean([meta.threshold for meta in metas]))
-    same_scorer = len(members) == 1 and not config.tta
-    saved = metas[0].operating_points or {}
-    extra = {"original": float(saved["original"])} if same_scorer and "original" in saved else {}
-    # Model files from before the bootstrap-median point hold the three classic ones only.
-    complete = all(k in saved for k in ("youden", "sens95", "spec95"))
-    from_file = {k: float(saved[k]) for k in POINT_NAMES if k in saved}
-    if same_scorer and complete:
-        return from_file | extra, "model file (chosen on validation at training)", stored
-    if validation is not None:
-        return (choose_operating_points(validation["labels"], validation["probs"]) | extra,
-                f"chosen now on validation ({validation['source']})", stored)
-    if complete:
-        return (from_file | extra,
-                "model file (chosen on validation without TTA/ensemble; no validation data to redo it)", stored)
-    return extra, "none: the model file stores no operating points and the run has no validation data", stored
-
-
 def _calibration(labels, raw, calibrated, temperature, weights, config) -> dict[str, Any]:
     before = M.bootstrap_intervals(labels, raw, [], {}, level=config.level, bins=config.bins, weights=weights)
     after = M.bootstrap_intervals(labels, calibrated, [], {}, level=config.level, bins=config.bins, weights=weights)
@@ -406,8 +256,8 @@ def _calibration(labels, raw, calibrated, temperature, weights, config) -> dict[
     return {
         "temperature": temperature,
         "fitted_on": "the run's validation predictions",
-        "before": {m: _with_ci(free_before[m], before["threshold_free"][m]) for m in M.CALIBRATION_METRICS},
-        "after": {m: _with_ci(free_after[m], after["threshold_free"][m]) for m in M.CALIBRATION_METRICS},
+        "before": {m: Figure.of(free_before[m], before["threshold_free"][m]) for m in M.CALIBRATION_METRICS},
+        "after": {m: Figure.of(free_after[m], after["threshold_free"][m]) for m in M.CALIBRATION_METRICS},
     }
 
 
@@ -427,7 +277,7 @@ def _site_calibration(meta, labels, probs, config) -> dict[str, Any] | None:
     }
 
 
-def _describe_member(member: _Member) -> dict[str, Any]:
+def _describe_member(member: Member) -> dict[str, Any]:
     meta = member.classifier.meta
     return {"path": str(member.source), "run_dir": str(member.run_dir) if member.run_dir else None,
             "name": meta.name, "run_id": meta.run_id, "version": meta.version, "image_size": meta.image_size,
@@ -450,127 +300,51 @@ def _describe_data(index, split, kept, failures, notes, labels, patients) -> dic
     }
 
 
-def _leakage(members: list[_Member], kept) -> dict[str, Any]:
+def _leakage(members: list[Member], kept) -> dict[str, Any]:
     """Evaluated images or patients that a member saw in training or validation (from its split.csv)."""
     patients = {s.patient_id for s in kept}
     paths = {os.path.abspath(s.path) for s in kept}
     result: dict[str, Any] = {"checked": [], "patients": {}, "images": {}}
     for member in members:
-        split_file = member.run_dir / "split.csv" if member.run_dir else None
-        if split_file is None or not split_file.is_file():
+        trained = run_split(member)
+        if trained is None:
             continue
-        result["checked"].append(str(split_file))
-        for row in _read_csv(split_file):
-            part = row.get("split") or "?"
+        result["checked"].append(str(member.run_dir / SPLIT))
+        for sample in trained:
+            part = sample.split
             if part not in ("train", "val"):
                 continue
-            if row.get("patient_id") in patients:
-                result["patients"].setdefault(part, set()).add(row["patient_id"])
-            if row.get("path") and os.path.abspath(row["path"]) in paths:
-                result["images"].setdefault(part, set()).add(row["path"])
+            if sample.patient_id in patients:
+                result["patients"].setdefault(part, set()).add(sample.patient_id)
+            if os.path.abspath(sample.path) in paths:
+                result["images"].setdefault(part, set()).add(str(sample.path))
     result["patients"] = {k: len(v) for k, v in result["patients"].items()}
     result["images"] = {k: len(v) for k, v in result["images"].items()}
     return result
 
 
-def _warnings(report: dict[str, Any]) -> list[str]:
+def _warnings(report: Report) -> list[str]:
     warnings: list[str] = []
-    leak = report["leakage"]
+    leak, data = report.leakage, report.data
     for part in ("train", "val"):
         if leak["images"].get(part) or leak["patients"].get(part):
             warnings.append(
                 f"LEAKAGE: {leak['images'].get(part, 0)} evaluated images and {leak['patients'].get(part, 0)} "
                 f"patients were in the run's {part} split; these figures are optimistic, not a test result")
     if not leak["checked"]:
-        warnings.append("no split.csv beside the model: could not check the evaluated patients against training")
-    if report["validation"] is None:
+        warnings.append(f"no {SPLIT} beside the model: could not check the evaluated patients against training")
+    if report.validation is None:
         warnings.append("no validation data in the run folder: operating points come from the model file only")
-    if report["data"]["unreadable"]:
-        warnings.append(f"{len(report['data']['unreadable'])} images could not be decoded and were skipped")
-    if report["data"]["pneumonia"] == 0 or report["data"]["normal"] == 0:
+    if data["unreadable"]:
+        warnings.append(f"{len(data['unreadable'])} images could not be decoded and were skipped")
+    if data["pneumonia"] == 0 or data["normal"] == 0:
         warnings.append("the evaluated split holds one class only: sensitivity/specificity/AUC are undefined")
     return warnings
 
 
-def _figures(members, labels, probs, raw, thresholds, weights, report, config) -> dict[str, bytes]:
-    free = report["metrics"]["threshold_free"]
-
-    def fmt(metric: str) -> str:
-        m = free[metric]
-        return "n/a" if m["value"] is None else f"{metric.upper().replace('_', '-')} {m['value']:.3f}" + (
-            f" [{m['low']:.3f}, {m['high']:.3f}]" if m["low"] is not None else "")
-
-    figures: dict[str, bytes] = {}
-    both = bool((labels == 1).any() and (labels == 0).any())
-    if both:
-        figures["roc"] = plots.roc_plot(labels, probs, thresholds, weights, fmt("roc_auc"))
-        figures["precision_recall"] = plots.pr_plot(labels, probs, thresholds, fmt("pr_auc"))
-    curves = {"after temperature scaling": probs, "before": raw} if report["calibration"] else {"model": probs}
-    figures["reliability"] = plots.reliability_plot(labels, dict(reversed(curves.items())), config.bins)
-    figures["confusion_matrix"] = plots.confusion_plot(report["confusion_matrix"]["stored"], thresholds["stored"])
-    figures["score_histograms"] = plots.histogram_plot(labels, probs, thresholds)
-    history = _history(members[0].run_dir)
-    if history:
-        figures["training_curves"] = plots.history_plot(history)
-    elif members[0].run_dir and (members[0].run_dir / "curves.png").is_file():
-        figures["training_curves"] = (members[0].run_dir / "curves.png").read_bytes()
-    return figures
-
-
-def _gallery(member: _Member, images, kept, probs, labels, threshold: float, per_kind: int) -> list[dict] | None:
-    """The worst false positives and false negatives with their Grad-CAM overlay; None when unavailable."""
-    if per_kind <= 0:
-        return None
-    try:
-        from pneumoscan.explain import gradcam, overlay
-    except ImportError:  # explain is an optional part of the toolkit
-        return None
-    import torch
-
-    model = getattr(member.classifier.backend, "model", None)
-    if not isinstance(model, torch.nn.Module):  # an ONNX model has no gradients to explain
-        return None
-    from PIL import Image
-
-    called = probs >= threshold
-    false_pos = np.flatnonzero(called & (labels == 0))
-    false_neg = np.flatnonzero(~called & (labels == 1))
-    chosen = [("false positive", i) for i in false_pos[np.argsort(-probs[false_pos])][:per_kind]]
-    chosen += [("false negative", i) for i in false_neg[np.argsort(probs[false_neg])][:per_kind]]
-    if not chosen:
-        return []
-    rows = np.array([i for _, i in chosen])
-    heat = gradcam(model, np.ascontiguousarray(images[rows]))
-    items = []
-    for k, ((kind, i), h) in enumerate(zip(chosen, heat, strict=True)):
-        buffer = io.BytesIO()
-        Image.fromarray(overlay(images[i], h)).resize((224, 224)).save(buffer, format="PNG")
-        name = Path(kept[i].path).name
-        items.append({"kind": kind, "path": str(kept[i].path), "patient_id": kept[i].patient_id,
-                      "probability": float(probs[i]), "image": f"gallery/{k:02d}-{kind.replace(' ', '-')}.png",
-                      "caption": f"{kind}: {name} (p = {probs[i]:.3f})", "png": buffer.getvalue()})
-    return items
-
-
-def _history(run_dir: Path | None) -> dict[str, list[float]]:
-    if run_dir is None or not (run_dir / "history.csv").is_file():
-        return {}
-    rows = _read_csv(run_dir / "history.csv")
-    columns: dict[str, list[float]] = {}
-    for row in rows:
-        for key, value in row.items():
-            try:
-                columns.setdefault(key, []).append(float(value) if value not in (None, "") else float("nan"))
-            except ValueError:
-                continue  # a text column (e.g. a timestamp) is not a curve
-    return columns
-
-
 def _write_predictions(path: Path, kept, labels, raw, probs, threshold: float) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "patient_id", "label", "probability", "calibrated_probability", "predicted"])
-    for s, y, r, p in zip(kept, labels, raw, probs, strict=True):
-        writer.writerow([str(s.path), s.patient_id, int(y), f"{r:.6f}", f"{p:.6f}", int(p >= threshold)])
-    atomic_write_text(path, buffer.getvalue())
+    atomic_write_csv(path, ["path", "patient_id", "label", "probability", "calibrated_probability", "predicted"],
+                     ([str(s.path), s.patient_id, int(y), f"{r:.6f}", f"{p:.6f}", int(p >= threshold)]
+                      for s, y, r, p in zip(kept, labels, raw, probs, strict=True)))
+
 

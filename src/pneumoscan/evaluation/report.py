@@ -1,4 +1,4 @@
-"""Render a report dict (the content of ``report.json``) as self-contained HTML and as Markdown.
+"""Render a :class:`~pneumoscan.evaluation.results.Report` as self-contained HTML and as Markdown.
 
 The HTML embeds its figures as base64 data URIs and links nothing outside itself, so it opens offline
 and can be mailed as one file.
@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from pneumoscan.evaluation.metrics import THRESHOLD_FREE_METRICS, THRESHOLD_METRICS
+from pneumoscan.evaluation.results import Figure, Report
 
 LABELS: dict[str, str] = {
     "accuracy": "Accuracy", "sensitivity": "Sensitivity (recall)", "specificity": "Specificity",
@@ -29,11 +30,11 @@ PLOT_TITLES = {"roc": "ROC curve", "precision_recall": "Precision-recall curve",
                "score_histograms": "Scores per class", "training_curves": "Training curves of the run"}
 
 
-def _compact_setup(report: dict[str, Any]) -> list[list[str]]:
+def _compact_setup(report: Report) -> list[list[str]]:
     """The few settings a reader needs at a glance; the full record is folded below the table."""
-    config, versions = report.get("config") or {}, report.get("versions") or {}
+    config, versions = report.config or {}, report.versions or {}
     rows = []
-    for model in report.get("models") or []:
+    for model in report.models or []:
         if isinstance(model, dict):
             what = ", ".join(f"{k} {model[k]:.4f}" if isinstance(model[k], float) else f"{k} {model[k]}"
                              for k in ("name", "image_size", "fit", "threshold") if k in model)
@@ -43,44 +44,41 @@ def _compact_setup(report: dict[str, Any]) -> list[list[str]]:
             rows.append([key, str(config[key])])
     rows.append(["versions", ", ".join(f"{k} {versions[k]}" for k in ("pneumoscan", "torch", "onnxruntime")
                                        if k in versions)])
-    rows.append(["git commit", str(report.get("git_commit") or "unknown")])
+    rows.append(["git commit", str(report.git_commit or "unknown")])
     return rows
 
 
-def format_value(entry: dict[str, Any] | None) -> str:
+def format_value(entry: Figure | dict[str, Any] | None) -> str:
     """``0.912 [0.887, 0.934]`` for a metric with its interval, ``n/a`` when undefined."""
-    if not entry or entry.get("value") is None:
-        return "n/a"
-    text = f"{entry['value']:.3f}"
-    if entry.get("low") is not None and entry.get("high") is not None:
-        text += f" [{entry['low']:.3f}, {entry['high']:.3f}]"
-    return text
+    if isinstance(entry, dict) or entry is None:
+        entry = Figure.from_dict(entry)
+    return str(entry)
 
 
-def _summary_line(report: dict[str, Any]) -> str:
-    data = report["data"]
-    models = ", ".join(f"{m['name']} ({m['path']})" for m in report["models"])
-    extra = " + TTA (flip)" if report.get("tta") else ""
-    kind = "ensemble of " if report.get("ensemble") else ""
+def _summary_line(report: Report) -> str:
+    data = report.data
+    models = ", ".join(f"{m['name']} ({m['path']})" for m in report.models)
+    extra = " + TTA (flip)" if report.tta else ""
+    kind = "ensemble of " if report.ensemble else ""
     return (f"{kind}{models}{extra} on split '{data['split']}' of {data['root']}: {data['images']} images, "
             f"{data['patients']} patients ({data['pneumonia']} pneumonia, {data['normal']} normal)")
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def render_markdown(report: Report) -> str:
     """A short Markdown summary: disclaimer, data, warnings, metric tables with intervals."""
-    boot = report["bootstrap"]
+    boot = report.bootstrap
     level = round(boot["level"] * 100)
-    points = list(report["metrics"]["at"])
-    lines = [f"# {report['title']}", "", f"> **{report['disclaimer']}**", "", _summary_line(report), "",
-             f"Created {report['created']}; {level}% intervals: percentile bootstrap over patients, "
+    points = report.points
+    lines = [f"# {report.title}", "", f"> **{report.disclaimer}**", "", _summary_line(report), "",
+             f"Created {report.created}; {level}% intervals: percentile bootstrap over patients, "
              f"{boot['resamples']} resamples, seed {boot['seed']}.", ""]
-    for warning in report["warnings"]:
+    for warning in report.warnings:
         lines.append(f"- **WARNING:** {warning}")
-    if report["warnings"]:
+    if report.warnings:
         lines.append("")
     lines += ["## Operating points", "", "| point | threshold | chosen by |", "|---|---|---|"]
     for name in points:
-        op = report["operating_points"][name]
+        op = report.operating_points[name]
         shown = f"{op['threshold']:.4f}"
         if "threshold_before_calibration" in op:
             shown = f"{op['threshold_before_calibration']:.4f} ({shown} calibrated)"
@@ -91,23 +89,23 @@ def render_markdown(report: dict[str, Any]) -> str:
               "| metric | " + " | ".join(POINT_LABELS.get(p, p) for p in points) + " |",
               "|---|" + "---|" * len(points)]
     for metric in THRESHOLD_METRICS:
-        cells = [format_value(report["metrics"]["at"][p][metric]) for p in points]
+        cells = [format_value(report.at(p, metric)) for p in points]
         lines.append(f"| {LABELS[metric]} | " + " | ".join(cells) + " |")
     lines += ["", "## Threshold-free metrics", "", "| metric | value |", "|---|---|"]
     for metric in THRESHOLD_FREE_METRICS:
-        lines.append(f"| {LABELS[metric]} | {format_value(report['metrics']['threshold_free'][metric])} |")
-    cm = report["confusion_matrix"]["stored"]
+        lines.append(f"| {LABELS[metric]} | {format_value(report.free(metric))} |")
+    cm = report.confusion_matrix["stored"]
     lines += ["", "## Confusion matrix (stored threshold)", "", "| true \\ predicted | NORMAL | PNEUMONIA |",
               "|---|---|---|", f"| NORMAL | {cm['tn']} | {cm['fp']} |", f"| PNEUMONIA | {cm['fn']} | {cm['tp']} |"]
-    if report.get("calibration"):
-        cal = report["calibration"]
+    if report.calibration:
+        cal = report.calibration
         lines += ["", f"## Temperature scaling (T = {cal['temperature']:.3f}, fitted on {cal['fitted_on']})", "",
                   "| metric | before | after |", "|---|---|---|"]
         for metric in cal["before"]:
             lines.append(f"| {LABELS[metric]} | {format_value(cal['before'][metric])} | "
                          f"{format_value(cal['after'][metric])} |")
-    lines += ["", f"Data fingerprint {report['data']['fingerprint']}; pneumoscan "
-              f"{report['versions'].get('pneumoscan', '?')}, git {report.get('git_commit') or 'unknown'}.", ""]
+    lines += ["", f"Data fingerprint {report.data['fingerprint']}; pneumoscan "
+              f"{report.versions.get('pneumoscan', '?')}, git {report.git_commit or 'unknown'}.", ""]
     return "\n".join(lines)
 
 
@@ -131,24 +129,24 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def render_html(report: dict[str, Any], figures: dict[str, bytes], gallery: dict[str, bytes] | None = None) -> str:
+def render_html(report: Report, figures: dict[str, bytes], gallery: dict[str, bytes] | None = None) -> str:
     """One self-contained HTML page: figures inlined as data URIs, no script, no external resource."""
     esc = html.escape
-    points = list(report["metrics"]["at"])
-    boot = report["bootstrap"]
+    points = report.points
+    boot = report.bootstrap
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{esc(report['title'])}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{esc(report['title'])}</h1>",
-        f"<p class='disclaimer' id='disclaimer'>{esc(report['disclaimer'])}</p>",
+        f"<title>{esc(report.title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{esc(report.title)}</h1>",
+        f"<p class='disclaimer' id='disclaimer'>{esc(report.disclaimer)}</p>",
         f"<p>{esc(_summary_line(report))}</p>",
-        f"<p class='muted'>Created {esc(report['created'])}. Intervals: {round(boot['level'] * 100)}% percentile "
+        f"<p class='muted'>Created {esc(report.created)}. Intervals: {round(boot['level'] * 100)}% percentile "
         f"bootstrap resampling patients (not images), {boot['resamples']} resamples, seed {boot['seed']}.</p>",
     ]
-    parts += [f"<p class='warning'>WARNING: {esc(w)}</p>" for w in report["warnings"]]
+    parts += [f"<p class='warning'>WARNING: {esc(w)}</p>" for w in report.warnings]
     parts.append("<h2>Operating points</h2><p>Every threshold was chosen on validation data or stored at "
                  "training; none was tuned on the split evaluated here.</p>")
-    ops = report["operating_points"]
+    ops = report.operating_points
     parts.append(_table(["point", "threshold", "rule", "source"], [
         [POINT_LABELS.get(n, n), f"{ops[n]['threshold']:.4f}" + (
             f" (model scale {ops[n]['threshold_before_calibration']:.4f})" if "threshold_before_calibration" in ops[n]
@@ -157,16 +155,16 @@ def render_html(report: dict[str, Any], figures: dict[str, bytes], gallery: dict
         parts.append(f"<p class='muted'>{esc(SPEC95_NOTE)}</p>")
     parts.append("<h2>Metrics at each operating point</h2>")
     parts.append(_table(["metric", *[POINT_LABELS.get(p, p) for p in points]], [
-        [LABELS[m], *[format_value(report["metrics"]["at"][p][m]) for p in points]] for m in THRESHOLD_METRICS]))
+        [LABELS[m], *[format_value(report.at(p, m)) for p in points]] for m in THRESHOLD_METRICS]))
     parts.append("<h2>Threshold-free metrics</h2>")
     parts.append(_table(["metric", "value [95% CI]"], [
-        [LABELS[m], format_value(report["metrics"]["threshold_free"][m])] for m in THRESHOLD_FREE_METRICS]))
+        [LABELS[m], format_value(report.free(m))] for m in THRESHOLD_FREE_METRICS]))
     parts.append("<h2>Confusion matrices</h2>")
     parts.append(_table(["point", "TN", "FP", "FN", "TP"], [
-        [POINT_LABELS.get(p, p), *[str(report["confusion_matrix"][p][k]) for k in ("tn", "fp", "fn", "tp")]]
+        [POINT_LABELS.get(p, p), *[str(report.confusion_matrix[p][k]) for k in ("tn", "fp", "fn", "tp")]]
         for p in points]))
-    if report.get("calibration"):
-        cal = report["calibration"]
+    if report.calibration:
+        cal = report.calibration
         parts.append(f"<h2>Temperature scaling</h2><p>T = {cal['temperature']:.3f}, fitted on "
                      f"{esc(cal['fitted_on'])}. Rankings (AUCs) and decisions are unchanged; the thresholds "
                      "above were moved with the probabilities.</p>")
@@ -180,23 +178,23 @@ def render_html(report: dict[str, Any], figures: dict[str, bytes], gallery: dict
         parts.append("<h2>Worst errors with Grad-CAM</h2>")
         for name, png in gallery.items():
             parts.append(f"<figure>{_img(png, name)}<figcaption>{esc(name)}</figcaption></figure>")
-    data = report["data"]
+    data = report.data
     parts.append("<h2>Data</h2>")
     parts.append(_table(["", ""], [
         ["root", data["root"]], ["source", data["source"]], ["split", data["split"]],
         ["images / patients", f"{data['images']} / {data['patients']}"],
         ["pneumonia / normal", f"{data['pneumonia']} / {data['normal']}"],
         ["fingerprint", data["fingerprint"]], ["unreadable (skipped)", str(len(data["unreadable"]))],
-        ["validation used", json.dumps(report["validation"])],
+        ["validation used", json.dumps(report.validation)],
     ]))
     if data["unreadable"]:
         parts.append("<ul>" + "".join(f"<li>{esc(u['reason'])}</li>" for u in data["unreadable"][:50]) + "</ul>")
     parts += [f"<p class='muted'>{esc(n)}</p>" for n in data["notes"]]
     parts.append("<h2>Models, configuration, versions</h2>")
     parts.append(_table(["", ""], _compact_setup(report)))
-    full = {"models": report["models"], "config": report["config"], "versions": report["versions"],
-            "git_commit": report.get("git_commit")}
+    full = {"models": report.models, "config": report.config, "versions": report.versions,
+            "git_commit": report.git_commit}
     parts.append("<details><summary>Everything, as recorded in report.json</summary>"
                  f"<pre>{esc(json.dumps(full, indent=2, default=str))}</pre></details>")
-    parts.append(f"<p class='disclaimer'>{esc(report['disclaimer'])}</p></body></html>")
+    parts.append(f"<p class='disclaimer'>{esc(report.disclaimer)}</p></body></html>")
     return "\n".join(parts)

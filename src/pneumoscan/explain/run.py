@@ -29,7 +29,7 @@ def load_explainable(path: str | os.PathLike):
     the ONNX file or one folder up) is used; without one, :class:`ModelFileError` says what to pass.
     """
     from pneumoscan.models import load_model
-    from pneumoscan.models.artifact import weights_beside
+    from pneumoscan.runs import weights_beside
 
     path = Path(path).expanduser()
     if path.suffix.lower() == ".onnx":
@@ -53,7 +53,8 @@ def explain_images(model_path: str | os.PathLike, images: list[str | os.PathLike
     from pneumoscan.data.radiograph import check_radiograph
     from pneumoscan.explain.filters import feature_maps, first_layer_filters
     from pneumoscan.explain.gradcam import gradcam, overlay, target_layer
-    from pneumoscan.inference.classifier import Classifier, TorchBackend
+    from pneumoscan.inference.classifier import Classifier
+    from pneumoscan.inference.torch_backend import TorchBackend
 
     model, meta = load_explainable(model_path)
     scorer = Classifier(TorchBackend(model, "cpu"), meta)  # the probability and label exactly as `predict`

@@ -1,8 +1,9 @@
 """The user-facing predictor: load a model once, score files, arrays or uploads.
 
-Two backends give the same numbers: eager PyTorch (run folders, ``.safetensors``, ``.ckpt``) and ONNX
-Runtime (``.onnx`` from ``pneumoscan export``; see :mod:`pneumoscan.inference.onnx_backend`). This module
-imports neither torch nor ONNX Runtime itself, so the ONNX path never loads torch.
+A :class:`Classifier` wraps a backend; two give the same numbers: eager PyTorch
+(:mod:`~pneumoscan.inference.torch_backend`) and ONNX Runtime (:mod:`~pneumoscan.inference.onnx_backend`).
+:func:`pneumoscan.inference.load` picks one for a path. This module imports neither torch nor ONNX
+Runtime, so the ONNX path never loads torch.
 """
 
 from __future__ import annotations
@@ -10,14 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pneumoscan.data.image import read_image, read_pixels
 from pneumoscan.data.radiograph import check_radiograph, check_radiograph_pixels
-from pneumoscan.errors import ConfigError, ImageReadError, reason
+from pneumoscan.errors import ImageReadError
 
 # A path, a file's bytes, a PIL image, or pixels (numpy array, torch tensor): see Classifier.preprocess.
 ImageInput = str | os.PathLike | bytes | Any
@@ -165,8 +165,7 @@ class Classifier:
 
     def prediction(self, name: str, probability: float) -> Prediction:
         """The row for one scored image: its label at the stored threshold, model name and version."""
-        label = self.meta.class_names[int(probability >= self.threshold)]
-        return Prediction(name, probability, label, self.threshold, self.meta.name, self.meta.version)
+        return Prediction(name, probability, self.meta.label(probability), self.threshold, self.meta.name, self.meta.version)
 
 
 def _pixels_of(image):
@@ -227,74 +226,3 @@ def _progress_bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="scoring", unit="img", disable=not enabled, leave=False)
-
-
-class TorchBackend:
-    """Eager PyTorch on the best available device."""
-
-    name = "torch"
-
-    def __init__(self, model, device: str | None = None) -> None:
-        import torch
-
-        self.torch = torch
-        try:
-            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            self.model = model.to(self.device).eval()
-        except (RuntimeError, AssertionError) as exc:  # an unknown device, or CUDA absent from this build
-            raise ConfigError(f"--device {device}: not usable here ({reason(exc)}); use cpu") from None
-
-    def logits(self, batch: np.ndarray) -> np.ndarray:
-        with self.torch.inference_mode():
-            out = self.model(self.torch.from_numpy(batch).to(self.device))
-        return out.float().reshape(-1).cpu().numpy()
-
-
-def load(path: str | os.PathLike | None = None, device: str | None = None, *, prefer_onnx: bool = False) -> Classifier:
-    """Load a run folder, a ``.safetensors``/``.ckpt`` model, or an exported ``.onnx`` model.
-
-    With no ``path``, the model bundled with the package (:mod:`pneumoscan.bundled`): its ONNX file on
-    the CPU (no torch import), its PyTorch weights for another device.
-
-    With ``prefer_onnx``, a run folder whose ``export/model.onnx`` holds the same metadata as its
-    ``model.json`` is served by ONNX Runtime (no torch import: a fast start); otherwise by PyTorch.
-    Raises :class:`~pneumoscan.errors.ModelFileError` for anything that is not one of our models; no
-    file is ever unpickled.
-    """
-    if path is None:
-        from pneumoscan.bundled import ONNX_FILE, WEIGHTS_FILE, bundled_model_dir
-
-        folder = bundled_model_dir()
-        path = folder / (ONNX_FILE if device in (None, "cpu") else WEIGHTS_FILE)
-    path = Path(path).expanduser()
-    if path.suffix.lower() == ".onnx":
-        from pneumoscan.inference.onnx_backend import load_onnx
-
-        return load_onnx(path, device=device)
-    if prefer_onnx and device in (None, "cpu") and (exported := matching_export(path)) is not None:
-        return exported
-    from pneumoscan.models.artifact import load_model
-
-    model, meta = load_model(path)
-    return Classifier(TorchBackend(model, device), meta)
-
-
-def matching_export(run: Path, threads: int | None = None) -> Classifier | None:
-    """The run's ONNX export, loaded, if it is the export of this run's model (same metadata), else None.
-
-    ``threads``: ONNX Runtime's threads per inference (None: its default).
-    """
-    import json
-
-    from pneumoscan.errors import ModelFileError
-    from pneumoscan.inference.onnx_backend import load_onnx
-
-    onnx_file, meta_file = run / "export" / "model.onnx", run / "model.json"
-    if not (run.is_dir() and onnx_file.is_file() and meta_file.is_file()):
-        return None
-    try:
-        classifier = load_onnx(onnx_file, device="cpu", threads=threads)
-        same = json.loads(classifier.meta.to_json()) == json.loads(meta_file.read_text(encoding="utf-8"))
-    except (ModelFileError, OSError, ValueError):
-        return None  # a broken export: the weights themselves are still there
-    return classifier if same else None

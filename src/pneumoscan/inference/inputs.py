@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
 import json
 import os
 import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pneumoscan._io import atomic_write_text
+from pneumoscan._io import atomic_write_csv, atomic_write_text
 from pneumoscan.data.image import IMAGE_SUFFIXES, is_dicom
 from pneumoscan.errors import ConfigError
-from pneumoscan.inference.classifier import Prediction
 from pneumoscan.provenance import DISCLAIMER
+
+if TYPE_CHECKING:  # the Classifier expands its inputs with this module: only the type is needed here
+    from pneumoscan.inference.classifier import Prediction
 
 COLUMNS = ("file", "probability", "label", "threshold", "model", "version", "error")
 
@@ -29,8 +30,10 @@ def is_model_path(item: str | os.PathLike) -> bool:
     path = Path(os.fsdecode(item)).expanduser()
     if path.suffix.lower() in MODEL_SUFFIXES:
         return True
-    markers = ("model.safetensors", "model.json", "model.onnx", "export/model.onnx")
-    return path.is_dir() and any((path / marker).is_file() for marker in markers)
+    from pneumoscan import runs
+
+    markers = (path / runs.MODEL, path / runs.MODEL_JSON, path / runs.ONNX, runs.export_file(path))
+    return path.is_dir() and any(marker.is_file() for marker in markers)
 
 
 def split_model_and_inputs(items: Sequence[str], model: str | None) -> tuple[str | None, list[str]]:
@@ -110,11 +113,7 @@ def write_predictions(rows: Sequence[Prediction], out: str | os.PathLike) -> Pat
     if out.suffix.lower() == ".json":
         return atomic_write_text(out, json.dumps({"disclaimer": DISCLAIMER, "predictions": records}, indent=2) + "\n")
     if out.suffix.lower() == ".csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(records)
-        return atomic_write_text(out, buffer.getvalue())
+        return atomic_write_csv(out, COLUMNS, records)
     raise ConfigError(f"{out}: unknown output format; use a name ending in .csv or .json")
 
 

@@ -189,14 +189,16 @@ def _import_ray():
 
 def _onnx_of(model: Path) -> Path:
     """The ONNX file to score with: ``model`` itself, or a run folder's export of the same model."""
-    from pneumoscan.inference.classifier import matching_export
+    from pneumoscan.inference.onnx_backend import matching_export
 
     if model.suffix.lower() == ".onnx":
         if not model.is_file():
             raise ModelFileError(f"{model}: no such ONNX model file")
         return model
     if model.is_dir() and matching_export(model) is not None:
-        return model / "export" / "model.onnx"
+        from pneumoscan.runs import export_file
+
+        return export_file(model)
     raise ConfigError(f"{model}: --engine ray scores an exported ONNX model; run 'pneumoscan export {model}' first")
 
 

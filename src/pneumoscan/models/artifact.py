@@ -18,17 +18,22 @@ from typing import TYPE_CHECKING, Any
 from pneumoscan._io import atomic_write, atomic_write_json
 from pneumoscan.data.records import CLASS_NAMES
 from pneumoscan.errors import ConfigError, ModelFileError, reason
+from pneumoscan.runs import MODEL, MODEL_JSON, find_model_file, run_folder_of, weights_beside
 
 if TYPE_CHECKING:  # torch is imported where it is used: ModelMeta must load without it (ONNX path)
     import torch
     from torch import nn
 
 META_KEY = "pneumoscan"
-MODEL_FILE = "model.safetensors"
+MODEL_FILE = MODEL
+CHECKPOINT_PREFIX = "model."  # the LightningModule holds the network as ``self.model``
 # A model's input side. Far beyond what a chest radiograph needs, and a network built for more could
 # need gigabytes before its weights are even read.
 IMAGE_SIZES = range(8, 1025)
 MEMBERS = range(1, 33)  # networks in an ensemble: each costs a full network's memory and time
+
+__all__ = ["META_KEY", "MODEL_FILE", "ModelMeta", "read_checkpoint", "find_model_file", "load_model",
+           "read_meta", "run_folder_of", "save_model", "weights_beside"]
 
 
 @dataclass
@@ -55,6 +60,10 @@ class ModelMeta:
         return {"size": self.image_size, "fit": self.fit, "channels": 1, "layout": "NCHW",
                 "dtype": "float32", "scale": "uint8 grayscale / 255 -> [0, 1]",
                 "normalisation": "per image, inside the model"}
+
+    def label(self, probability: float) -> str:
+        """The class name for a pneumonia probability: PNEUMONIA at or above the stored threshold."""
+        return self.class_names[int(probability >= self.threshold)]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), default=str)
@@ -139,40 +148,8 @@ def save_model(folder: str | os.PathLike, model: nn.Module, meta: ModelMeta) -> 
     folder = Path(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path = atomic_write(folder / MODEL_FILE, lambda tmp: save_file(state, str(tmp), metadata={META_KEY: meta.to_json()}))
-    atomic_write_json(folder / "model.json", asdict(meta))
+    atomic_write_json(folder / MODEL_JSON, asdict(meta))
     return path
-
-
-def find_model_file(path: str | os.PathLike) -> Path:
-    """Resolve a run folder to its model file; pass files through."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        for candidate in (path / MODEL_FILE, path / "export" / MODEL_FILE):
-            if candidate.is_file():
-                return candidate
-        raise ModelFileError(f"{path}: no {MODEL_FILE} in this folder; is it a pneumoscan run folder?")
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such model file or run folder")
-    return path
-
-
-def run_folder_of(model_path: str | os.PathLike) -> Path:
-    """The run folder a model file belongs to: ``RUN/model.safetensors``, ``RUN/checkpoints/best.ckpt`` and
-    ``RUN/export/model.onnx`` all belong to ``RUN``; a folder is its own run."""
-    path = Path(model_path).expanduser()
-    if path.is_dir():
-        return path
-    folder = path.parent
-    return folder.parent if folder.name in ("checkpoints", "export") else folder
-
-
-def weights_beside(onnx_path: str | os.PathLike) -> Path | None:
-    """The PyTorch weights of an exported model: ``model.safetensors`` beside it or in its run folder."""
-    onnx_path = Path(onnx_path)
-    for candidate in (onnx_path.parent / MODEL_FILE, onnx_path.parent.parent / MODEL_FILE):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def read_meta(path: str | os.PathLike) -> ModelMeta:
@@ -180,7 +157,7 @@ def read_meta(path: str | os.PathLike) -> ModelMeta:
     file = find_model_file(path)
     if file.suffix == ".safetensors":
         return _safetensors_meta(file)
-    return _read_checkpoint(file)[1]
+    return read_checkpoint(file)[1]
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, ModelMeta]:
@@ -197,7 +174,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         except Exception as exc:  # safetensors raises its own error types
             raise ModelFileError(f"{file}: corrupt safetensors file ({exc})") from None
     else:
-        state, meta = _read_checkpoint(file)
+        state, meta, _ = read_checkpoint(file)
     try:
         model = build_model(meta.name, meta.image_size, meta.members)
     except ConfigError as exc:  # a name this version does not know, a size the network cannot take
@@ -224,8 +201,10 @@ def _safetensors_meta(file: Path) -> ModelMeta:
     return ModelMeta.from_json(header[META_KEY], file)
 
 
-def _read_checkpoint(file: Path) -> tuple[dict[str, torch.Tensor], ModelMeta]:
-    """A Lightning checkpoint written by pneumoscan's training: read without unpickling code."""
+def read_checkpoint(file: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ModelMeta, int | None]:
+    """A Lightning checkpoint written by pneumoscan's training, read without unpickling code:
+    (the network's weights, its metadata, the epoch it was saved at)."""
+    file = Path(file)
     if file.suffix not in (".ckpt", ".pt", ".pth"):
         raise ModelFileError(f"{file}: unknown model format; expected a run folder, .safetensors, .ckpt or .onnx")
     import torch
@@ -241,6 +220,7 @@ def _read_checkpoint(file: Path) -> tuple[dict[str, torch.Tensor], ModelMeta]:
     if not isinstance(checkpoint[META_KEY], str | bytes):
         raise ModelFileError(f"{file}: invalid pneumoscan metadata: not JSON text")
     meta = ModelMeta.from_json(checkpoint[META_KEY], file)
-    prefix = "model."
-    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    return state, meta
+    state = {k.removeprefix(CHECKPOINT_PREFIX): v for k, v in checkpoint["state_dict"].items()
+             if k.startswith(CHECKPOINT_PREFIX)}
+    epoch = checkpoint.get("epoch")
+    return state, meta, int(epoch) if isinstance(epoch, int) else None

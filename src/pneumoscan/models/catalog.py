@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pneumoscan.errors import ModelFileError
 from pneumoscan.models.artifact import MODEL_FILE, ModelMeta, read_meta
+from pneumoscan.runs import MODEL_JSON, ONNX, export_file
 
 
 @dataclass(frozen=True)
@@ -54,13 +55,13 @@ def _entry(name: str, kind: str, folder: Path) -> ModelEntry:
     metrics = meta.val_metrics if isinstance(meta.val_metrics, dict) else {}
     auc = metrics.get("auc", metrics.get("roc_auc"))
     return ModelEntry(name, kind, folder, meta.name, int(meta.image_size), float(meta.threshold), meta.created,
-                      (folder / "model.onnx").is_file() or (folder / "export" / "model.onnx").is_file(),
+                      (folder / ONNX).is_file() or export_file(folder).is_file(),
                       float(auc) if isinstance(auc, int | float) else None)
 
 
 def _meta(folder: Path) -> ModelMeta:
     # model.json is the cheap path; the weights' own header is the authority when it is absent or torn.
     try:
-        return ModelMeta.from_dict(json.loads((folder / "model.json").read_text(encoding="utf-8")))
+        return ModelMeta.from_dict(json.loads((folder / MODEL_JSON).read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError):
         return read_meta(folder)

@@ -33,9 +33,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pneumoscan import __version__
 from pneumoscan.data.image import is_dicom
@@ -44,6 +42,7 @@ from pneumoscan.inference import Classifier
 from pneumoscan.provenance import DISCLAIMER
 from pneumoscan.serving.explainer import Explainer, ExplainUnavailable
 from pneumoscan.serving.loader import ServedModel, load_served_model, served_from_classifier
+from pneumoscan.serving.middleware import DeclaredSizeLimit, SecurityHeaders
 from pneumoscan.serving.options import (
     DEFAULT_MAX_BATCH_FILES,
     DEFAULT_MAX_CONCURRENCY,
@@ -54,12 +53,6 @@ from pneumoscan.serving.options import (
 
 log = logging.getLogger("pneumoscan.serving")
 
-# The page and the API load nothing from elsewhere; images are shown from data: and blob: URLs.
-PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "
-            "frame-ancestors 'none'; form-action 'self'")
-# FastAPI's docs page starts Swagger UI with an inline script.
-DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-            "img-src 'self' data:; frame-ancestors 'none'")
 MULTIPART_HINT = "send the image as multipart/form-data, field 'file' (field 'files' for a batch)"
 
 T = TypeVar("T")
@@ -152,12 +145,21 @@ def create_app(
         redoc_url=None,
     )
     too_large = f"upload too large: the limit is {_size(max_upload_bytes)} per request; send a smaller file"
-    app.add_middleware(_DeclaredSizeLimit, max_bytes=max_upload_bytes, detail=too_large)
+    app.add_middleware(DeclaredSizeLimit, max_bytes=max_upload_bytes, detail=too_large)
     # Added last, so outermost: every answer gets the headers, the early 413 included.
-    app.add_middleware(_SecurityHeaders, docs_paths=("/docs", "/docs/oauth2-redirect"))
+    app.add_middleware(SecurityHeaders, docs_paths=("/docs", "/docs/oauth2-redirect"))
     app.mount("/static", StaticFiles(packages=[("pneumoscan.serving", "static")]), name="static")
-    page = (files("pneumoscan.serving") / "static" / "index.html").read_text(encoding="utf-8")
-    page = page.replace("__DISCLAIMER__", escape(DISCLAIMER))
+
+    _add_error_handlers(app, too_large)
+    _add_page(app)
+    _add_health_routes(app, state)
+    _add_predict_routes(app, state, gate, max_upload_bytes, max_batch_files)
+    app.state.pneumoscan = state
+    return app
+
+
+def _add_error_handlers(app: FastAPI, too_large: str) -> None:
+    """Every error is JSON ``{"detail": message}``; never a stack trace."""
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -180,6 +182,12 @@ def create_app(
         return JSONResponse({"detail": "internal error while handling this request; the server log has the details"},
                             status_code=500)
 
+
+def _add_page(app: FastAPI) -> None:
+    """The web page at ``/`` (with the disclaimer) and its icon."""
+    page = (files("pneumoscan.serving") / "static" / "index.html").read_text(encoding="utf-8")
+    page = page.replace("__DISCLAIMER__", escape(DISCLAIMER))
+
     # HEAD too: uptime checks and `curl -I` ask for the page's headers only.
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -188,6 +196,10 @@ def create_app(
     @app.get("/favicon.ico", include_in_schema=False)
     async def favicon() -> RedirectResponse:
         return RedirectResponse("/static/favicon.svg", status_code=308)
+
+
+def _add_health_routes(app: FastAPI, state: _State) -> None:
+    """``/healthz`` (the process), ``/readyz`` (the model) and ``/v1/model`` (the model card)."""
 
     @app.get("/healthz", tags=["health"], summary="The process is up (the model may still be loading)")
     async def healthz() -> dict[str, str]:
@@ -207,6 +219,11 @@ def create_app(
              responses={503: _error_doc("model not loaded yet")})
     async def model_card() -> dict[str, Any]:
         return state.require().card
+
+
+def _add_predict_routes(app: FastAPI, state: _State, gate: _Gate, max_upload_bytes: int,
+                        max_batch_files: int) -> None:
+    """``POST /v1/predict`` (one image, optional Grad-CAM) and ``POST /v1/predict/batch``."""
 
     @app.post("/v1/predict", tags=["predict"], response_model=PredictResponse, responses=ERROR_RESPONSES,
               summary="Probability of pneumonia for one radiograph (JPEG, PNG or DICOM)",
@@ -231,7 +248,7 @@ def create_app(
                 raise HTTPException(409, f"cannot explain: {exc}") from None
         meta = served.classifier.meta
         return PredictResponse(
-            filename=name, probability=probability, label=_label(served.classifier, probability),
+            filename=name, probability=probability, label=served.classifier.meta.label(probability),
             threshold=served.classifier.threshold, model=meta.name, version=meta.version, backend=served.backend,
             latency_ms=round((time.perf_counter() - start) * 1000, 2), explanation=explanation,
         )
@@ -252,9 +269,6 @@ def create_app(
             results=items, threshold=served.classifier.threshold, model=meta.name, version=meta.version,
             backend=served.backend, latency_ms=round((time.perf_counter() - start) * 1000, 2),
         )
-
-    app.state.pneumoscan = state
-    return app
 
 
 class _State:
@@ -339,7 +353,7 @@ def _score_many(classifier: Classifier, uploads: list[tuple[str, bytes]]) -> lis
     for item in items:
         if item.error is None:
             item.probability = float(next(probabilities))
-            item.label = _label(classifier, item.probability)
+            item.label = classifier.meta.label(item.probability)
     return items
 
 
@@ -370,10 +384,6 @@ def _looks_like_image(data: bytes) -> bool:
         return True
 
 
-def _label(classifier: Classifier, probability: float) -> str:
-    return classifier.meta.class_names[int(probability >= classifier.threshold)]
-
-
 def _size(n: int) -> str:
     return f"{n / 2**20:.3g} MiB" if n >= 2**20 else f"{n / 2**10:.3g} KiB"
 
@@ -383,51 +393,3 @@ def _display_name(filename: str | None) -> str:
     name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(ch for ch in name if ch.isprintable())[:128].strip()
     return name or "upload"
-
-
-class _DeclaredSizeLimit:
-    """Refuses a request whose declared Content-Length is over the limit before reading any of it.
-
-    Bodies without a length (chunked) are counted as they arrive by FastAPI's own limit on each route;
-    this answers the common case early and as JSON (the route limiter's own reply is plain text).
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int, detail: str) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.detail = detail
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for key, value in scope["headers"]:
-                if key == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                    response = JSONResponse({"detail": self.detail}, status_code=413, headers={"Connection": "close"})
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
-
-
-class _SecurityHeaders:
-    """Adds a strict Content-Security-Policy (no resource from elsewhere) and related headers."""
-
-    def __init__(self, app: ASGIApp, docs_paths: tuple[str, ...] = ()) -> None:
-        self.app = app
-        self.docs_paths = docs_paths
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        csp = DOCS_CSP if scope["path"] in self.docs_paths else PAGE_CSP
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers.setdefault("Content-Security-Policy", csp)
-                headers.setdefault("X-Content-Type-Options", "nosniff")
-                headers.setdefault("Referrer-Policy", "no-referrer")
-                if not scope["path"].startswith(("/static", "/docs", "/static-offline-docs")):
-                    headers.setdefault("Cache-Control", "no-store")  # results about patients' images
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)

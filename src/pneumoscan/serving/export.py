@@ -18,6 +18,7 @@ import numpy as np
 
 from pneumoscan._io import atomic_write_bytes
 from pneumoscan.errors import ModelFileError
+from pneumoscan.runs import export_file, run_folder_of
 
 OPSET = 18  # the opset the torch.export-based exporter targets natively; ONNX Runtime >= 1.14 runs it
 PARITY_TOLERANCE = 1e-4  # largest allowed |p_onnx - p_torch| on the check batch
@@ -37,7 +38,6 @@ def export_onnx(model_path: str | os.PathLike, out_path: str | os.PathLike | Non
 
     from pneumoscan.inference.onnx_backend import INPUT_NAME, LOGIT_OUTPUT, PROBABILITY_OUTPUT, onnx_metadata
     from pneumoscan.models import load_model
-    from pneumoscan.models.artifact import run_folder_of
     from pneumoscan.serving.model_card import write_model_card
 
     model_path = Path(model_path).expanduser()
@@ -45,7 +45,7 @@ def export_onnx(model_path: str | os.PathLike, out_path: str | os.PathLike | Non
         raise ModelFileError(f"{model_path}: already an ONNX model; export from the run folder or .safetensors")
     model, meta = load_model(model_path)
     run_folder = run_folder_of(model_path)
-    out = Path(out_path) if out_path is not None else run_folder / "export" / "model.onnx"
+    out = Path(out_path) if out_path is not None else export_file(run_folder)
     if out.suffix.lower() != ".onnx":
         raise ModelFileError(f"{out}: the exported model's name must end in .onnx")
 

@@ -23,13 +23,10 @@ from typing import Any
 
 from pneumoscan.errors import ModelFileError
 from pneumoscan.inference import Classifier
-from pneumoscan.models.artifact import run_folder_of, weights_beside
 from pneumoscan.provenance import DISCLAIMER
+from pneumoscan.runs import ONNX, card_beside, export_file, find_model_file, run_folder_of, weights_beside
 
 log = logging.getLogger("pneumoscan.serving")
-
-ONNX_FILE = "model.onnx"
-CARD_FILE = "model_card.json"
 
 
 @dataclass(frozen=True)
@@ -64,25 +61,24 @@ def resolve_model(path: str | os.PathLike, threads: int | None = None) -> ModelS
     if not path.exists():
         raise ModelFileError(f"{path}: no such model file or run folder; give a run folder or an exported model.onnx")
     if path.is_dir():
-        from pneumoscan.inference.classifier import matching_export
-        from pneumoscan.models.artifact import find_model_file
+        from pneumoscan.inference.onnx_backend import matching_export
 
-        exported = path / "export" / ONNX_FILE
+        exported = export_file(path)
         # The same rule as `predict`: an export made before the run was retrained or resumed is stale.
         if exported.is_file() and (classifier := matching_export(path, threads)) is not None:
-            return ModelSource(exported, "onnxruntime", weights_beside(exported), _card_near(exported), path,
+            return ModelSource(exported, "onnxruntime", weights_beside(exported), card_beside(exported), path,
                                loaded=classifier)
-        if not exported.is_file() and (path / ONNX_FILE).is_file():
-            onnx = path / ONNX_FILE
-            return ModelSource(onnx, "onnxruntime", weights_beside(onnx), _card_near(onnx), path)
+        if not exported.is_file() and (path / ONNX).is_file():
+            onnx = path / ONNX
+            return ModelSource(onnx, "onnxruntime", weights_beside(onnx), card_beside(onnx), path)
         weights = find_model_file(path)  # raises a clear ModelFileError when there is none
         reason = _export_problem(exported, threads) if exported.is_file() else "is missing"
         log.warning("%s: export/%s %s: serving with PyTorch (slower start); run `pneumoscan export %s` "
-                    "to serve with ONNX Runtime", path, ONNX_FILE, reason, path)
+                    "to serve with ONNX Runtime", path, ONNX, reason, path)
         # No card: the export's one describes another model; complete_card builds this model's.
         return ModelSource(weights, "torch", weights, None, path)
     if path.suffix.lower() == ".onnx":
-        return ModelSource(path, "onnxruntime", weights_beside(path), _card_near(path), run_folder_of(path))
+        return ModelSource(path, "onnxruntime", weights_beside(path), card_beside(path), run_folder_of(path))
     return ModelSource(path, "torch", path, None, run_folder_of(path))
 
 
@@ -148,11 +144,6 @@ def complete_card(card: dict[str, Any] | None, served: ServedModel, file_name: s
         "explain": served.explain_available,
     }
     return card
-
-
-def _card_near(onnx: Path) -> Path | None:
-    card = onnx.parent / CARD_FILE
-    return card if card.is_file() else None
 
 
 def _read_card(path: Path) -> dict[str, Any] | None:

@@ -8,7 +8,6 @@ unfamiliar report leaves the card without test figures, and says so).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from pneumoscan._io import atomic_write_json, atomic_write_text
 from pneumoscan.models.artifact import ModelMeta
 from pneumoscan.provenance import DISCLAIMER, sha256_file
+from pneumoscan.runs import CARD_JSON, CARD_MARKDOWN, latest_report
 
 INTENDED_USE = (
     "Research, teaching and engineering: reproducing and comparing pneumonia classifiers on public chest "
@@ -86,21 +86,8 @@ def write_model_card(folder: str | os.PathLike, meta: ModelMeta, run_folder: str
     """Write ``folder/model_card.json`` and ``folder/model_card.md`` atomically; return both paths."""
     card = build_model_card(meta, run_folder, onnx_file)
     folder = Path(folder)
-    return (atomic_write_json(folder / "model_card.json", card),
-            atomic_write_text(folder / "model_card.md", render_markdown(card)))
-
-
-def latest_report(run_folder: str | os.PathLike) -> tuple[Path | None, dict | None]:
-    """The newest readable ``run_folder/reports/*/report.json`` (by modification time), or ``(None, None)``."""
-    candidates = sorted(Path(run_folder).glob("reports/*/report.json"), key=_mtime, reverse=True)
-    for path in candidates:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # a torn or foreign file: try the next one rather than fail the export
-        if isinstance(data, dict):
-            return path, data
-    return None, None
+    return (atomic_write_json(folder / CARD_JSON, card),
+            atomic_write_text(folder / CARD_MARKDOWN, render_markdown(card)))
 
 
 def flatten_figures(report: dict, limit: int = 80) -> dict[str, Any]:
@@ -240,10 +227,3 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0

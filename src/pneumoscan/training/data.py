@@ -6,9 +6,7 @@ it on the training device, so the loader only indexes an array and never bounds 
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import logging
 import os
 import random
@@ -49,15 +47,11 @@ class PreparedData:
     def val_labels(self) -> np.ndarray:
         return np.array([s.label for s in self.val_samples], dtype=np.float32)
 
-    def split_csv(self) -> str:
-        """``path,label,patient_id,split`` of every image used, in a stable order."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["path", "label", "patient_id", "split"])
+    @property
+    def all_samples(self) -> list[Sample]:
+        """Every image used (train, validation, held-out test), in a stable order: what ``split.csv`` lists."""
         rows = self.train_samples + self.val_samples + self.test_samples
-        for s in sorted(rows, key=lambda s: (s.split or "", str(s.path))):
-            writer.writerow([os.path.abspath(s.path), s.label, s.patient_id, s.split])
-        return buffer.getvalue()
+        return sorted(rows, key=lambda s: (s.split or "", str(s.path)))
 
     def manifest_hash(self) -> str:
         """SHA-256 of the split, with paths relative to the data root, so that it is portable."""

@@ -1,23 +1,11 @@
 """``train(config) -> run folder``: data, model, Lightning Trainer, and everything written around them.
 
-Run folder (``runs/<timestamp>-<model>/``, ``runs/latest`` points at the newest)::
-
-    config.yaml          the resolved TrainConfig: `pneumoscan train --config` reproduces the run
-    provenance.json      library versions, git commit, data manifest hash, seed, counts, skipped images
-    split.csv            path,label,patient_id,split of every image used
-    checkpoints/         best.ckpt (monitored metric) and last.ckpt (for --resume), weights-only loadable
-    logs/csv, logs/tensorboard
-    history.csv          one row per epoch: wall seconds, lr, loss / accuracy / AUC for train and val
-    curves.png           loss, accuracy and AUC per epoch
-    model.safetensors    the best weights with threshold and operating points chosen on validation
-    model.json           the same metadata, for people
-    val_predictions.csv  path,patient_id,label,probability of the best weights on validation
+The run folder's layout (``runs/<timestamp>-<model>/``, ``runs/latest`` points at the newest) belongs to
+:mod:`pneumoscan.runs`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 import sys
@@ -31,7 +19,8 @@ from typing import Any
 
 import torch
 
-from pneumoscan._io import atomic_write_json, atomic_write_text, ensure_writable_dir
+from pneumoscan import runs
+from pneumoscan._io import atomic_write_csv, atomic_write_json, ensure_writable_dir
 from pneumoscan.config import load_config, save_config, to_dict
 from pneumoscan.errors import ConfigError, ModelFileError
 from pneumoscan.provenance import DISCLAIMER, command_line, git_commit, library_versions
@@ -63,8 +52,8 @@ def train(config: TrainConfig | None = None, *, resume: str | os.PathLike | None
 
 def run_config(resume: str | os.PathLike) -> TrainConfig:
     """The saved config of a run folder (or of the run a checkpoint belongs to)."""
-    run_dir, _ = _resume_paths(Path(resume).expanduser())
-    return load_config(TrainConfig, run_dir / "config.yaml")
+    run_dir, _ = runs.resume_paths(resume)
+    return load_config(TrainConfig, run_dir / runs.CONFIG)
 
 
 def _train(config: TrainConfig | None, resume: str | os.PathLike | None, callbacks: Sequence[Any]) -> Path:
@@ -76,8 +65,9 @@ def _train(config: TrainConfig | None, resume: str | os.PathLike | None, callbac
 
     resume_ckpt: Path | None = None
     if resume is not None:
-        run_dir, resume_ckpt = _resume_paths(Path(resume).expanduser())
-        saved = load_config(TrainConfig, run_dir / "config.yaml")
+        run_dir, resume_ckpt = runs.resume_paths(resume)
+        os.environ[RUN_ENV] = str(run_dir)  # the processes this run launches continue the same folder
+        saved = load_config(TrainConfig, run_dir / runs.CONFIG)
         # Only the length of training may change on resume; everything else is the run's own.
         config = saved if config is None else replace(saved, epochs=config.epochs, max_time=config.max_time)
         meta = read_meta(resume_ckpt)
@@ -103,18 +93,20 @@ def _train(config: TrainConfig | None, resume: str | os.PathLike | None, callbac
     if resume_ckpt is None:
         run_dir = _new_run_dir(config)
     if rank_zero:
-        ensure_writable_dir(run_dir / "checkpoints")
+        ensure_writable_dir(run_dir / runs.CHECKPOINTS)
     provenance = _provenance(config, data, resume_ckpt)
     if pretrained_report is not None:
         provenance["pretrained"] = {"source": pretrained_report.source, "loaded": len(pretrained_report.loaded),
                                     "adapted": pretrained_report.adapted}
 
     if rank_zero:
-        save_config(config, run_dir / "config.yaml")
-        atomic_write_text(run_dir / "split.csv", data.split_csv())
-        atomic_write_json(run_dir / "provenance.json", provenance)
+        from pneumoscan.data import write_manifest
+
+        save_config(config, run_dir / runs.CONFIG)
+        write_manifest(data.all_samples, run_dir / runs.SPLIT)
+        atomic_write_json(run_dir / runs.PROVENANCE, provenance)
         if pretrained_report is not None:
-            atomic_write_json(run_dir / "pretrained.json", pretrained_report.to_dict())
+            atomic_write_json(run_dir / runs.PRETRAINED, pretrained_report.to_dict())
         if data.failures:
             print(f"skipped {len(data.failures)} image(s) that could not be decoded (see provenance.json)")
 
@@ -141,7 +133,7 @@ def _train(config: TrainConfig | None, resume: str | os.PathLike | None, callbac
         print(f"training interrupted; continue with: pneumoscan train --resume {run_dir}")
         return run_dir
     _finish(run_dir, config, module, data, provenance)
-    _point_latest(run_dir)
+    runs.point_latest(run_dir)
     return run_dir
 
 
@@ -159,41 +151,13 @@ def _new_run_dir(config: TrainConfig) -> Path:
         base, n = name, 2
         while (out / name).exists() and _env_rank() == 0:
             name, n = f"{base}-{n}", n + 1
-    elif (out / name / "config.yaml").exists() and _env_rank() == 0:
+    elif (out / name / runs.CONFIG).exists() and _env_rank() == 0:
         raise ConfigError(f"{out / name}: a run of that name exists; continue it with --resume {out / name} "
                           "or choose another --run-name")
     run_dir = (out / name).resolve()
     # Lightning's "ddp" launcher re-runs this command for the other ranks: they must find the same folder.
     os.environ[RUN_ENV] = str(run_dir)
     return run_dir
-
-
-def _resume_paths(path: Path) -> tuple[Path, Path]:
-    if path.is_dir():
-        run_dir, ckpt = path.resolve(), path.resolve() / "checkpoints" / "last.ckpt"
-    else:
-        ckpt = path.resolve()
-        run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    if not ckpt.is_file():
-        raise ModelFileError(f"{ckpt}: no checkpoint to resume from; pass a run folder that has "
-                             "checkpoints/last.ckpt, or start a new run")
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir / 'config.yaml'}: missing; --resume needs the run folder the checkpoint came from")
-    os.environ[RUN_ENV] = str(run_dir)
-    return run_dir, ckpt
-
-
-def _point_latest(run_dir: Path) -> None:
-    """``<out>/latest`` -> the run (a symlink, replaced atomically; a LATEST text file where links fail)."""
-    link = run_dir.parent / "latest"
-    tmp = run_dir.parent / f".latest.{os.getpid()}"
-    try:
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(run_dir.name, target_is_directory=True)
-        os.replace(tmp, link)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        atomic_write_text(run_dir.parent / "LATEST", run_dir.name + "\n")
 
 
 def _provenance(config: TrainConfig, data: Any, resume: Path | None) -> dict[str, Any]:
@@ -249,7 +213,7 @@ def _trainer(config: TrainConfig, run_dir: Path, on_gpu: bool, extra: list[Any],
 
     mode = "min" if config.monitor == "val_loss" else "max"
     checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor=config.monitor, mode=mode, save_top_k=1,
+        dirpath=run_dir / runs.CHECKPOINTS, filename=Path(runs.BEST_CHECKPOINT).stem, monitor=config.monitor, mode=mode, save_top_k=1,
         save_last=True, enable_version_counter=False, auto_insert_metric_name=False,
     )
     callbacks: list[Any] = [checkpoint, *extra]
@@ -261,10 +225,10 @@ def _trainer(config: TrainConfig, run_dir: Path, on_gpu: bool, extra: list[Any],
     if config.early_stopping > 0:
         callbacks.append(EarlyStopping(monitor=config.monitor, mode=mode, patience=config.early_stopping))
     # Lightning's CSV logger deletes an existing metrics.csv: a resumed run logs beside it (csv-1, ...).
-    previous = len(list((run_dir / "logs").glob("csv*")))
-    loggers = [CSVLogger(run_dir / "logs", name="", version=f"csv-{previous}" if previous else "csv")]
+    previous = len(list((run_dir / runs.LOGS).glob("csv*")))
+    loggers = [CSVLogger(run_dir / runs.LOGS, name="", version=f"csv-{previous}" if previous else "csv")]
     try:
-        loggers.append(TensorBoardLogger(run_dir / "logs", name="", version="tensorboard", default_hp_metric=False))
+        loggers.append(TensorBoardLogger(run_dir / runs.LOGS, name="", version="tensorboard", default_hp_metric=False))
     except ModuleNotFoundError:  # tensorboard is a dependency, but a trimmed install should still train
         log.warning("tensorboard is not installed: only CSV logs are written")
     precision = config.precision
@@ -293,20 +257,20 @@ def _log_order(path: Path) -> int:
 # -- after training ------------------------------------------------------------------------------------------
 def _finish(run_dir: Path, config: TrainConfig, module: Any, data: Any, provenance: dict[str, Any]) -> None:
     """Best weights -> validation predictions, threshold, model file, history and curves."""
-    from pneumoscan.models import ModelMeta, build_model, save_model
+    from pneumoscan.models import build_model, save_model
+    from pneumoscan.models.artifact import read_checkpoint
     from pneumoscan.training.console import warn_if_small_validation
     from pneumoscan.training.curves import plot_curves, read_history
     from pneumoscan.training.metrics import binary_summary, operating_points
     from pneumoscan.training.module import predict_probabilities
 
     network = build_model(config.model, config.image_size, config.members)
-    best = run_dir / "checkpoints" / "best.ckpt"
+    best = runs.checkpoint(run_dir, "best")
     best_epoch = None
     if best.is_file():
-        checkpoint = torch.load(best, map_location="cpu", weights_only=True)
-        state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        state, _, epoch = read_checkpoint(best)
         network.load_state_dict(state)
-        best_epoch = int(checkpoint.get("epoch", -1)) + 1  # counted from 1, as the log and curves.png count
+        best_epoch = (epoch if epoch is not None else -1) + 1  # counted from 1, as the log and curves.png count
     else:  # validation never ran (a very short --max-time): keep the weights in memory
         network.load_state_dict(module.model.state_dict())
     network = network.to(memory_format=torch.channels_last) if config.channels_last else network
@@ -318,29 +282,17 @@ def _finish(run_dir: Path, config: TrainConfig, module: Any, data: Any, provenan
         provenance["warnings"] = [*provenance.get("warnings", []), small.removeprefix("warning: ")]
     metrics = binary_summary(labels, probs, threshold)
     metrics["best_epoch"] = best_epoch if best_epoch is not None else -1
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "patient_id", "label", "probability"])
-    for sample, p in zip(data.val_samples, probs, strict=True):
-        writer.writerow([os.path.abspath(sample.path), sample.patient_id, sample.label, f"{float(p):.6f}"])
-    atomic_write_text(run_dir / "val_predictions.csv", buffer.getvalue())
-    meta = ModelMeta(
-        name=config.model, image_size=config.image_size, fit=config.fit, threshold=points[config.threshold_rule],
-        operating_points=points, version=provenance["versions"].get("pneumoscan", ""), run_id=run_dir.name,
-        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), val_metrics=metrics, provenance=provenance,
-        members=config.members,
-    )
+    atomic_write_csv(run_dir / runs.VAL_PREDICTIONS, ["path", "patient_id", "label", "probability"],
+                     ([os.path.abspath(s.path), s.patient_id, s.label, f"{float(p):.6f}"]
+                      for s, p in zip(data.val_samples, probs, strict=True)))
+    # The module states what a model file says about itself; here only what validation chose changes.
+    meta = replace(module.meta(), threshold=threshold, operating_points=points, val_metrics=metrics)
     save_model(run_dir, network.to(memory_format=torch.contiguous_format), meta)
-    history = read_history(sorted((run_dir / "logs").glob("csv*/metrics.csv"), key=_log_order))
+    history = read_history(sorted((run_dir / runs.LOGS).glob("csv*/metrics.csv"), key=_log_order))
     if history:
-        fields = list(history[0])
-        out = io.StringIO()
-        table = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
-        table.writeheader()
-        table.writerows(history)
-        atomic_write_text(run_dir / "history.csv", out.getvalue())
-        plot_curves(history, run_dir / "curves.png", title=f"{config.model} at {config.image_size}px")
+        atomic_write_csv(run_dir / runs.HISTORY, list(history[0]), history)
+        plot_curves(history, run_dir / runs.CURVES, title=f"{config.model} at {config.image_size}px")
     provenance["val_metrics"] = metrics
-    atomic_write_json(run_dir / "provenance.json", provenance)
+    atomic_write_json(run_dir / runs.PROVENANCE, provenance)
     summary = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
     print(f"run folder: {run_dir}\nvalidation (best epoch {metrics['best_epoch']}): {summary}")

@@ -1,4 +1,4 @@
-"""Synthetic radiographs for tests (importable from any test folder as ``synthetic``)."""
+"""Synthetic radiographs for tests."""
 
 from __future__ import annotations
 

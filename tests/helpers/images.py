@@ -71,3 +71,9 @@ def truncated_jpeg(path: Path) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     return path
+
+
+def textured(seed: int, size: int = 64) -> np.ndarray:
+    """A random textured picture: two seeds are far apart in phash, a re-encoding stays close."""
+    coarse = np.random.default_rng(seed).integers(0, 255, (16, 16), dtype=np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC))

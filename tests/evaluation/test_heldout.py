@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import csv
 
+import pytest
+
+from helpers.synthetic import write_synthetic_image
 from pneumoscan.evaluation import EvaluateConfig, evaluate
 from pneumoscan.training import TrainConfig, train
-from synthetic import write_synthetic_image
+
+pytestmark = pytest.mark.e2e  # this module trains models
 
 
 def test_evaluate_without_data_scores_the_runs_held_out_test_patients_and_finds_no_leak(tmp_path, monkeypatch):
@@ -20,7 +24,7 @@ def test_evaluate_without_data_scores_the_runs_held_out_test_patients_and_finds_
                             val_fraction=0.2, test_fraction=0.2, progress=False, threads=1))
     with open(run / "split.csv", newline="") as fh:
         held_out = [r for r in csv.DictReader(fh) if r["split"] == "test"]
-    assert {r["label"] for r in held_out} == {"0", "1"}
+    assert {r["label"] for r in held_out} == {"NORMAL", "PNEUMONIA"}
 
     result = evaluate(EvaluateConfig(models=[str(run)], bootstrap=50, gallery=0))
 

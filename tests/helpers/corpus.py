@@ -6,7 +6,7 @@ with it: decode it (``decoded``) or refuse it with :class:`ImageReadError` whose
 and contains ``reason`` (``refused``). The dataset-level cases (an empty class folder, bad manifests)
 are in :data:`DATASET_CASES`.
 
-``python tests/robustness/corpus.py`` prints the tables of docs/robustness.md.
+``PYTHONPATH=tests python -m helpers.corpus`` prints the tables of docs/robustness.md.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from helpers.synthetic import write_synthetic_image
 
 GOOD_SIZE = 48
 
@@ -310,26 +312,11 @@ def make_corpus(folder: str | os.PathLike) -> dict[str, Path]:
 
 def write_good_images(folder: Path, label: int, count: int, start: int = 0, size: int = GOOD_SIZE) -> list[Path]:
     """``count`` decodable synthetic radiographs of class ``label`` with Kermany-style names."""
-    write_synthetic_image = _shared_conftest().write_synthetic_image
     paths = []
     for i in range(start, start + count):
         name = f"person{1000 + i}_bacteria_{i}.png" if label else f"IM-{1000 + i:04d}-0001.png"
         paths.append(write_synthetic_image(folder / name, label, seed=10_000 * label + i, size=size))
     return paths
-
-
-def _shared_conftest():
-    """tests/conftest.py loaded by path: the name ``conftest`` is ambiguous once sub-folders have one."""
-    import importlib.util
-    import sys
-
-    name = "_pneumoscan_tests_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "conftest.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
 
 
 def make_dataset(root: str | os.PathLike, good_per_class: int = 6, size: int = GOOD_SIZE) -> dict[str, Path]:

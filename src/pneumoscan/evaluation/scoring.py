@@ -1,0 +1,124 @@
+"""Scoring for ``evaluate``: the models (one, or an ensemble, with optional TTA), the run's validation
+scores, and the operating points frozen before the evaluated images are scored."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pneumoscan.errors import DatasetError
+from pneumoscan.evaluation.config import EvaluateConfig
+from pneumoscan.evaluation.operating import OPERATING_POINTS, POINT_NAMES, choose_operating_points
+from pneumoscan.runs import SPLIT, VAL_PREDICTIONS
+
+RULES = {"stored": "the threshold stored in the model (chosen on validation at training, or on a site's "
+                    "sample by `pneumoscan calibrate`), applied as is",
+          "original": "the stored threshold of the model before site calibration, in this version's scale",
+          **OPERATING_POINTS}
+
+
+@dataclass
+class Member:
+    """One model of the evaluation (an ensemble has several) and the run folder it came from."""
+
+    source: Path
+    run_dir: Path | None
+    classifier: Any
+
+
+def score(members: list[Member], images: np.ndarray, config: EvaluateConfig) -> np.ndarray:
+    """Mean pneumonia probability over the ensemble members (and the flipped image with TTA)."""
+    total = np.zeros(len(images), dtype=np.float64)
+    for member in members:
+        total += member.classifier.predict_proba(images, config.batch_size)
+        if config.tta:
+            flipped = np.ascontiguousarray(images[..., ::-1])
+            total += member.classifier.predict_proba(flipped, config.batch_size)
+    return total / (len(members) * (2 if config.tta else 1))
+
+
+def validation_scores(members: list[Member], config: EvaluateConfig, size: int, fit: str) -> dict | None:
+    """The validation labels and scores of the same scorer (model, ensemble, TTA) as the evaluation.
+
+    The run's ``val_predictions.csv`` is used as is when it was made by the same scorer (one model, no
+    TTA); otherwise the validation rows of ``split.csv`` are scored again.
+    """
+    if not config.tta:
+        tables = [read_csv(m.run_dir / VAL_PREDICTIONS) for m in members
+                  if m.run_dir and (m.run_dir / VAL_PREDICTIONS).is_file()]
+        if len(tables) == len(members):
+            try:
+                rows = [{r["path"]: r for r in table} for table in tables]
+                common = sorted(set.intersection(*(set(r) for r in rows)))
+                if common:
+                    return {
+                        "labels": np.array([int(float(rows[0][p]["label"])) for p in common]),
+                        "probs": np.mean([[float(r[p]["probability"]) for p in common] for r in rows], axis=0),
+                        "patients": [rows[0][p].get("patient_id") or p for p in common],
+                        "source": "val_predictions.csv of the run" + ("s (common images, mean)" if len(rows) > 1 else ""),
+                    }
+            except (KeyError, ValueError) as exc:
+                raise DatasetError(f"{members[0].run_dir}/{VAL_PREDICTIONS}: expected columns "
+                                   f"path,patient_id,label,probability ({exc})") from None
+    trained = run_split(members[0])
+    if trained is None:
+        return None
+    from pneumoscan.data import build_cache
+
+    split_file = members[0].run_dir / SPLIT
+    val = [s for s in trained if s.split == "val" and s.label is not None]
+    if not val:
+        return None
+    cache = build_cache(val, size, fit, progress=False)  # type: ignore[arg-type]
+    images, kept = cache.subset(None)
+    if not kept:
+        return None
+    return {"labels": np.array([s.label for s in kept]), "probs": score(members, images, config),
+            "patients": [s.patient_id for s in kept],
+            "source": f"validation rows of {split_file} scored again ({len(cache.failures)} unreadable)"}
+
+
+def operating_points(members, metas, validation, config) -> tuple[dict[str, float], str, float]:
+    """(validation operating points, where they come from, the stored threshold).
+
+    A site-calibrated model also carries its original threshold (``original``, in the calibrated
+    probability scale): the report then shows both versions side by side.
+    """
+    stored = float(np.mean([meta.threshold for meta in metas]))
+    same_scorer = len(members) == 1 and not config.tta
+    saved = metas[0].operating_points or {}
+    extra = {"original": float(saved["original"])} if same_scorer and "original" in saved else {}
+    # Model files from before the bootstrap-median point hold the three classic ones only.
+    complete = all(k in saved for k in ("youden", "sens95", "spec95"))
+    from_file = {k: float(saved[k]) for k in POINT_NAMES if k in saved}
+    if same_scorer and complete:
+        return from_file | extra, "model file (chosen on validation at training)", stored
+    if validation is not None:
+        return (choose_operating_points(validation["labels"], validation["probs"]) | extra,
+                f"chosen now on validation ({validation['source']})", stored)
+    if complete:
+        return (from_file | extra,
+                "model file (chosen on validation without TTA/ensemble; no validation data to redo it)", stored)
+    return extra, "none: the model file stores no operating points and the run has no validation data", stored
+
+
+def run_split(member: Member) -> list | None:
+    """The samples of the run's ``split.csv`` (names only: files that moved away are kept), or None."""
+    from pneumoscan.data.manifest import load_manifest
+
+    split_file = member.run_dir / SPLIT if member.run_dir else None
+    if split_file is None or not split_file.is_file():
+        return None
+    return load_manifest(split_file, keep_missing=True).samples
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:  # non-UTF-8 names
+            return list(csv.DictReader(fh))
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc.strerror})") from None
