@@ -89,7 +89,7 @@ def evaluate_on(run: Path, data: Path | None, split: str, out: Path, bootstrap: 
 
     config = EvaluateConfig(models=[str(run)], data=str(data) if data else None, split=split,
                             bootstrap=bootstrap, gallery=0, out=str(out))
-    report = evaluate(config).report
+    report = evaluate(config).report.to_dict()  # plain JSON types, as report.json holds them
     row = {}
     free, stored = report["metrics"]["threshold_free"], report["metrics"]["at"]["stored"]
     for metric in METRICS:

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copyfile(run / WEIGHTS_FILE, out / WEIGHTS_FILE)
     # The metadata, readable without torch (`pneumoscan models`), without this machine's paths.
     atomic_write_json(out / "model.json", portable(json.loads((run / "model.json").read_text()), data.parent))
-    card = build_bundled_card(out, result.report, recipe=recipe, deviations=deviations,
+    card = build_bundled_card(out, result.report.to_dict(), recipe=recipe, deviations=deviations,
                               reference_images=reference_images(data), shared_root=data.parent, train_seconds=trained_s)
     atomic_write_json(out / CARD_JSON, card)
     atomic_write_text(out / CARD_MARKDOWN, render_bundled_markdown(card))
