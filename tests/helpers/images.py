@@ -24,17 +24,22 @@ def asymmetric(height: int = 40, width: int = 60) -> np.ndarray:
 def write_dicom(
     path: Path, pixels: np.ndarray | None, *, photometric: str = "MONOCHROME2", bits_stored: int = 16,
     slope: float | None = None, intercept: float | None = None, window: tuple[float, float] | None = None,
-    patient_id: str = "anon",
+    patient_id: str = "anon", sop_class: str = SecondaryCaptureImageStorage, sop_uid: str | None = None,
+    accession: str | None = None, study_uid: str | None = None,
 ) -> Path:
     """A minimal valid DICOM file (with preamble and DICM marker); ``pixels`` None leaves out PixelData."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = pydicom.Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.PatientID, ds.Modality = patient_id, "CR"
+    if accession is not None:
+        ds.AccessionNumber = accession
+    if study_uid is not None:
+        ds.StudyInstanceUID = study_uid
     if pixels is not None:
         pixels = np.asarray(pixels, np.uint16)
         ds.Rows, ds.Columns = pixels.shape

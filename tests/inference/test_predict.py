@@ -13,11 +13,14 @@ import torch
 from PIL import Image
 
 import pneumoscan
+from helpers.images import write_dicom
 from pneumoscan.cli import main
 from pneumoscan.inference.inputs import expand_inputs, write_predictions
 from pneumoscan.models import ModelMeta, build_model, save_model
 
 SIZE = 32
+
+CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
 
 
 def radiograph(seed: int, size: int = 48) -> np.ndarray:
@@ -37,25 +40,7 @@ def save_png(path: Path, seed: int, mode: str = "L") -> Path:
 
 
 def dicom_file(path: Path, seed: int) -> Path:
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "CR"
-    values = radiograph(seed).astype(np.uint16) * 16
-    ds.Rows, ds.Columns = values.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = values.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
-    return path
+    return write_dicom(path, radiograph(seed).astype(np.uint16) * 16, bits_stored=12, sop_class=CR_STORAGE)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import pneumoscan
+from helpers.images import write_dicom
 from pneumoscan.cli import main
 from pneumoscan.data.dicom_ids import read_dicom_identifiers
 from pneumoscan.inference.results import COLUMNS, read_results
@@ -23,6 +24,8 @@ from pneumoscan.inference.stream import iter_sources, predict_to_file
 
 SRC = Path(pneumoscan.__file__).resolve().parents[1]
 SIZE = 32
+
+CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
 
 
 def _write_png(path: Path, seed: int) -> Path:
@@ -37,27 +40,11 @@ def _write_png(path: Path, seed: int) -> Path:
 
 
 def _dicom(path: Path, seed: int, patient: str, accession: str, sop_uid: str | None = None) -> Path:
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
-    rng = np.random.default_rng(seed)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "CR"
-    ds.PatientID, ds.AccessionNumber, ds.StudyInstanceUID = patient, accession, generate_uid()
-    values = rng.integers(200, 3800, (48, 48)).astype(np.uint16)
-    ds.Rows, ds.Columns = values.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = values.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
-    return path
+    values = np.random.default_rng(seed).integers(200, 3800, (48, 48))
+    return write_dicom(path, values, bits_stored=12, patient_id=patient, sop_class=CR_STORAGE, sop_uid=sop_uid,
+                       accession=accession, study_uid=generate_uid())
 
 
 @pytest.fixture(scope="module")
