@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_data.py                     # the figures of docs/benchmarks.md (about 15 s)
     .venv/bin/python bench/bench_data.py --limit 300         # a quick check on a few files
 
-Targets (issue 2): the cache of ../shared/data/chest_xray (5,232 images at 224 px) in at most 10 s on
+Targets: the cache of ../shared/data/chest_xray (5,232 images at 224 px) in at most 10 s on
 2 cores; the 150 originals in ../shared/data/chest_xray_originals decoded and resized at >= 40 images/s.
 Every build writes into a fresh temporary cache folder, so each run measures a cold build.
 """

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_evaluate.py                   # the figures of docs/benchmarks.md: 624 images
     .venv/bin/python bench/bench_evaluate.py --images 100      # a quick check
 
-Target (issue 4): 624 images (the size of the official Kermany test split: 234 normal, 390 pneumonia)
+Target: 624 images (the size of the official Kermany test split: 234 normal, 390 pneumonia)
 evaluated end to end, with 1,000 patient-bootstrap resamples, in at most 20 s on 2 cores. The images are
 real, from ../shared/data/chest_xray/train (the official test split is not in the shared folder); the model
 is a freshly initialised network (default: the training recipe's mini-resnet at 128 px): its scores are

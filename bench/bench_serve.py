@@ -8,7 +8,7 @@ The server runs as its own process, started exactly as a user starts it (`python
 Without --model it serves the ONNX export of the default training architecture at its default size,
 with random weights (latency does not depend on the weights). Each client is a thread with its own
 keep-alive connection that sends the next of 64 real 224 px JPEGs from ../shared/data as soon as the
-previous answer arrives. Latency is the client's full round trip. Aim (issue 6): at least 50 requests/s,
+previous answer arrives. Latency is the client's full round trip. Aim: at least 50 requests/s,
 p99 at most 250 ms, zero errors, on 2 CPU cores. Clients and server share the machine's cores.
 """
 
