@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import pneumoscan
 from pneumoscan.cli import main
 from pneumoscan.errors import ModelFileError
 from pneumoscan.inference.onnx_backend import load_onnx
@@ -93,3 +94,15 @@ def test_export_refuses_an_onnx_input_and_a_non_onnx_output_name(run, tmp_path):
         export_onnx(tmp_path / "m.onnx")
     with pytest.raises(ModelFileError, match=r"must end in \.onnx"):
         export_onnx(run, tmp_path / "model.pt")
+
+
+def test_the_exported_graph_carries_no_path_of_the_exporting_machine(run):
+    import onnx
+
+    from pneumoscan.serving.export import export_onnx
+
+    onnx_file = export_onnx(run)
+    source_root = str(Path(pneumoscan.__file__).resolve().parents[1])
+    assert source_root.encode() not in onnx_file.read_bytes()
+    model = onnx.load(str(onnx_file))
+    assert all(not node.metadata_props for node in model.graph.node)

@@ -60,6 +60,11 @@ def export_onnx(model_path: str | os.PathLike, out_path: str | os.PathLike | Non
             external_data=False, optimize=True, verbose=False,
         )
     proto = program.model_proto
+    # The exporter records each node's Python stack trace and source names: the exporting machine's paths,
+    # which a shipped model file must not carry. The graph itself does not depend on them.
+    for node in [*proto.graph.node, *(n for function in proto.functions for n in function.node)]:
+        del node.metadata_props[:]
+        node.doc_string = ""
     proto.doc_string = f"pneumoscan {meta.name} at {size}px. NOT a medical device; not for diagnosis."
     del proto.metadata_props[:]
     for key, value in onnx_metadata(meta).items():
