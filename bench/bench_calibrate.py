@@ -37,14 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     from pneumoscan.data import build_cache, load_dataset
     from pneumoscan.evaluation import metrics as M
     from pneumoscan.evaluation.calibrate import fit_site_calibration
-    from pneumoscan.evaluation.operating import logit
+    from pneumoscan.evaluation.operating import apply_temperature
 
     classifier = pneumoscan.load(args.model)
     meta = classifier.meta
     samples = [s for s in load_dataset(args.data).samples if s.label is not None]
     images, kept = build_cache(samples, meta.image_size, meta.fit, progress=False).subset(None)
     scored = classifier.predict_proba(images)
-    raw = 1 / (1 + np.exp(-logit(scored) * float(meta.temperature or 1.0)))
+    raw = apply_temperature(scored, 1.0 / float(meta.temperature or 1.0))  # back to temperature 1
     labels = np.array([s.label for s in kept])
     patients = np.array([s.patient_id for s in kept])
     rng = np.random.default_rng(0)
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         rest = ~sample
         fitted = fit_site_calibration(labels[sample], raw[sample], patients[sample], args.target_sensitivity,
                                       resamples=500, seed=draw)
-        calibrated = 1 / (1 + np.exp(-logit(raw[rest]) / fitted.temperature))
+        calibrated = apply_temperature(raw[rest], fitted.temperature)
         row = {"draw": draw, "sample_images": int(sample.sum()), "rest_images": int(rest.sum())}
         for name, probs, threshold in (("uncalibrated", scored[rest], meta.threshold),
                                        ("calibrated", calibrated, fitted.threshold)):

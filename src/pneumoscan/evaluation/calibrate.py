@@ -20,7 +20,12 @@ import numpy as np
 from pneumoscan._io import atomic_write_json, atomic_write_text
 from pneumoscan.errors import DatasetError
 from pneumoscan.evaluation import metrics as M
-from pneumoscan.evaluation.operating import fit_temperature, logit, target_sensitivity_threshold
+from pneumoscan.evaluation.operating import (
+    apply_temperature,
+    fit_temperature,
+    logit,
+    target_sensitivity_threshold,
+)
 
 MIN_PER_CLASS = 20  # below this the threshold's interval is too wide to be useful: warned about
 
@@ -65,7 +70,7 @@ def fit_site_calibration(labels: np.ndarray, raw_probs: np.ndarray, patients: np
     if not 0.0 < target_sensitivity < 1.0:
         raise DatasetError(f"--target-sensitivity must be between 0 and 1, not {target_sensitivity}")
     temperature = fit_temperature(labels, raw_probs)
-    probs = 1.0 / (1.0 + np.exp(-logit(raw_probs) / temperature))
+    probs = apply_temperature(raw_probs, temperature)
     threshold, interval = target_sensitivity_threshold(labels, probs, target_sensitivity, patients, resamples, seed)
     at = M.threshold_metrics(labels, probs, threshold)
     return SiteCalibration(
@@ -122,7 +127,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitiv
 
     scored = pneumoscan.load(source).predict_proba(images)
     # Back to temperature 1: the new temperature replaces the model's own, it does not stack on it.
-    raw = 1.0 / (1.0 + np.exp(-logit(scored) * float(meta.temperature or 1.0)))
+    raw = apply_temperature(scored, 1.0 / float(meta.temperature or 1.0))
     labels = np.array([s.label for s in kept], dtype=np.int64)
     patients = np.array([s.patient_id for s in kept], dtype=str)
     try:
