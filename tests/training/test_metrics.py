@@ -6,7 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pneumoscan.training.metrics import binary_summary, operating_points
+from pneumoscan.evaluation.metrics import expected_calibration_error
+from pneumoscan.training.metrics import binary_summary, operating_points, validation_temperature
 
 scores = st.lists(st.tuples(st.integers(0, 1), st.floats(0.0, 1.0, allow_nan=False)), min_size=4, max_size=60)
 
@@ -38,3 +39,23 @@ def test_summary_counts_sensitivity_and_specificity_at_the_threshold():
     assert summary["specificity"] == 1 / 2
     assert summary["accuracy"] == 3 / 5
     assert abs(summary["auc"] - 4 / 6) < 1e-12
+
+
+def test_validation_temperature_undoes_under_confidence_and_makes_probabilities_honest():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0.0, 3.0, 4000)
+    labels = (rng.random(4000) < 1 / (1 + np.exp(-logits))).astype(int)  # calibrated at temperature 1
+    squashed = 1 / (1 + np.exp(-logits / 2.5))  # what an under-confident network outputs
+    temperature, skipped = validation_temperature(labels, squashed)
+    assert skipped is None
+    assert abs(temperature - 1 / 2.5) < 0.04
+    rescaled = 1 / (1 + np.exp(-logits / 2.5 / temperature))
+    assert expected_calibration_error(labels, rescaled) < 0.5 * expected_calibration_error(labels, squashed)
+
+
+def test_validation_temperature_is_not_fitted_where_validation_cannot_support_it():
+    assert validation_temperature(np.array([1, 1, 1]), np.array([0.2, 0.6, 0.9])) == (1.0, "validation holds one class")
+    temperature, why = validation_temperature(np.array([0, 0, 1, 1]), np.array([0.1, 0.3, 0.6, 0.8]))
+    assert temperature == 1.0 and "separates the classes perfectly" in why
+    temperature, why = validation_temperature(np.array([0, 1, 0, 1]), np.array([0.9, 0.2, 0.6, 0.4]))
+    assert temperature == 1.0 and "anti-correlated" in why

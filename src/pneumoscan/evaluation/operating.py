@@ -18,7 +18,12 @@ OPERATING_POINTS: dict[str, str] = {
     "sens95-median": "median over 200 bootstrap resamples of validation of the highest threshold with "
                      "sensitivity >= 0.95",
     "spec95": "lowest threshold with specificity >= 0.95 on validation",
+    "balanced": "probability 0.5 of a model trained class-balanced (the default): the decision that weighs "
+                "both classes equally, set by the training loss rather than by any validation image",
 }
+
+# The point that no data chooses: 0.5 on the (temperature-scaled, which keeps 0.5) probability.
+BALANCED_THRESHOLD = 0.5
 
 
 POINT_NAMES: tuple[str, ...] = tuple(OPERATING_POINTS)
@@ -44,7 +49,7 @@ def choose_operating_points(labels: np.ndarray, probs: np.ndarray, seed: int = 0
     spec95 = thresholds[int(np.flatnonzero(fpr <= 0.05)[-1])]
     return {"youden": float(youden), "youden-median": median_youden(labels, probs, seed=seed), "sens95": float(sens95),
             "sens95-median": target_sensitivity_threshold(labels, probs, 0.95, resamples=200, seed=seed)[0],
-            "spec95": float(spec95)}
+            "spec95": float(spec95), "balanced": BALANCED_THRESHOLD}
 
 
 def median_youden(labels: np.ndarray, probs: np.ndarray, resamples: int = 200, seed: int = 0) -> float:

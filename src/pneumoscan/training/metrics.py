@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from pneumoscan.errors import DatasetError
 from pneumoscan.evaluation.metrics import threshold_free_metrics, threshold_metrics
-from pneumoscan.evaluation.operating import choose_operating_points
+from pneumoscan.evaluation.operating import OPERATING_POINTS, choose_operating_points, fit_temperature
+
+# A temperature outside this range means validation cannot support it (a handful of images, or
+# classes that validation separates perfectly): the model then keeps its raw probabilities.
+TEMPERATURE_RANGE = (0.2, 5.0)
 
 
 def operating_points(labels: np.ndarray, probabilities: np.ndarray, seed: int = 0) -> dict[str, float]:
@@ -16,8 +21,31 @@ def operating_points(labels: np.ndarray, probabilities: np.ndarray, seed: int = 
     """
     labels = np.asarray(labels).astype(int).ravel()
     if len(np.unique(labels)) < 2:
-        return {"youden": 0.5, "youden-median": 0.5, "sens95": 0.5, "sens95-median": 0.5, "spec95": 0.5}
+        return dict.fromkeys(OPERATING_POINTS, 0.5)
     return choose_operating_points(labels, probabilities, seed=seed)
+
+
+def validation_temperature(labels: np.ndarray, probabilities: np.ndarray) -> tuple[float, str | None]:
+    """(temperature, why it is 1) fitted on validation after training; the reason is None when fitted.
+
+    Label smoothing and heavy augmentation leave the network under-confident on clean images (validation
+    ECE near 0.1); one temperature fitted by log loss on validation makes the stored probabilities honest
+    without changing the ranking or any decision (the thresholds are chosen after it).
+    """
+    labels = np.asarray(labels).astype(int).ravel()
+    probabilities = np.asarray(probabilities, dtype=np.float64).ravel()
+    if len(np.unique(labels)) < 2:
+        return 1.0, "validation holds one class"
+    if probabilities[labels == 1].min() > probabilities[labels == 0].max():
+        return 1.0, "validation separates the classes perfectly, so it cannot set a temperature"
+    try:
+        temperature = fit_temperature(labels, probabilities)
+    except DatasetError as exc:  # scores anti-correlated with the labels (a network that has not learned)
+        return 1.0, str(exc).split("; ")[0]
+    low, high = TEMPERATURE_RANGE
+    if not low <= temperature <= high:
+        return 1.0, f"the fitted temperature {temperature:.3g} is outside {low:g}-{high:g}"
+    return float(temperature), None
 
 
 def binary_summary(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float]:

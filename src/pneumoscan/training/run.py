@@ -257,11 +257,12 @@ def _log_order(path: Path) -> int:
 # -- after training ------------------------------------------------------------------------------------------
 def _finish(run_dir: Path, config: TrainConfig, module: Any, data: Any, provenance: dict[str, Any]) -> None:
     """Best weights -> validation predictions, threshold, model file, history and curves."""
+    from pneumoscan.evaluation.operating import apply_temperature
     from pneumoscan.models import build_model, save_model
     from pneumoscan.models.artifact import read_checkpoint
     from pneumoscan.training.console import warn_if_small_validation
     from pneumoscan.training.curves import plot_curves, read_history
-    from pneumoscan.training.metrics import binary_summary, operating_points
+    from pneumoscan.training.metrics import binary_summary, operating_points, validation_temperature
     from pneumoscan.training.module import predict_probabilities
 
     network = build_model(config.model, config.image_size, config.members)
@@ -276,9 +277,16 @@ def _finish(run_dir: Path, config: TrainConfig, module: Any, data: Any, provenan
     network = network.to(memory_format=torch.channels_last) if config.channels_last else network
     probs = predict_probabilities(network.cpu(), data.val_images, channels_last=config.channels_last)
     labels = data.val_labels
+    temperature = 1.0
+    if config.temperature_scaling:
+        temperature, kept_raw = validation_temperature(labels, probs)
+        if kept_raw:
+            provenance["warnings"] = [*provenance.get("warnings", []), f"temperature scaling skipped: {kept_raw}"]
+        # Everything below (validation predictions, thresholds, metrics) is on the model's own scale.
+        probs = apply_temperature(probs, temperature)
     points = operating_points(labels, probs, seed=config.seed)
     threshold = points[config.threshold_rule]
-    if (small := warn_if_small_validation(labels, probs, threshold)) is not None:
+    if config.threshold_rule != "balanced" and (small := warn_if_small_validation(labels, probs, threshold)):
         provenance["warnings"] = [*provenance.get("warnings", []), small.removeprefix("warning: ")]
     metrics = binary_summary(labels, probs, threshold)
     metrics["best_epoch"] = best_epoch if best_epoch is not None else -1
@@ -286,7 +294,8 @@ def _finish(run_dir: Path, config: TrainConfig, module: Any, data: Any, provenan
                      ([os.path.abspath(s.path), s.patient_id, s.label, f"{float(p):.6f}"]
                       for s, p in zip(data.val_samples, probs, strict=True)))
     # The module states what a model file says about itself; here only what validation chose changes.
-    meta = replace(module.meta(), threshold=threshold, operating_points=points, val_metrics=metrics)
+    meta = replace(module.meta(), threshold=threshold, operating_points=points, val_metrics=metrics,
+                   temperature=temperature)
     save_model(run_dir, network.to(memory_format=torch.contiguous_format), meta)
     history = read_history(sorted((run_dir / runs.LOGS).glob("csv*/metrics.csv"), key=_log_order))
     if history:
