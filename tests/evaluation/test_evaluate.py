@@ -215,3 +215,25 @@ def test_compare_warns_when_reports_were_made_on_different_data(report, tmp_path
     assert result.header == ["metric", f"{run_id} (a)", f"{run_id} (b)"]  # one run twice: told apart
     assert any(note.startswith(f"{result.header[2]}: LEAKAGE") for note in result.notes)
     assert result.rows[2][1] == result.rows[2][2]  # same figures, side by side
+
+
+def test_report_sets_its_figures_beside_the_in_distribution_and_published_ones(report, tiny_run):
+    data = json.loads(report.json.read_text())
+    own, meta = data["context"]["in_distribution"], read_meta(tiny_run)
+    assert (own["roc_auc"], own["sensitivity"], own["specificity"]) == (
+        meta.val_metrics["auc"], meta.val_metrics["sensitivity"], meta.val_metrics["specificity"])
+    # The synthetic test split is named like the Kermany files: the published figures are shown as context.
+    assert any(row["source"].startswith("Kermany et al. 2018") for row in data["context"]["published"])
+    for text in (report.markdown.read_text(), report.html.read_text()):
+        assert "In context" in text and "Kermany et al. 2018" in text and "this evaluation, stored threshold" in text
+
+
+def test_published_figures_are_shown_only_for_kermany_named_test_images():
+    from pneumoscan.evaluation.context import is_kermany_test
+
+    kermany = ["t/NORMAL/IM-0001-0001.jpeg", "t/PNEUMONIA/person1_bacteria_1.jpeg", "t/NORMAL/NORMAL2-IM-0007-0001.jpeg"]
+    assert is_kermany_test(kermany, "test", "data")
+    assert is_kermany_test(kermany, "all", "chest_xray/test")
+    assert not is_kermany_test(kermany, "train", "data")
+    assert not is_kermany_test([*kermany, "t/NORMAL/scan_0042.png"], "test", "data")
+    assert not is_kermany_test([], "test", "data")

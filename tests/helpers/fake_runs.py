@@ -39,6 +39,13 @@ def make_run(folder: Path, data: Path, threshold: float = 0.5, seed: int = 0,
     lines += [f"{f},{kermany_patient_id(f.stem)},{int(f.parent.name == 'PNEUMONIA')},{p:.6f}"
               for f, p in zip(val, probs, strict=True)]
     (folder / "val_predictions.csv").write_text("\n".join(lines) + "\n")
+    # As training does: the model file carries its validation figures at its threshold.
+    from dataclasses import replace
+
+    from pneumoscan.training.metrics import binary_summary
+
+    labels = [int(f.parent.name == "PNEUMONIA") for f in val]
+    save_model(folder, model, replace(meta, val_metrics=binary_summary(labels, probs, threshold)))
     (folder / "history.csv").write_text("epoch,train_loss,val_loss,train_acc,val_acc,train_auc,val_auc\n"
                                         "0,0.69,0.68,0.5,0.55,0.5,0.6\n1,0.6,0.62,0.7,0.66,0.75,0.7\n")
     return folder

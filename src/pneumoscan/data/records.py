@@ -55,6 +55,11 @@ _PERSON = re.compile(r"person(\d+)(?:_([a-z]+))?", re.IGNORECASE)
 _IM = re.compile(r"(?:^|(?P<series>[a-z0-9]+)-)IM-(?P<number>\d+)-", re.IGNORECASE)
 
 
+def follows_kermany_naming(stem: str) -> bool:
+    """Whether a file stem follows one of the Kermany numbering schemes (``person…``, ``…IM-…-``)."""
+    return bool(_PERSON.search(stem) or _IM.search(stem))
+
+
 def kermany_patient_id(stem: str) -> str:
     """Patient id from a Kermany file name, else the file stem.
 

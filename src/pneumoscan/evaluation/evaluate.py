@@ -29,6 +29,7 @@ from pneumoscan.config import save_config, to_dict
 from pneumoscan.errors import ConfigError, DatasetError
 from pneumoscan.evaluation import metrics as M
 from pneumoscan.evaluation.config import EvaluateConfig
+from pneumoscan.evaluation.context import report_context
 from pneumoscan.evaluation.figures import report_figures
 from pneumoscan.evaluation.gallery import gallery as error_gallery
 from pneumoscan.evaluation.operating import apply_temperature, fit_temperature
@@ -166,6 +167,7 @@ def _evaluate(config: EvaluateConfig, members: list[Member], metas: list, out: P
             "source": validation["source"], "images": len(validation["labels"]),
             "patients": len(set(validation["patients"])),
         },
+        context=report_context(metas, [s.path for s in kept], config.split, data_root),
         leakage=_leakage(members, kept),
         config=to_dict(config),
         versions=library_versions(),

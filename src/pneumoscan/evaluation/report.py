@@ -55,6 +55,33 @@ def format_value(entry: Figure | dict[str, Any] | None) -> str:
     return str(entry)
 
 
+CONTEXT_METRICS = ("roc_auc", "accuracy", "sensitivity", "specificity")
+
+
+def _context_rows(report: Report) -> list[list[str]]:
+    """This evaluation at the stored threshold, beside the model's in-distribution validation figures and,
+    on the official Kermany test images, the published figures (rows of the "In context" table)."""
+    context = report.context or {}
+    if not context:
+        return []
+
+    def cells(row: dict[str, Any]) -> list[str]:
+        return [f"{row[m]:.3f}" if isinstance(row.get(m), (int, float)) else "–" for m in CONTEXT_METRICS]
+
+    rows = [["this evaluation, stored threshold",
+             *[format_value(report.free(m) if m == "roc_auc" else report.at("stored", m)) for m in CONTEXT_METRICS]]]
+    if (own := context.get("in_distribution")) is not None:
+        rows.append([f"this model: {own['source']}", *cells(own)])
+    rows += [[f"published: {row['source']} (whole official test split, {row['images']} images)", *cells(row)]
+             for row in context.get("published", [])]
+    return rows
+
+
+CONTEXT_NOTE = ("Published figures use the whole official test split and other training set-ups; they are "
+                "context, not a like-for-like comparison. Validation figures come from the training "
+                "distribution and are usually higher than those of another site.")
+
+
 def _summary_line(report: Report) -> str:
     data = report.data
     models = ", ".join(f"{m['name']} ({m['path']})" for m in report.models)
@@ -91,6 +118,10 @@ def render_markdown(report: Report) -> str:
     for metric in THRESHOLD_METRICS:
         cells = [format_value(report.at(p, metric)) for p in points]
         lines.append(f"| {LABELS[metric]} | " + " | ".join(cells) + " |")
+    if context := _context_rows(report):
+        lines += ["", "## In context", "", "| | " + " | ".join(LABELS[m] for m in CONTEXT_METRICS) + " |",
+                  "|---|" + "---|" * len(CONTEXT_METRICS), *("| " + " | ".join(r) + " |" for r in context),
+                  "", CONTEXT_NOTE]
     lines += ["", "## Threshold-free metrics", "", "| metric | value |", "|---|---|"]
     for metric in THRESHOLD_FREE_METRICS:
         lines.append(f"| {LABELS[metric]} | {format_value(report.free(metric))} |")
@@ -156,6 +187,10 @@ def render_html(report: Report, figures: dict[str, bytes], gallery: dict[str, by
     parts.append("<h2>Metrics at each operating point</h2>")
     parts.append(_table(["metric", *[POINT_LABELS.get(p, p) for p in points]], [
         [LABELS[m], *[format_value(report.at(p, m)) for p in points]] for m in THRESHOLD_METRICS]))
+    if context := _context_rows(report):
+        parts.append("<h2>In context</h2>")
+        parts.append(_table(["", *[LABELS[m] for m in CONTEXT_METRICS]], context))
+        parts.append(f"<p class='muted'>{esc(CONTEXT_NOTE)}</p>")
     parts.append("<h2>Threshold-free metrics</h2>")
     parts.append(_table(["metric", "value [95% CI]"], [
         [LABELS[m], format_value(report.free(m))] for m in THRESHOLD_FREE_METRICS]))

@@ -86,6 +86,7 @@ class Report(_ReadsLikeJson):
     ensemble: bool = False
     tta: str | None = None
     validation: dict[str, Any] | None = None
+    context: dict[str, Any] = field(default_factory=dict)  # in-distribution and published figures (context.py)
     leakage: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
