@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -51,6 +52,17 @@ def test_validation_temperature_undoes_under_confidence_and_makes_probabilities_
     assert abs(temperature - 1 / 2.5) < 0.04
     rescaled = 1 / (1 + np.exp(-logits / 2.5 / temperature))
     assert expected_calibration_error(labels, rescaled) < 0.5 * expected_calibration_error(labels, squashed)
+
+
+def test_a_class_balanced_model_gets_the_temperature_of_a_balanced_validation_population():
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.ones(300, int), np.zeros(100, int)]  # validation with 3 pneumonia for 1 normal
+    probs = 1 / (1 + np.exp(-(np.where(labels == 1, 1.0, -1.0) + rng.normal(0, 1.5, 400))))
+    weighted, _ = validation_temperature(labels, probs, balanced=True)
+    # Weighting the classes equally is the same as validating on each normal image three times.
+    replicated = np.r_[labels, np.zeros(200, int)], np.r_[probs, np.tile(probs[labels == 0], 2)]
+    assert weighted == pytest.approx(validation_temperature(*replicated)[0], rel=1e-3)
+    assert abs(weighted - validation_temperature(labels, probs)[0]) > 0.01
 
 
 def test_validation_temperature_is_not_fitted_where_validation_cannot_support_it():

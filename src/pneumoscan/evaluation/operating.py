@@ -109,8 +109,8 @@ def target_sensitivity_threshold(labels: np.ndarray, probs: np.ndarray, target: 
     return float(np.median(picks)), percentile_interval(np.array(picks), 0.95)
 
 
-def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
-    """The temperature T that minimises the log loss of ``sigmoid(logit(probs) / T)`` on these labels.
+def fit_temperature(labels: np.ndarray, probs: np.ndarray, sample_weight: np.ndarray | None = None) -> float:
+    """The temperature T that minimises the (weighted) log loss of ``sigmoid(logit(probs) / T)`` on these labels.
 
     Temperature scaling is a one-weight logistic regression without intercept on the logit, so it is
     fitted with scikit-learn's ``LogisticRegression`` without penalty (C = inf); T = 1 / weight.
@@ -121,10 +121,18 @@ def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
     if not ((labels == 1).any() and (labels == 0).any()):
         raise DatasetError("validation predictions hold one class only; temperature scaling needs both classes")
     z = logit(probs)[:, None]
-    weight = float(LogisticRegression(C=np.inf, fit_intercept=False).fit(z, labels).coef_[0, 0])
+    fitted = LogisticRegression(C=np.inf, fit_intercept=False).fit(z, labels, sample_weight=sample_weight)
+    weight = float(fitted.coef_[0, 0])
     if weight <= 0:
         raise DatasetError("validation scores are anti-correlated with the labels; temperature scaling refused")
     return 1.0 / weight
+
+
+def balanced_weights(labels: np.ndarray) -> np.ndarray:
+    """Per-image weights that give both classes the same total weight (a balanced population)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    share = labels.mean()
+    return np.where(labels == 1, 0.5 / share, 0.5 / (1.0 - share))
 
 
 def logit(probs: np.ndarray) -> np.ndarray:

@@ -118,6 +118,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    @property
+    def class_balanced(self) -> bool:
+        """Whether training weighs both classes equally (loss weights or the weighted sampler)."""
+        return self.class_weights or self.sampler == "weighted"
+
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the option when a value is out of range."""
         parse_devices(str(self.devices))  # before any data is cached or a run folder written
@@ -135,7 +140,7 @@ class TrainConfig:
             raise ConfigError(f"--val-fraction: must be between 0 and 1, not {self.val_fraction}")
         if not 0.0 <= self.test_fraction < 1.0 - self.val_fraction:
             raise ConfigError(f"--test-fraction: must be at least 0 and below 1 - val-fraction, not {self.test_fraction}")
-        if self.threshold_rule == "balanced" and not (self.class_weights or self.sampler == "weighted"):
+        if self.threshold_rule == "balanced" and not self.class_balanced:
             raise ConfigError("--threshold-rule balanced: needs a class-balanced model (--class-weights or "
                               "--sampler weighted); choose a rule that uses validation otherwise")
         if self.members > 1 and self.pretrained:

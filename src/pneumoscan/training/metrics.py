@@ -6,7 +6,12 @@ import numpy as np
 
 from pneumoscan.errors import DatasetError
 from pneumoscan.evaluation.metrics import threshold_free_metrics, threshold_metrics
-from pneumoscan.evaluation.operating import OPERATING_POINTS, choose_operating_points, fit_temperature
+from pneumoscan.evaluation.operating import (
+    OPERATING_POINTS,
+    balanced_weights,
+    choose_operating_points,
+    fit_temperature,
+)
 
 # A temperature outside this range means validation cannot support it (a handful of images, or
 # classes that validation separates perfectly): the model then keeps its raw probabilities.
@@ -25,12 +30,15 @@ def operating_points(labels: np.ndarray, probabilities: np.ndarray, seed: int = 
     return choose_operating_points(labels, probabilities, seed=seed)
 
 
-def validation_temperature(labels: np.ndarray, probabilities: np.ndarray) -> tuple[float, str | None]:
+def validation_temperature(labels: np.ndarray, probabilities: np.ndarray,
+                           balanced: bool = False) -> tuple[float, str | None]:
     """(temperature, why it is 1) fitted on validation after training; the reason is None when fitted.
 
     Label smoothing and heavy augmentation leave the network under-confident on clean images (validation
     ECE near 0.1); one temperature fitted by log loss on validation makes the stored probabilities honest
-    without changing the ranking or any decision (the thresholds are chosen after it).
+    without changing the ranking or any decision (the thresholds are chosen after it). A class-balanced
+    model (``balanced``) states probabilities for a population with as many normal as pneumonia cases, so
+    its temperature is fitted on validation weighted to that population, not to validation's own mix.
     """
     labels = np.asarray(labels).astype(int).ravel()
     probabilities = np.asarray(probabilities, dtype=np.float64).ravel()
@@ -39,7 +47,7 @@ def validation_temperature(labels: np.ndarray, probabilities: np.ndarray) -> tup
     if probabilities[labels == 1].min() > probabilities[labels == 0].max():
         return 1.0, "validation separates the classes perfectly, so it cannot set a temperature"
     try:
-        temperature = fit_temperature(labels, probabilities)
+        temperature = fit_temperature(labels, probabilities, balanced_weights(labels) if balanced else None)
     except DatasetError as exc:  # scores anti-correlated with the labels (a network that has not learned)
         return 1.0, str(exc).split("; ")[0]
     low, high = TEMPERATURE_RANGE

@@ -279,7 +279,7 @@ def _finish(run_dir: Path, config: TrainConfig, module: Any, data: Any, provenan
     labels = data.val_labels
     temperature = 1.0
     if config.temperature_scaling:
-        temperature, kept_raw = validation_temperature(labels, probs)
+        temperature, kept_raw = validation_temperature(labels, probs, balanced=config.class_balanced)
         if kept_raw:
             provenance["warnings"] = [*provenance.get("warnings", []), f"temperature scaling skipped: {kept_raw}"]
         # Everything below (validation predictions, thresholds, metrics) is on the model's own scale.
