@@ -186,6 +186,9 @@ def threshold_rule(meta: ModelMeta) -> str | None:
     if rule in OPERATING_POINTS:
         images = (meta.val_metrics or {}).get("images")
         on = f" ({int(images)} validation images)" if images else ""
+        if rule == "balanced":  # no image chose it; validation set the temperature only
+            scaled = float(meta.temperature or 1.0) != 1.0
+            on = f"; temperature {meta.temperature:.3f} fitted on validation{on}" if scaled else ""
         return f"{rule}: {OPERATING_POINTS[rule]}{on}"
     return None
 
