@@ -33,6 +33,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 METRICS = ("roc_auc", "accuracy", "sensitivity", "specificity", "ece")
+POINT_METRICS = ("accuracy", "sensitivity", "specificity")
 
 
 def parse_set(items: list[str]) -> dict[str, object]:
@@ -89,7 +90,8 @@ def evaluate_on(run: Path, data: Path | None, split: str, out: Path, bootstrap: 
 
     config = EvaluateConfig(models=[str(run)], data=str(data) if data else None, split=split,
                             bootstrap=bootstrap, gallery=0, out=str(out))
-    report = evaluate(config).report.to_dict()  # plain JSON types, as report.json holds them
+    result = evaluate(config)
+    report = result.report.to_dict()  # plain JSON types, as report.json holds them
     row = {}
     free, stored = report["metrics"]["threshold_free"], report["metrics"]["at"]["stored"]
     for metric in METRICS:
@@ -97,7 +99,45 @@ def evaluate_on(run: Path, data: Path | None, split: str, out: Path, bootstrap: 
         row[metric] = entry
     row["images"] = report["data"]["images"]
     row["threshold"] = report["operating_points"]["stored"]["threshold"]
+    # Every operating point of the same model, and the ECE before its temperature: what each choice buys.
+    row["points"] = {name: {m: at[m]["value"] for m in POINT_METRICS} for name, at in report["metrics"]["at"].items()}
+    row["ece_temperature_1"] = ece_without_temperature(run, result.folder)
     return row
+
+
+def ece_without_temperature(run: Path, report_dir: Path) -> float:
+    import csv
+
+    import numpy as np
+
+    from pneumoscan.evaluation.metrics import expected_calibration_error
+    from pneumoscan.evaluation.operating import apply_temperature
+    from pneumoscan.models.artifact import read_meta
+    from pneumoscan.runs import REPORT_PREDICTIONS
+
+    with open(report_dir / REPORT_PREDICTIONS, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    labels = np.array([int(r["label"]) for r in rows])
+    probs = np.array([float(r["probability"]) for r in rows])
+    return expected_calibration_error(labels, apply_temperature(probs, 1.0 / float(read_meta(run).temperature or 1.0)))
+
+
+def print_points(rows: list[dict]) -> None:
+    """Mean ± sd over seeds of each operating point of the same models, and ECE at temperature 1."""
+    print("\n| data | operating point | accuracy | sensitivity | specificity |\n|---|---|---|---|---|")
+    for name in dict.fromkeys(r["data"] for r in rows):
+        group = [r for r in rows if r["data"] == name and "points" in r]
+        for point in dict.fromkeys(p for r in group for p in r["points"]):
+            cells = []
+            for m in POINT_METRICS:
+                values = [r["points"][point][m] for r in group if r["points"].get(point, {}).get(m) is not None]
+                cells.append(f"{statistics.fmean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0:.3f}"
+                             if values else "–")
+            print(f"| {name} | {point} | " + " | ".join(cells) + " |")
+        eces = [r["ece_temperature_1"] for r in group if r.get("ece_temperature_1") is not None]
+        if eces:
+            print(f"| {name} | ECE at temperature 1 | {statistics.fmean(eces):.3f} ± "
+                  f"{statistics.stdev(eces) if len(eces) > 1 else 0:.3f} | | |")
 
 
 def fmt(entry: dict | None) -> str:
@@ -158,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         order = list(dict.fromkeys(r["data"] for r in rows))
         rows.sort(key=lambda r: (order.index(r["data"]), r["seed"]))
         print_table(rows)
+        print_points(rows)
         return 0
 
     from pneumoscan.training import TrainConfig, train
@@ -198,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed} | {name:18s} | " + " | ".join(f"{m} {fmt(row[m])}" for m in METRICS)
                   + f" | thr {row['threshold']:.3f} | train {wall:.0f}s", flush=True)
     summary = print_table(rows)
+    print_points(rows)
     from pneumoscan.provenance import library_versions
 
     result = {"overrides": overrides, "seeds": sorted({r["seed"] for r in rows}),
