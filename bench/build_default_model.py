@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(REPO)
 
     from pneumoscan._io import atomic_write_json, atomic_write_text
-    from pneumoscan.bundled import CARD_JSON, CARD_MARKDOWN, ONNX_FILE, WEIGHTS_FILE
+    from pneumoscan.bundled import CARD_JSON, CARD_MARKDOWN, META_JSON, ONNX_FILE, WEIGHTS_FILE
     from pneumoscan.bundled.card import build_bundled_card, portable, render_bundled_markdown
     from pneumoscan.evaluation import EvaluateConfig, evaluate
     from pneumoscan.serving.export import export_onnx
@@ -78,12 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copyfile(onnx, out / ONNX_FILE)
     shutil.copyfile(run / WEIGHTS_FILE, out / WEIGHTS_FILE)
     # The metadata, readable without torch (`pneumoscan models`), without this machine's paths.
-    atomic_write_json(out / "model.json", portable(json.loads((run / "model.json").read_text()), data.parent))
+    atomic_write_json(out / META_JSON, portable(json.loads((run / META_JSON).read_text()), data.parent))
     card = build_bundled_card(out, result.report.to_dict(), recipe=recipe, deviations=deviations,
                               reference_images=reference_images(data), shared_root=data.parent, train_seconds=trained_s)
     atomic_write_json(out / CARD_JSON, card)
     atomic_write_text(out / CARD_MARKDOWN, render_bundled_markdown(card))
-    size = sum((out / name).stat().st_size for name in (ONNX_FILE, WEIGHTS_FILE, CARD_JSON, CARD_MARKDOWN, "model.json"))
+    size = sum((out / name).stat().st_size for name in (ONNX_FILE, WEIGHTS_FILE, CARD_JSON, CARD_MARKDOWN, META_JSON))
     print(f"bundle written to {out} ({size / 1e6:.2f} MB)")
     return 0
 

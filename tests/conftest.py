@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data (skipped with a reason when absent) and small synthetic datasets."""
+"""Shared fixtures: the real data (skipped with a reason when absent), small synthetic datasets and a tiny
+exported model."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import properties
 from helpers.synthetic import write_synthetic_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +75,9 @@ class _GuardFitOnImport(importlib.abc.MetaPathFinder):
 
 
 def pytest_configure(config) -> None:
+    if (config.getoption("markexpr", "") or "").replace(" ", "") == "note2e":
+        # The inner loop: properties draw fewer examples (helpers.properties); the whole suite draws all.
+        properties.SHARE = properties.INNER_LOOP_SHARE
     if _GuardFitOnImport.NAME in sys.modules:
         _guard_fit(sys.modules[_GuardFitOnImport.NAME])
     else:
@@ -103,6 +108,25 @@ def real_subset(shared_data, tmp_path_factory) -> Path:
         for f in files:
             (root / "train" / cls / f.name).symlink_to(f)
     return root
+
+
+@pytest.fixture(scope="session")
+def exported_run(tmp_path_factory) -> Path:
+    """A run folder with a random 32 px seed-cnn, its operating points, and its ONNX export in ``export/``
+    (the plumbing under test does not depend on the weights; ONNX Runtime scores it fast). Exporting takes
+    seconds: the prediction and robustness tests share this one, read-only."""
+    import torch
+
+    from pneumoscan.models import ModelMeta, build_model, save_model
+    from pneumoscan.serving.export import export_onnx
+
+    folder = tmp_path_factory.mktemp("exported-run")
+    torch.manual_seed(0)
+    meta = ModelMeta(name="seed-cnn", image_size=32, threshold=0.5, version="test",
+                     operating_points={"youden": 0.5, "sens95": 0.2, "spec95": 0.8})
+    save_model(folder, build_model("seed-cnn", 32), meta)
+    export_onnx(folder)
+    return folder
 
 
 @pytest.fixture

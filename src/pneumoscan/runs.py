@@ -15,9 +15,10 @@ Every stage asks this module rather than spelling a file name itself. A run fold
     model.json           the same metadata, for people
     val_predictions.csv  path,patient_id,label,probability of the best weights on validation
     export/              model.onnx, model_card.json, model_card.md (`pneumoscan export`)
-    reports/<split>-<time>/  report.json, report.html, report.md, plots/ (`pneumoscan evaluate`)
+    reports/<split>-<time>/  report.json, report.html, report.md, plots/, gallery/, predictions.csv and
+                         the evaluation's own config.yaml (`pneumoscan evaluate`)
     calibrated/<data>-<time>/  a site-calibrated model version: model.safetensors, model.json,
-                         calibration.json, model card (`pneumoscan calibrate`)
+                         calibration.json, model card, README.md (`pneumoscan calibrate`)
 
 This module imports nothing heavy: the ONNX serving path uses it without torch.
 """
@@ -51,8 +52,14 @@ CARD_JSON = "model_card.json"
 CARD_MARKDOWN = "model_card.md"
 REPORTS = "reports"
 REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
+REPORT_MARKDOWN = "report.md"
+REPORT_PREDICTIONS = "predictions.csv"
+PLOTS = "plots"
+GALLERY = "gallery"
 CALIBRATED = "calibrated"
 CALIBRATION_JSON = "calibration.json"
+CALIBRATION_README = "README.md"
 LATEST = "latest"  # a symlink beside the runs; LATEST_FILE where the file system has no links
 LATEST_FILE = "LATEST"
 

@@ -48,6 +48,7 @@ def files(corpus, tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.mark.e2e  # starts a PACS
 def test_orthanc_study_sent_to_the_node_comes_back_as_srs_equal_to_predict(orthanc_ready, dicom_model, corpus, files,
                                                                           tmp_path, caplog):
     node_port = orthanc.free_port()

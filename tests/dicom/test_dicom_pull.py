@@ -15,6 +15,9 @@ from helpers import chest_dicoms
 from pneumoscan.cli import main
 from pneumoscan.dicom.results import PROBABILITY
 
+# A PACS: Orthanc, or an address where none answers (the DICOMweb client's retries take half a minute).
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def pacs(orthanc_ready, tmp_path_factory):

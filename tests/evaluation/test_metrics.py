@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from sklearn import metrics as skm
 from torchmetrics.functional.classification import binary_calibration_error
 
+from helpers.properties import examples
 from pneumoscan.evaluation import metrics as M
 
 EPS = np.finfo(np.float64).eps  # probabilities of exactly 0 or 1 are clipped for the log loss
@@ -57,7 +58,7 @@ def assert_close(actual: dict, expected: dict, keys) -> None:
             assert a == pytest.approx(e, abs=1e-9), key
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(data=scored_labels(), threshold=st.floats(0.05, 0.95))
 def test_point_metrics_equal_scikit_learn(data, threshold):
     labels, probs = data
@@ -66,7 +67,7 @@ def test_point_metrics_equal_scikit_learn(data, threshold):
     assert_close(M.threshold_free_metrics(labels, probs), expected, ("roc_auc", "pr_auc", "brier", "log_loss"))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(data=scored_labels(), threshold=st.floats(0.05, 0.95), seed=st.integers(0, 1000))
 def test_vectorised_bootstrap_metrics_equal_scikit_learn_on_each_resample(data, threshold, seed):
     labels, probs = data
@@ -85,7 +86,7 @@ def test_vectorised_bootstrap_metrics_equal_scikit_learn_on_each_resample(data, 
         assert got["ece"] == pytest.approx(M.expected_calibration_error(y, p), abs=1e-9)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(data=scored_labels(), bins=st.integers(2, 20))
 def test_ece_equals_torchmetrics_binary_calibration_error(data, bins):
     labels, probs = data

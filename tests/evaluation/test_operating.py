@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers.properties import examples
 from pneumoscan.errors import DatasetError
 from pneumoscan.evaluation.operating import (
     apply_temperature,
@@ -30,7 +31,7 @@ def validation_scores(draw):
     return labels, probs
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(validation_scores())
 def test_operating_points_meet_their_targets_and_are_the_best_such(data):
     labels, probs = data

@@ -14,7 +14,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]  # starts a browser
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's Chromium is absent: apt-get install chromium")

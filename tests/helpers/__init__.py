@@ -5,4 +5,5 @@
 - :mod:`helpers.fake_runs`: a run folder with an untrained model (evaluation without training).
 - :mod:`helpers.corpus`: the corpus of hostile inputs and a CLI runner for the robustness tests.
 - :mod:`helpers.chest_dicoms`: chest radiographs (and what a PACS also sends) as DICOM, for the DICOM node.
+- :mod:`helpers.properties`: how many examples a property test draws (fewer in the inner loop).
 """

@@ -21,6 +21,8 @@ from pneumoscan.inference.ray_engine import decode_batch, predict_ray  # noqa: E
 from pneumoscan.inference.results import read_results  # noqa: E402
 from pneumoscan.inference.stream import iter_sources, predict_to_file  # noqa: E402
 
+pytestmark = pytest.mark.e2e  # starts a Ray cluster and scores hundreds of real images
+
 SHARED_IMAGES = 300
 
 

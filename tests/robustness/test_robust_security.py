@@ -108,12 +108,9 @@ def test_every_command_refuses_a_pickle_payload_in_one_line_and_never_runs_it(co
 
 
 @pytest.fixture(scope="module")
-def model_files(tmp_path_factory) -> dict[str, Path]:
-    """A tiny model as safetensors and (when the exporter is there) ONNX."""
-    folder = tiny_model(tmp_path_factory.mktemp("model-files"))
-    from pneumoscan.serving.export import export_onnx
-
-    return {"safetensors": folder / "model.safetensors", "onnx": export_onnx(folder)}
+def model_files(exported_run) -> dict[str, Path]:
+    """A tiny model as safetensors and ONNX (shared with other tests: read, never changed)."""
+    return {"safetensors": exported_run / "model.safetensors", "onnx": exported_run / "export" / "model.onnx"}
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])

@@ -29,6 +29,7 @@ STEP_MS = 60_000
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.e2e,  # starts a browser
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's Chromium is not installed at /usr/bin/chromium "
                                                      "(apt-get install chromium; .ci/run does it)"),
 ]

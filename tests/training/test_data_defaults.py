@@ -9,7 +9,7 @@ import pytest
 from pneumoscan.cli import build_parser
 from pneumoscan.training import TrainConfig
 from pneumoscan.training.console import warn_if_small_validation
-from pneumoscan.training.data import prepare_data
+from pneumoscan.training.data import PreparedData, XrayDataModule
 
 
 def _defaults(argv: list[str]):
@@ -35,14 +35,22 @@ def _npz(path, per_class: dict[str, int], size: int = 28) -> None:
     np.savez(path, **arrays)
 
 
+def prepared(config: TrainConfig) -> PreparedData:
+    """What a run trains on: the DataModule's hooks, called as Lightning calls them."""
+    datamodule = XrayDataModule(config)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule.data
+
+
 def test_an_npz_with_its_own_validation_split_trains_on_its_splits_by_default(tmp_path):
     npz = tmp_path / "pneumoniamnist.npz"
     _npz(npz, {"train": 20, "val": 50, "test": 5})
-    data = prepare_data(TrainConfig(data=str(npz), image_size=28, progress=False), progress=False)
+    data = prepared(TrainConfig(data=str(npz), image_size=28, progress=False))
     assert len(data.val_samples) == 100 and all(s.split == "val" for s in data.val_samples)
     assert len(data.train_samples) == 40  # its own validation images are not pooled into training
 
-    pooled = prepare_data(TrainConfig(data=str(npz), image_size=28, split="patient", progress=False), progress=False)
+    pooled = prepared(TrainConfig(data=str(npz), image_size=28, split="patient", progress=False))
     assert len(pooled.train_samples) + len(pooled.val_samples) == 140  # asked for: pooled and re-carved
 
 

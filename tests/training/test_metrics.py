@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers.properties import examples
 from pneumoscan.evaluation.metrics import expected_calibration_error
 from pneumoscan.training.metrics import binary_summary, operating_points, validation_temperature
 
@@ -18,7 +19,7 @@ def _rates(labels: np.ndarray, probs: np.ndarray, threshold: float) -> tuple[flo
     return predicted[labels == 1].mean(), (~predicted[labels == 0]).mean()
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(scores)
 def test_operating_points_meet_their_sensitivity_and_specificity_targets(pairs):
     labels = np.array([p[0] for p in pairs])

@@ -52,7 +52,9 @@ def test_weighted_sampler_draws_both_classes_about_equally_from_imbalanced_data(
     data = PreparedData(Path("."), np.zeros((200, 8, 8), np.uint8), samples, np.zeros((2, 8, 8), np.uint8),
                         samples[:2])
     for sampler, expected in (("weighted", (0.4, 0.6)), ("shuffle", (0.85, 0.95))):
-        module = XrayDataModule(data, TrainConfig(sampler=sampler, batch_size=50, seed=1))
+        module = XrayDataModule(TrainConfig(sampler=sampler, batch_size=50, seed=1))
+        module.data = data  # already in memory: setup has nothing to list or decode
+        module.setup("fit")
         batches = [y for _ in range(5) for _, y in module.train_dataloader()]
         share = float(torch.cat(batches).mean())
         assert expected[0] <= share <= expected[1], (sampler, share)

@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # trains a model (in a child process, where the fit guard cannot see it)
 def test_train_into_a_file_writes_one_line_per_epoch_and_no_noise(synthetic_dataset, tmp_path):
     log = tmp_path / "train.log"
     command = [sys.executable, "-m", "pneumoscan", "train", "--data", str(synthetic_dataset), "--out",

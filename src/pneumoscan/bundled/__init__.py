@@ -14,13 +14,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pneumoscan import runs
 from pneumoscan.errors import ModelFileError
 
 BUNDLED_DIR = Path(__file__).resolve().parent
-ONNX_FILE = "model.onnx"
-WEIGHTS_FILE = "model.safetensors"
-CARD_JSON = "model_card.json"
-CARD_MARKDOWN = "model_card.md"
+# The folder is laid out as a run's export: the same file names.
+ONNX_FILE = runs.ONNX
+WEIGHTS_FILE = runs.MODEL
+META_JSON = runs.MODEL_JSON
+CARD_JSON = runs.CARD_JSON
+CARD_MARKDOWN = runs.CARD_MARKDOWN
 NAME = "default"  # how `pneumoscan models` and the docs refer to it
 
 

@@ -224,6 +224,7 @@ def _model_or_bundled(model: str | None) -> str:
 
 
 def run_export(args) -> int:
+    from pneumoscan import runs
     from pneumoscan.serving.export import PARITY_TOLERANCE, export_onnx
 
     print(f"exporting {args.model} to ONNX and checking it against PyTorch (about half a minute)...",
@@ -232,6 +233,6 @@ def run_export(args) -> int:
     print(f"parity check passed: ONNX Runtime and PyTorch agree within {PARITY_TOLERANCE:g} in probability",
           file=sys.stderr)
     print(out)
-    print(out.parent / "model_card.json")
-    print(out.parent / "model_card.md")
+    print(out.parent / runs.CARD_JSON)
+    print(out.parent / runs.CARD_MARKDOWN)
     return 0

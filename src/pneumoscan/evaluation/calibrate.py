@@ -104,6 +104,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitiv
     from pneumoscan.models import load_model, save_model
     from pneumoscan.runs import (
         CALIBRATION_JSON,
+        CALIBRATION_README,
         calibrated_folder,
         find_model_file,
         run_folder_of,
@@ -166,7 +167,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitiv
     model_file = save_model(folder, network, new_meta)
     atomic_write_json(folder / CALIBRATION_JSON, record)
     write_model_card(folder, new_meta)
-    atomic_write_text(folder / "README.md", _readme(record))
+    atomic_write_text(folder / CALIBRATION_README, _readme(record))
     return CalibrationResult(folder, model_file, fitted, source)
 
 

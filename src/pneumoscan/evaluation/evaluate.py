@@ -36,7 +36,18 @@ from pneumoscan.evaluation.operating import apply_temperature, fit_temperature
 from pneumoscan.evaluation.results import Figure, Metrics, Report
 from pneumoscan.evaluation.scoring import RULES, Member, operating_points, run_split, score, validation_scores
 from pneumoscan.provenance import DISCLAIMER, git_commit, library_versions
-from pneumoscan.runs import REPORT_JSON, SPLIT, find_run, report_folder
+from pneumoscan.runs import (
+    CONFIG,
+    PLOTS,
+    REPORT_HTML,
+    REPORT_JSON,
+    REPORT_MARKDOWN,
+    REPORT_PREDICTIONS,
+    SPLIT,
+    VAL_PREDICTIONS,
+    find_run,
+    report_folder,
+)
 
 __all__ = ["EvaluateConfig", "EvaluationResult", "evaluate"]
 
@@ -50,7 +61,7 @@ class EvaluationResult:
 
     @property
     def html(self) -> Path:
-        return self.folder / "report.html"
+        return self.folder / REPORT_HTML
 
     @property
     def json(self) -> Path:
@@ -58,7 +69,7 @@ class EvaluationResult:
 
     @property
     def markdown(self) -> Path:
-        return self.folder / "report.md"
+        return self.folder / REPORT_MARKDOWN
 
 
 def evaluate(config: EvaluateConfig) -> EvaluationResult:
@@ -118,7 +129,7 @@ def _evaluate(config: EvaluateConfig, members: list[Member], metas: list, out: P
     if config.calibrate:
         if validation is None:
             raise ConfigError(f"{members[0].source}: --calibrate needs the run's validation predictions "
-                              "(val_predictions.csv or split.csv in the run folder)")
+                              f"({VAL_PREDICTIONS} or {SPLIT} in the run folder)")
         temperature = fit_temperature(validation["labels"], validation["probs"])
 
     # 3. Score the evaluated split.
@@ -179,9 +190,9 @@ def _evaluate(config: EvaluateConfig, members: list[Member], metas: list, out: P
     figures = report_figures(members[0].run_dir, labels, probs, raw, thresholds, weights, report, config.bins)
     clock.lap("plots")
     for name, png in figures.items():
-        atomic_write_bytes(out / "plots" / f"{name}.png", png)
-        report.plots[name] = f"plots/{name}.png"
-    _write_predictions(out / "predictions.csv", kept, labels, raw, probs, thresholds["stored"])
+        atomic_write_bytes(out / PLOTS / f"{name}.png", png)
+        report.plots[name] = f"{PLOTS}/{name}.png"
+    _write_predictions(out / REPORT_PREDICTIONS, kept, labels, raw, probs, thresholds["stored"])
     gallery = error_gallery(members[0], images, kept, probs, labels, thresholds["stored"], config.gallery)
     clock.lap("gallery")
     report.gallery = [{k: v for k, v in item.items() if k != "png"} for item in gallery] if gallery else None
@@ -191,10 +202,10 @@ def _evaluate(config: EvaluateConfig, members: list[Member], metas: list, out: P
 
     clock.lap("report")  # the JSON states the timings up to here; writing the files is the rest
     report.timings_s = clock.laps
-    save_config(config, out / "config.yaml")  # a report's own config, not a run's
+    save_config(config, out / CONFIG)  # a report's own config, not a run's
     atomic_write_json(out / REPORT_JSON, report.to_dict())
-    atomic_write_text(out / "report.md", render_markdown(report))
-    atomic_write_text(out / "report.html", render_html(
+    atomic_write_text(out / REPORT_MARKDOWN, render_markdown(report))
+    atomic_write_text(out / REPORT_HTML, render_html(
         report, figures, {item["caption"]: item["png"] for item in gallery or []}))
     return EvaluationResult(out, report)
 

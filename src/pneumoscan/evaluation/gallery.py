@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.evaluation.scoring import Member
+from pneumoscan.runs import GALLERY
 
 
 def gallery(member: Member, images, kept, probs, labels, threshold: float, per_kind: int) -> list[dict] | None:
@@ -40,6 +41,6 @@ def gallery(member: Member, images, kept, probs, labels, threshold: float, per_k
         Image.fromarray(overlay(images[i], h)).resize((224, 224)).save(buffer, format="PNG")
         name = Path(kept[i].path).name
         items.append({"kind": kind, "path": str(kept[i].path), "patient_id": kept[i].patient_id,
-                      "probability": float(probs[i]), "image": f"gallery/{k:02d}-{kind.replace(' ', '-')}.png",
+                      "probability": float(probs[i]), "image": f"{GALLERY}/{k:02d}-{kind.replace(' ', '-')}.png",
                       "caption": f"{kind}: {name} (p = {probs[i]:.3f})", "png": buffer.getvalue()})
     return items

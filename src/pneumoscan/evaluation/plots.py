@@ -183,11 +183,12 @@ def histogram_plot(labels, probs, points: dict[str, float]) -> bytes:
     return _png(fig)
 
 
-def history_plot(history: dict[str, list[float]]) -> bytes:
-    """Training curves from a run's ``history.csv``: losses and every other per-epoch metric."""
+def history_plot(history: dict[str, list[float]], title: str = "", footnote: str = "") -> bytes:
+    """Training curves from a run's ``history.csv`` (columns of numbers): losses, and every other per-epoch
+    metric in [0, 1]. The run's ``curves.png`` and the report's training curves are this figure."""
     # Counted from 1, as the training log and the run's curves.png count them (Lightning counts from 0).
     epochs = [e + 1 for e in (history.get("epoch") or range(len(next(iter(history.values()), []))))]
-    fig = _figure(8.0, 3.6)
+    fig = _figure(8.0, 3.6 + (0.3 if title else 0) + (0.3 if footnote else 0))
     loss_ax, other_ax = fig.subplots(1, 2)
     for column, values in history.items():
         # Only losses and [0, 1] metrics share these axes (not the learning rate or wall time).
@@ -201,6 +202,14 @@ def history_plot(history: dict[str, list[float]]) -> bytes:
     loss_ax.set(xlabel="epoch", title="loss")
     other_ax.set(xlabel="epoch", title="metrics")
     for ax in (loss_ax, other_ax):
+        ax.xaxis.get_major_locator().set_params(integer=True)
         if ax.lines:
             ax.legend(fontsize=8)
-    return _png(fig, left=0.07, wspace=0.2, bottom=0.14)
+    margins = {"left": 0.07, "wspace": 0.2, "bottom": 0.14}
+    if title:
+        fig.suptitle(title)
+        margins["top"] = 0.84
+    if footnote:
+        fig.text(0.5, 0.01, footnote, ha="center", va="bottom", fontsize=6, wrap=True)
+        margins["bottom"] = 0.2
+    return _png(fig, **margins)

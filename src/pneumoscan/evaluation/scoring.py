@@ -59,7 +59,7 @@ def validation_scores(members: list[Member], config: EvaluateConfig, size: int, 
                         "labels": np.array([int(float(rows[0][p]["label"])) for p in common]),
                         "probs": np.mean([[float(r[p]["probability"]) for p in common] for r in rows], axis=0),
                         "patients": [rows[0][p].get("patient_id") or p for p in common],
-                        "source": "val_predictions.csv of the run" + ("s (common images, mean)" if len(rows) > 1 else ""),
+                        "source": f"{VAL_PREDICTIONS} of the run" + ("s (common images, mean)" if len(rows) > 1 else ""),
                     }
             except (KeyError, ValueError) as exc:
                 raise DatasetError(f"{members[0].run_dir}/{VAL_PREDICTIONS}: expected columns "

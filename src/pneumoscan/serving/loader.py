@@ -24,7 +24,15 @@ from typing import Any
 from pneumoscan.errors import ModelFileError
 from pneumoscan.inference import Classifier
 from pneumoscan.provenance import DISCLAIMER
-from pneumoscan.runs import ONNX, card_beside, export_file, find_model_file, run_folder_of, weights_beside
+from pneumoscan.runs import (
+    MODEL_JSON,
+    ONNX,
+    card_beside,
+    export_file,
+    find_model_file,
+    run_folder_of,
+    weights_beside,
+)
 
 log = logging.getLogger("pneumoscan.serving")
 
@@ -90,7 +98,7 @@ def _export_problem(exported: Path, threads: int | None) -> str:
         load_onnx(exported, device="cpu", threads=threads)
     except ModelFileError as exc:
         return f"is unreadable ({exc})"
-    return "is stale (it does not match model.json)"
+    return f"is stale (it does not match {MODEL_JSON})"
 
 
 def load_served_model(path: str | os.PathLike, threads: int | None = None) -> ServedModel:

@@ -1,11 +1,11 @@
-"""Per-epoch history from Lightning's CSV log, and the loss / accuracy / AUC curves as one PNG."""
+"""Per-epoch history from Lightning's CSV log, and the run's training curves as one PNG."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-from pneumoscan._io import atomic_write
+from pneumoscan._io import atomic_write_bytes
 from pneumoscan.provenance import DISCLAIMER
 
 COLUMNS = ("epoch", "wall_s", "lr", "train_loss", "val_loss", "train_acc", "val_acc", "train_auc", "val_auc")
@@ -37,28 +37,9 @@ def _merge(metrics_csv: Path, epochs: dict[int, dict[str, float]]) -> None:
 
 
 def plot_curves(history: list[dict[str, float]], path: Path, title: str = "") -> Path:
-    """Loss, accuracy and ROC-AUC per epoch for train and validation, written atomically as a PNG."""
-    import matplotlib
+    """Loss and metrics per epoch for train and validation (the report's training-curves figure, with
+    ``title`` and the disclaimer), written atomically as a PNG."""
+    from pneumoscan.evaluation.plots import history_plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    epochs = [r["epoch"] + 1 for r in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, metric, label in zip(axes, ("loss", "acc", "auc"), ("loss (class-weighted BCE)", "accuracy at 0.5", "ROC-AUC"), strict=True):
-        for split, style in (("train", "-o"), ("val", "-s")):
-            key = f"{split}_{metric}"
-            if any(key in r for r in history):
-                ax.plot(epochs, [r.get(key, float("nan")) for r in history], style, ms=3, label=split)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.text(0.5, 0.01, DISCLAIMER, ha="center", fontsize=6, wrap=True)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
-    return path
+    columns = {key: [row.get(key, float("nan")) for row in history] for key in (history[0] if history else {})}
+    return atomic_write_bytes(path, history_plot(columns, title=title, footnote=DISCLAIMER))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from pneumoscan.data import Sample, build_cache, default_data_root, load_dataset, split_by_patient
+from pneumoscan.data import ImageCache, Sample, build_cache, default_data_root, load_dataset, split_by_patient
 from pneumoscan.errors import DatasetError
 from pneumoscan.training.config import TrainConfig
 
@@ -47,12 +47,6 @@ class PreparedData:
     def val_labels(self) -> np.ndarray:
         return np.array([s.label for s in self.val_samples], dtype=np.float32)
 
-    @property
-    def all_samples(self) -> list[Sample]:
-        """Every image used (train, validation, held-out test), in a stable order: what ``split.csv`` lists."""
-        rows = self.train_samples + self.val_samples + self.test_samples
-        return sorted(rows, key=lambda s: (s.split or "", str(s.path)))
-
     def manifest_hash(self) -> str:
         """SHA-256 of the split, with paths relative to the data root, so that it is portable."""
         lines = []
@@ -77,11 +71,10 @@ def _split_rule(split: str, index) -> str:
     return "source" if own else "patient"
 
 
-def prepare_data(config: TrainConfig, progress: bool = True) -> PreparedData:
-    """List, split (by patient, never the test split) and decode the data of ``config``.
+def _listed(config: TrainConfig) -> tuple[Path, list[Sample], list[Sample], list[Sample], list[str]]:
+    """(root, train, validation, held-out test samples, notes): listed and split by the rules of ``config``.
 
-    Raises :class:`DatasetError` when the root is missing or a split ends up without both classes.
-    Undecodable files are skipped and returned in ``failures``.
+    Deterministic (the split and the limits are seeded), so every process of a run finds the same split.
     """
     root = Path(config.data).expanduser() if config.data else default_data_root()
     index = load_dataset(root)
@@ -96,23 +89,32 @@ def prepare_data(config: TrainConfig, progress: bool = True) -> PreparedData:
     rng = random.Random(config.seed)
     train = _limit(train, config.limit_train_images, rng)
     val = _limit(val, config.limit_val_images, rng)
+    test = [s for s in samples if s.split == "test"]
+    return root, train, val, test, list(index.notes)
+
+
+def _decoded(config: TrainConfig, progress: bool, warn: bool) -> tuple[Path, ImageCache, list[tuple[str, str]],
+                                                                       list[Sample], list[str]]:
+    """(root, the cache of the train and validation images, their failures, test samples, notes); the
+    cache is built when missing. ``warn`` logs each undecodable file.
+
+    Raises :class:`DatasetError` when the root is missing or a split ends up without both classes.
+    """
+    root, train, val, test, notes = _listed(config)
     cache = build_cache(train + val, config.image_size, config.fit, progress=progress)  # type: ignore[arg-type]
-    train_images, train_samples = cache.subset("train")
-    val_images, val_samples = cache.subset("val")
     wanted = {os.path.abspath(s.path) for s in train + val}
     failures = [(p, r) for p, r in cache.failures if os.path.abspath(p) in wanted]
-    for path, reason in failures:
+    for path, reason in failures if warn else ():
         log.warning("skipped an undecodable image: %s", reason or path)
-    for name, subset in (("training", train_samples), ("validation", val_samples)):
-        present = {s.label for s in subset}
+    for name, split in (("training", "train"), ("validation", "val")):
+        present = {s.label for s in cache.samples if s.split == split}
         if present != {0, 1}:
+            count = sum(s.split == split for s in cache.samples)
             raise DatasetError(
-                f"{root}: the {name} split has {len(subset)} decodable images of classes {sorted(present)}; "
+                f"{root}: the {name} split has {count} decodable images of classes {sorted(present)}; "
                 "it needs both NORMAL and PNEUMONIA (add images or change --val-fraction / --limit-*-images)"
             )
-    test = [s for s in samples if s.split == "test"]
-    return PreparedData(root, train_images, train_samples, val_images, val_samples, failures, list(index.notes),
-                        test)
+    return root, cache, failures, test, notes
 
 
 def _limit(samples: list[Sample], limit: int | None, rng: random.Random) -> list[Sample]:
@@ -137,15 +139,51 @@ class UInt8Images(Dataset):
 
 
 class XrayDataModule(L.LightningDataModule):
-    """Train and validation loaders over :class:`PreparedData`; validation is never augmented or resampled."""
+    """The training data in Lightning's two hooks; validation is never augmented or resampled.
 
-    def __init__(self, data: PreparedData, config: TrainConfig, on_gpu: bool = False) -> None:
+    ``prepare_data`` is the work done once, before any process reads the data: list the data, split it
+    (by patient, never touching the test split), decode the images into the on-disk cache and write the
+    run's ``split.csv`` (to ``split_file``, given to one process only). ``setup`` runs in every process:
+    the same seeded split, read back from the cache into :attr:`data` and the datasets. Undecodable
+    files are skipped and listed in ``data.failures``.
+    """
+
+    def __init__(self, config: TrainConfig, on_gpu: bool = False, *, split_file: Path | None = None,
+                 progress: bool = False) -> None:
         super().__init__()
-        self.data = data
         self.config = config
         self.on_gpu = on_gpu
-        self.train_set = UInt8Images(data.train_images, data.train_labels)
-        self.val_set = UInt8Images(data.val_images, data.val_labels)
+        self.split_file = split_file
+        self.progress = progress
+        self.data: PreparedData | None = None  # set by setup, or given
+        self.train_set: UInt8Images | None = None
+        self.val_set: UInt8Images | None = None
+        # Lightning calls the hooks again inside fit and predict; a run has called them before (its
+        # module needs the class counts), and the work is not to be done twice.
+        self._prepared = False
+
+    def prepare_data(self) -> None:
+        if self._prepared or self.data is not None:
+            return
+        _, cache, _, test, _ = _decoded(self.config, self.progress, warn=True)
+        if self.split_file is not None:
+            from pneumoscan.data import write_manifest
+
+            # Every image used (decodable train and validation, held-out test), in a stable order.
+            rows = sorted(cache.samples + test, key=lambda s: (s.split or "", str(s.path)))
+            write_manifest(rows, self.split_file)
+        self._prepared = True
+
+    def setup(self, stage: str) -> None:
+        if self.data is None:
+            root, cache, failures, test, notes = _decoded(self.config, progress=False, warn=False)
+            train_images, train_samples = cache.subset("train")
+            val_images, val_samples = cache.subset("val")
+            self.data = PreparedData(root, train_images, train_samples, val_images, val_samples, failures, notes,
+                                     test)
+        if self.train_set is None or self.val_set is None:
+            self.train_set = UInt8Images(self.data.train_images, self.data.train_labels)
+            self.val_set = UInt8Images(self.data.val_images, self.data.val_labels)
 
     def _workers(self) -> int:
         if self.config.workers >= 0:
@@ -174,4 +212,8 @@ class XrayDataModule(L.LightningDataModule):
         return self._loader(self.train_set, shuffle=True, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The validation images in order: what the best weights are scored on after fitting."""
         return self._loader(self.val_set, shuffle=False)

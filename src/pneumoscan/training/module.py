@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from typing import Any
 
 import lightning as L
@@ -134,6 +135,10 @@ class XrayClassifier(L.LightningModule):
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        images, _ = batch
+        return torch.sigmoid(self(images).float().reshape(-1))
+
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         images, labels = batch
         logits = self(images).float().reshape(-1)
@@ -221,16 +226,22 @@ class XrayClassifier(L.LightningModule):
                 torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def predict_probabilities(model: nn.Module, images: np.ndarray, batch_size: int = 256,
-                          channels_last: bool = True) -> np.ndarray:
-    """Probabilities of a network for uint8 (N, S, S) images, in order, without augmentation."""
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
-            batch = batch.unsqueeze(1).float().div_(255.0)
-            if channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            out.append(torch.sigmoid(model(batch).float().reshape(-1)).numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+def validation_probabilities(module: XrayClassifier, datamodule: L.LightningDataModule) -> np.ndarray:
+    """The module's probabilities for the DataModule's validation images (its ``predict_dataloader``), in
+    order, without augmentation.
+
+    Lightning's predict loop on a one-process CPU trainer in float32, whatever trained the weights: the
+    threshold is chosen on the same numbers on every machine, and after a multi-process fit only the
+    first process scores.
+    """
+    from pneumoscan.training.console import quiet_lightning
+
+    quiet_lightning()
+    scorer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", logger=False, enable_checkpointing=False,
+                       enable_progress_bar=False, enable_model_summary=False)
+    with warnings.catch_warnings():
+        # Lightning's own deprecation notice about torch's pytree API: nothing a user can act on.
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")  # in RAM already
+        batches = scorer.predict(module, datamodule=datamodule) or []
+    return torch.cat(batches).numpy() if batches else np.zeros(0, np.float32)

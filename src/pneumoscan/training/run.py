@@ -60,7 +60,7 @@ def _train(config: TrainConfig | None, resume: str | os.PathLike | None, callbac
     import lightning as L
 
     from pneumoscan.models import build_model, read_meta
-    from pneumoscan.training.data import XrayDataModule, prepare_data
+    from pneumoscan.training.data import XrayDataModule
     from pneumoscan.training.module import XrayClassifier
 
     resume_ckpt: Path | None = None
@@ -89,9 +89,14 @@ def _train(config: TrainConfig | None, resume: str | os.PathLike | None, callbac
         if rank_zero:
             print(pretrained_report.summary())
 
-    data = prepare_data(config, progress=config.progress and rank_zero and sys.stderr.isatty())
     if resume_ckpt is None:
         run_dir = _new_run_dir(config)
+    # Called here, not only by fit: the module's class weights and the provenance need the data first.
+    datamodule = XrayDataModule(config, on_gpu=on_gpu, split_file=run_dir / runs.SPLIT if rank_zero else None,
+                                progress=config.progress and rank_zero and sys.stderr.isatty())
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    data = datamodule.data
     if rank_zero:
         ensure_writable_dir(run_dir / runs.CHECKPOINTS)
     provenance = _provenance(config, data, resume_ckpt)
@@ -100,10 +105,7 @@ def _train(config: TrainConfig | None, resume: str | os.PathLike | None, callbac
                                     "adapted": pretrained_report.adapted}
 
     if rank_zero:
-        from pneumoscan.data import write_manifest
-
         save_config(config, run_dir / runs.CONFIG)
-        write_manifest(data.all_samples, run_dir / runs.SPLIT)
         atomic_write_json(run_dir / runs.PROVENANCE, provenance)
         if pretrained_report is not None:
             atomic_write_json(run_dir / runs.PRETRAINED, pretrained_report.to_dict())
@@ -117,7 +119,6 @@ def _train(config: TrainConfig | None, resume: str | os.PathLike | None, callbac
     # Inverse class frequency, normalised so that a balanced set has weights (1, 1) (Keras' class_weight).
     weights = (len(labels) / (2 * negatives), len(labels) / (2 * positives)) if use_weights else (1.0, 1.0)
     module = XrayClassifier(network, config, weights, provenance, run_id=run_dir.name)
-    datamodule = XrayDataModule(data, config, on_gpu=on_gpu)
     trainer = _trainer(config, run_dir, on_gpu, list(callbacks), len(data.train_samples))
     with warnings.catch_warnings():
         # On CPU the loaders deliberately use no worker processes (the images are already in RAM).
@@ -132,7 +133,7 @@ def _train(config: TrainConfig | None, resume: str | os.PathLike | None, callbac
     if trainer.interrupted:
         print(f"training interrupted; continue with: pneumoscan train --resume {run_dir}")
         return run_dir
-    _finish(run_dir, config, module, data, provenance)
+    _finish(run_dir, config, module, datamodule, provenance)
     runs.point_latest(run_dir)
     return run_dir
 
@@ -255,27 +256,25 @@ def _log_order(path: Path) -> int:
 
 
 # -- after training ------------------------------------------------------------------------------------------
-def _finish(run_dir: Path, config: TrainConfig, module: Any, data: Any, provenance: dict[str, Any]) -> None:
+def _finish(run_dir: Path, config: TrainConfig, module: Any, datamodule: Any, provenance: dict[str, Any]) -> None:
     """Best weights -> validation predictions, threshold, model file, history and curves."""
     from pneumoscan.evaluation.operating import apply_temperature
-    from pneumoscan.models import build_model, save_model
+    from pneumoscan.models import save_model
     from pneumoscan.models.artifact import read_checkpoint
     from pneumoscan.training.console import warn_if_small_validation
     from pneumoscan.training.curves import plot_curves, read_history
     from pneumoscan.training.metrics import binary_summary, operating_points, validation_temperature
-    from pneumoscan.training.module import predict_probabilities
+    from pneumoscan.training.module import validation_probabilities
 
-    network = build_model(config.model, config.image_size, config.members)
+    data, network = datamodule.data, module.model
     best = runs.checkpoint(run_dir, "best")
     best_epoch = None
     if best.is_file():
         state, _, epoch = read_checkpoint(best)
         network.load_state_dict(state)
         best_epoch = (epoch if epoch is not None else -1) + 1  # counted from 1, as the log and curves.png count
-    else:  # validation never ran (a very short --max-time): keep the weights in memory
-        network.load_state_dict(module.model.state_dict())
-    network = network.to(memory_format=torch.channels_last) if config.channels_last else network
-    probs = predict_probabilities(network.cpu(), data.val_images, channels_last=config.channels_last)
+    # else validation never ran (a very short --max-time): keep the weights in memory
+    probs = validation_probabilities(module, datamodule)
     labels = data.val_labels
     temperature = 1.0
     if config.temperature_scaling:

@@ -1,0 +1,224 @@
+"""Decode a DICOM file's bytes into one 8-bit grayscale array, within bounds a hostile file cannot break.
+
+pydicom parses and decompresses; this module checks the pixel count from the header before any pixel
+data is read, inflates a deflated data set in bounded chunks, applies the modality and VOI transforms,
+and turns whatever pydicom raises on a damaged file into an :class:`ImageReadError` naming the file.
+:func:`pneumoscan.data.image.read_image` calls it for every file that starts with the DICM marker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import struct
+import zlib
+from collections.abc import Iterator
+
+import numpy as np
+from PIL import Image
+
+from pneumoscan.data.pixels import MAX_PIXELS, to_uint8
+from pneumoscan.errors import ImageReadError, reason
+
+# Everything in a DICOM data set but its pixels (patient, study, overlays, an icon) stays far below this.
+# A deflated data set may inflate to its pixels' size plus this much, never more.
+MAX_DICOM_HEADER_BYTES = 8 * 1024 * 1024
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
+_INFLATE_CHUNK = 1024 * 1024
+
+
+def is_dicom(head: bytes) -> bool:
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+def decode_dicom(data: bytes, label: str) -> np.ndarray:
+    """The DICOM file's bytes -> ``uint8`` (H, W), bright meaning dense whatever the photometric
+    interpretation. Raises :class:`ImageReadError` naming ``label`` for anything it cannot decode."""
+    with _corrupt_dicom(label):
+        return _decode(_inflate_if_deflated(data, label), label)
+
+
+def probe_dicom(data: bytes, label: str) -> tuple[int, int, str]:
+    """(columns, rows, photometric interpretation) from the header alone, after the same checks as
+    :func:`decode_dicom` makes before it reads any pixel data."""
+    with _corrupt_dicom(label):
+        ds = _dcmread(_inflate_if_deflated(data, label), label, stop_before_pixels=True)
+        _check_dicom_pixels(ds, label)
+        return int(ds.get("Columns", 0)), int(ds.get("Rows", 0)), str(ds.get("PhotometricInterpretation", "?"))
+
+
+@contextlib.contextmanager
+def _corrupt_dicom(label: str) -> Iterator[None]:
+    """Turn whatever pydicom raises on a damaged file into an ImageReadError naming the file.
+
+    pydicom parses elements lazily and raises NotImplementedError (unknown VR), struct.error,
+    BytesLengthException, TypeError... from attribute access, not only from dcmread (found by fuzzing).
+    """
+    try:
+        yield
+    except ImageReadError:
+        raise
+    except Exception as exc:
+        raise ImageReadError(f"{label}: corrupt DICOM ({reason(exc)})") from None
+
+
+def _dcmread(data: bytes, label: str, stop_before_pixels: bool = False):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
+    except (InvalidDicomError, OSError, ValueError, KeyError, EOFError, AttributeError) as exc:
+        raise ImageReadError(f"{label}: corrupt DICOM ({reason(exc)})") from None
+
+
+def _decode(data: bytes, label: str) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    # The header alone first: the pixel count is checked before any pixel data is read or decompressed.
+    header = _dcmread(data, label, stop_before_pixels=True)
+    _check_dicom_pixels(header, label)
+    ds = _dcmread(data, label)
+    if "PixelData" not in ds:
+        raise ImageReadError(f"{label}: DICOM has no pixel data (a report or structured document?)")
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # pydicom raises many types for unsupported transfer syntaxes
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+        raise ImageReadError(
+            f"{label}: cannot decode DICOM pixel data (transfer syntax {syntax}: {reason(exc)}); "
+            "compressed DICOMs may need 'pip install pylibjpeg pylibjpeg-libjpeg'"
+        ) from None
+    if pixels.ndim == 3:  # RGB DICOM (secondary capture)
+        return np.asarray(Image.fromarray(to_uint8(pixels)).convert("L"))
+    try:
+        values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)  # rescale slope / intercept
+        if "VOILUTSequence" in ds:
+            image = to_uint8(np.asarray(apply_voi_lut(values, ds, index=0)))
+        elif "WindowCenter" in ds and "WindowWidth" in ds:
+            # Scale by the window's output range, not the image's own: a window is an absolute
+            # choice of contrast, and pixels outside it must saturate at 0 or 255.
+            windowed = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
+            low, high = np.asarray(apply_voi_lut(np.array([-1e12, 1e12]), ds, index=0), dtype=np.float64)
+            image = np.clip((windowed - low) * (255.0 / max(high - low, 1e-9)) + 0.5, 0, 255).astype(np.uint8)
+        else:
+            image = to_uint8(values)
+    except Exception as exc:
+        raise ImageReadError(f"{label}: invalid DICOM value transforms ({reason(exc)})") from None
+    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+        image = 255 - image  # MONOCHROME1 stores bright as low values
+    return image
+
+
+def _check_dicom_pixels(ds, label: str) -> None:
+    """Refuse, from the header alone, a DICOM whose decoded pixels would exceed the limit, and any
+    multi-frame object (a cine loop, a tomosynthesis stack): a chest radiograph is one frame."""
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if "PixelData" not in ds and not rows and not columns:
+        return  # a report: said so by the caller, which looks for the pixel data itself
+    if rows <= 0 or columns <= 0 or frames <= 0 or samples <= 0:
+        raise ImageReadError(f"{label}: image has no pixels ({columns}x{rows}, {frames} frame(s))")
+    values = rows * columns * frames * samples
+    if values > MAX_PIXELS:
+        raise ImageReadError(
+            f"{label}: refused as a decompression bomb: {columns}x{rows} x {frames} frame(s) x {samples} "
+            f"sample(s) = {values:,} values is over the limit of {MAX_PIXELS:,} (set PNEUMOSCAN_MAX_PIXELS "
+            "to raise it)"
+        )
+    if frames > 1:
+        raise ImageReadError(f"{label}: multi-frame DICOM ({frames} frames); a chest radiograph is a single frame")
+
+
+def _inflate_if_deflated(data: bytes, label: str) -> bytes:
+    """``data`` itself, or for the Deflated Explicit VR Little Endian transfer syntax the same file with
+    its data set inflated (and marked Explicit VR Little Endian), inflated in bounded chunks.
+
+    pydicom would inflate the whole data set at once: a 1 MB file can hold gigabytes of zeros. Here the
+    header is inflated first (at most ``MAX_DICOM_HEADER_BYTES``), its pixel count checked, and the
+    rest may only inflate to the size those pixels need.
+    """
+    elements, start = _file_meta_elements(data)
+    syntax = next((value for tag, _, value in elements if tag == 0x00020010), b"").rstrip(b"\0 ").decode("ascii", "replace")
+    if syntax != _DEFLATED:
+        return data
+    meta = _encode_meta([(tag, vr, _uid_value(_EXPLICIT_LITTLE) if tag == 0x00020010 else value)
+                         for tag, vr, value in elements])
+    head = data[:128] + b"DICM" + meta
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    body = bytearray()
+    pending = data[start:]
+
+    def inflate_to(limit: int) -> None:
+        nonlocal pending
+        while len(body) < limit and not inflater.eof:
+            chunk = inflater.decompress(pending, min(_INFLATE_CHUNK, limit - len(body)))
+            pending = inflater.unconsumed_tail
+            if not chunk and not pending:
+                break  # the input is used up (a truncated stream: pydicom will say so)
+            body.extend(chunk)
+
+    inflate_to(MAX_DICOM_HEADER_BYTES)
+    header = _dcmread(head + bytes(body), label, stop_before_pixels=True)
+    _check_dicom_pixels(header, label)
+    if not inflater.eof:
+        if "Rows" not in header:
+            raise ImageReadError(f"{label}: refused: the deflated DICOM header inflates beyond "
+                                 f"{MAX_DICOM_HEADER_BYTES // 2**20} MiB without reaching the pixel data")
+        bits = int(header.get("BitsAllocated", 16) or 16)
+        needed = (int(header.Rows) * int(header.Columns) * int(header.get("SamplesPerPixel", 1) or 1)
+                  * int(header.get("NumberOfFrames", 1) or 1) * max(bits, 8) // 8)
+        limit = needed + MAX_DICOM_HEADER_BYTES
+        inflate_to(limit + 1)
+        if len(body) > limit:
+            raise ImageReadError(
+                f"{label}: refused as a decompression bomb: the deflated DICOM inflates beyond "
+                f"{limit / 2**20:,.0f} MiB while its {header.Columns}x{header.Rows} image needs "
+                f"{needed:,} bytes"
+            )
+    return head + bytes(body)
+
+
+
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+
+
+def _file_meta_elements(data: bytes) -> tuple[list[tuple[int, bytes, bytes]], int]:
+    """The raw (tag, VR, value) elements of the file meta group (0002) and the offset where the data set
+    starts. The group is always Explicit VR Little Endian (PS3.10 7.1)."""
+    elements, offset = [], 132
+    while offset + 8 <= len(data):
+        group, element = struct.unpack_from("<HH", data, offset)
+        if group != 0x0002:
+            break
+        vr = data[offset + 4: offset + 6]
+        if vr in _LONG_VRS:
+            (length,) = struct.unpack_from("<I", data, offset + 8)
+            value_at = offset + 12
+        else:
+            (length,) = struct.unpack_from("<H", data, offset + 6)
+            value_at = offset + 8
+        elements.append(((group << 16) | element, vr, data[value_at: value_at + length]))
+        offset = value_at + length
+    return elements, offset
+
+
+def _encode_meta(elements: list[tuple[int, bytes, bytes]]) -> bytes:
+    """The file meta group again, with its group length recomputed."""
+    body = b""
+    for tag, vr, value in elements:
+        if tag == 0x00020000:
+            continue
+        tag_bytes = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+        if vr in _LONG_VRS:
+            body += tag_bytes + vr + b"\0\0" + struct.pack("<I", len(value)) + value
+        else:
+            body += tag_bytes + vr + struct.pack("<H", len(value)) + value
+    return struct.pack("<HH", 2, 0) + b"UL" + struct.pack("<HI", 4, len(body)) + body
+
+
+def _uid_value(uid: str) -> bytes:
+    value = uid.encode("ascii")
+    return value + b"\0" if len(value) % 2 else value  # UIDs are padded to even length with NUL
