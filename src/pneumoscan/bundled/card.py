@@ -28,7 +28,7 @@ SCOPE = (
     "Research only. Out of scope: any clinical use; adults; lateral, PA or other views; other hospitals "
     "and scanners without a new evaluation; findings other than pneumonia (and bacterial vs viral)."
 )
-HEADLINE = ("roc_auc", "pr_auc")
+HEADLINE = ("roc_auc", "pr_auc", "ece")
 AT_THRESHOLD = ("sensitivity", "specificity", "ppv", "npv", "accuracy", "balanced_accuracy")
 
 
@@ -49,15 +49,15 @@ def build_bundled_card(folder: str | os.PathLike, report: dict[str, Any], *, rec
                      "safetensors": WEIGHTS_FILE, "safetensors_sha256": sha256_file(folder / WEIGHTS_FILE)}
     card["scope"] = SCOPE
     card["training_data"] = {**TRAINING_DATA, **card["training_data"]}
-    from pneumoscan.evaluation.operating import OPERATING_POINTS
+    from pneumoscan.serving.model_card import threshold_rule
 
     points = report["operating_points"]
     rule = str(recipe.get("threshold_rule", "youden"))
     card["operating_point"] = {
         "threshold": float(meta.threshold),
         "name": rule,
-        "how_chosen": f"{rule}: {OPERATING_POINTS.get(rule, rule)}, on the validation patients at the end of "
-                      "training; stored in the model and applied unchanged to the test half",
+        "how_chosen": f"{threshold_rule(meta) or rule}; fixed at the end of training, stored in the model and "
+                      "applied unchanged to the test half",
         "alternatives": {name: {"threshold": p["threshold"], "rule": p.get("rule", "")}
                          for name, p in points.items() if name != "stored"},
     }
@@ -110,8 +110,8 @@ def render_bundled_markdown(card: dict[str, Any]) -> str:
         f"- `{card['files']['safetensors']}` sha256 `{card['files']['safetensors_sha256']}`", "",
         "## Scope", "", card["scope"], "",
         "## Operating point", "",
-        f"Threshold **{point['threshold']:.4f}**: {point['how_chosen']}. Alternatives (chosen on the same "
-        "validation patients):", "",
+        f"Threshold **{point['threshold']:.4f}**: {point['how_chosen']}. Alternatives (stored in the "
+        "model too; all but `balanced` chosen on the validation patients):", "",
     ]
     extra += [f"- {name}: {p['threshold']:.4f}: {p['rule']}" for name, p in point["alternatives"].items()]
     extra += ["", "## How it was built", "", f"- {build['recipe']}", f"- command: `{build['command']}`",

@@ -35,7 +35,7 @@ LIMITATIONS = [
     "Confidence intervals are patient-level bootstrap intervals on a single test set; they do not cover "
     "the shift to another hospital.",
     "A probability near the threshold is uncertain; the threshold trades sensitivity against specificity "
-    "and was chosen on validation data, not for any clinical setting.",
+    "and was fixed at training (by the class balance or on validation data), not for any clinical setting.",
     "Grad-CAM heatmaps show where the network's evidence is, not where the disease is.",
 ]
 
@@ -153,7 +153,8 @@ def render_markdown(card: dict[str, Any]) -> str:
     lines += ["", "## Metrics", ""]
     validation = card["metrics"]["validation"]
     if validation:
-        lines += ["Validation (the split the threshold was chosen on, so optimistic):", "",
+        lines += ["Validation (patients of the training distribution, on which the checkpoint and the temperature were "
+                  "chosen, so optimistic):", "",
                   "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in validation.items()]
         lines.append("")
