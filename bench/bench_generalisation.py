@@ -125,6 +125,7 @@ def ece_without_temperature(run: Path, report_dir: Path) -> float:
 def print_points(rows: list[dict]) -> None:
     """Mean ± sd over seeds of each operating point of the same models, and ECE at temperature 1."""
     print("\n| data | operating point | accuracy | sensitivity | specificity |\n|---|---|---|---|---|")
+    uncalibrated = []
     for name in dict.fromkeys(r["data"] for r in rows):
         group = [r for r in rows if r["data"] == name and "points" in r]
         for point in dict.fromkeys(p for r in group for p in r["points"]):
@@ -136,8 +137,10 @@ def print_points(rows: list[dict]) -> None:
             print(f"| {name} | {point} | " + " | ".join(cells) + " |")
         eces = [r["ece_temperature_1"] for r in group if r.get("ece_temperature_1") is not None]
         if eces:
-            print(f"| {name} | ECE at temperature 1 | {statistics.fmean(eces):.3f} ± "
-                  f"{statistics.stdev(eces) if len(eces) > 1 else 0:.3f} | | |")
+            uncalibrated.append(f"{name} {statistics.fmean(eces):.3f} ± "
+                                f"{statistics.stdev(eces) if len(eces) > 1 else 0:.3f}")
+    if uncalibrated:
+        print("\nECE at temperature 1 (without the model's temperature): " + "; ".join(uncalibrated))
 
 
 def fmt(entry: dict | None) -> str:
