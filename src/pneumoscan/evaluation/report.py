@@ -79,7 +79,7 @@ def _context_rows(report: Report) -> list[list[str]]:
 
 CONTEXT_NOTE = ("Published figures use the whole official test split and other training set-ups; they are "
                 "context, not a like-for-like comparison. Validation figures come from the training "
-                "distribution and are usually higher than those of another site.")
+                "distribution (the hospital the model learnt from), not from the data evaluated here.")
 
 
 def _summary_line(report: Report) -> str:
