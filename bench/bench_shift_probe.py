@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="a class-folder dataset (NORMAL/, PNEUMONIA/)")
     args = parser.parse_args(argv)
 
-    import pneumoscan
     from sklearn.metrics import roc_auc_score
 
+    import pneumoscan
     from pneumoscan.data import load_dataset
     from pneumoscan.data.image import read_image
 
