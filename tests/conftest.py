@@ -16,6 +16,14 @@ from helpers.synthetic import write_synthetic_image
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Under pytest-xdist (`-n N`), each worker gets its share of the cores for torch's and OpenMP's threads,
+# set before torch is imported (child processes inherit it). Without it, N workers each start one thread
+# per core, and on a small machine those threads wait on each other: the same tests take several times
+# longer. An explicit OMP_NUM_THREADS is kept.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
 
 def shared_data_root() -> Path | None:
     """``$PNEUMOSCAN_TEST_DATA`` or ``../shared/data`` (the folder holding ``chest_xray/``), if present."""
