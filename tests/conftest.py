@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers import properties
+from helpers.shared import once_per_run
 from helpers.synthetic import write_synthetic_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,19 +123,21 @@ def real_subset(shared_data, tmp_path_factory) -> Path:
 def exported_run(tmp_path_factory) -> Path:
     """A run folder with a random 32 px seed-cnn, its operating points, and its ONNX export in ``export/``
     (the plumbing under test does not depend on the weights; ONNX Runtime scores it fast). Exporting takes
-    seconds: the prediction and robustness tests share this one, read-only."""
-    import torch
+    seconds: the prediction and robustness tests share this one, read-only, made once per run."""
 
-    from pneumoscan.models import ModelMeta, build_model, save_model
-    from pneumoscan.serving.export import export_onnx
+    def make(folder: Path) -> None:
+        import torch
 
-    folder = tmp_path_factory.mktemp("exported-run")
-    torch.manual_seed(0)
-    meta = ModelMeta(name="seed-cnn", image_size=32, threshold=0.5, version="test",
-                     operating_points={"youden": 0.5, "sens95": 0.2, "spec95": 0.8})
-    save_model(folder, build_model("seed-cnn", 32), meta)
-    export_onnx(folder)
-    return folder
+        from pneumoscan.models import ModelMeta, build_model, save_model
+        from pneumoscan.serving.export import export_onnx
+
+        torch.manual_seed(0)
+        meta = ModelMeta(name="seed-cnn", image_size=32, threshold=0.5, version="test",
+                         operating_points={"youden": 0.5, "sens95": 0.2, "spec95": 0.8})
+        save_model(folder, build_model("seed-cnn", 32), meta)
+        export_onnx(folder)
+
+    return once_per_run(tmp_path_factory, "exported-run", make)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import pneumoscan
+from helpers.shared import once_per_run
 from pneumoscan.errors import ImageReadError
 from pneumoscan.models import ModelMeta, build_model, save_model
 
@@ -21,15 +22,18 @@ TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    """A random 64 px network, fit "pad" (so that a non-square image is fitted), with its ONNX export."""
-    from pneumoscan.serving.export import export_onnx
+    """A random 64 px network, fit "pad" (so that a non-square image is fitted), with its ONNX export (made
+    once per run, read-only)."""
 
-    torch.manual_seed(3)
-    folder = tmp_path_factory.mktemp("inputs-run")
-    save_model(folder, build_model("mini-resnet", SIZE), ModelMeta(name="mini-resnet", image_size=SIZE, fit="pad",
-                                                                  threshold=0.5, run_id="inputs"))
-    export_onnx(folder)
-    return folder
+    def make(folder: Path) -> None:
+        from pneumoscan.serving.export import export_onnx
+
+        torch.manual_seed(3)
+        save_model(folder, build_model("mini-resnet", SIZE), ModelMeta(name="mini-resnet", image_size=SIZE,
+                                                                      fit="pad", threshold=0.5, run_id="inputs"))
+        export_onnx(folder)
+
+    return once_per_run(tmp_path_factory, "inputs-run", make)
 
 
 @pytest.fixture(scope="module", params=["torch", "onnxruntime"])
