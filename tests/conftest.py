@@ -99,6 +99,20 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
+@pytest.fixture
+def no_figures(monkeypatch) -> None:
+    """The evaluation report's and `data inspect`'s figures are not drawn in this test (matplotlib takes
+    most of their time on the tests' small data): for tests that assert none of them. The report and
+    inspect tests that check the figures draw them."""
+    import importlib
+
+    evaluate = importlib.import_module("pneumoscan.evaluation.evaluate")  # the package exports a function of that name
+    monkeypatch.setattr(evaluate, "report_figures", lambda *args, **kwargs: {})
+    inspect = importlib.import_module("pneumoscan.data.inspect")
+    monkeypatch.setattr(inspect, "_plot_balance", lambda *args, **kwargs: None)
+    monkeypatch.setattr(inspect, "_plot_samples", lambda *args, **kwargs: None)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     root = shared_data_root()

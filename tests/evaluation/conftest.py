@@ -18,12 +18,3 @@ def tiny_data(tmp_path_factory) -> Path:
 def tiny_run(tmp_path_factory, tiny_data) -> Path:
     return make_run(tmp_path_factory.mktemp("run-a"), tiny_data, threshold=0.5)
 
-
-@pytest.fixture
-def no_figures(monkeypatch) -> None:
-    """Evaluations in this test draw no figures (about half of an evaluation's time on this small data):
-    for tests that assert none of them. The report tests draw and check every figure."""
-    import importlib
-
-    module = importlib.import_module("pneumoscan.evaluation.evaluate")  # the package exports a function of that name
-    monkeypatch.setattr(module, "report_figures", lambda *args, **kwargs: {})
