@@ -135,20 +135,22 @@ def real_subset(shared_data, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def exported_run(tmp_path_factory) -> Path:
-    """A run folder with a random 32 px seed-cnn, its operating points, and its ONNX export in ``export/``
-    (the plumbing under test does not depend on the weights; ONNX Runtime scores it fast). Exporting takes
-    seconds: the prediction and robustness tests share this one, read-only, made once per run."""
+    """A run folder as training and export leave it: a random 64 px seed-cnn in ``model.safetensors`` with
+    its operating points, and its ONNX export with the model card in ``export/`` (the plumbing, the API and
+    latency do not depend on the weights; ONNX Runtime scores it fast). Exporting takes seconds: the
+    prediction, serving and robustness tests share this one, read-only, made once per run."""
 
     def make(folder: Path) -> None:
         import torch
 
+        from pneumoscan import __version__
         from pneumoscan.models import ModelMeta, build_model, save_model
         from pneumoscan.serving.export import export_onnx
 
         torch.manual_seed(0)
-        meta = ModelMeta(name="seed-cnn", image_size=32, threshold=0.5, version="test",
+        meta = ModelMeta(name="seed-cnn", image_size=64, threshold=0.5, version=__version__, run_id="test-run",
                          operating_points={"youden": 0.5, "sens95": 0.2, "spec95": 0.8})
-        save_model(folder, build_model("seed-cnn", 32), meta)
+        save_model(folder, build_model("seed-cnn", 64), meta)
         export_onnx(folder)
 
     return once_per_run(tmp_path_factory, "exported-run", make)
