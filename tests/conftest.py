@@ -83,6 +83,16 @@ class _GuardFitOnImport(importlib.abc.MetaPathFinder):
         return spec
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config) -> None:
+    """``-n N`` without ``--dist`` distributes by work stealing: each worker starts on its own half of the
+    suite in file order (a module's tests, and its fixtures, stay on one worker) and takes tests from the
+    other's queue when it runs dry. pytest-xdist's own default ("load") hands out tests one by one, so a
+    module's fixtures were made on both workers: the inner loop took 73 s instead of 68 s."""
+    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "no") == "no":
+        config.option.dist = "worksteal"
+
+
 def pytest_configure(config) -> None:
     if (config.getoption("markexpr", "") or "").replace(" ", "") == "note2e":
         # The inner loop: properties draw fewer examples (helpers.properties); the whole suite draws all.
