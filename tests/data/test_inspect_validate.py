@@ -90,6 +90,7 @@ def test_inspect_finds_planted_leakage_and_writes_its_outputs(leaky, tmp_path):
     assert "patients in more than one split:          1" in table and "unreadable files: 5" in table
 
 
+@pytest.mark.usefixtures("no_figures")
 def test_inspect_on_real_images_reports_sizes_and_no_leakage(real_subset, tmp_path):
     s = inspect_dataset(real_subset, tmp_path / "out", samples_per_class=2).summary
     assert s["counts"]["train"] == {"NORMAL": 24, "PNEUMONIA": 24, "total": 48}
@@ -97,6 +98,7 @@ def test_inspect_on_real_images_reports_sizes_and_no_leakage(real_subset, tmp_pa
     assert s["leakage"]["near_duplicates_within_split"]["count"] == 0
 
 
+@pytest.mark.usefixtures("no_figures")
 def test_inspect_of_flat_folders_counts_everything_under_all_and_flags_near_duplicates(tmp_path):
     root = tmp_path / "flat"
     save(root / "NORMAL" / "a.png", textured(1))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from helpers.synthetic import write_synthetic_image
 from pneumoscan.cli import main
 from pneumoscan.data import load_dataset
 
 
+@pytest.mark.usefixtures("no_figures")
 def test_a_third_class_folder_is_reported_by_load_dataset_and_data_inspect(tmp_path, capsys):
     root = tmp_path / "three-classes"
     for label, name in ((0, "Normal"), (1, "Pneumonia"), (1, "COVID19")):

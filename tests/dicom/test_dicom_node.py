@@ -103,6 +103,7 @@ def test_orthanc_study_sent_to_the_node_comes_back_as_srs_equal_to_predict(ortha
     assert scored == sorted(scored, reverse=True) and len(scored) == len(chest_dicoms.GOOD)
 
 
+@pytest.mark.e2e  # runs `pneumoscan dicom listen` in its own process and stops it with SIGTERM
 def test_listen_command_scores_an_instance_and_stops_cleanly_on_sigterm(dicom_model, corpus, tmp_path):
     """The real command in its own process: C-ECHO, one C-STORE (pynetdicom as the sender), SIGTERM."""
     from pynetdicom import AE

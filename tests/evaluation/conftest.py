@@ -17,3 +17,4 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_data) -> Path:
     return make_run(tmp_path_factory.mktemp("run-a"), tiny_data, threshold=0.5)
+

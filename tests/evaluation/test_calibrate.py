@@ -32,6 +32,7 @@ def test_a_sample_with_one_class_is_refused_with_a_clear_error():
         fit_site_calibration(np.ones(10), np.linspace(0.1, 0.9, 10), [str(i) for i in range(10)])
 
 
+@pytest.mark.usefixtures("no_figures")
 def test_calibrate_writes_a_new_version_and_evaluate_reports_both(tiny_run, tiny_data, tmp_path):
     model_file = tiny_run / "model.safetensors"
     before = sha256_file(model_file)

@@ -58,6 +58,7 @@ def test_report_metrics_equal_scikit_learn_on_the_written_predictions(report):
         assert entry["low"] - 1e-9 <= entry["value"] <= entry["high"] + 1e-9, entry
 
 
+@pytest.mark.usefixtures("no_figures")
 def test_evaluation_never_changes_the_stored_threshold_and_tta_averages_the_flip(tiny_data, tmp_path):
     run = make_run(tmp_path / "run", tiny_data, threshold=0.3)
     before = sha256_file(run / "model.safetensors"), (run / "model.json").read_text()
@@ -79,6 +80,7 @@ def test_evaluation_never_changes_the_stored_threshold_and_tta_averages_the_flip
         float(apply_temperature(np.array([0.3]), temperature)[0]))
 
 
+@pytest.mark.usefixtures("no_figures")
 def test_thresholds_and_temperature_do_not_depend_on_the_evaluated_split(tiny_run, tiny_data, tmp_path):
     # The same run evaluated on two different splits: everything chosen on validation is identical.
     on_test = run_eval([tiny_run], tiny_data, tmp_path / "test", split="test", calibrate=True, tta=True)
@@ -91,6 +93,7 @@ def test_thresholds_and_temperature_do_not_depend_on_the_evaluated_split(tiny_ru
     assert "LEAKAGE" in (tmp_path / "train" / "report.md").read_text()
 
 
+@pytest.mark.usefixtures("no_figures")
 def test_operating_points_stored_in_the_model_are_applied_as_is(tiny_data, tmp_path):
     stored = {"youden": 0.41, "sens95": 0.22, "spec95": 0.77}
     run = make_run(tmp_path / "run-ops", tiny_data, threshold=0.33, operating_points=stored)
@@ -98,6 +101,7 @@ def test_operating_points_stored_in_the_model_are_applied_as_is(tiny_data, tmp_p
     assert {k: v["threshold"] for k, v in result.report["operating_points"].items()} == {"stored": 0.33, **stored}
 
 
+@pytest.mark.usefixtures("no_figures")
 def test_ensemble_averages_the_members_probabilities(tiny_run, tiny_data, tmp_path):
     other = make_run(tmp_path / "run-b", tiny_data, seed=1)
     single_a = predictions(run_eval([tiny_run], tiny_data, tmp_path / "a").folder)
@@ -108,6 +112,7 @@ def test_ensemble_averages_the_members_probabilities(tiny_run, tiny_data, tmp_pa
         assert float(row["probability"]) == pytest.approx(expected, abs=2e-6)
 
 
+@pytest.mark.usefixtures("no_figures")
 def test_a_corrupt_image_is_skipped_and_reported(tiny_run, tiny_data, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_data / "test", data / "test")
@@ -175,6 +180,7 @@ def test_a_missing_split_names_the_ones_present_and_leaves_no_folder(tiny_run, t
     assert not (tmp_path / "r").exists()  # no half-written report folder is left behind
 
 
+@pytest.mark.usefixtures("no_figures")
 def test_cli_evaluate_then_compare_side_by_side(tiny_run, tiny_data, tmp_path, capsys):
     other = make_run(tmp_path / "run-b", tiny_data, seed=2, threshold=0.4)
     for run in (tiny_run, other):

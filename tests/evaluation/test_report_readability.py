@@ -29,6 +29,7 @@ def test_the_curves_get_an_enlarged_corner_only_when_they_hug_it(monkeypatch, se
     assert len(calls) == (2 if zoomed else 0)
 
 
+@pytest.mark.usefixtures("no_figures")
 def test_the_report_folds_the_full_record_under_a_compact_table(tiny_run, tiny_data, tmp_path):
     result = evaluate(EvaluateConfig(models=[str(tiny_run)], data=str(tiny_data), out=str(tmp_path / "r"),
                                      bootstrap=50, gallery=0))

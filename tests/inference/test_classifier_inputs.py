@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import pneumoscan
+from helpers.shared import once_per_run
 from pneumoscan.errors import ImageReadError
 from pneumoscan.models import ModelMeta, build_model, save_model
 
@@ -21,15 +22,18 @@ TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    """A random 64 px network, fit "pad" (so that a non-square image is fitted), with its ONNX export."""
-    from pneumoscan.serving.export import export_onnx
+    """A random 64 px network, fit "pad" (so that a non-square image is fitted), with its ONNX export (made
+    once per run, read-only)."""
 
-    torch.manual_seed(3)
-    folder = tmp_path_factory.mktemp("inputs-run")
-    save_model(folder, build_model("mini-resnet", SIZE), ModelMeta(name="mini-resnet", image_size=SIZE, fit="pad",
-                                                                  threshold=0.5, run_id="inputs"))
-    export_onnx(folder)
-    return folder
+    def make(folder: Path) -> None:
+        from pneumoscan.serving.export import export_onnx
+
+        torch.manual_seed(3)
+        save_model(folder, build_model("mini-resnet", SIZE), ModelMeta(name="mini-resnet", image_size=SIZE,
+                                                                      fit="pad", threshold=0.5, run_id="inputs"))
+        export_onnx(folder)
+
+    return once_per_run(tmp_path_factory, "inputs-run", make)
 
 
 @pytest.fixture(scope="module", params=["torch", "onnxruntime"])
@@ -63,6 +67,12 @@ def image_file(pixels, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def from_file(model, image_file):
+    """The model's row for the image read from its file: what every other kind of input must give."""
+    return model.predict([image_file])[0]
+
+
 INPUTS = {
     "str path": lambda f, p: str(f),
     "Path": lambda f, p: f,
@@ -85,8 +95,8 @@ INPUTS = {
 
 
 @pytest.mark.parametrize("kind", list(INPUTS))
-def test_every_kind_of_input_gets_the_probability_of_the_file(model, image_file, pixels, kind):
-    expected = model.predict([image_file])[0]
+def test_every_kind_of_input_gets_the_probability_of_the_file(model, image_file, pixels, from_file, kind):
+    expected = from_file
     assert expected.error is None, expected.error
     given = INPUTS[kind](image_file, pixels)
 
@@ -109,10 +119,10 @@ def test_uint16_pixels_are_scaled_as_a_16_bit_file_is(model, pixels, tmp_path):
     assert model.predict(deep)[0].probability == pytest.approx(expected, abs=TOLERANCE)
 
 
-def test_a_full_resolution_array_is_fitted_not_scored_as_garbage(model, pixels, image_file):
+def test_a_full_resolution_array_is_fitted_not_scored_as_garbage(model, pixels, from_file):
     """The old API scored a full-size uint8 array as if it were the network's input: a wrong answer."""
     assert pixels.shape != (SIZE, SIZE)
-    expected = model.predict([image_file])[0].probability
+    expected = from_file.probability
     assert model.predict_proba(pixels[None])[0] == pytest.approx(expected, abs=TOLERANCE)
 
 

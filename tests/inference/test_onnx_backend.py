@@ -15,10 +15,12 @@ import torch
 from PIL import Image
 
 import pneumoscan
+from helpers.shared import once_per_run
 from pneumoscan.cli import main
 from pneumoscan.errors import ModelFileError
 from pneumoscan.inference.onnx_backend import load_onnx
 from pneumoscan.models import ModelMeta, build_model, save_model
+from pneumoscan.runs import export_file
 from pneumoscan.serving.export import export_onnx
 
 SIZE = 64
@@ -26,13 +28,16 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
-    """A seed CNN (random weights: parity does not depend on training) exported once for the module."""
-    run = tmp_path_factory.mktemp("run")
-    torch.manual_seed(3)
-    meta = ModelMeta(name="seed-cnn", image_size=SIZE, fit="stretch", threshold=0.42, temperature=1.7,
-                     operating_points={"sens95": 0.2}, version="0.1.0", run_id="test-run")
-    save_model(run, build_model("seed-cnn", SIZE), meta)
-    return export_onnx(run)
+    """A seed CNN (random weights: parity does not depend on training) exported once per run, read-only."""
+
+    def make(run: Path) -> None:
+        torch.manual_seed(3)
+        meta = ModelMeta(name="seed-cnn", image_size=SIZE, fit="stretch", threshold=0.42, temperature=1.7,
+                         operating_points={"sens95": 0.2}, version="0.1.0", run_id="test-run")
+        save_model(run, build_model("seed-cnn", SIZE), meta)
+        export_onnx(run)
+
+    return export_file(once_per_run(tmp_path_factory, "onnx-backend-run", make))
 
 
 def test_onnx_runtime_and_pytorch_agree_within_1e_4_on_real_images(exported, real_subset):

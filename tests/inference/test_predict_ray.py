@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+# Ray itself is imported by the fixture that starts it: importing it costs every test process a second,
+# also where the inner loop (-m "not e2e") runs none of these tests.
 pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed: pip install -e '.[ray]'")
 
 import pneumoscan  # noqa: E402
@@ -29,6 +30,7 @@ SHARED_IMAGES = 300
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray for the module (starting one takes seconds): 2 CPUs, on 127.0.0.1 only."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
              _node_ip_address="127.0.0.1")

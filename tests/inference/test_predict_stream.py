@@ -171,6 +171,7 @@ def _count_rows(out: Path) -> int:
         return max(0, fh.read().count(b"\n") - (out.suffix == ".csv"))
 
 
+@pytest.mark.e2e  # runs `pneumoscan predict` in its own process and kills it
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
 def test_kill_9_mid_run_then_resume_scores_every_input_exactly_once(model_dir, many_inputs, uninterrupted, tmp_path,
                                                                     suffix):

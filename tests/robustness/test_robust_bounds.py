@@ -126,6 +126,7 @@ def _peak_mb(pid: int) -> float:
     raise AssertionError("no VmHWM")
 
 
+@pytest.mark.e2e  # starts `pneumoscan serve` in its own process, sends it the bomb, then stops it
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc to measure the server")
 def test_a_server_sent_the_deflate_bomb_by_4_clients_stays_under_1_gb_and_healthy(model_dir, tmp_path) -> None:
     httpx = pytest.importorskip("httpx")

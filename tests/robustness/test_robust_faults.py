@@ -61,6 +61,7 @@ _KILL_AT = {
 }
 
 
+@pytest.mark.e2e  # kills a child process mid-write
 @pytest.mark.parametrize("moment", list(_KILL_AT))
 def test_kill_at_any_point_of_an_atomic_write_leaves_the_old_or_the_new_file(moment: str, tmp_path) -> None:
     target = tmp_path / "checkpoint.bin"
@@ -77,6 +78,7 @@ def test_kill_at_any_point_of_an_atomic_write_leaves_the_old_or_the_new_file(mom
     assert content == (NEW if moment == "after-rename" else OLD)
 
 
+@pytest.mark.e2e  # starts writer processes and kills them
 def test_kills_at_random_moments_never_leave_a_torn_file(tmp_path) -> None:
     """A writer rewrites a 3 MB file in a loop; SIGKILL at random moments; the file is always whole."""
     target = tmp_path / "report.json"
@@ -135,6 +137,7 @@ def test_a_torn_cache_is_detected_and_rebuilt(damage: str, small_dataset, tmp_pa
     assert _fresh_cache(small_dataset, tmp_path / "cache").reused is True
 
 
+@pytest.mark.e2e  # kills a child process building a cache
 def test_a_cache_build_killed_while_writing_leaves_no_cache_that_is_reused(small_dataset, tmp_path) -> None:
     folder = tmp_path / "cache"
     child = _run_child(f"""
@@ -188,6 +191,7 @@ def many_images(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.e2e  # runs `pneumoscan data` in its own process and kills it
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc to find the workers")
 @pytest.mark.parametrize("command", ["validate", "cache"])
 def test_kill_9_of_a_command_takes_its_decoding_workers_with_it(command: str, many_images, tmp_path) -> None:

@@ -189,6 +189,7 @@ ENTRIES: dict[str, Entry] = {
 
 @pytest.mark.parametrize("entry", [pytest.param(e, id=e.replace(" ", "-"), marks=[pytest.mark.e2e] if e == "train" else [])
                                    for e in ENTRIES])
+@pytest.mark.usefixtures("no_figures")  # the report's and inspect's figures: not what is checked here
 def test_every_command_names_each_bad_file_and_processes_the_good_ones(entry: str, world: World, tmp_path,
                                                                          capsys, caplog) -> None:
     out = tmp_path / "out"

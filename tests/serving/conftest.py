@@ -9,21 +9,10 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def served_run(tmp_path_factory) -> Path:
-    """A run folder as training and export leave it: a random 64 px seed-cnn in ``model.safetensors`` and its
-    ONNX export with the model card in ``export/`` (latency and the API do not depend on the weights)."""
-    import torch
-
-    from pneumoscan import __version__
-    from pneumoscan.models import ModelMeta, build_model, save_model
-    from pneumoscan.serving.export import export_onnx
-
-    torch.manual_seed(0)
-    run = tmp_path_factory.mktemp("served-run")
-    meta = ModelMeta(name="seed-cnn", image_size=64, threshold=0.5, version=__version__, run_id="test-run")
-    save_model(run, build_model("seed-cnn", 64), meta)
-    export_onnx(run)
-    return run
+def served_run(exported_run) -> Path:
+    """The run folder the server's tests serve: the suite's exported run (64 px seed-cnn with its ONNX
+    export and model card)."""
+    return exported_run
 
 
 @pytest.fixture(scope="session")

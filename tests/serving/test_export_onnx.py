@@ -16,7 +16,7 @@ from pneumoscan.errors import ModelFileError
 from pneumoscan.inference.onnx_backend import load_onnx
 from pneumoscan.models import ModelMeta, build_model, save_model
 from pneumoscan.provenance import DISCLAIMER
-from pneumoscan.runs import latest_report
+from pneumoscan.runs import export_file, latest_report
 from pneumoscan.serving.export import export_onnx
 
 SIZE = 32
@@ -96,12 +96,10 @@ def test_export_refuses_an_onnx_input_and_a_non_onnx_output_name(run, tmp_path):
         export_onnx(run, tmp_path / "model.pt")
 
 
-def test_the_exported_graph_carries_no_path_of_the_exporting_machine(run):
+def test_the_exported_graph_carries_no_path_of_the_exporting_machine(exported_run):
     import onnx
 
-    from pneumoscan.serving.export import export_onnx
-
-    onnx_file = export_onnx(run)
+    onnx_file = export_file(exported_run)  # exported by export_onnx on this machine, once for the suite
     source_root = str(Path(pneumoscan.__file__).resolve().parents[1])
     assert source_root.encode() not in onnx_file.read_bytes()
     model = onnx.load(str(onnx_file))
