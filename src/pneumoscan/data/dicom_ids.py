@@ -10,6 +10,7 @@ import io
 import os
 from pathlib import Path
 
+from pneumoscan.data.dicom_image import MAX_DICOM_HEADER_BYTES, is_deflated_dicom, read_dicom_header
 from pneumoscan.data.image import is_dicom
 
 # Output column -> DICOM keyword.
@@ -19,6 +20,8 @@ DICOM_ID_COLUMNS: dict[str, str] = {
     "study_instance_uid": "StudyInstanceUID",
     "sop_instance_uid": "SOPInstanceUID",
 }
+# The file meta group (which names the transfer syntax) sits in the first bytes of a DICOM file.
+_META_PROBE_BYTES = 64 * 1024
 # Raster formats never hold a DICOM header: no need to open them a second time.
 _NOT_DICOM_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -42,9 +45,15 @@ def read_dicom_identifiers(source: str | os.PathLike | bytes) -> dict[str, str |
             if not is_dicom(stream.read(132)):
                 return empty
             stream.seek(0)
-            import pydicom
+            head = stream.read(_META_PROBE_BYTES)
+            if is_deflated_dicom(head):  # never inflate more than a header's worth
+                # Deflate shrinks a header at most to itself, so this many compressed bytes hold all of it.
+                ds = read_dicom_header(head + stream.read(MAX_DICOM_HEADER_BYTES), "DICOM identifiers")
+            else:
+                import pydicom
 
-            ds = pydicom.dcmread(stream, stop_before_pixels=True, specific_tags=list(DICOM_ID_COLUMNS.values()))
+                stream.seek(0)
+                ds = pydicom.dcmread(stream, stop_before_pixels=True, specific_tags=list(DICOM_ID_COLUMNS.values()))
             values = {column: ds.get(keyword) for column, keyword in DICOM_ID_COLUMNS.items()}
     except Exception:  # noqa: BLE001 - a damaged header: the decoder names the problem on the row
         return empty

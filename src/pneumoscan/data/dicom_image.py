@@ -132,6 +132,33 @@ def _check_dicom_pixels(ds, label: str) -> None:
         raise ImageReadError(f"{label}: multi-frame DICOM ({frames} frames); a chest radiograph is a single frame")
 
 
+def is_deflated_dicom(data: bytes) -> bool:
+    """Whether the file meta of these DICOM bytes (its first kilobytes suffice) names the deflated syntax."""
+    return _is_deflated(_file_meta_elements(data)[0])
+
+
+def read_dicom_header(data: bytes, label: str):
+    """The data set before its pixels; a deflated one is inflated to at most ``MAX_DICOM_HEADER_BYTES``
+    (pydicom alone would inflate all of it, pixels and padding, even to read one element)."""
+    elements, start = _file_meta_elements(data)
+    if not _is_deflated(elements):
+        return _dcmread(data, label, stop_before_pixels=True)
+    body = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[start:], MAX_DICOM_HEADER_BYTES)
+    return _dcmread(_explicit_head(data, elements) + body, label, stop_before_pixels=True)
+
+
+def _is_deflated(elements: list[tuple[int, bytes, bytes]]) -> bool:
+    syntax = next((value for tag, _, value in elements if tag == 0x00020010), b"")
+    return syntax.rstrip(b"\0 ").decode("ascii", "replace") == _DEFLATED
+
+
+def _explicit_head(data: bytes, elements: list[tuple[int, bytes, bytes]]) -> bytes:
+    """Preamble, magic and file meta of a deflated file, re-labelled Explicit VR Little Endian."""
+    meta = _encode_meta([(tag, vr, _uid_value(_EXPLICIT_LITTLE) if tag == 0x00020010 else value)
+                         for tag, vr, value in elements])
+    return data[:128] + b"DICM" + meta
+
+
 def _inflate_if_deflated(data: bytes, label: str) -> bytes:
     """``data`` itself, or for the Deflated Explicit VR Little Endian transfer syntax the same file with
     its data set inflated (and marked Explicit VR Little Endian), inflated in bounded chunks.
@@ -141,12 +168,9 @@ def _inflate_if_deflated(data: bytes, label: str) -> bytes:
     rest may only inflate to the size those pixels need.
     """
     elements, start = _file_meta_elements(data)
-    syntax = next((value for tag, _, value in elements if tag == 0x00020010), b"").rstrip(b"\0 ").decode("ascii", "replace")
-    if syntax != _DEFLATED:
+    if not _is_deflated(elements):
         return data
-    meta = _encode_meta([(tag, vr, _uid_value(_EXPLICIT_LITTLE) if tag == 0x00020010 else value)
-                         for tag, vr, value in elements])
-    head = data[:128] + b"DICM" + meta
+    head = _explicit_head(data, elements)
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     body = bytearray()
     pending = data[start:]
