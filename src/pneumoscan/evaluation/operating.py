@@ -128,11 +128,17 @@ def fit_temperature(labels: np.ndarray, probs: np.ndarray, sample_weight: np.nda
     return 1.0 / weight
 
 
+def balanced_class_weights(labels: np.ndarray) -> tuple[float, float]:
+    """(NORMAL, PNEUMONIA) weights that give both classes the same total weight: inverse class frequency,
+    normalised so that a balanced set has weights (1, 1), as Keras' ``class_weight``."""
+    share = float(np.mean(np.asarray(labels, dtype=np.float64)))
+    return 0.5 / (1.0 - share), 0.5 / share
+
+
 def balanced_weights(labels: np.ndarray) -> np.ndarray:
     """Per-image weights that give both classes the same total weight (a balanced population)."""
     labels = np.asarray(labels, dtype=np.int64)
-    share = labels.mean()
-    return np.where(labels == 1, 0.5 / share, 0.5 / (1.0 - share))
+    return np.asarray(balanced_class_weights(labels))[labels]
 
 
 def logit(probs: np.ndarray) -> np.ndarray:

@@ -93,9 +93,9 @@ class TrainConfig:
                            "validated and saved (0: off)")
     temperature_scaling: bool = _opt(True, "after training, fit a temperature on validation so that the stored "
                                            "probabilities are calibrated (ranking and decisions unchanged)")
-    # Thresholds chosen on in-distribution validation did not carry to a new site (measured in
-    # docs/generalisation.md: 0.18 to 0.61 between seeds, specificity 0.79 there); "balanced" depends on
-    # no validation image.
+    # Thresholds chosen on in-distribution validation did not carry to a new site (docs/generalisation.md:
+    # sens95-median landed at 0.15-0.39 across seeds, new-site specificity 0.79-0.90); "balanced" depends
+    # on no validation image.
     threshold_rule: str = _opt("balanced", "how the stored threshold is chosen: balanced = probability 0.5 of the "
                                          "class-balanced model; youden = Youden's J on validation; "
                                          "youden-median / sens95-median = the median over bootstrap resamples "

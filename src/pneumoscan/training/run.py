@@ -23,6 +23,7 @@ from pneumoscan import runs
 from pneumoscan._io import atomic_write_csv, atomic_write_json, ensure_writable_dir
 from pneumoscan.config import load_config, save_config, to_dict
 from pneumoscan.errors import ConfigError, ModelFileError
+from pneumoscan.evaluation.operating import balanced_class_weights
 from pneumoscan.provenance import DISCLAIMER, command_line, git_commit, library_versions
 from pneumoscan.training.config import TrainConfig, parse_devices
 
@@ -112,12 +113,8 @@ def _train(config: TrainConfig | None, resume: str | os.PathLike | None, callbac
         if data.failures:
             print(f"skipped {len(data.failures)} image(s) that could not be decoded (see provenance.json)")
 
-    labels = data.train_labels
-    positives = float(labels.sum())
-    negatives = float(len(labels) - positives)
     use_weights = config.class_weights and config.sampler != "weighted"
-    # Inverse class frequency, normalised so that a balanced set has weights (1, 1) (Keras' class_weight).
-    weights = (len(labels) / (2 * negatives), len(labels) / (2 * positives)) if use_weights else (1.0, 1.0)
+    weights = balanced_class_weights(data.train_labels) if use_weights else (1.0, 1.0)
     module = XrayClassifier(network, config, weights, provenance, run_id=run_dir.name)
     trainer = _trainer(config, run_dir, on_gpu, list(callbacks), len(data.train_samples))
     with warnings.catch_warnings():
