@@ -13,6 +13,8 @@ from pneumoscan.evaluation.operating import (
     apply_temperature,
     choose_operating_points,
     fit_temperature,
+    logit,
+    median_youden,
     target_sensitivity_threshold,
 )
 
@@ -81,6 +83,37 @@ def test_the_bootstrap_median_youden_point_sits_inside_the_gap_of_separable_scor
     other = np.r_[rng.uniform(0.001, 0.2, 130), rng.uniform(0.8, 0.999, 390)]
     again = choose_operating_points(labels, other)
     assert abs(again["youden-median"] - points["youden-median"]) < 0.05
+
+
+def _median_youden_by_roc_curve(labels, probs, resamples=200, seed=0):
+    """The definition, one resample at a time: scikit-learn's ROC curve of each resample, Youden's
+    threshold and the next lower threshold, the middle of that gap in logit space."""
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.default_rng(seed)
+    picks = []
+    for _ in range(resamples):
+        index = rng.integers(0, len(labels), len(labels))
+        y, p = labels[index], probs[index]
+        if y.min() == y.max():
+            continue
+        fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
+        best = int(np.argmax(tpr[1:] - fpr[1:])) + 1
+        below = thresholds[best + 1] if best + 1 < len(thresholds) else thresholds[best]
+        picks.append(float(logit(np.array([thresholds[best], below])).mean()))
+    return float(1.0 / (1.0 + np.exp(-np.median(picks))))
+
+
+@settings(max_examples=examples(60), deadline=None)
+@given(validation_scores(), st.integers(0, 2**32 - 1), st.sampled_from(["as drawn", "separable", "reversed"]))
+def test_the_median_youden_point_is_exactly_the_one_of_each_resamples_roc_curve(data, seed, shape):
+    labels, probs = data
+    if shape == "separable":  # a gap between the classes: J is maximal all across it
+        probs = np.where(labels == 1, 0.6 + 0.4 * probs, 0.5 * probs)
+    elif shape == "reversed":  # anti-correlated: every J <= 0
+        probs = np.where(labels == 1, 0.5 * probs, 0.6 + 0.4 * probs)
+    assert median_youden(labels, probs, resamples=50, seed=seed) == _median_youden_by_roc_curve(
+        labels, probs, resamples=50, seed=seed)
 
 
 def test_the_sensitivity_point_reaches_its_target_with_an_interval():
