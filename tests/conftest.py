@@ -166,6 +166,32 @@ def exported_run(tmp_path_factory) -> Path:
     return once_per_run(tmp_path_factory, "exported-run", make)
 
 
+@pytest.fixture(scope="session")
+def onnx_run(tmp_path_factory) -> Path:
+    """A run folder holding a random 64 px mini-resnet and its ONNX export, read-only.
+
+    Random weights serve: parity and input handling do not depend on training. A mini-resnet rather than
+    the seed CNN because its random outputs vary from image to image (sd about 0.004 in probability on
+    real radiographs, the seed CNN's 0.0007), so a mishandled input cannot pass a 1e-4 tolerance. Fit
+    "pad" makes a non-square image go through fitting; a temperature and a threshold other than 1 and 0.5
+    make their trip through the ONNX metadata visible.
+    """
+
+    def make(folder: Path) -> None:
+        import torch
+
+        from pneumoscan.models import ModelMeta, build_model, save_model
+        from pneumoscan.serving.export import export_onnx
+
+        torch.manual_seed(3)
+        meta = ModelMeta(name="mini-resnet", image_size=64, fit="pad", threshold=0.42, temperature=1.7,
+                         operating_points={"sens95": 0.2}, version="0.1.0", run_id="test-run")
+        save_model(folder, build_model("mini-resnet", 64), meta)
+        export_onnx(folder)
+
+    return once_per_run(tmp_path_factory, "onnx-run", make)
+
+
 @pytest.fixture
 def synthetic_dataset(tmp_path) -> Path:
     """A Kermany-style folder of synthetic images: 10 patients per class, 2 images each, PNG."""

@@ -12,33 +12,16 @@ import torch
 from PIL import Image
 
 import pneumoscan
-from helpers.shared import once_per_run
 from pneumoscan.errors import ImageReadError
-from pneumoscan.models import ModelMeta, build_model, save_model
 
 SIZE = 64
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    """A random 64 px network, fit "pad" (so that a non-square image is fitted), with its ONNX export (made
-    once per run, read-only)."""
-
-    def make(folder: Path) -> None:
-        from pneumoscan.serving.export import export_onnx
-
-        torch.manual_seed(3)
-        save_model(folder, build_model("mini-resnet", SIZE), ModelMeta(name="mini-resnet", image_size=SIZE,
-                                                                      fit="pad", threshold=0.5, run_id="inputs"))
-        export_onnx(folder)
-
-    return once_per_run(tmp_path_factory, "inputs-run", make)
-
-
 @pytest.fixture(scope="module", params=["torch", "onnxruntime"])
-def model(request, run):
-    return pneumoscan.load(run / "export" / "model.onnx" if request.param == "onnxruntime" else run)
+def model(request, onnx_run):
+    """The suite's random mini-resnet (fit "pad"), by both backends."""
+    return pneumoscan.load(onnx_run / "export" / "model.onnx" if request.param == "onnxruntime" else onnx_run)
 
 
 @pytest.fixture(scope="module")
@@ -159,5 +142,5 @@ def test_arrays_it_cannot_interpret_are_refused_with_what_is_expected(model, bad
 
 def test_repr_says_which_model_how_it_is_fed_and_by_what(model):
     text = repr(model)
-    for part in ("mini-resnet", "image_size=64", "fit='pad'", "threshold=0.5000", model.backend.name):
+    for part in ("mini-resnet", "image_size=64", "fit='pad'", "threshold=0.4200", model.backend.name):
         assert part in text

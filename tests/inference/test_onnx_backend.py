@@ -11,33 +11,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import pneumoscan
-from helpers.shared import once_per_run
 from pneumoscan.cli import main
 from pneumoscan.errors import ModelFileError
 from pneumoscan.inference.onnx_backend import load_onnx
-from pneumoscan.models import ModelMeta, build_model, save_model
+from pneumoscan.models import save_model
 from pneumoscan.runs import export_file
-from pneumoscan.serving.export import export_onnx
 
 SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Path:
-    """A seed CNN (random weights: parity does not depend on training) exported once per run, read-only."""
-
-    def make(run: Path) -> None:
-        torch.manual_seed(3)
-        meta = ModelMeta(name="seed-cnn", image_size=SIZE, fit="stretch", threshold=0.42, temperature=1.7,
-                         operating_points={"sens95": 0.2}, version="0.1.0", run_id="test-run")
-        save_model(run, build_model("seed-cnn", SIZE), meta)
-        export_onnx(run)
-
-    return export_file(once_per_run(tmp_path_factory, "onnx-backend-run", make))
+def exported(onnx_run) -> Path:
+    """The ONNX file of the suite's random mini-resnet (64 px, fit "pad", threshold 0.42, temperature 1.7)."""
+    return export_file(onnx_run)
 
 
 def test_onnx_runtime_and_pytorch_agree_within_1e_4_on_real_images(exported, real_subset):
@@ -67,7 +56,7 @@ def test_the_model_meta_travels_inside_the_onnx_file(exported):
     import onnx
 
     props = {p.key: p.value for p in onnx.load(str(exported)).metadata_props}
-    assert (props["image_size"], props["fit"], props["channels"]) == (str(SIZE), "stretch", "1")
+    assert (props["image_size"], props["fit"], props["channels"]) == (str(SIZE), "pad", "1")
     assert "/ 255" in props["scale"] and float(props["threshold"]) == pytest.approx(0.42)
 
 

@@ -39,8 +39,8 @@ def test_an_ensemble_is_one_model_whose_logit_is_the_mean_of_different_members(t
     from pneumoscan.serving.export import export_onnx
 
     torch.manual_seed(0)
-    model = build_model("mini-resnet", image_size=64, members=3).eval()
-    images = torch.rand(5, 1, 64, 64)
+    model = build_model("seed-cnn", image_size=32, members=3).eval()
+    images = torch.rand(5, 1, 32, 32)
     with torch.no_grad():
         per_member = member_logits(model, images)
         logits = model(images)
@@ -48,7 +48,7 @@ def test_an_ensemble_is_one_model_whose_logit_is_the_mean_of_different_members(t
     assert not torch.allclose(per_member[:, 0], per_member[:, 1])  # independently initialised
     assert torch.allclose(logits, per_member.mean(dim=1, keepdim=True), atol=1e-6)
     # One model file and one ONNX graph, with a dynamic batch.
-    save_model(tmp_path, model, ModelMeta(name="mini-resnet", image_size=64, members=3))
+    save_model(tmp_path, model, ModelMeta(name="seed-cnn", image_size=32, members=3))
     loaded, meta = load_model(tmp_path)
     assert meta.members == 3
     with torch.no_grad():
