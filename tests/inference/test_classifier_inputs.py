@@ -19,9 +19,9 @@ TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module", params=["torch", "onnxruntime"])
-def model(request, onnx_run):
+def model(request, exported_run):
     """The suite's random mini-resnet (fit "pad"), by both backends."""
-    return pneumoscan.load(onnx_run / "export" / "model.onnx" if request.param == "onnxruntime" else onnx_run)
+    return pneumoscan.load(exported_run / "export" / "model.onnx" if request.param == "onnxruntime" else exported_run)
 
 
 @pytest.fixture(scope="module")
@@ -142,5 +142,5 @@ def test_arrays_it_cannot_interpret_are_refused_with_what_is_expected(model, bad
 
 def test_repr_says_which_model_how_it_is_fed_and_by_what(model):
     text = repr(model)
-    for part in ("mini-resnet", "image_size=64", "fit='pad'", "threshold=0.4200", model.backend.name):
+    for part in ("mini-resnet", "image_size=64", "fit='pad'", "threshold=0.5000", model.backend.name):
         assert part in text

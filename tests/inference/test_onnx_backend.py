@@ -24,12 +24,12 @@ SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def exported(onnx_run) -> Path:
-    """The ONNX file of the suite's random mini-resnet (64 px, fit "pad", threshold 0.42, temperature 1.7)."""
-    return export_file(onnx_run)
+def exported(exported_run) -> Path:
+    """The ONNX file of the suite's exported run (a random 64 px mini-resnet, fit "pad", temperature 1.7)."""
+    return export_file(exported_run)
 
 
-def test_onnx_runtime_and_pytorch_agree_within_1e_4_on_real_images(exported, real_subset):
+def test_exported_runtime_and_pytorch_agree_within_1e_4_on_real_images(exported, real_subset):
     files = sorted(real_subset.glob("train/*/*.jpeg"))[::4]
     torch_rows = pneumoscan.load(exported.parent.parent).predict(files)  # a run folder: PyTorch
     assert pneumoscan.load(exported.parent.parent).backend.name == "torch"
@@ -57,7 +57,7 @@ def test_the_model_meta_travels_inside_the_onnx_file(exported):
 
     props = {p.key: p.value for p in onnx.load(str(exported)).metadata_props}
     assert (props["image_size"], props["fit"], props["channels"]) == (str(SIZE), "pad", "1")
-    assert "/ 255" in props["scale"] and float(props["threshold"]) == pytest.approx(0.42)
+    assert "/ 255" in props["scale"] and float(props["temperature"]) == pytest.approx(1.7)
 
 
 def test_predict_on_an_onnx_model_imports_neither_torch_nor_lightning_nor_monai(exported, tmp_path):

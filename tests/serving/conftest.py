@@ -10,7 +10,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def served_run(exported_run) -> Path:
-    """The run folder the server's tests serve: the suite's exported run (64 px seed-cnn with its ONNX
+    """The run folder the server's tests serve: the suite's exported run (64 px mini-resnet with its ONNX
     export and model card)."""
     return exported_run
 

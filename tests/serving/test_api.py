@@ -53,7 +53,7 @@ def test_predict_gives_the_python_apis_probability_for_a_real_radiograph(client,
         assert body["probability"] == pytest.approx(expected.probability, abs=1e-6)
         assert body["label"] == expected.label == ("PNEUMONIA" if body["probability"] >= 0.5 else "NORMAL")
         assert body["threshold"] == 0.5
-        assert (body["model"], body["version"], body["backend"]) == ("seed-cnn", pneumoscan.__version__, "onnxruntime")
+        assert (body["model"], body["version"], body["backend"]) == ("mini-resnet", pneumoscan.__version__, "onnxruntime")
         assert body["filename"] == image.name
         assert body["latency_ms"] > 0
         assert body["explanation"] is None
@@ -191,7 +191,7 @@ def test_model_card_is_the_exported_card_with_the_disclaimer_and_how_it_is_serve
     card = client.get("/v1/model").json()
     assert card["disclaimer"] == DISCLAIMER
     assert card["intended_use"] and card["limitations"]  # from export/model_card.json
-    assert card["serving"] == {"model": "seed-cnn", "version": pneumoscan.__version__, "file": "model.onnx",
+    assert card["serving"] == {"model": "mini-resnet", "version": pneumoscan.__version__, "file": "model.onnx",
                                "backend": "onnxruntime", "threshold": 0.5, "explain": True}
     assert str(served_run) not in client.get("/v1/model").text  # no server paths leak
 

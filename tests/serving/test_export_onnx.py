@@ -69,8 +69,8 @@ def test_cli_export_writes_onnx_and_a_model_card_with_threshold_intervals_and_di
     assert card["files"]["onnx"] == "m.onnx" and len(card["files"]["onnx_sha256"]) == 64
 
 
-def test_exported_graph_outputs_the_logit_and_the_temperature_scaled_probability(onnx_run):
-    session = load_onnx(export_file(onnx_run)).backend.session  # exported by export_onnx, temperature 1.7
+def test_exported_graph_outputs_the_logit_and_the_temperature_scaled_probability(exported_run):
+    session = load_onnx(export_file(exported_run)).backend.session  # exported by export_onnx, temperature 1.7
     images = np.random.default_rng(2).random((3, 1, 64, 64), dtype=np.float32)
     logit, probability = session.run(["logit", "probability"], {"image": images})
     assert logit.shape == probability.shape == (3, 1)

@@ -93,7 +93,7 @@ def test_a_person_uploads_a_radiograph_with_the_keyboard_and_reads_the_result(se
             page.goto(url + "/")
             expect(page.locator("#disclaimer")).to_contain_text(DISCLAIMER)
             # (Locator waits, not wait_for_function: the page's CSP forbids the eval that one needs.)
-            expect(page.locator("#model-info")).to_contain_text("seed-cnn")
+            expect(page.locator("#model-info")).to_contain_text("mini-resnet")
 
             # Keyboard only: Tab to the file input, open the chooser with Space, pick the radiograph.
             for _ in range(10):
