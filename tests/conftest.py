@@ -103,6 +103,17 @@ def pytest_configure(config) -> None:
         sys.meta_path.insert(0, _GuardFitOnImport())
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config) -> None:
+    """After the last report: at exit, the interpreter's cyclic collector walks every object that torch,
+    Lightning, MONAI and scikit-learn made (measured: 3.4 s for a process that imported them, 0.45 s
+    frozen), paid by the serial run and by each xdist worker, whose controller waits for it. Freezing the
+    collector leaves that memory to the operating system; every file and report is written by now."""
+    import gc
+
+    gc.freeze()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own cache folder: tests never read or pollute the user's ~/.cache."""
