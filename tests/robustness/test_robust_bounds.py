@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers.corpus import BAD_CASES, deflate_bomb, make_corpus, tiny_model
+from helpers.corpus import BAD_CASES, deflate_bomb, make_corpus
+from pneumoscan.runs import export_file
 
 SECONDS = 5.0
 GROWTH_MB = 300
@@ -78,16 +79,17 @@ def corpus_files(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return tiny_model(tmp_path_factory.mktemp("bounded-model"))
+def served_model(exported_run) -> Path:
+    """The suite's exported model as it is served, in ONNX: the child then starts without torch."""
+    return export_file(exported_run)
 
 
-def test_every_bad_input_is_refused_within_5_s_without_growing_300_mb(corpus_files, model_dir) -> None:
+def test_every_bad_input_is_refused_within_5_s_without_growing_300_mb(corpus_files, served_model) -> None:
     # probe_image answers for a truncated file or a DICOM report whose header is fine: only read_image and
     # predict must refuse every case; probe_image must still be quick and small.
     cases = {c.name: str(corpus_files[c.name]) for c in BAD_CASES}
     good = [str(corpus_files[name]) for name in ("png16", "dicom_monochrome1", "dicom_deflated")]
-    argv = [sys.executable, "-c", textwrap.dedent(_CHILD), json.dumps(cases), *good, str(model_dir)]
+    argv = [sys.executable, "-c", textwrap.dedent(_CHILD), json.dumps(cases), *good, str(served_model)]
     budget = 60 + SECONDS * 3 * len(cases)  # start-up (torch) plus every refusal at its limit
     try:
         child = subprocess.run(argv, capture_output=True, text=True, timeout=budget)
@@ -128,10 +130,10 @@ def _peak_mb(pid: int) -> float:
 
 @pytest.mark.e2e  # starts `pneumoscan serve` in its own process, sends it the bomb, then stops it
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc to measure the server")
-def test_a_server_sent_the_deflate_bomb_by_4_clients_stays_under_1_gb_and_healthy(model_dir, tmp_path) -> None:
+def test_a_server_sent_the_deflate_bomb_by_4_clients_stays_under_1_gb_and_healthy(served_model, tmp_path) -> None:
     httpx = pytest.importorskip("httpx")
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "pneumoscan", "serve", str(model_dir), "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "pneumoscan", "serve", str(served_model), "--port", str(port),
                                "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
