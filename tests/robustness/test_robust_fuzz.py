@@ -1,7 +1,8 @@
 """Fuzzing, bounded in time: the decoder and the upload endpoint on arbitrary and mutated bytes.
 
 Only ImageReadError may escape the decoder; the server never answers 500. Each property runs a fixed
-number of examples (a few seconds each); `bench/bench_fuzz.py` runs the same properties for longer.
+number of examples (a few seconds each; a quarter of them in the inner loop, as every property does);
+`bench/bench_fuzz.py` runs the same properties for longer.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers.corpus import fuzz_seeds
+from helpers.properties import examples
 from pneumoscan.data import probe_image, read_image
 from pneumoscan.errors import ImageReadError
 
-# PNEUMOSCAN_FUZZ_SCALE multiplies every property (bench/bench_fuzz.py sets it high for long runs).
+# PNEUMOSCAN_FUZZ_SCALE multiplies every property, for a longer run under pytest (bench/bench_fuzz.py fuzzes
+# for a set time instead).
 SCALE = float(os.environ.get("PNEUMOSCAN_FUZZ_SCALE", "1"))
 
 
@@ -49,9 +52,9 @@ def mutated(draw) -> bytes:
 _HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
 
 
-def fuzz(examples: int) -> settings:
+def fuzz(full: int) -> settings:
     """Bounded: a fixed number of examples, no per-example deadline (a slow CI machine is not a bug)."""
-    return settings(max_examples=max(1, int(examples * SCALE)), deadline=None, suppress_health_check=_HEALTH)
+    return settings(max_examples=max(1, int(examples(full) * SCALE)), deadline=None, suppress_health_check=_HEALTH)
 
 
 def _decode_or_refuse(data: bytes, size: int | None) -> None:
