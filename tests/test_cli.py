@@ -60,3 +60,17 @@ def test_out_of_range_options_are_one_line_errors_before_any_work(argv, message,
     assert main([part.format(**values) for part in argv]) == 2
     assert message in _one_line_error(capsys)
     assert not (tmp_path / "runs").exists()  # train wrote no half run folder
+
+
+def test_the_command_line_exits_with_the_commands_status(synthetic_dataset):
+    """`python -m pneumoscan` (as the console script) passes main's code to the shell: 0, 1 for a failed
+    strict check, 2 for no command."""
+    import subprocess
+    import sys
+
+    (synthetic_dataset / "train" / "NORMAL" / "IM-0003-0001.png").write_bytes(b"")
+    validate = [sys.executable, "-m", "pneumoscan", "data", "validate", str(synthetic_dataset), "--no-progress"]
+    runs = [subprocess.run(argv, capture_output=True, text=True, timeout=120)
+            for argv in (validate, [*validate, "--strict"], [sys.executable, "-m", "pneumoscan"])]
+    assert [r.returncode for r in runs] == [0, 1, 2], [r.stderr[-500:] for r in runs]
+    assert "IM-0003-0001.png: empty file" in runs[1].stdout

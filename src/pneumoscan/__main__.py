@@ -1,5 +1,3 @@
-import sys
+from pneumoscan.cli import run
 
-from pneumoscan.cli import main
-
-sys.exit(main())
+run()

@@ -7,6 +7,7 @@ function takes the parsed arguments and returns an exit code.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Sequence
 
@@ -67,8 +68,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-__all__ = ["HelpFormatter", "add_command", "build_parser", "main"]
+def run() -> None:
+    """The console script and ``python -m pneumoscan``: :func:`main`, its code as the exit status."""
+    code = main()
+    # At exit the interpreter's cyclic collector walks every object torch and MONAI made: about 2 s after
+    # a command that used PyTorch (measured: a one-image `predict --backend torch` left main in 7.0 s and
+    # the process 1.9 s later; 0.3 s frozen). Every output is written and closed by now, so the collector
+    # is frozen and the memory left to the operating system. Not in main(), which tests and scripts call
+    # in a process that goes on.
+    gc.freeze()
+    sys.exit(code)
+
+
+__all__ = ["HelpFormatter", "add_command", "build_parser", "main", "run"]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
