@@ -95,6 +95,9 @@ def pytest_cmdline_main(config) -> None:
 
 
 def pytest_configure(config) -> None:
+    if not (getattr(config.option, "numprocesses", None) and os.environ.get("PYTEST_XDIST_WORKER") is None):
+        gc.disable()  # until collection ends (see pytest_collection_finish); not in xdist's controller,
+        # which collects nothing
     if (config.getoption("markexpr", "") or "").replace(" ", "") == "note2e":
         # The inner loop: properties draw fewer examples (helpers.properties); the whole suite draws all.
         properties.SHARE = properties.INNER_LOOP_SHARE
@@ -105,14 +108,16 @@ def pytest_configure(config) -> None:
 
 
 # The garbage collector and the libraries' objects. Importing torch, Lightning, MONAI and scikit-learn
-# leaves millions of long-lived objects; every full collection walks them all: during the tests, in
-# pytest's final collections (which look for unraisable exceptions) and at the interpreter's exit
-# (measured: 3.4 s for a process that imported them, 0.45 s frozen). Each xdist worker pays that, and its
-# controller waits. Objects that exist when collection ends are moved out of the collector's sight; what
-# the tests create is still collected, and still reported when it raises in a finaliser.
+# leaves millions of long-lived objects; every full collection walks them all: while the test modules
+# import them, during the tests, in pytest's final collections (which look for unraisable exceptions) and
+# at the interpreter's exit (measured: 3.4 s for a process that imported them, 0.45 s frozen). Each xdist
+# worker pays that, and its controller waits. So the collector is off while the suite is collected, and
+# the objects that exist when collection ends are moved out of its sight; what the tests create is still
+# collected, and still reported when it raises in a finaliser.
 @pytest.hookimpl(trylast=True)
 def pytest_collection_finish(session) -> None:
     gc.freeze()
+    gc.enable()
 
 
 @pytest.hookimpl(trylast=True)
