@@ -94,11 +94,32 @@ def pytest_cmdline_main(config) -> None:
         config.option.dist = "worksteal"
 
 
+def _inner_loop(config) -> bool:
+    """``pytest -m "not e2e"``: the fast loop (see the e2e marker above)."""
+    return (config.getoption("markexpr", "") or "").replace(" ", "") == "note2e"
+
+
+def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
+    """In the inner loop, a test module marked e2e as a whole (``pytestmark`` names e2e) is not even
+    imported: every xdist worker imports every module it collects, and these bring Lightning, Ray or the
+    browser driver for tests that are then deselected."""
+    if not (_inner_loop(config) and collection_path.suffix == ".py" and collection_path.name.startswith("test_")):
+        return None
+    import ast
+
+    for node in ast.parse(collection_path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "pytestmark" for t in node.targets):
+            marks = node.value.elts if isinstance(node.value, ast.List | ast.Tuple) else [node.value]
+            if any(isinstance(m, ast.Attribute) and m.attr == "e2e" for m in marks):
+                return True
+    return None
+
+
 def pytest_configure(config) -> None:
     if not (getattr(config.option, "numprocesses", None) and os.environ.get("PYTEST_XDIST_WORKER") is None):
         gc.disable()  # until collection ends (see pytest_collection_finish); not in xdist's controller,
         # which collects nothing
-    if (config.getoption("markexpr", "") or "").replace(" ", "") == "note2e":
+    if _inner_loop(config):
         # The inner loop: properties draw fewer examples (helpers.properties); the whole suite draws all.
         properties.SHARE = properties.INNER_LOOP_SHARE
     if _GuardFitOnImport.NAME in sys.modules:

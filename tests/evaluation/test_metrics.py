@@ -10,7 +10,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as skm
-from torchmetrics.functional.classification import binary_calibration_error
 
 from helpers.properties import examples
 from pneumoscan.evaluation import metrics as M
@@ -92,6 +91,8 @@ def test_ece_equals_torchmetrics_binary_calibration_error(data, bins):
     labels, probs = data
     # Off the bin edges: torchmetrics' edges (torch.linspace) are k/bins only to within one ulp.
     probs = np.where(np.abs(probs * bins - np.round(probs * bins)) < 1e-6, probs + 1e-4, probs).clip(0, 1)
+    from torchmetrics.functional.classification import binary_calibration_error  # 1 s to import: here only
+
     expected = binary_calibration_error(torch.tensor(probs, dtype=torch.float64), torch.tensor(labels), n_bins=bins)
     assert M.expected_calibration_error(labels, probs, bins) == pytest.approx(float(expected), abs=1e-9)
 

@@ -1,15 +1,21 @@
 """One default for each shared option, a source's own validation split used when it is big enough, and
-a warning with the threshold's uncertainty when validation is too small to choose a threshold on."""
+a warning with the threshold's uncertainty when validation is too small to choose a threshold on.
+
+The training modules (which import Lightning) are imported by the tests that use them: see test_module.py.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from pneumoscan.cli import build_parser
 from pneumoscan.training import TrainConfig
-from pneumoscan.training.console import warn_if_small_validation
-from pneumoscan.training.data import PreparedData, XrayDataModule
+
+if TYPE_CHECKING:
+    from pneumoscan.training.data import PreparedData
 
 
 def _defaults(argv: list[str]):
@@ -37,6 +43,8 @@ def _npz(path, per_class: dict[str, int], size: int = 28) -> None:
 
 def prepared(config: TrainConfig) -> PreparedData:
     """What a run trains on: the DataModule's hooks, called as Lightning calls them."""
+    from pneumoscan.training.data import XrayDataModule
+
     datamodule = XrayDataModule(config)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -55,6 +63,8 @@ def test_an_npz_with_its_own_validation_split_trains_on_its_splits_by_default(tm
 
 
 def test_a_tiny_validation_split_warns_with_the_spread_of_its_threshold(capsys):
+    from pneumoscan.training.console import warn_if_small_validation
+
     labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     probs = np.array([0.1, 0.3, 0.45, 0.6, 0.4, 0.55, 0.7, 0.9])
     message = warn_if_small_validation(labels, probs, 0.55)
@@ -63,6 +73,8 @@ def test_a_tiny_validation_split_warns_with_the_spread_of_its_threshold(capsys):
 
 
 def test_a_large_validation_split_does_not_warn():
+    from pneumoscan.training.console import warn_if_small_validation
+
     rng = np.random.default_rng(0)
     labels = np.array([0, 1] * 100)
     assert warn_if_small_validation(labels, rng.random(200), 0.5) is None

@@ -1,21 +1,32 @@
-"""The pieces around the loop: augmentation only while training, the oversampling option."""
+"""The pieces around the loop: augmentation only while training, the oversampling option.
+
+Lightning is imported by the tests that use it, not by the module: every xdist worker imports every test
+module while collecting, and Lightning alone costs each of them 2-3 s (DEVELOPERS.md, tests).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import lightning as L
 import numpy as np
 import torch
 
 from pneumoscan.data import Sample
 from pneumoscan.models import build_model
 from pneumoscan.training import TrainConfig
-from pneumoscan.training.data import PreparedData, XrayDataModule
-from pneumoscan.training.module import XrayClassifier
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from pneumoscan.training.module import XrayClassifier
 
 
 def attached_module(config: TrainConfig) -> tuple[XrayClassifier, L.Trainer]:
+    import lightning as L
+
+    from pneumoscan.training.module import XrayClassifier
+
     module = XrayClassifier(build_model(config.model, config.image_size), config)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
     module.trainer = trainer
@@ -47,6 +58,8 @@ def test_no_augment_leaves_training_batches_alone():
 
 
 def test_weighted_sampler_draws_both_classes_about_equally_from_imbalanced_data():
+    from pneumoscan.training.data import PreparedData, XrayDataModule
+
     labels = [1] * 180 + [0] * 20
     samples = [Sample(Path(f"x{i}.png"), lab, str(i), "train") for i, lab in enumerate(labels)]
     data = PreparedData(Path("."), np.zeros((200, 8, 8), np.uint8), samples, np.zeros((2, 8, 8), np.uint8),
