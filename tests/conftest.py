@@ -116,9 +116,9 @@ def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
 
 
 def pytest_configure(config) -> None:
-    if not (getattr(config.option, "numprocesses", None) and os.environ.get("PYTEST_XDIST_WORKER") is None):
-        gc.disable()  # until collection ends (see pytest_collection_finish); not in xdist's controller,
-        # which collects nothing
+    xdist_controller = bool(getattr(config.option, "numprocesses", None)) and "PYTEST_XDIST_WORKER" not in os.environ
+    if not xdist_controller:  # the controller collects nothing, so nothing would turn the collector back on
+        gc.disable()  # until collection ends: see pytest_collection_finish
     if _inner_loop(config):
         # The inner loop: properties draw fewer examples (helpers.properties); the whole suite draws all.
         properties.SHARE = properties.INNER_LOOP_SHARE

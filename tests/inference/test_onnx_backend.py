@@ -29,7 +29,7 @@ def exported(exported_run) -> Path:
     return export_file(exported_run)
 
 
-def test_exported_runtime_and_pytorch_agree_within_1e_4_on_real_images(exported, real_subset):
+def test_onnx_runtime_and_pytorch_agree_within_1e_4_on_real_images(exported, real_subset):
     files = sorted(real_subset.glob("train/*/*.jpeg"))[::4]
     torch_rows = pneumoscan.load(exported.parent.parent).predict(files)  # a run folder: PyTorch
     assert pneumoscan.load(exported.parent.parent).backend.name == "torch"

@@ -90,7 +90,7 @@ def test_every_bad_input_is_refused_within_5_s_without_growing_300_mb(corpus_fil
     cases = {c.name: str(corpus_files[c.name]) for c in BAD_CASES}
     good = [str(corpus_files[name]) for name in ("png16", "dicom_monochrome1", "dicom_deflated")]
     argv = [sys.executable, "-c", textwrap.dedent(_CHILD), json.dumps(cases), *good, str(served_model)]
-    budget = 60 + SECONDS * 3 * len(cases)  # start-up (torch) plus every refusal at its limit
+    budget = 60 + SECONDS * 3 * len(cases)  # start-up plus every refusal at its limit
     try:
         child = subprocess.run(argv, capture_output=True, text=True, timeout=budget)
     except subprocess.TimeoutExpired as exc:

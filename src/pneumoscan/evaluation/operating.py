@@ -66,27 +66,27 @@ def median_youden(labels: np.ndarray, probs: np.ndarray, resamples: int = 200, s
     labels = np.asarray(labels, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    draws = [rng.integers(0, len(labels), len(labels)) for _ in range(resamples)]
+    # One draw per resample, in this order: the same images as drawing them one resample at a time.
+    draws = np.array([rng.integers(0, len(labels), len(labels)) for _ in range(resamples)], dtype=np.int64)
     descending, score_of = np.unique(-probs, return_inverse=True)
     scores = -descending  # the distinct scores, highest first: roc_curve's thresholds after its +inf
     # A block of resamples at a time keeps the (resamples x distinct scores) counts small.
     block = max(1, 2_000_000 // max(1, len(scores)))
-    picks = [_youden_gap_middles(labels, score_of, scores, draws[i:i + block])
-             for i in range(0, len(draws), block)]
-    middles = np.concatenate(picks) if picks else np.zeros(0)
+    blocks = (draws[i:i + block] for i in range(0, resamples, block))
+    middles = np.concatenate([np.zeros(0), *(_youden_gap_middles(labels[rows], score_of[rows], scores)
+                                             for rows in blocks)])
     if not len(middles):
         raise DatasetError("validation predictions hold one class only; operating points need both classes")
     return float(1.0 / (1.0 + np.exp(-np.median(middles))))
 
 
-def _youden_gap_middles(labels: np.ndarray, score_of: np.ndarray, scores: np.ndarray,
-                        draws: list[np.ndarray]) -> np.ndarray:
-    """For each resample (image indices) with both classes, the logit-space middle of the gap below its
-    Youden threshold."""
-    count, distinct = len(draws), len(scores)
-    cells = (np.arange(count)[:, None] * distinct + score_of[np.stack(draws)]).ravel()
+def _youden_gap_middles(labels: np.ndarray, score_index: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """For each resample with both classes (a row of its images' ``labels`` and the ``score_index`` of
+    their scores in ``scores``), the logit-space middle of the gap below its Youden threshold."""
+    count, distinct = score_index.shape[0], len(scores)
+    cells = (np.arange(count)[:, None] * distinct + score_index).ravel()
     images = np.bincount(cells, minlength=count * distinct).reshape(count, distinct).astype(np.float64)
-    positives = np.bincount(cells, weights=labels[np.stack(draws)].ravel().astype(np.float64),
+    positives = np.bincount(cells, weights=labels.ravel().astype(np.float64),
                             minlength=count * distinct).reshape(count, distinct)
     true_pos, false_pos = positives.cumsum(axis=1), (images - positives).cumsum(axis=1)
     both = (true_pos[:, -1] > 0) & (false_pos[:, -1] > 0)  # a one-class resample has no ROC curve
