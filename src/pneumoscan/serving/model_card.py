@@ -61,6 +61,7 @@ def build_model_card(meta: ModelMeta, run_folder: str | os.PathLike | None = Non
             "operating_points": dict(meta.operating_points),
         },
         "training_data": _training_data(meta),
+        "initial_weights": _initial_weights(meta),
         "metrics": {
             "validation": dict(meta.val_metrics),
             "evaluation": (
@@ -79,6 +80,15 @@ def build_model_card(meta: ModelMeta, run_folder: str | os.PathLike | None = Non
     if onnx_file is not None and Path(onnx_file).is_file():
         card["files"] = {"onnx": Path(onnx_file).name, "onnx_sha256": sha256_file(onnx_file)}
     return card
+
+
+def _initial_weights(meta: ModelMeta) -> str | None:
+    """Which pretrained weights the network started from, with their licence, or None (from scratch)."""
+    pretrained = meta.provenance.get("pretrained")
+    if not isinstance(pretrained, dict):
+        return None
+    text = f"{pretrained.get('source')} ({pretrained.get('loaded')} tensors loaded)"
+    return f"{text}; {pretrained['licence']}" if pretrained.get("licence") else text
 
 
 def write_model_card(folder: str | os.PathLike, meta: ModelMeta, run_folder: str | os.PathLike | None = None,
@@ -150,6 +160,7 @@ def render_markdown(card: dict[str, Any]) -> str:
                      + ", ".join(f"{k} {v:.4f}" for k, v in out["operating_points"].items()))
     lines += ["", "## Training data", ""]
     lines += [f"- {k}: {v}" for k, v in card["training_data"].items()]
+    lines.append(f"- initial weights: {card.get('initial_weights') or 'none (trained from random initialisation)'}")
     lines += ["", "## Metrics", ""]
     validation = card["metrics"]["validation"]
     if validation:

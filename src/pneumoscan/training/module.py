@@ -23,7 +23,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from pneumoscan import __version__
 from pneumoscan.models import ModelMeta
-from pneumoscan.models.registry import member_logits
+from pneumoscan.models.registry import head_parameters, member_logits
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.metrics import operating_points
 
@@ -162,13 +162,32 @@ class XrayClassifier(L.LightningModule):
             self.log("wall_s", self.wall_offset + time.perf_counter() - self._fit_start, sync_dist=False,
                      rank_zero_only=True)
 
+    def on_train_epoch_start(self) -> None:
+        if self.config.pretrained and self.config.freeze_epochs > 0:
+            frozen = self.current_epoch < self.config.freeze_epochs
+            head = {id(p) for p in head_parameters(self.model)}
+            for parameter in self.model.parameters():
+                if id(parameter) not in head:
+                    parameter.requires_grad_(not frozen)
+
     def on_train_epoch_end(self) -> None:
         self.log("lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]), rank_zero_only=True)
 
     # -- optimisation ------------------------------------------------------------------------------------
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The head first at ``--lr``; with ``--pretrained``, the pretrained layers at ``--pretrained-lr-scale``
+        of it (one group at ``--lr`` otherwise)."""
+        c = self.config
+        if not c.pretrained:
+            return [{"params": list(self.model.parameters()), "lr": c.lr}]
+        head = head_parameters(self.model)
+        ids = {id(p) for p in head}
+        backbone = [p for p in self.model.parameters() if id(p) not in ids]
+        return [{"params": head, "lr": c.lr}, {"params": backbone, "lr": c.lr * c.pretrained_lr_scale}]
+
     def configure_optimizers(self) -> Any:
         c = self.config
-        params = self.model.parameters()
+        params = self.parameter_groups()
         if c.optimizer == "adam":
             optimizer = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
         elif c.optimizer == "adamw":

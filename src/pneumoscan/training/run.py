@@ -103,7 +103,7 @@ def _train(config: TrainConfig | None, resume: str | os.PathLike | None, callbac
     provenance = _provenance(config, data, resume_ckpt)
     if pretrained_report is not None:
         provenance["pretrained"] = {"source": pretrained_report.source, "loaded": len(pretrained_report.loaded),
-                                    "adapted": pretrained_report.adapted}
+                                    "adapted": pretrained_report.adapted, "licence": pretrained_report.licence}
 
     if rank_zero:
         save_config(config, run_dir / runs.CONFIG)
