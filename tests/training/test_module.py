@@ -71,3 +71,22 @@ def test_weighted_sampler_draws_both_classes_about_equally_from_imbalanced_data(
         batches = [y for _ in range(5) for _, y in module.train_dataloader()]
         share = float(torch.cat(batches).mean())
         assert expected[0] <= share <= expected[1], (sampler, share)
+
+
+def test_pretrained_layers_learn_at_a_share_of_the_heads_rate_and_can_start_frozen():
+    from pneumoscan.training.module import XrayClassifier
+
+    config = TrainConfig(model="efficientnet-lite0", image_size=32, pretrained="weights.safetensors", lr=3e-3,
+                         pretrained_lr_scale=0.25, freeze_epochs=1)
+    module = XrayClassifier(build_model(config.model, config.image_size), config)
+    head, backbone = module.parameter_groups()
+    assert [p.shape for p in head["params"]] == [torch.Size([1, 1280]), torch.Size([1])]
+    assert head["lr"] == 3e-3 and backbone["lr"] == 3e-3 * 0.25
+    assert len(head["params"]) + len(backbone["params"]) == len(list(module.model.parameters()))
+    module.on_train_epoch_start()  # epoch 0: only the head learns
+    assert all(p.requires_grad for p in head["params"])
+    assert not any(p.requires_grad for p in backbone["params"])
+
+    scratch = XrayClassifier(build_model("mini-resnet", 32), TrainConfig(image_size=32, lr=3e-3))
+    (only,) = scratch.parameter_groups()  # from scratch: one rate for every layer, nothing frozen
+    assert only["lr"] == 3e-3 and len(only["params"]) == len(list(scratch.model.parameters()))
