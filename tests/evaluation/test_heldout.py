@@ -20,7 +20,7 @@ def test_evaluate_without_data_scores_the_runs_held_out_test_patients_and_finds_
             write_synthetic_image(root / "NORMAL" / f"IM-{i:04d}-000{j}.png", 0, seed=10 * i + j, size=40)
             write_synthetic_image(root / "PNEUMONIA" / f"person{i}_virus_{j}.png", 1, seed=500 + 10 * i + j, size=40)
     monkeypatch.delenv("PNEUMOSCAN_RUN_DIR", raising=False)
-    run = train(TrainConfig(data=str(root), out=str(tmp_path / "runs"), image_size=32, epochs=1, batch_size=8,
+    run = train(TrainConfig(data=str(root), out=str(tmp_path / "runs"), model="mini-resnet", image_size=32, epochs=1, batch_size=8,
                             val_fraction=0.2, test_fraction=0.2, progress=False, threads=1))
     with open(run / "split.csv", newline="") as fh:
         held_out = [r for r in csv.DictReader(fh) if r["split"] == "test"]

@@ -38,7 +38,9 @@ def make_dataset(root: Path, patients: int = 12) -> Path:
 
 
 def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
-    options = {"data": str(data), "out": str(out), "image_size": 32, "epochs": 2, "batch_size": 8,
+    # The small from-scratch network keeps these pipeline tests fast; the default network's own path is
+    # tested in test_train_imagenet.py.
+    options = {"data": str(data), "out": str(out), "model": "mini-resnet", "image_size": 32, "epochs": 2, "batch_size": 8,
                "val_fraction": 0.3, "progress": False, "early_stopping": 0, "threads": 1, **overrides}
     return TrainConfig(**options)
 

@@ -163,7 +163,7 @@ class XrayClassifier(L.LightningModule):
                      rank_zero_only=True)
 
     def on_train_epoch_start(self) -> None:
-        if self.config.pretrained and self.config.freeze_epochs > 0:
+        if self.config.initial_weights and self.config.freeze_epochs > 0:
             frozen = self.current_epoch < self.config.freeze_epochs
             head = {id(p) for p in head_parameters(self.model)}
             for parameter in self.model.parameters():
@@ -178,7 +178,7 @@ class XrayClassifier(L.LightningModule):
         """The head first at ``--lr``; with ``--pretrained``, the pretrained layers at ``--pretrained-lr-scale``
         of it (one group at ``--lr`` otherwise)."""
         c = self.config
-        if not c.pretrained:
+        if not c.initial_weights:
             return [{"params": list(self.model.parameters()), "lr": c.lr}]
         head = head_parameters(self.model)
         ids = {id(p) for p in head}

@@ -82,11 +82,11 @@ def _train(config: TrainConfig | None, resume: str | os.PathLike | None, callbac
     on_gpu = _uses_cuda(config)
 
     pretrained_report = None
-    if config.pretrained and resume_ckpt is None:
+    if config.initial_weights and resume_ckpt is None:
         from pneumoscan.models.pretrained import load_pretrained
 
         # before the data: a wrong weights file fails in a second, not after minutes of caching
-        pretrained_report = load_pretrained(network, config.pretrained, config.model)
+        pretrained_report = load_pretrained(network, config.initial_weights, config.model)
         if rank_zero:
             print(pretrained_report.summary())
 
