@@ -60,6 +60,7 @@ GALLERY = "gallery"
 CALIBRATED = "calibrated"
 CALIBRATION_JSON = "calibration.json"
 CALIBRATION_README = "README.md"
+RUNS_DIR = "runs"  # the default folder of run folders (`train --out`, `models --runs`)
 LATEST = "latest"  # a symlink beside the runs; LATEST_FILE where the file system has no links
 LATEST_FILE = "LATEST"
 

@@ -41,11 +41,14 @@ def register(subparsers) -> None:
         "pneumoscan calibrate runs/latest --data site_sample/ --target-sensitivity 0.95",
         _calibrate,
     )
-    cal.add_argument("model", metavar="RUN_OR_MODEL", help="run folder or model file to calibrate")
+    cal.add_argument("model", metavar="RUN_OR_MODEL",
+                     help="run folder or model file to calibrate; default: the bundled model")
     cal.add_argument("--data", required=True, help="the site's labelled sample: a class-folder dataset or CSV manifest "
-                     "(every labelled image is used; both classes needed, at least 20 of each advised)")
+                     "(every labelled image is used; both classes, and a sample too small for a threshold is refused, "
+                     "naming the minimum per class)")
     cal.add_argument("--target-sensitivity", type=float, default=0.95,
-                     help="the threshold is the highest one reaching this sensitivity on the sample")
+                     help="the sensitivity the threshold must reach; the model's own threshold is kept unless the "
+                          "sample shows it misses the target, or that a higher one still reaches it")
     cal.add_argument("--out", default=None, help="folder of the new version (default: RUN/calibrated/<data>-<time>/)")
     cal.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="patient bootstrap resamples")
     cal.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -101,17 +104,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from pneumoscan.evaluation.calibrate import MIN_PER_CLASS, calibrate
+    from pneumoscan.evaluation.calibrate import calibrate, summary
 
     result = calibrate(args.model, args.data, args.target_sensitivity, args.out, args.bootstrap, args.seed)
     c = result.calibration
-    low, high = c.threshold_interval
     print(f"calibrated on {c.images} images of {c.patients} patients ({c.normal} NORMAL, {c.pneumonia} PNEUMONIA)")
-    print(f"  threshold   {c.threshold:.4f} (95% interval {low:.4f}-{high:.4f}), target sensitivity {c.target_sensitivity:g}")
-    print(f"  temperature {c.temperature:.3f}")
+    for line in summary(c.to_dict()):
+        print(f"  {line}")
     print(f"  on the sample itself (optimistic): sensitivity {c.sensitivity:.3f}, specificity {c.specificity:.3f}")
-    if min(c.normal, c.pneumonia) < MIN_PER_CLASS:
-        print(f"WARNING: fewer than {MIN_PER_CLASS} images of a class: the threshold is uncertain (see its interval)")
     print(f"new model version: {result.folder} (the original {result.original} is unchanged)")
     print(f"check it on other images of the site: pneumoscan evaluate {result.folder} --data SITE_TEST --split all")
     from pneumoscan.provenance import DISCLAIMER
