@@ -85,6 +85,11 @@ def _evaluate(args: argparse.Namespace) -> int:
                      f"({stored_point['threshold']:.4f} after temperature scaling)")
     print(f"{report.data['images']} images, {report.data['patients']} patients "
           f"(split {report.data['split']}); {threshold}")
+    left_out = report.data.get("calibration_sample")
+    if left_out and left_out["checked"]:
+        from pneumoscan.evaluation.evaluate import LEFT_OUT
+
+        print(LEFT_OUT.format(**left_out))
     for metric in ("sensitivity", "specificity", "ppv", "npv", "balanced_accuracy"):
         print(f"  {metric:<18} {report.at('stored', metric)}")
     for metric in ("roc_auc", "pr_auc", "ece"):

@@ -13,7 +13,7 @@ import numpy as np
 from pneumoscan.errors import DatasetError
 from pneumoscan.evaluation.config import EvaluateConfig
 from pneumoscan.evaluation.operating import OPERATING_POINTS, POINT_NAMES, choose_operating_points
-from pneumoscan.runs import SPLIT, VAL_PREDICTIONS
+from pneumoscan.runs import VAL_PREDICTIONS, split_file
 
 RULES = {"stored": "the threshold stored in the model (chosen on validation at training, or on a site's "
                     "sample by `pneumoscan calibrate`), applied as is",
@@ -69,7 +69,7 @@ def validation_scores(members: list[Member], config: EvaluateConfig, size: int, 
         return None
     from pneumoscan.data import build_cache
 
-    split_file = members[0].run_dir / SPLIT
+    source = split_file(members[0].run_dir)
     val = [s for s in trained if s.split == "val" and s.label is not None]
     if not val:
         return None
@@ -79,7 +79,7 @@ def validation_scores(members: list[Member], config: EvaluateConfig, size: int, 
         return None
     return {"labels": np.array([s.label for s in kept]), "probs": score(members, images, config),
             "patients": [s.patient_id for s in kept],
-            "source": f"validation rows of {split_file} scored again ({len(cache.failures)} unreadable)"}
+            "source": f"validation rows of {source} scored again ({len(cache.failures)} unreadable)"}
 
 
 def operating_points(members, metas, validation, config) -> tuple[dict[str, float], str, float]:
@@ -107,13 +107,14 @@ def operating_points(members, metas, validation, config) -> tuple[dict[str, floa
 
 
 def run_split(member: Member) -> list | None:
-    """The samples of the run's ``split.csv`` (names only: files that moved away are kept), or None."""
+    """The samples of the run's ``split.csv`` (names only: files that moved away are kept), or None; a
+    site-calibrated version's is that of the run it came from."""
     from pneumoscan.data.manifest import load_manifest
 
-    split_file = member.run_dir / SPLIT if member.run_dir else None
-    if split_file is None or not split_file.is_file():
+    found = split_file(member.run_dir) if member.run_dir else None
+    if found is None:
         return None
-    return load_manifest(split_file, keep_missing=True).samples
+    return load_manifest(found, keep_missing=True).samples
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
