@@ -18,6 +18,8 @@ from pneumoscan.runs import VAL_PREDICTIONS, split_file
 RULES = {"stored": "the threshold stored in the model (chosen on validation at training, or on a site's "
                     "sample by `pneumoscan calibrate`), applied as is",
           "original": "the stored threshold of the model before site calibration, in this version's scale",
+          "site-estimate": "the calibration sample's own estimate for the target sensitivity (bootstrap median), "
+                           "adopted by `pneumoscan calibrate` only where the sample could support it",
           **OPERATING_POINTS}
 
 
@@ -86,12 +88,12 @@ def operating_points(members, metas, validation, config) -> tuple[dict[str, floa
     """(validation operating points, where they come from, the stored threshold).
 
     A site-calibrated model also carries its original threshold (``original``, in the calibrated
-    probability scale): the report then shows both versions side by side.
+    probability scale) and the sample's own estimate (``site-estimate``): the report shows them side by side.
     """
     stored = float(np.mean([meta.threshold for meta in metas]))
     same_scorer = len(members) == 1 and not config.tta
     saved = metas[0].operating_points or {}
-    extra = {"original": float(saved["original"])} if same_scorer and "original" in saved else {}
+    extra = {k: float(saved[k]) for k in ("original", "site-estimate") if same_scorer and k in saved}
     # Model files from before the bootstrap-median point hold the three classic ones only.
     complete = all(k in saved for k in ("youden", "sens95", "spec95"))
     from_file = {k: float(saved[k]) for k in POINT_NAMES if k in saved}
