@@ -340,6 +340,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitiv
         "unreadable": [r for _, r in cache.failures],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    record["summary"] = summary(record)  # what the model card and README say
     new_meta = replace(
         meta, threshold=fitted.threshold, temperature=fitted.temperature, operating_points=points,
         run_id=f"{meta.run_id}+calibrated-{stamp}", created=record["created"],
@@ -383,7 +384,8 @@ def _name(data: str | os.PathLike) -> str:
 
 
 def summary(record: dict[str, Any]) -> list[str]:
-    """What the calibration did and why, one line each: printed by ``calibrate``, in the README and the card."""
+    """What the calibration did and why, one line each: printed by ``calibrate``, in the README and the card
+    (stored in the record as ``summary``)."""
     low, high = record["threshold_interval"]
     kept = record["threshold_source"] == "model"
     source = "the model's own, kept" if kept else "set by the sample"

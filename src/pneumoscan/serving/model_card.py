@@ -180,12 +180,8 @@ def threshold_rule(meta: ModelMeta) -> str | None:
 
     calibration = meta.provenance.get("calibration")
     if isinstance(calibration, dict):
-        from pneumoscan.evaluation.calibrate import summary
-
-        try:
-            what = "; ".join(summary(calibration))
-        except (KeyError, TypeError, ValueError):  # a version calibrated before these fields existed
-            what = str(calibration.get("rule"))
+        lines = calibration.get("summary")  # versions calibrated before it existed state their rule only
+        what = "; ".join(map(str, lines)) if isinstance(lines, list) else str(calibration.get("rule"))
         return f"site calibration on {calibration.get('images')} images of {calibration.get('data')}: {what}"
     config = meta.provenance.get("config")
     rule = config.get("threshold_rule", "youden") if isinstance(config, dict) else None
