@@ -212,3 +212,20 @@ def test_calibrate_cli_refuses_a_one_class_sample_naming_the_data(tiny_run, tiny
     assert code == 2
     assert str(site) in err and f"only NORMAL images ({len(normals)})" in err
     assert not (tiny_run / "calibrated").exists()
+
+
+def test_the_bundled_model_is_calibrated_into_runs_default_and_listed(shared_data, tmp_path, monkeypatch, capsys):
+    sample = tmp_path / "site.csv"
+    test = shared_data / "chest_xray" / "test"
+    files = sorted((test / "NORMAL").glob("*.jpeg"))[:20] + sorted((test / "PNEUMONIA").glob("*.jpeg"))[:20]
+    sample.write_text("path,label\n" + "".join(f"{f},{int(f.parent.name == 'PNEUMONIA')}\n" for f in files))
+    monkeypatch.chdir(tmp_path)
+    assert main(["calibrate", "--data", str(sample), "--bootstrap", "100"]) == 0
+    out = capsys.readouterr().out
+    versions = list((tmp_path / "runs" / "default" / "calibrated").iterdir())
+    assert len(versions) == 1 and f"new model version: {Path('runs') / 'default' / 'calibrated' / versions[0].name}" in out
+    record = json.loads((versions[0] / "calibration.json").read_text())
+    assert record["original_run"] is None and record["threshold"] < 0.99
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert f"default/{versions[0].name}" in listing and "calibrated" in listing

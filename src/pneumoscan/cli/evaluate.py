@@ -41,8 +41,9 @@ def register(subparsers) -> None:
         "pneumoscan calibrate runs/latest --data site_sample/ --target-sensitivity 0.95",
         _calibrate,
     )
-    cal.add_argument("model", metavar="RUN_OR_MODEL",
-                     help="run folder or model file to calibrate; default: the bundled model")
+    cal.add_argument("model", metavar="RUN_OR_MODEL", nargs="?", default="default",
+                     help="run folder or model file to calibrate (default: the bundled model; its calibrated "
+                          "versions go to runs/default/calibrated/)")
     cal.add_argument("--data", required=True, help="the site's labelled sample: a class-folder dataset or CSV manifest "
                      "(every labelled image is used; both classes, and a sample too small for a threshold is refused, "
                      "naming the minimum per class)")
