@@ -16,6 +16,7 @@ and the checks: mean accuracy not below the uncalibrated model's, sensitivity >=
 
     python bench/bench_calibrate.py                   # the bundled model
     python bench/bench_calibrate.py runs/latest --data ../shared/data/chest_xray/test --draws 20
+    python bench/bench_calibrate.py --threshold 0.9   # a stored threshold too strict for the site
 
 Research figures; pneumoscan is not a diagnostic device.
 """
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--easiest", type=int, default=40, help="the easiest-case draws pick from this many per class")
     parser.add_argument("--target-sensitivity", type=float, default=0.95)
     parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="use this stored threshold instead of the model's (a model whose threshold does not fit "
+                             "the site: does calibration move it?)")
     parser.add_argument("--out", type=Path, default=Path("bench/out/calibrate.json"))
     args = parser.parse_args(argv)
 
@@ -54,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
 
     meta, scored, labels, patients, model_name = _scores(args.model, args.data, args.out.parent)
     temperature = float(meta.temperature or 1.0)
+    if args.threshold is not None:
+        from dataclasses import replace
+
+        meta = replace(meta, threshold=args.threshold)
     raw = apply_temperature(scored, 1.0 / temperature)  # back to temperature 1
     rng = np.random.default_rng(0)
     draws = {"random": [_random_draw(rng, labels, patients, args.per_class) for _ in range(args.draws)],
@@ -161,7 +169,7 @@ def _easiest_draw(rng, scored: np.ndarray, labels: np.ndarray, easiest: int, per
 
 def _print_kind(kind: str, rows: list[dict]) -> list[str]:
     print(f"\n{kind} draws ({len(rows)}; rest of the site {min(r['rest_images'] for r in rows)}-"
-          f"{max(r['rest_images'] for r in rows)} images)")
+          f"{max(r['rest_images'] for r in rows)} images)\n")
     print("| version | " + " | ".join(METRICS) + " | ECE | threshold |")
     print("|---|" + "---|" * (len(METRICS) + 2))
     means = {}
@@ -177,7 +185,7 @@ def _print_kind(kind: str, rows: list[dict]) -> list[str]:
     separable = sum(r["separable"] for r in rows)
     temperatures = [r["temperature"] for r in rows]
     estimates = [r["threshold_estimate"] for r in rows]
-    print(f"threshold kept (the model's own) in {sources['model']} draws, set by the sample in {sources['site']}; "
+    print(f"\nthreshold kept (the model's own) in {sources['model']} draws, set by the sample in {sources['site']}; "
           f"separable samples {separable}; temperature {min(temperatures):.3f}-{max(temperatures):.3f}; the samples' "
           f"own estimates {min(estimates):.3f}-{max(estimates):.3f}")
     sensitive = sum(r["calibrated"]["sensitivity"] >= SENSITIVITY_FLOOR for r in rows)
