@@ -217,9 +217,12 @@ def _choose_threshold(labels: np.ndarray, scores: np.ndarray, own: float, estima
         threshold = min(estimate, own)
         return (*_clamped(threshold, "site", f"the sample shows the model's own threshold misses sensitivity "
                                              f"{target:g}: {shown}; lowered to the sample's estimate"), k, at_own)
-    # Raising gives up pneumonia images: only as far as the sample still shows the target.
-    demonstrable = [j for j in range(1, n + 1) if binomtest(j, n).proportion_ci(
-        confidence_level=2 * CONFIDENCE - 1, method="exact").low >= target]
+    # Raising gives up pneumonia images: only as far as the sample still shows the target. The one-sided
+    # Clopper-Pearson lower bound of j detected of n is the (1 - CONFIDENCE) quantile of Beta(j, n - j + 1).
+    from scipy.stats import beta
+
+    counts = np.arange(1, n + 1)
+    demonstrable = counts[beta.ppf(1 - CONFIDENCE, counts, n - counts + 1) >= target].tolist()
     if demonstrable and demonstrable[0] < k:
         j = demonstrable[0]
         below = scores[scores < positives[j - 1]]
