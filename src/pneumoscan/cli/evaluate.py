@@ -88,9 +88,9 @@ def _evaluate(args: argparse.Namespace) -> int:
           f"(split {report.data['split']}); {threshold}")
     left_out = report.data.get("calibration_sample")
     if left_out and left_out["checked"]:
-        from pneumoscan.evaluation.evaluate import LEFT_OUT
+        from pneumoscan.evaluation.evaluate import left_out_text
 
-        print(LEFT_OUT.format(**left_out))
+        print(left_out_text(left_out))
     for metric in ("sensitivity", "specificity", "ppv", "npv", "balanced_accuracy"):
         print(f"  {metric:<18} {report.at('stored', metric)}")
     for metric in ("roc_auc", "pr_auc", "ece"):

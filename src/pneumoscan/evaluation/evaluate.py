@@ -53,8 +53,12 @@ from pneumoscan.runs import (
 
 __all__ = ["EvaluateConfig", "EvaluationResult", "evaluate"]
 
-LEFT_OUT = ("{images} images of the calibration sample and {patient_images} other images of its patients were "
-            "left out: the calibrated version chose its threshold and temperature on them")
+
+def left_out_text(left_out: dict[str, Any]) -> str:
+    """One sentence: the images of a calibrated version's sample that ``evaluate`` left out."""
+    images, kin = left_out["images"], left_out["patient_images"]
+    return (f"{images} image{'s' * (images != 1)} of the calibration sample and {kin} other image{'s' * (kin != 1)} "
+            "of its patients were left out: the calibrated version chose its threshold and temperature on them")
 
 
 @dataclass
@@ -121,7 +125,7 @@ def _evaluate(config: EvaluateConfig, members: list[Member], metas: list, out: P
     samples, data_notes = _select(index, config.split)
     samples, left_out = _without_calibration_sample(members, metas, samples, data_root)
     if left_out and left_out["checked"]:
-        data_notes.append(LEFT_OUT.format(**left_out))
+        data_notes.append(left_out_text(left_out))
     cache = build_cache(samples, size, fit, progress=False)
     images, kept = cache.subset(None)
     labels = np.array([s.label for s in kept], dtype=np.int64)
