@@ -226,6 +226,10 @@ def test_the_bundled_model_is_calibrated_into_runs_default_and_listed(shared_dat
     assert len(versions) == 1 and f"new model version: {Path('runs') / 'default' / 'calibrated' / versions[0].name}" in out
     record = json.loads((versions[0] / "calibration.json").read_text())
     assert record["original_run"] is None and record["threshold"] < 0.99
+    # A separable sample (as these easy first images are for a good model) is said in all three places.
+    card = (versions[0] / "model_card.md").read_text()
+    assert record["separable"] == ("perfectly separated" in card) == ("perfectly separated" in out)
+    assert record["separable"] == any("perfectly separated" in note for note in record["notes"])
     assert main(["models"]) == 0
     listing = capsys.readouterr().out
     assert f"default/{versions[0].name}" in listing and "calibrated" in listing
