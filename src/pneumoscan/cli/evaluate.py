@@ -35,9 +35,10 @@ def register(subparsers) -> None:
 
     cal = add_command(
         subparsers, "calibrate",
-        "Fit a model to a new site: re-fit the threshold (to a target sensitivity) and a temperature on a "
-        "small labelled sample of the site's own images, with bootstrap intervals; writes a new model "
-        "version beside the old one, which is never changed.",
+        "Fit a model to a new site on a labelled sample of the site's own images (at least 20 per class): a "
+        "temperature bounded around the model's own, and a threshold for a target sensitivity, moved only where "
+        "the sample shows the model's own misses it (with its bootstrap interval); writes a new model version "
+        "beside the old one, which is never changed.",
         "pneumoscan calibrate runs/latest --data site_sample/ --target-sensitivity 0.95",
         _calibrate,
     )
