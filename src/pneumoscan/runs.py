@@ -60,6 +60,7 @@ GALLERY = "gallery"
 CALIBRATED = "calibrated"
 CALIBRATION_JSON = "calibration.json"
 CALIBRATION_README = "README.md"
+RUNS_DIR = "runs"  # the default folder of run folders (`train --out`, `models --runs`)
 LATEST = "latest"  # a symlink beside the runs; LATEST_FILE where the file system has no links
 LATEST_FILE = "LATEST"
 
@@ -94,13 +95,48 @@ def run_folder_of(model_path: str | os.PathLike) -> Path:
 
 def find_run(model_path: str | os.PathLike) -> Path | None:
     """The run folder of a model path when it really is one (it holds ``split.csv``, ``val_predictions.csv``
-    or ``config.yaml``); a folder given directly counts as a run; None for a lone model file."""
+    or ``config.yaml``; a site-calibrated version's folder, holding ``calibration.json``, counts as one:
+    :func:`split_file` finds its run's split); a folder given directly counts as a run; None for a lone
+    model file."""
     path = Path(model_path).expanduser()
+    if (version := path if path.is_dir() else path.parent).joinpath(CALIBRATION_JSON).is_file():
+        return version.resolve()
     candidates = [path] if path.is_dir() else [path.parent, path.parent.parent]
     for folder in candidates:
         if any((folder / name).is_file() for name in _RUN_MARKERS):
             return folder.resolve()
     return path.resolve() if path.is_dir() else None
+
+
+def split_file(run: str | os.PathLike) -> Path | None:
+    """The run's ``split.csv``; for a site-calibrated version, that of the run it was calibrated from
+    (``original_run`` in its ``calibration.json``, else the folder above ``calibrated/``); None if none."""
+    run = Path(run)
+    if (run / SPLIT).is_file():
+        return run / SPLIT
+    record = calibration_record(run)
+    if record is None:
+        return None
+    origin = record.get("original_run")
+    candidates = [Path(origin)] if isinstance(origin, str) else []
+    if run.parent.name == CALIBRATED:
+        candidates.append(run.parent.parent)
+    for folder in candidates:
+        if folder != run and (found := split_file(folder)) is not None:
+            return found
+    return None
+
+
+def calibration_record(model_path: str | os.PathLike) -> dict | None:
+    """The ``calibration.json`` of a site-calibrated version (its folder or its model file), parsed; None
+    when there is none or it cannot be read."""
+    path = Path(model_path).expanduser()
+    file = (path if path.is_dir() else path.parent) / CALIBRATION_JSON
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def weights_beside(onnx_path: str | os.PathLike) -> Path | None:

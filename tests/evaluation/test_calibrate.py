@@ -1,72 +1,206 @@
-"""Site calibration: a new model version fitted on a site's labelled sample; the original never changes."""
+"""Site calibration: a new model version fitted on a site's labelled sample; the original never changes,
+and a small or easy sample cannot make the model worse."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers.fake_runs import make_dataset, make_run
 from pneumoscan.cli import main
 from pneumoscan.errors import DatasetError
-from pneumoscan.evaluation.calibrate import calibrate, fit_site_calibration
+from pneumoscan.evaluation.calibrate import MIN_PER_CLASS, calibrate, fit_site_calibration
 from pneumoscan.models import read_meta
 from pneumoscan.provenance import sha256_file
 
 
-def test_temperature_is_recovered_and_the_threshold_meets_the_target_sensitivity():
+def _sigmoid(z):
+    return 1 / (1 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
+def _ids(n: int) -> list[str]:
+    return [str(i) for i in range(n)]
+
+
+def test_a_perfectly_separable_sample_is_reported_not_obeyed():
+    # 20 + 20 images that the model separates perfectly, as a good model often does on easy cases.
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], 20)
+    logits = np.where(labels == 1, rng.uniform(1.0, 6.0, 40), rng.uniform(-6.0, -1.0, 40))
+    fitted = fit_site_calibration(labels, _sigmoid(logits), _ids(40), target_sensitivity=0.95, resamples=300)
+    # The temperature is the model's own: a separable sample would drive it to 0 (probabilities 0 or 1).
+    assert fitted.temperature == pytest.approx(1.0)
+    assert _sigmoid(logits / fitted.temperature).min() > 0.001 and _sigmoid(logits / fitted.temperature).max() < 0.999
+    # The threshold is the model's own, not the second-lowest pneumonia score of the sample.
+    assert fitted.threshold == pytest.approx(0.5) and fitted.threshold_source == "model"
+    assert fitted.separable
+    assert any("perfectly separated" in note for note in fitted.notes)
+    assert "too few PNEUMONIA images near the boundary" in fitted.threshold_reason
+    low, high = fitted.threshold_interval
+    assert 0 < low <= fitted.threshold_estimate <= high < 1
+
+
+def test_a_sample_whose_pneumonia_images_all_score_above_099_keeps_a_usable_threshold():
+    rng = np.random.default_rng(2)
+    labels = np.repeat([0, 1], 20)
+    probs = np.where(labels == 1, rng.uniform(0.991, 0.9995, 40), rng.uniform(0.01, 0.9, 40))
+    probs[:3] = [0.992, 0.995, 0.997]  # three normals among them: not separable, the temperature is fitted
+    fitted = fit_site_calibration(labels, probs, _ids(40), target_sensitivity=0.95, resamples=300)
+    # The decision on the model's own probability, whatever the new temperature: not "above 0.99 only".
+    t = fitted.threshold
+    assert _sigmoid(np.log(t / (1 - t)) * fitted.temperature) < 0.99 and t < 0.99
+    assert 0.5 <= fitted.temperature <= 2.0  # within [0.5, 2] x the model's own (1)
+    assert fitted.threshold == pytest.approx(0.5) and fitted.threshold_source == "model"
+    assert not fitted.separable and fitted.pneumonia_at_model_threshold == 20
+    # With a model of its own temperature and threshold: 0.4 at temperature 0.7, in the new probability space.
+    scaled = fit_site_calibration(labels, probs, _ids(40), target_sensitivity=0.95, resamples=300,
+                                  model_temperature=0.7, model_threshold=0.4)
+    assert 0.35 <= scaled.temperature <= 1.4
+    assert scaled.threshold == pytest.approx(_sigmoid(np.log(0.4 / 0.6) * 0.7 / scaled.temperature))
+
+
+def test_a_sample_below_the_minimum_per_class_is_refused_naming_the_minimum(tiny_run, tmp_path, capsys):
+    site = make_dataset(tmp_path / "site", {"test": 5})
+    code = main(["calibrate", str(tiny_run), "--data", str(site / "test")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"at least {MIN_PER_CLASS} of each class" in err and "5 NORMAL and 5 PNEUMONIA" in err
+    assert str(site / "test") in err and len(err.strip().splitlines()) == 1
+    assert not (tiny_run / "calibrated").exists()
+
+
+def test_the_threshold_is_lowered_where_the_sample_shows_the_model_misses_the_target():
+    rng = np.random.default_rng(3)
+    labels = np.repeat([0, 1], [40, 40])
+    # 12 of 40 pneumonia images score below the model's threshold 0.5: sensitivity 0.70 there.
+    logits = np.concatenate([rng.uniform(-5, -1.5, 40), rng.uniform(-1.2, -0.2, 12), rng.uniform(0.2, 4, 28)])
+    fitted = fit_site_calibration(labels, _sigmoid(logits), _ids(80), target_sensitivity=0.95, resamples=300)
+    assert fitted.threshold_source == "site" and "misses sensitivity 0.95" in fitted.threshold_reason
+    assert fitted.threshold < 0.5 and fitted.threshold == pytest.approx(fitted.threshold_estimate)
+    assert fitted.sensitivity >= 0.95
+    # Interpolated between the classes' scores: the threshold lies strictly between two sample scores.
+    z = np.log(fitted.threshold / (1 - fitted.threshold)) * fitted.temperature
+    assert not np.isclose(logits, z).any()
+
+
+def test_the_threshold_is_raised_only_as_far_as_a_large_sample_still_shows_the_target():
+    rng = np.random.default_rng(4)
+    labels = np.repeat([0, 1], [100, 150])
+    logits = np.concatenate([rng.uniform(-4, 1.5, 100), rng.uniform(2.0, 6, 150)])  # sensitivity 1.0 at 0.5
+    fitted = fit_site_calibration(labels, _sigmoid(logits), _ids(250), target_sensitivity=0.9, resamples=300)
+    assert fitted.threshold_source == "site" and fitted.threshold > 0.5
+    from scipy.stats import binomtest
+
+    kept = int((_sigmoid(logits[labels == 1] / fitted.temperature) >= fitted.threshold).sum())
+    assert binomtest(kept, 150).proportion_ci(confidence_level=0.9).low >= 0.9
+    # 20 pneumonia images could not show it: the same model's threshold is kept on 20 + 20 of them.
+    small = np.concatenate([np.arange(20), 100 + np.arange(20)])
+    kept_small = fit_site_calibration(labels[small], _sigmoid(logits[small]), _ids(40), target_sensitivity=0.9,
+                                      resamples=300)
+    assert kept_small.threshold_source == "model" and "needs at least 29 PNEUMONIA images" in kept_small.threshold_reason
+
+
+def test_the_temperature_is_fitted_within_its_bounds_around_the_models_own():
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, 4000)
-    labels = (rng.random(4000) < 1 / (1 + np.exp(-logits / 2.0))).astype(int)  # true temperature 2
-    raw = 1 / (1 + np.exp(-logits))
-    fitted = fit_site_calibration(labels, raw, [str(i) for i in range(4000)], target_sensitivity=0.9, resamples=200)
-    assert fitted.temperature == pytest.approx(2.0, rel=0.1)
-    low, high = fitted.threshold_interval
-    assert low <= fitted.threshold <= high
-    assert fitted.sensitivity == pytest.approx(0.9, abs=0.01)
-    assert (fitted.normal, fitted.pneumonia) == (int((labels == 0).sum()), int(labels.sum()))
+    labels = (rng.random(4000) < _sigmoid(logits / 1.5)).astype(int)  # true temperature 1.5
+    fitted = fit_site_calibration(labels, _sigmoid(logits), _ids(4000), target_sensitivity=0.9, resamples=100)
+    assert fitted.temperature == pytest.approx(1.5, rel=0.1)
+    too_hot = fit_site_calibration(labels, _sigmoid(logits), _ids(4000), resamples=100, model_temperature=0.25)
+    assert too_hot.temperature == pytest.approx(0.5, rel=1e-3)  # the bound, 2 x the model's own
+    assert "at its bound" in too_hot.temperature_note
 
 
 def test_a_sample_with_one_class_is_refused_with_a_clear_error():
-    with pytest.raises(DatasetError, match="only PNEUMONIA images.*both classes"):
-        fit_site_calibration(np.ones(10), np.linspace(0.1, 0.9, 10), [str(i) for i in range(10)])
+    with pytest.raises(DatasetError, match="only PNEUMONIA images.*both classes, at least 20"):
+        fit_site_calibration(np.ones(30), np.linspace(0.1, 0.9, 30), _ids(30))
+
+
+def test_a_sample_the_model_ranks_backwards_is_refused():
+    labels = np.repeat([0, 1], 20)
+    with pytest.raises(DatasetError, match="no better than chance"):
+        fit_site_calibration(labels, np.where(labels == 1, 0.2, 0.8), _ids(40))
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """A site's images: 30 + 30 under test/ (2 per patient), and a 20 + 20 calibration sample of them."""
+    root = make_dataset(tmp_path_factory.mktemp("site"), {"test": 30}, start=50)
+    files = sorted((root / "test" / "NORMAL").iterdir())[:20] + sorted((root / "test" / "PNEUMONIA").iterdir())[:20]
+    (root / "sample.csv").write_text("path,label\n" + "".join(f"{f},{int(f.parent.name == 'PNEUMONIA')}\n"
+                                                             for f in files))
+    return root
 
 
 @pytest.mark.usefixtures("no_figures")
-def test_calibrate_writes_a_new_version_and_evaluate_reports_both(tiny_run, tiny_data, tmp_path):
+def test_calibrate_writes_a_new_version_and_evaluate_reports_both_without_the_sample(tiny_data, site, tmp_path,
+                                                                                    capsys):
+    tiny_run = make_run(tmp_path / "runs" / "run-b", tiny_data, threshold=0.5)
     model_file = tiny_run / "model.safetensors"
     before = sha256_file(model_file)
     original = read_meta(tiny_run)
-    result = calibrate(tiny_run, tiny_data / "test", target_sensitivity=0.9, out=tmp_path / "site", resamples=200)
+    out = tiny_run / "calibrated" / "sample-1"
+    result = calibrate(tiny_run, site / "sample.csv", target_sensitivity=0.9, out=out, resamples=200)
     assert sha256_file(model_file) == before  # the original is only read
     meta = read_meta(result.folder)
     record = json.loads((result.folder / "calibration.json").read_text())
     assert meta.threshold == pytest.approx(result.calibration.threshold)
     assert meta.temperature == pytest.approx(result.calibration.temperature)
-    assert record["images"] == 24 and record["normal"] == 12 and record["pneumonia"] == 12
+    assert record["images"] == 40 and record["normal"] == 20 and record["pneumonia"] == 20
+    assert len(record["sample"]) == 40 and record["original_run"] == str(tiny_run.resolve())
     assert record["original_threshold"] == pytest.approx(original.threshold)
-    assert meta.provenance["calibration"]["data"] == str((tiny_data / "test").resolve())
+    assert meta.provenance["calibration"]["data"] == str((site / "sample.csv").resolve())
     card = (result.folder / "model_card.md").read_text()
     assert "not" in card.lower() and "diagnos" in card.lower()
-    assert "how the threshold was chosen: site calibration on 24 images" in card
+    assert "how the threshold was chosen: site calibration on 40 images" in card
+    assert record["threshold_reason"] in card
 
     # The calibrated version really scores with its new temperature: same ranking, other probabilities.
     import pneumoscan
 
-    files = sorted((tiny_data / "test").rglob("*.png"))[:6]
+    files = sorted((site / "test").rglob("*.png"))[:6]
     old = np.array([p.probability for p in pneumoscan.load(tiny_run).predict(files)])
     new = np.array([p.probability for p in pneumoscan.load(result.folder).predict(files)])
     assert np.array_equal(np.argsort(old), np.argsort(new))
-    expected = 1 / (1 + np.exp(-np.log(old / (1 - old)) / meta.temperature))
+    expected = 1 / (1 + np.exp(-np.log(old / (1 - old)) * original.temperature / meta.temperature))
     assert new == pytest.approx(expected, abs=1e-5)
 
-    code = main(["evaluate", str(result.folder), "--data", str(tiny_data), "--split", "test", "--bootstrap", "50",
+    capsys.readouterr()
+    code = main(["evaluate", str(result.folder), "--data", str(site), "--split", "test", "--bootstrap", "50",
                  "--gallery", "0", "--out", str(tmp_path / "report")])
     assert code == 0
+    printed = capsys.readouterr().out
+    assert "40 images of the calibration sample and 0 other images of its patients were left out" in printed
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert set(report["metrics"]["at"]) >= {"stored", "original"}
+    assert report["data"]["images"] == 20 and report["data"]["calibration_sample"]["images"] == 40
+    assert set(report["metrics"]["at"]) >= {"stored", "original", "site-estimate"}
     assert report["operating_points"]["stored"]["threshold"] == pytest.approx(meta.threshold)
-    assert report["site_calibration"]["images"] == 24
+    assert report["site_calibration"]["images"] == 40
+    # The run's split.csv was found through the calibrated version: the leakage check ran.
+    assert report["leakage"]["checked"] == [str(tiny_run.resolve() / "split.csv")]
+
+    # Evaluated on its own sample only, it refuses.
+    code = main(["evaluate", str(result.folder), "--data", str(site / "sample.csv"), "--split", "all",
+                 "--bootstrap", "20", "--gallery", "0", "--out", str(tmp_path / "report-2")])
+    assert code == 2 and "calibration sample" in capsys.readouterr().err
+
+    # `pneumoscan models` lists the calibrated version under its run.
+    assert main(["models", "--runs", str(tiny_run.parent)]) == 0
+    listing = capsys.readouterr().out
+    assert f"{tiny_run.name}/sample-1" in listing and "calibrated" in listing
+
+
+def test_calibrate_cli_prints_why_it_kept_the_models_threshold(tiny_run, site, tmp_path, capsys):
+    code = main(["calibrate", str(tiny_run), "--data", str(site / "sample.csv"), "--out", str(tmp_path / "v"),
+                 "--bootstrap", "100"])
+    out = capsys.readouterr().out
+    assert code == 0
+    record = json.loads((tmp_path / "v" / "calibration.json").read_text())
+    assert record["threshold_reason"] in out and "the sample's own estimate" in out
+    assert f"temperature {record['temperature']:.3f}" in out
 
 
 def test_calibrate_cli_refuses_a_one_class_sample_naming_the_data(tiny_run, tiny_data, tmp_path, capsys):
@@ -78,3 +212,24 @@ def test_calibrate_cli_refuses_a_one_class_sample_naming_the_data(tiny_run, tiny
     assert code == 2
     assert str(site) in err and f"only NORMAL images ({len(normals)})" in err
     assert not (tiny_run / "calibrated").exists()
+
+
+def test_the_bundled_model_is_calibrated_into_runs_default_and_listed(shared_data, tmp_path, monkeypatch, capsys):
+    sample = tmp_path / "site.csv"
+    test = shared_data / "chest_xray" / "test"
+    files = sorted((test / "NORMAL").glob("*.jpeg"))[:20] + sorted((test / "PNEUMONIA").glob("*.jpeg"))[:20]
+    sample.write_text("path,label\n" + "".join(f"{f},{int(f.parent.name == 'PNEUMONIA')}\n" for f in files))
+    monkeypatch.chdir(tmp_path)
+    assert main(["calibrate", "--data", str(sample), "--bootstrap", "100"]) == 0
+    out = capsys.readouterr().out
+    versions = list((tmp_path / "runs" / "default" / "calibrated").iterdir())
+    assert len(versions) == 1 and f"new model version: {Path('runs') / 'default' / 'calibrated' / versions[0].name}" in out
+    record = json.loads((versions[0] / "calibration.json").read_text())
+    assert record["original_run"] is None and record["threshold"] < 0.99
+    # A separable sample (as these easy first images are for a good model) is said in all three places.
+    card = (versions[0] / "model_card.md").read_text()
+    assert record["separable"] == ("perfectly separated" in card) == ("perfectly separated" in out)
+    assert record["separable"] == any("perfectly separated" in note for note in record["notes"])
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert f"default/{versions[0].name}" in listing and "calibrated" in listing

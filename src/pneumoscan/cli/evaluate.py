@@ -35,17 +35,22 @@ def register(subparsers) -> None:
 
     cal = add_command(
         subparsers, "calibrate",
-        "Fit a model to a new site: re-fit the threshold (to a target sensitivity) and a temperature on a "
-        "small labelled sample of the site's own images, with bootstrap intervals; writes a new model "
-        "version beside the old one, which is never changed.",
+        "Fit a model to a new site on a labelled sample of the site's own images (at least 20 per class): a "
+        "temperature bounded around the model's own, and a threshold for a target sensitivity, moved only where "
+        "the sample shows the model's own misses it (with its bootstrap interval); writes a new model version "
+        "beside the old one, which is never changed.",
         "pneumoscan calibrate runs/latest --data site_sample/ --target-sensitivity 0.95",
         _calibrate,
     )
-    cal.add_argument("model", metavar="RUN_OR_MODEL", help="run folder or model file to calibrate")
+    cal.add_argument("model", metavar="RUN_OR_MODEL", nargs="?", default="default",
+                     help="run folder or model file to calibrate (default: the bundled model; its calibrated "
+                          "versions go to runs/default/calibrated/)")
     cal.add_argument("--data", required=True, help="the site's labelled sample: a class-folder dataset or CSV manifest "
-                     "(every labelled image is used; both classes needed, at least 20 of each advised)")
+                     "(every labelled image is used; both classes, and a sample too small for a threshold is refused, "
+                     "naming the minimum per class)")
     cal.add_argument("--target-sensitivity", type=float, default=0.95,
-                     help="the threshold is the highest one reaching this sensitivity on the sample")
+                     help="the sensitivity the threshold must reach; the model's own threshold is kept unless the "
+                          "sample shows it misses the target, or that a higher one still reaches it")
     cal.add_argument("--out", default=None, help="folder of the new version (default: RUN/calibrated/<data>-<time>/)")
     cal.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="patient bootstrap resamples")
     cal.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -82,6 +87,11 @@ def _evaluate(args: argparse.Namespace) -> int:
                      f"({stored_point['threshold']:.4f} after temperature scaling)")
     print(f"{report.data['images']} images, {report.data['patients']} patients "
           f"(split {report.data['split']}); {threshold}")
+    left_out = report.data.get("calibration_sample")
+    if left_out and left_out["checked"]:
+        from pneumoscan.evaluation.evaluate import left_out_text
+
+        print(left_out_text(left_out))
     for metric in ("sensitivity", "specificity", "ppv", "npv", "balanced_accuracy"):
         print(f"  {metric:<18} {report.at('stored', metric)}")
     for metric in ("roc_auc", "pr_auc", "ece"):
@@ -101,17 +111,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from pneumoscan.evaluation.calibrate import MIN_PER_CLASS, calibrate
+    from pneumoscan.evaluation.calibrate import calibrate, summary
 
     result = calibrate(args.model, args.data, args.target_sensitivity, args.out, args.bootstrap, args.seed)
     c = result.calibration
-    low, high = c.threshold_interval
     print(f"calibrated on {c.images} images of {c.patients} patients ({c.normal} NORMAL, {c.pneumonia} PNEUMONIA)")
-    print(f"  threshold   {c.threshold:.4f} (95% interval {low:.4f}-{high:.4f}), target sensitivity {c.target_sensitivity:g}")
-    print(f"  temperature {c.temperature:.3f}")
+    for line in summary(c.to_dict()):
+        print(f"  {line}")
     print(f"  on the sample itself (optimistic): sensitivity {c.sensitivity:.3f}, specificity {c.specificity:.3f}")
-    if min(c.normal, c.pneumonia) < MIN_PER_CLASS:
-        print(f"WARNING: fewer than {MIN_PER_CLASS} images of a class: the threshold is uncertain (see its interval)")
     print(f"new model version: {result.folder} (the original {result.original} is unchanged)")
     print(f"check it on other images of the site: pneumoscan evaluate {result.folder} --data SITE_TEST --split all")
     from pneumoscan.provenance import DISCLAIMER

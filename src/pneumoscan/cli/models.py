@@ -9,7 +9,8 @@ from pneumoscan.cli import add_command
 
 def register(subparsers) -> None:
     """Add ``models``."""
-    command = add_command(subparsers, "models", "List the bundled default model and the trained runs under --runs.",
+    command = add_command(subparsers, "models", "List the bundled default model, the trained runs under --runs and their "
+                          "site-calibrated versions.",
                           "pneumoscan models --runs runs/", run)
     command.add_argument("--runs", metavar="DIR", default="runs", help="folder holding the run folders")
 
@@ -23,11 +24,12 @@ def run(args) -> int:
         print(f"no models: this installation has no bundled model and {args.runs}/ holds no trained run "
               "(pneumoscan train makes one)")
         return 1
-    print(f"{'name':<32}  {'kind':<7}  {'network':<16}  {'size':>4}  {'threshold':>9}  {'val AUC':>7}  onnx  path")
+    width = max(32, *(len(e.name) for e in entries))
+    print(f"{'name':<{width}}  {'kind':<10}  {'network':<16}  {'size':>4}  {'threshold':>9}  {'val AUC':>7}  onnx  path")
     for e in entries:
         auc = f"{e.val_auc:.4f}" if e.val_auc is not None else "-"
         path = e.path if e.kind == "bundled" else os.path.relpath(e.path)
-        print(f"{e.name:<32}  {e.kind:<7}  {e.network:<16}  {e.image_size:>4}  {e.threshold:>9.4f}  {auc:>7}  "
+        print(f"{e.name:<{width}}  {e.kind:<10}  {e.network:<16}  {e.image_size:>4}  {e.threshold:>9.4f}  {auc:>7}  "
               f"{'yes' if e.onnx else 'no':<4}  {path}")
     print("\nuse one: pneumoscan predict [MODEL] chest.jpeg (no MODEL: the bundled default); "
           "pneumoscan.load(MODEL) in Python")

@@ -45,11 +45,20 @@ from pneumoscan.runs import (
     REPORT_PREDICTIONS,
     SPLIT,
     VAL_PREDICTIONS,
+    calibration_record,
     find_run,
     report_folder,
+    split_file,
 )
 
 __all__ = ["EvaluateConfig", "EvaluationResult", "evaluate"]
+
+
+def left_out_text(left_out: dict[str, Any]) -> str:
+    """One sentence: the images of a calibrated version's sample that ``evaluate`` left out."""
+    images, kin = left_out["images"], left_out["patient_images"]
+    return (f"{images} image{'s' * (images != 1)} of the calibration sample and {kin} other image{'s' * (kin != 1)} "
+            "of its patients were left out: the calibrated version chose its threshold and temperature on them")
 
 
 @dataclass
@@ -114,6 +123,9 @@ def _evaluate(config: EvaluateConfig, members: list[Member], metas: list, out: P
     data_root = Path(config.data) if config.data else _default_data(members, config.split, default_data_root)
     index = load_dataset(data_root)
     samples, data_notes = _select(index, config.split)
+    samples, left_out = _without_calibration_sample(members, metas, samples, data_root)
+    if left_out and left_out["checked"]:
+        data_notes.append(left_out_text(left_out))
     cache = build_cache(samples, size, fit, progress=False)
     images, kept = cache.subset(None)
     labels = np.array([s.label for s in kept], dtype=np.int64)
@@ -173,7 +185,8 @@ def _evaluate(config: EvaluateConfig, members: list[Member], metas: list, out: P
         models=[_describe_member(m) for m in members],
         ensemble=len(members) > 1,
         tta="horizontal flip, mean probability" if config.tta else None,
-        data=_describe_data(index, config.split, kept, cache.failures, data_notes, labels, patients),
+        data={**_describe_data(index, config.split, kept, cache.failures, data_notes, labels, patients),
+              **({"calibration_sample": left_out} if left_out else {})},
         validation=None if validation is None else {
             "source": validation["source"], "images": len(validation["labels"]),
             "patients": len(set(validation["patients"])),
@@ -231,8 +244,32 @@ def _default_data(members: list[Member], split: str, fallback) -> Path:
     """
     trained = run_split(members[0])
     if trained is not None and (split == "all" or any(s.split == split for s in trained)):
-        return members[0].run_dir / SPLIT
+        return split_file(members[0].run_dir)
     return fallback()
+
+
+def _without_calibration_sample(members: list[Member], metas: list, samples: list,
+                                data_root: Path) -> tuple[list, dict[str, Any] | None]:
+    """The evaluated samples less the images of a site-calibrated model's calibration sample and the
+    other images of its patients (its threshold was chosen on them), and what was left out.
+
+    Raises :class:`DatasetError` when nothing else is left.
+    """
+    if len(members) != 1 or not isinstance((metas[0].provenance or {}).get("calibration"), dict):
+        return samples, None
+    record = calibration_record(members[0].source)
+    sample = record.get("sample") if record else None
+    if not isinstance(sample, list):
+        return samples, {"images": 0, "patient_images": 0, "checked": False}
+    paths = {str(item.get("path")) for item in sample if isinstance(item, dict)}
+    patients = {str(item.get("patient_id")) for item in sample if isinstance(item, dict)}
+    own = [s for s in samples if os.path.abspath(s.path) in paths]
+    kin = [s for s in samples if os.path.abspath(s.path) not in paths and s.patient_id in patients]
+    rest = [s for s in samples if os.path.abspath(s.path) not in paths and s.patient_id not in patients]
+    if not rest:
+        raise DatasetError(f"{data_root}: all {len(samples)} images are of the calibration sample of "
+                           f"{members[0].source} or its patients; evaluate it on other images of the site")
+    return rest, {"images": len(own), "patient_images": len(kin), "checked": True}
 
 
 def _default_out(members: list[Member], split: str, when: datetime) -> Path:
@@ -285,6 +322,8 @@ def _site_calibration(meta, labels, probs, config) -> dict[str, Any] | None:
     return {
         "data": record.get("data"), "images": record.get("images"), "rule": record.get("rule"),
         "threshold_interval": record.get("threshold_interval"),
+        **{k: record.get(k) for k in ("threshold_source", "threshold_reason", "threshold_estimate", "separable",
+                                      "temperature_note") if k in record},
         "ece": {"calibrated": M.expected_calibration_error(labels, probs, config.bins),
                 "original": M.expected_calibration_error(labels, original, config.bins)},
     }
@@ -322,7 +361,7 @@ def _leakage(members: list[Member], kept) -> dict[str, Any]:
         trained = run_split(member)
         if trained is None:
             continue
-        result["checked"].append(str(member.run_dir / SPLIT))
+        result["checked"].append(str(split_file(member.run_dir)))
         for sample in trained:
             part = sample.split
             if part not in ("train", "val"):
@@ -348,6 +387,10 @@ def _warnings(report: Report) -> list[str]:
         warnings.append(f"no {SPLIT} beside the model: could not check the evaluated patients against training")
     if report.validation is None:
         warnings.append("no validation data in the run folder: operating points come from the model file only")
+    left_out = data.get("calibration_sample")
+    if left_out and not left_out["checked"]:
+        warnings.append("the calibration sample's image list (calibration.json) is not beside this calibrated "
+                        "model: its images could not be left out, and figures on them are optimistic")
     if data["unreadable"]:
         warnings.append(f"{len(data['unreadable'])} images could not be decoded and were skipped")
     if data["pneumonia"] == 0 or data["normal"] == 0:

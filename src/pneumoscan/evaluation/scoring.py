@@ -13,11 +13,13 @@ import numpy as np
 from pneumoscan.errors import DatasetError
 from pneumoscan.evaluation.config import EvaluateConfig
 from pneumoscan.evaluation.operating import OPERATING_POINTS, POINT_NAMES, choose_operating_points
-from pneumoscan.runs import SPLIT, VAL_PREDICTIONS
+from pneumoscan.runs import VAL_PREDICTIONS, split_file
 
 RULES = {"stored": "the threshold stored in the model (chosen on validation at training, or on a site's "
                     "sample by `pneumoscan calibrate`), applied as is",
           "original": "the stored threshold of the model before site calibration, in this version's scale",
+          "site-estimate": "the calibration sample's own estimate for the target sensitivity (bootstrap median), "
+                           "adopted by `pneumoscan calibrate` only where the sample could support it",
           **OPERATING_POINTS}
 
 
@@ -69,7 +71,7 @@ def validation_scores(members: list[Member], config: EvaluateConfig, size: int, 
         return None
     from pneumoscan.data import build_cache
 
-    split_file = members[0].run_dir / SPLIT
+    source = split_file(members[0].run_dir)
     val = [s for s in trained if s.split == "val" and s.label is not None]
     if not val:
         return None
@@ -79,19 +81,19 @@ def validation_scores(members: list[Member], config: EvaluateConfig, size: int, 
         return None
     return {"labels": np.array([s.label for s in kept]), "probs": score(members, images, config),
             "patients": [s.patient_id for s in kept],
-            "source": f"validation rows of {split_file} scored again ({len(cache.failures)} unreadable)"}
+            "source": f"validation rows of {source} scored again ({len(cache.failures)} unreadable)"}
 
 
 def operating_points(members, metas, validation, config) -> tuple[dict[str, float], str, float]:
     """(validation operating points, where they come from, the stored threshold).
 
     A site-calibrated model also carries its original threshold (``original``, in the calibrated
-    probability scale): the report then shows both versions side by side.
+    probability scale) and the sample's own estimate (``site-estimate``): the report shows them side by side.
     """
     stored = float(np.mean([meta.threshold for meta in metas]))
     same_scorer = len(members) == 1 and not config.tta
     saved = metas[0].operating_points or {}
-    extra = {"original": float(saved["original"])} if same_scorer and "original" in saved else {}
+    extra = {k: float(saved[k]) for k in ("original", "site-estimate") if same_scorer and k in saved}
     # Model files from before the bootstrap-median point hold the three classic ones only.
     complete = all(k in saved for k in ("youden", "sens95", "spec95"))
     from_file = {k: float(saved[k]) for k in POINT_NAMES if k in saved}
@@ -107,13 +109,14 @@ def operating_points(members, metas, validation, config) -> tuple[dict[str, floa
 
 
 def run_split(member: Member) -> list | None:
-    """The samples of the run's ``split.csv`` (names only: files that moved away are kept), or None."""
+    """The samples of the run's ``split.csv`` (names only: files that moved away are kept), or None; a
+    site-calibrated version's is that of the run it came from."""
     from pneumoscan.data.manifest import load_manifest
 
-    split_file = member.run_dir / SPLIT if member.run_dir else None
-    if split_file is None or not split_file.is_file():
+    found = split_file(member.run_dir) if member.run_dir else None
+    if found is None:
         return None
-    return load_manifest(split_file, keep_missing=True).samples
+    return load_manifest(found, keep_missing=True).samples
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

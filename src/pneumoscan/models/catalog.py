@@ -11,15 +11,15 @@ from pathlib import Path
 
 from pneumoscan.errors import ModelFileError
 from pneumoscan.models.artifact import MODEL_FILE, ModelMeta, read_meta
-from pneumoscan.runs import MODEL_JSON, ONNX, export_file
+from pneumoscan.runs import CALIBRATED, MODEL_JSON, ONNX, RUNS_DIR, export_file
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     """One usable model: where it is and what it is."""
 
-    name: str  # "default" for the bundled model, the run folder's name otherwise
-    kind: str  # "bundled" or "run"
+    name: str  # "default" for the bundled model, the run folder's name, or "<run>/<version>" for a calibrated one
+    kind: str  # "bundled", "run" or "calibrated" (a site-calibrated version of a run or of the bundled model)
     path: Path
     network: str
     image_size: int
@@ -29,8 +29,10 @@ class ModelEntry:
     val_auc: float | None
 
 
-def list_models(runs: str | os.PathLike = "runs") -> list[ModelEntry]:
-    """The bundled model (when this installation has it), then the run folders under ``runs``, newest first.
+def list_models(runs: str | os.PathLike = RUNS_DIR) -> list[ModelEntry]:
+    """The bundled model (when this installation has it), then the run folders under ``runs``, newest first,
+    each followed by its site-calibrated versions (``RUN/calibrated/*/``, newest first; those of the bundled
+    model are under ``runs/default/``).
 
     A folder without a readable model is left out (an interrupted run has no ``model.safetensors`` yet).
     """
@@ -42,11 +44,14 @@ def list_models(runs: str | os.PathLike = "runs") -> list[ModelEntry]:
     root = Path(runs).expanduser()
     folders = [p for p in root.iterdir() if p.is_dir() and not p.is_symlink()] if root.is_dir() else []
     for folder in sorted(folders, key=lambda p: p.name, reverse=True):
-        if (folder / MODEL_FILE).is_file():
-            try:
-                entries.append(_entry(folder.name, "run", folder))
-            except ModelFileError:
-                continue
+        versions = sorted((folder / CALIBRATED).glob(f"*/{MODEL_FILE}"), key=lambda p: p.parent.name, reverse=True)
+        for kind, name, where in [("run", folder.name, folder),
+                                  *(("calibrated", f"{folder.name}/{v.parent.name}", v.parent) for v in versions)]:
+            if (where / MODEL_FILE).is_file():
+                try:
+                    entries.append(_entry(name, kind, where))
+                except ModelFileError:
+                    continue
     return entries
 
 

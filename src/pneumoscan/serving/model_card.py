@@ -191,8 +191,9 @@ def threshold_rule(meta: ModelMeta) -> str | None:
 
     calibration = meta.provenance.get("calibration")
     if isinstance(calibration, dict):
-        return (f"site calibration on {calibration.get('images')} images of {calibration.get('data')}: "
-                f"{calibration.get('rule')}")
+        lines = calibration.get("summary")  # versions calibrated before it existed state their rule only
+        what = "; ".join(map(str, lines)) if isinstance(lines, list) else str(calibration.get("rule"))
+        return f"site calibration on {calibration.get('images')} images of {calibration.get('data')}: {what}"
     config = meta.provenance.get("config")
     rule = config.get("threshold_rule", "youden") if isinstance(config, dict) else None
     if rule in OPERATING_POINTS:
