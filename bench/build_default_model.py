@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="../shared/data/chest_xray", help="Kermany root with train/ and test/ "
                         "(reference images are read from its parent folder)")
-    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (provisional model)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (the card records it)")
+    parser.add_argument("--image-size", type=int, default=None, help="override the recipe's input size (the card "
+                        "records it)")
     parser.add_argument("--work", default="bench/out/default-model", help="work folder (relative to the repository)")
     parser.add_argument("--out", default="src/pneumoscan/bundled", help="bundle folder (relative to the repository)")
     parser.add_argument("--reuse", action="store_true", help="keep the trained run of the work folder (rebuild "
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"build_default_model: {', '.join(map(str, missing))} missing; run `pneumoscan data download` "
               "or pass --data", file=sys.stderr)
         return 2
-    deviations = {"epochs": args.epochs} if args.epochs is not None else {}
+    deviations = {k: v for k, v in (("epochs", args.epochs), ("image_size", args.image_size)) if v is not None}
     config = TrainConfig(data=str(data), out=str(work), run_name="run", progress=sys.stderr.isatty(), **deviations)
     recipe = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
               if f.name not in ("data", "out", "run_name", "progress")}
@@ -67,9 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work / "run")
         run = train(config)
         (work / "train_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
+        rounded = round_weights_to_float16(run / WEIGHTS_FILE)
+        print(f"{rounded} weight tensors rounded to float16 (half the shipped files; figures below are of them)")
     trained_s = float((work / "train_seconds.txt").read_text())
     print(f"trained in {trained_s:.0f} s: {run}")
-    onnx = export_onnx(run, work / "export" / ONNX_FILE)
+    onnx = export_onnx(run, work / "export" / ONNX_FILE, float16_weights=True)
     print(f"exported: {onnx} (ONNX Runtime matches PyTorch)")
     result = evaluate(EvaluateConfig(models=[str(run)], data=str(data), split="test", out=str(work / "report")))
     print(f"evaluated on {data / 'test'}: {result.json}")
@@ -86,6 +90,30 @@ def main(argv: list[str] | None = None) -> int:
     size = sum((out / name).stat().st_size for name in (ONNX_FILE, WEIGHTS_FILE, CARD_JSON, CARD_MARKDOWN, META_JSON))
     print(f"bundle written to {out} ({size / 1e6:.2f} MB)")
     return 0
+
+
+def round_weights_to_float16(file: Path) -> int:
+    """Store the network's weight tensors (2-D or more) of a model file as float16, in place; return how many.
+
+    The shipped files are then half the size (the ONNX graph keeps them as float16 too, computing in
+    float32); BatchNorm statistics, biases and any non-network tensors stay float32. Everything the build
+    measures afterwards is measured on the rounded weights.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from pneumoscan._io import atomic_write
+
+    with safe_open(str(file), framework="pt") as fh:
+        metadata = fh.metadata()
+        tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    rounded = 0
+    for key, value in tensors.items():
+        if key.startswith("network.") and value.is_floating_point() and value.ndim >= 2:
+            tensors[key] = value.half().contiguous()
+            rounded += 1
+    atomic_write(file, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return rounded
 
 
 def reference_images(data: Path) -> list[str]:

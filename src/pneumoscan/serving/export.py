@@ -25,7 +25,7 @@ PARITY_TOLERANCE = 1e-4  # largest allowed |p_onnx - p_torch| on the check batch
 
 
 def export_onnx(model_path: str | os.PathLike, out_path: str | os.PathLike | None = None, *,
-                opset: int = OPSET, check: bool = True) -> Path:
+                opset: int = OPSET, check: bool = True, float16_weights: bool = False) -> Path:
     """Export the model at ``model_path`` (run folder, ``.safetensors`` or ``.ckpt``) to ONNX.
 
     Writes the ONNX file (default ``RUN/export/model.onnx``) atomically as one self-contained file, with
@@ -33,6 +33,9 @@ def export_onnx(model_path: str | os.PathLike, out_path: str | os.PathLike | Non
     then ``model_card.json`` and ``model_card.md`` beside it. With ``check``, the graph is first run by
     ONNX Runtime on a batch of 3 and must agree with PyTorch within ``PARITY_TOLERANCE`` in probability,
     else :class:`ModelFileError` is raised and nothing is written. Returns the ONNX file's path.
+
+    ``float16_weights`` halves the file of a model whose weights are float16 values (see
+    :func:`store_float16_weights`); the graph still computes in float32 and the parity check still holds.
     """
     import torch
 
@@ -57,9 +60,13 @@ def export_onnx(model_path: str | os.PathLike, out_path: str | os.PathLike | Non
         program = torch.onnx.export(
             wrapper, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
             output_names=[LOGIT_OUTPUT, PROBABILITY_OUTPUT], dynamic_shapes=({0: batch},),
-            external_data=False, optimize=True, verbose=False,
+            # Unoptimised with float16 weights: folding BatchNorm into the convolutions would make weights that
+            # float16 cannot hold exactly (ONNX Runtime folds them itself when it loads the graph).
+            external_data=False, optimize=not float16_weights, verbose=False,
         )
     proto = program.model_proto
+    if float16_weights:
+        store_float16_weights(proto)
     # The exporter records each node's Python stack trace and source names: the exporting machine's paths,
     # which a shipped model file must not carry. The graph itself does not depend on them.
     for node in [*proto.graph.node, *(n for function in proto.functions for n in function.node)]:
@@ -76,6 +83,35 @@ def export_onnx(model_path: str | os.PathLike, out_path: str | os.PathLike | Non
     atomic_write_bytes(out, data)
     write_model_card(out.parent, meta, run_folder=run_folder, onnx_file=out)
     return out
+
+
+def store_float16_weights(proto) -> int:
+    """Store every float32 weight tensor (2-D or more) whose values float16 holds exactly as float16, cast
+    back to float32 by a ``Cast`` node; returns how many were converted.
+
+    The arithmetic stays float32 (ONNX Runtime folds the casts when it loads the graph), so the outputs are
+    bit for bit those of the float32 graph; the file is half the size when the model's weights were rounded
+    to float16 (``bench/build_default_model.py`` does so for the shipped model). Anything else is left alone.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = proto.graph
+    kept, casts = [], []
+    for tensor in graph.initializer:
+        values = numpy_helper.to_array(tensor)
+        if values.dtype == np.float32 and values.ndim >= 2 and np.array_equal(
+                values.astype(np.float16).astype(np.float32), values):
+            half = numpy_helper.from_array(values.astype(np.float16), f"{tensor.name}__float16")
+            kept.append(half)
+            casts.append(helper.make_node("Cast", [half.name], [tensor.name], to=TensorProto.FLOAT))
+        else:
+            kept.append(tensor)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = [*casts, *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return len(casts)
 
 
 def _check_parity(data: bytes, wrapper, size: int, out: Path) -> None:
