@@ -22,6 +22,7 @@ from pneumoscan.runs import export_file, run_folder_of
 
 OPSET = 18  # the opset the torch.export-based exporter targets natively; ONNX Runtime >= 1.14 runs it
 PARITY_TOLERANCE = 1e-4  # largest allowed |p_onnx - p_torch| on the check batch
+FLOAT16_TOLERANCE = 5e-3  # the same with float16 weights (measured: about 1e-3 on radiographs)
 
 
 def export_onnx(model_path: str | os.PathLike, out_path: str | os.PathLike | None = None, *,
@@ -34,8 +35,8 @@ def export_onnx(model_path: str | os.PathLike, out_path: str | os.PathLike | Non
     ONNX Runtime on a batch of 3 and must agree with PyTorch within ``PARITY_TOLERANCE`` in probability,
     else :class:`ModelFileError` is raised and nothing is written. Returns the ONNX file's path.
 
-    ``float16_weights`` halves the file of a model whose weights are float16 values (see
-    :func:`store_float16_weights`); the graph still computes in float32 and the parity check still holds.
+    ``float16_weights`` stores the weights as float16 (half the file, float32 arithmetic; see
+    :func:`store_float16_weights`), and the parity check then allows ``FLOAT16_TOLERANCE``.
     """
     import torch
 
@@ -60,9 +61,7 @@ def export_onnx(model_path: str | os.PathLike, out_path: str | os.PathLike | Non
         program = torch.onnx.export(
             wrapper, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
             output_names=[LOGIT_OUTPUT, PROBABILITY_OUTPUT], dynamic_shapes=({0: batch},),
-            # Unoptimised with float16 weights: folding BatchNorm into the convolutions would make weights that
-            # float16 cannot hold exactly (ONNX Runtime folds them itself when it loads the graph).
-            external_data=False, optimize=not float16_weights, verbose=False,
+            external_data=False, optimize=True, verbose=False,
         )
     proto = program.model_proto
     if float16_weights:
@@ -79,19 +78,19 @@ def export_onnx(model_path: str | os.PathLike, out_path: str | os.PathLike | Non
         entry.key, entry.value = key, value
     data = proto.SerializeToString()
     if check:  # before writing: a graph that disagrees with PyTorch must never replace a good export
-        _check_parity(data, wrapper, size, out)
+        _check_parity(data, wrapper, size, out, FLOAT16_TOLERANCE if float16_weights else PARITY_TOLERANCE)
     atomic_write_bytes(out, data)
     write_model_card(out.parent, meta, run_folder=run_folder, onnx_file=out)
     return out
 
 
 def store_float16_weights(proto) -> int:
-    """Store every float32 weight tensor (2-D or more) whose values float16 holds exactly as float16, cast
-    back to float32 by a ``Cast`` node; returns how many were converted.
+    """Store every float32 weight tensor of 2 or more dimensions as float16, cast back to float32 by a
+    ``Cast`` node; return how many.
 
-    The arithmetic stays float32 (ONNX Runtime folds the casts when it loads the graph), so the outputs are
-    bit for bit those of the float32 graph; the file is half the size when the model's weights were rounded
-    to float16 (``bench/build_default_model.py`` does so for the shipped model). Anything else is left alone.
+    ONNX Runtime folds the casts when it loads the graph, so it computes in float32 at the same speed from
+    weights rounded to float16: half the file, probabilities within about 1e-3 of the float32 graph's.
+    Biases and the per-image constants stay float32.
     """
     from onnx import TensorProto, helper, numpy_helper
 
@@ -99,8 +98,7 @@ def store_float16_weights(proto) -> int:
     kept, casts = [], []
     for tensor in graph.initializer:
         values = numpy_helper.to_array(tensor)
-        if values.dtype == np.float32 and values.ndim >= 2 and np.array_equal(
-                values.astype(np.float16).astype(np.float32), values):
+        if values.dtype == np.float32 and values.ndim >= 2:
             half = numpy_helper.from_array(values.astype(np.float16), f"{tensor.name}__float16")
             kept.append(half)
             casts.append(helper.make_node("Cast", [half.name], [tensor.name], to=TensorProto.FLOAT))
@@ -114,7 +112,7 @@ def store_float16_weights(proto) -> int:
     return len(casts)
 
 
-def _check_parity(data: bytes, wrapper, size: int, out: Path) -> None:
+def _check_parity(data: bytes, wrapper, size: int, out: Path, tolerance: float = PARITY_TOLERANCE) -> None:
     """Run the serialized graph in ONNX Runtime and compare both outputs with PyTorch."""
     import onnxruntime as ort
     import torch
@@ -126,9 +124,9 @@ def _check_parity(data: bytes, wrapper, size: int, out: Path) -> None:
     got = session.run(None, {session.get_inputs()[0].name: probe.numpy()})
     logit_gap = float(np.max(np.abs(got[0] - expected[0])))
     probability_gap = float(np.max(np.abs(got[1] - expected[1])))
-    if probability_gap > PARITY_TOLERANCE or logit_gap > 100 * PARITY_TOLERANCE:
+    if probability_gap > tolerance or logit_gap > 100 * tolerance:
         raise ModelFileError(f"{out}: not written: ONNX Runtime and PyTorch disagree by {probability_gap:.2g} in "
-                             f"probability (tolerance {PARITY_TOLERANCE}); please report this model")
+                             f"probability (tolerance {tolerance}); please report this model")
 
 
 def _with_probability(model, temperature: float):
