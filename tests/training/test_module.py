@@ -87,6 +87,6 @@ def test_pretrained_layers_learn_at_a_share_of_the_heads_rate_and_can_start_froz
     assert all(p.requires_grad for p in head["params"])
     assert not any(p.requires_grad for p in backbone["params"])
 
-    scratch = XrayClassifier(build_model("mini-resnet", 32), TrainConfig(image_size=32, lr=3e-3))
+    scratch = XrayClassifier(build_model("mini-resnet", 32), TrainConfig(model="mini-resnet", image_size=32, lr=3e-3))
     (only,) = scratch.parameter_groups()  # from scratch: one rate for every layer, nothing frozen
     assert only["lr"] == 3e-3 and len(only["params"]) == len(list(scratch.model.parameters()))

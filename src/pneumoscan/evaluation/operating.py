@@ -16,7 +16,7 @@ OPERATING_POINTS: dict[str, str] = {
                      "of the score gap where Youden's J is maximal",
     "sens95": "highest threshold with sensitivity >= 0.95 on validation",
     "sens95-median": "median over 200 bootstrap resamples of validation of the highest threshold with "
-                     "sensitivity >= 0.95 (the default)",
+                     "sensitivity >= 0.95",
     "spec95": "lowest threshold with specificity >= 0.95 on validation",
     "balanced": "probability 0.5 of a model trained class-balanced: the decision that weighs "
                 "both classes equally, set by the training loss rather than by any validation image",
