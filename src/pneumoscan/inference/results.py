@@ -61,7 +61,7 @@ def require_pyarrow(what: str | os.PathLike) -> None:
         import pyarrow  # noqa: F401
         import pyarrow.parquet  # noqa: F401
     except ImportError:
-        raise ConfigError(f"{what}: Parquet needs pyarrow: pip install 'pneumoscan[ray]' (or pyarrow)") from None
+        raise ConfigError(f"{what}: Parquet needs pyarrow, a dependency of pneumoscan: reinstall it (pip install -e .) or pip install pyarrow") from None
 
 
 def row_key(file: str, size: Any, mtime_ns: Any) -> int:
