@@ -273,3 +273,27 @@ def test_streamed_options_are_checked_before_any_work(model_dir, tmp_path, capsy
     err = capsys.readouterr().err
     assert "--resume needs --out" in err and "r.txt" in err and "old.csv: not a results file" in err
     assert (tmp_path / "old.csv").read_text() == "a,b\n1,2"  # a file that is not ours is never touched
+
+
+def test_a_fifo_named_dcm_is_refused_on_its_row_without_waiting_for_a_writer(model_dir, tmp_path, capsys):
+    import threading
+
+    folder = tmp_path / "in"
+    _write_png(folder / "good.png", 1)
+    fifo = folder / "scan.dcm"
+    os.mkfifo(fifo)
+    out = tmp_path / "p.csv"
+    codes: list[int] = []
+    worker = threading.Thread(target=lambda: codes.append(main(["predict", str(model_dir), str(folder),
+                                                                  "--out", str(out), "--workers", "1"])),
+                              daemon=True)
+    worker.start()
+    worker.join(60)
+    if worker.is_alive():  # let the blocked open() return so the thread can end
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(10)
+        pytest.fail("predict --out waited on a FIFO named .dcm")
+    assert codes == [0], capsys.readouterr()
+    rows = {Path(r["file"]).name: r for r in csv.DictReader(out.open(newline=""))}
+    assert "not a regular file" in rows["scan.dcm"]["error"] and not rows["good.png"]["error"]
+    assert read_dicom_identifiers(fifo) == dict.fromkeys(read_dicom_identifiers(fifo))

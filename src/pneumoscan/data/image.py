@@ -15,7 +15,7 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -145,18 +145,33 @@ _KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
+def open_regular_file(path: str | os.PathLike, name: str | None = None) -> BinaryIO:
+    """``path`` opened for binary reading, once it is known to be a regular file of at most
+    ``MAX_FILE_BYTES``: the one check every reader of an input file goes through (:func:`read_image`,
+    the DICOM identifiers). A FIFO, socket, device or folder raises :class:`ImageReadError` without
+    being opened for reading, so nothing waits for a writer; ``OSError`` passes through.
+    """
+    label = name or os.fsdecode(path)
+    _check_regular(os.stat(path).st_mode, label)  # follows symlinks: a link to a device is a device
+    # O_NONBLOCK: a file swapped for a FIFO after the check must not make open() wait for a writer.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    fh = os.fdopen(fd, "rb")
+    try:
+        info = os.fstat(fh.fileno())
+        _check_regular(info.st_mode, label)
+        _check_file_size(info.st_size, label)
+    except BaseException:
+        fh.close()
+        raise
+    return fh
+
+
 def _read_bytes(source: str | os.PathLike | bytes, label: str) -> bytes:
     if isinstance(source, bytes | bytearray | memoryview):
         return bytes(source)
     path = Path(source)
     try:
-        _check_regular(os.stat(path).st_mode, label)  # follows symlinks: a link to a device is a device
-        # O_NONBLOCK: a file swapped for a FIFO after the check must not make open() wait for a writer.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-        with os.fdopen(fd, "rb") as fh:
-            info = os.fstat(fh.fileno())
-            _check_regular(info.st_mode, label)
-            _check_file_size(info.st_size, label)
+        with open_regular_file(path, label) as fh:
             data = fh.read(MAX_FILE_BYTES + 1)  # never more than the limit, whatever the size said
         _check_file_size(len(data), label)
         return data
