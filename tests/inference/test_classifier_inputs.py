@@ -144,3 +144,23 @@ def test_repr_says_which_model_how_it_is_fed_and_by_what(model):
     text = repr(model)
     for part in ("mini-resnet", "image_size=64", "fit='pad'", "threshold=0.5000", model.backend.name):
         assert part in text
+
+
+@pytest.fixture(scope="module")
+def large_originals(shared_data) -> list[Path]:
+    """A handful of full-resolution JPEG originals, the largest first (8-bit grey and RGB)."""
+    files = sorted((shared_data / "chest_xray_originals").glob("*/*.jpeg"))
+    if not files:
+        pytest.skip("chest_xray_originals/ absent from the real data folder")
+    by_size = sorted(files, key=lambda f: -min(Image.open(f).size))
+    return by_size[:6] + [f for f in by_size if Image.open(f).mode == "RGB"][:2]
+
+
+@pytest.mark.parametrize("which", ["bundled", "suite"])
+def test_a_full_resolution_jpeg_and_its_own_pixels_get_one_probability(large_originals, model, which):
+    """A file and the array of its own pixels go through the same resize: a JPEG is never decoded at a
+    reduced scale that the array is not (the bundled model is trained, so the most sensitive to it)."""
+    scorer = pneumoscan.load() if which == "bundled" else model
+    from_files = np.array([row.probability for row in scorer.predict(large_originals)])
+    from_arrays = scorer.predict_proba([np.asarray(Image.open(f)) for f in large_originals])
+    np.testing.assert_allclose(from_arrays, from_files, atol=TOLERANCE, rtol=0)
