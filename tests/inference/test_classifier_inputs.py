@@ -164,3 +164,26 @@ def test_a_full_resolution_jpeg_and_its_own_pixels_get_one_probability(large_ori
     from_files = np.array([row.probability for row in scorer.predict(large_originals)])
     from_arrays = scorer.predict_proba([np.asarray(Image.open(f)) for f in large_originals])
     np.testing.assert_allclose(from_arrays, from_files, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_a_channel_first_colour_image_is_refused_never_scored_as_several_images(model, pixels, channels):
+    """(3, H, W) is what ToTensor and MONAI give for one RGB image, and also looks like three grey images."""
+    first = np.repeat(pixels[None], channels, axis=0)
+    for given in (first, torch.from_numpy(first.astype(np.float32) / 255)):
+        for call in (model.predict, model.predict_proba):
+            with pytest.raises(ImageReadError, match=r"one image .*\(H, W, C\).*several grey images"):
+                call(given)
+    # Said unambiguously, it is one image with the file's probability.
+    expected = model.predict_proba(np.moveaxis(first, 0, -1))
+    assert expected.shape == (1,)
+    assert model.predict_proba(first[None])[0] == pytest.approx(expected[0], abs=TOLERANCE)
+    if channels == 3:  # grey repeated in R, G and B is the grey image
+        assert expected[0] == pytest.approx(model.predict_proba(pixels)[0], abs=TOLERANCE)
+
+
+def test_a_channel_first_grey_image_is_one_image(model, pixels, from_file):
+    for given in (pixels[None], torch.from_numpy(pixels.astype(np.float32) / 255)[None]):
+        rows = model.predict(given)
+        assert len(rows) == 1 and rows[0].probability == pytest.approx(from_file.probability, abs=TOLERANCE)
+        assert model.predict_proba(given).shape == (1,)
