@@ -169,12 +169,14 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         from safetensors.torch import load_file
 
         meta = _safetensors_meta(file)
+        _check_weights(file, meta, _safetensors_shapes(file))
         try:
             state = load_file(str(file), device=str(map_location))
         except Exception as exc:  # safetensors raises its own error types
             raise ModelFileError(f"{file}: corrupt safetensors file ({exc})") from None
     else:
         state, meta, _ = read_checkpoint(file)
+        _check_weights(file, meta, {key: tuple(getattr(value, "shape", ())) for key, value in state.items()})
     try:
         model = build_model(meta.name, meta.image_size, meta.members)
     except ConfigError as exc:  # a name this version does not know, a size the network cannot take
@@ -186,6 +188,43 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
             f"{file}: the weights do not fit a {meta.name!r} network at {meta.image_size}px ({reason(exc)})"
         ) from None
     return model.to(map_location).eval(), meta
+
+
+def _check_weights(file: Path, meta: ModelMeta, shapes: dict[str, tuple[int, ...]]) -> None:
+    """The tensors in the file are exactly those of the network the metadata names (names, shapes,
+    count), checked before that network is built: a few bytes of metadata must not allocate gigabytes."""
+    from pneumoscan.models.registry import expected_weights
+
+    try:
+        expected = expected_weights(meta.name, meta.image_size, meta.members)
+    except ConfigError as exc:  # a name this version does not know
+        raise ModelFileError(f"{file}: invalid pneumoscan metadata: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a size the network cannot take
+        raise ModelFileError(f"{file}: invalid pneumoscan metadata: a {meta.name!r} network cannot be built at "
+                             f"{meta.image_size}px ({reason(exc)})") from None
+    what = (f"{file}: the weights do not fit a {meta.name!r} network at {meta.image_size}px with "
+            f"{meta.members} member{'s' if meta.members != 1 else ''} (as its metadata says)")
+    missing = [key for key in expected if key not in shapes]
+    unexpected = [key for key in shapes if key not in expected]
+    if missing or unexpected:
+        parts = [f"{len(missing)} of its {len(expected)} tensors missing ({missing[0]}, ...)" if missing else "",
+                 f"{len(unexpected)} unexpected ({unexpected[0]}, ...)" if unexpected else ""]
+        raise ModelFileError(f"{what}: the file holds {len(shapes)} tensors, "
+                             f"{'; '.join(p for p in parts if p)}")
+    for key, shape in expected.items():
+        if tuple(shapes[key]) != shape:
+            raise ModelFileError(f"{what}: {key} is {tuple(shapes[key])}, expected {shape}")
+
+
+def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file, read from its header (no tensor is loaded)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            return {key: tuple(fh.get_slice(key).get_shape()) for key in fh.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types
+        raise ModelFileError(f"{file}: corrupt safetensors file ({reason(exc)})") from None
 
 
 def _safetensors_meta(file: Path) -> ModelMeta:
