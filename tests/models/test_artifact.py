@@ -129,3 +129,10 @@ def test_the_expected_tensors_are_those_of_the_built_network(name, members):
 
     built = {k: tuple(v.shape) for k, v in build_model(name, 48, members).state_dict().items()}
     assert expected_weights(name, 48, members) == built
+
+
+def test_an_undefined_validation_metric_is_left_out_not_stored_as_nan(tmp_path):
+    model = build_model("seed-cnn", 32).eval()
+    save_model(tmp_path, model, ModelMeta(name="seed-cnn", image_size=32, val_metrics={"auc": float("nan"), "n": 3}))
+    assert load_model(tmp_path)[1].val_metrics == {"n": 3}
+    assert json.loads((tmp_path / "model.json").read_text())["val_metrics"] == {"n": 3}

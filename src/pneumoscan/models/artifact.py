@@ -65,8 +65,15 @@ class ModelMeta:
         """The class name for a pneumonia probability: PNEUMONIA at or above the stored threshold."""
         return self.class_names[int(probability >= self.threshold)]
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as stored; a validation metric that was undefined (NaN: one class only) is left out,
+        since a stored NaN would make the file unreadable (:meth:`from_dict` refuses it)."""
+        data = asdict(self)
+        data["val_metrics"] = {k: v for k, v in data["val_metrics"].items() if _is_number(v)}
+        return data
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), default=str)
+        return json.dumps(self.to_dict(), default=str)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelMeta:
@@ -127,13 +134,14 @@ _CHECKS: dict[str, Any] = {
     "threshold": _probability,
     "operating_points": lambda v: None if isinstance(v, dict) and all(_probability(x) is None for x in v.values())
     else "must map names to probabilities from 0 to 1",
-    "class_names": lambda v: None if isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v)
-    else "must be a list of two class names",
+    # Label 0 is NORMAL and 1 PNEUMONIA everywhere (training, the threshold, SR codes): other names, or
+    # these in another order, would put the wrong word on every image.
+    "class_names": lambda v: None if v == list(CLASS_NAMES) else f"must be {json.dumps(list(CLASS_NAMES))}",
     "version": _text,
     "run_id": _text,
     "created": _text,
-    "val_metrics": lambda v: None if isinstance(v, dict) and all(
-        isinstance(x, int | float) and not isinstance(x, bool) for x in v.values()) else "must map names to numbers",
+    "val_metrics": lambda v: None if isinstance(v, dict) and all(_is_number(x) for x in v.values())
+    else "must map names to finite numbers",
     "temperature": lambda v: None if _is_number(v) and v > 0 else "must be a positive number",
     "members": lambda v: None if isinstance(v, int) and not isinstance(v, bool) and v in MEMBERS
     else f"must be a whole number of networks from {MEMBERS.start} to {MEMBERS.stop - 1}",
@@ -148,7 +156,7 @@ def save_model(folder: str | os.PathLike, model: nn.Module, meta: ModelMeta) -> 
     folder = Path(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path = atomic_write(folder / MODEL_FILE, lambda tmp: save_file(state, str(tmp), metadata={META_KEY: meta.to_json()}))
-    atomic_write_json(folder / MODEL_JSON, asdict(meta))
+    atomic_write_json(folder / MODEL_JSON, meta.to_dict())
     return path
 
 
