@@ -297,3 +297,21 @@ def test_a_fifo_named_dcm_is_refused_on_its_row_without_waiting_for_a_writer(mod
     rows = {Path(r["file"]).name: r for r in csv.DictReader(out.open(newline=""))}
     assert "not a regular file" in rows["scan.dcm"]["error"] and not rows["good.png"]["error"]
     assert read_dicom_identifiers(fifo) == dict.fromkeys(read_dicom_identifiers(fifo))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_manifest_listing_a_file_twice_gets_one_row_per_manifest_row(model_dir, tmp_path, workers, capsys):
+    for i in range(3):
+        _write_png(tmp_path / "imgs" / f"x{i}.png", i)
+    rows = [f"imgs/x{i}.png" for i in (0, 1, 0, 2, 0)] * 30  # repeats inside one batch and across batches
+    (tmp_path / "list.csv").write_text("path\n" + "".join(f"{p}\n" for p in rows))
+    out = tmp_path / "p.csv"
+    code = main(["predict", str(model_dir), str(tmp_path / "list.csv"), "--out", str(out), "--workers", str(workers)])
+    assert code == 0, capsys.readouterr()
+    got = list(csv.DictReader(out.open(newline="")))
+    assert Counter(Path(r["file"]).name for r in got) == Counter(Path(p).name for p in rows)
+    assert all(not r["error"] for r in got)
+    by_name: dict[str, set[str]] = {}
+    for r in got:
+        by_name.setdefault(Path(r["file"]).name, set()).add(r["probability"])
+    assert all(len(p) == 1 for p in by_name.values()), by_name
