@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# TIFF and WEBP: imported to register them, as Pillow's preinit() does not (``formats=`` names registered ones).
+from PIL import Image, ImageFile, ImageOps, TiffImagePlugin, UnidentifiedImageError, WebPImagePlugin  # noqa: F401
 
 from pneumoscan.data.dicom_image import decode_dicom, is_dicom, probe_dicom
 from pneumoscan.data.pixels import MAX_FILE_BYTES, MAX_PIXELS, check_pixels, to_uint8
@@ -37,6 +39,12 @@ _FORMATS_OF_SUFFIX = {
 }
 _SUFFIX_OF_FORMAT = {"JPEG": ".jpeg", "MPO": ".jpeg", "PNG": ".png", "DICOM": ".dcm", "BMP": ".bmp",
                      "TIFF": ".tiff", "WEBP": ".webp"}
+
+# The formats Pillow may decode: those radiographs are exported in. Pillow knows dozens more (EPS runs
+# Ghostscript, ICO, SGI, PCX...), each a parser an uploaded file could reach; they are refused by content.
+# (A camera's multi-picture JPEG, MPO, is opened by the JPEG entry.)
+PIL_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
+UNSUPPORTED = "not an image in a supported format (JPEG, PNG, TIFF, BMP, WEBP or DICOM)"
 
 # A truncated JPEG must be an error, not a silently grey bottom half.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -103,10 +111,12 @@ def probe_image(source: str | os.PathLike | bytes, *, name: str | None = None) -
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
+            with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as im:
                 info = ImageInfo(im.width, im.height, im.mode, im.format or "?")
     except Image.DecompressionBombError as exc:
         raise _pil_bomb(exc, label) from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{label}: {UNSUPPORTED}") from None
     except Exception as exc:  # Pillow raises many types on damaged headers (found by fuzzing)
         raise ImageReadError(f"{label}: not a readable image ({reason(exc)})") from None
     _check_suffix(suffix, info.format, label)
@@ -223,7 +233,7 @@ def _decode_pil(data: bytes, label: str, suffix: str | None = None) -> Image.Ima
             # A corrupt EXIF block only loses the orientation tag: the pixels are still good.
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
             check_pixels(image.width, image.height, label)
             _check_suffix(suffix, image.format or "?", label)
             # Never JPEG's reduced-scale decoding (`draft`): it is faster on large files, but its
@@ -237,8 +247,8 @@ def _decode_pil(data: bytes, label: str, suffix: str | None = None) -> Image.Ima
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _pil_bomb(exc, label) from None
     except UnidentifiedImageError:
-        what = "not a DICOM file (no DICM marker)" if suffix in (".dcm", ".dicom") else "not an image"
-        raise ImageReadError(f"{label}: {what} (unknown or unsupported format)") from None
+        what = "not a DICOM file (no DICM marker)" if suffix in (".dcm", ".dicom") else UNSUPPORTED
+        raise ImageReadError(f"{label}: {what}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageReadError(f"{label}: corrupt or truncated image ({reason(exc)})") from None
     except Exception as exc:  # Pillow's plugins raise TypeError, struct.error, ... on damaged files (fuzzing)
