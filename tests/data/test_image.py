@@ -178,3 +178,22 @@ def test_real_full_resolution_originals_decode_and_resize_keeping_aspect(shared_
             assert out[0].max() == 0 and out[32].max() > 0
         elif info.height > info.width * 1.1:
             assert out[:, 0].max() == 0 and out[:, 32].max() > 0
+
+
+@pytest.mark.parametrize("fmt", ["EPS", "ICO", "SGI", "PCX", "TGA"])
+def test_formats_outside_the_radiograph_allow_list_are_refused_by_content(tmp_path, fmt):
+    """Pillow knows dozens of formats (EPS would run Ghostscript); only radiograph formats are decoded."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB" if fmt == "EPS" else "L", (64, 64), 120).save(buffer, fmt)
+    data = buffer.getvalue()
+    path = tmp_path / f"scan.{fmt.lower()}"
+    path.write_bytes(data)
+    for source in (data, path, str(path)):
+        with pytest.raises(ImageReadError, match=r"not an image in a supported format \(JPEG, PNG, TIFF, BMP, WEBP or DICOM\)"):
+            read_image(source, 32)
+        with pytest.raises(ImageReadError, match="not an image in a supported format"):
+            probe_image(source)

@@ -144,3 +144,46 @@ def test_repr_says_which_model_how_it_is_fed_and_by_what(model):
     text = repr(model)
     for part in ("mini-resnet", "image_size=64", "fit='pad'", "threshold=0.5000", model.backend.name):
         assert part in text
+
+
+@pytest.fixture(scope="module")
+def large_originals(shared_data) -> list[Path]:
+    """A handful of full-resolution JPEG originals, the largest first (8-bit grey and RGB)."""
+    files = sorted((shared_data / "chest_xray_originals").glob("*/*.jpeg"))
+    if not files:
+        pytest.skip("chest_xray_originals/ absent from the real data folder")
+    by_size = sorted(files, key=lambda f: -min(Image.open(f).size))
+    return by_size[:6] + [f for f in by_size if Image.open(f).mode == "RGB"][:2]
+
+
+@pytest.mark.parametrize("which", ["bundled", "suite"])
+def test_a_full_resolution_jpeg_and_its_own_pixels_get_one_probability(large_originals, model, which):
+    """A file and the array of its own pixels go through the same resize: a JPEG is never decoded at a
+    reduced scale that the array is not (the bundled model is trained, so the most sensitive to it)."""
+    scorer = pneumoscan.load() if which == "bundled" else model
+    from_files = np.array([row.probability for row in scorer.predict(large_originals)])
+    from_arrays = scorer.predict_proba([np.asarray(Image.open(f)) for f in large_originals])
+    np.testing.assert_allclose(from_arrays, from_files, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_a_channel_first_colour_image_is_refused_never_scored_as_several_images(model, pixels, channels):
+    """(3, H, W) is what ToTensor and MONAI give for one RGB image, and also looks like three grey images."""
+    first = np.repeat(pixels[None], channels, axis=0)
+    for given in (first, torch.from_numpy(first.astype(np.float32) / 255)):
+        for call in (model.predict, model.predict_proba):
+            with pytest.raises(ImageReadError, match=r"one image .*\(H, W, C\).*several grey images"):
+                call(given)
+    # Said unambiguously, it is one image with the file's probability.
+    expected = model.predict_proba(np.moveaxis(first, 0, -1))
+    assert expected.shape == (1,)
+    assert model.predict_proba(first[None])[0] == pytest.approx(expected[0], abs=TOLERANCE)
+    if channels == 3:  # grey repeated in R, G and B is the grey image
+        assert expected[0] == pytest.approx(model.predict_proba(pixels)[0], abs=TOLERANCE)
+
+
+def test_a_channel_first_grey_image_is_one_image(model, pixels, from_file):
+    for given in (pixels[None], torch.from_numpy(pixels.astype(np.float32) / 255)[None]):
+        rows = model.predict(given)
+        assert len(rows) == 1 and rows[0].probability == pytest.approx(from_file.probability, abs=TOLERANCE)
+        assert model.predict_proba(given).shape == (1,)

@@ -1,5 +1,5 @@
 """`predict --engine ray`: a local Ray (2 CPUs) gives the single-machine results, bad files as rows, and
-survives a worker killed mid-run. Needs the ray extra (pip install -e '.[ray]')."""
+survives a worker killed mid-run. Needs Ray Data (the dev extra, or the ray extra for users)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 # Ray itself is imported by the fixture that starts it: importing it costs every test process a second,
 # also where the inner loop (-m "not e2e") runs none of these tests.
-pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed: pip install -e '.[ray]'")
+pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed: pip install -e '.[dev]'")
 
 import pneumoscan  # noqa: E402
 from helpers.corpus import BAD_CASES, make_corpus  # noqa: E402
@@ -30,7 +30,7 @@ SHARED_IMAGES = 300
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray for the module (starting one takes seconds): 2 CPUs, on 127.0.0.1 only."""
-    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[dev]'")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
              _node_ip_address="127.0.0.1")

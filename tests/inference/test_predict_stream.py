@@ -273,3 +273,88 @@ def test_streamed_options_are_checked_before_any_work(model_dir, tmp_path, capsy
     err = capsys.readouterr().err
     assert "--resume needs --out" in err and "r.txt" in err and "old.csv: not a results file" in err
     assert (tmp_path / "old.csv").read_text() == "a,b\n1,2"  # a file that is not ours is never touched
+
+
+def test_a_fifo_named_dcm_is_refused_on_its_row_without_waiting_for_a_writer(model_dir, tmp_path, capsys):
+    import threading
+
+    folder = tmp_path / "in"
+    _write_png(folder / "good.png", 1)
+    fifo = folder / "scan.dcm"
+    os.mkfifo(fifo)
+    out = tmp_path / "p.csv"
+    codes: list[int] = []
+    worker = threading.Thread(target=lambda: codes.append(main(["predict", str(model_dir), str(folder),
+                                                                  "--out", str(out), "--workers", "1"])),
+                              daemon=True)
+    worker.start()
+    worker.join(60)
+    if worker.is_alive():  # let the blocked open() return so the thread can end
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(10)
+        pytest.fail("predict --out waited on a FIFO named .dcm")
+    assert codes == [0], capsys.readouterr()
+    rows = {Path(r["file"]).name: r for r in csv.DictReader(out.open(newline=""))}
+    assert "not a regular file" in rows["scan.dcm"]["error"] and not rows["good.png"]["error"]
+    assert read_dicom_identifiers(fifo) == dict.fromkeys(read_dicom_identifiers(fifo))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_manifest_listing_a_file_twice_gets_one_row_per_manifest_row(model_dir, tmp_path, workers, capsys):
+    for i in range(3):
+        _write_png(tmp_path / "imgs" / f"x{i}.png", i)
+    rows = [f"imgs/x{i}.png" for i in (0, 1, 0, 2, 0)] * 30  # repeats inside one batch and across batches
+    (tmp_path / "list.csv").write_text("path\n" + "".join(f"{p}\n" for p in rows))
+    out = tmp_path / "p.csv"
+    code = main(["predict", str(model_dir), str(tmp_path / "list.csv"), "--out", str(out), "--workers", str(workers)])
+    assert code == 0, capsys.readouterr()
+    got = list(csv.DictReader(out.open(newline="")))
+    assert Counter(Path(r["file"]).name for r in got) == Counter(Path(p).name for p in rows)
+    assert all(not r["error"] for r in got)
+    by_name: dict[str, set[str]] = {}
+    for r in got:
+        by_name.setdefault(Path(r["file"]).name, set()).add(r["probability"])
+    assert all(len(p) == 1 for p in by_name.values()), by_name
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_streamed_out_never_follows_a_symlink_to_truncate_its_target(model_dir, tmp_path, suffix, capsys):
+    image = _write_png(tmp_path / "in" / "a.png", 1)
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    link = tmp_path / f"p{suffix}"
+    link.symlink_to(precious)
+    assert main(["predict", str(model_dir), str(image), "--out", str(link)]) == 0, capsys.readouterr()
+    assert precious.read_text() == "keep me\n"
+    assert not link.is_symlink() and [r["file"] for r in read_results(link)] == [str(image)]
+    # Resuming appends to the file in place: through a link it is refused, before anything is read or cut.
+    link.unlink()
+    link.symlink_to(precious)
+    assert main(["predict", str(model_dir), str(image), "--out", str(link), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "symbolic link" in err and str(link) in err and "Traceback" not in err, err
+    assert precious.read_text() == "keep me\n"
+    dev_full = tmp_path / f"full{suffix}"
+    dev_full.symlink_to("/dev/full")
+    assert main(["predict", str(model_dir), str(image), "--out", str(dev_full)]) == 0
+    assert Path("/dev/full").is_char_device() and not dev_full.is_symlink()
+
+
+def test_a_write_error_while_streaming_is_one_line(model_dir, tmp_path, capsys):
+    """The file system refuses the rows (here a file-size limit; ENOSPC takes the same path)."""
+    import resource
+
+    images = [_write_png(tmp_path / "in" / f"{i}.png", i) for i in range(3)]
+    out = tmp_path / "p.jsonl"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100, hard))
+    try:
+        code = main(["predict", str(model_dir), *map(str, images), "--out", str(out), "--workers", "1"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("pneumoscan: error:")]
+    assert len(lines) == 1 and str(out) in lines[0] and "cannot write" in lines[0], err

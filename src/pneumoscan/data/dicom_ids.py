@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from pneumoscan.data.dicom_image import MAX_DICOM_HEADER_BYTES, is_deflated_dicom, read_dicom_header
-from pneumoscan.data.image import is_dicom
+from pneumoscan.data.image import is_dicom, open_regular_file
 
 # Output column -> DICOM keyword.
 DICOM_ID_COLUMNS: dict[str, str] = {
@@ -40,7 +40,8 @@ def read_dicom_identifiers(source: str | os.PathLike | bytes) -> dict[str, str |
         else:
             if Path(source).suffix.lower() in _NOT_DICOM_SUFFIXES:
                 return empty
-            stream = open(source, "rb")  # noqa: SIM115 - closed below, after pydicom has parsed it
+            # The decoder's own check: a FIFO or a device is refused here too, never opened to wait.
+            stream = open_regular_file(source)
         with stream:
             if not is_dicom(stream.read(132)):
                 return empty

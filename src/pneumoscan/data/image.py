@@ -15,10 +15,12 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# TIFF and WEBP: imported to register them, as Pillow's preinit() does not (``formats=`` names registered ones).
+from PIL import Image, ImageFile, ImageOps, TiffImagePlugin, UnidentifiedImageError, WebPImagePlugin  # noqa: F401
 
 from pneumoscan.data.dicom_image import decode_dicom, is_dicom, probe_dicom
 from pneumoscan.data.pixels import MAX_FILE_BYTES, MAX_PIXELS, check_pixels, to_uint8
@@ -37,6 +39,12 @@ _FORMATS_OF_SUFFIX = {
 }
 _SUFFIX_OF_FORMAT = {"JPEG": ".jpeg", "MPO": ".jpeg", "PNG": ".png", "DICOM": ".dcm", "BMP": ".bmp",
                      "TIFF": ".tiff", "WEBP": ".webp"}
+
+# The formats Pillow may decode: those radiographs are exported in. Pillow knows dozens more (EPS runs
+# Ghostscript, ICO, SGI, PCX...), each a parser an uploaded file could reach; they are refused by content.
+# (A camera's multi-picture JPEG, MPO, is opened by the JPEG entry.)
+PIL_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
+UNSUPPORTED = "not an image in a supported format (JPEG, PNG, TIFF, BMP, WEBP or DICOM)"
 
 # A truncated JPEG must be an error, not a silently grey bottom half.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -83,7 +91,7 @@ def read_image(
         _check_suffix(suffix, "DICOM", label)
         image = Image.fromarray(decode_dicom(data, label), mode="L")
     else:
-        image = _decode_pil(data, label, size, suffix)
+        image = _decode_pil(data, label, suffix)
     if size is not None:
         image = resize(image, size, fit)
     return np.asarray(image, dtype=np.uint8)
@@ -103,10 +111,12 @@ def probe_image(source: str | os.PathLike | bytes, *, name: str | None = None) -
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
+            with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as im:
                 info = ImageInfo(im.width, im.height, im.mode, im.format or "?")
     except Image.DecompressionBombError as exc:
         raise _pil_bomb(exc, label) from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{label}: {UNSUPPORTED}") from None
     except Exception as exc:  # Pillow raises many types on damaged headers (found by fuzzing)
         raise ImageReadError(f"{label}: not a readable image ({reason(exc)})") from None
     _check_suffix(suffix, info.format, label)
@@ -145,18 +155,33 @@ _KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
+def open_regular_file(path: str | os.PathLike, name: str | None = None) -> BinaryIO:
+    """``path`` opened for binary reading, once it is known to be a regular file of at most
+    ``MAX_FILE_BYTES``: the one check every reader of an input file goes through (:func:`read_image`,
+    the DICOM identifiers). A FIFO, socket, device or folder raises :class:`ImageReadError` without
+    being opened for reading, so nothing waits for a writer; ``OSError`` passes through.
+    """
+    label = name or os.fsdecode(path)
+    _check_regular(os.stat(path).st_mode, label)  # follows symlinks: a link to a device is a device
+    # O_NONBLOCK: a file swapped for a FIFO after the check must not make open() wait for a writer.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    fh = os.fdopen(fd, "rb")
+    try:
+        info = os.fstat(fh.fileno())
+        _check_regular(info.st_mode, label)
+        _check_file_size(info.st_size, label)
+    except BaseException:
+        fh.close()
+        raise
+    return fh
+
+
 def _read_bytes(source: str | os.PathLike | bytes, label: str) -> bytes:
     if isinstance(source, bytes | bytearray | memoryview):
         return bytes(source)
     path = Path(source)
     try:
-        _check_regular(os.stat(path).st_mode, label)  # follows symlinks: a link to a device is a device
-        # O_NONBLOCK: a file swapped for a FIFO after the check must not make open() wait for a writer.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-        with os.fdopen(fd, "rb") as fh:
-            info = os.fstat(fh.fileno())
-            _check_regular(info.st_mode, label)
-            _check_file_size(info.st_size, label)
+        with open_regular_file(path, label) as fh:
             data = fh.read(MAX_FILE_BYTES + 1)  # never more than the limit, whatever the size said
         _check_file_size(len(data), label)
         return data
@@ -202,19 +227,18 @@ def _check_suffix(suffix: str | None, actual: str, label: str) -> None:
         )
 
 
-def _decode_pil(data: bytes, label: str, size: int | None, suffix: str | None = None) -> Image.Image:
+def _decode_pil(data: bytes, label: str, suffix: str | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             # A corrupt EXIF block only loses the orientation tag: the pixels are still good.
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
             check_pixels(image.width, image.height, label)
             _check_suffix(suffix, image.format or "?", label)
-            if size is not None and image.format == "JPEG":
-                # Decoding a JPEG at 1/2, 1/4 or 1/8 scale is several times faster and loses
-                # nothing once we shrink it to `size` anyway.
-                image.draft("L", (size, size))
+            # Never JPEG's reduced-scale decoding (`draft`): it is faster on large files, but its
+            # DCT-domain shrinking differs from the resize that every other input goes through, so the
+            # same picture given as its pixels would get another probability (up to 0.02 measured).
             image.load()
             image = ImageOps.exif_transpose(image)
             return _to_grayscale(image)
@@ -223,8 +247,8 @@ def _decode_pil(data: bytes, label: str, size: int | None, suffix: str | None = 
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _pil_bomb(exc, label) from None
     except UnidentifiedImageError:
-        what = "not a DICOM file (no DICM marker)" if suffix in (".dcm", ".dicom") else "not an image"
-        raise ImageReadError(f"{label}: {what} (unknown or unsupported format)") from None
+        what = "not a DICOM file (no DICM marker)" if suffix in (".dcm", ".dicom") else UNSUPPORTED
+        raise ImageReadError(f"{label}: {what}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageReadError(f"{label}: corrupt or truncated image ({reason(exc)})") from None
     except Exception as exc:  # Pillow's plugins raise TypeError, struct.error, ... on damaged files (fuzzing)

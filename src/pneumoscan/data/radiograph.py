@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from pneumoscan.data.image import is_dicom
+from pneumoscan.data.image import PIL_FORMATS, is_dicom
 from pneumoscan.errors import ImageReadError
 
 # Mean channel difference (0-255) above which an image is a colour picture, not a radiograph. Grey
@@ -63,7 +63,7 @@ def _chroma(source: str | os.PathLike | bytes) -> float | None:
             if is_dicom(fh.read(132)):
                 return None  # DICOM radiographs are grey; RGB DICOMs are already converted by read_image
             fh.seek(0)
-            with Image.open(fh) as image:
+            with Image.open(fh, formats=PIL_FORMATS) as image:
                 if image.mode not in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
                     return None
                 image.draft("RGB", (64, 64))  # JPEG: decode at 1/8 scale, enough to tell colour

@@ -87,7 +87,8 @@ class Classifier:
         numpy array or torch tensor, or a list of images of any sizes (arrays, tensors, PIL images, paths,
         bytes). Every image goes through the same preprocessing as a file (:meth:`preprocess`): any
         size is fitted and resized, uint16 is scaled by its range, floats must lie in [0, 1]. The
-        model's own input, float32 (N, 1, S, S) in [0, 1] or uint8 (N, S, S), is scored as is.
+        model's own input, float32 (N, 1, S, S) in [0, 1] or uint8 (N, S, S), is scored as is. Other
+        (3, H, W) and (4, H, W) arrays are refused: channels first, or three or four grey images?
         Raises :class:`ImageReadError` saying what is expected for anything else.
         """
         if isinstance(images, list | tuple):
@@ -188,12 +189,15 @@ def _is_pil(value) -> bool:
 
 def _split_batch(array, name: str) -> list[tuple[str, object]]:
     """One image or a batch of them, as (name, image) pairs: (H, W) and (H, W, C) are one image; (N, H, W),
-    (N, H, W, C) and (N, C, H, W) are N (C = 1, 3 or 4)."""
+    (N, H, W, C) and (N, C, H, W) are N (C = 1, 3 or 4). (3, H, W) and (4, H, W) are refused: one image
+    with its channels first (ToTensor, MONAI) and three or four grey images look the same."""
     if _is_pil(array):
         return [(getattr(array, "filename", "") or name, array)]
     channels = (1, 3, 4)
     if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in channels):
         return [(name, array)]
+    if array.ndim == 3 and array.shape[0] in (3, 4):
+        raise ImageReadError(_ambiguous(name, array.shape))
     if array.ndim == 3:
         return [(f"{name}[{i}]", a) for i, a in enumerate(array)]
     if array.ndim == 4 and array.shape[-1] in channels:
@@ -202,6 +206,14 @@ def _split_batch(array, name: str) -> list[tuple[str, object]]:
         return [(f"{name}[{i}]", np.moveaxis(a, 0, -1)) for i, a in enumerate(array)]
     raise ImageReadError(f"{name}: an array of shape {tuple(array.shape)}; expected one image (H, W) or (H, W, C), "
                          "or a batch (N, H, W), (N, H, W, C) or (N, C, H, W), with C = 1, 3 or 4")
+
+
+def _ambiguous(name: str, shape) -> str:
+    count = shape[0]
+    return (f"{name}: an array of shape {tuple(shape)} is either one image with its {count} channels first "
+            f"(what ToTensor gives) or {count} grey images; give one image as (H, W, C) "
+            f"(np.moveaxis(a, 0, -1), tensor.permute(1, 2, 0)) or (1, {count}, H, W), and several grey images "
+            "as (N, H, W, 1) or a list")
 
 
 def _items(sources) -> list[tuple[str, object]]:

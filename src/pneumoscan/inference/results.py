@@ -61,7 +61,7 @@ def require_pyarrow(what: str | os.PathLike) -> None:
         import pyarrow  # noqa: F401
         import pyarrow.parquet  # noqa: F401
     except ImportError:
-        raise ConfigError(f"{what}: Parquet needs pyarrow: pip install 'pneumoscan[ray]' (or pyarrow)") from None
+        raise ConfigError(f"{what}: Parquet needs pyarrow, a dependency of pneumoscan: reinstall it (pip install -e .) or pip install pyarrow") from None
 
 
 def row_key(file: str, size: Any, mtime_ns: Any) -> int:
@@ -116,17 +116,21 @@ class ResultsWriter:
             except OSError as exc:
                 raise _output_error(part, exc) from None
             return
-        data = self._encode(rows)
+        self._write(self._encode(rows))
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
         try:
-            self._fh.write(data)
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+            while view:  # unbuffered: nothing is left for close() to fail on
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
         except OSError as exc:
             raise _output_error(self.out, exc) from None
 
     def close(self) -> None:
-        if self.format != ".parquet":
-            self._fh.close()
+        if self.format != ".parquet" and self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
     def __enter__(self) -> ResultsWriter:
         return self
@@ -137,6 +141,12 @@ class ResultsWriter:
     # --- lines: .csv and .jsonl, appended in place ---
 
     def _open_lines(self, resume: bool, keys: list[int]) -> None:
+        self._fd: int | None = None
+        if self.out.is_symlink() and resume:
+            raise ConfigError(f"{self.out}: a symbolic link; results are appended only to a regular file, never "
+                              "through a link: give the file's own path")
+        if self.out.exists() and not self.out.is_symlink() and not self.out.is_file():
+            raise ConfigError(f"{self.out}: not a regular file; choose another --out")
         if resume and self.out.is_file():
             if self.format == ".csv":
                 next(read_results(self.out), None)  # refuses a CSV that is not ours before anything is cut
@@ -146,13 +156,16 @@ class ResultsWriter:
             for row in read_results(self.out):
                 self._remember(row, keys)
                 self.existing += 1
+        if not (resume and present):
+            # A new file (with its header) replaces whatever was there, a symbolic link included, as every
+            # write of the project does: a link's target is never truncated.
+            header = ",".join(COLUMNS).encode() + b"\n" if self.format == ".csv" else b""
+            atomic_write(self.out, lambda tmp: tmp.write_bytes(header))
         try:
-            self.out.parent.mkdir(parents=True, exist_ok=True)
-            # Append mode: every write lands at the end, whatever a killed run left.
-            self._fh = open(self.out, "ab" if resume and present else "wb")  # noqa: SIM115 - closed by close()
-            if not (resume and present) and self.format == ".csv":
-                self._fh.write(",".join(COLUMNS).encode() + b"\n")
-                self._fh.flush()
+            # Append mode: every write lands at the end, whatever a killed run left. No follow: the file
+            # checked above is the one written.
+            self._fd = os.open(self.out, os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+                               | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
             raise _output_error(self.out, exc) from None
 
@@ -166,6 +179,11 @@ class ResultsWriter:
     # --- parquet: a folder of part files ---
 
     def _open_parquet(self, resume: bool, keys: list[int]) -> None:
+        if self.out.is_symlink():  # never write into, or empty, a folder reached through a link
+            if resume:
+                raise ConfigError(f"{self.out}: a symbolic link; results are added only to a real folder, never "
+                                  "through a link: give the folder's own path")
+            self.out.unlink()
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"{self.out}: a Parquet file, not a results folder; choose another --out")
         if self.out.is_dir():

@@ -65,7 +65,8 @@ def iter_sources(items: Iterable[str | os.PathLike]) -> Iterator[str]:
     """The files to score, one at a time: files, folders, globs, and manifests (``.csv`` / ``.parquet``
     with a ``path`` column, relative paths taken from the manifest's folder).
 
-    A file given twice is scored once; with one folder or manifest, no list of paths is held at all.
+    A file given twice on the command line is scored once; a manifest's rows are kept as they are (a file
+    on two rows gets two result rows), so that with one folder or manifest no list of paths is held at all.
     """
     items = [os.fsdecode(item) for item in items]
     seen: set[str] | None = set() if len(items) > 1 else None
@@ -185,7 +186,16 @@ def predict_to_file(
     writer = ResultsWriter(out, resume=resume)
     meta = classifier.meta
     counts = {"seen": 0, "skipped": 0, "scored": 0, "failed": 0}
-    stats: dict[str, tuple[int | None, int | None]] = {}
+    # (size, mtime_ns, rows in flight) of each file between listing and writing. A manifest may list a
+    # file on several rows: each row is scored and written, so the entry lives until its last row is out.
+    stats: dict[str, list] = {}
+
+    def release(path: str) -> tuple[int | None, int | None]:
+        entry = stats[path]
+        entry[2] -= 1
+        if entry[2] == 0:
+            del stats[path]
+        return entry[0], entry[1]
 
     def jobs() -> Iterator[str]:
         for path in iter_sources(sources):
@@ -198,11 +208,12 @@ def predict_to_file(
             if resume and writer.done(row_key(path, *stat)):
                 counts["skipped"] += 1
                 continue
-            stats[path] = stat  # held only while the file is in flight
+            entry = stats.setdefault(path, [*stat, 0])  # held only while the file is in flight
+            entry[2] += 1
             yield path
 
     def row(path: str, probability: float | None, error: str | None, ids: dict) -> dict[str, Any]:
-        size, mtime_ns = stats.pop(path)
+        size, mtime_ns = release(path)
         label = None if probability is None else meta.class_names[int(probability >= classifier.threshold)]
         return {"file": path, "probability": probability, "label": label, "threshold": classifier.threshold,
                 "model": meta.name, "version": meta.version, "error": error, **ids, "size": size, "mtime_ns": mtime_ns}
@@ -234,7 +245,7 @@ def predict_to_file(
             uid = ids.get("sop_instance_uid")
             if resume and uid and writer.done(None, uid):  # a DICOM scored before under another name
                 counts["skipped"] += 1
-                stats.pop(path, None)
+                release(path)
                 continue
             batch.append((path, pixels, error, ids))
             images_waiting += pixels is not None

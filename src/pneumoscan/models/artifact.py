@@ -65,8 +65,15 @@ class ModelMeta:
         """The class name for a pneumonia probability: PNEUMONIA at or above the stored threshold."""
         return self.class_names[int(probability >= self.threshold)]
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as stored; a validation metric that was undefined (NaN: one class only) is left out,
+        since a stored NaN would make the file unreadable (:meth:`from_dict` refuses it)."""
+        data = asdict(self)
+        data["val_metrics"] = {k: v for k, v in data["val_metrics"].items() if _is_number(v)}
+        return data
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), default=str)
+        return json.dumps(self.to_dict(), default=str)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelMeta:
@@ -127,13 +134,14 @@ _CHECKS: dict[str, Any] = {
     "threshold": _probability,
     "operating_points": lambda v: None if isinstance(v, dict) and all(_probability(x) is None for x in v.values())
     else "must map names to probabilities from 0 to 1",
-    "class_names": lambda v: None if isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v)
-    else "must be a list of two class names",
+    # Label 0 is NORMAL and 1 PNEUMONIA everywhere (training, the threshold, SR codes): other names, or
+    # these in another order, would put the wrong word on every image.
+    "class_names": lambda v: None if v == list(CLASS_NAMES) else f"must be {json.dumps(list(CLASS_NAMES))}",
     "version": _text,
     "run_id": _text,
     "created": _text,
-    "val_metrics": lambda v: None if isinstance(v, dict) and all(
-        isinstance(x, int | float) and not isinstance(x, bool) for x in v.values()) else "must map names to numbers",
+    "val_metrics": lambda v: None if isinstance(v, dict) and all(_is_number(x) for x in v.values())
+    else "must map names to finite numbers",
     "temperature": lambda v: None if _is_number(v) and v > 0 else "must be a positive number",
     "members": lambda v: None if isinstance(v, int) and not isinstance(v, bool) and v in MEMBERS
     else f"must be a whole number of networks from {MEMBERS.start} to {MEMBERS.stop - 1}",
@@ -148,7 +156,7 @@ def save_model(folder: str | os.PathLike, model: nn.Module, meta: ModelMeta) -> 
     folder = Path(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path = atomic_write(folder / MODEL_FILE, lambda tmp: save_file(state, str(tmp), metadata={META_KEY: meta.to_json()}))
-    atomic_write_json(folder / MODEL_JSON, asdict(meta))
+    atomic_write_json(folder / MODEL_JSON, meta.to_dict())
     return path
 
 
@@ -169,12 +177,14 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         from safetensors.torch import load_file
 
         meta = _safetensors_meta(file)
+        _check_weights(file, meta, _safetensors_shapes(file))
         try:
             state = load_file(str(file), device=str(map_location))
         except Exception as exc:  # safetensors raises its own error types
             raise ModelFileError(f"{file}: corrupt safetensors file ({exc})") from None
     else:
         state, meta, _ = read_checkpoint(file)
+        _check_weights(file, meta, {key: tuple(getattr(value, "shape", ())) for key, value in state.items()})
     try:
         model = build_model(meta.name, meta.image_size, meta.members)
     except ConfigError as exc:  # a name this version does not know, a size the network cannot take
@@ -186,6 +196,43 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
             f"{file}: the weights do not fit a {meta.name!r} network at {meta.image_size}px ({reason(exc)})"
         ) from None
     return model.to(map_location).eval(), meta
+
+
+def _check_weights(file: Path, meta: ModelMeta, shapes: dict[str, tuple[int, ...]]) -> None:
+    """The tensors in the file are exactly those of the network the metadata names (names, shapes,
+    count), checked before that network is built: a few bytes of metadata must not allocate gigabytes."""
+    from pneumoscan.models.registry import expected_weights
+
+    try:
+        expected = expected_weights(meta.name, meta.image_size, meta.members)
+    except ConfigError as exc:  # a name this version does not know
+        raise ModelFileError(f"{file}: invalid pneumoscan metadata: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a size the network cannot take
+        raise ModelFileError(f"{file}: invalid pneumoscan metadata: a {meta.name!r} network cannot be built at "
+                             f"{meta.image_size}px ({reason(exc)})") from None
+    what = (f"{file}: the weights do not fit a {meta.name!r} network at {meta.image_size}px with "
+            f"{meta.members} member{'s' if meta.members != 1 else ''} (as its metadata says)")
+    missing = [key for key in expected if key not in shapes]
+    unexpected = [key for key in shapes if key not in expected]
+    if missing or unexpected:
+        parts = [f"{len(missing)} of its {len(expected)} tensors missing ({missing[0]}, ...)" if missing else "",
+                 f"{len(unexpected)} unexpected ({unexpected[0]}, ...)" if unexpected else ""]
+        raise ModelFileError(f"{what}: the file holds {len(shapes)} tensors, "
+                             f"{'; '.join(p for p in parts if p)}")
+    for key, shape in expected.items():
+        if tuple(shapes[key]) != shape:
+            raise ModelFileError(f"{what}: {key} is {tuple(shapes[key])}, expected {shape}")
+
+
+def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file, read from its header (no tensor is loaded)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            return {key: tuple(fh.get_slice(key).get_shape()) for key in fh.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types
+        raise ModelFileError(f"{file}: corrupt safetensors file ({reason(exc)})") from None
 
 
 def _safetensors_meta(file: Path) -> ModelMeta:

@@ -50,6 +50,20 @@ def build_model(name: str, image_size: int = 224, members: int = 1) -> nn.Module
     return PerImageStandardize(LogitEnsemble([factory(image_size) for _ in range(members)]))
 
 
+def expected_weights(name: str, image_size: int = 224, members: int = 1) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in ``build_model(name, image_size, members).state_dict()``, found
+    without allocating any weight: one member is built on PyTorch's ``meta`` device. A model file is
+    checked against this before its network is built (a few bytes of metadata can ask for gigabytes)."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
+    factory, _ = _REGISTRY[name]
+    with torch.device("meta"):
+        one = {key: tuple(value.shape) for key, value in factory(image_size).state_dict().items()}
+    if members == 1:
+        return {f"network.{key}": shape for key, shape in one.items()}
+    return {f"network.members.{i}.{key}": shape for i in range(members) for key, shape in one.items()}
+
+
 class LogitEnsemble(nn.Module):
     """Several networks whose logit is the mean of theirs.
 

@@ -36,7 +36,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pneumoscan import __version__
-from pneumoscan.data.image import is_dicom
+from pneumoscan.data.image import PIL_FORMATS, is_dicom
 from pneumoscan.errors import ImageReadError, PneumoscanError
 from pneumoscan.inference import Classifier
 from pneumoscan.provenance import DISCLAIMER
@@ -102,7 +102,7 @@ def _error_doc(description: str) -> dict[str, Any]:
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _error_doc("malformed multipart body or too many files"),
     413: _error_doc("upload over the size limit"),
-    415: _error_doc("not an image (JPEG, PNG or DICOM), or not multipart/form-data"),
+    415: _error_doc("not an image (JPEG, PNG, TIFF, BMP, WEBP or DICOM), or not multipart/form-data"),
     422: _error_doc("an image that cannot be decoded (corrupt, truncated, decompression bomb), or a missing field"),
     503: _error_doc("model not loaded yet, or too many requests waiting"),
 }
@@ -376,7 +376,7 @@ def _looks_like_image(data: bytes) -> bool:
     if is_dicom(data[:132]):
         return True
     try:
-        with Image.open(io.BytesIO(data)):
+        with Image.open(io.BytesIO(data), formats=PIL_FORMATS):
             return True
     except UnidentifiedImageError:
         return False
