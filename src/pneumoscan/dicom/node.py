@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from pneumoscan.dicom.instances import printable
 from pneumoscan.dicom.processing import Processor
 from pneumoscan.errors import ConfigError, OutputError
 
@@ -194,7 +195,7 @@ class StorageNode:
         with self._count_lock:
             self.received += 1
         calling = event.assoc.requestor.ae_title
-        origin = f"{calling}@{event.assoc.requestor.address}"
+        origin = printable(f"{calling}@{event.assoc.requestor.address}")
         try:
             data = event.encoded_dataset()
             ds = event.dataset

@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 
 from pneumoscan._io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from pneumoscan.dicom import instances, results
-from pneumoscan.errors import ImageReadError
+from pneumoscan.errors import ImageReadError, OutputError
 from pneumoscan.provenance import DISCLAIMER
 
 log = logging.getLogger("pneumoscan.dicom")
@@ -115,16 +115,27 @@ class Processor:
         outcome.probability, outcome.label, outcome.threshold = prediction.probability, prediction.label, prediction.threshold
         outcome.flags = sorted(k for k, v in (self.meta.operating_points or {}).items() if probability >= float(v))
         sr = results.structured_report(ds, prediction, self.meta)
-        uid = outcome.ids.sop_instance_uid
-        outcome.sr_file = str(atomic_write_bytes(self.out / "sr" / f"{uid}.dcm", results.encode(sr)))
+        stem = instances.file_stem(outcome.ids.sop_instance_uid)
+        outcome.sr_file = str(atomic_write_bytes(self._inside("sr", f"{stem}.dcm"), results.encode(sr)))
         outcome.derived.append(sr)
         if self._explainable is not None:
             image = results.overlay_image(ds, self._heatmap(pixels), prediction, self.meta)
-            outcome.overlay_file = str(atomic_write_bytes(self.out / "overlay" / f"{uid}.dcm", results.encode(image)))
+            outcome.overlay_file = str(atomic_write_bytes(self._inside("overlay", f"{stem}.dcm"),
+                                                          results.encode(image)))
             outcome.derived.append(image)
         log.info("scored %s (from %s): p(pneumonia) %.4f, %s", name, origin or "?", probability, prediction.label)
         self.worklist.add(outcome)
         return outcome
+
+    def _inside(self, folder: str, name: str) -> Path:
+        """``out/folder/name``, checked to resolve inside ``out`` (a linked folder pointing elsewhere, or a
+        name that is not a plain file name, is an :class:`OutputError`, never a write elsewhere)."""
+        path = self.out / folder / name
+        root = self.out.resolve()
+        if Path(name).name != name or not path.resolve().is_relative_to(root):
+            raise OutputError(f"{path}: refused: the result would be written outside {root}; "
+                              f"remove links under {self.out} or choose another --out")
+        return path
 
     def _score(self, data: bytes, name: str) -> tuple[np.ndarray, float]:
         image = self.classifier.preprocess(data, name=name)
