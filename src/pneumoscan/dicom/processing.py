@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 
 from pneumoscan._io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from pneumoscan.dicom import instances, results
-from pneumoscan.errors import ImageReadError, OutputError
+from pneumoscan.errors import ImageReadError, OutputError, reason
 from pneumoscan.provenance import DISCLAIMER
 
 log = logging.getLogger("pneumoscan.dicom")
@@ -114,12 +114,22 @@ class Processor:
         prediction = self.classifier.prediction(name, probability)
         outcome.probability, outcome.label, outcome.threshold = prediction.probability, prediction.label, prediction.threshold
         outcome.flags = sorted(k for k, v in (self.meta.operating_points or {}).items() if probability >= float(v))
-        sr = results.structured_report(ds, prediction, self.meta)
+        try:
+            sr = results.structured_report(ds, prediction, self.meta)
+            image = (results.overlay_image(ds, self._heatmap(pixels), prediction, self.meta)
+                     if self._explainable is not None else None)
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            # highdicom checks every attribute it copies: a header it refuses gets a reason, not a crash.
+            outcome.probability = outcome.label = outcome.threshold = None
+            outcome.flags = []
+            outcome.reason = f"cannot make the result objects from this header ({reason(exc)})"
+            log.warning("refused %s (from %s): %s", name, origin or "?", outcome.reason)
+            self.worklist.add(outcome)
+            return outcome
         stem = instances.file_stem(outcome.ids.sop_instance_uid)
         outcome.sr_file = str(atomic_write_bytes(self._inside("sr", f"{stem}.dcm"), results.encode(sr)))
         outcome.derived.append(sr)
-        if self._explainable is not None:
-            image = results.overlay_image(ds, self._heatmap(pixels), prediction, self.meta)
+        if image is not None:
             outcome.overlay_file = str(atomic_write_bytes(self._inside("overlay", f"{stem}.dcm"),
                                                           results.encode(image)))
             outcome.derived.append(image)
