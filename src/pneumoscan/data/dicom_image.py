@@ -88,7 +88,7 @@ def _decode(data: bytes, label: str) -> np.ndarray:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         raise ImageReadError(
             f"{label}: cannot decode DICOM pixel data (transfer syntax {syntax}: {reason(exc)}); "
-            "compressed DICOMs may need 'pip install pylibjpeg pylibjpeg-libjpeg'"
+            "reinstall pneumoscan to get its decoders (pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg, pyjpegls)"
         ) from None
     if pixels.ndim == 3:  # RGB DICOM (secondary capture)
         return np.asarray(Image.fromarray(to_uint8(pixels)).convert("L"))

@@ -21,6 +21,23 @@ CHEST_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray Image Storage - For Processing",
     "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
 }
+# The transfer syntaxes a chest radiograph is accepted in: uncompressed, deflated and every compression a
+# CR/DX archive uses (decoded by pydicom with pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg and pyjpegls).
+CHEST_TRANSFER_SYNTAXES = {
+    "1.2.840.10008.1.2": "Implicit VR Little Endian",
+    "1.2.840.10008.1.2.1": "Explicit VR Little Endian",
+    "1.2.840.10008.1.2.1.99": "Deflated Explicit VR Little Endian",
+    "1.2.840.10008.1.2.2": "Explicit VR Big Endian (retired)",
+    "1.2.840.10008.1.2.4.50": "JPEG Baseline (Process 1)",
+    "1.2.840.10008.1.2.4.51": "JPEG Extended (Process 2 and 4)",
+    "1.2.840.10008.1.2.4.57": "JPEG Lossless, Non-Hierarchical (Process 14)",
+    "1.2.840.10008.1.2.4.70": "JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 14, SV1)",
+    "1.2.840.10008.1.2.4.80": "JPEG-LS Lossless",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS Lossy (Near-Lossless)",
+    "1.2.840.10008.1.2.4.90": "JPEG 2000 Image Compression (Lossless Only)",
+    "1.2.840.10008.1.2.4.91": "JPEG 2000 Image Compression",
+    "1.2.840.10008.1.2.5": "RLE Lossless",
+}
 MODALITIES = ("CR", "DX")
 FRONTAL_VIEWS = ("PA", "AP")
 _LATERAL_VIEWS = ("LL", "RL", "LLD", "RLD", "LATERAL", "LAT")

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from pneumoscan.dicom.instances import printable
+from pneumoscan.dicom.instances import CHEST_SOP_CLASSES, CHEST_TRANSFER_SYNTAXES, printable
 from pneumoscan.dicom.processing import Processor
 from pneumoscan.errors import ConfigError, OutputError
 
@@ -152,7 +152,12 @@ class StorageNode:
         self.host, self.port, self.ae_title = host, port, check_ae_title(ae_title)
         self.ae = AE(ae_title=self.ae_title)
         self.ae.maximum_associations = max_associations
-        self.ae.supported_contexts = AllStoragePresentationContexts
+        # Every storage class in the default syntaxes (so that nothing a PACS sends fails negotiation), the
+        # chest radiograph classes in the compressed ones too.
+        self.ae.supported_contexts = [c for c in AllStoragePresentationContexts
+                                      if c.abstract_syntax not in CHEST_SOP_CLASSES]
+        for sop_class in CHEST_SOP_CLASSES:
+            self.ae.add_supported_context(sop_class, list(CHEST_TRANSFER_SYNTAXES))
         self.ae.add_supported_context(Verification)
         self._handlers = [(evt.EVT_C_STORE, self._on_store)]
         self.forwarder = Forwarder(forward, self.ae_title, retries) if forward else None
