@@ -118,7 +118,7 @@ def test_orthanc_sends_compressed_instances_that_the_node_scores(orthanc_ready, 
     compressed = {n: f for n, f in files.items() if n not in ("implicit-le", "explicit-le", "deflated")}
     with orthanc.Orthanc(tmp_path / "orthanc", modalities={"pneumoscan": ("PNEUMOSCAN", port)}) as pacs, \
             StorageNode(processor, port):
-        for name, (path, _, _) in compressed.items():
+        for path, _, _ in compressed.values():
             # Each file is its own instance in Orthanc: give it its own UIDs.
             ds = pydicom.dcmread(path)
             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
