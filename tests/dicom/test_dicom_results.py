@@ -128,3 +128,18 @@ def test_worklist_lists_scored_instances_by_decreasing_probability_then_refused_
     # A second session on the same folder keeps the rows of the first.
     Processor(dicom_model, tmp_path).process(corpus["sc-8bit"])
     assert len(list(csv.DictReader(io.StringIO((tmp_path / "worklist.csv").read_text())))) == len(corpus)
+
+
+def test_worklist_csv_quotes_identifiers_a_spreadsheet_would_evaluate(grays, dicom_model, tmp_path):
+    import csv
+    import json
+
+    formula = "=cmd|' /C calc'!A0"
+    source = chest_dicoms.instance(chest_dicoms.study(formula, "+1+1"), chest_dicoms.CR, "CR", 1,
+                                   grays[0].astype("uint16") * 16, 12, ViewPosition="PA", BodyPartExamined="CHEST")
+    Processor(dicom_model, tmp_path).process(source, origin="@evil")
+    row = next(csv.DictReader((tmp_path / "worklist.csv").open(newline="")))
+    assert (row["patient_id"], row["accession_number"], row["origin"]) == ("'" + formula, "'+1+1", "'@evil")
+    assert 0 <= float(row["probability"]) <= 1
+    kept = json.loads((tmp_path / "worklist.json").read_text())["results"][0]  # JSON keeps the values as sent
+    assert (kept["patient_id"], kept["accession_number"]) == (formula, "+1+1")

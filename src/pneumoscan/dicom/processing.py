@@ -7,8 +7,6 @@ decoded by the same :func:`~pneumoscan.data.read_image` as ``predict`` and score
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -20,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from pneumoscan._io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from pneumoscan._io import atomic_write_bytes, atomic_write_csv, atomic_write_text, ensure_writable_dir
 from pneumoscan.dicom import instances, results
 from pneumoscan.errors import ImageReadError, OutputError, reason
 from pneumoscan.provenance import DISCLAIMER
@@ -191,11 +189,7 @@ class Worklist:
         with self._lock:
             self._rows[self._key(row)] = row
             rows = self.rows()
-            buffer = io.StringIO()
-            writer = csv.DictWriter(buffer, fieldnames=WORKLIST_COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-            atomic_write_text(self.out / "worklist.csv", buffer.getvalue())
+            atomic_write_csv(self.out / "worklist.csv", WORKLIST_COLUMNS, rows)
             atomic_write_text(self.out / "worklist.json",
                               json.dumps({"disclaimer": DISCLAIMER, "results": rows}, indent=1) + "\n")
 
