@@ -143,3 +143,29 @@ def test_worklist_csv_quotes_identifiers_a_spreadsheet_would_evaluate(grays, dic
     assert 0 <= float(row["probability"]) <= 1
     kept = json.loads((tmp_path / "worklist.json").read_text())["results"][0]  # JSON keeps the values as sent
     assert (kept["patient_id"], kept["accession_number"]) == (formula, "+1+1")
+
+
+def test_every_sr_and_overlay_the_node_writes_passes_dciodvfy(corpus, grays, dicom_model, tmp_path):
+    """dicom3tools' validator checks each object against its IOD: no error (warnings are about the
+    private coding scheme and the empty identifiers of the anonymised source)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy not installed (apt-get install dicom3tools)")
+    anonymised = chest_dicoms.instance(chest_dicoms.study(), chest_dicoms.CR, "CR", 20, grays[0].astype("uint16") * 16,
+                                       12, ViewPosition="PA", BodyPartExamined="CHEST")
+    for keyword in ("PatientBirthDate", "PatientSex", "StudyID", "StudyTime"):
+        delattr(anonymised, keyword)
+    for keyword in ("StudyDate", "AccessionNumber", "PatientID", "PatientName"):
+        setattr(anonymised, keyword, "")
+    processor = Processor(dicom_model, tmp_path, overlay=True)
+    files = []
+    for source in [*(corpus[name] for name in chest_dicoms.GOOD), anonymised]:
+        outcome = processor.process(source)
+        assert outcome.scored, outcome.reason
+        files += [outcome.sr_file, outcome.overlay_file]
+    for file in files:
+        result = subprocess.run(["dciodvfy", "-new", file], capture_output=True, text=True, timeout=60)
+        errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+        assert errors == [], f"{file}: {errors}"

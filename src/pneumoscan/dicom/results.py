@@ -117,6 +117,8 @@ def overlay_image(source: Dataset, rgb: np.ndarray, prediction: Prediction, meta
         transfer_syntax_uid="1.2.840.10008.1.2.1",
     )
     image.SeriesDescription = OVERLAY_DESCRIPTION
+    # An unpaired body part: no Laterality needed (General Series, type 2C). Only chests are scored.
+    image.BodyPartExamined = str(source.get("BodyPartExamined") or "CHEST")
     image.BurnedInAnnotation = "YES"
     image.ImageComments = DISCLAIMER
     ref = Dataset()
