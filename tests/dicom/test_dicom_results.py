@@ -169,3 +169,14 @@ def test_every_sr_and_overlay_the_node_writes_passes_dciodvfy(corpus, grays, dic
         result = subprocess.run(["dciodvfy", "-new", file], capture_output=True, text=True, timeout=60)
         errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
         assert errors == [], f"{file}: {errors}"
+
+
+def test_results_keep_the_source_character_set(grays, dicom_model, tmp_path):
+    source = chest_dicoms.instance(chest_dicoms.study(), chest_dicoms.CR, "CR", 1, grays[0].astype("uint16") * 16, 12,
+                                   ViewPosition="PA", BodyPartExamined="CHEST")
+    source.SpecificCharacterSet, source.PatientName = "ISO_IR 192", "Müller^Zoë"
+    received = pydicom.dcmread(io.BytesIO(chest_dicoms.encode(source)))  # as the node gets it: encoded
+    outcome = Processor(dicom_model, tmp_path, overlay=True).process(received)
+    for file in (outcome.sr_file, outcome.overlay_file):
+        result = pydicom.dcmread(file)
+        assert (result.SpecificCharacterSet, str(result.PatientName)) == ("ISO_IR 192", "Müller^Zoë")
