@@ -141,3 +141,13 @@ def test_a_result_folder_linked_outside_out_is_refused_not_written_through(dicom
 @pytest.fixture
 def corpus_cr(grays):
     return _instance(grays, generate_uid())
+
+
+def test_header_values_in_a_refusal_cannot_forge_a_log_line(dicom_model, grays, tmp_path, caplog):
+    source = _instance(grays, generate_uid())
+    source.BodyPartExamined = "KNEE\nFORGED scored instance 1.2.3: p(pneumonia) 0.0000"
+    with caplog.at_level("INFO", logger="pneumoscan.dicom"):
+        outcome = Processor(dicom_model, tmp_path).process(source, origin="MODALITY\n@127.0.0.1")
+    assert not outcome.scored and "KNEE" in outcome.reason
+    assert any("KNEE" in m for m in caplog.messages)
+    assert not any("\n" in m for m in caplog.messages)

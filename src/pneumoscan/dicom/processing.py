@@ -106,7 +106,8 @@ class Processor:
             except ImageReadError as exc:
                 outcome.reason = str(exc).removeprefix(f"{name}: ")
         if outcome.reason is not None:
-            log.warning("refused %s (from %s): %s", name, origin or "?", outcome.reason)
+            log.warning("refused %s (from %s): %s", name, instances.printable(origin or "?"),
+                        instances.printable(outcome.reason))
             self.worklist.add(outcome)
             return outcome
         prediction = self.classifier.prediction(name, probability)
@@ -121,7 +122,8 @@ class Processor:
             outcome.probability = outcome.label = outcome.threshold = None
             outcome.flags = []
             outcome.reason = f"cannot make the result objects from this header ({reason(exc)})"
-            log.warning("refused %s (from %s): %s", name, origin or "?", outcome.reason)
+            log.warning("refused %s (from %s): %s", name, instances.printable(origin or "?"),
+                        instances.printable(outcome.reason))
             self.worklist.add(outcome)
             return outcome
         stem = instances.file_stem(outcome.ids.sop_instance_uid)
@@ -131,7 +133,8 @@ class Processor:
             outcome.overlay_file = str(atomic_write_bytes(self._inside("overlay", f"{stem}.dcm"),
                                                           results.encode(image)))
             outcome.derived.append(image)
-        log.info("scored %s (from %s): p(pneumonia) %.4f, %s", name, origin or "?", probability, prediction.label)
+        log.info("scored %s (from %s): p(pneumonia) %.4f, %s", name, instances.printable(origin or "?"), probability,
+                 prediction.label)
         self.worklist.add(outcome)
         return outcome
 
