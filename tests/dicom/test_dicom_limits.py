@@ -176,3 +176,11 @@ def test_a_large_c_store_is_refused_with_the_node_under_its_memory_bound(dicom_m
         _, stderr = process.communicate(timeout=60)
     assert "data set over the limit" in stderr
     assert after - before < 32, f"the node's peak memory grew by {after - before:.0f} MiB for a refused instance"
+
+
+def test_limits_out_of_range_are_a_one_line_error(tmp_path, capsys):
+    from pneumoscan.cli import main
+
+    assert main(["dicom", "listen", str(tmp_path), "--max-pdu-kib", "1", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "limits out of range" in err and "PDU >= 4 KiB" in err and "\n" not in err
