@@ -13,7 +13,7 @@ default training architecture with random weights (speed does not depend on the 
 
 Figures: instances/s from the first C-STORE sent to the last SR stored in Orthanc; per instance, the time
 from its C-STORE being sent to its SR being stored in Orthanc (p50, p99); and the time from the last
-instance's C-STORE answer to its SR in Orthanc. Aim: at least 20 instances/s, p99 under 1 s, on 2 cores.
+instance's C-STORE answer to its SR in Orthanc. Aim: at least 40 instances/s over 4 associations, p99 under 1 s, on 2 cores.
 Senders, node and Orthanc share the machine's cores.
 """
 
@@ -42,7 +42,7 @@ import orthanc  # noqa: E402
 from _common import default_architecture, random_run  # noqa: E402
 from helpers import chest_dicoms  # noqa: E402
 
-AIM_IPS, AIM_P99_S = 20.0, 1.0
+AIM_IPS, AIM_P99_S = 40.0, 1.0
 
 
 def radiographs(data: Path, count: int) -> tuple[list[np.ndarray], str]:

@@ -8,6 +8,7 @@ import glob
 import io
 import json
 import os
+import re
 import socket
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -105,16 +106,55 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+# CSV formula injection (OWASP): a spreadsheet evaluates a cell that starts with one of these. Text from
+# outside (a file name, a PatientID) is written with a leading single quote instead; numbers, and text
+# that is a plain number such as "-0.5", are written as they are.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _formula_like(text: str) -> bool:
+    core = text.lstrip("'")  # "'=x" is quoted too, so that reading strips exactly one quote back
+    return core.startswith(_FORMULA_START) and _PLAIN_NUMBER.fullmatch(core) is None
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` as a CSV cell a spreadsheet will not evaluate: text that a spreadsheet would take for a
+    formula gets a leading ``'``; anything else is returned unchanged. :func:`csv_text` undoes it."""
+    if isinstance(value, str) and _formula_like(value):
+        return "'" + value
+    return value
+
+
+def csv_text(cell: str) -> str:
+    """A cell written by :func:`csv_cell` back to the text it was made from (``'=x`` -> ``=x``); any other
+    cell, a hand-written one included, is returned unchanged."""
+    if cell.startswith("'") and _formula_like(cell[1:]):
+        return cell[1:]
+    return cell
+
+
+def csv_lines(rows: Iterable[Sequence[Any]]) -> str:
+    """``rows`` as CSV text (``\n`` line ends), each text cell neutralised by :func:`csv_cell`.
+
+    A row with a carriage return in a cell is written with every cell quoted: the csv module quotes only
+    the line terminator's characters, and a bare CR would end the row for the readers (a forged row)."""
+    buffer = io.StringIO()
+    plain = csv.writer(buffer, lineterminator="\n")
+    quoted = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    for row in rows:
+        cells = [csv_cell(value) for value in row]
+        (quoted if any(isinstance(c, str) and "\r" in c for c in cells) else plain).writerow(cells)
+    return buffer.getvalue()
+
+
 def atomic_write_csv(path: str | os.PathLike, columns: Sequence[str],
                      rows: Iterable[Sequence[Any] | Mapping[str, Any]]) -> Path:
     """Write a CSV with a header row; each row is a sequence in column order or a mapping by column name
-    (missing and None values are written empty)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([row.get(c) for c in columns] if isinstance(row, Mapping) else row)
-    return atomic_write_text(path, buffer.getvalue())
+    (missing and None values are written empty). Text cells are neutralised by :func:`csv_cell`."""
+    lines = csv_lines([columns, *([row.get(c) for c in columns] if isinstance(row, Mapping) else row
+                                  for row in rows)])
+    return atomic_write_text(path, lines)
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:

@@ -128,3 +128,55 @@ def test_worklist_lists_scored_instances_by_decreasing_probability_then_refused_
     # A second session on the same folder keeps the rows of the first.
     Processor(dicom_model, tmp_path).process(corpus["sc-8bit"])
     assert len(list(csv.DictReader(io.StringIO((tmp_path / "worklist.csv").read_text())))) == len(corpus)
+
+
+def test_worklist_csv_quotes_identifiers_a_spreadsheet_would_evaluate(grays, dicom_model, tmp_path):
+    import csv
+    import json
+
+    formula = "=cmd|' /C calc'!A0"
+    source = chest_dicoms.instance(chest_dicoms.study(formula, "+1+1"), chest_dicoms.CR, "CR", 1,
+                                   grays[0].astype("uint16") * 16, 12, ViewPosition="PA", BodyPartExamined="CHEST")
+    Processor(dicom_model, tmp_path).process(source, origin="@evil")
+    row = next(csv.DictReader((tmp_path / "worklist.csv").open(newline="")))
+    assert (row["patient_id"], row["accession_number"], row["origin"]) == ("'" + formula, "'+1+1", "'@evil")
+    assert 0 <= float(row["probability"]) <= 1
+    kept = json.loads((tmp_path / "worklist.json").read_text())["results"][0]  # JSON keeps the values as sent
+    assert (kept["patient_id"], kept["accession_number"]) == (formula, "+1+1")
+
+
+def test_every_sr_and_overlay_the_node_writes_passes_dciodvfy(corpus, grays, dicom_model, tmp_path):
+    """dicom3tools' validator checks each object against its IOD: no error (warnings are about the
+    private coding scheme and the empty identifiers of the anonymised source)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy not installed (apt-get install dicom3tools)")
+    anonymised = chest_dicoms.instance(chest_dicoms.study(), chest_dicoms.CR, "CR", 20, grays[0].astype("uint16") * 16,
+                                       12, ViewPosition="PA", BodyPartExamined="CHEST")
+    for keyword in ("PatientBirthDate", "PatientSex", "StudyID", "StudyTime"):
+        delattr(anonymised, keyword)
+    for keyword in ("StudyDate", "AccessionNumber", "PatientID", "PatientName"):
+        setattr(anonymised, keyword, "")
+    processor = Processor(dicom_model, tmp_path, overlay=True)
+    files = []
+    for source in [*(corpus[name] for name in chest_dicoms.GOOD), anonymised]:
+        outcome = processor.process(source)
+        assert outcome.scored, outcome.reason
+        files += [outcome.sr_file, outcome.overlay_file]
+    for file in files:
+        result = subprocess.run(["dciodvfy", "-new", file], capture_output=True, text=True, timeout=60)
+        errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+        assert errors == [], f"{file}: {errors}"
+
+
+def test_results_keep_the_source_character_set(grays, dicom_model, tmp_path):
+    source = chest_dicoms.instance(chest_dicoms.study(), chest_dicoms.CR, "CR", 1, grays[0].astype("uint16") * 16, 12,
+                                   ViewPosition="PA", BodyPartExamined="CHEST")
+    source.SpecificCharacterSet, source.PatientName = "ISO_IR 192", "Müller^Zoë"
+    received = pydicom.dcmread(io.BytesIO(chest_dicoms.encode(source)))  # as the node gets it: encoded
+    outcome = Processor(dicom_model, tmp_path, overlay=True).process(received)
+    for file in (outcome.sr_file, outcome.overlay_file):
+        result = pydicom.dcmread(file)
+        assert (result.SpecificCharacterSet, str(result.PatientName)) == ("ISO_IR 192", "Müller^Zoë")

@@ -35,6 +35,14 @@ def register(subparsers) -> None:
     listen.add_argument("--host", default="127.0.0.1",
                         help="address to listen on; 0.0.0.0 to accept a PACS on another machine")
     listen.add_argument("--forward", metavar="AET@HOST:PORT", help="send the results there with C-STORE")
+    limits = listen.add_argument_group("limits per peer (a sender over one is sent an A-ABORT)")
+    limits.add_argument("--max-pdu-kib", type=int, default=64, help="largest P-DATA PDU accepted (advertised)")
+    limits.add_argument("--max-dataset-mib", type=int, default=64, help="largest instance accepted")
+    limits.add_argument("--pdu-timeout", type=float, default=10.0,
+                        help="seconds a PDU (and the association request) may take to arrive once begun")
+    limits.add_argument("--idle-timeout", type=float, default=60.0, help="seconds an association may stay silent")
+    limits.add_argument("--max-associations", type=int, default=16, help="associations at once, all peers")
+    limits.add_argument("--max-per-peer", type=int, default=8, help="associations at once from one address")
 
     pull = add_command(
         commands, "pull", "Find chest radiographs on a DICOMweb server (QIDO-RS), fetch (WADO-RS) and score them.",
@@ -65,13 +73,17 @@ def _logging() -> None:
 
 def run_listen(args) -> int:
     from pneumoscan.dicom import Peer, Processor, StorageNode
+    from pneumoscan.dicom.limits import Limits
     from pneumoscan.dicom.node import check_ae_title
 
     forward = Peer.parse(args.forward) if args.forward else None
     check_ae_title(args.ae_title)
+    limits = Limits(max_pdu_bytes=args.max_pdu_kib * 1024, max_dataset_bytes=args.max_dataset_mib * 2**20,
+                    pdu_timeout=args.pdu_timeout, idle_timeout=args.idle_timeout,
+                    max_associations=args.max_associations, max_associations_per_peer=args.max_per_peer)
     _logging()
     processor = Processor(args.model, args.out, overlay=args.overlay, device=args.device)
-    node = StorageNode(processor, args.port, args.ae_title, host=args.host, forward=forward)
+    node = StorageNode(processor, args.port, args.ae_title, host=args.host, forward=forward, limits=limits)
     print(DISCLAIMER, file=sys.stderr)
     # SIGTERM (a service manager stopping the node) ends it like Ctrl-C: the queued results are sent first.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

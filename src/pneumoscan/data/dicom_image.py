@@ -82,13 +82,14 @@ def _decode(data: bytes, label: str) -> np.ndarray:
     ds = _dcmread(data, label)
     if "PixelData" not in ds:
         raise ImageReadError(f"{label}: DICOM has no pixel data (a report or structured document?)")
+    _check_codestream(ds, label)
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for unsupported transfer syntaxes
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         raise ImageReadError(
             f"{label}: cannot decode DICOM pixel data (transfer syntax {syntax}: {reason(exc)}); "
-            "compressed DICOMs may need 'pip install pylibjpeg pylibjpeg-libjpeg'"
+            "reinstall pneumoscan to get its decoders (pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg, pyjpegls)"
         ) from None
     if pixels.ndim == 3:  # RGB DICOM (secondary capture)
         return np.asarray(Image.fromarray(to_uint8(pixels)).convert("L"))
@@ -130,6 +131,75 @@ def _check_dicom_pixels(ds, label: str) -> None:
         )
     if frames > 1:
         raise ImageReadError(f"{label}: multi-frame DICOM ({frames} frames); a chest radiograph is a single frame")
+
+
+# The JPEG start-of-frame markers (ITU T.81 B.1.1.3; 0xC4, 0xC8 and 0xCC are not frames) and JPEG-LS's
+# SOF55 (0xF7); all say height and width at the same offsets.
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7})
+_J2K_SIZ = b"\xff\x4f\xff\x51"  # SOC then SIZ: a JPEG 2000 codestream's first two markers
+# JPEG (baseline, extended, lossless), JPEG-LS, JPEG 2000 and HTJ2K: a frame of these has a header.
+_HEADERED_SYNTAXES = frozenset({f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81, 90, 91, 92, 93, 201, 202, 203)})
+
+
+def codestream_size(frame: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) that a JPEG, JPEG-LS or JPEG 2000 frame declares in its own header
+    (SOF / SIZ marker), read without decoding anything; None when ``frame`` holds none of them."""
+    if frame[:2] == b"\xff\xd8":  # JPEG and JPEG-LS: walk the marker segments up to the frame header
+        offset = 2
+        while offset + 4 <= len(frame):
+            if frame[offset] != 0xFF:
+                return None
+            marker = frame[offset + 1]
+            if marker == 0xFF:  # fill byte
+                offset += 1
+                continue
+            if 0xD0 <= marker <= 0xD9 or marker == 0x01:  # markers without a length
+                offset += 2
+                continue
+            (length,) = struct.unpack_from(">H", frame, offset + 2)
+            if marker in _SOF_MARKERS:
+                if offset + 10 > len(frame):
+                    return None
+                height, width = struct.unpack_from(">HH", frame, offset + 5)
+                return width, height, frame[offset + 9]
+            offset += 2 + length
+        return None
+    start = frame.find(_J2K_SIZ, 0, 4096)  # a bare codestream, or one in JP2 boxes
+    if start < 0 or start + 42 > len(frame):
+        return None
+    xsiz, ysiz, xosiz, yosiz = struct.unpack_from(">IIII", frame, start + 8)
+    (components,) = struct.unpack_from(">H", frame, start + 40)
+    return xsiz - xosiz, ysiz - yosiz, components
+
+
+def _check_codestream(ds, label: str) -> None:
+    """Refuse, before any decoder runs, a compressed frame whose own header declares more pixels than
+    the limit or another size than Rows and Columns: a decoder allocates what the codestream says, and
+    a 1 kB JPEG 2000 frame can say 10000 x 10000."""
+    from pydicom.encaps import generate_frames
+
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or not syntax.is_encapsulated or syntax == "1.2.840.10008.1.2.5":  # RLE: no header
+        return
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except (StopIteration, ValueError) as exc:
+        raise ImageReadError(f"{label}: corrupt DICOM (no compressed frame in the pixel data: {reason(exc)})") from None
+    size = codestream_size(frame)
+    if size is None:
+        if syntax in _HEADERED_SYNTAXES:
+            raise ImageReadError(f"{label}: corrupt DICOM (the compressed frame has no JPEG frame header)")
+        return  # another compression: its decoder works from Rows and Columns
+    width, height, components = size
+    if width * height * max(components, 1) > MAX_PIXELS:
+        raise ImageReadError(
+            f"{label}: refused as a decompression bomb: the compressed frame declares {width}x{height} x "
+            f"{components} component(s), over the limit of {MAX_PIXELS:,} values (set PNEUMOSCAN_MAX_PIXELS "
+            "to raise it)")
+    if (width, height) != (int(ds.Columns), int(ds.Rows)):
+        raise ImageReadError(
+            f"{label}: corrupt DICOM: the compressed frame declares {width}x{height} pixels, the header "
+            f"{ds.Columns}x{ds.Rows} (Columns x Rows)")
 
 
 def is_deflated_dicom(data: bytes) -> bool:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from pneumoscan._io import atomic_write_csv
+from pneumoscan._io import atomic_write_csv, csv_text
 from pneumoscan.data.records import CLASS_NAMES, DataIndex, Sample, kermany_patient_id, split_name
 from pneumoscan.errors import DatasetError
 
@@ -102,7 +102,8 @@ def _rows(path: Path) -> list[tuple[int, dict[str, str]]]:
                     f"path,label[,patient_id][,split] (found: {','.join(fields) or 'nothing'})"
                 )
             reader.fieldnames = fields
-            return [(i + 2, {k: (v or "") for k, v in row.items() if k is not None}) for i, row in enumerate(reader)]
+            return [(i + 2, {k: csv_text(v or "") for k, v in row.items() if k is not None})
+                    for i, row in enumerate(reader)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"{path}: cannot read CSV ({exc}); check the file") from None
 

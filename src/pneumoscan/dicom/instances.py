@@ -6,7 +6,9 @@ radiographs are scored; anything else gets a reason, never a probability.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import re
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
@@ -18,6 +20,23 @@ CHEST_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray Image Storage - For Presentation",
     "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray Image Storage - For Processing",
     "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
+}
+# The transfer syntaxes a chest radiograph is accepted in: uncompressed, deflated and every compression a
+# CR/DX archive uses (decoded by pydicom with pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg and pyjpegls).
+CHEST_TRANSFER_SYNTAXES = {
+    "1.2.840.10008.1.2": "Implicit VR Little Endian",
+    "1.2.840.10008.1.2.1": "Explicit VR Little Endian",
+    "1.2.840.10008.1.2.1.99": "Deflated Explicit VR Little Endian",
+    "1.2.840.10008.1.2.2": "Explicit VR Big Endian (retired)",
+    "1.2.840.10008.1.2.4.50": "JPEG Baseline (Process 1)",
+    "1.2.840.10008.1.2.4.51": "JPEG Extended (Process 2 and 4)",
+    "1.2.840.10008.1.2.4.57": "JPEG Lossless, Non-Hierarchical (Process 14)",
+    "1.2.840.10008.1.2.4.70": "JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 14, SV1)",
+    "1.2.840.10008.1.2.4.80": "JPEG-LS Lossless",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS Lossy (Near-Lossless)",
+    "1.2.840.10008.1.2.4.90": "JPEG 2000 Image Compression (Lossless Only)",
+    "1.2.840.10008.1.2.4.91": "JPEG 2000 Image Compression",
+    "1.2.840.10008.1.2.5": "RLE Lossless",
 }
 MODALITIES = ("CR", "DX")
 FRONTAL_VIEWS = ("PA", "AP")
@@ -67,9 +86,45 @@ def refusal(ds: Dataset) -> str | None:
     return None
 
 
+# PS3.5 9.1: components of digits without leading zeros (a lone 0 allowed), joined by dots, <= 64 chars.
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+
+
+def is_valid_uid(value: object) -> bool:
+    """Whether ``value`` follows the UI grammar (digits and dots, at most 64 characters)."""
+    return isinstance(value, str) and len(value) <= 64 and _UID.fullmatch(value) is not None
+
+
+def file_stem(uid: object) -> str:
+    """A file name for an object named by ``uid``: the UID itself when it is a valid one, else
+    ``invalid-uid-`` and a hash of it. Whatever a sender puts in a UID (``..``, ``/``, a newline, NUL,
+    200 characters, nothing) never becomes a path."""
+    text = str(uid if uid is not None else "")
+    if is_valid_uid(text):
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"invalid-uid-{digest}"
+
+
+def shown_uid(uid: object) -> str:
+    """``uid`` for a log line or a message: as is when valid, else quoted with its control characters
+    escaped (a newline in a UID must not forge a second log line) and cut to 80 characters."""
+    text = str(uid if uid is not None else "")
+    if is_valid_uid(text):
+        return text
+    quoted = ascii(text)
+    return quoted if len(quoted) <= 80 else quoted[:77] + "..."
+
+
 def describe(ds: Dataset) -> str:
-    """A short name for logs and error messages: the SOP Instance UID."""
-    return f"instance {ds.get('SOPInstanceUID', '?')}"
+    """A short name for logs and error messages: the SOP Instance UID (escaped when it is not a UID)."""
+    uid = ds.get("SOPInstanceUID")
+    return f"instance {shown_uid(uid)}" if uid else "an instance without a SOP Instance UID"
+
+
+def printable(text: str) -> str:
+    """``text`` for a log line: as is when printable, else quoted with its control characters escaped."""
+    return text if text.isprintable() else ascii(text)
 
 
 def encode(ds: Dataset) -> bytes:

@@ -16,6 +16,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from pneumoscan.dicom.instances import CHEST_SOP_CLASSES, CHEST_TRANSFER_SYNTAXES, printable
+from pneumoscan.dicom.limits import Limits, bounded_server_class
 from pneumoscan.dicom.processing import Processor
 from pneumoscan.errors import ConfigError, OutputError
 
@@ -140,18 +142,28 @@ class StorageNode:
     scores the chest radiographs through ``processor`` and forwards the results to ``forward``.
 
     ``start()`` returns once the port is listening; ``stop()`` closes it and sends what is queued.
+    ``limits`` bounds what each peer may cost (:class:`~pneumoscan.dicom.limits.Limits`).
     """
 
     def __init__(self, processor: Processor, port: int, ae_title: str = "PNEUMOSCAN", host: str = "127.0.0.1",
-                 forward: Peer | None = None, max_associations: int = 16, retries: int = 3) -> None:
+                 forward: Peer | None = None, retries: int = 3, limits: Limits | None = None) -> None:
         from pynetdicom import AE, AllStoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification
 
         self.processor = processor
         self.host, self.port, self.ae_title = host, port, check_ae_title(ae_title)
         self.ae = AE(ae_title=self.ae_title)
-        self.ae.maximum_associations = max_associations
-        self.ae.supported_contexts = AllStoragePresentationContexts
+        self.limits = limits or Limits()
+        self.ae.maximum_associations = self.limits.max_associations
+        self.ae.maximum_pdu_size = self.limits.max_pdu_bytes
+        self.ae.network_timeout = self.limits.idle_timeout
+        self.ae.acse_timeout = self.limits.pdu_timeout
+        # Every storage class in the default syntaxes (so that nothing a PACS sends fails negotiation), the
+        # chest radiograph classes in the compressed ones too.
+        self.ae.supported_contexts = [c for c in AllStoragePresentationContexts
+                                      if c.abstract_syntax not in CHEST_SOP_CLASSES]
+        for sop_class in CHEST_SOP_CLASSES:
+            self.ae.add_supported_context(sop_class, list(CHEST_TRANSFER_SYNTAXES))
         self.ae.add_supported_context(Verification)
         self._handlers = [(evt.EVT_C_STORE, self._on_store)]
         self.forwarder = Forwarder(forward, self.ae_title, retries) if forward else None
@@ -161,9 +173,12 @@ class StorageNode:
 
     def start(self) -> StorageNode:
         try:
-            self._server = self.ae.start_server((self.host, self.port), block=False, evt_handlers=self._handlers)
+            self._server = self.ae.make_server((self.host, self.port), evt_handlers=self._handlers,
+                                               server_class=bounded_server_class(self.limits))
         except OSError as exc:
             raise ConfigError(f"--port {self.port}: cannot listen on {self.host}:{self.port} ({exc.strerror or exc})") from None
+        self.ae._servers.append(self._server)  # as start_server does: the AE shuts it down with the others
+        threading.Thread(target=self._server.serve_forever, name="pneumoscan-dicom-server", daemon=True).start()
         log.info("listening as %s on %s:%d%s", self.ae_title, self.host, self.port,
                  f", results forwarded to {self.forwarder.peer}" if self.forwarder else "")
         return self
@@ -194,7 +209,7 @@ class StorageNode:
         with self._count_lock:
             self.received += 1
         calling = event.assoc.requestor.ae_title
-        origin = f"{calling}@{event.assoc.requestor.address}"
+        origin = printable(f"{calling}@{event.assoc.requestor.address}")
         try:
             data = event.encoded_dataset()
             ds = event.dataset

@@ -7,8 +7,6 @@ decoded by the same :func:`~pneumoscan.data.read_image` as ``predict`` and score
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -20,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from pneumoscan._io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from pneumoscan._io import atomic_write_bytes, atomic_write_csv, atomic_write_text, ensure_writable_dir
 from pneumoscan.dicom import instances, results
-from pneumoscan.errors import ImageReadError
+from pneumoscan.errors import ImageReadError, OutputError, reason
 from pneumoscan.provenance import DISCLAIMER
 
 log = logging.getLogger("pneumoscan.dicom")
@@ -108,23 +106,47 @@ class Processor:
             except ImageReadError as exc:
                 outcome.reason = str(exc).removeprefix(f"{name}: ")
         if outcome.reason is not None:
-            log.warning("refused %s (from %s): %s", name, origin or "?", outcome.reason)
+            log.warning("refused %s (from %s): %s", name, instances.printable(origin or "?"),
+                        instances.printable(outcome.reason))
             self.worklist.add(outcome)
             return outcome
         prediction = self.classifier.prediction(name, probability)
         outcome.probability, outcome.label, outcome.threshold = prediction.probability, prediction.label, prediction.threshold
         outcome.flags = sorted(k for k, v in (self.meta.operating_points or {}).items() if probability >= float(v))
-        sr = results.structured_report(ds, prediction, self.meta)
-        uid = outcome.ids.sop_instance_uid
-        outcome.sr_file = str(atomic_write_bytes(self.out / "sr" / f"{uid}.dcm", results.encode(sr)))
+        try:
+            sr = results.structured_report(ds, prediction, self.meta)
+            image = (results.overlay_image(ds, self._heatmap(pixels), prediction, self.meta)
+                     if self._explainable is not None else None)
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            # highdicom checks every attribute it copies: a header it refuses gets a reason, not a crash.
+            outcome.probability = outcome.label = outcome.threshold = None
+            outcome.flags = []
+            outcome.reason = f"cannot make the result objects from this header ({reason(exc)})"
+            log.warning("refused %s (from %s): %s", name, instances.printable(origin or "?"),
+                        instances.printable(outcome.reason))
+            self.worklist.add(outcome)
+            return outcome
+        stem = instances.file_stem(outcome.ids.sop_instance_uid)
+        outcome.sr_file = str(atomic_write_bytes(self._inside("sr", f"{stem}.dcm"), results.encode(sr)))
         outcome.derived.append(sr)
-        if self._explainable is not None:
-            image = results.overlay_image(ds, self._heatmap(pixels), prediction, self.meta)
-            outcome.overlay_file = str(atomic_write_bytes(self.out / "overlay" / f"{uid}.dcm", results.encode(image)))
+        if image is not None:
+            outcome.overlay_file = str(atomic_write_bytes(self._inside("overlay", f"{stem}.dcm"),
+                                                          results.encode(image)))
             outcome.derived.append(image)
-        log.info("scored %s (from %s): p(pneumonia) %.4f, %s", name, origin or "?", probability, prediction.label)
+        log.info("scored %s (from %s): p(pneumonia) %.4f, %s", name, instances.printable(origin or "?"), probability,
+                 prediction.label)
         self.worklist.add(outcome)
         return outcome
+
+    def _inside(self, folder: str, name: str) -> Path:
+        """``out/folder/name``, checked to resolve inside ``out`` (a linked folder pointing elsewhere, or a
+        name that is not a plain file name, is an :class:`OutputError`, never a write elsewhere)."""
+        path = self.out / folder / name
+        root = self.out.resolve()
+        if Path(name).name != name or not path.resolve().is_relative_to(root):
+            raise OutputError(f"{path}: refused: the result would be written outside {root}; "
+                              f"remove links under {self.out} or choose another --out")
+        return path
 
     def _score(self, data: bytes, name: str) -> tuple[np.ndarray, float]:
         image = self.classifier.preprocess(data, name=name)
@@ -170,11 +192,7 @@ class Worklist:
         with self._lock:
             self._rows[self._key(row)] = row
             rows = self.rows()
-            buffer = io.StringIO()
-            writer = csv.DictWriter(buffer, fieldnames=WORKLIST_COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-            atomic_write_text(self.out / "worklist.csv", buffer.getvalue())
+            atomic_write_csv(self.out / "worklist.csv", WORKLIST_COLUMNS, rows)
             atomic_write_text(self.out / "worklist.json",
                               json.dumps({"disclaimer": DISCLAIMER, "results": rows}, indent=1) + "\n")
 

@@ -71,8 +71,9 @@ def structured_report(source: Dataset, prediction: Prediction, meta) -> Dataset:
         hd.sr.ImageContentItem(SOURCE, source.SOPClassUID, source.SOPInstanceUID, relationship_type=relation),
     ])
     study = source.StudyInstanceUID
+    header = _header(source)
     sr = hd.sr.ComprehensiveSR(
-        evidence=[_header(source)],
+        evidence=[header],
         content=root,
         series_instance_uid=_uid("sr-series", study, *_model_identity(meta)),
         series_number=SR_SERIES_NUMBER,
@@ -116,6 +117,8 @@ def overlay_image(source: Dataset, rgb: np.ndarray, prediction: Prediction, meta
         transfer_syntax_uid="1.2.840.10008.1.2.1",
     )
     image.SeriesDescription = OVERLAY_DESCRIPTION
+    # An unpaired body part: no Laterality needed (General Series, type 2C). Only chests are scored.
+    image.BodyPartExamined = str(source.get("BodyPartExamined") or "CHEST")
     image.BurnedInAnnotation = "YES"
     image.ImageComments = DISCLAIMER
     ref = Dataset()
@@ -143,13 +146,23 @@ def _version(meta) -> str:
 _KEPT_GROUPS = frozenset({0x0008, 0x0010, 0x0012, 0x0020, 0x0032, 0x0038})
 
 
+# Type 2 attributes of the patient and general study modules: an anonymiser empties or removes them, and
+# highdicom reads each one. A missing one is written empty, as the standard allows for type 2.
+_TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+           "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
 def _header(source: Dataset) -> Dataset:
-    """The identification attributes of ``source``. highdicom deep-copies its evidence: a copy of the
-    whole header (or of a 30 MB pixel array) per result would cost more than the scoring."""
+    """The identification attributes of ``source``, the type 2 ones it lacks added empty. highdicom
+    deep-copies its evidence: a copy of the whole header (or of a 30 MB pixel array) per result would
+    cost more than the scoring."""
     header = Dataset()
     for element in source:
         if element.tag.group in _KEPT_GROUPS:
             header.add(element)
+    for keyword in _TYPE_2:
+        if keyword not in header:
+            setattr(header, keyword, None)
     return header
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumoscan._io import csv_text
 from pneumoscan.errors import DatasetError
 from pneumoscan.evaluation.config import EvaluateConfig
 from pneumoscan.evaluation.operating import OPERATING_POINTS, POINT_NAMES, choose_operating_points
@@ -122,6 +123,6 @@ def run_split(member: Member) -> list | None:
 def read_csv(path: Path) -> list[dict[str, str]]:
     try:
         with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:  # non-UTF-8 names
-            return list(csv.DictReader(fh))
+            return [{k: csv_text(v) if isinstance(v, str) else v for k, v in row.items()} for row in csv.DictReader(fh)]
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read ({exc.strerror})") from None

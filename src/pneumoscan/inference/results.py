@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pneumoscan._io import _output_error, atomic_write, atomic_write_text
+from pneumoscan._io import _output_error, atomic_write, atomic_write_text, csv_lines, csv_text
 from pneumoscan.data.dicom_ids import DICOM_ID_COLUMNS
 from pneumoscan.errors import ConfigError
 from pneumoscan.provenance import DISCLAIMER
@@ -172,9 +171,7 @@ class ResultsWriter:
     def _encode(self, rows: list[dict[str, Any]]) -> bytes:
         if self.format == ".jsonl":
             return "".join(json.dumps(row) + "\n" for row in rows).encode()
-        buffer = io.StringIO()
-        csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n").writerows(rows)
-        return buffer.getvalue().encode("utf-8", "surrogateescape")
+        return csv_lines([row.get(c) for c in COLUMNS] for row in rows).encode("utf-8", "surrogateescape")
 
     # --- parquet: a folder of part files ---
 
@@ -265,7 +262,7 @@ def _checked(row: Any, path: Path, number: int) -> dict[str, Any]:
 
 
 def _typed(row: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {k: (v if v != "" else None) for k, v in row.items()}
+    out: dict[str, Any] = {k: (csv_text(v) if v != "" else None) for k, v in row.items()}
     for name in _FLOATS:
         out[name] = float(out[name]) if out[name] is not None else None
     for name in _INTS:
@@ -285,15 +282,13 @@ def write_worklist(results: str | os.PathLike, out: str | os.PathLike, operating
     rows.sort(key=lambda r: (r["probability"] is None, -(r["probability"] or 0.0), r["file"]))
     flags = [f"at_{name}" for name in operating_points]
     columns = ["rank", "probability", "label", *flags, *DICOM_ID_COLUMNS, "file", "error"]
-    buffer = io.StringIO()
-    buffer.write(f"# {DISCLAIMER}\n")
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
+    table = [columns]
     for rank, row in enumerate(rows, 1):
         p = row["probability"]
         marks = {f"at_{name}": ("" if p is None else "yes" if p >= t else "no") for name, t in operating_points.items()}
-        writer.writerow({**row, **marks, "rank": rank if p is not None else ""})
-    return atomic_write_text(out, buffer.getvalue())
+        cells = {**row, **marks, "rank": rank if p is not None else ""}
+        table.append([cells.get(c) for c in columns])
+    return atomic_write_text(out, f"# {DISCLAIMER}\n" + csv_lines(table))
 
 
 def rows_of(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumoscan._io import csv_text
 from pneumoscan.data.dicom_ids import DICOM_ID_COLUMNS, read_dicom_identifiers
 from pneumoscan.data.image import read_image
 from pneumoscan.data.radiograph import check_radiograph
@@ -102,7 +103,7 @@ def _manifest_paths(manifest: Path) -> Iterator[str]:
         if "path" not in (reader.fieldnames or []):
             raise ConfigError(f"{manifest}: no 'path' column (has {', '.join(reader.fieldnames or []) or 'nothing'}); "
                               "a manifest lists one file per row under 'path'")
-        yield from (str(base / row["path"]) for row in reader if row.get("path"))
+        yield from (str(base / csv_text(row["path"])) for row in reader if row.get("path"))
 
 
 def decode_file(path: str, image_size: int, fit: str) -> tuple[np.ndarray | None, str | None, dict[str, str | None]]:

@@ -1,0 +1,95 @@
+"""Compressed DICOM frames are checked against the pixel limit and against Rows and Columns from their
+own header (JPEG SOF, JPEG 2000 SIZ) before any decoder runs: a tiny frame can declare a huge image."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom.encaps import encapsulate
+
+from helpers import chest_dicoms
+from pneumoscan.data import read_image
+from pneumoscan.data.dicom_image import codestream_size
+from pneumoscan.errors import ImageReadError
+
+J2K_LOSSLESS, JPEG_BASELINE = "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.50"
+
+
+def _pixels() -> np.ndarray:
+    return (np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8)
+
+
+def _j2k(width: int = 64, height: int = 64) -> bytes:
+    from openjpeg import encode
+
+    frame = bytearray(encode(_pixels(), codec_format=0))  # a bare codestream (J2K, not JP2)
+    siz = frame.find(b"\xff\x4f\xff\x51")
+    struct.pack_into(">II", frame, siz + 8, width, height)  # Xsiz, Ysiz (offsets are 0)
+    return bytes(frame)
+
+
+def _jpeg(width: int = 64, height: int = 64) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(_pixels()).save(buffer, "JPEG", quality=90)
+    frame = bytearray(buffer.getvalue())
+    sof = frame.find(b"\xff\xc0")
+    struct.pack_into(">HH", frame, sof + 5, height, width)
+    return bytes(frame)
+
+
+def _dicom(frame: bytes, syntax: str, rows: int = 64, columns: int = 64) -> bytes:
+    ds = chest_dicoms.instance(chest_dicoms.study(), chest_dicoms.CR, "CR", 1, _pixels(), 8,
+                               ViewPosition="PA", BodyPartExamined="CHEST")
+    ds.Rows, ds.Columns = rows, columns
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    return chest_dicoms.encode(ds)
+
+
+@pytest.fixture
+def no_decoder(monkeypatch):
+    """Any decoder run fails the test: the refusals must come from the headers alone."""
+    import pydicom.dataset
+
+    def decoded(self):
+        raise AssertionError("the pixel data was decoded")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(decoded))
+
+
+def test_the_frame_headers_are_read_without_decoding():
+    assert codestream_size(_j2k()) == (64, 64, 1)
+    assert codestream_size(_jpeg(300, 200)) == (300, 200, 1)
+    assert codestream_size(b"\x00" * 100) is None
+
+
+def test_compressed_frames_that_match_their_header_decode():
+    assert read_image(_dicom(_j2k(), J2K_LOSSLESS), size=32).shape == (32, 32)
+    assert read_image(_dicom(_jpeg(), JPEG_BASELINE), size=32).shape == (32, 32)
+
+
+@pytest.mark.parametrize("make, syntax, side", [(_j2k, J2K_LOSSLESS, 10000), (_jpeg, JPEG_BASELINE, 11000)],
+                         ids=["jpeg-2000", "jpeg"])
+def test_a_tiny_frame_declaring_a_huge_image_is_refused_before_decoding(make, syntax, side, no_decoder):
+    frame, declared = make(side, side), f"{side}x{side}"
+    assert len(frame) < 5000
+    with pytest.raises(ImageReadError, match=f"decompression bomb: the compressed frame declares {declared}"):
+        read_image(_dicom(frame, syntax), size=64)
+
+
+@pytest.mark.parametrize("make, syntax, size", [(_j2k, J2K_LOSSLESS, (128, 64)), (_jpeg, JPEG_BASELINE, (64, 32))],
+                         ids=["jpeg-2000", "jpeg"])
+def test_a_frame_whose_size_differs_from_rows_and_columns_is_refused_before_decoding(make, syntax, size, no_decoder):
+    frame = make(*size)
+    with pytest.raises(ImageReadError, match="the compressed frame declares .* the header 64x64"):
+        read_image(_dicom(frame, syntax), size=64)
+
+
+def test_a_jpeg_frame_without_a_frame_header_is_refused(no_decoder):
+    with pytest.raises(ImageReadError, match="no JPEG frame header"):
+        read_image(_dicom(b"\xff\xd8\xff\xd9", JPEG_BASELINE), size=64)
