@@ -103,7 +103,12 @@ def register(subparsers) -> None:
 
 def _add_workers(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: the CPU cores)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (drawn only on a terminal anyway)")
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """A bar on a terminal only: in a log or a pipe it is noise."""
+    return not args.no_progress and sys.stderr.isatty()
 
 
 def _root(args: argparse.Namespace):
@@ -116,7 +121,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from pneumoscan.data.inspect import HASH_DISTANCE, format_table, inspect_dataset
 
     distance = HASH_DISTANCE if args.hash_distance is None else args.hash_distance
-    report = inspect_dataset(_root(args), args.out, distance, args.workers, not args.no_progress)
+    report = inspect_dataset(_root(args), args.out, distance, args.workers, _progress(args))
     print(format_table(report.summary))
     print("\nwrote " + ", ".join(str(p) for p in report.files.values()))
     return 0
@@ -125,7 +130,7 @@ def _inspect(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from pneumoscan.data.validate import validate_dataset
 
-    report = validate_dataset(_root(args), args.workers, not args.no_progress)
+    report = validate_dataset(_root(args), args.workers, _progress(args))
     for path, reason in report.bad:
         print(f"BAD  {path}: {reason}")
     for note in report.notes:
@@ -151,7 +156,7 @@ def _cache(args: argparse.Namespace) -> int:
     from pneumoscan.data import build_cache, load_dataset
 
     index = load_dataset(_root(args))
-    cache = build_cache(index.samples, args.size, args.fit, args.folder, args.workers, not args.no_progress)
+    cache = build_cache(index.samples, args.size, args.fit, args.folder, args.workers, _progress(args))
     for path, reason in cache.failures:
         print(f"skipped {reason if reason.startswith(path) else f'{path}: {reason}'}", file=sys.stderr)
     state = "reused" if cache.reused else "built"

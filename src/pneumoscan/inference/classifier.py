@@ -24,9 +24,6 @@ ImageInput = str | os.PathLike | bytes | Any
 # One of those, or an iterable of them: see Classifier.predict.
 Sources = ImageInput | Iterable[ImageInput]
 
-# Above this many files, predict() shows a progress bar (on stderr) unless told otherwise.
-PROGRESS_MIN_FILES = 50
-
 
 @dataclass(frozen=True)
 class Prediction:
@@ -123,19 +120,17 @@ class Classifier:
             return np.zeros((0, 1, self.image_size, self.image_size), np.float32)
         return np.stack([self.preprocess(x, name=name) for name, x in items])
 
-    def predict(self, sources: Sources, batch_size: int = 32, progress: bool | None = None) -> list[Prediction]:
+    def predict(self, sources: Sources, batch_size: int = 32, progress: bool = False) -> list[Prediction]:
         """Score images in batches, one row per image in the order given.
 
         ``sources``: a path (``str`` or ``Path``: a file, a folder searched recursively, or a glob), a
         file's bytes, a PIL image, a numpy array or torch tensor (one image or a batch, as for
         :meth:`predict_proba`), or a list of any of these. A single path is one image, never a list of
         characters. A file that cannot be read, or is not a radiograph, gets a row with ``error`` and
-        the rest are scored. ``progress`` shows a bar; ``None`` shows it for more than
-        ``PROGRESS_MIN_FILES`` images.
+        the rest are scored. ``progress=True`` draws a bar on stderr; a library
+        prints nothing unless asked (the command line asks, on a terminal).
         """
         items = _items(sources)
-        if progress is None:
-            progress = len(items) > PROGRESS_MIN_FILES
         results: list[Prediction | None] = [None] * len(items)
         pending: list[tuple[int, str, np.ndarray]] = []
 
