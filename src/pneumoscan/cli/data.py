@@ -7,14 +7,7 @@ import sys
 
 from pneumoscan.cli.commands import HelpFormatter, add_command
 
-
-class _Formatter(HelpFormatter):
-    """Shows a default only when it says something: no "(default: None)" after our own wording."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
+_Formatter = HelpFormatter
 
 
 _ROOT_HELP = "dataset: class folders, RSNA folder or labels CSV, CSV manifest or MedMNIST .npz (default: the default data)"
