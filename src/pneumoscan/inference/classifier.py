@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,24 +17,14 @@ import numpy as np
 from pneumoscan.data.image import read_image, read_pixels
 from pneumoscan.data.radiograph import check_radiograph, check_radiograph_pixels
 from pneumoscan.errors import ImageReadError
+from pneumoscan.inference.inputs import Prediction, expand_inputs
+
+__all__ = ["Classifier", "ImageInput", "Prediction", "Sources"]
 
 # A path, a file's bytes, a PIL image, or pixels (numpy array, torch tensor): see Classifier.preprocess.
 ImageInput = str | os.PathLike | bytes | Any
 # One of those, or an iterable of them: see Classifier.predict.
 Sources = ImageInput | Iterable[ImageInput]
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One image's result; ``error`` is set (and the rest empty) when the file could not be read."""
-
-    source: str
-    probability: float | None
-    label: str | None
-    threshold: float
-    model: str
-    version: str
-    error: str | None = None
 
 
 class Classifier:
@@ -214,8 +203,6 @@ def _ambiguous(name: str, shape) -> str:
 def _items(sources) -> list[tuple[str, object]]:
     """What :meth:`Classifier.predict` was given, as (name, image) pairs: paths expanded as the CLI
     expands them (folders, globs), arrays split into images, bytes and PIL images named by position."""
-    from pneumoscan.inference.inputs import expand_inputs
-
     def one(value, label: str) -> list[tuple[str, object]]:
         if isinstance(value, str | os.PathLike):
             return [(f, f) for f in expand_inputs([value])]
