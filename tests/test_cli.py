@@ -1,3 +1,6 @@
+import argparse
+import re
+
 import pytest
 
 from pneumoscan.cli import build_parser, main
@@ -74,3 +77,38 @@ def test_the_command_line_exits_with_the_commands_status(synthetic_dataset):
             for argv in (validate, [*validate, "--strict"], [sys.executable, "-m", "pneumoscan"])]
     assert [r.returncode for r in runs] == [0, 1, 2], [r.stderr[-500:] for r in runs]
     assert "IM-0003-0001.png: empty file" in runs[1].stdout
+
+
+def _parsers():
+    """Every parser of the command line: the top level, each command, each group and its commands."""
+    parser = build_parser()
+    todo, found = [("pneumoscan", parser)], []
+    while todo:
+        name, current = todo.pop()
+        found.append((name, current))
+        for action in current._actions:
+            if action.__class__.__name__ == "_SubParsersAction":
+                todo += [(f"{name} {sub}", p) for sub, p in action.choices.items()]
+    return found
+
+
+@pytest.mark.parametrize(("name", "parser"), _parsers(), ids=[n for n, _ in _parsers()])
+def test_every_option_has_one_help_text_with_at_most_one_default(name, parser):
+    for action in parser._actions:
+        if not action.option_strings or action.help == "==SUPPRESS==" or "-h" in action.option_strings:
+            continue
+        text = parser._get_formatter()._expand_help(action) if action.help is not None else ""
+        assert text.strip(), f"{name} {action.option_strings[0]}: no help text"
+        assert text.count("(default") <= 1, f"{name} {action.option_strings[0]}: {text}"
+        # A --flag/--no-flag pair says which is on; a lone flag's True or False, or None, says nothing.
+        meaningless = r"\(default: None\)" if isinstance(action, argparse.BooleanOptionalAction) \
+            else r"\(default: (True|False|None)\)"
+        assert not re.search(meaningless, text), f"{name} {action.option_strings[0]}: {text}"
+
+
+@pytest.mark.parametrize("group", ["data", "dicom"])
+def test_every_command_group_help_ends_with_an_example(group, capsys):
+    with pytest.raises(SystemExit):
+        main([group, "--help"])
+    out = capsys.readouterr().out
+    assert "example:" in out and f"pneumoscan {group} " in out.split("example:")[1]

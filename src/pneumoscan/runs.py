@@ -11,7 +11,7 @@ Every stage asks this module rather than spelling a file name itself. A run fold
     logs/csv, logs/tensorboard
     history.csv          one row per epoch: wall seconds, lr, loss / accuracy / AUC for train and val
     curves.png           loss, accuracy and AUC per epoch
-    model.safetensors    the best weights with threshold and operating points chosen on validation
+    model.safetensors    the best weights with the stored threshold (balanced 0.5 by default) and the operating points chosen on validation
     model.json           the same metadata, for people
     val_predictions.csv  path,patient_id,label,probability of the best weights on validation
     export/              model.onnx, model_card.json, model_card.md (`pneumoscan export`)

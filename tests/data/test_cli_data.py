@@ -81,3 +81,11 @@ def _csv(folder, text: str):
     save(folder / "x.png", np.zeros((8, 8), np.uint8))
     (folder / "m.csv").write_text(text)
     return folder / "m.csv"
+
+
+@pytest.mark.parametrize("command", ["inspect", "validate", "cache"])
+def test_no_progress_bar_when_stderr_is_not_a_terminal(command, synthetic_dataset, tmp_path, capsys, no_figures):
+    extra = {"inspect": ["--out", str(tmp_path / "r")], "cache": ["--folder", str(tmp_path / "c")]}.get(command, [])
+    assert main(["data", command, str(synthetic_dataset), "--workers", "1", *extra]) == 0
+    err = capsys.readouterr().err
+    assert "img/s" not in err and "\r" not in err and "%|" not in err, err

@@ -187,3 +187,10 @@ def test_a_channel_first_grey_image_is_one_image(model, pixels, from_file):
         rows = model.predict(given)
         assert len(rows) == 1 and rows[0].probability == pytest.approx(from_file.probability, abs=TOLERANCE)
         assert model.predict_proba(given).shape == (1,)
+
+
+def test_the_python_api_never_draws_a_progress_bar(model, image_file, capfd):
+    assert len(model.predict([image_file] * 60)) == 60
+    assert len(model.predict([image_file.read_bytes()] * 60)) == 60
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == "", captured

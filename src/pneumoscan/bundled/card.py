@@ -21,8 +21,9 @@ TRAINING_DATA = {
     "population": "paediatric (1-5 years) anterior-posterior chest radiographs from one centre "
                   "(Guangzhou Women and Children's Medical Center), graded by two physicians",
     "images": "the official training folder, re-published at 224x224 (stretched to a square)",
-    "split": "by patient: 10 % of each class's patients held out for validation (threshold and checkpoint "
-             "choice); the official test half is never trained on or used to choose anything",
+    "split": "by patient: 10 % of each class's patients held out for validation (checkpoint choice and the "
+             "temperature; the threshold is the class-balanced 0.5, which no image chooses); the official test "
+             "half is never trained on or used to choose anything",
 }
 SCOPE = (
     "Research only. Out of scope: any clinical use; adults; lateral, PA or other views; other hospitals "

@@ -7,7 +7,15 @@ import argparse
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the examples' line breaks and shows defaults."""
+    """Keeps the examples' line breaks and shows a default only when it says something: never after a
+    help text that names its own default, never "(default: None)" or a flag's "(default: True)"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if ("(default" in text or action.default is None or isinstance(action.default, bool)
+                or action.default is argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def add_command(subparsers, name: str, help: str, example: str, func) -> argparse.ArgumentParser:

@@ -7,14 +7,7 @@ import sys
 
 from pneumoscan.cli.commands import HelpFormatter, add_command
 
-
-class _Formatter(HelpFormatter):
-    """Shows a default only when it says something: no "(default: None)" after our own wording."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
+_Formatter = HelpFormatter
 
 
 _ROOT_HELP = "dataset: class folders, RSNA folder or labels CSV, CSV manifest or MedMNIST .npz (default: the default data)"
@@ -103,7 +96,12 @@ def register(subparsers) -> None:
 
 def _add_workers(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: the CPU cores)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (drawn only on a terminal anyway)")
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """A bar on a terminal only: in a log or a pipe it is noise."""
+    return not args.no_progress and sys.stderr.isatty()
 
 
 def _root(args: argparse.Namespace):
@@ -116,7 +114,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from pneumoscan.data.inspect import HASH_DISTANCE, format_table, inspect_dataset
 
     distance = HASH_DISTANCE if args.hash_distance is None else args.hash_distance
-    report = inspect_dataset(_root(args), args.out, distance, args.workers, not args.no_progress)
+    report = inspect_dataset(_root(args), args.out, distance, args.workers, _progress(args))
     print(format_table(report.summary))
     print("\nwrote " + ", ".join(str(p) for p in report.files.values()))
     return 0
@@ -125,7 +123,7 @@ def _inspect(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from pneumoscan.data.validate import validate_dataset
 
-    report = validate_dataset(_root(args), args.workers, not args.no_progress)
+    report = validate_dataset(_root(args), args.workers, _progress(args))
     for path, reason in report.bad:
         print(f"BAD  {path}: {reason}")
     for note in report.notes:
@@ -151,7 +149,7 @@ def _cache(args: argparse.Namespace) -> int:
     from pneumoscan.data import build_cache, load_dataset
 
     index = load_dataset(_root(args))
-    cache = build_cache(index.samples, args.size, args.fit, args.folder, args.workers, not args.no_progress)
+    cache = build_cache(index.samples, args.size, args.fit, args.folder, args.workers, _progress(args))
     for path, reason in cache.failures:
         print(f"skipped {reason if reason.startswith(path) else f'{path}: {reason}'}", file=sys.stderr)
     state = "reused" if cache.reused else "built"

@@ -19,6 +19,7 @@ def register(subparsers) -> None:
         description="Score chest radiographs as a DICOM node or from a DICOMweb server; results are DICOM "
                     "Comprehensive SRs (and Grad-CAM Secondary Captures) in the source's study, plus "
                     "worklist.csv sorted by probability.\n\n" + DISCLAIMER,
+        epilog="example:\n  pneumoscan dicom listen runs/latest --port 11112 --ae-title PNEUMOSCAN --out dicom-out",
         formatter_class=HelpFormatter,
     )
     commands = group.add_subparsers(title="commands", metavar="COMMAND")

@@ -13,14 +13,16 @@ def register(subparsers) -> None:
     ev = add_command(
         subparsers, "evaluate",
         "Evaluate a run (or an ensemble of runs) on a split: metrics with patient-bootstrap 95% CIs, "
-        "operating points chosen on validation, calibration, plots; writes report.html/.json/.md.",
+        "the threshold stored at training (by default the class-balanced 0.5) and operating points chosen on "
+        "validation, calibration, plots; writes report.html/.json/.md.",
         "pneumoscan evaluate runs/latest --data ~/data/chest_xray --split test --tta",
         _evaluate,
     )
     ev.add_argument("models", nargs="+", metavar="RUN_OR_MODEL",
                     help="run folder or model file; several are evaluated as an ensemble (mean probability)")
     ev.add_argument("--data", default=SUPPRESS, help="dataset folder or CSV manifest (default: the run's split.csv, whose "
-                    "test split is the patients training held out; else the default data)")
+                    "test split is the data's own test split, such as the official Kermany test images, or for "
+                    "data without one the 10 %% of patients training held out; else the default data)")
     ev.add_argument("--split", default=SUPPRESS, help="split to evaluate: train, val, test or all (default: test)")
     ev.add_argument("--bootstrap", type=int, default=SUPPRESS, metavar="N", help="bootstrap resamples (default: 1000)")
     ev.add_argument("--seed", type=int, default=SUPPRESS, help="bootstrap seed (default: 0)")

@@ -9,6 +9,9 @@ import sys
 
 from pneumoscan.provenance import DISCLAIMER
 
+# Above this many files, predict draws a progress bar on a terminal unless told otherwise.
+PROGRESS_MIN_FILES = 50
+
 
 def register(subparsers) -> None:
     """Add ``predict``, ``explain`` and ``export``."""
@@ -34,8 +37,8 @@ def register(subparsers) -> None:
                               "run's model, else PyTorch")
     bar = predict.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
-                     help="always show a progress bar (default: for more than 50 files; with a streamed --out, "
-                          "a bar on a terminal and a rate line every 10 s elsewhere)")
+                     help="always show a progress bar (default: on a terminal, for more than 50 files; with a "
+                          "streamed --out, a bar on a terminal and a rate line every 10 s elsewhere)")
     bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
     predict.add_argument("--quiet", action="store_true", help="do not print the table (only the summary); "
                          "with --out only the rows that could not be scored are printed")
@@ -110,7 +113,8 @@ def run_predict(args) -> int:
     files = expand_inputs(paths)
     if not files:
         raise ConfigError(f"no image files found in {' '.join(paths)}")
-    rows = classifier.predict(files, batch_size=args.batch_size, progress=args.progress)
+    progress = args.progress if args.progress is not None else len(files) > PROGRESS_MIN_FILES and sys.stderr.isatty()
+    rows = classifier.predict(files, batch_size=args.batch_size, progress=progress)
     # With --out the results are in the file: a 5,000-row echo helps nobody, but the rows that could not
     # be scored still show, with their reason.
     shown = [row for row in rows if row.error] if args.out else rows

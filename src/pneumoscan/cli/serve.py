@@ -25,7 +25,7 @@ def register(subparsers) -> None:
                          help="model.onnx, a run folder, or a .safetensors/.ckpt file (default: the bundled model)")
     command.add_argument("--host", default=defaults.host,
                          help="address to listen on; anything but loopback exposes an unauthenticated service")
-    command.add_argument("--port", type=int, default=defaults.port)
+    command.add_argument("--port", type=int, default=defaults.port, help="TCP port to listen on")
     command.add_argument("--workers", type=int, default=defaults.workers,
                          help="worker processes (each loads its own copy of the model)")
     command.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_mb,
@@ -37,7 +37,7 @@ def register(subparsers) -> None:
     command.add_argument("--max-queue", type=int, default=defaults.max_queue,
                          help="requests that may wait for an inference thread; beyond that, 503")
     command.add_argument("--log-level", default=defaults.log_level,
-                         choices=["critical", "error", "warning", "info", "debug"])
+                         choices=["critical", "error", "warning", "info", "debug"], help="server log detail")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ def register(subparsers) -> None:
         flag = "--" + field.name.replace("_", "-")
         kind = _base_type(hints[field.name])
         text = field.metadata["help"]
-        if "default" not in text:
+        if "default" not in text and field.default is not None:  # None: the flag left out means "not set"
             text += f" (default: {field.default})"
         # SUPPRESS: a flag left out is absent from the namespace, so --config values are not overridden
         options = {"dest": field.name, "default": argparse.SUPPRESS, "help": text}

@@ -175,8 +175,8 @@ def render_html(report: Report, figures: dict[str, bytes], gallery: dict[str, by
         f"bootstrap resampling patients (not images), {boot['resamples']} resamples, seed {boot['seed']}.</p>",
     ]
     parts += [f"<p class='warning'>WARNING: {esc(w)}</p>" for w in report.warnings]
-    parts.append("<h2>Operating points</h2><p>Every threshold was chosen on validation data or stored at "
-                 "training; none was tuned on the split evaluated here.</p>")
+    parts.append("<h2>Operating points</h2><p>Every threshold was stored at training (the class-balanced "
+                 "0.5 by default) or chosen on validation data; none was tuned on the split evaluated here.</p>")
     ops = report.operating_points
     parts.append(_table(["point", "threshold", "rule", "source"], [
         [POINT_LABELS.get(n, n), f"{ops[n]['threshold']:.4f}" + (

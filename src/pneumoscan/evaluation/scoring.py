@@ -16,8 +16,8 @@ from pneumoscan.evaluation.config import EvaluateConfig
 from pneumoscan.evaluation.operating import OPERATING_POINTS, POINT_NAMES, choose_operating_points
 from pneumoscan.runs import VAL_PREDICTIONS, split_file
 
-RULES = {"stored": "the threshold stored in the model (chosen on validation at training, or on a site's "
-                    "sample by `pneumoscan calibrate`), applied as is",
+RULES = {"stored": "the threshold stored in the model (by the training's threshold rule, by default the "
+                    "class-balanced 0.5; or re-fitted on a site's sample by `pneumoscan calibrate`), applied as is",
           "original": "the stored threshold of the model before site calibration, in this version's scale",
           "site-estimate": "the calibration sample's own estimate for the target sensitivity (bootstrap median), "
                            "adopted by `pneumoscan calibrate` only where the sample could support it",
@@ -99,13 +99,13 @@ def operating_points(members, metas, validation, config) -> tuple[dict[str, floa
     complete = all(k in saved for k in ("youden", "sens95", "spec95"))
     from_file = {k: float(saved[k]) for k in POINT_NAMES if k in saved}
     if same_scorer and complete:
-        return from_file | extra, "model file (chosen on validation at training)", stored
+        return from_file | extra, "model file (stored at training)", stored
     if validation is not None:
         return (choose_operating_points(validation["labels"], validation["probs"]) | extra,
                 f"chosen now on validation ({validation['source']})", stored)
     if complete:
         return (from_file | extra,
-                "model file (chosen on validation without TTA/ensemble; no validation data to redo it)", stored)
+                "model file (stored at training, without TTA/ensemble; no validation data to redo them)", stored)
     return extra, "none: the model file stores no operating points and the run has no validation data", stored
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,27 +17,14 @@ import numpy as np
 from pneumoscan.data.image import read_image, read_pixels
 from pneumoscan.data.radiograph import check_radiograph, check_radiograph_pixels
 from pneumoscan.errors import ImageReadError
+from pneumoscan.inference.inputs import Prediction, expand_inputs
+
+__all__ = ["Classifier", "ImageInput", "Prediction", "Sources"]
 
 # A path, a file's bytes, a PIL image, or pixels (numpy array, torch tensor): see Classifier.preprocess.
 ImageInput = str | os.PathLike | bytes | Any
 # One of those, or an iterable of them: see Classifier.predict.
 Sources = ImageInput | Iterable[ImageInput]
-
-# Above this many files, predict() shows a progress bar (on stderr) unless told otherwise.
-PROGRESS_MIN_FILES = 50
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One image's result; ``error`` is set (and the rest empty) when the file could not be read."""
-
-    source: str
-    probability: float | None
-    label: str | None
-    threshold: float
-    model: str
-    version: str
-    error: str | None = None
 
 
 class Classifier:
@@ -123,19 +109,17 @@ class Classifier:
             return np.zeros((0, 1, self.image_size, self.image_size), np.float32)
         return np.stack([self.preprocess(x, name=name) for name, x in items])
 
-    def predict(self, sources: Sources, batch_size: int = 32, progress: bool | None = None) -> list[Prediction]:
+    def predict(self, sources: Sources, batch_size: int = 32, progress: bool = False) -> list[Prediction]:
         """Score images in batches, one row per image in the order given.
 
         ``sources``: a path (``str`` or ``Path``: a file, a folder searched recursively, or a glob), a
         file's bytes, a PIL image, a numpy array or torch tensor (one image or a batch, as for
         :meth:`predict_proba`), or a list of any of these. A single path is one image, never a list of
         characters. A file that cannot be read, or is not a radiograph, gets a row with ``error`` and
-        the rest are scored. ``progress`` shows a bar; ``None`` shows it for more than
-        ``PROGRESS_MIN_FILES`` images.
+        the rest are scored. ``progress=True`` draws a bar on stderr; a library
+        prints nothing unless asked (the command line asks, on a terminal).
         """
         items = _items(sources)
-        if progress is None:
-            progress = len(items) > PROGRESS_MIN_FILES
         results: list[Prediction | None] = [None] * len(items)
         pending: list[tuple[int, str, np.ndarray]] = []
 
@@ -219,8 +203,6 @@ def _ambiguous(name: str, shape) -> str:
 def _items(sources) -> list[tuple[str, object]]:
     """What :meth:`Classifier.predict` was given, as (name, image) pairs: paths expanded as the CLI
     expands them (folders, globs), arrays split into images, bytes and PIL images named by position."""
-    from pneumoscan.inference.inputs import expand_inputs
-
     def one(value, label: str) -> list[tuple[str, object]]:
         if isinstance(value, str | os.PathLike):
             return [(f, f) for f in expand_inputs([value])]

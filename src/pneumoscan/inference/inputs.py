@@ -7,19 +7,29 @@ import json
 import os
 import stat
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pneumoscan._io import atomic_write_csv, atomic_write_text
 from pneumoscan.data.image import IMAGE_SUFFIXES, is_dicom
 from pneumoscan.errors import ConfigError
 from pneumoscan.provenance import DISCLAIMER
 
-if TYPE_CHECKING:  # the Classifier expands its inputs with this module: only the type is needed here
-    from pneumoscan.inference.classifier import Prediction
-
 COLUMNS = ("file", "probability", "label", "threshold", "model", "version", "error")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result; ``error`` is set (and the rest empty) when the file could not be read. The
+    :class:`~pneumoscan.inference.Classifier` makes them; this module lists the inputs and writes the rows."""
+
+    source: str
+    probability: float | None
+    label: str | None
+    threshold: float
+    model: str
+    version: str
+    error: str | None = None
 
 
 MODEL_SUFFIXES = (".onnx", ".safetensors", ".ckpt")

@@ -43,7 +43,7 @@ class ModelMeta:
     name: str  # registry name, e.g. "densenet121"
     image_size: int
     fit: str = "pad"  # how images are made square: pad, crop or stretch
-    threshold: float = 0.5  # probability at or above which the label is PNEUMONIA; chosen on validation
+    threshold: float = 0.5  # probability at or above which the label is PNEUMONIA (training's threshold rule)
     operating_points: dict[str, float] = field(default_factory=dict)  # e.g. {"youden": .., "sens95": ..}
     class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
     version: str = ""  # pneumoscan version that trained it
