@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pneumoscan.cli import build_parser
 from pneumoscan.bundled import bundled_card
+from pneumoscan.cli import build_parser
 from pneumoscan.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ TRAINING_DATA = {
                   "(Guangzhou Women and Children's Medical Center), graded by two physicians",
     "images": "the official training folder, re-published at 224x224 (stretched to a square)",
     "split": "by patient: 10 % of each class's patients held out for validation (checkpoint choice and the "
-             "temperature; the threshold is the class-balanced 0.5, which no image chooses); the official test "
+             "temperature, and the threshold: the sens95-median rule); the official test "
              "half is never trained on or used to choose anything",
 }
 SCOPE = (

@@ -13,7 +13,7 @@ def register(subparsers) -> None:
     ev = add_command(
         subparsers, "evaluate",
         "Evaluate a run (or an ensemble of runs) on a split: metrics with patient-bootstrap 95% CIs, "
-        "the threshold stored at training (by default the class-balanced 0.5) and operating points chosen on "
+        "the threshold stored at training (by default sens95-median on validation) and the other operating points chosen on "
         "validation, calibration, plots; writes report.html/.json/.md.",
         "pneumoscan evaluate runs/latest --data ~/data/chest_xray --split test --tta",
         _evaluate,
