@@ -47,6 +47,9 @@ def register(subparsers) -> None:
     predict.add_argument("--worklist", metavar="FILE.csv",
                          help="after the run, also write every row of --out sorted by probability (highest first) "
                               "with a flag per operating point and the DICOM identifiers: a triage worklist")
+    predict.add_argument("--no-scope-check", dest="scope_check", action="store_false",
+                         help="score images the scope gate refuses (not frontal chest radiographs: other modalities, "
+                              "views, photos, rotated or inverted radiographs...); their rows say 'scope check off'")
     predict.add_argument("--engine", choices=["local", "ray"], default="local",
                          help="local: this machine; ray: a Ray Data pipeline (pip install 'pneumoscan[ray]'), "
                               "writing --out as Parquet")
@@ -80,7 +83,7 @@ def register(subparsers) -> None:
 
 def run_predict(args) -> int:
     from pneumoscan.errors import ConfigError
-    from pneumoscan.inference import load
+    from pneumoscan.inference import load, scope
     from pneumoscan.inference.inputs import (
         expand_inputs,
         format_table,
@@ -101,10 +104,14 @@ def run_predict(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {args.workers}")
     if args.engine == "ray":
+        if not args.scope_check:
+            raise ConfigError("--no-scope-check is for --engine local")
         return _predict_ray(args, model, paths)
     if args.address:
         raise ConfigError("--address joins a Ray cluster: use it with --engine ray")
-    classifier = load(model, device=args.device, prefer_onnx=args.backend == "auto")
+    classifier = load(model, device=args.device, prefer_onnx=args.backend == "auto", scope_check=args.scope_check)
+    if classifier.scope_note:
+        print(f"note: {classifier.scope_note}", file=sys.stderr)
     if streamed:
         return _predict_streamed(args, classifier, model, paths)
     files = expand_inputs(paths)
@@ -118,14 +125,18 @@ def run_predict(args) -> int:
         print(format_table(shown))
     if args.out:
         write_predictions(rows, args.out)
-    scored = sum(row.error is None for row in rows)
+    scored = sum(row.probability is not None for row in rows)
     meta = classifier.meta
     backend = getattr(classifier.backend, "name", "?")
     which = f"{meta.name}, the bundled default model" if model is None else meta.name
     print(f"\nscored {scored} of {len(rows)} files with {which} (pneumoscan {meta.version or '?'}, {backend}), "
           f"threshold {classifier.threshold:.4f}" + (f"; results in {args.out}" if args.out else ""))
-    if scored < len(rows):
-        print(f"{len(rows) - scored} file(s) could not be scored: see the note on their rows", file=sys.stderr)
+    refused = sum(row.probability is None and scope.OUT_OF_SCOPE in (row.error or "") for row in rows)
+    if refused:
+        print(f"{refused} file(s) out of scope: not frontal chest radiographs (see the note on their rows; "
+              "--no-scope-check scores them anyway)", file=sys.stderr)
+    if scored + refused < len(rows):
+        print(f"{len(rows) - scored - refused} file(s) could not be scored: see the note on their rows", file=sys.stderr)
     if backend == "torch" and model is not None:
         print(f"note: scored with PyTorch; `pneumoscan export {model}` makes predict start in about a second "
               "(ONNX Runtime, no torch import)", file=sys.stderr)

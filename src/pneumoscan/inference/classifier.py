@@ -59,6 +59,10 @@ class Classifier:
         self.meta = meta
         self.scope_check = scope_check
 
+    def with_scope_check(self, scope_check: bool) -> Classifier:
+        """This classifier (same backend and model) with the scope check on or off."""
+        return self if scope_check == self.scope_check else Classifier(self.backend, self.meta, scope_check)
+
     @property
     def scope_note(self) -> str | None:
         """Why the learned part of the scope gate is skipped for this model (it has none), else None."""
@@ -89,13 +93,15 @@ class Classifier:
         scope rules refuse (a DICOM of another modality, body part or view; degenerate pixels). The
         learned part of the gate needs the network: :meth:`predict` and :meth:`assess` apply it.
         """
-        image, reason = self._prepare(source, name)
+        image, reason = self.prepare(source, name)
         if reason is not None and self.scope_check:
             raise scope.OutOfScopeError(scope.message(self._label(source, name), reason))
         return image
 
-    def _prepare(self, source: ImageInput, name: str | None) -> tuple[np.ndarray, str | None]:
-        """(the model input, why the scope rules refuse it or None); refused DICOM headers stop before decoding."""
+    def prepare(self, source: ImageInput, name: str | None = None) -> tuple[np.ndarray, str | None]:
+        """:meth:`preprocess` that returns why the scope rules refuse the image instead of raising:
+        (the model input, the reason or None). With the scope check on, a DICOM header the rules refuse
+        still raises :class:`~pneumoscan.inference.scope.OutOfScopeError`, before any decoding."""
         if isinstance(source, str | os.PathLike | bytes | bytearray | memoryview):
             reason = scope.file_reason(source)
             if reason is not None and self.scope_check:
@@ -223,7 +229,7 @@ class Classifier:
         bar = _progress_bar(len(items), progress)
         for i, (name, source) in enumerate(items):
             try:
-                pending.append((i, name, *self._prepare(source, name)))
+                pending.append((i, name, *self.prepare(source, name)))
             except ImageReadError as exc:  # OutOfScopeError included
                 results[i] = self._error_row(name, str(exc))
             except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not stop the others

@@ -240,7 +240,6 @@ def fit_model_scope(model: Any, meta: Any, paths: list, *, images: int = 3000, h
     """Fit and attach the gate of ``model`` (in memory) from the training images ``paths``; returns the
     ``ModelMeta.scope`` entry (the caller saves the model with it)."""
     from pneumoscan.data.image import read_image
-    from pneumoscan.models.scope import attach, fit_gate
 
     order = np.random.default_rng(seed).permutation(len(paths))
     chosen = [paths[i] for i in order[: images + held_out]]
@@ -253,9 +252,19 @@ def fit_model_scope(model: Any, meta: Any, paths: list, *, images: int = 3000, h
         if progress and len(decoded) % 500 == 0:
             print(f"scope gate: {len(decoded)} of {len(chosen)} training images decoded", flush=True)
     pixels = np.stack(decoded) if decoded else np.zeros((0, meta.image_size, meta.image_size), np.uint8)
+    return fit_scope_on_pixels(model, pixels, images=images, held_out=held_out, seed=seed)
+
+
+def fit_scope_on_pixels(model: Any, pixels: np.ndarray, *, images: int = 3000, held_out: int = 800,
+                        seed: int = 0) -> dict[str, Any]:
+    """:func:`fit_model_scope` for training images already decoded (uint8 (N, S, S), the model's input):
+    a random fifth of them (at most ``held_out``) sets the thresholds, up to ``images`` others fit."""
+    from pneumoscan.models.scope import attach, fit_gate
+
+    order = np.random.default_rng(seed).permutation(len(pixels))
     n_held = min(held_out, len(pixels) // 5)
-    gate, info = fit_gate(model, pixels[n_held:], pixels[:n_held])
+    fit_part, held_part = order[n_held : n_held + images], order[:n_held]
+    gate, info = fit_gate(model, pixels[np.sort(fit_part)], pixels[np.sort(held_part)])
     attach(model, gate.to(next(model.parameters()).device))
     info["seed"] = seed
     return info
-
