@@ -217,6 +217,8 @@ def _decode_pil(data: bytes, label: str, size: int | None, suffix: str | None = 
                 image.draft("L", (size, size))
             image.load()
             image = ImageOps.exif_transpose(image)
+            if image.mode == "F" and not np.isfinite(np.asarray(image)).all():  # scaling would hide them
+                raise ImageReadError(f"{label}: float pixels with NaN or infinity; not a radiograph")
             return _to_grayscale(image)
     except ImageReadError:
         raise
