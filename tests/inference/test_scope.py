@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 import pneumoscan
+from helpers.gated import pictures as make_pictures
 from helpers.images import write_dicom
-from helpers.shared import once_per_run
 from helpers.synthetic import write_synthetic_image
 from pneumoscan.cli import main
 from pneumoscan.inference import Classifier, load
@@ -110,45 +110,6 @@ def test_a_dicom_of_another_modality_gets_no_probability_and_the_override_scores
 
 
 # -- the learned check ---------------------------------------------------------------------------------------
-def _fit_gated(folder: Path) -> None:
-    """A random 64 px mini-resnet (the exported test model's recipe) with a gate fitted on synthetic
-    radiographs, saved and exported: the gate's plumbing does not depend on training."""
-    import torch
-
-    from pneumoscan import __version__
-    from pneumoscan.inference.scope import fit_scope_on_pixels
-    from pneumoscan.models import ModelMeta, build_model, save_model
-    from pneumoscan.serving.export import export_onnx
-
-    torch.manual_seed(3)
-    model = build_model("mini-resnet", 64).eval()
-    pixels = np.stack([np.asarray(Image.open(write_synthetic_image(folder / "train" / f"{i}.png", i % 2, seed=i)))
-                       for i in range(160)])
-    scope = fit_scope_on_pixels(model, pixels, held_out=40)
-    meta = ModelMeta(name="mini-resnet", image_size=64, fit="pad", threshold=0.5, temperature=1.7,
-                     version=__version__, run_id="gated", scope=scope)
-    save_model(folder, model, meta)
-    export_onnx(folder)
-
-
-@pytest.fixture(scope="module")
-def gated_run(tmp_path_factory) -> Path:
-    return once_per_run(tmp_path_factory, "gated-run", _fit_gated)
-
-
-def _pictures(folder: Path) -> dict[str, Path]:
-    """In scope: synthetic radiographs of the training kind; out: a text page, noise, a radiograph upside down."""
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {f"chest{i}": write_synthetic_image(folder / f"chest{i}.png", i % 2, seed=1000 + i) for i in range(4)}
-    page = Image.new("L", (300, 400), 250)
-    draw = ImageDraw.Draw(page)
-    for y in range(10, 390, 22):
-        draw.text((10, y), "no acute cardiopulmonary findings", fill=0, font=ImageFont.load_default(size=16))
-    page.save(folder / "page.png")
-    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8)).save(folder / "noise.png")
-    return {**files, "page": folder / "page.png", "noise": folder / "noise.png"}
-
-
 def test_a_model_with_a_gate_carries_it_in_its_file_and_both_backends_compute_it_alike(gated_run, tmp_path):
     from pneumoscan.models import load_model
     from pneumoscan.models.scope import gate_of
@@ -159,7 +120,7 @@ def test_a_model_with_a_gate_carries_it_in_its_file_and_both_backends_compute_it
     torch_c, onnx_c = load(gated_run), load(gated_run / "export" / "model.onnx")
     assert (torch_c.backend.name, onnx_c.backend.name) == ("torch", "onnxruntime")
     assert torch_c.scope_note is None and onnx_c.scope_note is None
-    batch = np.stack([torch_c.preprocess(str(p)) for p in _pictures(tmp_path).values()])
+    batch = np.stack([torch_c.preprocess(str(p)) for p in make_pictures(tmp_path).values()])
     (t_logits, t_scope), (o_logits, o_scope) = torch_c.backend.scores(batch), onnx_c.backend.scores(batch)
     assert t_scope.shape == (len(batch), 7)
     np.testing.assert_allclose(o_logits, t_logits, atol=1e-4)
@@ -167,7 +128,7 @@ def test_a_model_with_a_gate_carries_it_in_its_file_and_both_backends_compute_it
 
 
 def test_the_gate_refuses_far_images_with_their_score_and_never_changes_an_in_scope_probability(gated_run, tmp_path):
-    pictures = _pictures(tmp_path)
+    pictures = make_pictures(tmp_path)
     classifier = load(gated_run / "export" / "model.onnx")
     rows = {Path(r.source).stem: r for r in classifier.predict([str(p) for p in pictures.values()])}
     for name in ("page", "noise"):
@@ -212,7 +173,7 @@ def test_a_model_without_a_gate_skips_the_learned_check_with_a_note_and_keeps_th
 
 def test_assess_applies_the_gate_to_decoded_images(gated_run, tmp_path):
     classifier = load(gated_run / "export" / "model.onnx")
-    pictures = _pictures(tmp_path)
+    pictures = make_pictures(tmp_path)
     batch = np.stack([classifier.preprocess(str(pictures[n])) for n in ("chest0", "page")])
     good, far = classifier.assess(batch, ["a", "b"])
     assert good.probability is not None and far.probability is None and far.error.startswith("b: out of scope")
@@ -223,7 +184,7 @@ def test_assess_applies_the_gate_to_decoded_images(gated_run, tmp_path):
 
 # -- the command line ----------------------------------------------------------------------------------------
 def test_predict_lists_out_of_scope_images_with_their_reason_and_scores_them_only_when_told(gated_run, tmp_path, capsys):
-    pictures = _pictures(tmp_path / "in")
+    pictures = make_pictures(tmp_path / "in")
     assert main(["predict", str(gated_run), str(pictures["chest0"]), str(pictures["page"])]) == 0
     printed = capsys.readouterr()
     line = next(line for line in printed.out.splitlines() if "page.png" in line)
@@ -244,7 +205,7 @@ def test_predict_lists_out_of_scope_images_with_their_reason_and_scores_them_onl
 def test_streamed_predict_refuses_out_of_scope_images_on_their_rows(gated_run, tmp_path, capsys):
     from pneumoscan.inference.results import read_results
 
-    pictures = _pictures(tmp_path / "in")
+    pictures = make_pictures(tmp_path / "in")
     out = tmp_path / "rows.jsonl"
     assert main(["predict", str(gated_run), str(tmp_path / "in"), "--out", str(out), "--workers", "1"]) == 0
     rows = {Path(r["file"]).stem: r for r in read_results(out)}
