@@ -71,6 +71,17 @@ def register(subparsers) -> None:
     explain.add_argument("--layer", metavar="NAME", help="Grad-CAM target layer (default: the last spatial feature map)")
     explain.add_argument("--list-layers", action="store_true", help="print the model's convolution layers and exit")
 
+    fit_scope = add_command(
+        subparsers, "fit-scope", "Fit a model's scope gate (what is a frontal chest radiograph) on training images.",
+        "pneumoscan fit-scope runs/old-run ../shared/data/chest_xray   # then: pneumoscan export runs/old-run",
+        run_fit_scope,
+    )
+    fit_scope.add_argument("model", metavar="MODEL", help="run folder or .safetensors (rewritten with the gate)")
+    fit_scope.add_argument("data", metavar="DATA", help="a dataset pneumoscan reads; its train split (or all of "
+                           "it) is used")
+    fit_scope.add_argument("--images", type=int, default=3000, help="training images to fit on")
+    fit_scope.add_argument("--held-out", type=int, default=800, help="other training images that set the thresholds")
+
     export = add_command(
         subparsers, "export", "Export a model to ONNX with its preprocessing contract and a model card.",
         "pneumoscan export runs/latest --format onnx", run_export,
@@ -232,6 +243,20 @@ def _model_or_bundled(model: str | None) -> str:
     from pneumoscan.bundled import bundled_model_dir
 
     return model if model is not None else str(bundled_model_dir())
+
+
+def run_fit_scope(args) -> int:
+    from pneumoscan.errors import ConfigError
+    from pneumoscan.inference.scope import fit_scope
+
+    if args.images < 50 or args.held_out < 20:
+        raise ConfigError("--images must be at least 50 and --held-out at least 20")
+    gate = fit_scope(args.model, args.data, images=args.images, held_out=args.held_out, progress=True)
+    print(f"scope gate of {args.model}: fitted on {gate['fitted_on']} training images; thresholds "
+          f"(distance {gate['distance_threshold']:.2f}, orientation {gate['orientation_threshold']:.2f}) keep "
+          f"{gate['held_out_kept']:.1%} of {gate['held_out']} held-out ones")
+    print(f"an ONNX export made before carries no gate: pneumoscan export {args.model}", file=sys.stderr)
+    return 0
 
 
 def run_export(args) -> int:

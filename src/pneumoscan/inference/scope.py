@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 OUT_OF_SCOPE = "out of scope"
 CHECK_OFF = "scope check off"
 NO_GATE_NOTE = ("this model carries no scope gate (saved before it existed): only the file and pixel rules apply; "
-                "`pneumoscan models fit-scope MODEL DATA` adds one")
+                "`pneumoscan fit-scope MODEL DATA` adds one")
 
 # Radiograph modalities: computed and digital radiography, and conventional radiography (RG). The other
 # DX-like ones name another body part (MG mammography, IO intra-oral, PX panoramic dental) and are refused,
@@ -258,11 +258,12 @@ def fit_model_scope(model: Any, meta: Any, paths: list, *, images: int = 3000, h
 def fit_scope_on_pixels(model: Any, pixels: np.ndarray, *, images: int = 3000, held_out: int = 800,
                         seed: int = 0) -> dict[str, Any]:
     """:func:`fit_model_scope` for training images already decoded (uint8 (N, S, S), the model's input):
-    a random fifth of them (at most ``held_out``) sets the thresholds, up to ``images`` others fit."""
+    ``held_out`` of them (fewer when there are not ``images`` more: at least a fifth) set the thresholds,
+    up to ``images`` others fit."""
     from pneumoscan.models.scope import attach, fit_gate
 
     order = np.random.default_rng(seed).permutation(len(pixels))
-    n_held = min(held_out, len(pixels) // 5)
+    n_held = min(held_out, max(len(pixels) - images, len(pixels) // 5))
     fit_part, held_part = order[n_held : n_held + images], order[:n_held]
     gate, info = fit_gate(model, pixels[np.sort(fit_part)], pixels[np.sort(held_part)])
     attach(model, gate.to(next(model.parameters()).device))
