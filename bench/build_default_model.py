@@ -2,10 +2,11 @@
 
     .venv/bin/python bench/build_default_model.py                 # the default recipe, as `pneumoscan train`
     .venv/bin/python bench/build_default_model.py --epochs 2      # a provisional model (the card says so)
+    .venv/bin/python bench/build_default_model.py --scope-only    # refit the shipped model's scope gate only
 
 Steps: train the DEFAULT recipe exactly as ``pneumoscan train`` with no options does (the default
 ``TrainConfig()``; only the data root and the output folder are set, and ``--epochs`` when given, which
-the card records as a deviation), export it to ONNX (with the parity check), evaluate it on the official
+the card records as a deviation; training fits the model's scope gate on its training images), export it to ONNX (with the parity check), evaluate it on the official
 test half ``chest_xray/test`` (patient-bootstrap intervals), score a few reference images of the shared
 data with both backends, and write the bundle: ``model.onnx``, ``model.safetensors``,
 ``model_card.json``, ``model_card.md``. ``tests/bundled/test_bundled_model.py`` checks that the shipped
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="src/pneumoscan/bundled", help="bundle folder (relative to the repository)")
     parser.add_argument("--reuse", action="store_true", help="keep the trained run of the work folder (rebuild "
                         "export, report and card only)")
+    parser.add_argument("--scope-only", action="store_true", help="refit the scope gate of the shipped model on "
+                        "DATA/train, re-export it and update its card's files and scope gate (weights unchanged)")
     args = parser.parse_args(argv)
     # Paths relative to the repository in the model's provenance: no machine's absolute paths in the bundle.
     args.data, args.work, args.out = (os.path.relpath(Path(p).resolve(), REPO) for p in (args.data, args.work, args.out))
@@ -57,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"build_default_model: {', '.join(map(str, missing))} missing; run `pneumoscan data download` "
               "or pass --data", file=sys.stderr)
         return 2
+    if args.scope_only:
+        return refit_scope(data, work, out)
     deviations = {k: v for k, v in (("epochs", args.epochs), ("image_size", args.image_size)) if v is not None}
     config = TrainConfig(data=str(data), out=str(work), run_name="run", progress=sys.stderr.isatty(), **deviations)
     recipe = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
@@ -114,6 +119,48 @@ def round_weights_to_float16(file: Path) -> int:
             rounded += 1
     atomic_write(file, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     return rounded
+
+
+def refit_scope(data: Path, work: Path, out: Path) -> int:
+    """Fit the shipped model's scope gate on ``data/train`` and rewrite the bundle's files: the weights and
+    every probability stay as they are (checked against the card's reference scores)."""
+    from pneumoscan._io import atomic_write_json, atomic_write_text
+    from pneumoscan.bundled import CARD_JSON, CARD_MARKDOWN, META_JSON, ONNX_FILE, WEIGHTS_FILE
+    from pneumoscan.bundled.card import portable, render_bundled_markdown
+    from pneumoscan.inference import load
+    from pneumoscan.inference.scope import fit_scope
+    from pneumoscan.provenance import sha256_file
+    from pneumoscan.serving.export import export_onnx
+    from pneumoscan.serving.model_card import OUT_OF_SCOPE, scope_gate
+
+    started = time.perf_counter()
+    folder = work / "scope"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / WEIGHTS_FILE, folder / WEIGHTS_FILE)
+    scope = fit_scope(folder / WEIGHTS_FILE, data, progress=True)
+    round_weights_to_float16(folder / WEIGHTS_FILE)  # saved as float32 again: the values are float16's already
+    print(f"scope gate fitted in {time.perf_counter() - started:.0f} s: {json.dumps(scope)}")
+    onnx = export_onnx(folder / WEIGHTS_FILE, folder / "export" / ONNX_FILE, float16_weights=True)
+    card = json.loads((out / CARD_JSON).read_text())
+    for reference in card["reference_scores"]:
+        image = data.parent / reference["image"].removeprefix("../shared/data/")
+        row = load(onnx).predict([image])[0]
+        if row.probability is None or abs(row.probability - reference["probability"]) > 1e-5:
+            print(f"build_default_model: {image}: {row.probability} != {reference['probability']}", file=sys.stderr)
+            return 1
+    shutil.copyfile(onnx, out / ONNX_FILE)
+    shutil.copyfile(folder / WEIGHTS_FILE, out / WEIGHTS_FILE)
+    atomic_write_json(out / META_JSON, portable(json.loads((folder / META_JSON).read_text()), data.parent))
+    meta = load(out / ONNX_FILE).meta
+    card["files"].update(onnx_sha256=sha256_file(out / ONNX_FILE), safetensors_sha256=sha256_file(out / WEIGHTS_FILE))
+    card["scope_gate"] = scope_gate(meta)
+    card["out_of_scope"] = OUT_OF_SCOPE
+    card["output"] = {**card["output"], "scope": "(N, 7) the scope gate's distance to the training radiographs, "
+                      "then the log-probability of each orientation (upright first)"}
+    atomic_write_json(out / CARD_JSON, card)
+    atomic_write_text(out / CARD_MARKDOWN, render_bundled_markdown(card))
+    print(f"bundle in {out}: scope gate refitted, probabilities unchanged")
+    return 0
 
 
 def reference_images(data: Path) -> list[str]:

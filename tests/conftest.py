@@ -217,6 +217,15 @@ def exported_run(tmp_path_factory) -> Path:
     return once_per_run(tmp_path_factory, "exported-run", make)
 
 
+@pytest.fixture(scope="session")
+def gated_run(tmp_path_factory) -> Path:
+    """A run folder like ``exported_run`` whose model carries a scope gate fitted on synthetic radiographs
+    (``helpers.gated``), with its ONNX export: made once per run."""
+    from helpers.gated import make_gated_run
+
+    return once_per_run(tmp_path_factory, "gated-run", make_gated_run)
+
+
 @pytest.fixture
 def synthetic_dataset(tmp_path) -> Path:
     """A Kermany-style folder of synthetic images: 10 patients per class, 2 images each, PNG."""

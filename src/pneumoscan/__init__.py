@@ -18,12 +18,13 @@ if TYPE_CHECKING:
     from pneumoscan.inference import Classifier
 
 
-def load(path=None, device: str | None = None) -> Classifier:
+def load(path=None, device: str | None = None, *, scope_check: bool = True) -> Classifier:
     """Load a trained model for prediction; with no ``path``, the bundled default model
-    (see :func:`pneumoscan.inference.load`)."""
+    (see :func:`pneumoscan.inference.load`). ``scope_check=False`` scores images that are not frontal
+    chest radiographs too (marked ``scope check off``); by default they get ``out of scope: <reason>``."""
     from pneumoscan.inference import load as _load
 
-    return _load(path, device=device)
+    return _load(path, device=device, scope_check=scope_check)
 
 
 __all__ = ["DISCLAIMER", "__version__", "load"]

@@ -50,6 +50,9 @@ def register(subparsers) -> None:
     predict.add_argument("--worklist", metavar="FILE.csv",
                          help="after the run, also write every row of --out sorted by probability (highest first) "
                               "with a flag per operating point and the DICOM identifiers: a triage worklist")
+    predict.add_argument("--no-scope-check", dest="scope_check", action="store_false",
+                         help="score images the scope gate refuses (not frontal chest radiographs: other modalities, "
+                              "views, photos, rotated or inverted radiographs...); their rows say 'scope check off'")
     predict.add_argument("--engine", choices=["local", "ray"], default="local",
                          help="local: this machine; ray: a Ray Data pipeline (pip install 'pneumoscan[ray]'), "
                               "writing --out as Parquet")
@@ -71,6 +74,17 @@ def register(subparsers) -> None:
     explain.add_argument("--layer", metavar="NAME", help="Grad-CAM target layer (default: the last spatial feature map)")
     explain.add_argument("--list-layers", action="store_true", help="print the model's convolution layers and exit")
 
+    fit_scope = add_command(
+        subparsers, "fit-scope", "Fit a model's scope gate (what is a frontal chest radiograph) on training images.",
+        "pneumoscan fit-scope runs/old-run ../shared/data/chest_xray   # then: pneumoscan export runs/old-run",
+        run_fit_scope,
+    )
+    fit_scope.add_argument("model", metavar="MODEL", help="run folder or .safetensors (rewritten with the gate)")
+    fit_scope.add_argument("data", metavar="DATA", help="a dataset pneumoscan reads; its train split (or all of "
+                           "it) is used")
+    fit_scope.add_argument("--images", type=int, default=3000, help="training images to fit on")
+    fit_scope.add_argument("--held-out", type=int, default=800, help="other training images that set the thresholds")
+
     export = add_command(
         subparsers, "export", "Export a model to ONNX with its preprocessing contract and a model card.",
         "pneumoscan export runs/latest --format onnx", run_export,
@@ -83,7 +97,7 @@ def register(subparsers) -> None:
 
 def run_predict(args) -> int:
     from pneumoscan.errors import ConfigError
-    from pneumoscan.inference import load
+    from pneumoscan.inference import load, scope
     from pneumoscan.inference.inputs import (
         expand_inputs,
         format_table,
@@ -104,10 +118,14 @@ def run_predict(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {args.workers}")
     if args.engine == "ray":
+        if not args.scope_check:
+            raise ConfigError("--no-scope-check is for --engine local")
         return _predict_ray(args, model, paths)
     if args.address:
         raise ConfigError("--address joins a Ray cluster: use it with --engine ray")
-    classifier = load(model, device=args.device, prefer_onnx=args.backend == "auto")
+    classifier = load(model, device=args.device, prefer_onnx=args.backend == "auto", scope_check=args.scope_check)
+    if classifier.scope_note:
+        print(f"note: {classifier.scope_note}", file=sys.stderr)
     if streamed:
         return _predict_streamed(args, classifier, model, paths)
     files = expand_inputs(paths)
@@ -122,14 +140,18 @@ def run_predict(args) -> int:
         print(format_table(shown))
     if args.out:
         write_predictions(rows, args.out)
-    scored = sum(row.error is None for row in rows)
+    scored = sum(row.probability is not None for row in rows)
     meta = classifier.meta
     backend = getattr(classifier.backend, "name", "?")
     which = f"{meta.name}, the bundled default model" if model is None else meta.name
     print(f"\nscored {scored} of {len(rows)} files with {which} (pneumoscan {meta.version or '?'}, {backend}), "
           f"threshold {classifier.threshold:.4f}" + (f"; results in {args.out}" if args.out else ""))
-    if scored < len(rows):
-        print(f"{len(rows) - scored} file(s) could not be scored: see the note on their rows", file=sys.stderr)
+    refused = sum(row.probability is None and scope.OUT_OF_SCOPE in (row.error or "") for row in rows)
+    if refused:
+        print(f"{refused} file(s) out of scope: not frontal chest radiographs (see the note on their rows; "
+              "--no-scope-check scores them anyway)", file=sys.stderr)
+    if scored + refused < len(rows):
+        print(f"{len(rows) - scored - refused} file(s) could not be scored: see the note on their rows", file=sys.stderr)
     if backend == "torch" and model is not None:
         print(f"note: scored with PyTorch; `pneumoscan export {model}` makes predict start in about a second "
               "(ONNX Runtime, no torch import)", file=sys.stderr)
@@ -225,6 +247,20 @@ def _model_or_bundled(model: str | None) -> str:
     from pneumoscan.bundled import bundled_model_dir
 
     return model if model is not None else str(bundled_model_dir())
+
+
+def run_fit_scope(args) -> int:
+    from pneumoscan.errors import ConfigError
+    from pneumoscan.inference.scope import fit_scope
+
+    if args.images < 50 or args.held_out < 20:
+        raise ConfigError("--images must be at least 50 and --held-out at least 20")
+    gate = fit_scope(args.model, args.data, images=args.images, held_out=args.held_out, progress=True)
+    print(f"scope gate of {args.model}: fitted on {gate['fitted_on']} training images; thresholds "
+          f"(distance {gate['distance_threshold']:.2f}, orientation {gate['orientation_threshold']:.2f}) keep "
+          f"{gate['held_out_kept']:.1%} of {gate['held_out']} held-out ones")
+    print(f"an ONNX export made before carries no gate: pneumoscan export {args.model}", file=sys.stderr)
+    return 0
 
 
 def run_export(args) -> int:

@@ -241,6 +241,8 @@ def _decode_pil(data: bytes, label: str, suffix: str | None = None) -> Image.Ima
             # same picture given as its pixels would get another probability (up to 0.02 measured).
             image.load()
             image = ImageOps.exif_transpose(image)
+            if image.mode == "F" and not np.isfinite(np.asarray(image)).all():  # scaling would hide them
+                raise ImageReadError(f"{label}: float pixels with NaN or infinity; not a radiograph")
             return _to_grayscale(image)
     except ImageReadError:
         raise

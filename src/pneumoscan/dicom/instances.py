@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from pneumoscan.inference.scope import header_reason
+
 # The storage classes a chest radiograph arrives in. Others (CT, MR, SR, ...) are acknowledged and refused.
 CHEST_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.1": "Computed Radiography Image Storage",
@@ -38,9 +40,6 @@ CHEST_TRANSFER_SYNTAXES = {
     "1.2.840.10008.1.2.4.91": "JPEG 2000 Image Compression",
     "1.2.840.10008.1.2.5": "RLE Lossless",
 }
-MODALITIES = ("CR", "DX")
-FRONTAL_VIEWS = ("PA", "AP")
-_LATERAL_VIEWS = ("LL", "RL", "LLD", "RLD", "LATERAL", "LAT")
 
 
 @dataclass(frozen=True)
@@ -71,16 +70,9 @@ def refusal(ds: Dataset) -> str | None:
     if sop_class not in CHEST_SOP_CLASSES:
         name = UID(sop_class).name if sop_class else "none"
         return f"not a radiograph: SOP class {name}"
-    modality = str(ds.get("Modality", "") or "").upper()
-    if modality not in MODALITIES:
-        return f"modality {modality or 'missing'}, not {' or '.join(MODALITIES)}"
-    body_part = str(ds.get("BodyPartExamined", "") or "").upper()
-    if body_part != "CHEST":
-        return f"BodyPartExamined {body_part or 'missing'}, not CHEST"
-    view = str(ds.get("ViewPosition", "") or "").upper()
-    if view and view not in FRONTAL_VIEWS:
-        kind = "lateral" if view in _LATERAL_VIEWS else "not frontal"
-        return f"ViewPosition {view} ({kind}); only frontal (PA or AP) views are scored"
+    reason = header_reason(ds, require_chest=True)  # the scope gate's rules, one rule set for every entry point
+    if reason is not None:
+        return f"out of scope: {reason}"
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         return "no pixel data"
     return None

@@ -1,6 +1,7 @@
 """Score one DICOM instance and keep its result: the SR (and overlay) on disk and a row of the worklist.
 
-The DICOM node and the DICOMweb pull share this: an instance is screened (:func:`instances.refusal`),
+The DICOM node and the DICOMweb pull share this: an instance is screened (:func:`instances.refusal`, whose
+rules are the scope gate's, :mod:`pneumoscan.inference.scope`; its learned part runs with the network),
 decoded by the same :func:`~pneumoscan.data.read_image` as ``predict`` and scored by the same
 :class:`~pneumoscan.inference.Classifier`, so its probability is the one ``predict`` gives for the file.
 """
@@ -149,10 +150,16 @@ class Processor:
         return path
 
     def _score(self, data: bytes, name: str) -> tuple[np.ndarray, float]:
+        """The model input and probability; ImageReadError for pixels that cannot be read or are out of
+        scope (the gate of :mod:`pneumoscan.inference.scope`, as in ``predict``)."""
+        from pneumoscan.inference.scope import OutOfScopeError
+
         image = self.classifier.preprocess(data, name=name)
         with self._model_lock:
-            probability = float(self.classifier.predict_proba(image[None])[0])
-        return image, probability
+            row = self.classifier.assess(image[None], [name])[0]
+        if row.probability is None:
+            raise OutOfScopeError(row.error or f"{name}: out of scope")
+        return image, row.probability
 
     def _heatmap(self, image: np.ndarray) -> np.ndarray:
         from pneumoscan.explain import gradcam, overlay

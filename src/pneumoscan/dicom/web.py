@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from pneumoscan.dicom.instances import MODALITIES
 from pneumoscan.dicom.processing import Outcome, Processor
 from pneumoscan.errors import ConfigError, DicomNetworkError, reason
+from pneumoscan.inference.scope import RADIOGRAPH_MODALITIES as MODALITIES
 
 log = logging.getLogger("pneumoscan.dicom")
 

@@ -17,6 +17,7 @@ import numpy as np
 from pneumoscan.data.image import read_image, read_pixels
 from pneumoscan.data.radiograph import check_radiograph, check_radiograph_pixels
 from pneumoscan.errors import ImageReadError
+from pneumoscan.inference import scope
 from pneumoscan.inference.inputs import Prediction, expand_inputs
 
 __all__ = ["Classifier", "ImageInput", "Prediction", "Sources"]
@@ -28,11 +29,27 @@ Sources = ImageInput | Iterable[ImageInput]
 
 
 class Classifier:
-    """A loaded model with its preprocessing contract and threshold (scikit-learn-like, no fitting)."""
+    """A loaded model with its preprocessing contract, threshold and scope gate (scikit-learn-like, no fitting).
 
-    def __init__(self, backend, meta) -> None:
-        self.backend = backend  # has .name and .logits(batch: float32 N x 1 x S x S) -> np.ndarray (N,)
+    ``scope_check`` (default on): images that are not frontal chest radiographs get no probability and no
+    label (:mod:`pneumoscan.inference.scope`); off, they are scored and marked.
+    """
+
+    def __init__(self, backend, meta, scope_check: bool = True) -> None:
+        # backend: .name, .logits(batch: float32 N x 1 x S x S) -> (N,), and optionally .scores(batch) ->
+        # (logits (N,), the scope gate's output (N, K) or None)
+        self.backend = backend
         self.meta = meta
+        self.scope_check = scope_check
+
+    def with_scope_check(self, scope_check: bool) -> Classifier:
+        """This classifier (same backend and model) with the scope check on or off."""
+        return self if scope_check == self.scope_check else Classifier(self.backend, self.meta, scope_check)
+
+    @property
+    def scope_note(self) -> str | None:
+        """Why the learned part of the scope gate is skipped for this model (it has none), else None."""
+        return None if scope.has_gate(self.meta) else scope.NO_GATE_NOTE
 
     @property
     def threshold(self) -> float:
@@ -54,17 +71,38 @@ class Classifier:
         ((H, W) or (H, W, C); see :func:`pneumoscan.data.image.read_pixels` for the accepted types); all
         go through the same grayscale conversion, depth scaling, fit and resize as a file. Raises
         :class:`ImageReadError` for what cannot be decoded, and for an image of the wrong kind (blank,
-        or a colour picture rather than a radiograph), with the reason.
+        or a colour picture rather than a radiograph), with the reason; with the scope check on,
+        :class:`~pneumoscan.inference.scope.OutOfScopeError` (a subclass) for a file or pixels that the
+        scope rules refuse (a DICOM of another modality, body part or view; degenerate pixels). The
+        learned part of the gate needs the network: :meth:`predict` and :meth:`assess` apply it.
         """
+        image, reason = self.prepare(source, name)
+        if reason is not None and self.scope_check:
+            raise scope.OutOfScopeError(scope.message(self._label(source, name), reason))
+        return image
+
+    def prepare(self, source: ImageInput, name: str | None = None) -> tuple[np.ndarray, str | None]:
+        """:meth:`preprocess` that returns why the scope rules refuse the image instead of raising:
+        (the model input, the reason or None). With the scope check on, a DICOM header the rules refuse
+        still raises :class:`~pneumoscan.inference.scope.OutOfScopeError`, before any decoding."""
         if isinstance(source, str | os.PathLike | bytes | bytearray | memoryview):
+            reason = scope.file_reason(source)
+            if reason is not None and self.scope_check:
+                raise scope.OutOfScopeError(scope.message(self._label(source, name), reason))
             pixels = read_image(source, self.meta.image_size, self.meta.fit, name=name)
             check_radiograph(source, pixels, name)
         else:
-            label = name or "<image>"
+            label, reason = name or "<image>", None
             original = _pixels_of(source)
             pixels = read_pixels(original, self.meta.image_size, self.meta.fit, name=label)
             check_radiograph_pixels(np.asarray(original), pixels, label)
-        return (pixels.astype(np.float32) / 255.0)[None]
+        return (pixels.astype(np.float32) / 255.0)[None], reason or scope.pixel_reason(pixels)
+
+    @staticmethod
+    def _label(source: ImageInput, name: str | None) -> str:
+        if name:
+            return name
+        return os.fsdecode(source) if isinstance(source, str | os.PathLike) else "<upload>"
 
     def predict_proba(self, images, batch_size: int = 64) -> np.ndarray:
         """Pneumonia probabilities of images given as pixels, one per image, in order.
@@ -92,6 +130,44 @@ class Classifier:
         logits = np.concatenate(out) if out else np.zeros(0, np.float32)
         return 1.0 / (1.0 + np.exp(-logits / float(self.meta.temperature or 1.0)))
 
+    def assess(self, batch: np.ndarray, names: list[str], reasons: list[str | None] | None = None,
+               batch_size: int = 64) -> list[Prediction]:
+        """One row per decoded image of ``batch`` (float32 (N, 1, S, S) in [0, 1], or uint8 (N, S, S)), with
+        the scope gate applied: an image out of scope (``reasons[i]`` from the rules, or the learned gate)
+        gets no probability and no label but ``error`` = ``<name>: out of scope: <reason>``; with the
+        scope check off it is scored and marked ``scope check off``."""
+        model_input = self._model_input(np.asarray(batch))
+        if model_input is None:
+            raise ImageReadError(f"a batch of shape {np.shape(batch)}; expected the model's input (N, 1, S, S) float32 "
+                                 "or (N, S, S) uint8")
+        scores = getattr(self.backend, "scores", None)
+        logits, gate = [], []
+        for i in range(0, len(model_input), batch_size):
+            chunk = np.ascontiguousarray(model_input[i : i + batch_size], dtype=np.float32)
+            if scores is None:
+                logits.append(self.backend.logits(chunk))
+            else:
+                chunk_logits, chunk_gate = scores(chunk)
+                logits.append(chunk_logits)
+                if chunk_gate is not None:
+                    gate.append(chunk_gate)
+        z = np.concatenate(logits) if logits else np.zeros(0, np.float32)
+        probabilities = 1.0 / (1.0 + np.exp(-z / float(self.meta.temperature or 1.0)))
+        outputs = np.concatenate(gate) if gate and scope.has_gate(self.meta) else None
+        rows = []
+        for i, (name, p) in enumerate(zip(names, probabilities, strict=True)):
+            reason = reasons[i] if reasons is not None else None
+            if reason is None and outputs is not None:
+                reason = scope.gate_reason(self.meta, outputs[i])
+            if reason is None:
+                rows.append(self.prediction(name, float(p)))
+            elif self.scope_check:
+                rows.append(self._error_row(name, scope.message(name, reason)))
+            else:
+                row = self.prediction(name, float(p))
+                rows.append(Prediction(**{**row.__dict__, "error": scope.check_off_message(name, reason)}))
+        return rows
+
     def _model_input(self, array) -> np.ndarray | None:
         """``array`` as the network's input when it already is one (no preprocessing to do), else None."""
         if not isinstance(array, np.ndarray):
@@ -116,25 +192,28 @@ class Classifier:
         file's bytes, a PIL image, a numpy array or torch tensor (one image or a batch, as for
         :meth:`predict_proba`), or a list of any of these. A single path is one image, never a list of
         characters. A file that cannot be read, or is not a radiograph, gets a row with ``error`` and
-        the rest are scored. ``progress=True`` draws a bar on stderr; a library
-        prints nothing unless asked (the command line asks, on a terminal).
+        the rest are scored; an image out of scope gets ``error`` = ``<name>: out of scope: <reason>``
+        and no probability or label (with ``scope_check`` off: scored, and ``error`` says so).
+        ``progress=True`` draws a bar on stderr; a library prints nothing unless asked (the command line
+        asks, on a terminal).
         """
         items = _items(sources)
         results: list[Prediction | None] = [None] * len(items)
-        pending: list[tuple[int, str, np.ndarray]] = []
+        pending: list[tuple[int, str, np.ndarray, str | None]] = []
 
         def flush() -> None:
             if pending:
-                probs = self.predict_proba(np.stack([x for _, _, x in pending]), batch_size=batch_size)
-                for (i, name, _), p in zip(pending, probs, strict=True):
-                    results[i] = self.prediction(name, float(p))
+                rows = self.assess(np.stack([x for _, _, x, _ in pending]), [name for _, name, _, _ in pending],
+                                   [reason for *_, reason in pending], batch_size=batch_size)
+                for (i, *_), row in zip(pending, rows, strict=True):
+                    results[i] = row
                 pending.clear()
 
         bar = _progress_bar(len(items), progress)
         for i, (name, source) in enumerate(items):
             try:
-                pending.append((i, name, self.preprocess(source, name=name)))
-            except ImageReadError as exc:
+                pending.append((i, name, *self.prepare(source, name)))
+            except ImageReadError as exc:  # OutOfScopeError included
                 results[i] = self._error_row(name, str(exc))
             except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not stop the others
                 results[i] = self._error_row(name, f"{name}: unexpected error ({type(exc).__name__}: {exc})")

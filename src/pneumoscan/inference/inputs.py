@@ -20,8 +20,11 @@ COLUMNS = ("file", "probability", "label", "threshold", "model", "version", "err
 
 @dataclass(frozen=True)
 class Prediction:
-    """One image's result; ``error`` is set (and the rest empty) when the file could not be read. The
-    :class:`~pneumoscan.inference.Classifier` makes them; this module lists the inputs and writes the rows."""
+    """One image's result; ``error`` is set (and probability and label empty) when the file could not be
+    read or is out of scope (``<source>: out of scope: <reason>``, see :mod:`pneumoscan.inference.scope`).
+    Scored with the scope check off, an image the gate would refuse has its probability and label, and
+    ``error`` says ``<source>: scope check off: ...``. The :class:`~pneumoscan.inference.Classifier` makes
+    them; this module lists the inputs and writes the rows."""
 
     source: str
     probability: float | None
@@ -128,11 +131,14 @@ def write_predictions(rows: Sequence[Prediction], out: str | os.PathLike) -> Pat
 
 
 def format_table(rows: Sequence[Prediction], max_name: int = 48) -> str:
-    """A plain-text table for the terminal: one line per file, errors in place of a probability."""
+    """A plain-text table for the terminal: one line per file, errors in place of a probability (beside it
+    for an image scored with the scope check off)."""
     lines = [f"{'file':<{max_name}}  {'probability':>11}  {'label':<9}  note"]
     for row in rows:
         name = row.source if len(row.source) <= max_name else "..." + row.source[-(max_name - 3):]
-        if row.error:
+        if row.error and row.probability is not None:
+            lines.append(f"{name:<{max_name}}  {row.probability:>11.4f}  {row.label:<9}  {_short_error(row)}")
+        elif row.error:
             lines.append(f"{name:<{max_name}}  {'-':>11}  {'-':<9}  {_short_error(row)}")
         else:
             lines.append(f"{name:<{max_name}}  {row.probability:>11.4f}  {row.label:<9}")

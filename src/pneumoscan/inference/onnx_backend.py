@@ -4,7 +4,9 @@ The contract of a pneumoscan ONNX file (written by :func:`pneumoscan.serving.exp
 
 - input ``image``: float32 ``(N, 1, S, S)``, grayscale ``uint8 / 255``; N is dynamic. Per-image
   standardisation is inside the graph.
-- outputs ``logit`` ``(N, 1)`` and ``probability`` ``(N, 1)`` = ``sigmoid(logit / temperature)``.
+- outputs ``logit`` ``(N, 1)`` and ``probability`` ``(N, 1)`` = ``sigmoid(logit / temperature)``; a model with a
+  scope gate also ``scope`` ``(N, 7)``: the distance to the training radiographs' features and the
+  log-probability of each orientation (:mod:`pneumoscan.models.scope`, read by :mod:`pneumoscan.inference.scope`).
 - ``metadata_props``: ``pneumoscan`` holds the full :class:`~pneumoscan.models.ModelMeta` JSON; readable
   keys (``image_size``, ``fit``, ``channels``, ``scale``, ``threshold``, ...) repeat the contract for
   other tools.
@@ -26,6 +28,7 @@ from pneumoscan.runs import MODEL_JSON, export_file
 INPUT_NAME = "image"
 LOGIT_OUTPUT = "logit"
 PROBABILITY_OUTPUT = "probability"
+SCOPE_OUTPUT = "scope"
 
 
 class OnnxBackend:
@@ -54,6 +57,14 @@ class OnnxBackend:
     def logits(self, batch: np.ndarray) -> np.ndarray:
         out = self.session.run([LOGIT_OUTPUT], {self.input: np.ascontiguousarray(batch, dtype=np.float32)})[0]
         return np.asarray(out, dtype=np.float32).reshape(-1)
+
+    def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits (N,), the ``scope`` output (N, K) or None for a graph without one), one run."""
+        if SCOPE_OUTPUT not in self.outputs:
+            return self.logits(batch), None
+        logits, scope = self.session.run([LOGIT_OUTPUT, SCOPE_OUTPUT],
+                                         {self.input: np.ascontiguousarray(batch, dtype=np.float32)})
+        return np.asarray(logits, dtype=np.float32).reshape(-1), np.asarray(scope, dtype=np.float32).reshape(len(batch), -1)
 
     def metadata(self) -> dict[str, str]:
         return dict(self.session.get_modelmeta().custom_metadata_map)
@@ -115,7 +126,8 @@ def onnx_metadata(meta: ModelMeta) -> dict[str, str]:
         "scale": str(contract["scale"]),
         "normalisation": str(contract["normalisation"]),
         "input": f"{INPUT_NAME}: float32 (N, 1, {meta.image_size}, {meta.image_size})",
-        "outputs": f"{LOGIT_OUTPUT}: (N, 1) raw score; {PROBABILITY_OUTPUT}: (N, 1) = sigmoid(logit / temperature)",
+        "outputs": f"{LOGIT_OUTPUT}: (N, 1) raw score; {PROBABILITY_OUTPUT}: (N, 1) = sigmoid(logit / temperature)"
+                   + (f"; {SCOPE_OUTPUT}: (N, 7) scope distance, then log p of each orientation" if meta.scope else ""),
         "temperature": repr(float(meta.temperature or 1.0)),
         "threshold": repr(float(meta.threshold)),
         "class_names": ",".join(meta.class_names),

@@ -91,12 +91,15 @@ class OnnxScorer:
         meta, size = self.classifier.meta, self.classifier.image_size
         pixels = batch.column("pixels").to_pylist()
         scorable = [np.frombuffer(p, np.uint8).reshape(size, size) for p in pixels if p is not None]
-        probs = iter(self.classifier.predict_proba(np.stack(scorable), batch_size=SCORE_BATCH) if scorable else [])
         rows = batch.drop_columns(["pixels"]).to_pylist()
+        names = [row["file"] for row, p in zip(rows, pixels, strict=True) if p is not None]
+        # The scope gate applies as in `predict`: an image out of scope gets its reason, no probability.
+        verdicts = iter(self.classifier.assess(np.stack(scorable), names, batch_size=SCORE_BATCH) if scorable else [])
         for row, p in zip(rows, pixels, strict=True):
-            probability = None if p is None else float(next(probs))
+            verdict = None if p is None else next(verdicts)
+            probability = None if verdict is None else verdict.probability
             row.update(probability=probability, threshold=self.classifier.threshold, model=meta.name,
-                       version=meta.version,
+                       version=meta.version, error=row.get("error") if verdict is None else verdict.error,
                        label=None if probability is None else meta.class_names[int(probability >= self.classifier.threshold)])
         return pa.Table.from_pylist([{c: row.get(c) for c in COLUMNS} for row in rows], schema=results_schema())
 

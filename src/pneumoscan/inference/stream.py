@@ -30,6 +30,7 @@ from pneumoscan.data.dicom_ids import DICOM_ID_COLUMNS, read_dicom_identifiers
 from pneumoscan.data.image import read_image
 from pneumoscan.data.radiograph import check_radiograph
 from pneumoscan.errors import ConfigError, ImageReadError
+from pneumoscan.inference import scope
 from pneumoscan.inference.inputs import iter_inputs
 from pneumoscan.inference.results import ResultsWriter, require_pyarrow, row_key
 
@@ -106,21 +107,37 @@ def _manifest_paths(manifest: Path) -> Iterator[str]:
         yield from (str(base / csv_text(row["path"])) for row in reader if row.get("path"))
 
 
-def decode_file(path: str, image_size: int, fit: str) -> tuple[np.ndarray | None, str | None, dict[str, str | None]]:
+def decode_file(path: str, image_size: int, fit: str,
+                scope_check: bool = True) -> tuple[np.ndarray | None, str | None, dict[str, str | None]]:
     """One file as the model's input: ``(uint8 (S, S) pixels or None, error or None, DICOM identifiers)``.
 
-    The same decoding and checks as :meth:`Classifier.preprocess`; every failure is a value, not an
-    exception, so that one bad file never stops the others.
+    The same decoding and checks as :meth:`Classifier.preprocess`, scope rules included; every failure is
+    a value, not an exception, so that one bad file never stops the others. With ``scope_check`` off, a
+    file the scope rules refuse keeps its pixels and its error says ``scope check off``.
     """
     ids = read_dicom_identifiers(path)
     try:
+        reason = scope.file_reason(path)
+        if reason is not None and scope_check:
+            return None, scope.message(path, reason), ids
         pixels = read_image(path, image_size, fit)  # type: ignore[arg-type]
         check_radiograph(path, pixels)
+        reason = reason or scope.pixel_reason(pixels)
+        if reason is not None:
+            return ((None, scope.message(path, reason), ids) if scope_check
+                    else (pixels, scope.check_off_message(path, reason), ids))
         return pixels, None, ids
     except ImageReadError as exc:
         return None, str(exc), ids
     except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not stop the others
         return None, f"{path}: unexpected error ({type(exc).__name__}: {exc})", ids
+
+
+def _reason_of(error: str | None) -> str | None:
+    """The scope reason inside a ``scope check off`` error of :func:`decode_file` (None for no error)."""
+    if error is None:
+        return None
+    return error.split(f"{scope.CHECK_OFF}: scored although {scope.OUT_OF_SCOPE}: ", 1)[-1]
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -145,11 +162,12 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _decode_chunk(paths: list[str], image_size: int, fit: str) -> list[tuple]:
-    return [(path, *decode_file(path, image_size, fit)) for path in paths]
+def _decode_chunk(paths: list[str], image_size: int, fit: str, scope_check: bool = True) -> list[tuple]:
+    return [(path, *decode_file(path, image_size, fit, scope_check)) for path in paths]
 
 
-def decode_files(paths: Iterable[str], image_size: int, fit: str, workers: int = 1) -> Iterator[tuple]:
+def decode_files(paths: Iterable[str], image_size: int, fit: str, workers: int = 1,
+                 scope_check: bool = True) -> Iterator[tuple]:
     """``(path, *decode_file(path))`` for each of ``paths``, in order, on ``workers`` processes, reading
     ``paths`` lazily."""
     remaining = iter(paths)
@@ -157,12 +175,12 @@ def decode_files(paths: Iterable[str], image_size: int, fit: str, workers: int =
     head = list(islice(chunks, 2))
     if workers <= 1 or len(head) < 2:  # a handful of files: starting processes costs more than it saves
         for chunk in chain(head, chunks):
-            yield from _decode_chunk(chunk, image_size, fit)
+            yield from _decode_chunk(chunk, image_size, fit, scope_check)
         return
     with ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
         window: deque = deque()
         for chunk in chain(head, chunks):
-            window.append(pool.submit(_decode_chunk, chunk, image_size, fit))
+            window.append(pool.submit(_decode_chunk, chunk, image_size, fit, scope_check))
             if len(window) >= workers * WINDOW_PER_WORKER:
                 yield from window.popleft().result()
         while window:
@@ -226,22 +244,27 @@ def predict_to_file(
     last_flush = time.monotonic()
 
     def score() -> None:
-        images = [pixels for _, pixels, _, _ in batch if pixels is not None]
-        probs = iter(classifier.predict_proba(np.stack(images), batch_size=batch_size) if images else [])
+        scorable = [(path, pixels, error) for path, pixels, error, _ in batch if pixels is not None]
+        verdicts = iter(classifier.assess(np.stack([p for _, p, _ in scorable]), [path for path, _, _ in scorable],
+                                          [_reason_of(error) for *_, error in scorable], batch_size=batch_size)
+                        if scorable else [])
         for path, pixels, error, ids in batch:
-            if pixels is None:
+            verdict = next(verdicts) if pixels is not None else None
+            if verdict is None or verdict.probability is None:
                 counts["failed"] += 1
+                error = error if verdict is None else verdict.error
                 written.append(row(path, None, error, ids))
                 ticker.failure(error or path)
             else:
                 counts["scored"] += 1
-                written.append(row(path, float(next(probs)), None, ids))
+                written.append(row(path, verdict.probability, verdict.error, ids))
         ticker.update(len(batch), counts)
         batch.clear()
 
     images_waiting = 0
     with writer:
-        decoded = decode_files(jobs(), int(meta.image_size), meta.fit, workers or default_workers())
+        decoded = decode_files(jobs(), int(meta.image_size), meta.fit, workers or default_workers(),
+                               scope_check=classifier.scope_check)
         for path, pixels, error, ids in decoded:
             uid = ids.get("sop_instance_uid")
             if resume and uid and writer.done(None, uid):  # a DICOM scored before under another name

@@ -23,6 +23,13 @@ class TorchBackend:
             raise ConfigError(f"--device {device}: not usable here ({reason(exc)}); use cpu") from None
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.scores(batch)[0]
+
+    def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits (N,), the scope gate's output (N, K) or None for a model without one), one pass."""
+        from pneumoscan.models.scope import logit_and_scope
+
         with self.torch.inference_mode():
-            out = self.model(self.torch.from_numpy(batch).to(self.device))
-        return out.float().reshape(-1).cpu().numpy()
+            logits, scope = logit_and_scope(self.model, self.torch.from_numpy(batch).to(self.device))
+        return (logits.float().reshape(-1).cpu().numpy(),
+                None if scope is None else scope.float().reshape(len(batch), -1).cpu().numpy())

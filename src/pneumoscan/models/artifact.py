@@ -53,6 +53,8 @@ class ModelMeta:
     temperature: float = 1.0  # logits are divided by this before the sigmoid (temperature scaling)
     members: int = 1  # an ensemble of this many networks in one model (mean logit)
     provenance: dict[str, Any] = field(default_factory=dict)  # config, versions, git commit, data hash
+    # The scope gate's thresholds and how they were fitted (models.scope); empty: the model has no gate.
+    scope: dict[str, Any] = field(default_factory=dict)
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -146,6 +148,9 @@ _CHECKS: dict[str, Any] = {
     "members": lambda v: None if isinstance(v, int) and not isinstance(v, bool) and v in MEMBERS
     else f"must be a whole number of networks from {MEMBERS.start} to {MEMBERS.stop - 1}",
     "provenance": lambda v: None if isinstance(v, dict) else "must be an object",
+    "scope": lambda v: None if isinstance(v, dict) and (not v or all(
+        _is_number(v.get(k)) for k in ("distance_threshold", "orientation_threshold")))
+    else "must be empty or hold the numbers distance_threshold and orientation_threshold",
 }
 
 
@@ -189,6 +194,9 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         model = build_model(meta.name, meta.image_size, meta.members)
     except ConfigError as exc:  # a name this version does not know, a size the network cannot take
         raise ModelFileError(f"{file}: invalid pneumoscan metadata: {exc}") from None
+    from pneumoscan.models.scope import gate_for_state
+
+    gate_for_state(model, state)  # a model fitted with a scope gate carries its statistics as scope.*
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pneumoscan import __version__
 from pneumoscan.data.image import PIL_FORMATS, is_dicom
 from pneumoscan.errors import ImageReadError, PneumoscanError
-from pneumoscan.inference import Classifier
+from pneumoscan.inference import Classifier, Prediction
 from pneumoscan.provenance import DISCLAIMER
 from pneumoscan.serving.explainer import Explainer, ExplainUnavailable
 from pneumoscan.serving.loader import ServedModel, load_served_model, served_from_classifier
@@ -53,6 +53,9 @@ from pneumoscan.serving.options import (
 
 log = logging.getLogger("pneumoscan.serving")
 
+SCOPE_CHECK_DOC = ("false: also score images the scope gate refuses (not frontal chest radiographs); they are "
+                   "marked 'scope check off' in note. true (default): such an image gets 422 'out of scope: <reason>' "
+                   "(in a batch, on its row)")
 MULTIPART_HINT = "send the image as multipart/form-data, field 'file' (field 'files' for a batch)"
 
 T = TypeVar("T")
@@ -74,6 +77,8 @@ class PredictResponse(BaseModel):
     backend: str = Field(description="onnxruntime or torch")
     latency_ms: float = Field(description="server time for this request after the upload: queue, decoding, inference")
     explanation: Explanation | None = None
+    note: str | None = Field(None, description="with scope_check=false: 'scope check off: ...' for an image the "
+                                               "scope gate would have refused")
     disclaimer: str = DISCLAIMER
 
 
@@ -81,7 +86,10 @@ class BatchItem(BaseModel):
     filename: str
     probability: float | None = None
     label: str | None = None
-    error: str | None = Field(None, description="why this file could not be scored; the others still are")
+    error: str | None = Field(None, description="why this file could not be scored ('out of scope: <reason>' for "
+                                                "an image that is not a frontal chest radiograph); the others still are")
+    note: str | None = Field(None, description="with scope_check=false: 'scope check off: ...' for an image the "
+                                               "scope gate would have refused")
 
 
 class BatchResponse(BaseModel):
@@ -103,7 +111,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _error_doc("malformed multipart body or too many files"),
     413: _error_doc("upload over the size limit"),
     415: _error_doc("not an image (JPEG, PNG, TIFF, BMP, WEBP or DICOM), or not multipart/form-data"),
-    422: _error_doc("an image that cannot be decoded (corrupt, truncated, decompression bomb), or a missing field"),
+    422: _error_doc("an image that cannot be decoded (corrupt, truncated, decompression bomb), an image out of "
+                    "scope ('out of scope: <reason>': not a frontal chest radiograph), or a missing field"),
     503: _error_doc("model not loaded yet, or too many requests waiting"),
 }
 
@@ -232,6 +241,7 @@ def _add_predict_routes(app: FastAPI, state: _State, gate: _Gate, max_upload_byt
         file: Annotated[UploadFile, File(description="the radiograph: JPEG, PNG or DICOM")],
         explain: Annotated[bool, Query(description="add a Grad-CAM overlay (PNG, base64); needs the "
                                                    "PyTorch weights beside the model, else 409")] = False,
+        scope_check: Annotated[bool, Query(description=SCOPE_CHECK_DOC)] = True,
     ) -> PredictResponse:
         served = state.require()
         if explain and not state.explainer.available:
@@ -239,7 +249,8 @@ def _add_predict_routes(app: FastAPI, state: _State, gate: _Gate, max_upload_byt
         name = _display_name(file.filename)
         data = await file.read()
         start = time.perf_counter()
-        probability, image = await gate.run(_score_one, served.classifier, data, name)
+        row, image = await gate.run(_score_one, served.classifier.with_scope_check(scope_check), data, name)
+        probability = float(row.probability)
         explanation = None
         if explain:
             try:
@@ -250,7 +261,7 @@ def _add_predict_routes(app: FastAPI, state: _State, gate: _Gate, max_upload_byt
         return PredictResponse(
             filename=name, probability=probability, label=served.classifier.meta.label(probability),
             threshold=served.classifier.threshold, model=meta.name, version=meta.version, backend=served.backend,
-            latency_ms=round((time.perf_counter() - start) * 1000, 2), explanation=explanation,
+            latency_ms=round((time.perf_counter() - start) * 1000, 2), explanation=explanation, note=row.error,
         )
 
     @app.post("/v1/predict/batch", tags=["predict"], response_model=BatchResponse, responses=ERROR_RESPONSES,
@@ -259,11 +270,12 @@ def _add_predict_routes(app: FastAPI, state: _State, gate: _Gate, max_upload_byt
     async def predict_batch(
         # Annotations are evaluated at module level (PEP 563): no closure variables in them.
         files: Annotated[list[UploadFile], File(description="the radiographs (JPEG, PNG or DICOM)")],
+        scope_check: Annotated[bool, Query(description=SCOPE_CHECK_DOC)] = True,
     ) -> BatchResponse:
         served = state.require()
         uploads = [(_display_name(f.filename), await f.read()) for f in files]
         start = time.perf_counter()
-        items = await gate.run(_score_many, served.classifier, uploads)
+        items = await gate.run(_score_many, served.classifier.with_scope_check(scope_check), uploads)
         meta = served.classifier.meta
         return BatchResponse(
             results=items, threshold=served.classifier.threshold, model=meta.name, version=meta.version,
@@ -333,38 +345,49 @@ class _Gate:
             self.pending -= 1
 
 
-def _score_one(classifier: Classifier, data: bytes, name: str) -> tuple[float, np.ndarray]:
-    """Decode and score one upload (in a worker thread); HTTP errors for what the client sent."""
-    image = _decode(classifier, data, name)
-    return float(classifier.predict_proba(image[None])[0]), image
+def _score_one(classifier: Classifier, data: bytes, name: str) -> tuple[Prediction, np.ndarray]:
+    """Decode and score one upload (in a worker thread); HTTP errors for what the client sent, 422 for an
+    image out of scope."""
+    image, reason = _decode(classifier, data, name)
+    row = classifier.assess(image[None], [name], [reason])[0]
+    if row.probability is None:
+        raise HTTPException(422, row.error)
+    return row, image
 
 
 def _score_many(classifier: Classifier, uploads: list[tuple[str, bytes]]) -> list[BatchItem]:
-    """Decode every upload, score the good ones in one batch, and report the bad ones on their rows."""
+    """Decode every upload, score the good ones in one batch, and report the bad ones (and those out of
+    scope) on their rows."""
     items: list[BatchItem] = []
     images: list[np.ndarray] = []
+    reasons: list[str | None] = []
     for name, data in uploads:
         try:
-            images.append(_decode(classifier, data, name))
+            image, reason = _decode(classifier, data, name)
+            images.append(image)
+            reasons.append(reason)
             items.append(BatchItem(filename=name))
         except HTTPException as exc:
             items.append(BatchItem(filename=name, error=str(exc.detail)))
-    probabilities = iter(classifier.predict_proba(np.stack(images)) if images else ())
-    for item in items:
-        if item.error is None:
-            item.probability = float(next(probabilities))
-            item.label = classifier.meta.label(item.probability)
+    scorable = [item for item in items if item.error is None]
+    rows = iter(classifier.assess(np.stack(images), [item.filename for item in scorable], reasons) if images else ())
+    for item in scorable:
+        row = next(rows)
+        if row.probability is None:
+            item.error = row.error
+        else:
+            item.probability, item.label, item.note = row.probability, row.label, row.error
     return items
 
 
-def _decode(classifier: Classifier, data: bytes, name: str) -> np.ndarray:
+def _decode(classifier: Classifier, data: bytes, name: str) -> tuple[np.ndarray, str | None]:
     if not data:
         raise HTTPException(422, f"{name}: empty file (0 bytes); choose a JPEG, PNG or DICOM radiograph")
     if not _looks_like_image(data):
         raise HTTPException(415, f"{name}: not an image; send a JPEG, PNG or DICOM radiograph")
     try:
-        return classifier.preprocess(data, name=name)
-    except ImageReadError as exc:
+        return classifier.prepare(data, name=name)
+    except ImageReadError as exc:  # OutOfScopeError included: 422 with the reason
         raise HTTPException(422, str(exc)) from None
     except Exception as exc:  # a decoder's own bug on one odd file: answer, log, and keep serving
         log.exception("unexpected error decoding %s", name)

@@ -2,7 +2,8 @@
 
 ``export_onnx(RUN)`` writes ``RUN/export/model.onnx``, ``model_card.json`` and ``model_card.md``. The graph
 takes float32 ``(N, 1, S, S)`` images in [0, 1] (N dynamic) and returns ``logit`` and ``probability``
-(``sigmoid(logit / temperature)``), both ``(N, 1)``; see :mod:`pneumoscan.inference.onnx_backend`.
+(``sigmoid(logit / temperature)``), both ``(N, 1)``, and for a model with a scope gate ``scope`` (its
+distance and orientation log-probabilities, computed in the same pass); see :mod:`pneumoscan.inference.onnx_backend`.
 """
 
 from __future__ import annotations
@@ -40,8 +41,15 @@ def export_onnx(model_path: str | os.PathLike, out_path: str | os.PathLike | Non
     """
     import torch
 
-    from pneumoscan.inference.onnx_backend import INPUT_NAME, LOGIT_OUTPUT, PROBABILITY_OUTPUT, onnx_metadata
+    from pneumoscan.inference.onnx_backend import (
+        INPUT_NAME,
+        LOGIT_OUTPUT,
+        PROBABILITY_OUTPUT,
+        SCOPE_OUTPUT,
+        onnx_metadata,
+    )
     from pneumoscan.models import load_model
+    from pneumoscan.models.scope import gate_of
     from pneumoscan.serving.model_card import write_model_card
 
     model_path = Path(model_path).expanduser()
@@ -60,7 +68,8 @@ def export_onnx(model_path: str | os.PathLike, out_path: str | os.PathLike | Non
     with _quiet():
         program = torch.onnx.export(
             wrapper, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=[LOGIT_OUTPUT, PROBABILITY_OUTPUT], dynamic_shapes=({0: batch},),
+            output_names=[LOGIT_OUTPUT, PROBABILITY_OUTPUT] + ([SCOPE_OUTPUT] if gate_of(model) is not None else []),
+            dynamic_shapes=({0: batch},),
             external_data=False, optimize=True, verbose=False,
         )
     proto = program.model_proto
@@ -124,14 +133,20 @@ def _check_parity(data: bytes, wrapper, size: int, out: Path, tolerance: float =
     got = session.run(None, {session.get_inputs()[0].name: probe.numpy()})
     logit_gap = float(np.max(np.abs(got[0] - expected[0])))
     probability_gap = float(np.max(np.abs(got[1] - expected[1])))
-    if probability_gap > tolerance or logit_gap > 100 * tolerance:
+    # The scope output: relative to its size (distances run to tens), the same tolerance as a logit.
+    scope_gap = max((float(np.max(np.abs(g - e) / (1.0 + np.abs(e)))) for g, e in zip(got[2:], expected[2:], strict=True)),
+                    default=0.0)
+    if probability_gap > tolerance or logit_gap > 100 * tolerance or scope_gap > 100 * tolerance:
         raise ModelFileError(f"{out}: not written: ONNX Runtime and PyTorch disagree by {probability_gap:.2g} in "
                              f"probability (tolerance {tolerance}); please report this model")
 
 
 def _with_probability(model, temperature: float):
-    """The model wrapped so that the graph returns both the logit and the calibrated probability."""
+    """The model wrapped so that the graph returns the logit, the calibrated probability and, for a model
+    with a scope gate, the gate's output from the same pass."""
     from torch import nn
+
+    from pneumoscan.models.scope import logit_and_scope
 
     class LogitAndProbability(nn.Module):
         def __init__(self) -> None:
@@ -139,8 +154,10 @@ def _with_probability(model, temperature: float):
             self.model = model
 
         def forward(self, image):
-            logit = self.model(image)
-            return logit, (logit / temperature).sigmoid()
+            logit, scope = logit_and_scope(self.model, image)
+            if scope is None:
+                return logit, (logit / temperature).sigmoid()
+            return logit, (logit / temperature).sigmoid(), scope
 
     return LogitAndProbability()
 

@@ -24,7 +24,8 @@ INTENDED_USE = (
 OUT_OF_SCOPE = [
     "Any clinical decision: diagnosis, triage, screening or ruling out pneumonia in a patient.",
     "Adult radiographs, lateral or PA views from other hospitals, CT, or any image that is not a "
-    "chest radiograph: the model has no notion of 'not a chest X-ray' beyond basic input checks.",
+    "chest radiograph. The scope gate (see 'Scope gate') refuses much of this, not all of it: it is a "
+    "safeguard against the wrong file, not a guarantee that an image it passes is within scope.",
     "Telling bacterial from viral pneumonia, or any other finding (effusion, nodules, lines and tubes).",
 ]
 LIMITATIONS = [
@@ -59,6 +60,8 @@ def build_model_card(meta: ModelMeta, run_folder: str | os.PathLike | None = Non
             "threshold_rule": threshold_rule(meta),
             "label": f"{meta.class_names[1]} when probability >= threshold, else {meta.class_names[0]}",
             "operating_points": dict(meta.operating_points),
+            **({"scope": "(N, 7) the scope gate's distance to the training radiographs, then the log-probability "
+                         "of each orientation (upright first)"} if meta.scope else {}),
         },
         "training_data": _training_data(meta),
         "initial_weights": _initial_weights(meta),
@@ -74,6 +77,7 @@ def build_model_card(meta: ModelMeta, run_folder: str | os.PathLike | None = Non
             "note": None if report is not None else
             "no evaluation report found in RUN/reports/: run 'pneumoscan evaluate' for test figures with intervals",
         },
+        "scope_gate": scope_gate(meta),
         "limitations": LIMITATIONS,
         "provenance": meta.provenance,
     }
@@ -89,6 +93,31 @@ def _initial_weights(meta: ModelMeta) -> str | None:
         return None
     text = f"{pretrained.get('source')} ({pretrained.get('loaded')} tensors loaded)"
     return f"{text}; {pretrained['licence']}" if pretrained.get("licence") else text
+
+
+def scope_gate(meta: ModelMeta) -> dict[str, Any]:
+    """What the scope gate refuses and how (:mod:`pneumoscan.inference.scope`), for this model."""
+    rules = [
+        "DICOM files whose Modality is not CR, DX or RG, whose BodyPartExamined names another body part, whose "
+        "ViewPosition or ViewCodeSequence names a lateral or other non-frontal view, or whose "
+        "PhotometricInterpretation is not MONOCHROME1/2 (the DICOM node also requires CHEST to be named)",
+        "degenerate pixels, before the network: blank, fewer than 32 grey levels, near-flat, NaN or infinite "
+        "values, colour pictures",
+    ]
+    gate = dict(meta.scope or {})
+    if not gate:
+        return {"rules": rules, "learned": None,
+                "note": "this model carries no learned scope gate: only the rules apply"}
+    learned = (
+        f"a Mahalanobis distance of the network's penultimate features to {gate.get('fitted_on', '?')} training "
+        f"radiographs (refused above {gate['distance_threshold']:.2f}), and an orientation probe on the same "
+        f"features that refuses radiographs rotated by 90, 180 or 270 degrees, mirrored top-bottom or inverted; "
+        f"both thresholds set on {gate.get('held_out', '?')} held-out training radiographs, of which together "
+        f"{100 * float(gate.get('held_out_kept', 0)):.1f} % pass"
+    )
+    return {"rules": rules, "learned": learned, "statistics": gate,
+            "output": "an image out of scope gets no probability and no label: 'out of scope: <reason>'; "
+                      "--no-scope-check scores it anyway and marks it"}
 
 
 def write_model_card(folder: str | os.PathLike, meta: ModelMeta, run_folder: str | os.PathLike | None = None,
@@ -145,6 +174,11 @@ def render_markdown(card: dict[str, Any]) -> str:
         lines.append(f"- file: `{card['files']['onnx']}` (sha256 `{card['files']['onnx_sha256']}`)")
     lines += ["", "## Intended use", "", card["intended_use"], "", "## Out of scope", ""]
     lines += [f"- {item}" for item in card["out_of_scope"]]
+    gate = card.get("scope_gate")
+    if gate:
+        lines += ["", "## Scope gate", "", "Refused with the reason, never given a probability or a label:", ""]
+        lines += [f"- {rule}" for rule in gate["rules"]]
+        lines += [f"- {gate['learned']}" if gate.get("learned") else f"- ({gate.get('note')})"]
     lines += [
         "", "## Input", "",
         f"- tensor: `{inp['tensor']}`, layout {inp['layout']}, {inp['channels']} channel",

@@ -253,6 +253,18 @@ def _log_order(path: Path) -> int:
 
 
 # -- after training ------------------------------------------------------------------------------------------
+def _fit_scope(network: Any, data: Any, config: TrainConfig, provenance: dict[str, Any]) -> dict[str, Any]:
+    """The scope gate of the trained network, fitted on its training images (attached to ``network``);
+    empty, with a warning in the provenance, when there are too few images or the network has no linear head."""
+    from pneumoscan.inference.scope import fit_scope_on_pixels
+
+    try:
+        return fit_scope_on_pixels(network.eval(), data.train_images, seed=config.seed)
+    except ConfigError as exc:
+        provenance["warnings"] = [*provenance.get("warnings", []), f"no scope gate: {exc}"]
+        return {}
+
+
 def _finish(run_dir: Path, config: TrainConfig, module: Any, datamodule: Any, provenance: dict[str, Any]) -> None:
     """Best weights -> validation predictions, threshold, model file, history and curves."""
     from pneumoscan.evaluation.operating import apply_temperature
@@ -291,7 +303,7 @@ def _finish(run_dir: Path, config: TrainConfig, module: Any, datamodule: Any, pr
                       for s, p in zip(data.val_samples, probs, strict=True)))
     # The module states what a model file says about itself; here only what validation chose changes.
     meta = replace(module.meta(), threshold=threshold, operating_points=points, val_metrics=metrics,
-                   temperature=temperature)
+                   temperature=temperature, scope=_fit_scope(network, data, config, provenance))
     save_model(run_dir, network.to(memory_format=torch.contiguous_format), meta)
     history = read_history(sorted((run_dir / runs.LOGS).glob("csv*/metrics.csv"), key=_log_order))
     if history:

@@ -1,0 +1,271 @@
+"""The scope gate: is this a frontal chest radiograph the model was made for? One rule set for every entry point.
+
+``predict``, the Python API, the server, the DICOM node and ``dicom pull`` all ask this module, in order:
+
+1. **What the file says** (:func:`header_reason`): a DICOM whose Modality is not a radiograph's (CR, DX or
+   a DX-like one), whose BodyPartExamined names another body part, whose ViewPosition or ViewCodeSequence
+   names a lateral or other non-frontal view, or whose PhotometricInterpretation cannot be a radiograph's.
+   Only what a file states is held against it (a JPEG says nothing); the DICOM node also requires the
+   chest to be named (``require_chest``), as a PACS sends every body part.
+2. **Degenerate pixels** (:func:`pixel_reason`), before the network: a handful of grey levels (one bright
+   pixel on black), or a near-flat image. Blank images, colour pictures and NaN or infinite values are
+   refused by decoding (:mod:`pneumoscan.data.radiograph`, :mod:`pneumoscan.data.image`).
+3. **What the pixels look like** (:func:`gate_reason`), from the gate every trained model carries
+   (:mod:`pneumoscan.models.scope`): the Mahalanobis distance of the network's penultimate features to the
+   training radiographs', and an orientation probe that refuses a radiograph rotated by 90, 180 or 270
+   degrees, mirrored top-bottom or inverted. Both thresholds keep 99.5 % of held-out training radiographs.
+   A model saved without a gate skips this step (:data:`NO_GATE_NOTE`).
+
+An image out of scope gets no probability and no label: its row's ``error`` says ``out of scope: <reason>``
+with its score. With the check off (``--no-scope-check``, ``scope_check=False``) it is scored, and its
+``error`` column says ``scope check off: ...`` beside the probability.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pneumoscan.errors import ImageReadError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+OUT_OF_SCOPE = "out of scope"
+CHECK_OFF = "scope check off"
+NO_GATE_NOTE = ("this model carries no scope gate (saved before it existed): only the file and pixel rules apply; "
+                "`pneumoscan fit-scope MODEL DATA` adds one")
+
+# Radiograph modalities: computed and digital radiography, and conventional radiography (RG). The other
+# DX-like ones name another body part (MG mammography, IO intra-oral, PX panoramic dental) and are refused,
+# as is anything else (CT, MR, US, NM, PT, RTIMAGE, OT, ...).
+RADIOGRAPH_MODALITIES = ("CR", "DX", "RG")
+FRONTAL_VIEWS = ("PA", "AP")
+LATERAL_VIEWS = ("LL", "RL", "LLD", "RLD", "LATERAL", "LAT")
+# What a chest's BodyPartExamined says (DICOM PS3.16 CID 4031 and the spellings scanners write).
+CHEST_PARTS = ("CHEST", "THORAX", "LUNG")
+# SNOMED codes of ViewCodeSequence for frontal chest views (PS3.16 CID 4010), and their meanings' words.
+FRONTAL_VIEW_CODES = {"R-10214": "postero-anterior", "R-10206": "antero-posterior", "399348003": "postero-anterior",
+                      "272479003": "antero-posterior", "R-10202": "frontal", "R-102CD": "antero-posterior",
+                      "399182000": "antero-posterior", "399214001": "postero-anterior"}
+PHOTOMETRIC_GREY = ("MONOCHROME1", "MONOCHROME2")
+
+# A decoded model input with fewer grey levels than this is a drawing or a dot on black, not a radiograph
+# (training radiographs: 138 or more at 128 px).
+MIN_GREY_LEVELS = 32
+# Near-flat: this share of pixels within FLAT_LEVELS of the median (training radiographs: at most 0.58, with padding).
+MAX_FLAT_SHARE = 0.9
+FLAT_LEVELS = 4
+
+
+class OutOfScopeError(ImageReadError):
+    """The image decodes but is not a frontal chest radiograph the model was made for; the message says why."""
+
+
+def message(name: str, reason: str) -> str:
+    """The ``error`` of a refused image: ``<name>: out of scope: <reason>``."""
+    return f"{name}: {OUT_OF_SCOPE}: {reason}"
+
+
+def check_off_message(name: str, reason: str) -> str:
+    """The ``error`` of an image scored with the check off that the gate would have refused."""
+    return f"{name}: {CHECK_OFF}: scored although {OUT_OF_SCOPE}: {reason}"
+
+
+# -- 1. what the file says -----------------------------------------------------------------------------------
+def header_reason(ds: Dataset, require_chest: bool = False) -> str | None:
+    """Why the DICOM header of ``ds`` says it is not a frontal chest radiograph, or None.
+
+    An absent attribute counts against the file only with ``require_chest`` (the DICOM node: a PACS sends
+    every study, so the chest must be named there).
+    """
+    modality = _text(ds, "Modality")
+    if modality and modality not in RADIOGRAPH_MODALITIES:
+        return f"DICOM Modality {modality}, not a radiograph ({' or '.join(RADIOGRAPH_MODALITIES[:2])})"
+    if require_chest and not modality:
+        return "DICOM Modality missing; only CR and DX radiographs are scored"
+    body_part = _text(ds, "BodyPartExamined")
+    if body_part and body_part not in CHEST_PARTS:
+        return f"DICOM BodyPartExamined {body_part}, not CHEST"
+    if require_chest and not body_part:
+        return "DICOM BodyPartExamined missing, not CHEST"
+    view = _text(ds, "ViewPosition")
+    if view and view not in FRONTAL_VIEWS:
+        kind = "a lateral view" if view in LATERAL_VIEWS else "not a frontal view"
+        return f"DICOM ViewPosition {view} ({kind}); only frontal (PA or AP) views are scored"
+    view_code = _view_code(ds)
+    if view_code is not None:
+        return f"DICOM ViewCodeSequence {view_code}, not a frontal (PA or AP) view"
+    photometric = _text(ds, "PhotometricInterpretation")
+    if photometric and photometric not in PHOTOMETRIC_GREY:
+        return f"DICOM PhotometricInterpretation {photometric}; a radiograph is MONOCHROME1 or MONOCHROME2"
+    return None
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    try:
+        value = ds.get(keyword, "")
+    except Exception:  # noqa: BLE001 - a damaged element reads as absent: decoding reports real damage
+        return ""
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        value = "\\".join(str(v) for v in value)
+    return str(value or "").strip().upper()
+
+
+def _view_code(ds: Dataset) -> str | None:
+    """The first ViewCodeSequence item as ``code (meaning)`` when it names a non-frontal view, else None."""
+    try:
+        items = ds.get("ViewCodeSequence") or []
+        if not items:
+            return None
+        item = items[0]
+        code, meaning = str(item.get("CodeValue", "") or ""), str(item.get("CodeMeaning", "") or "")
+    except Exception:  # noqa: BLE001 - as _text
+        return None
+    words = meaning.lower().replace("-", "").replace(" ", "")
+    if code in FRONTAL_VIEW_CODES or any(w in words for w in ("posteroanterior", "anteroposterior", "frontal")):
+        return None
+    return f"{code} ({meaning})" if meaning else code or None
+
+
+def file_reason(source: str | os.PathLike | bytes, data: bytes | None = None) -> str | None:
+    """:func:`header_reason` of ``source`` when it is a DICOM (only the header is read), else None."""
+    from pneumoscan.data.image import is_dicom
+
+    try:
+        if data is None:
+            if isinstance(source, bytes | bytearray | memoryview):
+                data = bytes(source)
+            else:
+                with open(source, "rb") as fh:
+                    data = fh.read(132)
+                    if not is_dicom(data):
+                        return None
+                    fh.seek(0)
+                    return _header_of(fh)
+        if not is_dicom(data[:132]):
+            return None
+        return _header_of(io.BytesIO(data))
+    except OSError:
+        return None  # decoding reads the file too and reports what is wrong with it
+
+
+def _header_of(fh) -> str | None:
+    import warnings
+
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+    except Exception:  # noqa: BLE001 - decoding reports an unreadable header with its reason
+        return None
+    return header_reason(ds)
+
+
+# -- 2. degenerate pixels ------------------------------------------------------------------------------------
+def pixel_reason(pixels: np.ndarray) -> str | None:
+    """Why the decoded model input ``pixels`` (uint8 (S, S)) cannot be a radiograph, or None."""
+    values = np.asarray(pixels)
+    levels = int(np.count_nonzero(np.bincount(values.ravel(), minlength=256)))
+    if levels < MIN_GREY_LEVELS:
+        return f"only {levels} grey levels (a radiograph has over {MIN_GREY_LEVELS * 4}); a drawing, a mask or a dot on black"
+    flat = float(np.mean(np.abs(values.astype(np.int16) - int(np.median(values))) <= FLAT_LEVELS))
+    if flat > MAX_FLAT_SHARE:
+        return f"near-flat: {flat:.0%} of the pixels within {FLAT_LEVELS} grey levels of one value"
+    return None
+
+
+# -- 3. the learned gate -------------------------------------------------------------------------------------
+def has_gate(meta: Any) -> bool:
+    scope = getattr(meta, "scope", None) or {}
+    return "distance_threshold" in scope and "orientation_threshold" in scope
+
+
+def gate_reason(meta: Any, output: np.ndarray) -> str | None:
+    """Why the gate's ``output`` for one image ((1 + orientations,): the distance, then each orientation's
+    log-probability) puts it out of scope, or None."""
+    scope = meta.scope
+    orientations = list(scope.get("orientations") or ["upright"])
+    distance, logp = float(output[0]), np.asarray(output[1:], np.float64)
+    reasons = []
+    limit = float(scope["distance_threshold"])
+    if not np.isfinite(distance) or distance > limit:
+        reasons.append(f"unlike the training radiographs (scope distance {distance:.1f}, "
+                       f"{distance / limit:.2f} x the threshold {limit:.1f})")
+    upright, floor = float(logp[0]), float(scope["orientation_threshold"])
+    if not np.isfinite(upright) or upright < floor:
+        which = int(np.argmax(logp)) if np.isfinite(logp).all() else 0
+        likeliest = orientations[which] if which < len(orientations) else "not upright"
+        shown = "not upright" if which == 0 else f"looks {likeliest}"
+        reasons.append(f"{shown} (p(upright) {np.exp(upright):.3f}, threshold {np.exp(floor):.3f}); "
+                       "give the upright, non-inverted radiograph")
+    return "; ".join(reasons) or None
+
+
+# -- fitting a model's gate ----------------------------------------------------------------------------------
+def fit_scope(model_path: str | os.PathLike, data: str | os.PathLike, *, out: str | os.PathLike | None = None,
+              images: int = 3000, held_out: int = 800, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+    """Fit the scope gate of the model at ``model_path`` on the training radiographs of ``data`` and save
+    the model with it (``out``: another folder; default: in place). Returns the ``ModelMeta.scope`` entry.
+
+    ``data`` is any dataset :func:`pneumoscan.data.load_dataset` reads; its ``train`` split is used (all of
+    it when it has no splits). ``images`` fit the statistics, ``held_out`` other ones set the thresholds.
+    """
+    from pneumoscan.data import load_dataset
+    from pneumoscan.models import load_model, save_model
+    from pneumoscan.models.artifact import find_model_file, run_folder_of
+
+    model, meta = load_model(model_path)
+    index = load_dataset(data)
+    samples = index.by_split("train") or list(index.samples)
+    scope = fit_model_scope(model, meta, [s.path for s in samples], images=images, held_out=held_out, seed=seed,
+                            progress=progress)
+    from dataclasses import replace
+
+    meta = replace(meta, scope=scope)
+    target = Path(out) if out is not None else (run_folder_of(model_path) if Path(model_path).is_dir()
+                                                else find_model_file(model_path).parent)
+    save_model(target, model, meta)
+    return scope
+
+
+def fit_model_scope(model: Any, meta: Any, paths: list, *, images: int = 3000, held_out: int = 800, seed: int = 0,
+                    progress: bool = False) -> dict[str, Any]:
+    """Fit and attach the gate of ``model`` (in memory) from the training images ``paths``; returns the
+    ``ModelMeta.scope`` entry (the caller saves the model with it)."""
+    from pneumoscan.data.image import read_image
+
+    order = np.random.default_rng(seed).permutation(len(paths))
+    chosen = [paths[i] for i in order[: images + held_out]]
+    decoded = []
+    for path in chosen:
+        try:
+            decoded.append(read_image(path, int(meta.image_size), meta.fit))
+        except ImageReadError:
+            continue
+        if progress and len(decoded) % 500 == 0:
+            print(f"scope gate: {len(decoded)} of {len(chosen)} training images decoded", flush=True)
+    pixels = np.stack(decoded) if decoded else np.zeros((0, meta.image_size, meta.image_size), np.uint8)
+    return fit_scope_on_pixels(model, pixels, images=images, held_out=held_out, seed=seed)
+
+
+def fit_scope_on_pixels(model: Any, pixels: np.ndarray, *, images: int = 3000, held_out: int = 800,
+                        seed: int = 0) -> dict[str, Any]:
+    """:func:`fit_model_scope` for training images already decoded (uint8 (N, S, S), the model's input):
+    ``held_out`` of them (fewer when there are not ``images`` more: at least a fifth) set the thresholds,
+    up to ``images`` others fit."""
+    from pneumoscan.models.scope import attach, fit_gate
+
+    order = np.random.default_rng(seed).permutation(len(pixels))
+    n_held = min(held_out, max(len(pixels) - images, len(pixels) // 5))
+    fit_part, held_part = order[n_held : n_held + images], order[:n_held]
+    gate, info = fit_gate(model, pixels[np.sort(fit_part)], pixels[np.sort(held_part)])
+    attach(model, gate.to(next(model.parameters()).device))
+    info["seed"] = seed
+    return info
