@@ -136,3 +136,22 @@ def test_an_undefined_validation_metric_is_left_out_not_stored_as_nan(tmp_path):
     save_model(tmp_path, model, ModelMeta(name="seed-cnn", image_size=32, val_metrics={"auc": float("nan"), "n": 3}))
     assert load_model(tmp_path)[1].val_metrics == {"n": 3}
     assert json.loads((tmp_path / "model.json").read_text())["val_metrics"] == {"n": 3}
+
+
+def test_a_scope_gate_beside_the_network_loads_and_an_oversized_one_is_refused_before_building(tmp_path):
+    from pneumoscan.models.scope import ScopeGate, attach
+
+    original = _saved_model(tmp_path / "good")
+    meta = read_meta(tmp_path / "good")
+    gated = attach(original, ScopeGate(128, 16))  # seed-cnn's penultimate layer has 128 features
+    save_model(tmp_path / "gated", gated, meta)
+    loaded, _ = load_model(tmp_path / "gated")
+    assert tuple(loaded.scope.basis.shape) == (128, 16)
+
+    state = {k: v.contiguous() for k, v in original.state_dict().items() if not k.startswith("scope.")}
+    state["scope.basis"] = torch.zeros(5000, 1)  # a header that would make the gate allocate without bound
+    bad = tmp_path / "bad.safetensors"
+    save_file(state, str(bad), metadata={"pneumoscan": meta.to_json()})
+    with pytest.raises(ModelFileError, match="scope.basis") as info:
+        load_model(bad)
+    assert str(bad) in str(info.value) and "\n" not in str(info.value)

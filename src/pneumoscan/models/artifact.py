@@ -218,6 +218,9 @@ def _check_weights(file: Path, meta: ModelMeta, shapes: dict[str, tuple[int, ...
     except Exception as exc:  # noqa: BLE001 - a size the network cannot take
         raise ModelFileError(f"{file}: invalid pneumoscan metadata: a {meta.name!r} network cannot be built at "
                              f"{meta.image_size}px ({reason(exc)})") from None
+    from pneumoscan.models.scope import gate_shapes
+
+    expected = {**expected, **gate_shapes(shapes)}  # a scope gate's statistics travel beside the network
     what = (f"{file}: the weights do not fit a {meta.name!r} network at {meta.image_size}px with "
             f"{meta.members} member{'s' if meta.members != 1 else ''} (as its metadata says)")
     missing = [key for key in expected if key not in shapes]

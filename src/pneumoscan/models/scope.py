@@ -106,6 +106,24 @@ def attach(model: nn.Module, gate: ScopeGate) -> nn.Module:
     return model
 
 
+def gate_shapes(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The ``scope.*`` tensors a model file with a gate holds, shaped by its ``scope.basis`` (features x
+    components, read from the file's header): what :func:`gate_for_state` will build, bounded so that a
+    header cannot make it allocate more than a few tens of megabytes. Empty for a file without a gate."""
+    basis = shapes.get(PREFIX + "basis")
+    if basis is None:
+        return {}
+    if len(basis) != 2 or not 0 < basis[1] <= basis[0] <= _MAX_FEATURES:
+        return {PREFIX + "basis": (_MAX_FEATURES, 1, 1)}  # no file matches: refused as a shape mismatch
+    features, components = basis
+    return {PREFIX + "mean": (features,), PREFIX + "basis": (features, components), PREFIX + "scale": (components,),
+            PREFIX + "residual": (), PREFIX + "orientation_weight": (features, len(ORIENTATIONS)),
+            PREFIX + "orientation_bias": (len(ORIENTATIONS),)}
+
+
+_MAX_FEATURES = 4096  # the widest penultimate layer of the registry's networks is 2,048 (resnet50)
+
+
 def gate_for_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Give ``model`` an empty gate shaped like the ``scope.*`` tensors of ``state`` (before loading it)."""
     basis = state.get(PREFIX + "basis")

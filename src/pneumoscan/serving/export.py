@@ -99,7 +99,7 @@ def store_float16_weights(proto) -> int:
 
     ONNX Runtime folds the casts when it loads the graph, so it computes in float32 at the same speed from
     weights rounded to float16: half the file, probabilities within about 1e-3 of the float32 graph's.
-    Biases and the per-image constants stay float32.
+    Biases, the per-image constants and the scope gate's statistics stay float32.
     """
     from onnx import TensorProto, helper, numpy_helper
 
@@ -107,7 +107,8 @@ def store_float16_weights(proto) -> int:
     kept, casts = [], []
     for tensor in graph.initializer:
         values = numpy_helper.to_array(tensor)
-        if values.dtype == np.float32 and values.ndim >= 2:
+        # The scope gate's statistics stay float32: its distance is compared with a threshold.
+        if values.dtype == np.float32 and values.ndim >= 2 and "scope" not in tensor.name:
             half = numpy_helper.from_array(values.astype(np.float16), f"{tensor.name}__float16")
             kept.append(half)
             casts.append(helper.make_node("Cast", [half.name], [tensor.name], to=TensorProto.FLOAT))
