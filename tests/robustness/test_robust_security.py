@@ -257,7 +257,7 @@ def test_server_bounds_concurrent_inference_and_sheds_load_with_503(classifier, 
     """With 1 inference thread and a queue of 1, 8 simultaneous requests: never more than one inference at a
     time, the excess gets 503 (not a 500, not an unbounded backlog), and the server still answers after."""
     active, peak, lock = 0, 0, threading.Lock()
-    real = classifier.predict_proba
+    real = classifier.assess
 
     def slow_predict(images, *args, **kwargs):
         nonlocal active, peak
@@ -271,7 +271,7 @@ def test_server_bounds_concurrent_inference_and_sheds_load_with_503(classifier, 
             with lock:
                 active -= 1
 
-    classifier.predict_proba = slow_predict
+    classifier.assess = slow_predict
     try:
         with _client(classifier, max_concurrency=1, max_queue=1) as client:
             def send(_):
@@ -281,7 +281,7 @@ def test_server_bounds_concurrent_inference_and_sheds_load_with_503(classifier, 
                 codes = list(pool.map(send, range(8)))
             after = send(0)
     finally:
-        del classifier.predict_proba
+        del classifier.assess
     assert peak == 1
     assert set(codes) <= {200, 503} and codes.count(200) >= 1 and codes.count(503) >= 1, codes
     assert after == 200
@@ -291,13 +291,13 @@ def test_server_hides_internal_errors_behind_a_generic_message(classifier, good_
     def broken(*args, **kwargs):
         raise RuntimeError("secret internal detail /opt/model/weights")
 
-    classifier.predict_proba = broken
+    classifier.assess = broken
     try:
         with _client(classifier) as client:
             response = client.post("/v1/predict", files={"file": ("x.png", good_image, "image/png")})
             health = client.get("/healthz").status_code
     finally:
-        del classifier.predict_proba
+        del classifier.assess
     assert response.status_code == 500
     _assert_clean_error(response)
     assert "secret" not in response.text and "RuntimeError" not in response.text

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +53,9 @@ CHEST_PARTS = ("CHEST", "THORAX", "LUNG")
 FRONTAL_VIEW_CODES = {"R-10214": "postero-anterior", "R-10206": "antero-posterior", "399348003": "postero-anterior",
                       "272479003": "antero-posterior", "R-10202": "frontal", "R-102CD": "antero-posterior",
                       "399182000": "antero-posterior", "399214001": "postero-anterior"}
-PHOTOMETRIC_GREY = ("MONOCHROME1", "MONOCHROME2")
+# Pseudo-colour cannot hold a radiograph. RGB and YBR can (a grey radiograph saved in colour by a secondary
+# capture): they are decoded to grey and left to the learned check.
+PHOTOMETRIC_NOT_RADIOGRAPH = ("PALETTE COLOR",)
 
 # A decoded model input with fewer grey levels than this is a drawing or a dot on black, not a radiograph
 # (training radiographs: 138 or more at 128 px).
@@ -101,8 +104,8 @@ def header_reason(ds: Dataset, require_chest: bool = False) -> str | None:
     if view_code is not None:
         return f"DICOM ViewCodeSequence {view_code}, not a frontal (PA or AP) view"
     photometric = _text(ds, "PhotometricInterpretation")
-    if photometric and photometric not in PHOTOMETRIC_GREY:
-        return f"DICOM PhotometricInterpretation {photometric}; a radiograph is MONOCHROME1 or MONOCHROME2"
+    if photometric in PHOTOMETRIC_NOT_RADIOGRAPH:
+        return f"DICOM PhotometricInterpretation {photometric} (pseudo-colour); a radiograph is MONOCHROME1 or MONOCHROME2"
     return None
 
 
@@ -141,6 +144,8 @@ def file_reason(source: str | os.PathLike | bytes, data: bytes | None = None) ->
             if isinstance(source, bytes | bytearray | memoryview):
                 data = bytes(source)
             else:
+                if not stat.S_ISREG(os.stat(source).st_mode):
+                    return None  # a FIFO would wait for a writer, a device never ends: decoding refuses them
                 with open(source, "rb") as fh:
                     data = fh.read(132)
                     if not is_dicom(data):
@@ -155,14 +160,25 @@ def file_reason(source: str | os.PathLike | bytes, data: bytes | None = None) ->
 
 
 def _header_of(fh) -> str | None:
+    """:func:`header_reason` of the DICOM stream ``fh`` (header only; a deflated file inflated no further than
+    a header's worth). None for a file without pixel data: decoding says so, which matters more."""
     import warnings
 
     import pydicom
 
+    from pneumoscan.data.dicom_image import MAX_DICOM_HEADER_BYTES, is_deflated_dicom, read_dicom_header
+
     try:
+        head = fh.read(64 * 1024)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+            if is_deflated_dicom(head):
+                ds = read_dicom_header(head + fh.read(MAX_DICOM_HEADER_BYTES), "scope")
+            else:
+                fh.seek(0)
+                ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+                if not fh.read(1):  # the header ran to the end: no pixel data follows
+                    return None
     except Exception:  # noqa: BLE001 - decoding reports an unreadable header with its reason
         return None
     return header_reason(ds)

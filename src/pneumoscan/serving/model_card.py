@@ -100,7 +100,7 @@ def scope_gate(meta: ModelMeta) -> dict[str, Any]:
     rules = [
         "DICOM files whose Modality is not CR, DX or RG, whose BodyPartExamined names another body part, whose "
         "ViewPosition or ViewCodeSequence names a lateral or other non-frontal view, or whose "
-        "PhotometricInterpretation is not MONOCHROME1/2 (the DICOM node also requires CHEST to be named)",
+        "PhotometricInterpretation is pseudo-colour (the DICOM node also requires CHEST to be named)",
         "degenerate pixels, before the network: blank, fewer than 32 grey levels, near-flat, NaN or infinite "
         "values, colour pictures",
     ]
