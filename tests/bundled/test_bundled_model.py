@@ -29,7 +29,8 @@ def test_the_shipped_files_are_the_ones_the_card_describes(card):
     assert sha256_file(BUNDLED_DIR / ONNX_FILE) == files["onnx_sha256"]
     assert sha256_file(BUNDLED_DIR / WEIGHTS_FILE) == files["safetensors_sha256"]
     total = sum((BUNDLED_DIR / n).stat().st_size for n in (ONNX_FILE, WEIGHTS_FILE, CARD_JSON, CARD_MARKDOWN))
-    assert total < 5 * 2**20, f"the bundle is {total / 2**20:.1f} MiB; keep it under 5 MiB"
+    # An ImageNet-pretrained EfficientNet-Lite0 (3.4 M parameters, stored as float16) with its scope gate.
+    assert total < 20 * 2**20, f"the bundle is {total / 2**20:.1f} MiB; keep it under 20 MiB"
 
 
 def test_the_card_says_what_the_model_is_for_how_it_was_measured_and_what_it_must_not_do(card):
