@@ -52,15 +52,9 @@ def _sr_probability(path) -> float:
     return float(item.MeasuredValueSequence[0].NumericValue)
 
 
-def test_every_common_transfer_syntax_is_accepted_by_the_node_and_scored_as_the_uncompressed_image(
-        dicom_model, syntax_files, tmp_path):
-    from pynetdicom import AE
-    from pynetdicom.sop_class import ComputedRadiographyImageStorage
-
-    files, reference = syntax_files
-    expected = _expected(dicom_model, reference)
-    port = orthanc.free_port()
-    processor = Processor(dicom_model, tmp_path)
+def _recording_processor(model, out):
+    """The node's processor, recording each instance's outcome by the transfer syntax it arrived in."""
+    processor = Processor(model, out)
     received = {}
     process = processor.process
 
@@ -70,6 +64,18 @@ def test_every_common_transfer_syntax_is_accepted_by_the_node_and_scored_as_the_
         return outcome
 
     processor.process = record
+    return processor, received
+
+
+def test_every_common_transfer_syntax_is_accepted_by_the_node_and_scored_as_the_uncompressed_image(
+        dicom_model, syntax_files, tmp_path):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ComputedRadiographyImageStorage
+
+    files, reference = syntax_files
+    expected = _expected(dicom_model, reference)
+    port = orthanc.free_port()
+    processor, received = _recording_processor(dicom_model, tmp_path)
     with StorageNode(processor, port):
         ae = AE(ae_title="MODALITY")
         for _, syntax, _ in files.values():  # one context per syntax, as a modality offering each
@@ -105,16 +111,7 @@ def test_orthanc_sends_compressed_instances_that_the_node_scores(orthanc_ready, 
     files, reference = syntax_files
     expected = _expected(dicom_model, reference)
     port = orthanc.free_port()
-    processor = Processor(dicom_model, tmp_path / "out")
-    received = {}
-    process = processor.process
-
-    def record(ds, data=None, origin=""):
-        outcome = process(ds, data, origin)
-        received[str(ds.file_meta.TransferSyntaxUID)] = outcome
-        return outcome
-
-    processor.process = record
+    processor, received = _recording_processor(dicom_model, tmp_path / "out")
     compressed = {n: f for n, f in files.items() if n not in ("implicit-le", "explicit-le", "deflated")}
     with orthanc.Orthanc(tmp_path / "orthanc", modalities={"pneumoscan": ("PNEUMOSCAN", port)}) as pacs, \
             StorageNode(processor, port):
