@@ -89,11 +89,24 @@ def member_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return model(images).reshape(-1, 1)
 
 
+def heads(model: nn.Module) -> list[nn.Linear]:
+    """The classification head of each network in ``model`` (the last ``nn.Linear`` of each; one per
+    ensemble member): what pretrained weights leave initialised, and what the scope gate reads the
+    penultimate features from. Raises :class:`ConfigError` for a network without a linear head."""
+    network = model.network if isinstance(model, PerImageStandardize) else model
+    members = list(network.members) if isinstance(network, LogitEnsemble) else [network]
+    found = []
+    for member in members:
+        linears = [m for m in member.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ConfigError(f"{type(member).__name__}: no linear classification head")
+        found.append(linears[-1])
+    return found
+
+
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters of the network's classifier: its last linear layer (what pretrained weights leave
-    initialised)."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return list(linears[-1].parameters()) if linears else []
+    """The parameters of :func:`heads`."""
+    return [p for head in heads(model) for p in head.parameters()]
 
 
 class PerImageStandardize(nn.Module):

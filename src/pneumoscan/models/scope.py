@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from pneumoscan.errors import ConfigError
+from pneumoscan.models.registry import heads
 
 PREFIX = "scope."
 MAX_COMPONENTS = 256  # whitened directions kept; a Lite0's 1,280 features stay a 1.3 MB projection
@@ -55,22 +56,6 @@ class ScopeGate(nn.Module):
         distance = (inside + self.residual * outside.clamp(min=0.0)).sqrt().reshape(-1, 1)
         orientation = torch.log_softmax(features @ self.orientation_weight + self.orientation_bias, dim=1)
         return torch.cat([distance, orientation], dim=1)
-
-
-def heads(model: nn.Module) -> list[nn.Linear]:
-    """The classification head of each network in ``model`` (the last ``nn.Linear`` of each; one per
-    ensemble member). Raises :class:`ConfigError` for a network without a linear head."""
-    from pneumoscan.models.registry import LogitEnsemble, PerImageStandardize
-
-    network = model.network if isinstance(model, PerImageStandardize) else model
-    members = list(network.members) if isinstance(network, LogitEnsemble) else [network]
-    found = []
-    for member in members:
-        linears = [m for m in member.modules() if isinstance(m, nn.Linear)]
-        if not linears:
-            raise ConfigError(f"{type(member).__name__}: no linear classification head; the scope gate needs one")
-        found.append(linears[-1])
-    return found
 
 
 def logit_and_features(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
