@@ -125,10 +125,22 @@ class Classifier:
             batch = self._model_input(array)
             if batch is None:
                 batch = self._preprocessed(_split_batch(array, "<array>"))
-        out = [self.backend.logits(np.ascontiguousarray(batch[i : i + batch_size], dtype=np.float32))
-               for i in range(0, len(batch), batch_size)]
-        logits = np.concatenate(out) if out else np.zeros(0, np.float32)
-        return 1.0 / (1.0 + np.exp(-logits / float(self.meta.temperature or 1.0)))
+        return self._scored(batch, batch_size, with_gate=False)[0]
+
+    def _scored(self, batch: np.ndarray, batch_size: int, with_gate: bool = True
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities (N,), the scope gate's output (N, K) or None) of a model-input batch, in chunks."""
+        scores = getattr(self.backend, "scores", None) if with_gate else None
+        logits, gate = [], []
+        for i in range(0, len(batch), batch_size):
+            chunk = np.ascontiguousarray(batch[i : i + batch_size], dtype=np.float32)
+            chunk_logits, chunk_gate = scores(chunk) if scores is not None else (self.backend.logits(chunk), None)
+            logits.append(chunk_logits)
+            if chunk_gate is not None:
+                gate.append(chunk_gate)
+        z = np.concatenate(logits) if logits else np.zeros(0, np.float32)
+        probabilities = 1.0 / (1.0 + np.exp(-z / float(self.meta.temperature or 1.0)))
+        return probabilities, (np.concatenate(gate) if gate and scope.has_gate(self.meta) else None)
 
     def assess(self, batch: np.ndarray, names: list[str], reasons: list[str | None] | None = None,
                batch_size: int = 64) -> list[Prediction]:
@@ -140,20 +152,7 @@ class Classifier:
         if model_input is None:
             raise ImageReadError(f"a batch of shape {np.shape(batch)}; expected the model's input (N, 1, S, S) float32 "
                                  "or (N, S, S) uint8")
-        scores = getattr(self.backend, "scores", None)
-        logits, gate = [], []
-        for i in range(0, len(model_input), batch_size):
-            chunk = np.ascontiguousarray(model_input[i : i + batch_size], dtype=np.float32)
-            if scores is None:
-                logits.append(self.backend.logits(chunk))
-            else:
-                chunk_logits, chunk_gate = scores(chunk)
-                logits.append(chunk_logits)
-                if chunk_gate is not None:
-                    gate.append(chunk_gate)
-        z = np.concatenate(logits) if logits else np.zeros(0, np.float32)
-        probabilities = 1.0 / (1.0 + np.exp(-z / float(self.meta.temperature or 1.0)))
-        outputs = np.concatenate(gate) if gate and scope.has_gate(self.meta) else None
+        probabilities, outputs = self._scored(model_input, batch_size)
         rows = []
         for i, (name, p) in enumerate(zip(names, probabilities, strict=True)):
             reason = reasons[i] if reasons is not None else None
