@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", help="run folder or model file")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/chest_xray/test"),
                         help="a class-folder dataset (NORMAL/, PNEUMONIA/)")
+    parser.add_argument("--point", metavar="RULE",
+                        help="decide at this stored operating point (e.g. sens95-median) instead of the stored "
+                             "threshold, to compare models trained under different threshold rules")
     args = parser.parse_args(argv)
 
     from sklearn.metrics import roc_auc_score
@@ -82,12 +85,20 @@ def main(argv: list[str] | None = None) -> int:
     model = pneumoscan.load(args.model)
     labels = np.array([s.label for s in samples])
     images = [np.asarray(read_image(s.path)) for s in samples]  # full size, grey, before the model's resize
-    print(f"{model!r}\n{len(samples)} images of {args.data}; threshold {model.threshold:.3f}\n")
+    threshold = model.threshold
+    if args.point:
+        points = model.meta.operating_points
+        if args.point not in points:
+            print(f"{args.model}: no stored point {args.point!r} (it has: {', '.join(points)})", file=sys.stderr)
+            return 2
+        threshold = points[args.point]
+    print(f"{model!r}\n{len(samples)} images of {args.data}; threshold {threshold:.3f} "
+          f"({args.point or 'stored'})\n")
     print("| probe | ROC-AUC | sensitivity | specificity | NORMAL median | NORMAL p90 | PNEUMONIA median |")
     print("|---|---|---|---|---|---|---|")
     for name, probe in PROBES.items():
         probs = np.asarray(model.predict_proba([probe(a) for a in images]), dtype=np.float64).reshape(-1)
-        called = probs >= model.threshold
+        called = probs >= threshold
         normal, pneumonia = probs[labels == 0], probs[labels == 1]
         print(f"| {name} | {roc_auc_score(labels, probs):.3f} | {called[labels == 1].mean():.3f} | "
               f"{(~called[labels == 0]).mean():.3f} | {np.median(normal):.3f} | {np.quantile(normal, 0.9):.3f} | "

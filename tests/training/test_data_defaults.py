@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+import torch
 
 from pneumoscan.cli import build_parser
 from pneumoscan.training import TrainConfig
@@ -83,3 +84,39 @@ def test_a_large_validation_split_does_not_warn():
 @pytest.mark.parametrize("value", ["auto", "patient", "source"])
 def test_the_split_option_accepts_its_three_rules(value):
     assert TrainConfig(split=value).split == value
+
+
+def test_random_crops_are_cut_from_larger_training_images_and_validation_stays_at_the_model_size(real_subset):
+    from pneumoscan.models import build_model
+    from pneumoscan.training.data import XrayDataModule
+    from pneumoscan.training.module import XrayClassifier
+
+    config = TrainConfig(data=str(real_subset), image_size=32, progress=False, channels_last=False)
+    assert config.train_image_size == 48  # --crop-source 1.5
+    datamodule = XrayDataModule(config)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    data = datamodule.data
+    assert data.crop_sources.shape == (len(data.train_samples), 48, 48)
+    assert data.train_images.shape[1:] == data.val_images.shape[1:] == (32, 32)  # what the scope gate and
+    assert datamodule.val_set[0][0].shape == (1, 32, 32)                          # validation see
+    big, _ = datamodule.train_set[0]
+    assert big.shape == (1, 48, 48)
+    # the larger copy holds the same picture: resized to 32 it matches the model-size image closely
+    small = torch.nn.functional.interpolate(big[None].float(), size=(32, 32), mode="bilinear", antialias=True)
+    assert (small[0, 0] - torch.from_numpy(data.train_images[0]).float()).abs().mean() < 6
+
+    import lightning as L
+
+    module = XrayClassifier(build_model(config.model, config.image_size), config)
+    module.trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    module.trainer.training = True
+    batch = torch.stack([datamodule.train_set[i][0] for i in range(4)])
+    out, _ = module.on_after_batch_transfer((batch, torch.zeros(4)), 0)
+    assert out.shape == (4, 1, 32, 32)  # the crop is resized to the model's input
+
+
+def test_without_crops_training_images_stay_at_the_model_size():
+    assert TrainConfig(image_size=32, crop_scale=0.0).train_image_size == 32
+    assert TrainConfig(image_size=32, augment=False).train_image_size == 32
+    assert TrainConfig(image_size=32, crop_source=1.0).train_image_size == 32

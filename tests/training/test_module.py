@@ -57,6 +57,36 @@ def test_no_augment_leaves_training_batches_alone():
     assert torch.equal(out, images.float() / 255)
 
 
+def test_border_bands_blank_only_the_frame_with_widths_drawn_per_image_and_side():
+    from pneumoscan.training.module import RandomBorderBands
+
+    torch.manual_seed(0)
+    images = torch.ones(200, 1, 50, 40)
+    out = RandomBorderBands(p=1.0, max_share=0.12)(images)
+    blank = out[:, 0] == 0
+    # the centre (outside any band of at most 12 % of the side) is never touched
+    assert not blank[:, 6:44, 5:35].any()
+    # each side's band width varies between images: a top band's rows are blank across the whole width
+    top = blank[:, :, 20].int().argmin(dim=1)  # first kept row in the middle column
+    assert len(set(top.tolist())) > 3 and top.max() <= 6
+    assert torch.equal(RandomBorderBands(p=0.0)(images), images)
+    half = RandomBorderBands(p=0.5)(images)
+    masked = (half == 0).flatten(1).any(dim=1).float().mean().item()
+    assert 0.3 < masked < 0.7
+
+
+def test_the_default_augmentation_blanks_borders_and_crops_to_half_the_area():
+    from pneumoscan.training.module import build_augmentation
+
+    config = TrainConfig()
+    assert config.crop_scale == 0.5 and config.border > 0 and config.equalize > 0
+    names = [type(op).__name__ for op in build_augmentation(config).children()]
+    assert "RandomBorderBands" in names and "RandomEqualize" in names
+    assert build_augmentation(TrainConfig(border=0.0, equalize=0.0)) is not None
+    assert "RandomBorderBands" not in [type(op).__name__ for op in build_augmentation(
+        TrainConfig(border=0.0)).children()]
+
+
 def test_weighted_sampler_draws_both_classes_about_equally_from_imbalanced_data():
     from pneumoscan.training.data import PreparedData, XrayDataModule
 

@@ -38,6 +38,7 @@ class PreparedData:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (file, reason), never decoded
     notes: list[str] = field(default_factory=list)
     test_samples: list[Sample] = field(default_factory=list)  # held out, never decoded by training
+    crop_sources: np.ndarray | None = None  # the training images, larger, for random crops (or None)
 
     @property
     def train_labels(self) -> np.ndarray:
@@ -117,6 +118,20 @@ def _decoded(config: TrainConfig, progress: bool, warn: bool) -> tuple[Path, Ima
     return root, cache, failures, test, notes
 
 
+def _crop_sources(config: TrainConfig, train: list[Sample], progress: bool) -> np.ndarray | None:
+    """The training images at :attr:`TrainConfig.train_image_size`, in the order of ``train``, or None when
+    that is ``image_size`` (validation and inference always use ``image_size``)."""
+    size = config.train_image_size
+    if size == config.image_size:
+        return None
+    cache = build_cache(train, size, config.fit, progress=progress)  # type: ignore[arg-type]
+    images, samples = cache.subset("train")
+    if [s.path for s in samples] != [s.path for s in train]:  # a file changed between the two reads
+        raise DatasetError(f"{config.data or 'the data'}: the training images changed while they were being "
+                           "cached; run again")
+    return images
+
+
 def _limit(samples: list[Sample], limit: int | None, rng: random.Random) -> list[Sample]:
     if limit is None or len(samples) <= limit:
         return samples
@@ -166,6 +181,7 @@ class XrayDataModule(L.LightningDataModule):
         if self._prepared or self.data is not None:
             return
         _, cache, _, test, _ = _decoded(self.config, self.progress, warn=True)
+        _crop_sources(self.config, cache.subset("train")[1], self.progress)  # cached once, before any process reads it
         if self.split_file is not None:
             from pneumoscan.data import write_manifest
 
@@ -180,9 +196,10 @@ class XrayDataModule(L.LightningDataModule):
             train_images, train_samples = cache.subset("train")
             val_images, val_samples = cache.subset("val")
             self.data = PreparedData(root, train_images, train_samples, val_images, val_samples, failures, notes,
-                                     test)
+                                     test, _crop_sources(self.config, train_samples, self.progress))
         if self.train_set is None or self.val_set is None:
-            self.train_set = UInt8Images(self.data.train_images, self.data.train_labels)
+            sources = self.data.train_images if self.data.crop_sources is None else self.data.crop_sources
+            self.train_set = UInt8Images(sources, self.data.train_labels)
             self.val_set = UInt8Images(self.data.val_images, self.data.val_labels)
 
     def _workers(self) -> int:

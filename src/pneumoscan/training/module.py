@@ -29,7 +29,7 @@ from pneumoscan.training.metrics import operating_points
 
 
 def build_augmentation(config: TrainConfig) -> nn.Module | None:
-    """Random flip, rotation, zoom, shift, brightness and contrast, drawn per image (kornia, on batches)."""
+    """Random crop, border bands, flip, rotation, zoom, shift and tone changes, drawn per image (on batches)."""
     if not config.augment:
         return None
     import kornia.augmentation as K
@@ -39,6 +39,8 @@ def build_augmentation(config: TrainConfig) -> nn.Module | None:
         # Framing differs between sites (collimation, how much of the abdomen and neck is in view).
         size = (config.image_size, config.image_size)
         ops.append(K.RandomResizedCrop(size, scale=(config.crop_scale, 1.0), ratio=(3 / 4, 4 / 3), p=1.0))
+    if config.border > 0:
+        ops.append(RandomBorderBands(p=config.border))
     if config.flip > 0:
         ops.append(K.RandomHorizontalFlip(p=config.flip))
     if config.rotation > 0 or config.zoom > 0 or config.shift > 0:
@@ -52,6 +54,8 @@ def build_augmentation(config: TrainConfig) -> nn.Module | None:
         ops.append(K.RandomContrast(contrast=(1 - config.contrast, 1 + config.contrast), p=1.0))
     if config.gamma > 0:
         ops.append(K.RandomGamma(gamma=(1 / (1 + config.gamma), 1 + config.gamma), p=1.0))
+    if config.equalize > 0:
+        ops.append(K.RandomEqualize(p=config.equalize))
     if config.clahe > 0:
         ops.append(K.RandomClahe(clip_limit=(1.0, 4.0), grid_size=(8, 8), p=config.clahe))
     if config.blur > 0:
@@ -63,6 +67,31 @@ def build_augmentation(config: TrainConfig) -> nn.Module | None:
     if not ops:
         return None
     return K.AugmentationSequential(*ops, data_keys=["input"], same_on_batch=False)
+
+
+class RandomBorderBands(nn.Module):
+    """Blank a random band along each border of an image, drawn independently per image and per side.
+
+    What lies at the frame (markers, the edge of the collimation, how much of the neck or abdomen is in
+    view) differs between sites and says nothing about the lungs; blanked bands of random width make it
+    an unreliable cue. Each image is masked with probability ``p``; each of its four bands is up to
+    ``max_share`` of the side. Draws come from torch's generator (seeded by the run).
+    """
+
+    def __init__(self, p: float = 0.5, max_share: float = 0.12, value: float = 0.0) -> None:
+        super().__init__()
+        self.p, self.max_share, self.value = p, max_share, value
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = images.shape
+        device = images.device
+        chosen = torch.rand(n, 1, device=device) < self.p
+        widths = torch.rand(n, 4, device=device) * self.max_share * chosen  # top, bottom, left, right
+        rows = torch.arange(h, device=device).view(1, h, 1) / h
+        cols = torch.arange(w, device=device).view(1, 1, w) / w
+        blank = ((rows < widths[:, 0].view(n, 1, 1)) | (rows >= 1 - widths[:, 1].view(n, 1, 1))
+                 | (cols < widths[:, 2].view(n, 1, 1)) | (cols >= 1 - widths[:, 3].view(n, 1, 1)))
+        return images.masked_fill(blank.unsqueeze(1), self.value)
 
 
 class XrayClassifier(L.LightningModule):
