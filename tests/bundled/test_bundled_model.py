@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 import pneumoscan
-from pneumoscan.bundled import BUNDLED_DIR, CARD_JSON, CARD_MARKDOWN, ONNX_FILE, WEIGHTS_FILE, bundled_card
+from pneumoscan.bundled import BUNDLED_DIR, CARD_JSON, CARD_MARKDOWN, ONNX_FILE, WEIGHTS_FILE
 from pneumoscan.cli import main
+from pneumoscan.inference import resolve_model
 from pneumoscan.provenance import DISCLAIMER, sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,6 +23,10 @@ TOLERANCE = 1e-4
 @pytest.fixture(scope="module")
 def card() -> dict:
     return bundled_card()
+
+
+def bundled_card() -> dict:
+    return resolve_model().read_card()
 
 
 def test_the_shipped_files_are_the_ones_the_card_describes(card):
@@ -121,10 +126,12 @@ def test_a_run_given_first_is_the_model_and_a_run_alone_is_refused(tmp_path, cap
 
 def test_serve_with_no_model_serves_the_bundled_one_with_its_card():
     from pneumoscan.cli import build_parser
-    from pneumoscan.serving.loader import load_served_model
+    from pneumoscan.serving.app import load_served
+    from pneumoscan.serving.model_card import served_card
 
     assert build_parser().parse_args(["serve"]).model is None  # the command accepts no MODEL
-    served = load_served_model(BUNDLED_DIR)
-    assert served.backend == "onnxruntime" and served.explain_available
-    assert served.card["files"]["onnx_sha256"] == bundled_card()["files"]["onnx_sha256"]
-    assert served.card["disclaimer"] == DISCLAIMER
+    served = load_served(BUNDLED_DIR)
+    assert served.backend_name == "onnxruntime" and served.explainable
+    card = served_card(served)
+    assert card["files"]["onnx_sha256"] == bundled_card()["files"]["onnx_sha256"]
+    assert card["disclaimer"] == DISCLAIMER

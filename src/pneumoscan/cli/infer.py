@@ -193,10 +193,6 @@ def _predict_ray(args, model: str | None, paths: list[str]) -> int:
         raise ConfigError("--engine ray writes Parquet: give --out RESULTS.parquet")
     if args.resume:
         raise ConfigError("--resume is for --engine local; Ray retries the tasks of failed workers itself")
-    if model is None:
-        from pneumoscan.bundled import ONNX_FILE, bundled_model_dir
-
-        model = str(bundled_model_dir() / ONNX_FILE)
     summary = predict_ray(model, paths, args.out, address=args.address, device=args.device, progress=args.progress)
     print(f"scored {summary.scored} of {summary.seen} files with {summary.model} on Ray ({summary.nodes} node(s), "
           f"{summary.cpus:g} CPUs), {summary.rate:,.0f} files/s; results in {args.out}")
@@ -218,7 +214,7 @@ def run_explain(args) -> int:
 
     if args.list_layers:
         model_path = args.model or (args.images[0] if args.images else None)
-        model, meta = load_explainable(_model_or_bundled(model_path))
+        model, meta = load_explainable(model_path)
         for name in conv_layers(model):
             print(name)
         print(f"Grad-CAM target by default: {target_layer(model, int(meta.image_size))}")
@@ -230,7 +226,7 @@ def run_explain(args) -> int:
     files = expand_inputs(images)
     if not files:  # as predict does: an empty folder or a glob matching nothing is a one-line error
         raise ConfigError(f"no image files found in {' '.join(images)}")
-    result = explain_images(_model_or_bundled(model_path), files, args.out, filters=args.filters, layers=layers, layer=args.layer)
+    result = explain_images(model_path, files, args.out, filters=args.filters, layers=layers, layer=args.layer)
     for path in result.written:
         print(path)
     for _, reason in result.failures:
@@ -241,12 +237,6 @@ def run_explain(args) -> int:
         print(f"\nnothing written: none of the {len(files)} image(s) could be explained")
     print(DISCLAIMER, file=sys.stderr)
     return 0 if result.written else 1
-
-
-def _model_or_bundled(model: str | None) -> str:
-    from pneumoscan.bundled import bundled_model_dir
-
-    return model if model is not None else str(bundled_model_dir())
 
 
 def run_fit_scope(args) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan._io import atomic_write_bytes
-from pneumoscan.errors import ImageReadError, ModelFileError
+from pneumoscan.errors import ImageReadError
 from pneumoscan.provenance import DISCLAIMER
 
 
@@ -22,25 +22,18 @@ class ExplainResult:
     layer: str = ""
 
 
-def load_explainable(path: str | os.PathLike):
-    """The PyTorch model and its meta for ``path``, which Grad-CAM needs (gradients).
-
-    An ONNX file has no gradients: for ``RUN/export/model.onnx`` the run's ``model.safetensors`` (beside
-    the ONNX file or one folder up) is used; without one, :class:`ModelFileError` says what to pass.
+def load_explainable(path: str | os.PathLike | None):
+    """The PyTorch model and its meta for ``path`` (None: the bundled model), which Grad-CAM needs
+    (gradients): :meth:`~pneumoscan.inference.ModelFiles.load_network`. For an ONNX file that is the
+    ``model.safetensors`` beside it or in its run folder; without one, :class:`ModelFileError` says what
+    to pass.
     """
-    from pneumoscan.models import load_model
-    from pneumoscan.runs import weights_beside
+    from pneumoscan.inference.model_files import resolve_model
 
-    path = Path(path).expanduser()
-    if path.suffix.lower() == ".onnx":
-        if (weights := weights_beside(path)) is not None:
-            return load_model(weights)
-        raise ModelFileError(f"{path}: Grad-CAM needs the PyTorch weights and there is no model.safetensors "
-                             "beside this ONNX model or in its run folder; pass the run folder instead")
-    return load_model(path)
+    return resolve_model(path).load_network()
 
 
-def explain_images(model_path: str | os.PathLike, images: list[str | os.PathLike], out_dir: str | os.PathLike,
+def explain_images(model_path: str | os.PathLike | None, images: list[str | os.PathLike], out_dir: str | os.PathLike,
                    *, filters: bool = False, layers: list[str] | None = None, layer: str | None = None,
                    alpha: float = 0.45) -> ExplainResult:
     """Write ``out_dir/<image>_gradcam.png`` for every readable image (radiograph beside its heatmap).
