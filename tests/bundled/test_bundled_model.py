@@ -59,6 +59,34 @@ def test_the_card_says_what_the_model_is_for_how_it_was_measured_and_what_it_mus
     assert "/work/" not in text and "/home/" not in text, "no machine's absolute paths in the card"
 
 
+def test_the_card_names_no_build_run_and_no_path_outside_the_package(card):
+    """The bundled model is `default`, not the build's work run; data paths are the dataset's own."""
+    assert card["model"]["run_id"] is None
+    markdown = (BUNDLED_DIR / CARD_MARKDOWN).read_text(encoding="utf-8")
+    assert "run: " not in markdown.splitlines()[4]
+
+    def strings(value):
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    for text in [*strings(card), markdown]:
+        assert "../" not in text, text
+    assert card["training_data"]["data_root"] == "chest_xray"
+    assert all(r["image"].startswith("chest_xray/test/") for r in card["reference_scores"])
+    assert not {"out", "run_name"} & set(card["provenance"]["config"])
+    # the generator's own step, on what a build gives it
+    from pneumoscan.bundled.card import packaged
+
+    raw = {**card, "model": {**card["model"], "run_id": "run"},
+           "training_data": {**card["training_data"], "data_root": "../shared/data/chest_xray"},
+           "provenance": {**card["provenance"], "config": {**card["provenance"]["config"], "run_name": "run",
+                                                           "out": "bench/out/default-model"}}}
+    assert packaged(raw) == card
+
+
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_the_shipped_model_gives_the_card_scores_on_the_shared_images(card, shared_data, backend):
     model = pneumoscan.load() if backend == "onnxruntime" else pneumoscan.load(BUNDLED_DIR / WEIGHTS_FILE)

@@ -130,3 +130,16 @@ def test_an_onnx_model_gives_its_torch_module_from_the_weights_beside_it_or_says
     handmade = Classifier(onnx.backend, onnx.meta)
     with pytest.raises(ModelFileError, match="has no PyTorch weights"):
         handmade.torch_module()
+
+
+def test_the_server_and_the_dicom_node_hold_the_classifier_the_api_returns(exported_run, tmp_path):
+    from pneumoscan.dicom.processing import Processor
+    from pneumoscan.serving.app import create_app, load_served
+
+    model = pneumoscan.load(exported_run / "export" / "model.onnx")
+    assert create_app(model).state.pneumoscan.model is model
+    assert Processor(model, tmp_path / "out").classifier is model
+    served = load_served(exported_run)  # what `pneumoscan serve RUN` holds: a Classifier, with its files
+    assert isinstance(served, Classifier) and served.files == resolve_model(exported_run, prefer_onnx=True)
+    node = Processor(exported_run, tmp_path / "node")
+    assert isinstance(node.classifier, Classifier) and node.classifier.files == served.files

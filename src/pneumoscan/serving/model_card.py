@@ -197,8 +197,9 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
         f"> **{card['disclaimer']}**",
         "",
-        f"- pneumoscan version: {model['pneumoscan_version'] or 'unknown'}; run: {model['run_id'] or 'unknown'}; "
-        f"created: {model['created'] or 'unknown'}",
+        f"- pneumoscan version: {model['pneumoscan_version'] or 'unknown'}; "
+        + (f"run: {model['run_id']}; " if model.get("run_id") else "")  # the bundled model is no run
+        + f"created: {model['created'] or 'unknown'}",
     ]
     if "files" in card:
         lines.append(f"- file: `{card['files']['onnx']}` (sha256 `{card['files']['onnx_sha256']}`)")
