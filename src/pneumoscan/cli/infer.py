@@ -127,7 +127,7 @@ def run_predict(args) -> int:
     if classifier.scope_note:
         print(f"note: {classifier.scope_note}", file=sys.stderr)
     if streamed:
-        return _predict_streamed(args, classifier, model, paths)
+        return _predict_streamed(args, classifier, paths)
     files = expand_inputs(paths)
     if not files:
         raise ConfigError(f"no image files found in {' '.join(paths)}")
@@ -142,8 +142,8 @@ def run_predict(args) -> int:
         write_predictions(rows, args.out)
     scored = sum(row.probability is not None for row in rows)
     meta = classifier.meta
-    backend = getattr(classifier.backend, "name", "?")
-    which = f"{meta.name}, the bundled default model" if model is None else meta.name
+    backend = classifier.backend_name
+    which = f"{meta.name}, the bundled default model" if classifier.files.bundled else meta.name
     print(f"\nscored {scored} of {len(rows)} files with {which} (pneumoscan {meta.version or '?'}, {backend}), "
           f"threshold {classifier.threshold:.4f}" + (f"; results in {args.out}" if args.out else ""))
     refused = sum(row.probability is None and scope.OUT_OF_SCOPE in (row.error or "") for row in rows)
@@ -159,18 +159,18 @@ def run_predict(args) -> int:
     return 0 if scored else 1
 
 
-def _predict_streamed(args, classifier, model: str | None, paths: list[str]) -> int:
+def _predict_streamed(args, classifier, paths: list[str]) -> int:
     from pneumoscan.errors import ConfigError
     from pneumoscan.inference.stream import predict_to_file
 
     meta = classifier.meta
-    backend = getattr(classifier.backend, "name", "?")
+    backend = classifier.backend_name
     summary = predict_to_file(classifier, paths, args.out, resume=args.resume, batch_size=args.batch_size,
                               workers=args.workers, progress=args.progress, report_failures=not args.quiet)
     if summary.seen == 0:
         raise ConfigError(f"no image files found in {' '.join(paths)}")
     scored, total = summary.scored, summary.seen - summary.skipped
-    which = f"{meta.name}, the bundled default model" if model is None else meta.name
+    which = f"{meta.name}, the bundled default model" if classifier.files.bundled else meta.name
     print(f"scored {scored} of {total} files with {which} (pneumoscan {meta.version or '?'}, {backend}), "
           f"threshold {classifier.threshold:.4f}, {summary.rate:,.0f} files/s; results in {args.out}"
           + (f" ({summary.skipped} already there)" if summary.skipped else ""))

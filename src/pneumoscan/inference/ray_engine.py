@@ -114,7 +114,8 @@ def predict_ray(
     address: str | None = None, actors: int | None = None, num_cpus: int | None = None, device: str | None = None,
     progress: bool | None = None, decode: Callable = decode_batch,
 ) -> RaySummary:
-    """Score ``sources`` with ``model``'s ONNX export on Ray Data; write ``out`` as a folder of Parquet files.
+    """Score ``sources`` with ``model``'s ONNX export (None: the bundled model's) on Ray Data; write ``out``
+    as a folder of Parquet files.
 
     ``address``: a running Ray cluster to join (``ray://...`` or ``HOST:PORT``); without it, joins the Ray
     this process already started, else starts a local one (``num_cpus``: its CPUs). ``actors``: scoring
