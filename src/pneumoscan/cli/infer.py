@@ -209,12 +209,13 @@ def _predict_ray(args, model: str | None, paths: list[str]) -> int:
 
 def run_explain(args) -> int:
     from pneumoscan.errors import ConfigError
-    from pneumoscan.explain import conv_layers, explain_images, load_explainable, target_layer
+    from pneumoscan.explain import conv_layers, explain_images, target_layer
+    from pneumoscan.inference import resolve_model
     from pneumoscan.inference.inputs import expand_inputs, split_model_and_inputs
 
     if args.list_layers:
         model_path = args.model or (args.images[0] if args.images else None)
-        model, meta = load_explainable(model_path)
+        model, meta = resolve_model(model_path).load_network()
         for name in conv_layers(model):
             print(name)
         print(f"Grad-CAM target by default: {target_layer(model, int(meta.image_size))}")

@@ -22,17 +22,6 @@ class ExplainResult:
     layer: str = ""
 
 
-def load_explainable(path: str | os.PathLike | None):
-    """The PyTorch model and its meta for ``path`` (None: the bundled model), which Grad-CAM needs
-    (gradients): :meth:`~pneumoscan.inference.ModelFiles.load_network`. For an ONNX file that is the
-    ``model.safetensors`` beside it or in its run folder; without one, :class:`ModelFileError` says what
-    to pass.
-    """
-    from pneumoscan.inference.model_files import resolve_model
-
-    return resolve_model(path).load_network()
-
-
 def explain_images(model_path: str | os.PathLike | None, images: list[str | os.PathLike], out_dir: str | os.PathLike,
                    *, filters: bool = False, layers: list[str] | None = None, layer: str | None = None,
                    alpha: float = 0.45) -> ExplainResult:
@@ -47,9 +36,11 @@ def explain_images(model_path: str | os.PathLike | None, images: list[str | os.P
     from pneumoscan.explain.filters import feature_maps, first_layer_filters
     from pneumoscan.explain.gradcam import gradcam, overlay, target_layer
     from pneumoscan.inference.classifier import Classifier
+    from pneumoscan.inference.model_files import resolve_model
     from pneumoscan.inference.torch_backend import TorchBackend
 
-    model, meta = load_explainable(model_path)
+    # Gradients need the PyTorch weights: for an ONNX file, those beside it or in its run folder.
+    model, meta = resolve_model(model_path).load_network()
     scorer = Classifier(TorchBackend(model, "cpu"), meta)  # the probability and label exactly as `predict`
     out = Path(out_dir)
     result = ExplainResult(layer=layer or target_layer(model, int(meta.image_size)))
