@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from pneumoscan.data.radiograph import check_radiograph, check_radiograph_pixels
 from pneumoscan.errors import ImageReadError, ModelFileError
 from pneumoscan.inference import scope
 from pneumoscan.inference.inputs import Prediction, expand_inputs
+
+if TYPE_CHECKING:
+    from pneumoscan.inference.torch_module import CalibratedModule
 
 __all__ = ["Classifier", "ImageInput", "Prediction", "Sources"]
 
@@ -83,7 +86,7 @@ class Classifier:
         """Whether Grad-CAM (and :meth:`torch_module`) can run: PyTorch weights are known or loaded."""
         return self.weights is not None or self.backend_name == "torch"
 
-    def torch_module(self):
+    def torch_module(self) -> CalibratedModule:
         """The model as a ``torch.nn.Module`` with its preprocessing and temperature, to hook or fine-tune.
 
         Its ``forward`` takes a float batch ``(N, 1, H, W)`` with grey values in [0, 1] (``uint8 / 255``; what
@@ -91,10 +94,11 @@ class Classifier:
         temperature``: their sigmoid is :meth:`predict_proba`'s probability (``.probabilities(x)`` gives it).
         Other image sizes are made square and resized as the model's ``fit`` says (see
         :class:`~pneumoscan.inference.torch_module.CalibratedModule`). Per-image standardisation is inside the
-        network. It is a copy, in eval mode: training it changes neither this classifier nor its files.
+        network. It is a copy, in eval mode, on the torch backend's device (else the CPU): training it
+        changes neither this classifier nor its files.
         The scope gate is not applied. Works for the PyTorch backend, and for an ONNX model whose PyTorch
-        weights are beside it (or in its run folder); otherwise raises
-        :class:`~pneumoscan.errors.ModelFileError` naming what is missing.
+        weights are beside it (or in its run folder); otherwise, or when those weights are another model's,
+        raises :class:`~pneumoscan.errors.ModelFileError` naming what is missing or different.
         """
         import copy
 
@@ -112,7 +116,9 @@ class Classifier:
         else:
             raise ModelFileError(f"{self.meta.name}: a {self.backend_name} model built by hand has no PyTorch weights; "
                                  "load it with pneumoscan.load(MODEL) from a run folder or with its model.safetensors")
-        return CalibratedModule(network, self.image_size, self.meta.fit, float(self.meta.temperature or 1.0)).eval()
+        module = CalibratedModule(network, self.image_size, self.meta.fit, float(self.meta.temperature or 1.0))
+        device = next((p.device for p in network.parameters()), None)  # the torch backend's device (cuda)
+        return (module.to(device) if device is not None else module).eval()
 
     @property
     def scope_note(self) -> str | None:
