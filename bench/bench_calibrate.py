@@ -114,14 +114,10 @@ def _scores(model: str | None, data: Path, cache_dir: Path):
     """(meta, probabilities, labels, patients, model name) of every labelled image of ``data``, scored once."""
     import pneumoscan
     from pneumoscan.data import load_dataset
-    from pneumoscan.runs import find_model_file
+    from pneumoscan.inference import resolve_model
 
-    if model is None:
-        from pneumoscan.bundled import ONNX_FILE, bundled_model_dir
-
-        model_file, name = bundled_model_dir() / ONNX_FILE, "the bundled default"
-    else:
-        model_file, name = find_model_file(model), str(model)
+    model_file = resolve_model(model).path
+    name = "the bundled default" if model is None else str(model)
     samples = [s for s in load_dataset(data).samples if s.label is not None]
     key = hashlib.sha256(model_file.read_bytes())
     for s in samples:

@@ -86,13 +86,12 @@ def compare(model: str | None, groups: dict[str, Path], inside: dict[str, Path],
     frozen ImageNet Lite0 features: the share refused of every group's decodable images."""
     import torch
 
-    from pneumoscan.bundled import WEIGHTS_FILE, bundled_model_dir
     from pneumoscan.data.image import read_image
-    from pneumoscan.models import load_model
+    from pneumoscan.inference import resolve_model
     from pneumoscan.models.scope import features_of, fit_gate
 
     start = time.perf_counter()
-    own, meta = load_model(model if model is not None else bundled_model_dir() / WEIGHTS_FILE)
+    own, meta = resolve_model(model).load_network()
     extractors = {"own penultimate features": (own, int(meta.image_size), meta.fit),
                   "ImageNet Lite0, frozen, 160 px": (lite0(), 160, "stretch")}
     train = sorted((data / "chest_xray" / "train").rglob("*.jpeg"))

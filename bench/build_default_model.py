@@ -126,7 +126,7 @@ def refit_scope(data: Path, work: Path, out: Path) -> int:
     every probability stay as they are (checked against the card's reference scores)."""
     from pneumoscan._io import atomic_write_json, atomic_write_text
     from pneumoscan.bundled import CARD_JSON, CARD_MARKDOWN, META_JSON, ONNX_FILE, WEIGHTS_FILE
-    from pneumoscan.bundled.card import portable, render_bundled_markdown
+    from pneumoscan.bundled.card import packaged, portable, render_bundled_markdown
     from pneumoscan.inference import load
     from pneumoscan.inference.scope import fit_scope
     from pneumoscan.provenance import sha256_file
@@ -143,7 +143,7 @@ def refit_scope(data: Path, work: Path, out: Path) -> int:
     onnx = export_onnx(folder / WEIGHTS_FILE, folder / "export" / ONNX_FILE, float16_weights=True)
     card = json.loads((out / CARD_JSON).read_text())
     for reference in card["reference_scores"]:
-        image = data.parent / reference["image"].removeprefix("../shared/data/")
+        image = data.parent / reference["image"].removeprefix("../shared/data/")  # cards made before packaged()
         row = load(onnx).predict([image])[0]
         if row.probability is None or abs(row.probability - reference["probability"]) > 1e-5:
             print(f"build_default_model: {image}: {row.probability} != {reference['probability']}", file=sys.stderr)
@@ -157,6 +157,7 @@ def refit_scope(data: Path, work: Path, out: Path) -> int:
     card["out_of_scope"] = OUT_OF_SCOPE
     card["output"] = {**card["output"], "scope": "(N, 7) the scope gate's distance to the training radiographs, "
                       "then the log-probability of each orientation (upright first)"}
+    card = packaged(card)
     atomic_write_json(out / CARD_JSON, card)
     atomic_write_text(out / CARD_MARKDOWN, render_bundled_markdown(card))
     print(f"bundle in {out}: scope gate refitted, probabilities unchanged")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pneumoscan.bundled import bundled_card
 from pneumoscan.cli import build_parser
+from pneumoscan.inference import resolve_model
 from pneumoscan.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,5 +53,5 @@ def test_no_text_says_the_stored_threshold_is_the_balanced_point(source):
 def test_the_documented_server_answer_carries_the_bundled_models_threshold():
     text = (ROOT / "docs" / "serving.md").read_text(encoding="utf-8")
     shown = [float(x) for x in re.findall(r'"threshold": ([0-9.]+)', text)]
-    stored = round(float(bundled_card()["operating_point"]["threshold"]), 4)
+    stored = round(float(resolve_model().read_card()["operating_point"]["threshold"]), 4)
     assert shown and all(x == stored for x in shown), (shown, stored)

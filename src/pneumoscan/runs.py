@@ -139,25 +139,10 @@ def calibration_record(model_path: str | os.PathLike) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def weights_beside(onnx_path: str | os.PathLike) -> Path | None:
-    """The PyTorch weights of an exported model: ``model.safetensors`` beside it or in its run folder."""
-    onnx_path = Path(onnx_path)
-    for candidate in (onnx_path.parent / MODEL, onnx_path.parent.parent / MODEL):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 # -- the export -----------------------------------------------------------------------------------------------
 def export_file(run: str | os.PathLike) -> Path:
     """Where ``pneumoscan export RUN`` writes the ONNX model (it may not exist yet)."""
     return Path(run) / EXPORT / ONNX
-
-
-def card_beside(onnx_path: str | os.PathLike) -> Path | None:
-    """The ``model_card.json`` written beside an exported model, when there is one."""
-    card = Path(onnx_path).parent / CARD_JSON
-    return card if card.is_file() else None
 
 
 # -- training -------------------------------------------------------------------------------------------------

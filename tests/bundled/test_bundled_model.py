@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 import pneumoscan
-from pneumoscan.bundled import BUNDLED_DIR, CARD_JSON, CARD_MARKDOWN, ONNX_FILE, WEIGHTS_FILE, bundled_card
+from pneumoscan.bundled import BUNDLED_DIR, CARD_JSON, CARD_MARKDOWN, ONNX_FILE, WEIGHTS_FILE
 from pneumoscan.cli import main
+from pneumoscan.inference import resolve_model
 from pneumoscan.provenance import DISCLAIMER, sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,6 +23,10 @@ TOLERANCE = 1e-4
 @pytest.fixture(scope="module")
 def card() -> dict:
     return bundled_card()
+
+
+def bundled_card() -> dict:
+    return resolve_model().read_card()
 
 
 def test_the_shipped_files_are_the_ones_the_card_describes(card):
@@ -52,6 +57,34 @@ def test_the_card_says_what_the_model_is_for_how_it_was_measured_and_what_it_mus
     assert card["build"]["recipe"] and card["build"]["command"].startswith("python bench/build_default_model.py")
     text = json.dumps(card)
     assert "/work/" not in text and "/home/" not in text, "no machine's absolute paths in the card"
+
+
+def test_the_card_names_no_build_run_and_no_path_outside_the_package(card):
+    """The bundled model is `default`, not the build's work run; data paths are the dataset's own."""
+    assert card["model"]["run_id"] is None
+    markdown = (BUNDLED_DIR / CARD_MARKDOWN).read_text(encoding="utf-8")
+    assert "run: " not in markdown.splitlines()[4]
+
+    def strings(value):
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    for text in [*strings(card), markdown]:
+        assert "../" not in text, text
+    assert card["training_data"]["data_root"] == "chest_xray"
+    assert all(r["image"].startswith("chest_xray/test/") for r in card["reference_scores"])
+    assert not {"out", "run_name"} & set(card["provenance"]["config"])
+    # the generator's own step, on what a build gives it
+    from pneumoscan.bundled.card import packaged
+
+    raw = {**card, "model": {**card["model"], "run_id": "run"},
+           "training_data": {**card["training_data"], "data_root": "../shared/data/chest_xray"},
+           "provenance": {**card["provenance"], "config": {**card["provenance"]["config"], "run_name": "run",
+                                                           "out": "bench/out/default-model"}}}
+    assert packaged(raw) == card
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
@@ -121,10 +154,12 @@ def test_a_run_given_first_is_the_model_and_a_run_alone_is_refused(tmp_path, cap
 
 def test_serve_with_no_model_serves_the_bundled_one_with_its_card():
     from pneumoscan.cli import build_parser
-    from pneumoscan.serving.loader import load_served_model
+    from pneumoscan.serving.app import load_served
+    from pneumoscan.serving.model_card import served_card
 
     assert build_parser().parse_args(["serve"]).model is None  # the command accepts no MODEL
-    served = load_served_model(BUNDLED_DIR)
-    assert served.backend == "onnxruntime" and served.explain_available
-    assert served.card["files"]["onnx_sha256"] == bundled_card()["files"]["onnx_sha256"]
-    assert served.card["disclaimer"] == DISCLAIMER
+    served = load_served(BUNDLED_DIR)
+    assert served.backend_name == "onnxruntime" and served.explainable
+    card = served_card(served)
+    assert card["files"]["onnx_sha256"] == bundled_card()["files"]["onnx_sha256"]
+    assert card["disclaimer"] == DISCLAIMER

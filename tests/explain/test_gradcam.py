@@ -115,13 +115,13 @@ def test_cli_explain_writes_a_png_per_readable_image_and_skips_bad_files(tmp_pat
 
 def test_explain_finds_the_run_weights_next_to_an_exported_onnx_model(tmp_path):
     from pneumoscan.errors import ModelFileError
-    from pneumoscan.explain import load_explainable
+    from pneumoscan.inference import resolve_model
 
     save_model(tmp_path / "run", build_model("seed-cnn", 32), ModelMeta(name="seed-cnn", image_size=32))
     (tmp_path / "run" / "export").mkdir()
     (tmp_path / "run" / "export" / "model.onnx").write_bytes(b"stand-in: never read")
-    _, meta = load_explainable(tmp_path / "run" / "export" / "model.onnx")
+    _, meta = resolve_model(tmp_path / "run" / "export" / "model.onnx").load_network()
     assert meta.name == "seed-cnn"
     (tmp_path / "lonely.onnx").write_bytes(b"x")
     with pytest.raises(ModelFileError, match="lonely.onnx: Grad-CAM needs the PyTorch weights"):
-        load_explainable(tmp_path / "lonely.onnx")
+        resolve_model(tmp_path / "lonely.onnx").load_network()

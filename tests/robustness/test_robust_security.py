@@ -345,15 +345,15 @@ def test_a_server_given_a_pickle_payload_stays_up_and_says_why_it_is_not_ready(t
 
 
 def test_a_pickle_in_place_of_a_runs_onnx_export_is_called_unreadable_and_never_run(tmp_path, caplog) -> None:
-    from pneumoscan.serving.loader import resolve_model
+    from pneumoscan.serving.app import load_served
 
     marker = tmp_path / "payload-ran"
     run = tiny_model(tmp_path / "run")
     (run / "export").mkdir()
     (run / "export" / "model.onnx").write_bytes(pickle.dumps(_Payload(marker)))
     with caplog.at_level("WARNING", logger="pneumoscan.serving"):
-        source = resolve_model(run)
-    assert source.backend == "torch"  # the run's own weights are served instead
+        served = load_served(run)
+    assert served.backend_name == "torch"  # the run's own weights are served instead
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "unreadable" in said and "stale" not in said, said
     assert not marker.exists()

@@ -157,13 +157,13 @@ def test_readyz_is_503_until_the_model_is_loaded_while_healthz_answers(served_ru
     from pneumoscan.serving import app as app_module
 
     release = threading.Event()
-    real_load = app_module.load_served_model
+    real_load = app_module.load_served
 
     def slow_load(path, threads=None):  # holds the load until the test has seen the "loading" answers
         release.wait(10)
         return real_load(path, threads)
 
-    monkeypatch.setattr(app_module, "load_served_model", slow_load)
+    monkeypatch.setattr(app_module, "load_served", slow_load)
     with TestClient(create_app(served_run)) as client:
         loading = client.get("/readyz")
         assert loading.status_code == 503 and loading.json()["status"] == "loading"

@@ -20,3 +20,22 @@ def test_the_balanced_point_is_not_credited_to_validation_but_its_temperature_is
     assert text.startswith("balanced: probability 0.5 of a model trained class-balanced")
     assert text.endswith("; temperature 0.750 fitted on validation (529 validation images)")
     assert "validation images" not in threshold_rule(_meta("balanced"))
+
+
+def test_a_stale_exports_model_card_is_not_served_for_the_retrained_model(exported_run, tmp_path):
+    import shutil
+
+    from pneumoscan.models import build_model, read_meta, save_model
+    from pneumoscan.serving.app import load_served
+    from pneumoscan.serving.model_card import served_card
+
+    run = tmp_path / "run"
+    shutil.copytree(exported_run, run)
+    meta = read_meta(run)
+    save_model(run, build_model(meta.name, meta.image_size),
+               ModelMeta(name=meta.name, image_size=meta.image_size, threshold=0.7, run_id="retrained"))
+    served = load_served(run)
+    assert served.backend_name == "torch"
+    card = served_card(served)
+    assert "test-run" not in str(card)  # the old export's card named the old run
+    assert "0.7" in str(card) and card["serving"]["explain"] is True

@@ -3,7 +3,8 @@ a newcomer needs to trust or distrust it: the files' hashes, test figures with p
 intervals, the operating point and how it was chosen, the training data, how it was built, and the
 probabilities of a few reference images (which ``tests/bundled`` re-computes from the shipped files).
 
-Used by ``bench/build_default_model.py``; reading the card needs only :func:`pneumoscan.bundled.bundled_card`.
+Used by ``bench/build_default_model.py``; reading the card needs only
+``pneumoscan.inference.resolve_model().read_card()``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ SCOPE = (
     "Research only. Out of scope: any clinical use; adults; lateral, PA or other views; other hospitals "
     "and scanners without a new evaluation; findings other than pneumonia (and bacterial vs viral)."
 )
+PATHS = ("relative to the folder that holds chest_xray/ (the dataset as `pneumoscan data download` "
+         "fetches it)")
+# What only the build's work folders mean: the run it trained in, where it wrote.
+BUILD_ONLY = ("out", "run_name", "progress")
+SHARED_DATA = "../shared/data"
 HEADLINE = ("roc_auc", "pr_auc", "ece")
 AT_THRESHOLD = ("sensitivity", "specificity", "ppv", "npv", "accuracy", "balanced_accuracy")
 
@@ -80,7 +86,7 @@ def build_bundled_card(folder: str | os.PathLike, report: dict[str, Any], *, rec
         if rows[0].error:
             raise ImageReadError(f"reference image: {rows[0].error}")
         p_onnx, p_torch = (row.probability for row in rows)
-        card["reference_scores"].append({"image": f"../shared/data/{image}", "probability": p_onnx,
+        card["reference_scores"].append({"image": image, "probability": p_onnx,
                                          "probability_torch": p_torch})
     card["build"] = {
         "command": "python bench/build_default_model.py" + "".join(f" --{k} {v}" for k, v in deviations.items()),
@@ -92,7 +98,28 @@ def build_bundled_card(folder: str | os.PathLike, report: dict[str, Any], *, rec
         "versions": {k: v for k, v in library_versions().items() if k != "platform"},
     }
     card["disclaimer"] = DISCLAIMER
-    return portable(card, shared_root)
+    return packaged(portable(card, shared_root))
+
+
+def packaged(card: dict[str, Any]) -> dict[str, Any]:
+    """``card`` as the package ships it: no run name (the bundled model is ``default``, not the run the
+    build trained in), none of the build's work folders, and data paths relative to the dataset's folder
+    (``chest_xray/test/...``) rather than to where the repository keeps it."""
+    def walk(item: Any) -> Any:
+        if isinstance(item, dict):
+            return {k: walk(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [walk(v) for v in item]
+        return item.removeprefix(f"{SHARED_DATA}/") if isinstance(item, str) else item
+
+    card = walk(card)
+    card["model"] = {**card["model"], "run_id": None}
+    config = card.get("provenance", {}).get("config")
+    if isinstance(config, dict):
+        card["provenance"] = {**card["provenance"],
+                              "config": {k: v for k, v in config.items() if k not in BUILD_ONLY}}
+    card["training_data"] = {**card["training_data"], "paths": PATHS}
+    return card
 
 
 def render_bundled_markdown(card: dict[str, Any]) -> str:
@@ -141,7 +168,7 @@ def _recipe_text(deviations: dict[str, Any]) -> str:
 def portable(value: Any, shared_root: str | os.PathLike) -> Any:
     """``value`` (a card, a model's metadata) with this machine's path to the shared data replaced by the
     project's relative ``../shared/data``."""
-    replace = {str(Path(shared_root).resolve()): "../shared/data", str(shared_root): "../shared/data"}
+    replace = {str(Path(shared_root).resolve()): SHARED_DATA, str(shared_root): SHARED_DATA}
 
     def walk(item: Any) -> Any:
         if isinstance(item, dict):

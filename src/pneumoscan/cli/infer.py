@@ -127,7 +127,7 @@ def run_predict(args) -> int:
     if classifier.scope_note:
         print(f"note: {classifier.scope_note}", file=sys.stderr)
     if streamed:
-        return _predict_streamed(args, classifier, model, paths)
+        return _predict_streamed(args, classifier, paths)
     files = expand_inputs(paths)
     if not files:
         raise ConfigError(f"no image files found in {' '.join(paths)}")
@@ -142,8 +142,8 @@ def run_predict(args) -> int:
         write_predictions(rows, args.out)
     scored = sum(row.probability is not None for row in rows)
     meta = classifier.meta
-    backend = getattr(classifier.backend, "name", "?")
-    which = f"{meta.name}, the bundled default model" if model is None else meta.name
+    backend = classifier.backend_name
+    which = f"{meta.name}, the bundled default model" if classifier.files.bundled else meta.name
     print(f"\nscored {scored} of {len(rows)} files with {which} (pneumoscan {meta.version or '?'}, {backend}), "
           f"threshold {classifier.threshold:.4f}" + (f"; results in {args.out}" if args.out else ""))
     refused = sum(row.probability is None and scope.OUT_OF_SCOPE in (row.error or "") for row in rows)
@@ -159,18 +159,18 @@ def run_predict(args) -> int:
     return 0 if scored else 1
 
 
-def _predict_streamed(args, classifier, model: str | None, paths: list[str]) -> int:
+def _predict_streamed(args, classifier, paths: list[str]) -> int:
     from pneumoscan.errors import ConfigError
     from pneumoscan.inference.stream import predict_to_file
 
     meta = classifier.meta
-    backend = getattr(classifier.backend, "name", "?")
+    backend = classifier.backend_name
     summary = predict_to_file(classifier, paths, args.out, resume=args.resume, batch_size=args.batch_size,
                               workers=args.workers, progress=args.progress, report_failures=not args.quiet)
     if summary.seen == 0:
         raise ConfigError(f"no image files found in {' '.join(paths)}")
     scored, total = summary.scored, summary.seen - summary.skipped
-    which = f"{meta.name}, the bundled default model" if model is None else meta.name
+    which = f"{meta.name}, the bundled default model" if classifier.files.bundled else meta.name
     print(f"scored {scored} of {total} files with {which} (pneumoscan {meta.version or '?'}, {backend}), "
           f"threshold {classifier.threshold:.4f}, {summary.rate:,.0f} files/s; results in {args.out}"
           + (f" ({summary.skipped} already there)" if summary.skipped else ""))
@@ -193,10 +193,6 @@ def _predict_ray(args, model: str | None, paths: list[str]) -> int:
         raise ConfigError("--engine ray writes Parquet: give --out RESULTS.parquet")
     if args.resume:
         raise ConfigError("--resume is for --engine local; Ray retries the tasks of failed workers itself")
-    if model is None:
-        from pneumoscan.bundled import ONNX_FILE, bundled_model_dir
-
-        model = str(bundled_model_dir() / ONNX_FILE)
     summary = predict_ray(model, paths, args.out, address=args.address, device=args.device, progress=args.progress)
     print(f"scored {summary.scored} of {summary.seen} files with {summary.model} on Ray ({summary.nodes} node(s), "
           f"{summary.cpus:g} CPUs), {summary.rate:,.0f} files/s; results in {args.out}")
@@ -213,12 +209,13 @@ def _predict_ray(args, model: str | None, paths: list[str]) -> int:
 
 def run_explain(args) -> int:
     from pneumoscan.errors import ConfigError
-    from pneumoscan.explain import conv_layers, explain_images, load_explainable, target_layer
+    from pneumoscan.explain import conv_layers, explain_images, target_layer
+    from pneumoscan.inference import resolve_model
     from pneumoscan.inference.inputs import expand_inputs, split_model_and_inputs
 
     if args.list_layers:
         model_path = args.model or (args.images[0] if args.images else None)
-        model, meta = load_explainable(_model_or_bundled(model_path))
+        model, meta = resolve_model(model_path).load_network()
         for name in conv_layers(model):
             print(name)
         print(f"Grad-CAM target by default: {target_layer(model, int(meta.image_size))}")
@@ -230,7 +227,7 @@ def run_explain(args) -> int:
     files = expand_inputs(images)
     if not files:  # as predict does: an empty folder or a glob matching nothing is a one-line error
         raise ConfigError(f"no image files found in {' '.join(images)}")
-    result = explain_images(_model_or_bundled(model_path), files, args.out, filters=args.filters, layers=layers, layer=args.layer)
+    result = explain_images(model_path, files, args.out, filters=args.filters, layers=layers, layer=args.layer)
     for path in result.written:
         print(path)
     for _, reason in result.failures:
@@ -241,12 +238,6 @@ def run_explain(args) -> int:
         print(f"\nnothing written: none of the {len(files)} image(s) could be explained")
     print(DISCLAIMER, file=sys.stderr)
     return 0 if result.written else 1
-
-
-def _model_or_bundled(model: str | None) -> str:
-    from pneumoscan.bundled import bundled_model_dir
-
-    return model if model is not None else str(bundled_model_dir())
 
 
 def run_fit_scope(args) -> int:

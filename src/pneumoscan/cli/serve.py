@@ -45,10 +45,10 @@ def run(args: argparse.Namespace) -> int:
     from pneumoscan.serving.server import LOG_FORMAT, serve
 
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
-    if args.model is None:
-        from pneumoscan.bundled import bundled_model_dir
+    if args.model is None:  # the bundled model, by its file: every worker process finds it the same way
+        from pneumoscan.inference import resolve_model
 
-        args.model = str(bundled_model_dir())
+        args.model = str(resolve_model(prefer_onnx=True).path)
     serve(ServeOptions(
         model=args.model, host=args.host, port=args.port, workers=args.workers,
         max_upload_mb=args.max_upload_mb, max_batch_files=args.max_batch_files,

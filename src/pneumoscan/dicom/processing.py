@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -23,6 +24,9 @@ from pneumoscan._io import atomic_write_bytes, atomic_write_csv, atomic_write_te
 from pneumoscan.dicom import instances, results
 from pneumoscan.errors import ImageReadError, OutputError, reason
 from pneumoscan.provenance import DISCLAIMER
+
+if TYPE_CHECKING:
+    from pneumoscan.inference import Classifier
 
 log = logging.getLogger("pneumoscan.dicom")
 
@@ -71,20 +75,20 @@ class Processor:
     backend uses every core for one image already.
     """
 
-    def __init__(self, model: str | os.PathLike, out: str | os.PathLike, *, overlay: bool = False,
+    def __init__(self, model: str | os.PathLike | Classifier, out: str | os.PathLike, *, overlay: bool = False,
                  device: str | None = None) -> None:
-        from pneumoscan.inference import load
+        from pneumoscan.inference import Classifier, load
 
-        self.model_path = Path(model)
-        self.classifier = load(model, device=device, prefer_onnx=True)
+        # The same object pneumoscan.load returns; a path is loaded as the server loads it (ONNX preferred).
+        self.classifier = model if isinstance(model, Classifier) else load(model, device=device, prefer_onnx=True)
         self.meta = self.classifier.meta
         self.out = ensure_writable_dir(out)
         self.overlay = overlay
         self._explainable = None
         if overlay:  # load it now: a model without PyTorch weights is an error at start, not per instance
-            from pneumoscan.explain import load_explainable, target_layer
+            from pneumoscan.explain import target_layer
 
-            network, _ = load_explainable(model)
+            network = self.classifier.torch_module().network.cpu().eval()
             self._explainable = (network, target_layer(network, self.classifier.image_size))
         self._model_lock = threading.Lock()
         self.worklist = Worklist(self.out)

@@ -280,21 +280,14 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitiv
     leaves out), a model card and a README. The original file is only read.
     """
     from pneumoscan.data import build_cache, load_dataset
-    from pneumoscan.models import load_model, save_model
-    from pneumoscan.runs import (
-        CALIBRATION_JSON,
-        CALIBRATION_README,
-        calibrated_folder,
-        find_model_file,
-        find_run,
-        weights_beside,
-    )
+    from pneumoscan.inference.model_files import resolve_model
+    from pneumoscan.models import save_model
+    from pneumoscan.runs import CALIBRATION_JSON, CALIBRATION_README, calibrated_folder, find_run
     from pneumoscan.serving.model_card import write_model_card
 
-    source = _model_file(model, find_model_file)
-    if source.suffix == ".onnx":
-        source = weights_beside(source) or source
-    network, meta = load_model(source)
+    files = resolve_model(None if _is_default(model) else model)
+    network, meta = files.load_network("calibrate")  # an ONNX model's PyTorch weights: the new version is one
+    source = files.weights
     index = load_dataset(data)
     samples = [s for s in index.samples if s.label is not None]
     if not samples:
@@ -357,13 +350,11 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitiv
     return CalibrationResult(folder, model_file, fitted, source)
 
 
-def _model_file(model: str | os.PathLike, find_model_file) -> Path:
-    """The model file to calibrate; ``default`` (when no such path exists) is the bundled model."""
-    from pneumoscan.bundled import NAME, WEIGHTS_FILE, bundled_model_dir
+def _is_default(model: str | os.PathLike) -> bool:
+    """``default`` (when no such path exists) names the bundled model."""
+    from pneumoscan.bundled import NAME
 
-    if str(model) == NAME and not Path(model).exists():
-        return bundled_model_dir() / WEIGHTS_FILE
-    return find_model_file(model)
+    return str(model) == NAME and not Path(model).exists()
 
 
 def _is_bundled(source: Path) -> bool:

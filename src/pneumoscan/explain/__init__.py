@@ -9,9 +9,9 @@ Heatmaps show where the network's evidence is, not where the disease is; NOT for
 
 from pneumoscan.explain.filters import conv_layers, feature_maps, first_layer_filters
 from pneumoscan.explain.gradcam import gradcam, overlay, target_layer
-from pneumoscan.explain.run import ExplainResult, explain_images, load_explainable
+from pneumoscan.explain.run import ExplainResult, explain_images
 
 __all__ = [
     "ExplainResult", "conv_layers", "explain_images", "feature_maps", "first_layer_filters", "gradcam",
-    "load_explainable", "overlay", "target_layer",
+    "overlay", "target_layer",
 ]

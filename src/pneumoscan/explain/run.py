@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan._io import atomic_write_bytes
-from pneumoscan.errors import ImageReadError, ModelFileError
+from pneumoscan.errors import ImageReadError
 from pneumoscan.provenance import DISCLAIMER
 
 
@@ -22,25 +22,7 @@ class ExplainResult:
     layer: str = ""
 
 
-def load_explainable(path: str | os.PathLike):
-    """The PyTorch model and its meta for ``path``, which Grad-CAM needs (gradients).
-
-    An ONNX file has no gradients: for ``RUN/export/model.onnx`` the run's ``model.safetensors`` (beside
-    the ONNX file or one folder up) is used; without one, :class:`ModelFileError` says what to pass.
-    """
-    from pneumoscan.models import load_model
-    from pneumoscan.runs import weights_beside
-
-    path = Path(path).expanduser()
-    if path.suffix.lower() == ".onnx":
-        if (weights := weights_beside(path)) is not None:
-            return load_model(weights)
-        raise ModelFileError(f"{path}: Grad-CAM needs the PyTorch weights and there is no model.safetensors "
-                             "beside this ONNX model or in its run folder; pass the run folder instead")
-    return load_model(path)
-
-
-def explain_images(model_path: str | os.PathLike, images: list[str | os.PathLike], out_dir: str | os.PathLike,
+def explain_images(model_path: str | os.PathLike | None, images: list[str | os.PathLike], out_dir: str | os.PathLike,
                    *, filters: bool = False, layers: list[str] | None = None, layer: str | None = None,
                    alpha: float = 0.45) -> ExplainResult:
     """Write ``out_dir/<image>_gradcam.png`` for every readable image (radiograph beside its heatmap).
@@ -54,9 +36,11 @@ def explain_images(model_path: str | os.PathLike, images: list[str | os.PathLike
     from pneumoscan.explain.filters import feature_maps, first_layer_filters
     from pneumoscan.explain.gradcam import gradcam, overlay, target_layer
     from pneumoscan.inference.classifier import Classifier
+    from pneumoscan.inference.model_files import resolve_model
     from pneumoscan.inference.torch_backend import TorchBackend
 
-    model, meta = load_explainable(model_path)
+    # Gradients need the PyTorch weights: for an ONNX file, those beside it or in its run folder.
+    model, meta = resolve_model(model_path).load_network()
     scorer = Classifier(TorchBackend(model, "cpu"), meta)  # the probability and label exactly as `predict`
     out = Path(out_dir)
     result = ExplainResult(layer=layer or target_layer(model, int(meta.image_size)))

@@ -4,6 +4,6 @@ Lightweight on purpose: the ONNX path imports neither Lightning nor MONAI.
 """
 
 from pneumoscan.inference.classifier import Classifier, Prediction
-from pneumoscan.inference.loading import load
+from pneumoscan.inference.model_files import ModelFiles, load, resolve_model
 
-__all__ = ["Classifier", "Prediction", "load"]
+__all__ = ["Classifier", "ModelFiles", "Prediction", "load", "resolve_model"]

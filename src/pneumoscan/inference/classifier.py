@@ -2,23 +2,29 @@
 
 A :class:`Classifier` wraps a backend; two give the same numbers: eager PyTorch
 (:mod:`~pneumoscan.inference.torch_backend`) and ONNX Runtime (:mod:`~pneumoscan.inference.onnx_backend`).
-:func:`pneumoscan.inference.load` picks one for a path. This module imports neither torch nor ONNX
-Runtime, so the ONNX path never loads torch.
+:func:`pneumoscan.inference.load` (:mod:`~pneumoscan.inference.model_files`) picks one for a MODEL argument and
+gives the classifier the files it came from (``files``: its PyTorch weights, its card, its run). The CLI,
+the Python API, the server and the DICOM node all hold this one object. This module imports neither torch
+nor ONNX Runtime, so the ONNX path never loads torch.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pneumoscan.data.image import read_image, read_pixels
 from pneumoscan.data.radiograph import check_radiograph, check_radiograph_pixels
-from pneumoscan.errors import ImageReadError
+from pneumoscan.errors import ImageReadError, ModelFileError
 from pneumoscan.inference import scope
 from pneumoscan.inference.inputs import Prediction, expand_inputs
+
+if TYPE_CHECKING:
+    from pneumoscan.inference.torch_module import CalibratedModule
 
 __all__ = ["Classifier", "ImageInput", "Prediction", "Sources"]
 
@@ -33,18 +39,86 @@ class Classifier:
 
     ``scope_check`` (default on): images that are not frontal chest radiographs get no probability and no
     label (:mod:`pneumoscan.inference.scope`); off, they are scored and marked.
+
+    ``files``: the :class:`~pneumoscan.inference.model_files.ModelFiles` it was loaded from (set by
+    :func:`pneumoscan.load`; None for a classifier built by hand), which :attr:`weights`, :attr:`card` and
+    :meth:`torch_module` read.
     """
 
-    def __init__(self, backend, meta, scope_check: bool = True) -> None:
+    def __init__(self, backend, meta, scope_check: bool = True, files=None) -> None:
         # backend: .name, .logits(batch: float32 N x 1 x S x S) -> (N,), and optionally .scores(batch) ->
         # (logits (N,), the scope gate's output (N, K) or None)
         self.backend = backend
         self.meta = meta
         self.scope_check = scope_check
+        self.files = files  # ModelFiles | None (not imported: model_files builds classifiers)
+        self._card: tuple[dict[str, Any] | None] | None = None
 
     def with_scope_check(self, scope_check: bool) -> Classifier:
-        """This classifier (same backend and model) with the scope check on or off."""
-        return self if scope_check == self.scope_check else Classifier(self.backend, self.meta, scope_check)
+        """This classifier (same backend, model and files) with the scope check on or off."""
+        if scope_check == self.scope_check:
+            return self
+        other = Classifier(self.backend, self.meta, scope_check, self.files)
+        other._card = self._card
+        return other
+
+    @property
+    def backend_name(self) -> str:
+        """``onnxruntime`` or ``torch``."""
+        return getattr(self.backend, "name", type(self.backend).__name__)
+
+    @property
+    def weights(self) -> Path | None:
+        """The PyTorch weights of this model (Grad-CAM, :meth:`torch_module`): the file loaded for the torch
+        backend, ``model.safetensors`` beside an ONNX model or in its run folder; None when unknown."""
+        return self.files.weights if self.files is not None else None
+
+    @property
+    def card(self) -> dict[str, Any] | None:
+        """The model card written for this model (``model_card.json`` beside its ONNX file, or the bundled
+        model's), read once; None when there is none."""
+        if self._card is None:
+            self._card = (self.files.read_card() if self.files is not None else None,)
+        return self._card[0]
+
+    @property
+    def explainable(self) -> bool:
+        """Whether Grad-CAM (and :meth:`torch_module`) can run: PyTorch weights are known or loaded."""
+        return self.weights is not None or self.backend_name == "torch"
+
+    def torch_module(self) -> CalibratedModule:
+        """The model as a ``torch.nn.Module`` with its preprocessing and temperature, to hook or fine-tune.
+
+        Its ``forward`` takes a float batch ``(N, 1, H, W)`` with grey values in [0, 1] (``uint8 / 255``; what
+        :meth:`preprocess` gives, stacked) and returns the calibrated logits ``(N, 1)``, ``logit /
+        temperature``: their sigmoid is :meth:`predict_proba`'s probability (``.probabilities(x)`` gives it).
+        Other image sizes are made square and resized as the model's ``fit`` says (see
+        :class:`~pneumoscan.inference.torch_module.CalibratedModule`). Per-image standardisation is inside the
+        network. It is a copy, in eval mode, on the torch backend's device (else the CPU): training it
+        changes neither this classifier nor its files.
+        The scope gate is not applied. Works for the PyTorch backend, and for an ONNX model whose PyTorch
+        weights are beside it (or in its run folder); otherwise, or when those weights are another model's,
+        raises :class:`~pneumoscan.errors.ModelFileError` naming what is missing or different.
+        """
+        import copy
+
+        from pneumoscan.inference.torch_module import CalibratedModule
+
+        if self.backend_name == "torch":
+            network = copy.deepcopy(self.backend.model)
+        elif self.files is not None:
+            network, meta = self.files.load_network("torch_module()")
+            if _identity(meta) != _identity(self.meta):  # e.g. the run was retrained but not exported again
+                raise ModelFileError(
+                    f"{self.files.weights}: another model ({meta.name}, run {meta.run_id or '?'}) than "
+                    f"{self.files.path.name} ({self.meta.name}, run {self.meta.run_id or '?'}); export the run "
+                    "again so that both match")
+        else:
+            raise ModelFileError(f"{self.meta.name}: a {self.backend_name} model built by hand has no PyTorch weights; "
+                                 "load it with pneumoscan.load(MODEL) from a run folder or with its model.safetensors")
+        module = CalibratedModule(network, self.image_size, self.meta.fit, float(self.meta.temperature or 1.0))
+        device = next((p.device for p in network.parameters()), None)  # the torch backend's device (cuda)
+        return (module.to(device) if device is not None else module).eval()
 
     @property
     def scope_note(self) -> str | None:
@@ -60,7 +134,7 @@ class Classifier:
         return int(self.meta.image_size)
 
     def __repr__(self) -> str:
-        backend = getattr(self.backend, "name", type(self.backend).__name__)
+        backend = self.backend_name
         return (f"Classifier(model={self.meta.name!r}, image_size={self.image_size}, fit={self.meta.fit!r}, "
                 f"threshold={self.threshold:.4f}, backend={backend!r}, version={self.meta.version!r})")
 
@@ -229,6 +303,10 @@ class Classifier:
     def prediction(self, name: str, probability: float) -> Prediction:
         """The row for one scored image: its label at the stored threshold, model name and version."""
         return Prediction(name, probability, self.meta.label(probability), self.threshold, self.meta.name, self.meta.version)
+
+
+def _identity(meta) -> tuple:
+    return meta.name, int(meta.image_size), meta.run_id, meta.created
 
 
 def _pixels_of(image):

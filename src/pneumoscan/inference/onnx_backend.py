@@ -14,7 +14,6 @@ The contract of a pneumoscan ONNX file (written by :func:`pneumoscan.serving.exp
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -23,7 +22,6 @@ import numpy as np
 from pneumoscan.errors import ModelFileError, reason
 from pneumoscan.inference.classifier import Classifier
 from pneumoscan.models.artifact import META_KEY, ModelMeta
-from pneumoscan.runs import MODEL_JSON, export_file
 
 INPUT_NAME = "image"
 LOGIT_OUTPUT = "logit"
@@ -85,22 +83,6 @@ def load_onnx(path: str | os.PathLike, device: str | None = None, threads: int |
         raise ModelFileError(f"{path}: ONNX model has no '{LOGIT_OUTPUT}' output (has {backend.outputs}); "
                              "re-export it with 'pneumoscan export'")
     return Classifier(backend, meta)
-
-
-def matching_export(run: Path, threads: int | None = None) -> Classifier | None:
-    """The run's ONNX export, loaded, if it is the export of this run's model (same metadata), else None.
-
-    ``threads``: ONNX Runtime's threads per inference (None: its default).
-    """
-    onnx_file, meta_file = export_file(run), run / MODEL_JSON
-    if not (run.is_dir() and onnx_file.is_file() and meta_file.is_file()):
-        return None
-    try:
-        classifier = load_onnx(onnx_file, device="cpu", threads=threads)
-        same = json.loads(classifier.meta.to_json()) == json.loads(meta_file.read_text(encoding="utf-8"))
-    except (ModelFileError, OSError, ValueError):
-        return None  # a broken export: the weights themselves are still there
-    return classifier if same else None
 
 
 def read_onnx_meta(props: dict[str, str], path: str | os.PathLike = "<onnx>") -> ModelMeta:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumoscan.data.dicom_ids import DICOM_ID_COLUMNS
-from pneumoscan.errors import ConfigError, ModelFileError
+from pneumoscan.errors import ConfigError
 from pneumoscan.inference.results import COLUMNS, results_schema, utf8
 
 # Files per decoding task and images per scoring call: big enough that Ray's per-task cost is small.
@@ -110,11 +110,12 @@ def scorer_for(onnx_file: Path, device: str | None = None) -> type[OnnxScorer]:
 
 
 def predict_ray(
-    model: str | os.PathLike, sources: Iterable[str | os.PathLike], out: str | os.PathLike, *,
+    model: str | os.PathLike | None, sources: Iterable[str | os.PathLike], out: str | os.PathLike, *,
     address: str | None = None, actors: int | None = None, num_cpus: int | None = None, device: str | None = None,
     progress: bool | None = None, decode: Callable = decode_batch,
 ) -> RaySummary:
-    """Score ``sources`` with ``model``'s ONNX export on Ray Data; write ``out`` as a folder of Parquet files.
+    """Score ``sources`` with ``model``'s ONNX export (None: the bundled model's) on Ray Data; write ``out``
+    as a folder of Parquet files.
 
     ``address``: a running Ray cluster to join (``ray://...`` or ``HOST:PORT``); without it, joins the Ray
     this process already started, else starts a local one (``num_cpus``: its CPUs). ``actors``: scoring
@@ -127,7 +128,7 @@ def predict_ray(
     from pneumoscan.inference.stream import iter_sources
 
     sources = [os.fsdecode(source) for source in sources]
-    onnx_file = _onnx_of(Path(model))
+    onnx_file = _onnx_of(model)
     meta = load_onnx(onnx_file, device="cpu").meta  # refuses a file that is not one of ours, here, in one line
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -190,19 +191,15 @@ def _import_ray():
     return ray
 
 
-def _onnx_of(model: Path) -> Path:
-    """The ONNX file to score with: ``model`` itself, or a run folder's export of the same model."""
-    from pneumoscan.inference.onnx_backend import matching_export
+def _onnx_of(model: str | os.PathLike | None) -> Path:
+    """The ONNX file to score with: ``model`` itself, a folder's export of the same model, or (None) the
+    bundled model's."""
+    from pneumoscan.inference.model_files import ONNXRUNTIME, resolve_model
 
-    if model.suffix.lower() == ".onnx":
-        if not model.is_file():
-            raise ModelFileError(f"{model}: no such ONNX model file")
-        return model
-    if model.is_dir() and matching_export(model) is not None:
-        from pneumoscan.runs import export_file
-
-        return export_file(model)
-    raise ConfigError(f"{model}: --engine ray scores an exported ONNX model; run 'pneumoscan export {model}' first")
+    files = resolve_model(model, device="cpu", prefer_onnx=True)
+    if files.backend != ONNXRUNTIME:
+        raise ConfigError(f"{model}: --engine ray scores an exported ONNX model; run 'pneumoscan export {model}' first")
+    return files.path
 
 
 def _connect(ray, address: str | None, num_cpus: int | None, progress: bool | None) -> bool:

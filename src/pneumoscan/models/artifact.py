@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pneumoscan._io import atomic_write, atomic_write_json
 from pneumoscan.data.records import CLASS_NAMES
 from pneumoscan.errors import ConfigError, ModelFileError, reason
-from pneumoscan.runs import MODEL, MODEL_JSON, find_model_file, run_folder_of, weights_beside
+from pneumoscan.runs import MODEL, MODEL_JSON, find_model_file, run_folder_of
 
 if TYPE_CHECKING:  # torch is imported where it is used: ModelMeta must load without it (ONNX path)
     import torch
@@ -33,7 +33,7 @@ IMAGE_SIZES = range(8, 1025)
 MEMBERS = range(1, 33)  # networks in an ensemble: each costs a full network's memory and time
 
 __all__ = ["META_KEY", "MODEL_FILE", "ModelMeta", "read_checkpoint", "find_model_file", "load_model",
-           "read_meta", "run_folder_of", "save_model", "weights_beside"]
+           "read_meta", "run_folder_of", "save_model"]
 
 
 @dataclass

@@ -38,11 +38,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pneumoscan import __version__
 from pneumoscan.data.image import PIL_FORMATS, is_dicom
 from pneumoscan.errors import ImageReadError, PneumoscanError
-from pneumoscan.inference import Classifier, Prediction
+from pneumoscan.inference import Classifier, Prediction, load
 from pneumoscan.provenance import DISCLAIMER
 from pneumoscan.serving.explainer import Explainer, ExplainUnavailable
-from pneumoscan.serving.loader import ServedModel, load_served_model, served_from_classifier
 from pneumoscan.serving.middleware import DeclaredSizeLimit, SecurityHeaders
+from pneumoscan.serving.model_card import served_card
 from pneumoscan.serving.options import (
     DEFAULT_MAX_BATCH_FILES,
     DEFAULT_MAX_CONCURRENCY,
@@ -118,7 +118,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(
-    model: str | os.PathLike | Classifier | ServedModel,
+    model: str | os.PathLike | Classifier,
     *,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_batch_files: int = DEFAULT_MAX_BATCH_FILES,
@@ -127,7 +127,7 @@ def create_app(
     threads: int | None = None,
 ) -> FastAPI:
     """The FastAPI app serving ``model``: a path (loaded in the background at start-up, ``/readyz``
-    answers 503 until it is ready), a loaded :class:`Classifier`, or a :class:`ServedModel`.
+    answers 503 until it is ready; see :func:`load_served`) or a loaded :class:`Classifier`.
 
     ``max_upload_bytes`` bounds a request's whole body (a batch's files together); a batch holds at most
     ``max_batch_files`` files; ``max_concurrency`` inferences run at once and ``max_queue`` more may wait.
@@ -142,7 +142,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         async with anyio.create_task_group() as tasks:
-            if state.served is None and state.error is None:
+            if state.model is None and state.error is None:
                 tasks.start_soon(state.load)
             yield
 
@@ -217,17 +217,18 @@ def _add_health_routes(app: FastAPI, state: _State) -> None:
     @app.get("/readyz", tags=["health"], summary="The model is loaded and requests will be answered",
              responses={503: _error_doc("model loading, or it failed to load")})
     async def readyz() -> JSONResponse:
-        served = state.served
-        if served is None:
+        model = state.model
+        if model is None:
             return JSONResponse({"status": "failed" if state.error else "loading",
                                  "detail": state.error or "model is loading"}, status_code=503)
-        return JSONResponse({"status": "ready", "model": served.classifier.meta.name,
-                             "version": served.classifier.meta.version, "backend": served.backend})
+        return JSONResponse({"status": "ready", "model": model.meta.name,
+                             "version": model.meta.version, "backend": model.backend_name})
 
     @app.get("/v1/model", tags=["model"], summary="The model card: data, metrics, threshold, intended use, limits",
              responses={503: _error_doc("model not loaded yet")})
     async def model_card() -> dict[str, Any]:
-        return state.require().card
+        state.require()
+        return state.card
 
 
 def _add_predict_routes(app: FastAPI, state: _State, gate: _Gate, max_upload_bytes: int,
@@ -243,13 +244,13 @@ def _add_predict_routes(app: FastAPI, state: _State, gate: _Gate, max_upload_byt
                                                    "PyTorch weights beside the model, else 409")] = False,
         scope_check: Annotated[bool, Query(description=SCOPE_CHECK_DOC)] = True,
     ) -> PredictResponse:
-        served = state.require()
+        model = state.require()
         if explain and not state.explainer.available:
             raise HTTPException(409, state.explainer.unavailable_reason)
         name = _display_name(file.filename)
         data = await file.read()
         start = time.perf_counter()
-        row, image = await gate.run(_score_one, served.classifier.with_scope_check(scope_check), data, name)
+        row, image = await gate.run(_score_one, model.with_scope_check(scope_check), data, name)
         probability = float(row.probability)
         explanation = None
         if explain:
@@ -257,10 +258,10 @@ def _add_predict_routes(app: FastAPI, state: _State, gate: _Gate, max_upload_byt
                 explanation = Explanation(**await gate.run(state.explainer.explain, image, exclusive=True))
             except (ExplainUnavailable, PneumoscanError) as exc:  # no weights, or a network Grad-CAM cannot read
                 raise HTTPException(409, f"cannot explain: {exc}") from None
-        meta = served.classifier.meta
+        meta = model.meta
         return PredictResponse(
-            filename=name, probability=probability, label=served.classifier.meta.label(probability),
-            threshold=served.classifier.threshold, model=meta.name, version=meta.version, backend=served.backend,
+            filename=name, probability=probability, label=meta.label(probability),
+            threshold=model.threshold, model=meta.name, version=meta.version, backend=model.backend_name,
             latency_ms=round((time.perf_counter() - start) * 1000, 2), explanation=explanation, note=row.error,
         )
 
@@ -272,36 +273,53 @@ def _add_predict_routes(app: FastAPI, state: _State, gate: _Gate, max_upload_byt
         files: Annotated[list[UploadFile], File(description="the radiographs (JPEG, PNG or DICOM)")],
         scope_check: Annotated[bool, Query(description=SCOPE_CHECK_DOC)] = True,
     ) -> BatchResponse:
-        served = state.require()
+        model = state.require()
         uploads = [(_display_name(f.filename), await f.read()) for f in files]
         start = time.perf_counter()
-        items = await gate.run(_score_many, served.classifier.with_scope_check(scope_check), uploads)
-        meta = served.classifier.meta
+        items = await gate.run(_score_many, model.with_scope_check(scope_check), uploads)
+        meta = model.meta
         return BatchResponse(
-            results=items, threshold=served.classifier.threshold, model=meta.name, version=meta.version,
-            backend=served.backend, latency_ms=round((time.perf_counter() - start) * 1000, 2),
+            results=items, threshold=model.threshold, model=meta.name, version=meta.version,
+            backend=model.backend_name, latency_ms=round((time.perf_counter() - start) * 1000, 2),
         )
 
 
-class _State:
-    """The served model, loaded at construction or in the background at start-up."""
+def load_served(path: str | os.PathLike, threads: int | None = None) -> Classifier:
+    """The :class:`Classifier` the server scores with for ``path``: :func:`pneumoscan.inference.load` with
+    ``prefer_onnx`` (ONNX Runtime: a fast start, no torch, Lightning or MONAI on the request path). A run
+    folder whose export is missing, stale or unreadable is served with PyTorch, with a warning saying why:
+    the server never exports by itself (that writes into the user's run folder and takes a while).
 
-    def __init__(self, model: str | os.PathLike | Classifier | ServedModel, threads: int | None = None) -> None:
+    ``threads``: ONNX Runtime's threads per inference (None: its default, one per core).
+    """
+    model = load(path, prefer_onnx=True, threads=threads)
+    files = model.files
+    if files.note:
+        log.warning("%s: %s: serving with PyTorch (slower start); run `pneumoscan export %s` to serve with "
+                    "ONNX Runtime", path, files.note, path)
+    log.info("serving %s with %s (Grad-CAM %s)", files.path, model.backend_name,
+             "available" if model.explainable else "unavailable: no PyTorch weights beside it")
+    return model
+
+
+class _State:
+    """The served model and its card, loaded at construction or in the background at start-up."""
+
+    def __init__(self, model: str | os.PathLike | Classifier, threads: int | None = None) -> None:
         self.path: str | os.PathLike | None = None
         self.threads = threads
-        self.served: ServedModel | None = None
+        self.model: Classifier | None = None
+        self.card: dict[str, Any] = {}
         self.explainer: Explainer | None = None
         self.error: str | None = None
-        if isinstance(model, ServedModel):
+        if isinstance(model, Classifier):
             self._set(model)
-        elif isinstance(model, Classifier):
-            self._set(served_from_classifier(model))
         else:
             self.path = model
 
     async def load(self) -> None:
         try:
-            served = await anyio.to_thread.run_sync(load_served_model, self.path, self.threads)
+            model = await anyio.to_thread.run_sync(load_served, self.path, self.threads)
         except PneumoscanError as exc:
             self.error = f"model failed to load: {exc}"
             log.error("%s", self.error)
@@ -310,17 +328,18 @@ class _State:
             self.error = f"model failed to load: {type(exc).__name__}: {exc}"
             log.exception("model failed to load")
             return
-        self._set(served)
+        self._set(model)
 
-    def _set(self, served: ServedModel) -> None:
-        self.explainer = Explainer(served)
-        self.served = served
+    def _set(self, model: Classifier) -> None:
+        self.card = served_card(model)
+        self.explainer = Explainer(model)
+        self.model = model
 
-    def require(self) -> ServedModel:
-        if self.served is None:
+    def require(self) -> Classifier:
+        if self.model is None:
             raise HTTPException(503, self.error or "the model is still loading; retry in a few seconds",
                                 headers={"Retry-After": "2"})
-        return self.served
+        return self.model
 
 
 class _Gate:

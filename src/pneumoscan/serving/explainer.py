@@ -2,21 +2,21 @@
 
 Predictions stay on the fast backend (ONNX Runtime); only explanations need torch (and MONAI for
 Grad-CAM), so they are imported when first asked for, never at start-up. The heatmap itself is
-:func:`pneumoscan.explain.gradcam`, the same as ``pneumoscan explain``; the weights are found the same way
-(``model.safetensors`` beside the ONNX file or in its run folder).
+:func:`pneumoscan.explain.gradcam`, the same as ``pneumoscan explain``; the network is the classifier's own
+(:meth:`~pneumoscan.inference.Classifier.torch_module`: ``model.safetensors`` beside the ONNX file or in its
+run folder, checked to be the same model).
 """
 
 from __future__ import annotations
 
 import base64
-import copy
 import io
 import threading
 
 import numpy as np
 from PIL import Image
 
-from pneumoscan.serving.loader import ServedModel
+from pneumoscan.inference import Classifier
 
 
 class ExplainUnavailable(Exception):
@@ -26,8 +26,8 @@ class ExplainUnavailable(Exception):
 class Explainer:
     """Computes Grad-CAM overlays for preprocessed images of the served model."""
 
-    def __init__(self, served: ServedModel) -> None:
-        self.served = served
+    def __init__(self, classifier: Classifier) -> None:
+        self.classifier = classifier
         self._model = None
         self._layer: str | None = None
         self._lock = threading.Lock()  # one Grad-CAM at a time: each holds a copy of the network
@@ -37,7 +37,7 @@ class Explainer:
 
     @property
     def available(self) -> bool:
-        return self.served.explain_available
+        return self.classifier.explainable
 
     def explain(self, image: np.ndarray) -> dict[str, str]:
         """Grad-CAM of one preprocessed image, float32 (1, S, S) in [0, 1].
@@ -62,25 +62,9 @@ class Explainer:
                 "image_png_base64": _png_base64(gray)}
 
     def _network(self):
-        if self._model is None:
-            if self.served.weights is not None:
-                from pneumoscan.models import load_model
-
-                model, meta = load_model(self.served.weights)
-                served = self.served.classifier.meta
-                if _identity(meta) != _identity(served):  # e.g. retrained but not exported again
-                    raise ExplainUnavailable(
-                        f"{self.served.weights.name} beside the served model is another model "
-                        f"({meta.name}, run {meta.run_id or '?'}) than the one served ({served.name}, run "
-                        f"{served.run_id or '?'}); export the run again so that both match")
-                self._model = model
-            else:  # the torch backend's own network, copied: predictions may run on it at the same time
-                self._model = copy.deepcopy(self.served.classifier.backend.model).cpu().eval()
+        if self._model is None:  # a copy: predictions may run on the torch backend's network at the same time
+            self._model = self.classifier.torch_module().network.cpu().eval()
         return self._model
-
-
-def _identity(meta) -> tuple:
-    return meta.name, int(meta.image_size), meta.run_id, meta.created
 
 
 def _png_base64(image: np.ndarray | Image.Image) -> str:

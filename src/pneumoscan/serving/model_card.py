@@ -8,14 +8,21 @@ unfamiliar report leaves the card without test figures, and says so).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pneumoscan._io import atomic_write_json, atomic_write_text
+from pneumoscan.errors import ModelFileError
 from pneumoscan.models.artifact import ModelMeta
 from pneumoscan.provenance import DISCLAIMER, sha256_file
 from pneumoscan.runs import CARD_JSON, CARD_MARKDOWN, latest_report
+
+if TYPE_CHECKING:
+    from pneumoscan.inference import Classifier
+
+log = logging.getLogger("pneumoscan.serving")
 
 INTENDED_USE = (
     "Research, teaching and engineering: reproducing and comparing pneumonia classifiers on public chest "
@@ -83,6 +90,29 @@ def build_model_card(meta: ModelMeta, run_folder: str | os.PathLike | None = Non
     }
     if onnx_file is not None and Path(onnx_file).is_file():
         card["files"] = {"onnx": Path(onnx_file).name, "onnx_sha256": sha256_file(onnx_file)}
+    return card
+
+
+def served_card(classifier: Classifier) -> dict[str, Any]:
+    """The model card for ``GET /v1/model``: the one written for the model (``classifier.card``) when there
+    is one, else one built the same way from its metadata (and its run's reports); always with the
+    disclaimer and a ``serving`` section (what is served and how, which the page reads)."""
+    try:
+        card = classifier.card
+    except ModelFileError as exc:
+        log.warning("%s; serving a card built from the model's metadata", exc)
+        card = None
+    meta, files = classifier.meta, classifier.files
+    card = dict(card) if card is not None else build_model_card(meta, files.run_folder if files else None)
+    card.setdefault("disclaimer", DISCLAIMER)
+    card["serving"] = {
+        "model": meta.name,
+        "version": meta.version,
+        "file": files.path.name if files else None,  # the name only: the server's folders are nobody's business
+        "backend": classifier.backend_name,
+        "threshold": float(meta.threshold),
+        "explain": classifier.explainable,
+    }
     return card
 
 
@@ -167,8 +197,9 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
         f"> **{card['disclaimer']}**",
         "",
-        f"- pneumoscan version: {model['pneumoscan_version'] or 'unknown'}; run: {model['run_id'] or 'unknown'}; "
-        f"created: {model['created'] or 'unknown'}",
+        f"- pneumoscan version: {model['pneumoscan_version'] or 'unknown'}; "
+        + (f"run: {model['run_id']}; " if model.get("run_id") else "")  # the bundled model is no run
+        + f"created: {model['created'] or 'unknown'}",
     ]
     if "files" in card:
         lines.append(f"- file: `{card['files']['onnx']}` (sha256 `{card['files']['onnx_sha256']}`)")

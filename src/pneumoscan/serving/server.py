@@ -29,8 +29,8 @@ def serve(options: ServeOptions) -> None:
     interrupted. With ``workers > 1`` every worker process loads its own copy in the background."""
     import uvicorn
 
-    from pneumoscan.serving.app import create_app
-    from pneumoscan.serving.loader import load_served_model, resolve_model
+    from pneumoscan.inference import resolve_model
+    from pneumoscan.serving.app import create_app, load_served
 
     options.validate()
     _warn_if_public(options.host)
@@ -38,10 +38,10 @@ def serve(options: ServeOptions) -> None:
               "server_header": False, "proxy_headers": False}
     if options.workers == 1:
         threads = inference_threads(options.max_concurrency)
-        app = create_app(load_served_model(options.model, threads), **options.limits())
+        app = create_app(load_served(options.model, threads), **options.limits())
         uvicorn.run(app, **config)
         return
-    resolve_model(options.model)  # fail now, not in every worker
+    resolve_model(options.model, prefer_onnx=True)  # fail now, not in every worker
     os.environ[ENV_MODEL] = str(Path(options.model).expanduser().resolve())
     os.environ[ENV_LIMITS] = json.dumps(
         {**options.limits(), "threads": inference_threads(options.max_concurrency, options.workers)})

@@ -1,0 +1,180 @@
+"""Which files make a model: the one answer for every entry point (``predict``, ``explain``, ``calibrate``,
+``pneumoscan.load``, the server and the DICOM node).
+
+A MODEL argument resolves to :class:`ModelFiles` (:func:`resolve_model`), which :func:`load` turns into a
+:class:`~pneumoscan.inference.Classifier` that keeps them (``classifier.files``, ``.weights``, ``.card``):
+
+- ``None``: the model bundled with the package (:mod:`pneumoscan.bundled`): its ``model.onnx`` on the CPU
+  (ONNX Runtime, no torch import), its ``model.safetensors`` for another device; its card either way.
+- an ``.onnx`` file: ONNX Runtime. Its PyTorch weights (Grad-CAM, :meth:`Classifier.torch_module`) are
+  ``model.safetensors`` beside it or in its run folder (``RUN/export/model.onnx`` -> ``RUN/model.safetensors``);
+  its card is the ``model_card.json`` beside it.
+- a ``.safetensors`` or Lightning ``.ckpt`` file: PyTorch, as asked.
+- a folder (a run, a site-calibrated version, an export folder, the bundled folder): its PyTorch weights
+  (``model.safetensors``, else ``export/model.safetensors``). With ``prefer_onnx`` on the CPU, its ONNX
+  model instead (a fast start, no torch): ``export/model.onnx``, else a ``model.onnx`` in the folder itself,
+  while it holds the same metadata as the folder's ``model.json`` (an export made before the run was
+  retrained or resumed is stale and ignored; :attr:`ModelFiles.note` says why).
+
+Nothing here exports, and no file is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pneumoscan import runs
+from pneumoscan.errors import ModelFileError
+
+if TYPE_CHECKING:
+    from pneumoscan.inference.classifier import Classifier
+    from pneumoscan.models.artifact import ModelMeta
+
+ONNXRUNTIME = "onnxruntime"
+TORCH = "torch"
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The files behind one MODEL argument."""
+
+    path: Path  # the file loaded for predictions
+    backend: str  # ONNXRUNTIME or TORCH
+    weights: Path | None = None  # the PyTorch weights (Grad-CAM, torch_module); the loaded file for TORCH
+    card: Path | None = None  # the model card (model_card.json) that describes this model, when there is one
+    run_folder: Path | None = None  # the run the model belongs to (its evaluation reports complete a card)
+    bundled: bool = False  # the model shipped with the package
+    note: str | None = None  # why a folder's ONNX export is not used (missing, stale, unreadable), else None
+
+    def read_card(self) -> dict[str, Any] | None:
+        """The model card as a dict; None when there is none. Raises :class:`ModelFileError` when the
+        card is there but unreadable."""
+        if self.card is None:
+            return None
+        try:
+            card = json.loads(self.card.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelFileError(f"{self.card}: unreadable model card ({exc}); export the model again") from None
+        if not isinstance(card, dict):
+            raise ModelFileError(f"{self.card}: a model card must be a JSON object; export the model again")
+        return card
+
+    def load_network(self, purpose: str = "Grad-CAM") -> tuple[Any, ModelMeta]:
+        """The PyTorch network (eval mode, CPU) and its metadata, which gradients need (Grad-CAM,
+        fine-tuning); raises :class:`ModelFileError` naming what is missing (for ``purpose``) for an ONNX
+        model without them."""
+        if self.weights is None:
+            raise ModelFileError(f"{self.path}: {purpose} needs the PyTorch weights and there is no {runs.MODEL} "
+                                 "beside this ONNX model or in its run folder; pass the run folder instead")
+        from pneumoscan.models.artifact import load_model  # imports torch: only here
+
+        return load_model(self.weights)
+
+
+def resolve_model(model: str | os.PathLike | None = None, *, device: str | None = None,
+                  prefer_onnx: bool = False) -> ModelFiles:
+    """The files behind ``model`` (see the module docstring); raises :class:`ModelFileError` when there is
+    no model there. With ``prefer_onnx``, checking that an export matches loads it once (see :func:`load`,
+    which keeps that session)."""
+    return _resolve(model, device, prefer_onnx, threads=None)[0]
+
+
+def load(model: str | os.PathLike | None = None, device: str | None = None, *, prefer_onnx: bool = False,
+         scope_check: bool = True, threads: int | None = None) -> Classifier:
+    """The :class:`~pneumoscan.inference.Classifier` for ``model`` (a run folder, a ``.safetensors``/``.ckpt``
+    model, an exported ``.onnx`` model, or None: the bundled model), holding its :class:`ModelFiles`.
+
+    ``prefer_onnx``: a folder is scored by its matching ONNX model when there is one (see the module
+    docstring). ``scope_check=False`` scores images the scope gate would refuse (they are marked).
+    ``threads``: ONNX Runtime's threads per inference (None: its default, one per core). Raises
+    :class:`ModelFileError` for anything that is not one of our models.
+    """
+    files, classifier = _resolve(model, device, prefer_onnx, threads)
+    if classifier is None:
+        if files.backend == ONNXRUNTIME:
+            from pneumoscan.inference.onnx_backend import load_onnx
+
+            classifier = load_onnx(files.path, device=device, threads=threads)
+        else:
+            from pneumoscan.inference.classifier import Classifier
+            from pneumoscan.inference.torch_backend import TorchBackend
+            from pneumoscan.models.artifact import load_model  # imports torch: only on this path
+
+            network, meta = load_model(files.path)
+            classifier = Classifier(TorchBackend(network, device), meta)
+    classifier.files = files
+    classifier.scope_check = scope_check
+    return classifier
+
+
+def _resolve(model: str | os.PathLike | None, device: str | None, prefer_onnx: bool,
+             threads: int | None) -> tuple[ModelFiles, Classifier | None]:
+    """(the files, the classifier when deciding already loaded it)."""
+    if model is None:
+        return _bundled(device), None
+    path = Path(model).expanduser()
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        if not path.is_file():
+            raise ModelFileError(f"{path}: no such ONNX model file")
+        return _onnx(path, runs.run_folder_of(path)), None
+    if not path.is_dir():
+        weights = runs.find_model_file(path)  # raises a clear ModelFileError when there is none
+        return ModelFiles(weights, TORCH, weights, None, runs.run_folder_of(weights)), None
+    note = None
+    if prefer_onnx and device in (None, "cpu"):
+        for onnx in (runs.export_file(path), path / runs.ONNX):
+            if onnx.is_file():
+                classifier, note = _matching(onnx, path, threads)
+                if classifier is not None:
+                    return _onnx(onnx, path), classifier
+                break
+        else:
+            note = f"{runs.EXPORT}/{runs.ONNX} is missing"
+    weights = runs.find_model_file(path)
+    # No card: an export's one describes the exported model, which is not this one.
+    return ModelFiles(weights, TORCH, weights, None, path, note=note), None
+
+
+def _bundled(device: str | None) -> ModelFiles:
+    from pneumoscan.bundled import BUNDLED_DIR
+
+    onnx, weights = BUNDLED_DIR / runs.ONNX, BUNDLED_DIR / runs.MODEL
+    if not onnx.is_file():
+        raise ModelFileError(f"{BUNDLED_DIR}: this installation has no bundled model ({runs.ONNX} missing); "
+                             "give a model (a run folder or an exported .onnx), or rebuild it with "
+                             "bench/build_default_model.py")
+    card = BUNDLED_DIR / runs.CARD_JSON  # it describes both files
+    files = _onnx(onnx, None)
+    files = replace(files, card=card if card.is_file() else None, bundled=True)
+    return files if device in (None, "cpu") else replace(files, path=weights, backend=TORCH)
+
+
+def _onnx(onnx: Path, run_folder: Path | None) -> ModelFiles:
+    weights = next((w for w in (onnx.parent / runs.MODEL, onnx.parent.parent / runs.MODEL) if w.is_file()), None)
+    card = onnx.parent / runs.CARD_JSON
+    return ModelFiles(onnx, ONNXRUNTIME, weights, card if card.is_file() else None, run_folder)
+
+
+def _matching(onnx: Path, folder: Path, threads: int | None) -> tuple[Classifier | None, str | None]:
+    """(the folder's ONNX model, loaded, when it holds the same metadata as the folder's ``model.json``
+    (or the folder has none), else None; why not)."""
+    from pneumoscan.inference.onnx_backend import load_onnx
+
+    shown = onnx.relative_to(folder)
+    try:
+        classifier = load_onnx(onnx, device="cpu", threads=threads)
+    except ModelFileError as exc:
+        return None, f"{shown} is unreadable ({exc})"
+    meta_file = folder / runs.MODEL_JSON
+    if not meta_file.is_file():
+        return classifier, None
+    try:
+        same = json.loads(classifier.meta.to_json()) == json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        same = False
+    return (classifier, None) if same else (None, f"{shown} is stale (it does not match {runs.MODEL_JSON})")
