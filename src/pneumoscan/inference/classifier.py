@@ -179,7 +179,9 @@ class Classifier:
             return None
         size = self.image_size
         if array.dtype == np.uint8 and array.ndim == 3 and array.shape[1:] == (size, size):
-            return array.astype(np.float32)[:, None] / 255.0
+            model_input = array.astype(np.float32)[:, None]
+            model_input /= 255.0  # in place: one pass over the batch, the same float32 values
+            return model_input
         if (array.dtype == np.float32 and array.ndim == 4 and array.shape[1:] == (1, size, size)
                 and (array.size == 0 or (float(array.min()) >= 0.0 and float(array.max()) <= 1.0))):
             return array
