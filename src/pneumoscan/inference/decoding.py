@@ -3,6 +3,7 @@ decoded on worker processes for many files (``predict``'s table and its streamed
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import sys
@@ -97,7 +98,9 @@ def decode_files(paths: Iterable[str], image_size: int, fit: str, workers: int =
     remaining = iter(paths)
     chunks = iter(lambda: list(islice(remaining, CHUNK)), [])
     head = list(islice(chunks, 2))
-    if workers <= 1 or len(head) < 2:  # a handful of files: starting processes costs more than it saves
+    # A handful of files: starting processes costs more than it saves. A daemonic process (a worker of a
+    # multiprocessing pool) may not start any.
+    if workers <= 1 or len(head) < 2 or multiprocessing.current_process().daemon:
         for chunk in chain(head, chunks):
             yield from _decode_chunk(chunk, image_size, fit, scope_check)
         return
