@@ -150,23 +150,6 @@ def test_many_files_are_decoded_on_worker_processes_into_the_rows_of_one_process
     assert "corrupt or truncated" in here[40].error and here[41].probability is not None
 
 
-def test_predict_in_a_daemonic_process_decodes_its_files_there(model_dir, tmp_path):
-    """A worker of a multiprocessing pool may not start processes of its own: predict decodes in it."""
-    import multiprocessing
-
-    files = [save_png(tmp_path / f"x{i:03d}.png", i) for i in range(70)]
-    context = multiprocessing.get_context("fork")
-    receiver, sender = context.Pipe(duplex=False)
-
-    def score() -> None:
-        sender.send([row.error for row in pneumoscan.load(model_dir).predict(files, workers=2)])
-
-    worker = context.Process(target=score, daemon=True)
-    worker.start()
-    worker.join(120)
-    assert receiver.poll(1) and receiver.recv() == [None] * len(files)
-
-
 def test_cli_table_draws_its_progress_bar_when_asked_and_decodes_with_workers(model_dir, tmp_path, capsys):
     files = [save_png(tmp_path / "in" / f"x{i:03d}.png", i) for i in range(70)]
 
