@@ -13,7 +13,7 @@ def default_architecture() -> tuple[str, int]:
     return config.model, int(config.image_size)
 
 
-def random_run(folder: Path, name: str, size: int) -> Path:
+def random_run(folder: Path, name: str, size: int, fit: str = "pad") -> Path:
     """A run folder holding a randomly initialised ``name`` (speed does not depend on the weights)."""
     import torch
 
@@ -21,6 +21,6 @@ def random_run(folder: Path, name: str, size: int) -> Path:
     from pneumoscan.models import ModelMeta, build_model, save_model
 
     torch.manual_seed(0)
-    save_model(folder, build_model(name, size), ModelMeta(name=name, image_size=size, version=__version__,
+    save_model(folder, build_model(name, size), ModelMeta(name=name, image_size=size, fit=fit, version=__version__,
                                                           run_id="bench-random-weights"))
     return folder

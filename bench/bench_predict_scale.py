@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_predict_scale.py                  # the docs' figures (several minutes)
     .venv/bin/python bench/bench_predict_scale.py --quick          # a minute: checks that it works
     .venv/bin/python bench/bench_predict_scale.py --model runs/latest/export/model.onnx --no-ray
+    .venv/bin/python bench/bench_predict_scale.py --rates          # the pipeline's rates (under 3 minutes)
 
 Without --model it measures the training recipe's default network at its default size with random weights
 (speed does not depend on the weights), exported to ONNX as `pneumoscan export` does. Inputs are the
@@ -17,6 +18,15 @@ scoring and writing all counted):
   images repeated under other names (symlinks), streamed to CSV;
 - Ray (`--engine ray`, a local Ray on this machine) on the training images, and its overhead against the
   single-machine path: starting Ray and its workers, moving pixels through its object store.
+
+`--rates` measures only the rates of predict's parts and of predict itself on the training images, for a
+light network (a random-weight mini-resnet at the bundled model's size and fit, exported to ONNX: the
+pipeline's own limit) and for the bundled model (whose network bounds its rate on 2 cores): decoding
+alone on 1 and on 2 processes (the workers predict uses, checks included, nothing scored), the network
+alone (ONNX Runtime through Classifier.assess, batches of 32 as predict scores them), and end to end
+(fresh `python -m pneumoscan predict` processes) streamed to CSV and printing the table. Each figure is
+images/s of wall time, and images per CPU-second (the process and its workers together: the figure to
+compare on a machine that is busy with something else).
 """
 
 from __future__ import annotations
@@ -85,16 +95,17 @@ class PeakMemory:
         return self.peak / 2**20, self.peak_main / 2**20
 
 
-def run_predict(argv: list[str]) -> dict:
-    """A fresh `python -m pneumoscan predict ARGV`: wall seconds, peak memory (MiB), its summary line."""
+def run_predict(argv: list[str], memory: bool = True) -> dict:
+    """A fresh `python -m pneumoscan predict ARGV`: wall seconds, peak memory (MiB; 0 without ``memory``,
+    whose polling takes CPU time from the run), its summary line."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-m", "pneumoscan", "predict", *argv], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    memory = PeakMemory(child.pid)
+    poller = PeakMemory(child.pid) if memory else None
     out, err = child.communicate()
     seconds = time.perf_counter() - start
-    peak, peak_main = memory.stop()
+    peak, peak_main = poller.stop() if poller else (0.0, 0.0)
     if child.returncode != 0:
         sys.exit(f"bench_predict_scale: predict {' '.join(argv)} failed ({child.returncode}):\n{err[-2000:]}")
     summary = next((line for line in out.splitlines() if line.startswith("scored ")), "")
@@ -108,13 +119,14 @@ def part_limits(model: Path, folder: Path, workers: int | None) -> dict:
 
     from pneumoscan.data._parallel import default_workers
     from pneumoscan.inference import load
-    from pneumoscan.inference.stream import decode_files, iter_sources
+    from pneumoscan.inference.decoding import decode_files
+    from pneumoscan.inference.stream import iter_sources
 
     classifier = load(model)
     size, fit = classifier.image_size, classifier.meta.fit
     files = list(iter_sources([folder]))
     start = time.perf_counter()
-    pixels = [p for _, p, _, _ in decode_files(files, size, fit, workers or default_workers()) if p is not None]
+    pixels = [d.pixels for d in decode_files(files, size, fit, workers or default_workers()) if d.pixels is not None]
     decode_rate = len(files) / (time.perf_counter() - start)
     from pneumoscan.data._parallel import parallel_map
     from pneumoscan.data.cache import _decode_one  # what `data cache` runs on every file
@@ -131,6 +143,95 @@ def part_limits(model: Path, folder: Path, workers: int | None) -> dict:
             "onnx_per_s": len(batch) / (time.perf_counter() - start), "files": len(files)}
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its waited-for children (and theirs), user and system."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(call, *args, **kwargs) -> tuple[float, float, object]:
+    """(wall seconds, CPU seconds, result) of ``call(*args, **kwargs)``, worker processes included once
+    they have exited."""
+    start, cpu = time.perf_counter(), cpu_seconds()
+    result = call(*args, **kwargs)
+    return time.perf_counter() - start, cpu_seconds() - cpu, result
+
+
+def decoded_pixels(files: list[str], size: int, fit: str, workers: int) -> list:
+    from pneumoscan.inference.decoding import decode_files
+
+    return [d.pixels for d in decode_files(files, size, fit, workers) if d.pixels is not None]
+
+
+def rate(count: int, wall: float, cpu: float) -> dict:
+    return {"images_per_s": count / wall, "images_per_cpu_s": count / cpu if cpu > 0 else None,
+            "seconds": wall, "cpu_seconds": cpu}
+
+
+def pipeline_rates(models: dict[str, Path | None], folder: Path, batch_size: int = 32) -> dict:
+    """The rates of `--rates` for each of ``models`` (None: the bundled model)."""
+    import numpy as np
+
+    from pneumoscan.inference import load
+    from pneumoscan.inference.stream import iter_sources
+
+    files = list(iter_sources([folder]))
+    figures: dict = {"files": len(files), "models": {}}
+    decoded: dict[tuple[int, str], dict] = {}
+    for label, model in models.items():
+        classifier = load(model)
+        size, fit = classifier.image_size, classifier.meta.fit
+        entry: dict = {"model": f"{classifier.meta.name} at {size} px ({fit})"}
+        if (size, fit) not in decoded:  # the same decoding for every model of this size and fit
+            limits: dict = {}
+            for workers in (1, 2):
+                wall, cpu, pixels = timed(decoded_pixels, files, size, fit, workers)
+                limits[f"decode_{workers}"] = rate(len(files), wall, cpu)
+            limits["batch"] = np.stack(pixels[:1024])
+            decoded[(size, fit)] = limits
+        limits = decoded[(size, fit)]
+        entry.update({key: value for key, value in limits.items() if key != "batch"})
+        batch = limits["batch"]
+        names = [f"<image {i}>" for i in range(len(batch))]
+        classifier.assess(batch[:batch_size], names[:batch_size], batch_size=batch_size)  # warm-up
+        entry["network"] = rate(len(batch), *timed(classifier.assess, batch, names, batch_size=batch_size)[:2])
+        given = [str(model)] if model is not None else []
+        with tempfile.TemporaryDirectory(prefix="bench-rates-") as tmp:
+            out = Path(tmp) / "scores.csv"
+            for key, argv in (("streamed", [*given, str(folder), "--out", str(out), "--quiet"]),
+                              ("table", [*given, str(folder), "--no-progress"])):
+                start, cpu = time.perf_counter(), cpu_seconds()
+                run_predict(argv, memory=False)
+                entry[key] = rate(len(files), time.perf_counter() - start, cpu_seconds() - cpu)
+        figures["models"][label] = entry
+    return figures
+
+
+def print_rates(figures: dict) -> None:
+    rows = [("decode_1", "decoding alone, 1 process"), ("decode_2", "decoding alone, 2 processes"),
+            ("network", "network alone (ONNX Runtime, batch 32)"), ("streamed", "end to end, streamed (--out .csv)"),
+            ("table", "end to end, the table printed")]
+    models = figures["models"]
+    print(f"\nimages/s on the {figures['files']:,} training images (in brackets: images per CPU-second, the "
+          "process and its workers)")
+    print(f"{'':40}" + "".join(f"{label:>40}" for label in models))
+    print(f"{'':40}" + "".join(f"{entry['model']:>40}" for entry in models.values()))
+    for key, title in rows:
+        cells = []
+        for entry in models.values():
+            r = entry[key]
+            per_cpu = f"({r['images_per_cpu_s']:,.0f})" if r["images_per_cpu_s"] else "(-)"
+            cells.append(f"{r['images_per_s']:>30,.0f} {per_cpu:>9}")
+        print(f"{title:40}" + "".join(cells))
+    light = next(iter(models.values()))
+    worst = min(light["streamed"]["images_per_s"], light["table"]["images_per_s"])
+    print(f"aim: end to end >= {AIM_IMAGES_PER_S:,.0f} images/s with the light network, both paths: "
+          f"{'met' if worst >= AIM_IMAGES_PER_S else 'NOT met'} ({worst:,.0f}); with the bundled model the network "
+          "alone bounds the rate", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="an exported .onnx model (default: random weights, default recipe)")
@@ -139,10 +240,14 @@ def main() -> None:
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray figures")
     parser.add_argument("--quick", action="store_true", help="500 and 2,000 inputs; a check that the bench works")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--rates", action="store_true",
+                        help="only the rates of predict and its parts, for a light network and the bundled model")
     args = parser.parse_args()
     counts = [500, 2000] if args.quick else [int(c) for c in args.counts.split(",")]
     train = training_folder()
     extra = ["--workers", str(args.workers)] if args.workers else []
+    if args.rates:
+        return rates_only(args, train)
 
     with tempfile.TemporaryDirectory(prefix="bench-predict-scale-") as tmp_name:
         tmp = Path(tmp_name)
@@ -191,6 +296,31 @@ def main() -> None:
                   f"{ray['images_per_s']:,.0f} images/s; overhead against the single-machine path "
                   f"{ray['overhead_s']:+.1f} s; peak memory {ray['peak_mib']:,.0f} MiB", flush=True)
 
+    print(json.dumps(figures, default=str))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+
+
+def rates_only(args, train: Path) -> None:
+    from pneumoscan.inference import load
+    from pneumoscan.serving.export import export_onnx
+
+    bundled = load()
+    with tempfile.TemporaryDirectory(prefix="bench-predict-rates-") as tmp_name:
+        size, fit = bundled.image_size, bundled.meta.fit
+        light = args.model
+        if light is None:
+            print(f"exporting a random-weight mini-resnet at {size} px ({fit}), the light network, to ONNX ...",
+                  flush=True)
+            light = export_onnx(random_run(Path(tmp_name) / "light", "mini-resnet", size, fit))
+        figures = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+                   "cores_usable": len(os.sched_getaffinity(0)), "load_average_1min": os.getloadavg()[0],
+                   **pipeline_rates({"light network": light, "bundled model": None}, train)}
+        figures["load_average_1min_after"] = os.getloadavg()[0]
+    print_rates(figures)
+    print(f"{figures['machine']}, {figures['cores_usable']} usable; load average {figures['load_average_1min']:.1f} "
+          f"before, {figures['load_average_1min_after']:.1f} after")
     print(json.dumps(figures, default=str))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

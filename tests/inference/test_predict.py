@@ -110,6 +110,56 @@ def test_images_of_the_wrong_kind_are_refused_but_grey_rgb_files_are_scored(mode
     assert rows["grey-as-rgb.jpeg"].error is None and rows["grey-as-rgb.jpeg"].probability is not None
 
 
+def test_a_file_stored_in_colour_is_decoded_once(model_dir, tmp_path, monkeypatch):
+    """The colour test reads the pixels already decoded: the public radiographs are grey saved as RGB
+    JPEGs, and decoding each a second time to test its colour cost 40 % of prediction's decoding."""
+    grey_rgb = save_png(tmp_path / "grey-as-rgb.jpeg", 3, mode="RGB")
+    photo = tmp_path / "holiday.jpeg"
+    Image.fromarray(np.stack([radiograph(1), np.roll(radiograph(1), 20, 1), 255 - radiograph(2)], -1)).save(photo)
+    classifier = pneumoscan.load(model_dir)
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *args, **kwargs: opened.append(args) or real_open(*args, **kwargs))
+
+    rows = classifier.predict([grey_rgb, photo])
+
+    assert rows[0].probability is not None and "colour picture" in rows[1].error
+    assert len(opened) == 2
+
+
+def test_many_files_are_decoded_on_worker_processes_into_the_rows_of_one_process(model_dir, tmp_path):
+    """The table decodes as the streamed output does: files on worker processes, every row as decoding
+    them here gives, in the order given, with bad files and other inputs in between."""
+    import psutil
+
+    files = [save_png(tmp_path / f"x{i:03d}.png", i) for i in range(80)]
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(files[0].read_bytes()[:60])
+    sources = [*files[:40], cut, radiograph(99), *files[40:]]
+    classifier = pneumoscan.load(model_dir)
+    here = classifier.predict(sources, batch_size=8, workers=1)
+
+    rows = classifier.iter_predict(sources, batch_size=8, workers=2)
+    first = next(rows)
+    decoding = [p for p in psutil.Process().children() if p.is_running()]
+    parallel = [first, *rows]
+
+    assert len(decoding) >= 2
+    assert [(r.source, r.probability, r.error) for r in parallel] == [(r.source, r.probability, r.error) for r in here]
+    assert [r.source for r in here] == [*map(str, files[:40]), str(cut), "<image 41>", *map(str, files[40:])]
+    assert "corrupt or truncated" in here[40].error and here[41].probability is not None
+
+
+def test_cli_table_draws_its_progress_bar_when_asked_and_decodes_with_workers(model_dir, tmp_path, capsys):
+    files = [save_png(tmp_path / "in" / f"x{i:03d}.png", i) for i in range(70)]
+
+    assert main(["predict", str(model_dir), str(tmp_path / "in"), "--workers", "2", "--progress"]) == 0
+
+    out, err = capsys.readouterr()
+    assert all(f.name in out for f in files) and "scored 70 of 70 files" in out
+    assert "scoring" in err and "img" in err
+
+
 def test_folders_are_searched_recursively_for_images_and_extensionless_dicoms(tmp_path):
     a = save_png(tmp_path / "scans" / "a.png", 1)
     b = save_png(tmp_path / "scans" / "deep" / "er" / "b.jpeg", 2)

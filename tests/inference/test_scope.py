@@ -11,11 +11,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import pneumoscan
 from helpers.gated import pictures as make_pictures
 from helpers.images import write_dicom
+from helpers.properties import examples
 from helpers.synthetic import write_synthetic_image
 from pneumoscan.cli import main
 from pneumoscan.inference import Classifier, load
@@ -266,3 +269,25 @@ def test_fit_scope_gives_an_old_model_a_gate_from_a_data_folder(tmp_path, capsys
         write_synthetic_image(small / "train" / "PNEUMONIA" / f"IM-{i:04d}-0002.png", 1, seed=i)
     assert main(["fit-scope", str(run), str(small)]) == 2
     assert "the scope gate needs at least 50 training images" in capsys.readouterr().err
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(st.integers(1, 60), st.integers(0, 255), st.integers(0, 40), st.integers(0, 2**32 - 1))
+def test_the_near_flat_rule_matches_the_median_and_share_it_is_defined_by(size, centre, spread, seed):
+    """The rule reads the median and the share of pixels near it from the histogram; it must give what
+    np.median and counting give, for odd and even pixel counts, near 0 and 255 too."""
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(rng.normal(centre, spread + 0.1, (size, size + seed % 2)), 0, 255).astype(np.uint8)
+    outliers = int(rng.integers(0, pixels.size // 5 + 1))
+    pixels.flat[:outliers] = rng.integers(0, 256, outliers, dtype=np.uint8)
+    median = int(np.median(pixels))
+    share = float(np.mean(np.abs(pixels.astype(np.int16) - median) <= gate_rules.FLAT_LEVELS))
+    levels = len(np.unique(pixels))
+    reason = gate_rules.pixel_reason(pixels)
+    if levels < gate_rules.MIN_GREY_LEVELS:
+        assert "grey levels" in reason
+    elif share > gate_rules.MAX_FLAT_SHARE:
+        assert reason == (f"near-flat: {share:.0%} of the pixels within {gate_rules.FLAT_LEVELS} grey levels of "
+                          "one value")
+    else:
+        assert reason is None

@@ -46,7 +46,7 @@ def register(subparsers) -> None:
                          help="keep the rows already in --out and score only the inputs missing from it (same path, "
                               "size and modification time, or same SOPInstanceUID)")
     predict.add_argument("--workers", type=int, default=None,
-                         help="processes decoding images for a streamed --out (default: the usable cores, at most 8)")
+                         help="processes decoding images (default: the usable cores, at most 8)")
     predict.add_argument("--worklist", metavar="FILE.csv",
                          help="after the run, also write every row of --out sorted by probability (highest first) "
                               "with a flag per operating point and the DICOM identifiers: a triage worklist")
@@ -132,7 +132,12 @@ def run_predict(args) -> int:
     if not files:
         raise ConfigError(f"no image files found in {' '.join(paths)}")
     progress = args.progress if args.progress is not None else len(files) > PROGRESS_MIN_FILES and sys.stderr.isatty()
-    rows = classifier.predict(files, batch_size=args.batch_size, progress=progress)
+    scoring = classifier.iter_predict(files, batch_size=args.batch_size, workers=args.workers)
+    if progress:
+        from tqdm.auto import tqdm
+
+        scoring = tqdm(scoring, total=len(files), desc="scoring", unit="img", leave=False)
+    rows = list(scoring)
     # With --out the results are in the file: a 5,000-row echo helps nobody, but the rows that could not
     # be scored still show, with their reason.
     shown = [row for row in rows if row.error] if args.out else rows

@@ -44,6 +44,9 @@ _SUFFIX_OF_FORMAT = {"JPEG": ".jpeg", "MPO": ".jpeg", "PNG": ".png", "DICOM": ".
 # Ghostscript, ICO, SGI, PCX...), each a parser an uploaded file could reach; they are refused by content.
 # (A camera's multi-picture JPEG, MPO, is opened by the JPEG entry.)
 PIL_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
+# Pillow modes that may hold colour, and the size of the sample the colour test looks at.
+COLOUR_MODES: tuple[str, ...] = ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX")
+COLOUR_SAMPLE = 64
 UNSUPPORTED = "not an image in a supported format (JPEG, PNG, TIFF, BMP, WEBP or DICOM)"
 
 # A truncated JPEG must be an error, not a silently grey bottom half.
@@ -80,6 +83,25 @@ def read_image(
     are decoded by their content. Raises :class:`ImageReadError` naming the file and the reason for
     anything that cannot be decoded.
     """
+    return _read(source, size, fit, name, colour=False)[0]
+
+
+def read_image_and_colour(
+    source: str | os.PathLike | bytes,
+    size: int | None = None,
+    fit: Fit = "pad",
+    *,
+    name: str | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`read_image`, and from the same decoding the image as stored when that is a colour mode
+    (:data:`COLOUR_MODES`): RGB ``uint8`` (h, w, 3) shrunk to at most :data:`COLOUR_SAMPLE` pixels a side,
+    enough to tell a colour picture from a grey radiograph saved in colour. ``None`` for grey images and
+    DICOM (whose colour images are converted to grey by their decoder)."""
+    return _read(source, size, fit, name, colour=True)
+
+
+def _read(source: str | os.PathLike | bytes, size: int | None, fit: Fit, name: str | None,
+          colour: bool) -> tuple[np.ndarray, np.ndarray | None]:
     label = name or (str(source) if not isinstance(source, bytes | bytearray | memoryview) else "<upload>")
     if fit not in FITS:
         raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
@@ -87,14 +109,15 @@ def read_image(
     if not data:
         raise ImageReadError(f"{label}: empty file (0 bytes)")
     suffix = _suffix(source)
+    sample = None
     if is_dicom(data):
         _check_suffix(suffix, "DICOM", label)
         image = Image.fromarray(decode_dicom(data, label), mode="L")
     else:
-        image = _decode_pil(data, label, suffix)
+        image, sample = _decode_pil(data, label, suffix, colour)
     if size is not None:
         image = resize(image, size, fit)
-    return np.asarray(image, dtype=np.uint8)
+    return np.asarray(image, dtype=np.uint8), sample
 
 
 def probe_image(source: str | os.PathLike | bytes, *, name: str | None = None) -> ImageInfo:
@@ -227,7 +250,9 @@ def _check_suffix(suffix: str | None, actual: str, label: str) -> None:
         )
 
 
-def _decode_pil(data: bytes, label: str, suffix: str | None = None) -> Image.Image:
+def _decode_pil(data: bytes, label: str, suffix: str | None = None,
+                colour: bool = False) -> tuple[Image.Image, np.ndarray | None]:
+    """(the grey image, and with ``colour`` the colour sample of :func:`read_image_and_colour`)."""
     try:
         with warnings.catch_warnings():
             # A corrupt EXIF block only loses the orientation tag: the pixels are still good.
@@ -240,10 +265,11 @@ def _decode_pil(data: bytes, label: str, suffix: str | None = None) -> Image.Ima
             # DCT-domain shrinking differs from the resize that every other input goes through, so the
             # same picture given as its pixels would get another probability (up to 0.02 measured).
             image.load()
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)
             if image.mode == "F" and not np.isfinite(np.asarray(image)).all():  # scaling would hide them
                 raise ImageReadError(f"{label}: float pixels with NaN or infinity; not a radiograph")
-            return _to_grayscale(image)
+            sample = _colour_sample(image) if colour and image.mode in COLOUR_MODES else None
+            return _to_grayscale(image), sample
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -255,6 +281,14 @@ def _decode_pil(data: bytes, label: str, suffix: str | None = None) -> Image.Ima
         raise ImageReadError(f"{label}: corrupt or truncated image ({reason(exc)})") from None
     except Exception as exc:  # Pillow's plugins raise TypeError, struct.error, ... on damaged files (fuzzing)
         raise ImageReadError(f"{label}: corrupt image ({type(exc).__name__}: {reason(exc)})") from None
+
+
+def _colour_sample(image: Image.Image) -> np.ndarray:
+    """``image`` (decoded, in a colour mode) as RGB, shrunk to at most ``COLOUR_SAMPLE`` pixels a side by
+    averaging blocks of pixels (cheap, and it smooths compression noise in the colour channels)."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    factor = -(-max(rgb.size) // COLOUR_SAMPLE)
+    return np.asarray(rgb.reduce(factor) if factor > 1 else rgb)
 
 
 def _to_grayscale(image: Image.Image) -> Image.Image:

@@ -31,8 +31,7 @@ def explain_images(model_path: str | os.PathLike | None, images: list[str | os.P
     image, ``out_dir/<image>_features_<layer>.png`` for each of ``layers`` (default: first and last).
     ``layer`` overrides the automatically chosen Grad-CAM target. Unreadable files are skipped and listed.
     """
-    from pneumoscan.data.image import read_image
-    from pneumoscan.data.radiograph import check_radiograph
+    from pneumoscan.data.radiograph import read_radiograph
     from pneumoscan.explain.filters import feature_maps, first_layer_filters
     from pneumoscan.explain.gradcam import gradcam, overlay, target_layer
     from pneumoscan.inference.classifier import Classifier
@@ -49,8 +48,7 @@ def explain_images(model_path: str | os.PathLike | None, images: list[str | os.P
     for source in images:
         name = os.fsdecode(source)
         try:
-            pixels = read_image(source, meta.image_size, meta.fit)
-            check_radiograph(source, pixels)
+            pixels = read_radiograph(source, meta.image_size, meta.fit)
         except ImageReadError as exc:
             result.failures.append((name, str(exc)))
             continue

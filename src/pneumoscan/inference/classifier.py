@@ -11,16 +11,18 @@ nor ONNX Runtime, so the ONNX path never loads torch.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pneumoscan.data.image import read_image, read_pixels
-from pneumoscan.data.radiograph import check_radiograph, check_radiograph_pixels
+from pneumoscan.data.image import read_pixels
+from pneumoscan.data.radiograph import check_radiograph_pixels
 from pneumoscan.errors import ImageReadError, ModelFileError
 from pneumoscan.inference import scope
+from pneumoscan.inference.decoding import decode_files, decode_input
 from pneumoscan.inference.inputs import Prediction, expand_inputs
 
 if TYPE_CHECKING:
@@ -159,18 +161,22 @@ class Classifier:
         """:meth:`preprocess` that returns why the scope rules refuse the image instead of raising:
         (the model input, the reason or None). With the scope check on, a DICOM header the rules refuse
         still raises :class:`~pneumoscan.inference.scope.OutOfScopeError`, before any decoding."""
+        pixels, reason = self._pixels(source, name)
+        return (pixels.astype(np.float32) / 255.0)[None], reason
+
+    def _pixels(self, source: ImageInput, name: str | None = None) -> tuple[np.ndarray, str | None]:
+        """:meth:`prepare` with the model input as uint8 (S, S)."""
         if isinstance(source, str | os.PathLike | bytes | bytearray | memoryview):
-            reason = scope.file_reason(source)
-            if reason is not None and self.scope_check:
-                raise scope.OutOfScopeError(scope.message(self._label(source, name), reason))
-            pixels = read_image(source, self.meta.image_size, self.meta.fit, name=name)
-            check_radiograph(source, pixels, name)
-        else:
-            label, reason = name or "<image>", None
-            original = _pixels_of(source)
-            pixels = read_pixels(original, self.meta.image_size, self.meta.fit, name=label)
-            check_radiograph_pixels(np.asarray(original), pixels, label)
-        return (pixels.astype(np.float32) / 255.0)[None], reason or scope.pixel_reason(pixels)
+            pixels, reason = decode_input(source, self.image_size, self.meta.fit, name=name,
+                                          scope_check=self.scope_check)
+            if pixels is None:
+                raise scope.OutOfScopeError(scope.message(self._label(source, name), reason or ""))
+            return pixels, reason
+        label = name or "<image>"
+        original = _pixels_of(source)
+        pixels = read_pixels(original, self.meta.image_size, self.meta.fit, name=label)
+        check_radiograph_pixels(np.asarray(original), pixels, label)
+        return pixels, scope.pixel_reason(pixels)
 
     @staticmethod
     def _label(source: ImageInput, name: str | None) -> str:
@@ -247,7 +253,9 @@ class Classifier:
             return None
         size = self.image_size
         if array.dtype == np.uint8 and array.ndim == 3 and array.shape[1:] == (size, size):
-            return array.astype(np.float32)[:, None] / 255.0
+            model_input = array.astype(np.float32)[:, None]
+            model_input /= 255.0  # in place: one pass over the batch, the same float32 values
+            return model_input
         if (array.dtype == np.float32 and array.ndim == 4 and array.shape[1:] == (1, size, size)
                 and (array.size == 0 or (float(array.min()) >= 0.0 and float(array.max()) <= 1.0))):
             return array
@@ -258,7 +266,7 @@ class Classifier:
             return np.zeros((0, 1, self.image_size, self.image_size), np.float32)
         return np.stack([self.preprocess(x, name=name) for name, x in items])
 
-    def predict(self, sources: Sources, batch_size: int = 32, progress: bool = False) -> list[Prediction]:
+    def predict(self, sources: Sources, batch_size: int = 32, workers: int | None = None) -> list[Prediction]:
         """Score images in batches, one row per image in the order given.
 
         ``sources``: a path (``str`` or ``Path``: a file, a folder searched recursively, or a glob), a
@@ -267,35 +275,54 @@ class Classifier:
         characters. A file that cannot be read, or is not a radiograph, gets a row with ``error`` and
         the rest are scored; an image out of scope gets ``error`` = ``<name>: out of scope: <reason>``
         and no probability or label (with ``scope_check`` off: scored, and ``error`` says so).
-        ``progress=True`` draws a bar on stderr; a library prints nothing unless asked (the command line
-        asks, on a terminal).
+        ``workers``: processes decoding the files (default: the usable cores, at most 8; a few dozen
+        files are decoded here). Nothing is printed: :meth:`iter_predict` gives the rows as they are
+        scored, for a caller that shows progress.
         """
+        return list(self.iter_predict(sources, batch_size, workers))
+
+    def iter_predict(self, sources: Sources, batch_size: int = 32, workers: int | None = None
+                     ) -> Iterator[Prediction]:
+        """:meth:`predict`'s rows, in the order given, each as soon as its batch is scored."""
+        from pneumoscan.data._parallel import default_workers
+
         items = _items(sources)
-        results: list[Prediction | None] = [None] * len(items)
-        pending: list[tuple[int, str, np.ndarray, str | None]] = []
+        files = decode_files((source for _, source in items if isinstance(source, str)), self.image_size,
+                             self.meta.fit, workers or default_workers(), scope_check=self.scope_check)
+        rows: deque[list[Prediction | None]] = deque()  # one slot per input, filled when it is scored
+        pending: list[tuple[list[Prediction | None], str, np.ndarray, str | None]] = []
 
         def flush() -> None:
             if pending:
-                rows = self.assess(np.stack([x for _, _, x, _ in pending]), [name for _, name, _, _ in pending],
-                                   [reason for *_, reason in pending], batch_size=batch_size)
-                for (i, *_), row in zip(pending, rows, strict=True):
-                    results[i] = row
+                scored = self.assess(np.stack([x for _, _, x, _ in pending]), [name for _, name, _, _ in pending],
+                                     [reason for *_, reason in pending], batch_size=batch_size)
+                for (slot, *_), row in zip(pending, scored, strict=True):
+                    slot[0] = row
                 pending.clear()
 
-        bar = _progress_bar(len(items), progress)
-        for i, (name, source) in enumerate(items):
-            try:
-                pending.append((i, name, *self.prepare(source, name)))
-            except ImageReadError as exc:  # OutOfScopeError included
-                results[i] = self._error_row(name, str(exc))
-            except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not stop the others
-                results[i] = self._error_row(name, f"{name}: unexpected error ({type(exc).__name__}: {exc})")
+        for name, source in items:
+            slot: list[Prediction | None] = [None]
+            rows.append(slot)
+            if isinstance(source, str):  # a file: decoded on the workers, in order
+                decoded = next(files)
+                if decoded.pixels is None:
+                    slot[0] = self._error_row(name, decoded.error or name)
+                else:
+                    pending.append((slot, name, decoded.pixels, decoded.reason))
+            else:
+                try:
+                    pending.append((slot, name, *self._pixels(source, name)))
+                except ImageReadError as exc:  # OutOfScopeError included
+                    slot[0] = self._error_row(name, str(exc))
+                except Exception as exc:  # noqa: BLE001 - a decoder bug on one image must not stop the others
+                    slot[0] = self._error_row(name, f"{name}: unexpected error ({type(exc).__name__}: {exc})")
             if len(pending) >= batch_size:
                 flush()
-            bar.update()
+            while rows and rows[0][0] is not None:
+                yield rows.popleft()[0]  # type: ignore[misc]
         flush()
-        bar.close()
-        return [r for r in results if r is not None]
+        while rows:
+            yield rows.popleft()[0]  # type: ignore[misc]
 
     def _error_row(self, name: str, error: str) -> Prediction:
         return Prediction(name, None, None, self.threshold, self.meta.name, self.meta.version, error)
@@ -370,9 +397,3 @@ def _items(sources) -> list[tuple[str, object]]:
             or hasattr(sources, "__array__") or hasattr(sources, "detach"):
         return one(sources, "")
     return [item for i, value in enumerate(sources) for item in one(value, f" {i}")]
-
-
-def _progress_bar(total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="scoring", unit="img", disable=not enabled, leave=False)

@@ -54,14 +54,14 @@ def decode_batch(batch, image_size: int, fit: str):
     identifiers. ``fspath`` is the path's bytes: a name that is not UTF-8 still opens."""
     import pyarrow as pa
 
-    from pneumoscan.inference.stream import decode_file
+    from pneumoscan.inference.decoding import decode_file
 
     decoded = [decode_file(os.fsdecode(path), image_size, fit) for path in batch.column("fspath").to_pylist()]
     columns: dict[str, Any] = {name: batch.column(name) for name in ("file", "size", "mtime_ns")}
-    columns["pixels"] = pa.array([None if pixels is None else pixels.tobytes() for pixels, _, _ in decoded], pa.binary())
-    columns["error"] = pa.array([error for _, error, _ in decoded], pa.string())
+    columns["pixels"] = pa.array([None if d.pixels is None else d.pixels.tobytes() for d in decoded], pa.binary())
+    columns["error"] = pa.array([d.error for d in decoded], pa.string())
     for column in DICOM_ID_COLUMNS:
-        columns[column] = pa.array([ids[column] for _, _, ids in decoded], pa.string())
+        columns[column] = pa.array([d.ids[column] for d in decoded], pa.string())
     return pa.table(columns)
 
 

@@ -11,26 +11,20 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
 import sys
-import threading
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from itertools import chain, islice
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pneumoscan._io import csv_text
-from pneumoscan.data.dicom_ids import DICOM_ID_COLUMNS, read_dicom_identifiers
-from pneumoscan.data.image import read_image
-from pneumoscan.data.radiograph import check_radiograph
-from pneumoscan.errors import ConfigError, ImageReadError
-from pneumoscan.inference import scope
+from pneumoscan.data.dicom_ids import DICOM_ID_COLUMNS
+from pneumoscan.errors import ConfigError
+from pneumoscan.inference.decoding import DecodedFile, decode_files
 from pneumoscan.inference.inputs import iter_inputs
 from pneumoscan.inference.results import ResultsWriter, require_pyarrow, row_key
 
@@ -41,9 +35,6 @@ MANIFEST_SUFFIXES = (".csv", ".parquet")
 WRITE_ROWS, PARQUET_ROWS, FLUSH_EVERY_S = 256, 8192, 5.0
 # Without a terminal, a progress line every this many seconds.
 RATE_EVERY_S = 10.0
-# Files per task sent to a decoding worker, and tasks in flight per worker: enough to keep every worker
-# busy while the scorer runs, few enough that memory stays flat.
-CHUNK, WINDOW_PER_WORKER = 32, 4
 
 
 @dataclass(frozen=True)
@@ -107,86 +98,6 @@ def _manifest_paths(manifest: Path) -> Iterator[str]:
         yield from (str(base / csv_text(row["path"])) for row in reader if row.get("path"))
 
 
-def decode_file(path: str, image_size: int, fit: str,
-                scope_check: bool = True) -> tuple[np.ndarray | None, str | None, dict[str, str | None]]:
-    """One file as the model's input: ``(uint8 (S, S) pixels or None, error or None, DICOM identifiers)``.
-
-    The same decoding and checks as :meth:`Classifier.preprocess`, scope rules included; every failure is
-    a value, not an exception, so that one bad file never stops the others. With ``scope_check`` off, a
-    file the scope rules refuse keeps its pixels and its error says ``scope check off``.
-    """
-    ids = read_dicom_identifiers(path)
-    try:
-        reason = scope.file_reason(path)
-        if reason is not None and scope_check:
-            return None, scope.message(path, reason), ids
-        pixels = read_image(path, image_size, fit)  # type: ignore[arg-type]
-        check_radiograph(path, pixels)
-        reason = reason or scope.pixel_reason(pixels)
-        if reason is not None:
-            return ((None, scope.message(path, reason), ids) if scope_check
-                    else (pixels, scope.check_off_message(path, reason), ids))
-        return pixels, None, ids
-    except ImageReadError as exc:
-        return None, str(exc), ids
-    except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not stop the others
-        return None, f"{path}: unexpected error ({type(exc).__name__}: {exc})", ids
-
-
-def _reason_of(error: str | None) -> str | None:
-    """The scope reason inside a ``scope check off`` error of :func:`decode_file` (None for no error)."""
-    if error is None:
-        return None
-    return error.split(f"{scope.CHECK_OFF}: scored although {scope.OUT_OF_SCOPE}: ", 1)[-1]
-
-
-def _exit_with_parent(parent: int) -> None:
-    """Runs first in each decoding worker: a worker whose run was killed (``kill -9``) exits too.
-
-    Without this, the workers of a killed run wait forever on a queue that a sibling still holds open.
-    """
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-        return
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def _decode_chunk(paths: list[str], image_size: int, fit: str, scope_check: bool = True) -> list[tuple]:
-    return [(path, *decode_file(path, image_size, fit, scope_check)) for path in paths]
-
-
-def decode_files(paths: Iterable[str], image_size: int, fit: str, workers: int = 1,
-                 scope_check: bool = True) -> Iterator[tuple]:
-    """``(path, *decode_file(path))`` for each of ``paths``, in order, on ``workers`` processes, reading
-    ``paths`` lazily."""
-    remaining = iter(paths)
-    chunks = iter(lambda: list(islice(remaining, CHUNK)), [])
-    head = list(islice(chunks, 2))
-    if workers <= 1 or len(head) < 2:  # a handful of files: starting processes costs more than it saves
-        for chunk in chain(head, chunks):
-            yield from _decode_chunk(chunk, image_size, fit, scope_check)
-        return
-    with ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
-        window: deque = deque()
-        for chunk in chain(head, chunks):
-            window.append(pool.submit(_decode_chunk, chunk, image_size, fit, scope_check))
-            if len(window) >= workers * WINDOW_PER_WORKER:
-                yield from window.popleft().result()
-        while window:
-            yield from window.popleft().result()
-
-
 def predict_to_file(
     classifier, sources: Iterable[str | os.PathLike], out: str | os.PathLike, *, resume: bool = False,
     batch_size: int = 32, workers: int | None = None, progress: bool | None = None, report_failures: bool = False,
@@ -238,26 +149,26 @@ def predict_to_file(
                 "model": meta.name, "version": meta.version, "error": error, **ids, "size": size, "mtime_ns": mtime_ns}
 
     ticker = _Ticker(progress, report_failures)
-    batch: list[tuple[str, np.ndarray | None, str | None, dict]] = []
+    batch: list[DecodedFile] = []
     written: list[dict[str, Any]] = []
     flush_rows = PARQUET_ROWS if writer.format == ".parquet" else WRITE_ROWS
     last_flush = time.monotonic()
 
     def score() -> None:
-        scorable = [(path, pixels, error) for path, pixels, error, _ in batch if pixels is not None]
-        verdicts = iter(classifier.assess(np.stack([p for _, p, _ in scorable]), [path for path, _, _ in scorable],
-                                          [_reason_of(error) for *_, error in scorable], batch_size=batch_size)
-                        if scorable else [])
-        for path, pixels, error, ids in batch:
-            verdict = next(verdicts) if pixels is not None else None
+        scorable = [item for item in batch if item.pixels is not None]
+        verdicts = iter(classifier.assess(np.stack([item.pixels for item in scorable]),
+                                          [item.path for item in scorable], [item.reason for item in scorable],
+                                          batch_size=batch_size) if scorable else [])
+        for item in batch:
+            verdict = next(verdicts) if item.pixels is not None else None
             if verdict is None or verdict.probability is None:
                 counts["failed"] += 1
-                error = error if verdict is None else verdict.error
-                written.append(row(path, None, error, ids))
-                ticker.failure(error or path)
+                error = item.error if verdict is None else verdict.error
+                written.append(row(item.path, None, error, item.ids))
+                ticker.failure(error or item.path)
             else:
                 counts["scored"] += 1
-                written.append(row(path, verdict.probability, verdict.error, ids))
+                written.append(row(item.path, verdict.probability, verdict.error, item.ids))
         ticker.update(len(batch), counts)
         batch.clear()
 
@@ -265,14 +176,14 @@ def predict_to_file(
     with writer:
         decoded = decode_files(jobs(), int(meta.image_size), meta.fit, workers or default_workers(),
                                scope_check=classifier.scope_check)
-        for path, pixels, error, ids in decoded:
-            uid = ids.get("sop_instance_uid")
+        for item in decoded:
+            uid = item.ids.get("sop_instance_uid")
             if resume and uid and writer.done(None, uid):  # a DICOM scored before under another name
                 counts["skipped"] += 1
-                release(path)
+                release(item.path)
                 continue
-            batch.append((path, pixels, error, ids))
-            images_waiting += pixels is not None
+            batch.append(item)
+            images_waiting += item.pixels is not None
             if images_waiting >= batch_size:
                 score()
                 images_waiting = 0
@@ -324,4 +235,4 @@ class _Ticker:
             self.bar.close()
 
 
-__all__ = ["DICOM_ID_COLUMNS", "StreamSummary", "decode_file", "decode_files", "iter_sources", "predict_to_file"]
+__all__ = ["DICOM_ID_COLUMNS", "StreamSummary", "iter_sources", "predict_to_file"]
