@@ -16,8 +16,9 @@ from pneumoscan.evaluation.config import EvaluateConfig
 from pneumoscan.evaluation.operating import OPERATING_POINTS, POINT_NAMES, choose_operating_points
 from pneumoscan.runs import VAL_PREDICTIONS, split_file
 
-RULES = {"stored": "the threshold stored in the model (by the training's threshold rule, by default the "
-                    "class-balanced 0.5; or re-fitted on a site's sample by `pneumoscan calibrate`), applied as is",
+RULES = {"stored": "the threshold stored in the model (by the training's threshold rule, by default "
+                    "sens95-median on the validation patients; or re-fitted on a site's sample by `pneumoscan "
+                    "calibrate`), applied as is",
           "original": "the stored threshold of the model before site calibration, in this version's scale",
           "site-estimate": "the calibration sample's own estimate for the target sensitivity (bootstrap median), "
                            "adopted by `pneumoscan calibrate` only where the sample could support it",
