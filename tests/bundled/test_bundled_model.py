@@ -48,6 +48,9 @@ def test_the_card_says_what_the_model_is_for_how_it_was_measured_and_what_it_mus
     point = card["operating_point"]
     assert point["threshold"] == pytest.approx(pneumoscan.load().threshold)
     assert "validation" in point["how_chosen"]
+    # the rule's name, and what it has given where nothing was tuned, in both forms of the card
+    assert point["name"] == "sens95-median" and "0.95" in point["expected"] and "other half" in point["expected"]
+    assert point["expected"] in markdown
     evaluation = card["metrics"]["evaluation"]
     assert evaluation["interval_unit"] == "patient" and "chest_xray/test" in evaluation["report"]
     for name in ("roc_auc", "sensitivity at the threshold", "specificity at the threshold"):
