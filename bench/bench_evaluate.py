@@ -68,7 +68,7 @@ def main() -> None:
     run = work / "run"
     save_model(run, build_model(args.model, args.size),
                ModelMeta(name=args.model, image_size=args.size, threshold=0.5, run_id="bench"))
-    probs = [p.probability for p in pneumoscan.load(run).predict([f for f, _ in val_files], progress=False)]
+    probs = [p.probability for p in pneumoscan.load(run).predict([f for f, _ in val_files])]
     rows = [f"{f},{kermany_patient_id(f.stem)},{y},{p:.6f}" for (f, y), p in zip(val_files, probs, strict=True)]
     (run / "val_predictions.csv").write_text("path,patient_id,label,probability\n" + "\n".join(rows) + "\n")
     split = [f"{f},{y},{kermany_patient_id(f.stem)},val" for f, y in val_files]

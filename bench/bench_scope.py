@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     inside = {name: data / name for name in IN_SCOPE}
     for name, folder in [*groups.items(), *inside.items()]:
         files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-        rows = classifier.predict(files, progress=False)
+        rows = classifier.predict(files)
         refused = [r for r in rows if r.probability is None]
         learned = [r for r in refused if "unlike the training" in r.error or "p(upright)" in r.error]
         share = len(refused) / len(rows)
