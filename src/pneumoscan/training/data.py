@@ -118,13 +118,18 @@ def _decoded(config: TrainConfig, progress: bool, warn: bool) -> tuple[Path, Ima
     return root, cache, failures, test, notes
 
 
-def _crop_sources(config: TrainConfig, train: list[Sample], progress: bool) -> np.ndarray | None:
-    """The training images at :attr:`TrainConfig.train_image_size`, in the order of ``train``, or None when
-    that is ``image_size`` (validation and inference always use ``image_size``)."""
+def _crop_cache(config: TrainConfig, train: list[Sample], progress: bool) -> ImageCache | None:
+    """The cache of the training images at :attr:`TrainConfig.train_image_size`, built when missing, or None
+    when that is ``image_size`` (validation and inference always use ``image_size``)."""
     size = config.train_image_size
-    if size == config.image_size:
+    return None if size == config.image_size else build_cache(train, size, config.fit, progress=progress)  # type: ignore[arg-type]
+
+
+def _crop_sources(config: TrainConfig, train: list[Sample], progress: bool) -> np.ndarray | None:
+    """The training images at :attr:`TrainConfig.train_image_size`, in the order of ``train`` (or None)."""
+    cache = _crop_cache(config, train, progress)
+    if cache is None:
         return None
-    cache = build_cache(train, size, config.fit, progress=progress)  # type: ignore[arg-type]
     images, samples = cache.subset("train")
     if [s.path for s in samples] != [s.path for s in train]:  # a file changed between the two reads
         raise DatasetError(f"{config.data or 'the data'}: the training images changed while they were being "
@@ -181,7 +186,8 @@ class XrayDataModule(L.LightningDataModule):
         if self._prepared or self.data is not None:
             return
         _, cache, _, test, _ = _decoded(self.config, self.progress, warn=True)
-        _crop_sources(self.config, cache.subset("train")[1], self.progress)  # cached once, before any process reads it
+        # built once, here, before any process reads it
+        _crop_cache(self.config, [s for s in cache.samples if s.split == "train"], self.progress)
         if self.split_file is not None:
             from pneumoscan.data import write_manifest
 
