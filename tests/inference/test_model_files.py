@@ -143,3 +143,22 @@ def test_the_server_and_the_dicom_node_hold_the_classifier_the_api_returns(expor
     assert isinstance(served, Classifier) and served.files == resolve_model(exported_run, prefer_onnx=True)
     node = Processor(exported_run, tmp_path / "node")
     assert isinstance(node.classifier, Classifier) and node.classifier.files == served.files
+
+
+@pytest.mark.parametrize("fit", ["pad", "crop", "stretch"])
+def test_the_torch_module_fits_an_image_as_the_decoder_does(fit):
+    from PIL import Image
+
+    from pneumoscan.data.image import resize
+    from pneumoscan.inference.torch_module import CalibratedModule
+
+    # a wide image: a grey left half, a white right half with a dark stripe near its right edge
+    pixels = np.full((60, 100), 128, np.uint8)
+    pixels[:, 50:] = 255
+    pixels[:, 90:95] = 0
+    module = CalibratedModule(torch.nn.Identity(), 32, fit, 1.0)
+    fitted = module.resize(torch.from_numpy(pixels).float()[None, None] / 255)[0, 0].numpy() * 255
+    expected = np.asarray(resize(Image.fromarray(pixels), 32, fit), dtype=np.float32)
+    assert fitted.shape == expected.shape == (32, 32)
+    # the same geometry (where the black margins and the stripe land); the resampling differs a little
+    assert np.abs(fitted - expected).mean() < 8

@@ -147,20 +147,30 @@ def probe_image(source: str | os.PathLike | bytes, *, name: str | None = None) -
     return info
 
 
-def resize(image: Image.Image, size: int, fit: Fit = "pad") -> Image.Image:
-    """Resize a grayscale PIL image to ``size`` x ``size`` (see :func:`read_image` for ``fit``)."""
-    width, height = image.size
+def fit_geometry(width: int, height: int, size: int, fit: Fit) -> tuple[int, int, int, int]:
+    """How ``fit`` makes a ``width`` x ``height`` image square at ``size``: ``(new_width, new_height, left,
+    top)``: the image is resized to the new size, then placed at (left, top) on a black square (``pad``),
+    cropped from (left, top) (``crop``), or resized to the square itself (``stretch``, offsets 0)."""
     if fit == "stretch":
-        return image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        return size, size, 0, 0
     scale = size / max(width, height) if fit == "pad" else size / min(width, height)
     new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    if fit == "pad":
+        return new_w, new_h, (size - new_w) // 2, (size - new_h) // 2
+    return new_w, new_h, (new_w - size) // 2, (new_h - size) // 2
+
+
+def resize(image: Image.Image, size: int, fit: Fit = "pad") -> Image.Image:
+    """Resize a grayscale PIL image to ``size`` x ``size`` (see :func:`read_image` for ``fit``)."""
+    new_w, new_h, left, top = fit_geometry(*image.size, size, fit)
     scaled = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
     if fit == "pad":
         canvas = Image.new("L", (size, size), 0)
-        canvas.paste(scaled, ((size - new_w) // 2, (size - new_h) // 2))
+        canvas.paste(scaled, (left, top))
         return canvas
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return scaled.crop((left, top, left + size, top + size))
+    if fit == "crop":
+        return scaled.crop((left, top, left + size, top + size))
+    return scaled
 
 
 def read_file_bytes(path: str | os.PathLike, name: str | None = None) -> bytes:

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pneumoscan.data.image import fit_geometry
+
 
 class CalibratedModule(nn.Module):
     """``network`` (whose per-image standardisation is inside it) behind the model's fit and resize, with
@@ -45,16 +47,13 @@ class CalibratedModule(nn.Module):
         height, width = images.shape[-2:]
         if (height, width) == (size, size):
             return images
-        if self.fit == "stretch":
-            return _bilinear(images, size, size)
-        scale = size / max(width, height) if self.fit == "pad" else size / min(width, height)
-        new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+        new_w, new_h, left, top = fit_geometry(width, height, size, self.fit)  # type: ignore[arg-type]
         scaled = _bilinear(images, new_h, new_w)
         if self.fit == "pad":
-            top, left = (size - new_h) // 2, (size - new_w) // 2
             return F.pad(scaled, (left, size - new_w - left, top, size - new_h - top), value=0.0)
-        top, left = (new_h - size) // 2, (new_w - size) // 2
-        return scaled[..., top : top + size, left : left + size]
+        if self.fit == "crop":
+            return scaled[..., top : top + size, left : left + size]
+        return scaled
 
 
 def _bilinear(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
