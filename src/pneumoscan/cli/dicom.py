@@ -56,6 +56,10 @@ def register(subparsers) -> None:
     which.add_argument("--study", metavar="UID", help="the StudyInstanceUID to score")
     which.add_argument("--since", metavar="DATE", help="every study from this date on (YYYY-MM-DD)")
     pull.add_argument("--store", action="store_true", help="send the results back with STOW-RS")
+    bounds = pull.add_argument_group("limits (a server over one ends the pull with the reason; results so far are kept)")
+    bounds.add_argument("--deadline", type=float, default=3600.0, help="seconds for the whole pull")
+    bounds.add_argument("--read-timeout", type=float, default=60.0, help="seconds one read may wait for a byte")
+    bounds.add_argument("--max-instance-mib", type=int, default=64, help="largest instance accepted")
 
 
 def _common(command) -> None:
@@ -68,8 +72,11 @@ def _common(command) -> None:
 
 
 def _logging() -> None:
+    from pneumoscan.dicom.logs import guard_library_logs
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per association is noise here
+    guard_library_logs()
 
 
 def run_listen(args) -> int:
@@ -96,19 +103,30 @@ def run_listen(args) -> int:
 
 def run_pull(args) -> int:
     from pneumoscan.dicom import Processor, pull
+    from pneumoscan.dicom.bounded_http import PullLimits
     from pneumoscan.dicom.web import parse_since
 
     if args.since:
         parse_since(args.since)  # a bad date is a one-line error before the model is loaded
+    limits = PullLimits(deadline=args.deadline, read_timeout=args.read_timeout,
+                        max_instance_bytes=args.max_instance_mib * 2**20)
     _logging()
     processor = Processor(args.model, args.out, overlay=args.overlay, device=args.device)
-    result = pull(processor, args.url, study=args.study, since=args.since, store=args.store)
+    result = pull(processor, args.url, study=args.study, since=args.since, store=args.store, limits=limits)
+    from pneumoscan.dicom.instances import shown_uid
+
     scored = [o for o in result.outcomes if o.scored]
     for outcome in result.outcomes:
         what = f"{outcome.probability:.4f}  {outcome.label}" if outcome.scored else f"refused: {outcome.reason}"
-        print(f"{outcome.ids.sop_instance_uid}  {what}")
-    print(f"\nscored {len(scored)} of {len(result.outcomes)} instance(s), {len(result.skipped_series)} series "
-          f"skipped (not CR/DX)" + (f", {result.stored} result(s) stored" if args.store else "")
-          + f"; worklist in {processor.out / 'worklist.csv'}")
+        print(f"{shown_uid(outcome.ids.sop_instance_uid)}  {what}")
+    for uid, why in result.skipped_studies:
+        print(f"study {uid}  {why}")
+    parts = [f"scored {len(scored)} of {len(result.outcomes)} instance(s)",
+             f"{len(result.skipped_series)} series skipped"]
+    if result.skipped_studies:
+        parts.append(f"{len(result.skipped_studies)} stud{'y' if len(result.skipped_studies) == 1 else 'ies'} skipped")
+    if args.store:
+        parts.append(f"{result.stored} result(s) stored")
+    print("\n" + ", ".join(parts) + f"; worklist in {processor.out / 'worklist.csv'}")
     print(DISCLAIMER, file=sys.stderr)
     return 0
