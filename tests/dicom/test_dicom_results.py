@@ -108,6 +108,7 @@ def test_worklist_lists_scored_instances_by_decreasing_probability_then_refused_
     processor = Processor(dicom_model, tmp_path)
     for ds in corpus.values():
         processor.process(ds, origin="test")
+    processor.worklist.finish()  # the end of a session (the node stopping, a pull ending)
     rows = list(csv.DictReader(io.StringIO((tmp_path / "worklist.csv").read_text())))
     assert len(rows) == len(corpus)
     scored = [r for r in rows if r["status"] == "scored"]
@@ -126,7 +127,9 @@ def test_worklist_lists_scored_instances_by_decreasing_probability_then_refused_
         else:
             assert row["reason"] and not row["probability"]
     # A second session on the same folder keeps the rows of the first.
-    Processor(dicom_model, tmp_path).process(corpus["sc-8bit"])
+    again = Processor(dicom_model, tmp_path)
+    again.process(corpus["sc-8bit"])
+    again.worklist.finish()
     assert len(list(csv.DictReader(io.StringIO((tmp_path / "worklist.csv").read_text())))) == len(corpus)
 
 
@@ -137,7 +140,9 @@ def test_worklist_csv_quotes_identifiers_a_spreadsheet_would_evaluate(grays, dic
     formula = "=cmd|' /C calc'!A0"
     source = chest_dicoms.instance(chest_dicoms.study(formula, "+1+1"), chest_dicoms.CR, "CR", 1,
                                    grays[0].astype("uint16") * 16, 12, ViewPosition="PA", BodyPartExamined="CHEST")
-    Processor(dicom_model, tmp_path).process(source, origin="@evil")
+    processor = Processor(dicom_model, tmp_path)
+    processor.process(source, origin="@evil")
+    processor.worklist.finish()
     row = next(csv.DictReader((tmp_path / "worklist.csv").open(newline="")))
     assert (row["patient_id"], row["accession_number"], row["origin"]) == ("'" + formula, "'+1+1", "'@evil")
     assert 0 <= float(row["probability"]) <= 1

@@ -184,11 +184,13 @@ class StorageNode:
         return self
 
     def stop(self) -> None:
+        """Stop listening, send what is queued and write the worklist in its order."""
         if self._server is not None:
             self._server.shutdown()
             self._server = None
         if self.forwarder is not None:
             self.forwarder.close()
+        self.processor.worklist.finish()
 
     def __enter__(self) -> StorageNode:
         return self.start()

@@ -8,7 +8,6 @@ decoded by the same :func:`~pneumoscan.data.read_image` as ``predict`` and score
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -20,21 +19,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydicom.dataset import Dataset
 
-from pneumoscan._io import atomic_write_bytes, atomic_write_csv, atomic_write_text, ensure_writable_dir
+from pneumoscan._io import atomic_write_bytes, ensure_writable_dir
 from pneumoscan.dicom import instances, results
+from pneumoscan.dicom.worklist import WORKLIST_COLUMNS, Worklist
 from pneumoscan.errors import ImageReadError, OutputError, reason
-from pneumoscan.provenance import DISCLAIMER
 
 if TYPE_CHECKING:
     from pneumoscan.inference import Classifier
 
 log = logging.getLogger("pneumoscan.dicom")
-
-WORKLIST_COLUMNS = (
-    "probability", "label", "threshold", "flags", "patient_id", "accession_number", "study_instance_uid",
-    "series_instance_uid", "sop_instance_uid", "status", "reason", "received", "origin", "sr_file",
-    "overlay_file", "model", "version",
-)
 
 
 @dataclass
@@ -174,41 +167,3 @@ class Processor:
         gray = np.clip(image[0] * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return overlay(gray, heat)
 
-
-class Worklist:
-    """``worklist.csv`` and ``worklist.json`` in the output folder: every instance received, the scored
-    ones by decreasing probability (the most suspicious first), then the refused ones with their reason.
-
-    Rewritten atomically after each instance; rows already in ``worklist.json`` (an earlier session on the
-    same folder) are kept, and an instance received again replaces its row.
-    """
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self._lock = threading.Lock()
-        self._rows: dict[str, dict] = {}
-        previous = out / "worklist.json"
-        if previous.is_file():
-            try:
-                for row in json.loads(previous.read_text(encoding="utf-8")).get("results", []):
-                    self._rows[self._key(row)] = row
-            except (OSError, ValueError, AttributeError) as exc:
-                log.warning("%s: unreadable (%s); starting a new worklist", previous, exc)
-
-    def _key(self, row: dict) -> str:
-        return row.get("sop_instance_uid") or f"#{len(self._rows)}"
-
-    def add(self, outcome: Outcome) -> None:
-        row = outcome.row()
-        with self._lock:
-            self._rows[self._key(row)] = row
-            rows = self.rows()
-            atomic_write_csv(self.out / "worklist.csv", WORKLIST_COLUMNS, rows)
-            atomic_write_text(self.out / "worklist.json",
-                              json.dumps({"disclaimer": DISCLAIMER, "results": rows}, indent=1) + "\n")
-
-    def rows(self) -> list[dict]:
-        """The rows in worklist order."""
-        scored = [r for r in self._rows.values() if r.get("probability") is not None]
-        refused = [r for r in self._rows.values() if r.get("probability") is None]
-        return sorted(scored, key=lambda r: -float(r["probability"])) + refused

@@ -110,6 +110,7 @@ def pull(processor: Processor, url: str, *, study: str | None = None, since: str
                 log.info("stored %d result(s) for study %s", len(derived), study_uid)
     finally:
         result.requests = session.requests_sent
+        processor.worklist.finish()
     return result
 
 
