@@ -172,3 +172,43 @@ def test_results_that_cannot_be_forwarded_are_kept_and_listed_and_the_instance_s
     sr = tmp_path / "sr" / f"{corpus['cr-mono2-12bit'].SOPInstanceUID}.dcm"
     assert sr.is_file() and node.forwarder.failed == [str(sr)]
     assert any(str(sr) in m and "could not send" in m for m in caplog.messages)
+
+
+def test_half_open_connections_from_two_addresses_do_not_lock_other_peers_out(dicom_model, tmp_path, caplog):
+    """Two addresses open as many connections as they may (8 each, 16 in all: the node's maximum) and
+    never send an association request; a third peer's C-ECHOs are all answered meanwhile."""
+    import socket
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    from pneumoscan.dicom.limits import Limits
+
+    port = orthanc.free_port()
+    limits = Limits(pdu_timeout=1.5, max_associations=16, max_associations_per_peer=8)
+    held: list[socket.socket] = []
+    with caplog.at_level("WARNING", logger="pneumoscan.dicom"), \
+            StorageNode(Processor(dicom_model, tmp_path), port, limits=limits):
+        try:
+            for address in ("127.0.0.2", "127.0.0.3"):
+                for _ in range(limits.max_associations_per_peer):
+                    held.append(socket.create_connection(("127.0.0.1", port), source_address=(address, 0)))
+            time.sleep(0.3)  # the node has taken them all
+            ae = AE(ae_title="TESTSCU")
+            ae.add_requested_context(Verification)
+            answered = 0
+            for _ in range(10):
+                assoc = ae.associate("127.0.0.1", port, bind_address=("127.0.0.1", 0))
+                if assoc.is_established:
+                    answered += assoc.send_c_echo().Status == 0
+                    assoc.release()
+            assert answered == 10
+            # The silent connections are closed once the time for a request has passed.
+            time.sleep(limits.pdu_timeout + 0.5)
+            for connection in held:
+                connection.settimeout(2)
+                assert connection.recv(1) == b""
+        finally:
+            for connection in held:
+                connection.close()
+    assert any("no association request within 1.5 s" in m for m in caplog.messages)

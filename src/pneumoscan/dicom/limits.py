@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 log = logging.getLogger("pneumoscan.dicom")
 
-_P_DATA_TF = 0x04
+_A_ASSOCIATE_RQ, _P_DATA_TF = 0x01, 0x04
 # An A-ASSOCIATE-RQ with a hundred presentation contexts is tens of kB; no other PDU comes near that.
 _MAX_OTHER_PDU_BYTES = 256 * 1024
 _INVALID_PDU_PARAMETER = 6  # A-ABORT reason (PS3.8 9.3.8): invalid PDU parameter value
@@ -129,6 +129,51 @@ class PduGuard:
         raise LimitExceeded(f"{self.peer}: {what}")
 
 
+# Peeked at most: a whole A-ASSOCIATE-RQ of usual size (tens of contexts); a larger one is read by the
+# association under the PduGuard. Peeking does not empty the socket's buffer, which limits what can wait there.
+_PEEKED_REQUEST_BYTES = 32 * 1024
+
+
+def request_arrived(connection: socket.socket, limits: Limits, peer: str) -> bool:
+    """Whether an A-ASSOCIATE-RQ (or any other first PDU) has arrived on ``connection`` within
+    ``pdu_timeout``, left unread for pynetdicom.
+
+    pynetdicom starts an association thread per connection and counts it against the AE's maximum
+    associations before any byte arrives: connections that never send their request (half-open) would
+    hold every slot and lock every other peer out. Here a connection becomes an association only once
+    its request is there; until then it is a thread of its own, bounded per address by
+    ``max_associations_per_peer``."""
+    deadline = time.monotonic() + limits.pdu_timeout
+    need = 6
+    previous = connection.gettimeout()
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            connection.settimeout(left)
+            data = connection.recv(need, socket.MSG_PEEK)
+            if not data:
+                return False  # closed before a request: nothing to answer
+            if need == 6 and len(data) == 6:
+                pdu_type, _, length = struct.unpack(">BBL", data)
+                if pdu_type != _A_ASSOCIATE_RQ or length > _MAX_OTHER_PDU_BYTES:
+                    return True  # the association answers it (a reject or an A-ABORT from the PduGuard)
+                need = 6 + min(length, _PEEKED_REQUEST_BYTES)
+            if len(data) >= need:
+                return True
+            time.sleep(0.02)  # part of it is here: a peek would return at once, so wait for the rest
+    except TimeoutError:
+        pass
+    except OSError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            connection.settimeout(previous)
+    log.warning("closed the connection from %s: no association request within %g s", peer, limits.pdu_timeout)
+    return False
+
+
 def bounded_server_class(limits: Limits):
     """A pynetdicom server that admits at most ``max_associations_per_peer`` connections per peer
     address and guards each association's socket with a :class:`PduGuard`."""
@@ -137,8 +182,10 @@ def bounded_server_class(limits: Limits):
 
     class BoundedHandler(RequestHandler):
         def handle(self) -> None:
-            assoc = self._create_association()
             peer = f"{self.client_address[0]}:{self.client_address[1]}"
+            if not request_arrived(self.request, limits, peer):
+                return
+            assoc = self._create_association()
             assoc.dul.socket.recv = PduGuard(assoc.dul.socket, limits, peer).recv
             assoc.acse_timeout = limits.pdu_timeout  # ARTIM: the A-ASSOCIATE-RQ must come this soon
             evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
