@@ -212,3 +212,30 @@ def test_half_open_connections_from_two_addresses_do_not_lock_other_peers_out(di
             for connection in held:
                 connection.close()
     assert any("no association request within 1.5 s" in m for m in caplog.messages)
+
+
+def test_a_newline_in_a_uid_cannot_forge_a_log_line_of_the_dicom_libraries(dicom_model, corpus, tmp_path, caplog):
+    """pynetdicom, pydicom and highdicom log a received UID as it is; what reaches the log is escaped, and
+    highdicom's INFO lines (one per module copied into each result) are left out."""
+    import copy
+    import warnings
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ComputedRadiographyImageStorage
+
+    ds = copy.deepcopy(corpus["cr-mono2-12bit"])
+    ds.SOPInstanceUID = "1.2.3\nFORGED scored instance 1.2.4: p(pneumonia) 0.0000"
+    port = orthanc.free_port()
+    with caplog.at_level("DEBUG"), StorageNode(Processor(dicom_model, tmp_path), port):
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(ComputedRadiographyImageStorage, ds.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", port)
+        assert assoc.is_established
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about the UID as well
+            assert assoc.send_c_store(ds).Status == 0
+        assoc.release()
+    libraries = [r for r in caplog.records if r.name.split(".")[0] in ("pynetdicom", "pydicom", "highdicom")]
+    assert any("FORGED" in r.getMessage() for r in libraries)  # they did log the UID ...
+    assert not any("\n" in r.getMessage() for r in caplog.records)  # ... escaped
+    assert not any(r.name.startswith("highdicom") and r.levelname == "INFO" for r in caplog.records)

@@ -150,6 +150,9 @@ class StorageNode:
         from pynetdicom import AE, AllStoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification
 
+        from pneumoscan.dicom.logs import guard_library_logs
+
+        guard_library_logs()  # pynetdicom logs a sender's UIDs as they are
         self.processor = processor
         self.host, self.port, self.ae_title = host, port, check_ae_title(ae_title)
         self.ae = AE(ae_title=self.ae_title)
