@@ -73,7 +73,12 @@ def test_sr_and_overlay_validate_reference_the_source_and_keep_patient_and_study
     assert _numeric(sr, THRESHOLD) == pytest.approx(0.5)
     texts = _texts(sr)
     assert texts["Label at the operating threshold"] == expected.label
-    assert texts["Algorithm Name"] == "seed-cnn" and "dicom-test-run" in texts["Algorithm Version"]
+    meta = pneumoscan.load(dicom_model).meta
+    assert texts["Algorithm Name"] == "seed-cnn"
+    # The version and date of the model's metadata, not the name of the folder it was trained in.
+    assert texts["Algorithm Version"] == ", ".join([f"pneumoscan {meta.version}"]
+                                                   + ([f"trained {meta.created}"] if meta.created else []))
+    assert meta.run_id not in texts["Algorithm Version"]
     assert texts["Comment"] == DISCLAIMER
     assert sr.CompletionFlag == "COMPLETE" and sr.VerificationFlag == "UNVERIFIED"
 

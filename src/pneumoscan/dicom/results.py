@@ -137,7 +137,9 @@ def encode(ds: Dataset) -> bytes:
 
 
 def _version(meta) -> str:
-    parts = [f"pneumoscan {meta.version}" if meta.version else "", f"run {meta.run_id}" if meta.run_id else ""]
+    """The model's version as its metadata states it: the pneumoscan version that trained it and when.
+    Not the run's folder name: that is a local name (the shipped model's is "run"), not a version."""
+    parts = [f"pneumoscan {meta.version}" if meta.version else "", f"trained {meta.created}" if meta.created else ""]
     return ", ".join(p for p in parts if p) or "unknown"
 
 
