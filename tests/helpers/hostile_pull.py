@@ -5,8 +5,8 @@
 
 The model is loaded first; then the address space is capped at what the process holds plus
 ``--headroom-mib`` (RLIMIT_AS), so that a pull that reads without bound fails with MemoryError instead of
-taking the machine's memory. Printed: seconds, the error's one line (or null), peak RSS in MiB, HTTP
-requests sent. Used by the pull tests and by bench/bench_pull.py.
+taking the machine's memory. Printed: seconds, the error's one line (or null), peak RSS in MiB, at the
+end and before the pull (the model loaded). Used by the pull tests and by bench/bench_pull.py.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def main(argv: list[str]) -> int:
 
     processor = Processor(args.model, args.out)
     limits = PullLimits(deadline=args.deadline, read_timeout=args.read_timeout)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     cap = _vm_size() + args.headroom_mib * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     start, error = time.monotonic(), None
@@ -56,7 +57,8 @@ def main(argv: list[str]) -> int:
         error = "MemoryError"
     seconds = time.monotonic() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": round(seconds, 2), "error": error, "peak_rss_mib": round(peak, 1)}))
+    print(json.dumps({"seconds": round(seconds, 2), "error": error, "peak_rss_mib": round(peak, 1),
+                      "rss_before_mib": round(before, 1)}))
     return 0
 
 
