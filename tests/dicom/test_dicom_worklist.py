@@ -83,3 +83,15 @@ def test_a_nul_or_a_newline_from_a_sender_never_reaches_the_worklist_as_such(tmp
     worklist.finish()
     data = (tmp_path / "worklist.csv").read_bytes() + (tmp_path / "worklist.json").read_bytes()
     assert b"\x00" not in data and b"\\u0000" not in data
+
+
+def test_a_worklist_linked_elsewhere_is_never_written_through(tmp_path):
+    target = tmp_path / "elsewhere.csv"
+    target.write_text("keep\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "worklist.csv").symlink_to(target)
+    Worklist(tmp_path / "out").add(_outcome(1))
+    assert target.read_text() == "keep\n"
+    # The link is replaced by a file of its own, as every write of the project replaces a link.
+    assert not (tmp_path / "out" / "worklist.csv").is_symlink()
+    assert [r["accession_number"] for r in _rows(tmp_path / "out" / "worklist.csv")] == ["ACC-1"]

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
-from pneumoscan._io import atomic_write_csv, atomic_write_text, csv_lines, csv_text
+from pneumoscan._io import _output_error, atomic_write_csv, atomic_write_text, csv_lines, csv_text
 from pneumoscan.dicom.instances import printable
 from pneumoscan.errors import OutputError, reason
 from pneumoscan.provenance import DISCLAIMER
@@ -59,11 +59,7 @@ class Worklist:
         line = csv_lines([[row.get(column) for column in WORKLIST_COLUMNS]]).encode("utf-8", "backslashreplace")
         with self._lock:
             self._rows[self._key(row)] = row
-            try:
-                os.write(self._fd, line)  # O_APPEND: one write, never interleaved with another row
-                os.fsync(self._fd)
-            except OSError as exc:
-                raise OutputError(f"{self.csv}: cannot append a row ({reason(exc)})") from None
+            self._append(line)
 
     def finish(self) -> None:
         """Rewrite ``worklist.csv`` and ``worklist.json`` in worklist order (atomically); rows added after
@@ -109,11 +105,24 @@ class Worklist:
 
     def _open(self) -> None:
         try:
-            self._fd = os.open(self.csv, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            if os.fstat(self._fd).st_size == 0:
-                os.write(self._fd, csv_lines([WORKLIST_COLUMNS]).encode())
+            # Append mode: every write lands at the end. No follow: a link put in --out is refused, never
+            # written through.
+            self._fd = os.open(self.csv, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+                               | getattr(os, "O_CLOEXEC", 0), 0o644)
         except OSError as exc:
-            raise OutputError(f"{self.csv}: cannot open for appending ({reason(exc)})") from None
+            raise OutputError(f"{self.csv}: cannot open for appending ({reason(exc)}); "
+                              "remove it if it is a link, or choose another --out") from None
+        if os.fstat(self._fd).st_size == 0:
+            self._append(csv_lines([WORKLIST_COLUMNS]).encode())
+
+    def _append(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:  # a row is one write (O_APPEND: never interleaved); the loop only for a short one
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise _output_error(self.csv, exc) from None
 
     def _close(self) -> None:
         if self._fd is not None:
