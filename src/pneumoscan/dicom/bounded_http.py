@@ -9,6 +9,7 @@ pull has a deadline that is checked before every request and between reads.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -63,16 +64,27 @@ class BoundedBody:
     each ``read1`` returns, checking the deadline and counting bytes. ``boundary`` (a multipart body)
     makes the limit apply to each part, the bytes since the last delimiter; without one, to the body."""
 
-    def __init__(self, raw, limit: int, deadline: Deadline, boundary: bytes | None) -> None:
-        self._raw, self._limit, self._deadline = raw, limit, deadline
+    def __init__(self, raw, limit: int, deadline: Deadline, boundary: bytes | None, read_timeout: float) -> None:
+        self._raw, self._limit, self._deadline, self._read_timeout = raw, limit, deadline, read_timeout
         self._delimiter = b"\r\n--" + boundary if boundary else None
         self._tail = b""
         self._since_delimiter = 0
 
     def stream(self, amt: int = 2**16, decode_content: bool | None = None) -> Iterator[bytes]:
+        from urllib3.exceptions import ReadTimeoutError
+
         while True:
-            self._deadline.left()
-            chunk = self._raw.read1(amt, decode_content=decode_content)
+            left = self._deadline.left()
+            # No read waits past the deadline: the socket's timeout is what is left of it, at most the read
+            # timeout. Where the socket cannot be found, a read may end up to one read timeout late.
+            sock = _socket(self._raw)
+            if sock is not None:
+                sock.settimeout(min(self._read_timeout, left))
+            try:
+                chunk = self._raw.read1(amt, decode_content=decode_content)
+            except ReadTimeoutError:
+                self._deadline.left()  # the deadline, when that is what ended the wait
+                raise
             if not chunk:
                 return
             self._count(chunk)
@@ -109,8 +121,8 @@ class BoundedSession(requests.Session):
 
     def send(self, request: requests.PreparedRequest, **kwargs) -> requests.Response:
         left = self.deadline.left()
-        # Streamed, so that requests never reads a body whole; a read never waits past the deadline as
-        # it stood when the request was sent.
+        # Streamed, so that requests never reads a body whole; neither connecting nor waiting for the
+        # answer's headers goes past the deadline.
         kwargs["stream"] = True
         kwargs["timeout"] = (min(self.limits.connect_timeout, left), min(self.limits.read_timeout, left))
         self.requests_sent += 1
@@ -118,8 +130,18 @@ class BoundedSession(requests.Session):
         if not isinstance(response.raw, BoundedBody):  # a redirect's answer is wrapped already
             boundary = _boundary(response.headers.get("Content-Type", ""))
             limit = self.limits.max_instance_bytes if boundary is not None else self.limits.max_json_bytes
-            response.raw = BoundedBody(response.raw, limit, self.deadline, boundary or None)
+            response.raw = BoundedBody(response.raw, limit, self.deadline, boundary or None, self.limits.read_timeout)
         return response
+
+
+def _socket(raw) -> socket.socket | None:
+    """The socket a urllib3 response reads from: its connection's, or (the connection closing after this
+    answer: http.client hands the socket to the response) the one under the response's file."""
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if sock is None:
+        fp = getattr(getattr(raw, "_fp", None), "fp", None)
+        sock = getattr(getattr(fp, "raw", None), "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def _boundary(content_type: str) -> bytes | None:
