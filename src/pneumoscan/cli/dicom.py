@@ -75,7 +75,9 @@ def _logging() -> None:
     from pneumoscan.dicom.logs import guard_library_logs
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per association is noise here
+    # One line per association or request is noise here: pneumoscan logs what it does with each.
+    for library in ("pynetdicom", "dicomweb_client"):
+        logging.getLogger(library).setLevel(logging.WARNING)
     guard_library_logs()
 
 
