@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import shutil
 import socket
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -48,11 +49,26 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
         if not pid_text.isdigit() or _alive(int(pid_text)):
             continue
         try:
-            tmp.unlink()
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp)  # a staging folder (Ray's Parquet output) of a killed run
+            else:
+                tmp.unlink()
             removed.append(tmp)
         except OSError:
             pass
     return removed
+
+
+def make_staging_folder(path: str | os.PathLike) -> Path:
+    """A new empty folder next to ``path``, named as :func:`remove_stale_temporaries` recognises it: a
+    folder to be renamed onto ``path`` once complete. Staging folders of killed runs are removed first."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        return Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise _output_error(path, exc) from None
 
 
 def _alive(pid: int) -> bool:
@@ -170,6 +186,8 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
 
 
 def _output_error(path: Path, exc: OSError) -> OutputError:
+    if isinstance(exc, OutputError):  # already names its file: wrapping it again would name it twice
+        return exc
     if exc.errno is None and " requested and " in str(exc):
         # numpy's save/tofile reports a short write without an errno: the device filled up.
         return OutputError(f"{path}: cannot write: no space left on the device ({exc})")
