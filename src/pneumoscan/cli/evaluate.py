@@ -117,7 +117,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     result = calibrate(args.model, args.data, args.target_sensitivity, args.out, args.bootstrap, args.seed)
     c = result.calibration
-    print(f"calibrated on {c.images} images of {c.patients} patients ({c.normal} NORMAL, {c.pneumonia} PNEUMONIA)")
+    print(f"calibrated on {c.images} images of {c.patients} patients ({c.normal_patients} NORMAL, "
+          f"{c.pneumonia_patients} PNEUMONIA; {c.normal} and {c.pneumonia} images), each patient weighing the same")
     for line in summary(c.to_dict()):
         print(f"  {line}")
     print(f"  on the sample itself (optimistic): sensitivity {c.sensitivity:.3f}, specificity {c.specificity:.3f}")
