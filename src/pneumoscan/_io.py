@@ -27,6 +27,7 @@ def _current_umask() -> int:
 
 # mkstemp creates files readable by their owner only; a report or model should get the usual mode.
 _FILE_MODE = 0o666 & ~_current_umask()
+_DIR_MODE = 0o777 & ~_current_umask()
 
 
 def _owner_tag() -> str:
@@ -66,7 +67,9 @@ def make_staging_folder(path: str | os.PathLike) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
-        return Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp", dir=path.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp", dir=path.parent))
+        os.chmod(staging, _DIR_MODE)  # mkdtemp's is the owner's only; a results folder is not
+        return staging
     except OSError as exc:
         raise _output_error(path, exc) from None
 

@@ -25,6 +25,7 @@ from typing import Any
 from pneumoscan._io import _output_error, make_staging_folder
 from pneumoscan.data.dicom_ids import DICOM_ID_COLUMNS
 from pneumoscan.errors import ConfigError
+from pneumoscan.inference import ray_watchdog
 from pneumoscan.inference.results import (
     COLUMNS,
     remove_results_parts,
@@ -155,6 +156,8 @@ def predict_ray(
 
     staging = make_staging_folder(out)  # named so that a later run removes it if this one is killed
     started_here = _connect(ray, address, num_cpus, progress)
+    # A local Ray outlives a driver killed with kill -9 in part (two agents hang): a watchdog ends them.
+    watchdog = ray_watchdog.watch() if started_here else None
     # Ray's core installs a handler that answers SIGTERM with a native stack dump: a service manager or
     # `kill` stopping the run ends it as Ctrl-C does instead (staging removed, one line, exit 130).
     previous = _sigterm_as_interrupt()
@@ -186,6 +189,7 @@ def predict_ray(
     finally:
         if started_here:
             ray.shutdown()
+        ray_watchdog.release(watchdog)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     _replace_folder(staging, out)
