@@ -88,7 +88,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitiv
     except DatasetError as exc:
         raise DatasetError(f"{data}: {exc}{f'; {left_out}' if left_out else ''}") from None
     if left_out:
-        fitted = replace(fitted, notes=[*fitted.notes, left_out])
+        fitted = replace(fitted, notes=[*fitted.notes, f"{left_out} (listed in {CALIBRATION_JSON})"])
 
     def convert(threshold: float) -> float:
         # The same decision as before, expressed in the new probability space (temperature is monotone).

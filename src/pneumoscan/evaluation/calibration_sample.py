@@ -171,4 +171,4 @@ def describe(excluded: dict[str, list[dict[str, Any]]]) -> str | None:
     words = {"duplicates": "duplicate(s) of another image of the sample", "out_of_scope": "out of scope",
              "unreadable": "unreadable"}
     parts = [f"{len(rows)} {words[kind]}" for kind, rows in excluded.items() if rows]
-    return f"left out of the sample: {', '.join(parts)} (listed in calibration.json)" if parts else None
+    return f"left out of the sample: {', '.join(parts)}" if parts else None
