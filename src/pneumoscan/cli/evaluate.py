@@ -37,7 +37,8 @@ def register(subparsers) -> None:
 
     cal = add_command(
         subparsers, "calibrate",
-        "Fit a model to a new site on a labelled sample of the site's own images (at least 20 per class): a "
+        "Fit a model to a new site on a labelled sample of the site's own images (at least 20 patients per class; "
+        "duplicates, out-of-scope images and the run's own training images are not fitted on): a "
         "temperature bounded around the model's own, and a threshold for a target sensitivity, moved only where "
         "the sample shows the model's own misses it (with its bootstrap interval); writes a new model version "
         "beside the old one, which is never changed.",
