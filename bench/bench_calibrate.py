@@ -5,9 +5,10 @@ Two kinds of draws, 20 of each by default, each calibrated with ``pneumoscan cal
 not, on the rest of the site's images (no patient of the sample among them, as ``evaluate`` of a
 calibrated version does; the sensitivity where only the sample's own images leave the rest is printed too):
 
-- **random**: 20 NORMAL and 20 PNEUMONIA images (whole patients) drawn at random;
+- **random**: 20 NORMAL and 20 PNEUMONIA patients (all their images) drawn at random;
 - **easiest**: 20 NORMAL images drawn from the 40 lowest-scored ones and 20 PNEUMONIA images from the
-  40 highest-scored ones (the easy cases a good model meets often: the sample is usually separable).
+  40 highest-scored ones, one per patient (the easy cases a good model meets often: the sample is
+  usually separable).
 
 Each image is scored once (the probabilities are cached in ``bench/out/``, keyed by the model file and
 the images), so a rerun takes seconds. Prints, per kind, the mean and standard deviation over the draws,
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", nargs="?", default=None, help="run folder or model file (default: the bundled model)")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/chest_xray/test"))
     parser.add_argument("--draws", type=int, default=20)
-    parser.add_argument("--per-class", type=int, default=20)
+    parser.add_argument("--per-class", type=int, default=20, help="patients per class in each sample")
     parser.add_argument("--easiest", type=int, default=40, help="the easiest-case draws pick from this many per class")
     parser.add_argument("--target-sensitivity", type=float, default=0.95)
     parser.add_argument("--resamples", type=int, default=1000)
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = apply_temperature(scored, 1.0 / temperature)  # back to temperature 1
     rng = np.random.default_rng(0)
     draws = {"random": [_random_draw(rng, labels, patients, args.per_class) for _ in range(args.draws)],
-             "easiest": [_easiest_draw(rng, scored, labels, args.easiest, args.per_class) for _ in range(args.draws)]}
+             "easiest": [_easiest_draw(rng, scored, labels, patients, args.easiest, args.per_class) for _ in range(args.draws)]}
     print(f"{args.draws} draws of each kind, {args.per_class} images per class, from {args.data} ({len(labels)} images: "
           f"{int((labels == 0).sum())} NORMAL, {int(labels.sum())} PNEUMONIA); model {model_name} "
           f"(threshold {meta.threshold:.4f}, temperature {temperature:.3f}); target sensitivity {args.target_sensitivity:g}")
@@ -140,26 +141,28 @@ def _scores(model: str | None, data: Path, cache_dir: Path):
 
 
 def _random_draw(rng, labels: np.ndarray, patients: np.ndarray, per_class: int) -> np.ndarray:
-    """Whole patients of each class, drawn at random until the class has ``per_class`` images."""
+    """Whole patients of each class, drawn at random until the class has ``per_class`` patients (calibrate
+    counts patients)."""
     picked = []
     for label in (0, 1):
         pool = sorted({p for p, y in zip(patients, labels, strict=True) if y == label})
         rng.shuffle(pool)
-        count = 0
-        for p in pool:
-            if count >= per_class:
-                break
-            rows = np.flatnonzero((patients == p) & (labels == label))
-            picked.extend(rows.tolist())
-            count += len(rows)
+        for p in pool[:per_class]:
+            picked.extend(np.flatnonzero((patients == p) & (labels == label)).tolist())
     return np.array(picked)
 
 
-def _easiest_draw(rng, scored: np.ndarray, labels: np.ndarray, easiest: int, per_class: int) -> np.ndarray:
-    """``per_class`` of the ``easiest`` lowest-scored NORMAL and highest-scored PNEUMONIA images."""
+def _easiest_draw(rng, scored: np.ndarray, labels: np.ndarray, patients: np.ndarray, easiest: int,
+                  per_class: int) -> np.ndarray:
+    """``per_class`` of the ``easiest`` lowest-scored NORMAL and highest-scored PNEUMONIA images, each of
+    its own patient (calibrate counts patients: its easiest image stands for each)."""
+    def easiest_of(rows: np.ndarray) -> np.ndarray:
+        _, first = np.unique(patients[rows], return_index=True)  # rows come easiest first
+        return rows[np.sort(first)][:easiest]
+
     normal, pneumonia = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
-    normal = normal[np.argsort(scored[normal], kind="stable")][:easiest]
-    pneumonia = pneumonia[np.argsort(-scored[pneumonia], kind="stable")][:easiest]
+    normal = easiest_of(normal[np.argsort(scored[normal], kind="stable")])
+    pneumonia = easiest_of(pneumonia[np.argsort(-scored[pneumonia], kind="stable")])
     return np.concatenate([rng.choice(normal, per_class, replace=False), rng.choice(pneumonia, per_class, replace=False)])
 
 

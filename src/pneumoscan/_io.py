@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import shutil
 import socket
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,6 +27,7 @@ def _current_umask() -> int:
 
 # mkstemp creates files readable by their owner only; a report or model should get the usual mode.
 _FILE_MODE = 0o666 & ~_current_umask()
+_DIR_MODE = 0o777 & ~_current_umask()
 
 
 def _owner_tag() -> str:
@@ -48,11 +50,28 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
         if not pid_text.isdigit() or _alive(int(pid_text)):
             continue
         try:
-            tmp.unlink()
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp)  # a staging folder (Ray's Parquet output) of a killed run
+            else:
+                tmp.unlink()
             removed.append(tmp)
         except OSError:
             pass
     return removed
+
+
+def make_staging_folder(path: str | os.PathLike) -> Path:
+    """A new empty folder next to ``path``, named as :func:`remove_stale_temporaries` recognises it: a
+    folder to be renamed onto ``path`` once complete. Staging folders of killed runs are removed first."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp", dir=path.parent))
+        os.chmod(staging, _DIR_MODE)  # mkdtemp's is the owner's only; a results folder is not
+        return staging
+    except OSError as exc:
+        raise _output_error(path, exc) from None
 
 
 def _alive(pid: int) -> bool:
@@ -170,6 +189,8 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
 
 
 def _output_error(path: Path, exc: OSError) -> OutputError:
+    if isinstance(exc, OutputError):  # already names its file: wrapping it again would name it twice
+        return exc
     if exc.errno is None and " requested and " in str(exc):
         # numpy's save/tofile reports a short write without an errno: the device filled up.
         return OutputError(f"{path}: cannot write: no space left on the device ({exc})")

@@ -38,7 +38,7 @@ def test_a_perfectly_separable_sample_is_reported_not_obeyed():
     assert fitted.threshold == pytest.approx(0.5) and fitted.threshold_source == "model"
     assert fitted.separable
     assert any("perfectly separated" in note for note in fitted.notes)
-    assert "too few PNEUMONIA images near the boundary" in fitted.threshold_reason
+    assert "too few PNEUMONIA patients near the boundary" in fitted.threshold_reason
     low, high = fitted.threshold_interval
     assert 0 < low <= fitted.threshold_estimate <= high < 1
 
@@ -67,7 +67,8 @@ def test_a_sample_below_the_minimum_per_class_is_refused_naming_the_minimum(tiny
     code = main(["calibrate", str(tiny_run), "--data", str(site / "test")])
     err = capsys.readouterr().err
     assert code == 2
-    assert f"at least {MIN_PER_CLASS} of each class" in err and "5 NORMAL and 5 PNEUMONIA" in err
+    assert f"at least {MIN_PER_CLASS} patients of each class" in err
+    assert "5 NORMAL and 5 PNEUMONIA images of 3 and 3 patients" in err
     assert str(site / "test") in err and len(err.strip().splitlines()) == 1
     assert not (tiny_run / "calibrated").exists()
 
@@ -100,7 +101,7 @@ def test_the_threshold_is_raised_only_as_far_as_a_large_sample_still_shows_the_t
     small = np.concatenate([np.arange(20), 100 + np.arange(20)])
     kept_small = fit_site_calibration(labels[small], _sigmoid(logits[small]), _ids(40), target_sensitivity=0.9,
                                       resamples=300)
-    assert kept_small.threshold_source == "model" and "needs at least 29 PNEUMONIA images" in kept_small.threshold_reason
+    assert kept_small.threshold_source == "model" and "needs at least 29 PNEUMONIA patients" in kept_small.threshold_reason
 
 
 def test_the_temperature_is_fitted_within_its_bounds_around_the_models_own():
@@ -115,7 +116,7 @@ def test_the_temperature_is_fitted_within_its_bounds_around_the_models_own():
 
 
 def test_a_sample_with_one_class_is_refused_with_a_clear_error():
-    with pytest.raises(DatasetError, match="only PNEUMONIA images.*both classes, at least 20"):
+    with pytest.raises(DatasetError, match="only PNEUMONIA images.*both classes, at least 20 patients"):
         fit_site_calibration(np.ones(30), np.linspace(0.1, 0.9, 30), _ids(30))
 
 
@@ -127,9 +128,10 @@ def test_a_sample_the_model_ranks_backwards_is_refused():
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
-    """A site's images: 30 + 30 under test/ (2 per patient), and a 20 + 20 calibration sample of them."""
-    root = make_dataset(tmp_path_factory.mktemp("site"), {"test": 30}, start=50)
-    files = sorted((root / "test" / "NORMAL").iterdir())[:20] + sorted((root / "test" / "PNEUMONIA").iterdir())[:20]
+    """A site's images: 50 + 50 under test/ (2 per patient), and a 40 + 40 calibration sample of them (20 + 20
+    patients, the least calibrate accepts)."""
+    root = make_dataset(tmp_path_factory.mktemp("site"), {"test": 50}, start=50)
+    files = sorted((root / "test" / "NORMAL").iterdir())[:40] + sorted((root / "test" / "PNEUMONIA").iterdir())[:40]
     (root / "sample.csv").write_text("path,label\n" + "".join(f"{f},{int(f.parent.name == 'PNEUMONIA')}\n"
                                                              for f in files))
     return root
@@ -149,13 +151,18 @@ def test_calibrate_writes_a_new_version_and_evaluate_reports_both_without_the_sa
     record = json.loads((result.folder / "calibration.json").read_text())
     assert meta.threshold == pytest.approx(result.calibration.threshold)
     assert meta.temperature == pytest.approx(result.calibration.temperature)
-    assert record["images"] == 40 and record["normal"] == 20 and record["pneumonia"] == 20
-    assert len(record["sample"]) == 40 and record["original_run"] == str(tiny_run.resolve())
+    assert record["images"] == 80 and record["normal"] == 40 and record["pneumonia"] == 40
+    assert record["normal_patients"] == record["pneumonia_patients"] == 20 and record["patients"] == 40
+    nothing = {"duplicates": 0, "out_of_scope": 0, "unreadable": 0}
+    assert meta.provenance["calibration"]["excluded"] == nothing  # counts in the model file, names beside it
+    assert {kind: listing["count"] for kind, listing in record["excluded"].items()} == nothing
+    assert record["training_images_checked"] == str(tiny_run.resolve() / "split.csv")
+    assert len(record["sample"]) == 80 and record["original_run"] == str(tiny_run.resolve())
     assert record["original_threshold"] == pytest.approx(original.threshold)
     assert meta.provenance["calibration"]["data"] == str((site / "sample.csv").resolve())
     card = (result.folder / "model_card.md").read_text()
     assert "not" in card.lower() and "diagnos" in card.lower()
-    assert "how the threshold was chosen: site calibration on 40 images" in card
+    assert "how the threshold was chosen: site calibration on 80 images" in card
     assert record["threshold_reason"] in card
 
     # The calibrated version really scores with its new temperature: same ranking, other probabilities.
@@ -173,12 +180,12 @@ def test_calibrate_writes_a_new_version_and_evaluate_reports_both_without_the_sa
                  "--gallery", "0", "--out", str(tmp_path / "report")])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "40 images of the calibration sample and 0 other images of its patients were left out" in printed
+    assert "80 images of the calibration sample and 0 other images of its patients were left out" in printed
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert report["data"]["images"] == 20 and report["data"]["calibration_sample"]["images"] == 40
+    assert report["data"]["images"] == 20 and report["data"]["calibration_sample"]["images"] == 80
     assert set(report["metrics"]["at"]) >= {"stored", "original", "site-estimate"}
     assert report["operating_points"]["stored"]["threshold"] == pytest.approx(meta.threshold)
-    assert report["site_calibration"]["images"] == 40
+    assert report["site_calibration"]["images"] == 80
     # The run's split.csv was found through the calibrated version: the leakage check ran.
     assert report["leakage"]["checked"] == [str(tiny_run.resolve() / "split.csv")]
 
@@ -217,7 +224,7 @@ def test_calibrate_cli_refuses_a_one_class_sample_naming_the_data(tiny_run, tiny
 def test_the_bundled_model_is_calibrated_into_runs_default_and_listed(shared_data, tmp_path, monkeypatch, capsys):
     sample = tmp_path / "site.csv"
     test = shared_data / "chest_xray" / "test"
-    files = sorted((test / "NORMAL").glob("*.jpeg"))[:20] + sorted((test / "PNEUMONIA").glob("*.jpeg"))[:20]
+    files = _first_patients(test / "NORMAL", 20) + _first_patients(test / "PNEUMONIA", 20)
     sample.write_text("path,label\n" + "".join(f"{f},{int(f.parent.name == 'PNEUMONIA')}\n" for f in files))
     monkeypatch.chdir(tmp_path)
     assert main(["calibrate", "--data", str(sample), "--bootstrap", "100"]) == 0
@@ -233,3 +240,129 @@ def test_the_bundled_model_is_calibrated_into_runs_default_and_listed(shared_dat
     assert main(["models"]) == 0
     listing = capsys.readouterr().out
     assert f"default/{versions[0].name}" in listing and "calibrated" in listing
+
+
+def _first_patients(folder: Path, n: int) -> list[Path]:
+    """One image of each of the first ``n`` patients (Kermany names) of ``folder``."""
+    from pneumoscan.data import kermany_patient_id
+
+    chosen: dict[str, Path] = {}
+    for f in sorted(folder.glob("*.jpeg")):
+        chosen.setdefault(kermany_patient_id(f.stem), f)
+        if len(chosen) == n:
+            break
+    return list(chosen.values())
+
+
+def _manifest(path: Path, rows: list[tuple[Path, int, str | None]]) -> Path:
+    path.write_text("path,label,patient_id\n" + "".join(f"{f},{label},{patient or ''}\n" for f, label, patient in rows))
+    return path
+
+
+def _copies(original: Path, folder: Path, n: int) -> list[Path]:
+    """``n`` byte-identical copies of ``original`` under other names (as a careless export or a forger makes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = [folder / f"copy-{i:02d}{original.suffix}" for i in range(n)]
+    for copy in copies:
+        copy.write_bytes(original.read_bytes())
+    return copies
+
+
+def test_twenty_copies_of_one_image_per_class_are_two_patients_and_refused(tiny_run, site, tmp_path, capsys):
+    normal = sorted((site / "test" / "NORMAL").iterdir())[0]
+    pneumonia = sorted((site / "test" / "PNEUMONIA").iterdir())[0]
+    # Each copy under a patient id of its own: only the images themselves show they are one radiograph.
+    rows = [(f, 0, f"n{i}") for i, f in enumerate(_copies(normal, tmp_path / "n", 20))]
+    rows += [(f, 1, f"p{i}") for i, f in enumerate(_copies(pneumonia, tmp_path / "p", 20))]
+    code = main(["calibrate", str(tiny_run), "--data", str(_manifest(tmp_path / "copies.csv", rows)),
+                 "--out", str(tmp_path / "v")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "1 NORMAL and 1 PNEUMONIA images of 1 and 1 patients" in err
+    assert "38 duplicate(s) of another image of the sample" in err and not (tmp_path / "v").exists()
+
+
+def test_copies_added_to_an_honest_sample_move_nothing_and_are_listed(tiny_run, site, tmp_path):
+    honest = calibrate(tiny_run, site / "sample.csv", out=tmp_path / "honest", resamples=200)
+    rows = [(Path(line.split(",")[0]), int(line.split(",")[1]), None)
+            for line in (site / "sample.csv").read_text().splitlines()[1:]]
+    # 20 copies of one NORMAL and of one PNEUMONIA image of the sample, the PNEUMONIA one the lowest-scoring.
+    import pneumoscan
+
+    positives = [f for f, label, _ in rows if label == 1]
+    scores = [p.probability for p in pneumoscan.load(tiny_run).predict(positives)]
+    missed = positives[int(np.argmin(scores))]
+    copies = [(f, 0, "copied-normal") for f in _copies(rows[0][0], tmp_path / "n", 20)]
+    copies += [(f, 1, "copied-pneumonia") for f in _copies(missed, tmp_path / "p", 20)]
+    # One of them a near duplicate, not a byte copy: re-encoded brighter.
+    from PIL import Image
+
+    near = tmp_path / "p" / "re-encoded.jpeg"
+    Image.open(missed).point(lambda v: min(255, v + 6)).save(near, quality=85)
+    copies.append((near, 1, "copied-pneumonia"))
+    steered = calibrate(tiny_run, _manifest(tmp_path / "steered.csv", rows + copies), out=tmp_path / "steered",
+                        resamples=200)
+
+    for field in ("threshold", "temperature", "threshold_estimate", "images", "patients"):
+        assert getattr(steered.calibration, field) == pytest.approx(getattr(honest.calibration, field)), field
+    record = json.loads((tmp_path / "steered" / "calibration.json").read_text())
+    assert record["excluded"]["duplicates"]["count"] == 41 and len(record["sample"]) == 80
+    hows = {row["how"].split(" (")[0] for row in record["excluded"]["duplicates"]["images"]}
+    assert hows == {"identical bytes", "near duplicate"}
+    assert any("41 duplicate(s)" in line for line in record["summary"])
+
+
+def test_one_radiograph_under_both_labels_is_refused(tiny_run, site, tmp_path):
+    rows = [(Path(line.split(",")[0]), int(line.split(",")[1]), None)
+            for line in (site / "sample.csv").read_text().splitlines()[1:]]
+    relabelled = _copies(rows[0][0], tmp_path / "x", 1)[0]
+    with pytest.raises(DatasetError, match="same radiograph .identical bytes. under two labels"):
+        calibrate(tiny_run, _manifest(tmp_path / "s.csv", [*rows, (relabelled, 1, None)]), out=tmp_path / "v")
+
+
+def test_out_of_scope_images_are_left_out_and_listed_not_fitted(tiny_run, site, tmp_path):
+    from PIL import Image
+
+    drawing = np.zeros((256, 256), np.uint8)
+    drawing[:, :128], drawing[:, 128:] = 40, 200  # two grey levels: a drawing, not a radiograph
+    Image.fromarray(drawing).save(tmp_path / "drawing.png")
+    Image.fromarray(drawing.T.copy()).save(tmp_path / "drawing-2.png")
+    rows = [(Path(line.split(",")[0]), int(line.split(",")[1]), None)
+            for line in (site / "sample.csv").read_text().splitlines()[1:]]
+    extra = [(tmp_path / "drawing.png", 1, "d1"), (tmp_path / "drawing-2.png", 0, "d2")]
+    result = calibrate(tiny_run, _manifest(tmp_path / "s.csv", rows + extra), out=tmp_path / "v", resamples=100)
+    record = json.loads((tmp_path / "v" / "calibration.json").read_text())
+    assert result.calibration.images == 80 and len(record["sample"]) == 80
+    out = record["excluded"]["out_of_scope"]
+    assert out["count"] == 2 and {Path(r["path"]).name for r in out["images"]} == {"drawing.png", "drawing-2.png"}
+    assert all("out of scope: only" in r["reason"] for r in out["images"])
+    assert any("2 out of scope" in line for line in record["summary"])
+
+
+def test_the_runs_own_training_or_validation_images_are_refused_copies_included(tiny_run, tiny_data, site,
+                                                                                 tmp_path):
+    rows = [(Path(line.split(",")[0]), int(line.split(",")[1]), None)
+            for line in (site / "sample.csv").read_text().splitlines()[1:]]
+    trained = sorted((tiny_data / "train" / "PNEUMONIA").iterdir())[0]
+    with pytest.raises(DatasetError, match=r"1 image\(s\) of the sample are the model's own training or validation "
+                                           r"images .listed in .*split.csv; e.g. .*a train image"):
+        calibrate(tiny_run, _manifest(tmp_path / "a.csv", [*rows, (trained, 1, None)]), out=tmp_path / "v")
+    copy = _copies(sorted((tiny_data / "val" / "NORMAL").iterdir())[0], tmp_path / "c", 1)[0]
+    with pytest.raises(DatasetError, match="a copy of a val image"):
+        calibrate(tiny_run, _manifest(tmp_path / "b.csv", [*rows, (copy, 0, None)]), out=tmp_path / "v")
+    assert not (tmp_path / "v").exists()
+
+
+def test_images_of_one_patient_weigh_as_one_in_the_fit():
+    rng = np.random.default_rng(3)
+    labels = np.repeat([0, 1], [40, 40])
+    logits = np.concatenate([rng.uniform(-5, -1.5, 40), rng.uniform(-1.2, -0.2, 12), rng.uniform(0.2, 4, 28)])
+    ids = _ids(80)
+    # One more NORMAL and one more missed PNEUMONIA image: once, or twenty times each under the same patient.
+    once = fit_site_calibration(np.r_[labels, 0, 1], _sigmoid(np.r_[logits, 1.0, -3.0]), ids + ["n", "p"],
+                                resamples=300)
+    twenty = fit_site_calibration(np.r_[labels, [0] * 20, [1] * 20], _sigmoid(np.r_[logits, [1.0] * 20, [-3.0] * 20]),
+                                  ids + ["n"] * 20 + ["p"] * 20, resamples=300)
+    for field in ("threshold", "temperature", "threshold_estimate", "sensitivity_at_model_threshold", "sensitivity"):
+        assert getattr(twenty, field) == pytest.approx(getattr(once, field), rel=1e-6), field
+    assert twenty.images == 120 and twenty.patients == once.patients == 82

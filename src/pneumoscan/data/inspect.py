@@ -15,6 +15,7 @@ import hashlib
 import os
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,7 +72,7 @@ def inspect_dataset(
     index = load_dataset(root)
     out = ensure_writable_dir(out)
     samples = index.samples
-    results = list(parallel_map(_examine, [str(s.path) for s in samples], workers, progress, desc="inspecting"))
+    results = list(parallel_map(examine_image, [str(s.path) for s in samples], workers, progress, desc="inspecting"))
     readable = [(s, r) for s, r in zip(samples, results, strict=True) if "error" not in r]
     summary: dict[str, Any] = {
         "disclaimer": DISCLAIMER,
@@ -146,7 +147,7 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _examine(path: str) -> dict[str, Any]:
+def examine_image(path: str) -> dict[str, Any]:
     """Header, byte hash and perceptual hash of one file, or {"error": reason}."""
     import imagehash
     from PIL import Image
@@ -164,6 +165,20 @@ def _examine(path: str) -> dict[str, Any]:
     phash = np.packbits(bits.reshape(-1)).tobytes().hex()  # str(ImageHash) does this bit by bit in Python
     return {"width": info.width, "height": info.height, "mode": info.mode, "format": info.format,
             "sha256": digest, "phash": phash}
+
+
+def near_duplicate_pairs(phashes: list[str], hash_distance: int = HASH_DISTANCE) -> Iterator[tuple[int, int, int]]:
+    """``(i, j, distance)`` for every pair ``i < j`` of :func:`examine_image` perceptual hashes (hex) within
+    ``hash_distance`` bits: near duplicates, byte-identical files included."""
+    hashes = np.frombuffer(b"".join(bytes.fromhex(h) for h in phashes), dtype=">u8")
+    hashes = hashes.astype(np.uint64).reshape(len(phashes), _HASH_SIZE * _HASH_SIZE // 64)
+    block = 256  # every pair, in blocks so memory stays small
+    for start in range(0, len(hashes), block):
+        distance = np.bitwise_count(hashes[start:start + block, None, :] ^ hashes[None, :, :]).sum(axis=2)
+        rows, cols = np.nonzero(distance <= hash_distance)
+        for i, j in zip(rows + start, cols, strict=True):
+            if j > i:
+                yield int(i), int(j), int(distance[i - start, j])
 
 
 def _split_name(sample: Sample) -> str:
@@ -226,30 +241,21 @@ def _leakage(readable: list[tuple[Sample, dict[str, Any]]], hash_distance: int) 
     for s, r in readable:
         by_digest[r["sha256"]].append(s)
     exact_groups = [g for g in by_digest.values() if len({x.split for x in g}) > 1]
-    # Near duplicates: every pair within the Hamming distance, in blocks so memory stays small.
-    hashes = np.frombuffer(b"".join(bytes.fromhex(r["phash"]) for _, r in readable), dtype=">u8")
-    hashes = hashes.astype(np.uint64).reshape(len(readable), _HASH_SIZE * _HASH_SIZE // 64)
     across: list[dict[str, Any]] = []
     within: list[dict[str, Any]] = []
     n_across = n_within = 0
-    block = 256
-    for start in range(0, len(hashes), block):
-        distance = np.bitwise_count(hashes[start:start + block, None, :] ^ hashes[None, :, :]).sum(axis=2)
-        rows, cols = np.nonzero(distance <= hash_distance)
-        for i, j in zip(rows + start, cols, strict=True):
-            if j <= i:
-                continue
-            a, b = samples[i], samples[j]
-            pair = {"a": str(a.path), "b": str(b.path), "distance": int(distance[i - start, j]),
-                    "patients": [a.patient_id, b.patient_id], "splits": [a.split, b.split]}
-            if a.split != b.split:
-                n_across += 1
-                if len(across) < _LISTED:
-                    across.append(pair)
-            elif a.patient_id != b.patient_id:
-                n_within += 1
-                if len(within) < _LISTED:
-                    within.append(pair)
+    for i, j, distance in near_duplicate_pairs([r["phash"] for _, r in readable], hash_distance):
+        a, b = samples[i], samples[j]
+        pair = {"a": str(a.path), "b": str(b.path), "distance": distance,
+                "patients": [a.patient_id, b.patient_id], "splits": [a.split, b.split]}
+        if a.split != b.split:
+            n_across += 1
+            if len(across) < _LISTED:
+                across.append(pair)
+        elif a.patient_id != b.patient_id:
+            n_within += 1
+            if len(within) < _LISTED:
+                within.append(pair)
     return {
         "hash_distance": hash_distance,
         "patients_in_several_splits": {

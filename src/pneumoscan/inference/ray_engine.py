@@ -12,18 +12,27 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pneumoscan._io import _output_error, make_staging_folder
 from pneumoscan.data.dicom_ids import DICOM_ID_COLUMNS
 from pneumoscan.errors import ConfigError
-from pneumoscan.inference.results import COLUMNS, results_schema, utf8
+from pneumoscan.inference import ray_watchdog
+from pneumoscan.inference.results import (
+    COLUMNS,
+    remove_results_parts,
+    results_folder_parts,
+    results_schema,
+    utf8,
+)
 
 # Files per decoding task and images per scoring call: big enough that Ray's per-task cost is small.
 DECODE_BATCH, SCORE_BATCH = 64, 256
@@ -121,7 +130,8 @@ def predict_ray(
     this process already started, else starts a local one (``num_cpus``: its CPUs). ``actors``: scoring
     actors (default: a quarter of the cluster's CPUs, at least 1). ``device="cuda"`` gives each actor a
     GPU. ``decode`` is the per-batch decoding function (the default :func:`decode_batch`; a wrapper can add
-    logging or faults). The output replaces ``out`` only once the whole job has succeeded.
+    logging or faults). The output replaces ``out`` only once the whole job has succeeded, and only a
+    results folder: a folder holding anything else is refused before any work (as the local engine does).
     """
     ray = _import_ray()
     from pneumoscan.inference.onnx_backend import load_onnx
@@ -131,8 +141,7 @@ def predict_ray(
     onnx_file = _onnx_of(model)
     meta = load_onnx(onnx_file, device="cpu").meta  # refuses a file that is not one of ours, here, in one line
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: a file, not a results folder; choose another --out")
+    results_folder_parts(out)  # refuses, before any work, a folder that pneumoscan's results did not make
     start = time.perf_counter()
     items = []
     for path in iter_sources(sources):
@@ -145,8 +154,13 @@ def predict_ray(
     if not items:
         raise ConfigError(f"no image files found in {' '.join(sources)}")
 
-    staging = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
+    staging = make_staging_folder(out)  # named so that a later run removes it if this one is killed
     started_here = _connect(ray, address, num_cpus, progress)
+    # A local Ray outlives a driver killed with kill -9 in part (two agents hang): a watchdog ends them.
+    watchdog = ray_watchdog.watch() if started_here else None
+    # Ray's core installs a handler that answers SIGTERM with a native stack dump: a service manager or
+    # `kill` stopping the run ends it as Ctrl-C does instead (staging removed, one line, exit 130).
+    previous = _sigterm_as_interrupt()
     try:
         resources = ray.cluster_resources()
         cpus = float(resources.get("CPU", 1))
@@ -167,12 +181,17 @@ def predict_ray(
                             compute=ray.data.ActorPoolStrategy(size=scorers),
                             num_cpus=1, num_gpus=1 if device == "cuda" else 0)
         ds.write_parquet(str(staging.resolve()))
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)  # a failed job leaves --out as it was, and no debris
+        if isinstance(exc, OSError) and exc.errno is not None:  # a full disk, a read-only one: one line
+            raise _output_error(out, exc) from None
         raise
     finally:
         if started_here:
             ray.shutdown()
+        ray_watchdog.release(watchdog)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     _replace_folder(staging, out)
     import pyarrow.parquet as pq
 
@@ -220,10 +239,32 @@ def _connect(ray, address: str | None, num_cpus: int | None, progress: bool | No
     return True
 
 
+def _sigterm_as_interrupt():
+    """Make SIGTERM raise KeyboardInterrupt (main thread only); the previous handler, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def _replace_folder(staging: Path, out: Path) -> None:
-    """Put the finished Parquet folder at ``out`` (a previous results folder there is removed)."""
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    """Put the finished Parquet folder at ``out`` by renaming; a previous results folder there is moved
+    aside, then only its Parquet parts are deleted (checked again: it may have changed during the job)."""
+    parts = results_folder_parts(out)
     if out.exists():
-        os.replace(out, old)
-    os.replace(staging, out)
-    shutil.rmtree(old, ignore_errors=True)
+        old = make_staging_folder(out)
+        try:
+            os.replace(out, old)  # onto the new empty folder: a rename, atomic
+        except OSError as exc:
+            old.rmdir()
+            raise _output_error(out, exc) from None
+        os.replace(staging, out)
+        remove_results_parts(old / part.name for part in parts)
+        try:
+            old.rmdir()
+        except OSError:  # something appeared in it meanwhile: kept, under a name no later run removes
+            os.replace(old, out.parent / f"{out.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+    else:
+        try:
+            os.replace(staging, out)
+        except OSError as exc:
+            raise _output_error(out, exc) from None

