@@ -15,7 +15,8 @@ from PIL import Image
 import pneumoscan
 from helpers.images import write_dicom
 from pneumoscan.cli import main
-from pneumoscan.inference.inputs import expand_inputs, write_predictions
+from pneumoscan.inference.inputs import expand_inputs
+from pneumoscan.inference.results import write_predictions
 from pneumoscan.models import ModelMeta, build_model, save_model
 
 SIZE = 32

@@ -98,12 +98,8 @@ def register(subparsers) -> None:
 def run_predict(args) -> int:
     from pneumoscan.errors import ConfigError
     from pneumoscan.inference import load, scope
-    from pneumoscan.inference.inputs import (
-        expand_inputs,
-        format_table,
-        split_model_and_inputs,
-        write_predictions,
-    )
+    from pneumoscan.inference.inputs import list_inputs, split_model_and_inputs
+    from pneumoscan.inference.results import format_table, write_predictions
 
     model, paths = split_model_and_inputs(args.paths, args.model)
     if not paths:
@@ -128,7 +124,7 @@ def run_predict(args) -> int:
         print(f"note: {classifier.scope_note}", file=sys.stderr)
     if streamed:
         return _predict_streamed(args, classifier, paths)
-    files = expand_inputs(paths)
+    files = list_inputs(paths)  # listed once: predict takes the list as it is
     if not files:
         raise ConfigError(f"no image files found in {' '.join(paths)}")
     progress = args.progress if args.progress is not None else len(files) > PROGRESS_MIN_FILES and sys.stderr.isatty()

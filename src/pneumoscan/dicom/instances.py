@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from pneumoscan.inference.scope import header_reason
+from pneumoscan.inference.scope import header_reason, message
 
 # The storage classes a chest radiograph arrives in. Others (CT, MR, SR, ...) are acknowledged and refused.
 CHEST_SOP_CLASSES = {
@@ -72,7 +72,7 @@ def refusal(ds: Dataset) -> str | None:
         return f"not a radiograph: SOP class {name}"
     reason = header_reason(ds, require_chest=True)  # the scope gate's rules, one rule set for every entry point
     if reason is not None:
-        return f"out of scope: {reason}"
+        return message(None, reason)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         return "no pixel data"
     return None

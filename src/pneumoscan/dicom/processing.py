@@ -25,7 +25,7 @@ from pneumoscan.dicom.worklist import WORKLIST_COLUMNS, Worklist
 from pneumoscan.errors import ImageReadError, OutputError, reason
 
 if TYPE_CHECKING:
-    from pneumoscan.inference import Classifier
+    from pneumoscan.inference import Classifier, Prediction
 
 log = logging.getLogger("pneumoscan.dicom")
 
@@ -100,7 +100,7 @@ class Processor:
         pixels = None
         if outcome.reason is None:
             try:
-                pixels, probability = self._score(data if data is not None else instances.encode(ds), name)
+                pixels, prediction = self._score(data if data is not None else instances.encode(ds), name)
             except ImageReadError as exc:
                 outcome.reason = str(exc).removeprefix(f"{name}: ")
         if outcome.reason is not None:
@@ -108,8 +108,8 @@ class Processor:
                         instances.printable(outcome.reason))
             self.worklist.add(outcome)
             return outcome
-        prediction = self.classifier.prediction(name, probability)
-        outcome.probability, outcome.label, outcome.threshold = prediction.probability, prediction.label, prediction.threshold
+        probability = prediction.probability
+        outcome.probability, outcome.label, outcome.threshold = probability, prediction.label, prediction.threshold
         outcome.flags = sorted(k for k, v in (self.meta.operating_points or {}).items() if probability >= float(v))
         try:
             sr = results.structured_report(ds, prediction, self.meta)
@@ -146,17 +146,17 @@ class Processor:
                               f"remove links under {self.out} or choose another --out")
         return path
 
-    def _score(self, data: bytes, name: str) -> tuple[np.ndarray, float]:
-        """The model input and probability; ImageReadError for pixels that cannot be read or are out of
-        scope (the gate of :mod:`pneumoscan.inference.scope`, as in ``predict``)."""
+    def _score(self, data: bytes, name: str) -> tuple[np.ndarray, Prediction]:
+        """The model input and its result row (the row maker's, as ``predict``'s); ImageReadError for pixels
+        that cannot be read or are out of scope (the gate of :mod:`pneumoscan.inference.scope`)."""
         from pneumoscan.inference.scope import OutOfScopeError
 
         image = self.classifier.preprocess(data, name=name)
         with self._model_lock:
             row = self.classifier.assess(image[None], [name])[0]
         if row.probability is None:
-            raise OutOfScopeError(row.error or f"{name}: out of scope")
-        return image, row.probability
+            raise OutOfScopeError(row.error or name)
+        return image, row
 
     def _heatmap(self, image: np.ndarray) -> np.ndarray:
         from pneumoscan.explain import gradcam, overlay

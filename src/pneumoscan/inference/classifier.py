@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,8 @@ from pneumoscan.data.radiograph import check_radiograph_pixels
 from pneumoscan.errors import ImageReadError, ModelFileError
 from pneumoscan.inference import scope
 from pneumoscan.inference.decoding import decode_files, decode_input
-from pneumoscan.inference.inputs import Prediction, expand_inputs
+from pneumoscan.inference.inputs import is_pil, list_inputs, pixels_of, split_batch
+from pneumoscan.inference.rows import Prediction, Source, file_stat, result_rows
 
 if TYPE_CHECKING:
     from pneumoscan.inference.torch_module import CalibratedModule
@@ -173,7 +174,7 @@ class Classifier:
                 raise scope.OutOfScopeError(scope.message(self._label(source, name), reason or ""))
             return pixels, reason
         label = name or "<image>"
-        original = _pixels_of(source)
+        original = pixels_of(source)
         pixels = read_pixels(original, self.meta.image_size, self.meta.fit, name=label)
         check_radiograph_pixels(np.asarray(original), pixels, label)
         return pixels, scope.pixel_reason(pixels)
@@ -197,14 +198,14 @@ class Classifier:
         """
         if isinstance(images, list | tuple):
             batch = self._preprocessed([(f"<image {i}>", x) for i, x in enumerate(images)])
-        elif isinstance(images, str | os.PathLike | bytes | bytearray | memoryview) or _is_pil(images):
+        elif isinstance(images, str | os.PathLike | bytes | bytearray | memoryview) or is_pil(images):
             batch = self._preprocessed([(os.fsdecode(images) if isinstance(images, str | os.PathLike)
                                          else "<image>", images)])
         else:
-            array = _pixels_of(images)
+            array = pixels_of(images)
             batch = self._model_input(array)
             if batch is None:
-                batch = self._preprocessed(_split_batch(array, "<array>"))
+                batch = self._preprocessed(split_batch(array, "<array>"))
         return self._scored(batch, batch_size, with_gate=False)[0]
 
     def _scored(self, batch: np.ndarray, batch_size: int, with_gate: bool = True
@@ -222,30 +223,27 @@ class Classifier:
         probabilities = 1.0 / (1.0 + np.exp(-z / float(self.meta.temperature or 1.0)))
         return probabilities, (np.concatenate(gate) if gate and scope.has_gate(self.meta) else None)
 
-    def assess(self, batch: np.ndarray, names: list[str], reasons: list[str | None] | None = None,
+    def assess(self, batch, sources: Sequence[str | Source], reasons: Sequence[str | None] | None = None,
                batch_size: int = 64) -> list[Prediction]:
-        """One row per decoded image of ``batch`` (float32 (N, 1, S, S) in [0, 1], or uint8 (N, S, S)), with
-        the scope gate applied: an image out of scope (``reasons[i]`` from the rules, or the learned gate)
-        gets no probability and no label but ``error`` = ``<name>: out of scope: <reason>``; with the
-        scope check off it is scored and marked ``scope check off``."""
+        """The result rows of ``sources`` (names, or :class:`~pneumoscan.inference.rows.Source` with their
+        identifiers and any error), in order, made by the one row maker
+        (:func:`~pneumoscan.inference.rows.result_rows`). ``batch`` holds the decoded images of the sources
+        without an error, in order: float32 (N, 1, S, S) in [0, 1], or uint8 (N, S, S) (a list of (S, S)
+        uint8 images is stacked). The scope gate applies: an image out of scope (``reasons[i]`` or its
+        source's ``reason`` from the rules, or the learned gate) gets no probability and no label but
+        ``error`` = ``<name>: out of scope: <reason>``; with the scope check off it is scored and marked
+        ``scope check off``."""
+        sources = [Source(s, reason=reasons[i] if reasons is not None else None) if isinstance(s, str) else s
+                   for i, s in enumerate(sources)]
+        batch = np.stack(batch) if isinstance(batch, list) and batch else batch
+        if len(batch) == 0:
+            return result_rows(self.meta, sources, [], None, self.scope_check)
         model_input = self._model_input(np.asarray(batch))
         if model_input is None:
             raise ImageReadError(f"a batch of shape {np.shape(batch)}; expected the model's input (N, 1, S, S) float32 "
                                  "or (N, S, S) uint8")
         probabilities, outputs = self._scored(model_input, batch_size)
-        rows = []
-        for i, (name, p) in enumerate(zip(names, probabilities, strict=True)):
-            reason = reasons[i] if reasons is not None else None
-            if reason is None and outputs is not None:
-                reason = scope.gate_reason(self.meta, outputs[i])
-            if reason is None:
-                rows.append(self.prediction(name, float(p)))
-            elif self.scope_check:
-                rows.append(self._error_row(name, scope.message(name, reason)))
-            else:
-                row = self.prediction(name, float(p))
-                rows.append(Prediction(**{**row.__dict__, "error": scope.check_off_message(name, reason)}))
-        return rows
+        return result_rows(self.meta, sources, probabilities, outputs, self.scope_check)
 
     def _model_input(self, array) -> np.ndarray | None:
         """``array`` as the network's input when it already is one (no preprocessing to do), else None."""
@@ -286,16 +284,16 @@ class Classifier:
         """:meth:`predict`'s rows, in the order given, each as soon as its batch is scored."""
         from pneumoscan.data._parallel import default_workers
 
-        items = _items(sources)
+        items = list_inputs(sources)
         files = decode_files((source for _, source in items if isinstance(source, str)), self.image_size,
                              self.meta.fit, workers or default_workers(), scope_check=self.scope_check)
         rows: deque[list[Prediction | None]] = deque()  # one slot per input, filled when it is scored
-        pending: list[tuple[list[Prediction | None], str, np.ndarray, str | None]] = []
+        pending: list[tuple[list[Prediction | None], Source, np.ndarray | None]] = []
 
         def flush() -> None:
             if pending:
-                scored = self.assess(np.stack([x for _, _, x, _ in pending]), [name for _, name, _, _ in pending],
-                                     [reason for *_, reason in pending], batch_size=batch_size)
+                scored = self.assess([x for *_, x in pending if x is not None], [s for _, s, _ in pending],
+                                     batch_size=batch_size)
                 for (slot, *_), row in zip(pending, scored, strict=True):
                     slot[0] = row
                 pending.clear()
@@ -305,18 +303,18 @@ class Classifier:
             rows.append(slot)
             if isinstance(source, str):  # a file: decoded on the workers, in order
                 decoded = next(files)
-                if decoded.pixels is None:
-                    slot[0] = self._error_row(name, decoded.error or name)
-                else:
-                    pending.append((slot, name, decoded.pixels, decoded.reason))
+                pending.append((slot, Source(name, decoded.error, decoded.reason, decoded.ids, *file_stat(source)),
+                                decoded.pixels))
             else:
                 try:
-                    pending.append((slot, name, *self._pixels(source, name)))
+                    pixels, reason = self._pixels(source, name)
+                    pending.append((slot, _source(name, source, reason=reason), pixels))
                 except ImageReadError as exc:  # OutOfScopeError included
-                    slot[0] = self._error_row(name, str(exc))
+                    pending.append((slot, _source(name, source, str(exc)), None))
                 except Exception as exc:  # noqa: BLE001 - a decoder bug on one image must not stop the others
-                    slot[0] = self._error_row(name, f"{name}: unexpected error ({type(exc).__name__}: {exc})")
-            if len(pending) >= batch_size:
+                    error = f"{name}: unexpected error ({type(exc).__name__}: {exc})"
+                    pending.append((slot, _source(name, source, error), None))
+            if pending[-1][2] is not None and sum(x is not None for *_, x in pending) >= batch_size:
                 flush()
             while rows and rows[0][0] is not None:
                 yield rows.popleft()[0]  # type: ignore[misc]
@@ -324,76 +322,18 @@ class Classifier:
         while rows:
             yield rows.popleft()[0]  # type: ignore[misc]
 
-    def _error_row(self, name: str, error: str) -> Prediction:
-        return Prediction(name, None, None, self.threshold, self.meta.name, self.meta.version, error)
-
     def prediction(self, name: str, probability: float) -> Prediction:
-        """The row for one scored image: its label at the stored threshold, model name and version."""
-        return Prediction(name, probability, self.meta.label(probability), self.threshold, self.meta.name, self.meta.version)
+        """The row for one image scored elsewhere (no scope gate): its label at the stored threshold, model
+        name and version, from the one row maker."""
+        return result_rows(self.meta, [Source(name)], [probability])[0]
+
+
+def _source(name: str, image, error: str | None = None, reason: str | None = None) -> Source:
+    """What a result row knows of an image given in memory: a file's bytes carry identifiers and a size."""
+    if isinstance(image, bytes | bytearray | memoryview):
+        return Source.upload(name, bytes(image), error, reason)
+    return Source(name, error, reason)
 
 
 def _identity(meta) -> tuple:
     return meta.name, int(meta.image_size), meta.run_id, meta.created
-
-
-def _pixels_of(image):
-    """A torch tensor as a numpy array (any device); numpy arrays and PIL images pass through."""
-    if hasattr(image, "detach") and hasattr(image, "cpu"):
-        return image.detach().cpu().numpy()
-    if isinstance(image, np.ndarray) or _is_pil(image):
-        return image
-    if hasattr(image, "__array__"):
-        return np.asarray(image)
-    raise ImageReadError(f"<image>: cannot score a {type(image).__name__}; give a path, bytes, a PIL image, "
-                         "a numpy array or a torch tensor")
-
-
-def _is_pil(value) -> bool:
-    from PIL import Image
-
-    return isinstance(value, Image.Image)
-
-
-def _split_batch(array, name: str) -> list[tuple[str, object]]:
-    """One image or a batch of them, as (name, image) pairs: (H, W) and (H, W, C) are one image; (N, H, W),
-    (N, H, W, C) and (N, C, H, W) are N (C = 1, 3 or 4). (3, H, W) and (4, H, W) are refused: one image
-    with its channels first (ToTensor, MONAI) and three or four grey images look the same."""
-    if _is_pil(array):
-        return [(getattr(array, "filename", "") or name, array)]
-    channels = (1, 3, 4)
-    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in channels):
-        return [(name, array)]
-    if array.ndim == 3 and array.shape[0] in (3, 4):
-        raise ImageReadError(_ambiguous(name, array.shape))
-    if array.ndim == 3:
-        return [(f"{name}[{i}]", a) for i, a in enumerate(array)]
-    if array.ndim == 4 and array.shape[-1] in channels:
-        return [(f"{name}[{i}]", a) for i, a in enumerate(array)]
-    if array.ndim == 4 and array.shape[1] in channels:
-        return [(f"{name}[{i}]", np.moveaxis(a, 0, -1)) for i, a in enumerate(array)]
-    raise ImageReadError(f"{name}: an array of shape {tuple(array.shape)}; expected one image (H, W) or (H, W, C), "
-                         "or a batch (N, H, W), (N, H, W, C) or (N, C, H, W), with C = 1, 3 or 4")
-
-
-def _ambiguous(name: str, shape) -> str:
-    count = shape[0]
-    return (f"{name}: an array of shape {tuple(shape)} is either one image with its {count} channels first "
-            f"(what ToTensor gives) or {count} grey images; give one image as (H, W, C) "
-            f"(np.moveaxis(a, 0, -1), tensor.permute(1, 2, 0)) or (1, {count}, H, W), and several grey images "
-            "as (N, H, W, 1) or a list")
-
-
-def _items(sources) -> list[tuple[str, object]]:
-    """What :meth:`Classifier.predict` was given, as (name, image) pairs: paths expanded as the CLI
-    expands them (folders, globs), arrays split into images, bytes and PIL images named by position."""
-    def one(value, label: str) -> list[tuple[str, object]]:
-        if isinstance(value, str | os.PathLike):
-            return [(f, f) for f in expand_inputs([value])]
-        if isinstance(value, bytes | bytearray | memoryview):
-            return [(f"<bytes{label}>", value)]
-        return _split_batch(_pixels_of(value), f"<image{label}>")
-
-    if isinstance(sources, str | os.PathLike | bytes | bytearray | memoryview) or _is_pil(sources) \
-            or hasattr(sources, "__array__") or hasattr(sources, "detach"):
-        return one(sources, "")
-    return [item for i, value in enumerate(sources) for item in one(value, f" {i}")]

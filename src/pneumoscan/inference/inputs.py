@@ -1,39 +1,18 @@
-"""What ``predict`` reads and writes: inputs given as files, folders or globs; results as CSV or JSON."""
+"""What ``predict`` reads: files, folders and globs expanded once, and images given as bytes or pixels
+named and split into single images (:func:`list_inputs`). The results it writes: :mod:`~pneumoscan.inference.results`."""
 
 from __future__ import annotations
 
 import glob
-import json
 import os
 import stat
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pneumoscan._io import atomic_write_csv, atomic_write_text
+import numpy as np
+
 from pneumoscan.data.image import IMAGE_SUFFIXES, is_dicom
-from pneumoscan.errors import ConfigError
-from pneumoscan.provenance import DISCLAIMER
-
-COLUMNS = ("file", "probability", "label", "threshold", "model", "version", "error")
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One image's result; ``error`` is set (and probability and label empty) when the file could not be
-    read or is out of scope (``<source>: out of scope: <reason>``, see :mod:`pneumoscan.inference.scope`).
-    Scored with the scope check off, an image the gate would refuse has its probability and label, and
-    ``error`` says ``<source>: scope check off: ...``. The :class:`~pneumoscan.inference.Classifier` makes
-    them; this module lists the inputs and writes the rows."""
-
-    source: str
-    probability: float | None
-    label: str | None
-    threshold: float
-    model: str
-    version: str
-    error: str | None = None
-
+from pneumoscan.errors import ConfigError, ImageReadError
 
 MODEL_SUFFIXES = (".onnx", ".safetensors", ".ckpt")
 
@@ -119,39 +98,75 @@ def _looks_like_dicom(path: Path) -> bool:
         return False
 
 
-def write_predictions(rows: Sequence[Prediction], out: str | os.PathLike) -> Path:
-    """Write ``rows`` to ``out`` (``.csv`` or ``.json``, chosen by the extension) atomically."""
-    out = Path(out)
-    records = [_record(row) for row in rows]
-    if out.suffix.lower() == ".json":
-        return atomic_write_text(out, json.dumps({"disclaimer": DISCLAIMER, "predictions": records}, indent=2) + "\n")
-    if out.suffix.lower() == ".csv":
-        return atomic_write_csv(out, COLUMNS, records)
-    raise ConfigError(f"{out}: unknown output format; use a name ending in .csv or .json")
 
 
-def format_table(rows: Sequence[Prediction], max_name: int = 48) -> str:
-    """A plain-text table for the terminal: one line per file, errors in place of a probability (beside it
-    for an image scored with the scope check off)."""
-    lines = [f"{'file':<{max_name}}  {'probability':>11}  {'label':<9}  note"]
-    for row in rows:
-        name = row.source if len(row.source) <= max_name else "..." + row.source[-(max_name - 3):]
-        if row.error and row.probability is not None:
-            lines.append(f"{name:<{max_name}}  {row.probability:>11.4f}  {row.label:<9}  {_short_error(row)}")
-        elif row.error:
-            lines.append(f"{name:<{max_name}}  {'-':>11}  {'-':<9}  {_short_error(row)}")
-        else:
-            lines.append(f"{name:<{max_name}}  {row.probability:>11.4f}  {row.label:<9}")
-    return "\n".join(lines)
+def pixels_of(image):
+    """A torch tensor as a numpy array (any device); numpy arrays and PIL images pass through."""
+    if hasattr(image, "detach") and hasattr(image, "cpu"):
+        return image.detach().cpu().numpy()
+    if isinstance(image, np.ndarray) or is_pil(image):
+        return image
+    if hasattr(image, "__array__"):
+        return np.asarray(image)
+    raise ImageReadError(f"<image>: cannot score a {type(image).__name__}; give a path, bytes, a PIL image, "
+                         "a numpy array or a torch tensor")
 
 
-def _short_error(row: Prediction) -> str:
-    # The error message starts with the file name, which the table already shows.
-    error = row.error or ""
-    return error[len(row.source) + 2:] if error.startswith(row.source + ": ") else error
+def is_pil(value) -> bool:
+    from PIL import Image
+
+    return isinstance(value, Image.Image)
 
 
-def _record(row: Prediction) -> dict:
-    data = asdict(row)
-    data["file"] = data.pop("source")
-    return {column: data.get(column) for column in COLUMNS}
+def split_batch(array, name: str) -> list[tuple[str, object]]:
+    """One image or a batch of them, as (name, image) pairs: (H, W) and (H, W, C) are one image; (N, H, W),
+    (N, H, W, C) and (N, C, H, W) are N (C = 1, 3 or 4). (3, H, W) and (4, H, W) are refused: one image
+    with its channels first (ToTensor, MONAI) and three or four grey images look the same."""
+    if is_pil(array):
+        return [(getattr(array, "filename", "") or name, array)]
+    channels = (1, 3, 4)
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in channels):
+        return [(name, array)]
+    if array.ndim == 3 and array.shape[0] in (3, 4):
+        raise ImageReadError(_ambiguous(name, array.shape))
+    if array.ndim == 3:
+        return [(f"{name}[{i}]", a) for i, a in enumerate(array)]
+    if array.ndim == 4 and array.shape[-1] in channels:
+        return [(f"{name}[{i}]", a) for i, a in enumerate(array)]
+    if array.ndim == 4 and array.shape[1] in channels:
+        return [(f"{name}[{i}]", np.moveaxis(a, 0, -1)) for i, a in enumerate(array)]
+    raise ImageReadError(f"{name}: an array of shape {tuple(array.shape)}; expected one image (H, W) or (H, W, C), "
+                         "or a batch (N, H, W), (N, H, W, C) or (N, C, H, W), with C = 1, 3 or 4")
+
+
+def _ambiguous(name: str, shape) -> str:
+    count = shape[0]
+    return (f"{name}: an array of shape {tuple(shape)} is either one image with its {count} channels first "
+            f"(what ToTensor gives) or {count} grey images; give one image as (H, W, C) "
+            f"(np.moveaxis(a, 0, -1), tensor.permute(1, 2, 0)) or (1, {count}, H, W), and several grey images "
+            "as (N, H, W, 1) or a list")
+
+
+class Inputs(list):
+    """Images to score as ``(name, image)`` pairs, listed once by :func:`list_inputs`: ``predict`` takes
+    them as they are (the CLI counts them first, for its progress bar, without listing them twice)."""
+
+
+def list_inputs(sources) -> Inputs:
+    """What :meth:`~pneumoscan.inference.Classifier.predict` is given, as ``(name, image)`` pairs: paths
+    expanded as the CLI expands them (folders, globs), arrays split into images, bytes and PIL images
+    named by position. :class:`Inputs` pass through."""
+    if isinstance(sources, Inputs):
+        return sources
+
+    def one(value, label: str) -> list[tuple[str, object]]:
+        if isinstance(value, str | os.PathLike):
+            return [(f, f) for f in expand_inputs([value])]
+        if isinstance(value, bytes | bytearray | memoryview):
+            return [(f"<bytes{label}>", value)]
+        return split_batch(pixels_of(value), f"<image{label}>")
+
+    if isinstance(sources, str | os.PathLike | bytes | bytearray | memoryview) or is_pil(sources) \
+            or hasattr(sources, "__array__") or hasattr(sources, "detach"):
+        return Inputs(one(sources, ""))
+    return Inputs(item for i, value in enumerate(sources) for item in one(value, f" {i}"))

@@ -23,16 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from pneumoscan._io import _output_error, make_staging_folder
-from pneumoscan.data.dicom_ids import DICOM_ID_COLUMNS
 from pneumoscan.errors import ConfigError
 from pneumoscan.inference import ray_watchdog
-from pneumoscan.inference.results import (
-    COLUMNS,
-    remove_results_parts,
-    results_folder_parts,
-    results_schema,
-    utf8,
-)
+from pneumoscan.inference.results import remove_results_parts, results_folder_parts, results_schema, utf8
+from pneumoscan.inference.rows import ID_COLUMNS, Source, file_stat, records
 
 # Files per decoding task and images per scoring call: big enough that Ray's per-task cost is small.
 DECODE_BATCH, SCORE_BATCH = 64, 256
@@ -69,7 +63,7 @@ def decode_batch(batch, image_size: int, fit: str):
     columns: dict[str, Any] = {name: batch.column(name) for name in ("file", "size", "mtime_ns")}
     columns["pixels"] = pa.array([None if d.pixels is None else d.pixels.tobytes() for d in decoded], pa.binary())
     columns["error"] = pa.array([d.error for d in decoded], pa.string())
-    for column in DICOM_ID_COLUMNS:
+    for column in ID_COLUMNS:
         columns[column] = pa.array([d.ids[column] for d in decoded], pa.string())
     return pa.table(columns)
 
@@ -94,23 +88,18 @@ class OnnxScorer:
             self.classifier = load_onnx(tmp.name, device=self.device)
 
     def __call__(self, batch):
+        """Result rows (an Arrow table of the results schema) of a decoded batch, made as ``predict`` makes
+        them: the scope gate applies, and an image out of scope gets its reason, no probability."""
         import numpy as np
         import pyarrow as pa
 
-        meta, size = self.classifier.meta, self.classifier.image_size
-        pixels = batch.column("pixels").to_pylist()
-        scorable = [np.frombuffer(p, np.uint8).reshape(size, size) for p in pixels if p is not None]
-        rows = batch.drop_columns(["pixels"]).to_pylist()
-        names = [row["file"] for row, p in zip(rows, pixels, strict=True) if p is not None]
-        # The scope gate applies as in `predict`: an image out of scope gets its reason, no probability.
-        verdicts = iter(self.classifier.assess(np.stack(scorable), names, batch_size=SCORE_BATCH) if scorable else [])
-        for row, p in zip(rows, pixels, strict=True):
-            verdict = None if p is None else next(verdicts)
-            probability = None if verdict is None else verdict.probability
-            row.update(probability=probability, threshold=self.classifier.threshold, model=meta.name,
-                       version=meta.version, error=row.get("error") if verdict is None else verdict.error,
-                       label=None if probability is None else meta.class_names[int(probability >= self.classifier.threshold)])
-        return pa.Table.from_pylist([{c: row.get(c) for c in COLUMNS} for row in rows], schema=results_schema())
+        size = self.classifier.image_size
+        pixels = [np.frombuffer(p, np.uint8).reshape(size, size) for p in batch.column("pixels").to_pylist()
+                  if p is not None]
+        sources = [Source(row["file"], row["error"], None, {c: row[c] for c in ID_COLUMNS}, row["size"], row["mtime_ns"])
+                   for row in batch.drop_columns(["pixels"]).to_pylist()]
+        rows = self.classifier.assess(pixels, sources, batch_size=SCORE_BATCH)
+        return pa.Table.from_pylist(records(rows), schema=results_schema())
 
 
 def scorer_for(onnx_file: Path, device: str | None = None) -> type[OnnxScorer]:
@@ -145,11 +134,7 @@ def predict_ray(
     start = time.perf_counter()
     items = []
     for path in iter_sources(sources):
-        try:
-            st = os.stat(path)
-            stat: tuple[int | None, int | None] = (st.st_size, st.st_mtime_ns)
-        except OSError:
-            stat = (None, None)
+        stat = file_stat(path)
         items.append({"file": utf8(path), "fspath": os.fsencode(path), "size": stat[0], "mtime_ns": stat[1]})
     if not items:
         raise ConfigError(f"no image files found in {' '.join(sources)}")

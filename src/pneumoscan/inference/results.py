@@ -1,4 +1,8 @@
-"""Streamed prediction results: one schema, appended batch by batch, read back to resume, and a worklist.
+"""Prediction results on disk: the one schema (:mod:`~pneumoscan.inference.rows`) in every format, appended
+batch by batch, read back to resume, and a worklist.
+
+Every format holds the same columns, in the same order: :data:`~pneumoscan.inference.rows.COLUMNS`.
+:func:`write_predictions` writes rows at once (``.json`` too, the one format that is not streamed).
 
 A results file grows while a run scores: every batch is written with one write and fsynced, so a run
 killed at any moment leaves every earlier batch on disk. ``.csv`` and ``.jsonl`` are appended in place
@@ -23,24 +27,22 @@ from typing import Any
 import numpy as np
 
 from pneumoscan._io import _output_error, atomic_write, atomic_write_text, csv_lines, csv_text
-from pneumoscan.data.dicom_ids import DICOM_ID_COLUMNS
 from pneumoscan.errors import ConfigError
+from pneumoscan.inference.rows import COLUMNS, ID_COLUMNS, Prediction, column_kinds, records
 from pneumoscan.provenance import DISCLAIMER
 
-COLUMNS: tuple[str, ...] = (
-    "file", "probability", "label", "threshold", "model", "version", "error",
-    *DICOM_ID_COLUMNS, "size", "mtime_ns",
-)
 FORMATS = (".csv", ".jsonl", ".parquet")
-_FLOATS, _INTS = ("probability", "threshold"), ("size", "mtime_ns")
+_KINDS = column_kinds()
+_FLOATS = tuple(name for name, kind in _KINDS.items() if kind is float)
+_INTS = tuple(name for name, kind in _KINDS.items() if kind is int)
 
 
 def results_schema():
-    """The Arrow schema of a results table (the Parquet files of both engines)."""
+    """The Arrow schema of a results table (the Parquet files of both engines), from the columns' types."""
     import pyarrow as pa
 
-    kinds = {**dict.fromkeys(_FLOATS, pa.float64()), **dict.fromkeys(_INTS, pa.int64())}
-    return pa.schema([(name, kinds.get(name, pa.string())) for name in COLUMNS])
+    arrow = {float: pa.float64(), int: pa.int64(), str: pa.string()}
+    return pa.schema([(name, arrow[kind]) for name, kind in _KINDS.items()])
 
 
 def output_format(out: str | os.PathLike) -> str:
@@ -98,10 +100,11 @@ class ResultsWriter:
         i = int(np.searchsorted(self.keys, np.uint64(key)))
         return i < len(self.keys) and int(self.keys[i]) == key
 
-    def append(self, rows: list[dict[str, Any]]) -> None:
-        """Write ``rows`` as one durable batch (fsynced before this returns)."""
+    def append(self, rows: list[Prediction] | list[dict[str, Any]]) -> None:
+        """Write ``rows`` (result rows, or their records) as one durable batch (fsynced before this returns)."""
         if not rows:
             return
+        rows = [row.record() if isinstance(row, Prediction) else row for row in rows]
         if self.format == ".parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -312,7 +315,7 @@ def write_worklist(results: str | os.PathLike, out: str | os.PathLike, operating
     rows = list(read_results(results))
     rows.sort(key=lambda r: (r["probability"] is None, -(r["probability"] or 0.0), r["file"]))
     flags = [f"at_{name}" for name in operating_points]
-    columns = ["rank", "probability", "label", *flags, *DICOM_ID_COLUMNS, "file", "error"]
+    columns = ["rank", "probability", "label", *flags, *ID_COLUMNS, "file", "error"]
     table = [columns]
     for rank, row in enumerate(rows, 1):
         p = row["probability"]
@@ -322,6 +325,37 @@ def write_worklist(results: str | os.PathLike, out: str | os.PathLike, operating
     return atomic_write_text(out, f"# {DISCLAIMER}\n" + csv_lines(table))
 
 
-def rows_of(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``records`` with exactly the results columns, in order (missing ones as ``None``)."""
-    return [{column: record.get(column) for column in COLUMNS} for record in records]
+def write_predictions(rows: Iterable[Prediction], out: str | os.PathLike) -> Path:
+    """Write ``rows`` to ``out`` at once, in the format its name ends with: ``.json`` (the disclaimer and
+    the rows, written atomically), or ``.csv``, ``.jsonl`` or ``.parquet`` (as :class:`ResultsWriter`
+    writes them while a run scores). Every format holds the same :data:`COLUMNS`."""
+    out = Path(out)
+    if out.suffix.lower() == ".json":
+        payload = {"disclaimer": DISCLAIMER, "predictions": records(rows)}
+        return atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
+    if out.suffix.lower() not in FORMATS:
+        raise ConfigError(f"{out}: unknown output format; use a name ending in .json, {', '.join(FORMATS)}")
+    with ResultsWriter(out) as writer:
+        writer.append(list(rows))
+    return out
+
+
+def format_table(rows: Iterable[Prediction], max_name: int = 48) -> str:
+    """A plain-text table for the terminal: one line per file, errors in place of a probability (beside it
+    for an image scored with the scope check off)."""
+    lines = [f"{'file':<{max_name}}  {'probability':>11}  {'label':<9}  note"]
+    for row in rows:
+        name = row.file if len(row.file) <= max_name else "..." + row.file[-(max_name - 3):]
+        if row.error and row.probability is not None:
+            lines.append(f"{name:<{max_name}}  {row.probability:>11.4f}  {row.label:<9}  {_short_error(row)}")
+        elif row.error:
+            lines.append(f"{name:<{max_name}}  {'-':>11}  {'-':<9}  {_short_error(row)}")
+        else:
+            lines.append(f"{name:<{max_name}}  {row.probability:>11.4f}  {row.label:<9}")
+    return "\n".join(lines)
+
+
+def _short_error(row: Prediction) -> str:
+    # The error message starts with the file name, which the table already shows.
+    error = row.error or ""
+    return error[len(row.file) + 2:] if error.startswith(row.file + ": ") else error

@@ -69,9 +69,10 @@ class OutOfScopeError(ImageReadError):
     """The image decodes but is not a frontal chest radiograph the model was made for; the message says why."""
 
 
-def message(name: str, reason: str) -> str:
-    """The ``error`` of a refused image: ``<name>: out of scope: <reason>``."""
-    return f"{name}: {OUT_OF_SCOPE}: {reason}"
+def message(name: str | None, reason: str) -> str:
+    """The ``error`` of a refused image: ``<name>: out of scope: <reason>`` (without a name, where the
+    instance is named elsewhere, as on the DICOM node's worklist: ``out of scope: <reason>``)."""
+    return f"{name}: {OUT_OF_SCOPE}: {reason}" if name else f"{OUT_OF_SCOPE}: {reason}"
 
 
 def check_off_message(name: str, reason: str) -> str:

@@ -17,16 +17,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from pneumoscan._io import csv_text
-from pneumoscan.data.dicom_ids import DICOM_ID_COLUMNS
 from pneumoscan.errors import ConfigError
 from pneumoscan.inference.decoding import DecodedFile, decode_files
 from pneumoscan.inference.inputs import iter_inputs
 from pneumoscan.inference.results import ResultsWriter, require_pyarrow, row_key
+from pneumoscan.inference.rows import Prediction, Source, file_stat
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 # Rows per durable write (one write and one fsync): small enough that a kill loses little work, large
@@ -130,11 +127,7 @@ def predict_to_file(
     def jobs() -> Iterator[str]:
         for path in iter_sources(sources):
             counts["seen"] += 1
-            try:
-                st = os.stat(path)
-                stat = (st.st_size, st.st_mtime_ns)
-            except OSError:
-                stat = (None, None)
+            stat = file_stat(path)
             if resume and writer.done(row_key(path, *stat)):
                 counts["skipped"] += 1
                 continue
@@ -142,33 +135,23 @@ def predict_to_file(
             entry[2] += 1
             yield path
 
-    def row(path: str, probability: float | None, error: str | None, ids: dict) -> dict[str, Any]:
-        size, mtime_ns = release(path)
-        label = None if probability is None else meta.class_names[int(probability >= classifier.threshold)]
-        return {"file": path, "probability": probability, "label": label, "threshold": classifier.threshold,
-                "model": meta.name, "version": meta.version, "error": error, **ids, "size": size, "mtime_ns": mtime_ns}
-
     ticker = _Ticker(progress, report_failures)
     batch: list[DecodedFile] = []
-    written: list[dict[str, Any]] = []
+    written: list[Prediction] = []
     flush_rows = PARQUET_ROWS if writer.format == ".parquet" else WRITE_ROWS
     last_flush = time.monotonic()
 
     def score() -> None:
-        scorable = [item for item in batch if item.pixels is not None]
-        verdicts = iter(classifier.assess(np.stack([item.pixels for item in scorable]),
-                                          [item.path for item in scorable], [item.reason for item in scorable],
-                                          batch_size=batch_size) if scorable else [])
-        for item in batch:
-            verdict = next(verdicts) if item.pixels is not None else None
-            if verdict is None or verdict.probability is None:
+        sources = [Source(item.path, item.error, item.reason, item.ids, *release(item.path)) for item in batch]
+        rows = classifier.assess([item.pixels for item in batch if item.pixels is not None], sources,
+                                 batch_size=batch_size)
+        for row in rows:
+            if row.probability is None:
                 counts["failed"] += 1
-                error = item.error if verdict is None else verdict.error
-                written.append(row(item.path, None, error, item.ids))
-                ticker.failure(error or item.path)
+                ticker.failure(row.error or row.file)
             else:
                 counts["scored"] += 1
-                written.append(row(item.path, verdict.probability, verdict.error, item.ids))
+        written.extend(rows)
         ticker.update(len(batch), counts)
         batch.clear()
 
@@ -235,4 +218,4 @@ class _Ticker:
             self.bar.close()
 
 
-__all__ = ["DICOM_ID_COLUMNS", "StreamSummary", "iter_sources", "predict_to_file"]
+__all__ = ["StreamSummary", "iter_sources", "predict_to_file"]

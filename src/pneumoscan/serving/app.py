@@ -32,13 +32,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pneumoscan import __version__
 from pneumoscan.data.image import PIL_FORMATS, is_dicom
 from pneumoscan.errors import ImageReadError, PneumoscanError
 from pneumoscan.inference import Classifier, Prediction, load
+from pneumoscan.inference.rows import Source
 from pneumoscan.provenance import DISCLAIMER
 from pneumoscan.serving.explainer import Explainer, ExplainUnavailable
 from pneumoscan.serving.middleware import DeclaredSizeLimit, SecurityHeaders
@@ -50,6 +50,14 @@ from pneumoscan.serving.options import (
     DEFAULT_MAX_UPLOAD_BYTES,
     inference_threads,
 )
+from pneumoscan.serving.responses import (
+    ERROR_RESPONSES,
+    BatchItem,
+    BatchResponse,
+    Explanation,
+    PredictResponse,
+    error_doc,
+)
 
 log = logging.getLogger("pneumoscan.serving")
 
@@ -59,62 +67,6 @@ SCOPE_CHECK_DOC = ("false: also score images the scope gate refuses (not frontal
 MULTIPART_HINT = "send the image as multipart/form-data, field 'file' (field 'files' for a batch)"
 
 T = TypeVar("T")
-
-
-class Explanation(BaseModel):
-    method: str = Field(description="how the heatmap was computed")
-    overlay_png_base64: str = Field(description="PNG: the heatmap over the image as the model sees it")
-    image_png_base64: str = Field(description="PNG: the image as the model sees it (square, model size)")
-
-
-class PredictResponse(BaseModel):
-    filename: str = Field(description="the uploaded file's name, echoed (never used as a path)")
-    probability: float = Field(description="probability of pneumonia, 0 to 1")
-    label: str = Field(description="PNEUMONIA when probability >= threshold, else NORMAL")
-    threshold: float
-    model: str = Field(description="architecture name")
-    version: str = Field(description="pneumoscan version that trained the model")
-    backend: str = Field(description="onnxruntime or torch")
-    latency_ms: float = Field(description="server time for this request after the upload: queue, decoding, inference")
-    explanation: Explanation | None = None
-    note: str | None = Field(None, description="with scope_check=false: 'scope check off: ...' for an image the "
-                                               "scope gate would have refused")
-    disclaimer: str = DISCLAIMER
-
-
-class BatchItem(BaseModel):
-    filename: str
-    probability: float | None = None
-    label: str | None = None
-    error: str | None = Field(None, description="why this file could not be scored ('out of scope: <reason>' for "
-                                                "an image that is not a frontal chest radiograph); the others still are")
-    note: str | None = Field(None, description="with scope_check=false: 'scope check off: ...' for an image the "
-                                               "scope gate would have refused")
-
-
-class BatchResponse(BaseModel):
-    results: list[BatchItem]
-    threshold: float
-    model: str
-    version: str
-    backend: str
-    latency_ms: float
-    disclaimer: str = DISCLAIMER
-
-
-def _error_doc(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/json": {"example": {"detail": "a one-line message: what and how to fix"}}}}
-
-
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: _error_doc("malformed multipart body or too many files"),
-    413: _error_doc("upload over the size limit"),
-    415: _error_doc("not an image (JPEG, PNG, TIFF, BMP, WEBP or DICOM), or not multipart/form-data"),
-    422: _error_doc("an image that cannot be decoded (corrupt, truncated, decompression bomb), an image out of "
-                    "scope ('out of scope: <reason>': not a frontal chest radiograph), or a missing field"),
-    503: _error_doc("model not loaded yet, or too many requests waiting"),
-}
 
 
 def create_app(
@@ -137,7 +89,7 @@ def create_app(
     if min(max_upload_bytes, max_batch_files, max_concurrency) < 1 or max_queue < 0:
         raise ValueError("limits must be positive (max_queue may be 0)")
     state = _State(model, threads or inference_threads(max_concurrency))
-    gate = _Gate(max_concurrency, max_queue)
+    limit = _ConcurrencyLimit(max_concurrency, max_queue)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -162,7 +114,7 @@ def create_app(
     _add_error_handlers(app, too_large)
     _add_page(app)
     _add_health_routes(app, state)
-    _add_predict_routes(app, state, gate, max_upload_bytes, max_batch_files)
+    _add_predict_routes(app, state, limit, max_upload_bytes, max_batch_files)
     app.state.pneumoscan = state
     return app
 
@@ -215,7 +167,7 @@ def _add_health_routes(app: FastAPI, state: _State) -> None:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"], summary="The model is loaded and requests will be answered",
-             responses={503: _error_doc("model loading, or it failed to load")})
+             responses={503: error_doc("model loading, or it failed to load")})
     async def readyz() -> JSONResponse:
         model = state.model
         if model is None:
@@ -225,13 +177,13 @@ def _add_health_routes(app: FastAPI, state: _State) -> None:
                              "version": model.meta.version, "backend": model.backend_name})
 
     @app.get("/v1/model", tags=["model"], summary="The model card: data, metrics, threshold, intended use, limits",
-             responses={503: _error_doc("model not loaded yet")})
+             responses={503: error_doc("model not loaded yet")})
     async def model_card() -> dict[str, Any]:
         state.require()
         return state.card
 
 
-def _add_predict_routes(app: FastAPI, state: _State, gate: _Gate, max_upload_bytes: int,
+def _add_predict_routes(app: FastAPI, state: _State, limit: _ConcurrencyLimit, max_upload_bytes: int,
                         max_batch_files: int) -> None:
     """``POST /v1/predict`` (one image, optional Grad-CAM) and ``POST /v1/predict/batch``."""
 
@@ -250,19 +202,16 @@ def _add_predict_routes(app: FastAPI, state: _State, gate: _Gate, max_upload_byt
         name = _display_name(file.filename)
         data = await file.read()
         start = time.perf_counter()
-        row, image = await gate.run(_score_one, model.with_scope_check(scope_check), data, name)
-        probability = float(row.probability)
+        row, image = await limit.run(_score_one, model.with_scope_check(scope_check), data, name)
         explanation = None
         if explain:
             try:
-                explanation = Explanation(**await gate.run(state.explainer.explain, image, exclusive=True))
+                explanation = Explanation(**await limit.run(state.explainer.explain, image, exclusive=True))
             except (ExplainUnavailable, PneumoscanError) as exc:  # no weights, or a network Grad-CAM cannot read
                 raise HTTPException(409, f"cannot explain: {exc}") from None
-        meta = model.meta
         return PredictResponse(
-            filename=name, probability=probability, label=meta.label(probability),
-            threshold=model.threshold, model=meta.name, version=meta.version, backend=model.backend_name,
-            latency_ms=round((time.perf_counter() - start) * 1000, 2), explanation=explanation, note=row.error,
+            **row.record(), filename=name, backend=model.backend_name, note=row.error, explanation=explanation,
+            latency_ms=round((time.perf_counter() - start) * 1000, 2),
         )
 
     @app.post("/v1/predict/batch", tags=["predict"], response_model=BatchResponse, responses=ERROR_RESPONSES,
@@ -276,7 +225,7 @@ def _add_predict_routes(app: FastAPI, state: _State, gate: _Gate, max_upload_byt
         model = state.require()
         uploads = [(_display_name(f.filename), await f.read()) for f in files]
         start = time.perf_counter()
-        items = await gate.run(_score_many, model.with_scope_check(scope_check), uploads)
+        items = await limit.run(_score_many, model.with_scope_check(scope_check), uploads)
         meta = model.meta
         return BatchResponse(
             results=items, threshold=model.threshold, model=meta.name, version=meta.version,
@@ -342,7 +291,7 @@ class _State:
         return self.model
 
 
-class _Gate:
+class _ConcurrencyLimit:
     """Runs CPU-bound work in worker threads: at most ``concurrency`` at once (explanations one at a time),
     at most ``queue`` more waiting; beyond that, 503 at once rather than an unbounded backlog."""
 
@@ -365,10 +314,10 @@ class _Gate:
 
 
 def _score_one(classifier: Classifier, data: bytes, name: str) -> tuple[Prediction, np.ndarray]:
-    """Decode and score one upload (in a worker thread); HTTP errors for what the client sent, 422 for an
-    image out of scope."""
+    """Decode and score one upload (in a worker thread) into its result row; HTTP errors for what the client
+    sent, 422 for an image out of scope."""
     image, reason = _decode(classifier, data, name)
-    row = classifier.assess(image[None], [name], [reason])[0]
+    row = classifier.assess([image], [Source.upload(name, data, reason=reason)])[0]
     if row.probability is None:
         raise HTTPException(422, row.error)
     return row, image
@@ -376,27 +325,17 @@ def _score_one(classifier: Classifier, data: bytes, name: str) -> tuple[Predicti
 
 def _score_many(classifier: Classifier, uploads: list[tuple[str, bytes]]) -> list[BatchItem]:
     """Decode every upload, score the good ones in one batch, and report the bad ones (and those out of
-    scope) on their rows."""
-    items: list[BatchItem] = []
+    scope) on their rows: one result row each, made as ``predict`` makes its rows."""
+    sources: list[Source] = []
     images: list[np.ndarray] = []
-    reasons: list[str | None] = []
     for name, data in uploads:
         try:
             image, reason = _decode(classifier, data, name)
             images.append(image)
-            reasons.append(reason)
-            items.append(BatchItem(filename=name))
+            sources.append(Source.upload(name, data, reason=reason))
         except HTTPException as exc:
-            items.append(BatchItem(filename=name, error=str(exc.detail)))
-    scorable = [item for item in items if item.error is None]
-    rows = iter(classifier.assess(np.stack(images), [item.filename for item in scorable], reasons) if images else ())
-    for item in scorable:
-        row = next(rows)
-        if row.probability is None:
-            item.error = row.error
-        else:
-            item.probability, item.label, item.note = row.probability, row.label, row.error
-    return items
+            sources.append(Source.upload(name, data, error=str(exc.detail)))
+    return [BatchItem.of(row) for row in classifier.assess(images, sources)]
 
 
 def _decode(classifier: Classifier, data: bytes, name: str) -> tuple[np.ndarray, str | None]:
