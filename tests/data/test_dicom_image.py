@@ -13,7 +13,7 @@ from pydicom.encaps import encapsulate
 
 from helpers import chest_dicoms
 from pneumoscan.data import read_image
-from pneumoscan.data.dicom_image import codestream_size
+from pneumoscan.data.codestream import FrameHeader, MalformedFrame, canonical_frame
 from pneumoscan.errors import ImageReadError
 
 J2K_LOSSLESS, JPEG_BASELINE = "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.50"
@@ -63,9 +63,11 @@ def no_decoder(monkeypatch):
 
 
 def test_the_frame_headers_are_read_without_decoding():
-    assert codestream_size(_j2k()) == (64, 64, 1)
-    assert codestream_size(_jpeg(300, 200)) == (300, 200, 1)
-    assert codestream_size(b"\x00" * 100) is None
+    frame = _j2k()
+    assert canonical_frame(frame, J2K_LOSSLESS) == (frame, FrameHeader(64, 64, 1, 8))
+    assert canonical_frame(_jpeg(300, 200), JPEG_BASELINE)[1] == FrameHeader(300, 200, 1, 8)
+    with pytest.raises(MalformedFrame):
+        canonical_frame(b"\x00" * 100, J2K_LOSSLESS)
 
 
 def test_compressed_frames_that_match_their_header_decode():
