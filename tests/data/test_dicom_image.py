@@ -1,5 +1,6 @@
 """Compressed DICOM frames are checked against the pixel limit and against Rows and Columns from their
-own header (JPEG SOF, JPEG 2000 SIZ) before any decoder runs: a tiny frame can declare a huge image."""
+own header (JPEG SOF, JPEG 2000 SIZ) before any decoder runs: a tiny frame can declare a huge image. The
+frame checked is the frame decoded: taken as pydicom's decoders take it, and handed to them alone."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 from pydicom.encaps import encapsulate
 
-from helpers import chest_dicoms
+from helpers import bombs, chest_dicoms
 from pneumoscan.data import read_image
 from pneumoscan.data.codestream import FrameHeader, MalformedFrame, canonical_frame
 from pneumoscan.errors import ImageReadError
@@ -95,3 +96,42 @@ def test_a_frame_whose_size_differs_from_rows_and_columns_is_refused_before_deco
 def test_a_jpeg_frame_without_a_frame_header_is_refused(no_decoder):
     with pytest.raises(ImageReadError, match="no JPEG frame header"):
         read_image(_dicom(b"\xff\xd8\xff\xd9", JPEG_BASELINE), size=64)
+
+
+@pytest.mark.parametrize("make", [bombs.jp2_uuid_bomb, bombs.offset_table_bomb], ids=["jp2-uuid-box", "offset-table"])
+def test_the_size_checked_is_the_size_of_the_frame_the_decoder_gets(make, no_decoder):
+    """A JP2 ``uuid`` box holding a 64 x 64 SIZ before the real codestream, or an Extended Offset Table
+    naming a second fragment: the frame the decoder would decode declares 24000 x 24000."""
+    data = make()
+    assert len(data) < 5000
+    with pytest.raises(ImageReadError, match="decompression bomb: the compressed frame declares 24000x24000"):
+        read_image(data, size=64)
+
+
+def test_the_decoder_decodes_the_frame_the_offset_table_names():
+    honest = bombs.j2k_codestream(bombs.SIDE)
+    garbage = b"\xff\x4f\xff\x51" + bytes(100)  # never decoded: the table names the second fragment
+    offset = 8 + len(garbage)
+    data = bombs._compressed([garbage, honest], NumberOfFrames=1, ExtendedOffsetTable=struct.pack("<Q", offset),
+                             ExtendedOffsetTableLengths=struct.pack("<Q", len(honest)))
+    assert np.array_equal(read_image(data), bombs._pixels())
+
+
+def test_a_jp2_wrapped_frame_decodes_from_its_codestream_box():
+    assert np.array_equal(read_image(bombs._compressed([bombs.jp2_uuid_bomb_frame(bombs.SIDE)])), bombs._pixels())
+
+
+def test_a_malformed_frame_is_reported_as_malformed_not_as_a_missing_decoder():
+    frame = bombs.j2k_codestream(bombs.SIDE)
+    damaged = frame[:60] + bytes(len(frame) - 60)  # a good SIZ, then zeros where the tiles were
+    with pytest.raises(ImageReadError) as caught:
+        read_image(bombs._compressed([damaged]), name="damaged.dcm")
+    message = str(caught.value)
+    assert message.startswith("damaged.dcm: corrupt DICOM: the compressed frame is malformed")
+    assert "reinstall" not in message and "\n" not in message
+
+
+def test_a_frame_with_another_component_count_than_the_header_is_refused(no_decoder):
+    with pytest.raises(ImageReadError, match="declares 1 component.* the header 3 sample"):
+        read_image(bombs._compressed([bombs.j2k_codestream(bombs.SIDE)], SamplesPerPixel=3,
+                                     PhotometricInterpretation="RGB", PlanarConfiguration=0), size=64)

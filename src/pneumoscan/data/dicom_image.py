@@ -13,6 +13,7 @@ import io
 import struct
 import zlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -22,12 +23,16 @@ from pneumoscan.data.dicom_scan import LONG_VRS, check_structure
 from pneumoscan.data.pixels import MAX_PIXELS, to_uint8
 from pneumoscan.errors import ImageReadError, reason
 
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
 # Everything in a DICOM data set but its pixels (patient, study, overlays, an icon) stays far below this.
 # A deflated data set may inflate to its pixels' size plus this much, never more.
 MAX_DICOM_HEADER_BYTES = 8 * 1024 * 1024
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
 _INFLATE_CHUNK = 1024 * 1024
+_HEAD_CHUNK = 64 * 1024
 
 
 def is_dicom(head: bytes) -> bool:
@@ -50,6 +55,14 @@ def probe_dicom(data: bytes, label: str) -> tuple[int, int, str]:
         return int(ds.get("Columns", 0)), int(ds.get("Rows", 0)), str(ds.get("PhotometricInterpretation", "?"))
 
 
+def read_dicom_dataset(data: bytes, label: str) -> Dataset:
+    """The whole data set of a DICOM file's bytes, parsed by pydicom within the bounds :func:`decode_dicom`
+    keeps: elements and sequence items counted first, a deflated data set inflated no further than its
+    pixels need. Raises :class:`ImageReadError` naming ``label``."""
+    with _corrupt_dicom(label):
+        return _dcmread(_inflate_if_deflated(data, label), label)
+
+
 @contextlib.contextmanager
 def _corrupt_dicom(label: str) -> Iterator[None]:
     """Turn whatever pydicom raises on a damaged file into an ImageReadError naming the file.
@@ -70,13 +83,18 @@ def _dcmread(data: bytes, label: str, stop_before_pixels: bool = False):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    elements, start = _file_meta_elements(data, label)
-    syntax = next((value for tag, _, value in elements if tag == 0x00020010), b"")
-    check_structure(data, start, syntax.rstrip(b"\0 ").decode("ascii", "replace"), label, stop_before_pixels)
+    _count_elements(data, label, stop_before_pixels)
     try:
         return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
     except (InvalidDicomError, OSError, ValueError, KeyError, EOFError, AttributeError) as exc:
         raise ImageReadError(f"{label}: corrupt DICOM ({reason(exc)})") from None
+
+
+def _count_elements(data: bytes, label: str, stop_before_pixels: bool) -> int | None:
+    """:func:`~pneumoscan.data.dicom_scan.check_structure` on a DICOM file's bytes (not deflated)."""
+    elements, start = _file_meta_elements(data, label)
+    syntax = next((value for tag, _, value in elements if tag == 0x00020010), b"")
+    return check_structure(data, start, syntax.rstrip(b"\0 ").decode("ascii", "replace"), label, stop_before_pixels)
 
 
 def _decode(data: bytes, label: str) -> np.ndarray:
@@ -207,19 +225,23 @@ def _undecodable(syntax, exc: Exception, label: str) -> str:
             f"support (transfer syntax {syntax}: {reason(exc)})")
 
 
-def is_deflated_dicom(data: bytes) -> bool:
-    """Whether the file meta of these DICOM bytes (its first kilobytes suffice) names the deflated syntax."""
-    return _is_deflated(_file_meta_elements(data)[0])
-
-
-def read_dicom_header(data: bytes, label: str):
-    """The data set before its pixels; a deflated one is inflated to at most ``MAX_DICOM_HEADER_BYTES``
-    (pydicom alone would inflate all of it, pixels and padding, even to read one element)."""
-    elements, start = _file_meta_elements(data)
-    if not _is_deflated(elements):
-        return _dcmread(data, label, stop_before_pixels=True)
-    body = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[start:], MAX_DICOM_HEADER_BYTES)
-    return _dcmread(_explicit_head(data, elements) + body, label, stop_before_pixels=True)
+def read_dicom_header(stream: BinaryIO, label: str) -> tuple[Dataset, bool]:
+    """(the data set before its pixels, whether pixel data follows it) of the DICOM file read from
+    ``stream`` (at its start), parsed by pydicom once its elements and items are counted within bounds.
+    At most ``MAX_DICOM_HEADER_BYTES`` of header are read; a deflated one is inflated no further (pydicom
+    alone would inflate all of it, pixels and padding, even to read one element)."""
+    data = stream.read(_HEAD_CHUNK)
+    elements, start = _file_meta_elements(data, label)
+    if _is_deflated(elements):
+        body = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[start:] + stream.read(MAX_DICOM_HEADER_BYTES),
+                                                              MAX_DICOM_HEADER_BYTES)
+        data = _explicit_head(data, elements) + body
+        pixels_at = _count_elements(data, label, stop_before_pixels=True)
+    else:  # read on until the pixel data, the end of the file, or the limit
+        while (pixels_at := _count_elements(data, label, stop_before_pixels=True)) is None \
+                and len(data) < MAX_DICOM_HEADER_BYTES and (more := stream.read(len(data))):
+            data += more
+    return _dcmread(data, label, stop_before_pixels=True), pixels_at is not None
 
 
 def _is_deflated(elements: list[tuple[int, bytes, bytes]]) -> bool:

@@ -28,12 +28,15 @@ _IMPLICIT = "1.2.840.10008.1.2"
 _BIG_ENDIAN = "1.2.840.10008.1.2.2"
 
 
-def check_structure(data: bytes, start: int, syntax: str, label: str, stop_before_pixels: bool = False) -> None:
+def check_structure(data: bytes, start: int, syntax: str, label: str, stop_before_pixels: bool = False) -> int | None:
     """Raise :class:`ImageReadError` naming ``label`` when the data set of ``data`` (a DICOM file's bytes,
     its data set beginning at ``start`` in the transfer syntax ``syntax``, not deflated) holds more than
     :data:`MAX_DICOM_ELEMENTS` elements and sequence items, or sequences nested deeper than
-    :data:`MAX_DICOM_DEPTH`. Counts up to the pixel data with ``stop_before_pixels``."""
-    _Walk(data, syntax != _BIG_ENDIAN, label, stop_before_pixels).dataset(start, len(data), syntax == _IMPLICIT, 0)
+    :data:`MAX_DICOM_DEPTH`. With ``stop_before_pixels``, counts up to the pixel data and returns where
+    its element starts (None when ``data`` ends before it)."""
+    walk = _Walk(data, syntax != _BIG_ENDIAN, label, stop_before_pixels)
+    walk.dataset(start, len(data), syntax == _IMPLICIT, 0)
+    return walk.pixels_at
 
 
 class _Walk:
@@ -45,6 +48,7 @@ class _Walk:
         self.delimiter = struct.pack(order + "HH", 0xFFFE, 0xE0DD)
         self.item_tag = struct.pack(order + "HH", 0xFFFE, 0xE000)
         self.count = 0
+        self.pixels_at: int | None = None
 
     def _tick(self) -> None:
         self.count += 1
@@ -65,6 +69,7 @@ class _Walk:
             if tag == _ITEM_END:
                 return pos + 8
             if tag in _PIXEL_TAGS and self.stop_before_pixels and depth == 0:
+                self.pixels_at = pos
                 return pos
             self._tick()
             vr = None if implicit else data[pos + 4: pos + 6]
