@@ -63,6 +63,13 @@ def read_dicom_dataset(data: bytes, label: str) -> Dataset:
         return _dcmread(_inflate_if_deflated(data, label), label)
 
 
+def check_dicom_bytes(data: bytes, label: str) -> None:
+    """Raise :class:`ImageReadError` naming ``label`` for the DICOM file ``data`` when pydicom's parse of it
+    would pass the bounds of :func:`read_dicom_dataset`; for code that hands the bytes to pydicom itself."""
+    with _corrupt_dicom(label):
+        _count_elements(_inflate_if_deflated(data, label), label, stop_before_pixels=False)
+
+
 @contextlib.contextmanager
 def _corrupt_dicom(label: str) -> Iterator[None]:
     """Turn whatever pydicom raises on a damaged file into an ImageReadError naming the file.

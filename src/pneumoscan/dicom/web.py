@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from pneumoscan.dicom.limits import bounded_dicomweb_client
 from pneumoscan.dicom.processing import Outcome, Processor
 from pneumoscan.errors import ConfigError, DicomNetworkError, reason
 from pneumoscan.inference.scope import RADIOGRAPH_MODALITIES as MODALITIES
@@ -45,13 +46,13 @@ def pull(processor: Processor, url: str, *, study: str | None = None, since: str
     """Score the CR/DX instances of ``study`` (or of every study since ``since``) found at ``url``.
 
     With ``store``, the derived objects of each study are sent back with STOW-RS. Raises
-    :class:`DicomNetworkError` when the server cannot be reached or refuses a request.
+    :class:`DicomNetworkError` when the server cannot be reached or refuses a request, and
+    :class:`~pneumoscan.errors.ImageReadError` for an instance past the bounds of the DICOM reader
+    (:func:`~pneumoscan.dicom.limits.bounded_dicomweb_client`).
     """
-    from dicomweb_client.api import DICOMwebClient
-
     if (study is None) == (since is None):
         raise ConfigError("give either --study UID or --since DATE")
-    client = DICOMwebClient(url.rstrip("/"), timeout=timeout)
+    client = bounded_dicomweb_client(url.rstrip("/"), timeout=timeout)
     result = PullResult()
     with _network(url, "QIDO-RS search"):
         if study is not None:
