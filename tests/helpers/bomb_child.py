@@ -25,8 +25,11 @@ ENTRIES = ("predict", "server", "node")
 
 
 def _peak_mb() -> float:
-    own, children = (resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    return max(own, children) / 1024
+    """This process's peak resident size (VmHWM: ru_maxrss would carry over the parent's from before exec),
+    or its children's if larger (processes predict may start)."""
+    status = Path("/proc/self/status").read_text()
+    own = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
 
 
 def _predict(model: str, path: Path) -> str:
