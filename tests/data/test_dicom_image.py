@@ -14,7 +14,7 @@ from pydicom.encaps import encapsulate
 
 from helpers import bombs, chest_dicoms
 from pneumoscan.data import read_image
-from pneumoscan.data.codestream import FrameHeader, MalformedFrame, canonical_frame
+from pneumoscan.data.codestream import FrameHeader, MalformedFrame, canonical_frame, jpeg_header
 from pneumoscan.errors import ImageReadError
 
 J2K_LOSSLESS, JPEG_BASELINE = "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.50"
@@ -135,3 +135,16 @@ def test_a_frame_with_another_component_count_than_the_header_is_refused(no_deco
     with pytest.raises(ImageReadError, match="declares 1 component.* the header 3 sample"):
         read_image(bombs._compressed([bombs.j2k_codestream(bombs.SIDE)], SamplesPerPixel=3,
                                      PhotometricInterpretation="RGB", PlanarConfiguration=0), size=64)
+
+
+def test_a_hierarchical_or_extended_jpeg_header_gives_the_size_its_decoder_allocates():
+    sof = b"\xff\xc0\x00\x0b\x08" + struct.pack(">HH", 64, 64) + b"\x01\x01\x11\x00"
+    dhp = b"\xff\xde\x00\x0b\x08" + struct.pack(">HH", 30000, 30000) + b"\x01\x01\x11\x00"
+    assert jpeg_header(b"\xff\xd8" + dhp + sof + b"\xff\xda") == FrameHeader(30000, 30000, 1, 8)
+    sof55 = b"\xff\xf7\x00\x0b\x08" + struct.pack(">HH", 0, 0) + b"\x01\x01\x11\x00"
+    lse = b"\xff\xf8\x00\x0c\x04\x04" + struct.pack(">II", 30000, 20000)  # ID 4: Wxy, then height and width
+    assert jpeg_header(b"\xff\xd8" + sof55 + lse + b"\xff\xda") == FrameHeader(20000, 30000, 1, 8)
+    with pytest.raises(MalformedFrame, match="declares 64x64 and 20000x30000"):
+        jpeg_header(b"\xff\xd8" + sof + lse + b"\xff\xda")
+    with pytest.raises(MalformedFrame, match="no marker at byte"):
+        jpeg_header(b"\xff\xd8" + sof[:-1] + b"\x00\x00" + dhp)

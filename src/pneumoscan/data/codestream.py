@@ -74,7 +74,7 @@ def jpeg_header(frame: bytes) -> FrameHeader:
     if found is None:
         raise MalformedFrame("the compressed frame has no JPEG frame header before its first scan")
     if oversize is not None and oversize != (found.width, found.height):
-        if (found.width, found.height) != (0, 0) and found.width and found.height:
+        if found.width and found.height:  # the extension may only give the size SOF55 leaves at 0
             raise MalformedFrame(f"the JPEG-LS frame declares {found.width}x{found.height} and "
                                  f"{oversize[0]}x{oversize[1]}")
         found = FrameHeader(*oversize, found.components, found.precision)
