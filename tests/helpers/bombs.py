@@ -7,7 +7,9 @@ decoding it:
   marker, and whose codestream box (``jp2c``, the one openjpeg decodes) declares ``side`` x ``side``;
 - ``offset_table_bomb``: two fragments, the first an honest 64 x 64 codestream, the second one declaring
   ``side`` x ``side``, and an Extended Offset Table naming the second as the only frame;
-- ``sequence_bomb``: ``items`` empty sequence items (8 bytes each on the wire, a Dataset each in pydicom).
+- ``sequence_bomb``: ``items`` empty sequence items (8 bytes each on the wire, a Dataset each in pydicom);
+- ``deflate_bomb`` (``helpers.corpus``): a 1 MB deflated data set inflating to 1 GiB, which pynetdicom's
+  ``event.dataset`` would inflate whole.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from pydicom.encaps import encapsulate
 
 from helpers import chest_dicoms
+from helpers.corpus import deflate_bomb
 
 J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
 SIDE = 64
@@ -96,4 +99,5 @@ def honest_j2k() -> bytes:
     return _compressed([j2k_codestream(SIDE)])
 
 
-BOMBS = {"jp2-uuid": jp2_uuid_bomb, "offset-table": offset_table_bomb, "sequence": sequence_bomb}
+BOMBS = {"jp2-uuid": jp2_uuid_bomb, "offset-table": offset_table_bomb, "sequence": sequence_bomb,
+         "deflate": deflate_bomb}
