@@ -122,10 +122,10 @@ def test_a_jp2_wrapped_frame_decodes_from_its_codestream_box():
 
 
 def test_a_malformed_frame_is_reported_as_malformed_not_as_a_missing_decoder():
-    frame = bombs.j2k_codestream(bombs.SIDE)
-    damaged = frame[:60] + bytes(len(frame) - 60)  # a good SIZ, then zeros where the tiles were
+    damaged = bytearray(bombs.j2k_codestream(bombs.SIDE))
+    damaged[damaged.find(b"\xff\x52") + 5] = 0x7F  # a progression order that does not exist (T.800 A.6.1)
     with pytest.raises(ImageReadError) as caught:
-        read_image(bombs._compressed([damaged]), name="damaged.dcm")
+        read_image(bombs._compressed([bytes(damaged)]), name="damaged.dcm")
     message = str(caught.value)
     assert message.startswith("damaged.dcm: corrupt DICOM: the compressed frame is malformed")
     assert "reinstall" not in message and "\n" not in message
@@ -148,3 +148,27 @@ def test_a_hierarchical_or_extended_jpeg_header_gives_the_size_its_decoder_alloc
         jpeg_header(b"\xff\xd8" + sof + lse + b"\xff\xda")
     with pytest.raises(MalformedFrame, match="no marker at byte"):
         jpeg_header(b"\xff\xd8" + sof[:-1] + b"\x00\x00" + dhp)
+
+
+def _j2k_with(side: int, tile: int | None = None, block_exponent: int | None = None) -> bytes:
+    frame = bytearray(bombs.j2k_codestream(side))
+    if tile is not None:
+        struct.pack_into(">II", frame, 24, tile, tile)  # XTsiz, YTsiz
+    if block_exponent is not None:
+        cod = frame.find(b"\xff\x52")
+        frame[cod + 10] = frame[cod + 11] = block_exponent - 2  # xcb, ycb
+    return bombs._compressed([bytes(frame)], Rows=side, Columns=side)
+
+
+@pytest.mark.parametrize("tile, block, declared", [(17, None, "58,081 tile"), (None, 2, "1 tile")],
+                         ids=["17-px-tiles", "4-px-code-blocks"])
+def test_a_codestream_of_countless_tiles_or_code_blocks_is_refused_before_decoding(tile, block, declared, no_decoder):
+    """openjpeg allocates a structure per tile, precinct and code-block: 1.4 kB files like these took 0.7
+    and 1.7 GB, within the pixel limit and with honest sizes."""
+    side = 4096 if tile else 8000
+    with pytest.raises(ImageReadError, match=f"decompression bomb: the JPEG 2000 codestream declares {declared}"):
+        read_image(_j2k_with(side, tile, block), size=64)
+
+
+def test_a_codestream_with_the_usual_code_blocks_is_not_refused():
+    assert read_image(_j2k_with(bombs.SIDE, block_exponent=5), size=32).shape == (32, 32)  # 32 x 32 blocks

@@ -7,6 +7,8 @@ decoding it:
   marker, and whose codestream box (``jp2c``, the one openjpeg decodes) declares ``side`` x ``side``;
 - ``offset_table_bomb``: two fragments, the first an honest 64 x 64 codestream, the second one declaring
   ``side`` x ``side``, and an Extended Offset Table naming the second as the only frame;
+- ``code_block_bomb``: an honest 8000 x 8000 header (the pixel limit) whose codestream asks for 4 x 4
+  code-blocks: openjpeg makes a structure for each of the 5 million;
 - ``sequence_bomb``: ``items`` empty sequence items (8 bytes each on the wire, a Dataset each in pydicom);
 - ``deflate_bomb`` (``helpers.corpus``): a 1 MB deflated data set inflating to 1 GiB, which pynetdicom's
   ``event.dataset`` would inflate whole.
@@ -82,6 +84,13 @@ def offset_table_bomb(side: int = 24000) -> bytes:
                        ExtendedOffsetTableLengths=struct.pack("<Q", len(bomb)))
 
 
+def code_block_bomb(side: int = 8000) -> bytes:
+    frame = bytearray(j2k_codestream(side))
+    cod = frame.find(b"\xff\x52")  # COD: Lcod, Scod, SGcod (4 bytes), levels, then the code-block exponents
+    frame[cod + 10] = frame[cod + 11] = 0  # 2 ** (0 + 2) = 4 samples
+    return _compressed([bytes(frame)], Rows=side, Columns=side)
+
+
 _SEQUENCE = b"\x40\x00\x75\x02SQ\0\0\xff\xff\xff\xff"  # (0040,0275) Request Attributes Sequence, undefined length
 _EMPTY_ITEM = b"\xfe\xff\x00\xe0\0\0\0\0"
 _SEQUENCE_END = b"\xfe\xff\xdd\xe0\0\0\0\0"
@@ -99,5 +108,5 @@ def honest_j2k() -> bytes:
     return _compressed([j2k_codestream(SIDE)])
 
 
-BOMBS = {"jp2-uuid": jp2_uuid_bomb, "offset-table": offset_table_bomb, "sequence": sequence_bomb,
-         "deflate": deflate_bomb}
+BOMBS = {"jp2-uuid": jp2_uuid_bomb, "offset-table": offset_table_bomb, "code-blocks": code_block_bomb,
+         "sequence": sequence_bomb, "deflate": deflate_bomb}

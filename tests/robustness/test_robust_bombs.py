@@ -1,7 +1,7 @@
 """Small files made to cost gigabytes (``helpers.bombs``: a JP2 ``uuid`` box with a fake SIZ, an Extended
-Offset Table naming a second, huge fragment, a million empty sequence items, a deflated data set of 1 GiB)
-are refused by `pneumoscan predict`, the server (an upload) and the DICOM node (a C-STORE) within 10 s,
-with a one-line reason, the process staying under 1 GiB.
+Offset Table naming a second, huge fragment, 5 million code-blocks, a million empty sequence items, a
+deflated data set of 1 GiB) are refused by `pneumoscan predict`, the server (an upload) and the DICOM node
+(a C-STORE) within 10 s, with a one-line reason, the process staying under 1 GiB.
 
 Everything runs in one child process whose address space is capped (``RLIMIT_AS``, 1.5 GiB): a bomb that
 gets through fails to allocate there, and the test fails, instead of taking the machine.
@@ -23,7 +23,9 @@ from helpers.bombs import BOMBS
 REPO = Path(__file__).resolve().parents[2]
 SECONDS, PEAK_MB, RLIMIT = 10.0, 1024, int(1.5 * 2**30)
 FRAME = "refused as a decompression bomb: the compressed frame declares 24000x24000"
-REASONS = {"jp2-uuid": FRAME, "offset-table": FRAME, "sequence": "over 20,000 elements and sequence items",
+REASONS = {"jp2-uuid": FRAME, "offset-table": FRAME,
+           "code-blocks": "refused as a decompression bomb: the JPEG 2000 codestream declares 1 tile(s) and about",
+           "sequence": "over 20,000 elements and sequence items",
            "deflate": "refused as a decompression bomb: the deflated DICOM inflates beyond 8 MiB"}
 
 

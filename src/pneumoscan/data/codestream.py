@@ -36,6 +36,16 @@ class MalformedFrame(ValueError):
     """The frame's header cannot be read; the message says what is wrong."""
 
 
+class FrameBomb(MalformedFrame):
+    """The frame's header declares a structure that would cost the decoder far more than its pixels."""
+
+
+# openjpeg allocates a structure (a few hundred bytes) for each precinct and code-block of every tile: a
+# 1 kB codestream of 4 x 4 code-blocks on 8000 x 8000 pixels took 1.7 GB. Encoders use 32 x 32 or 64 x 64
+# code-blocks and large precincts: 64 Mpx then needs under 100,000.
+MAX_J2K_BLOCKS = 500_000
+
+
 def jpeg_header(frame: bytes) -> FrameHeader:
     """The header of a JPEG or JPEG-LS frame: its markers are walked from SOI to the first scan, as
     libjpeg and CharLS read them (a segment must be followed by the next marker; anything else is
@@ -117,6 +127,68 @@ def j2k_header(codestream: bytes) -> FrameHeader:
         raise MalformedFrame("the JPEG 2000 SIZ marker is malformed")
     precision = max((codestream[42 + 3 * i] & 0x7F) + 1 for i in range(components)) if components else 0
     return FrameHeader(xsiz - xosiz, ysiz - yosiz, components, precision)
+
+
+def check_decoder_cost(frame: bytes, header: FrameHeader, syntax: str) -> None:
+    """Raise :class:`FrameBomb` when the decoder would allocate far more for ``frame`` (from
+    :func:`canonical_frame`) than its pixels: a JPEG 2000 codestream of countless tiles, precincts or
+    code-blocks."""
+    if syntax not in JPEG_2000_SYNTAXES:
+        return
+    xsiz, ysiz, xosiz, yosiz, xtsiz, ytsiz, xtosiz, ytosiz = struct.unpack_from(">IIIIIIII", frame, 8)
+    if not xtsiz or not ytsiz or xtosiz > xosiz or ytosiz > yosiz:
+        raise MalformedFrame("the JPEG 2000 SIZ marker is malformed")
+    tiles = -(-(xsiz - xtosiz) // xtsiz) * -(-(ysiz - ytosiz) // ytsiz)
+    styles = _coding_styles(frame, header.components)
+    blocks = tiles * header.components * 33 + max((_j2k_blocks(header, style) for style in styles), default=0)
+    if blocks > MAX_J2K_BLOCKS:
+        raise FrameBomb(f"the JPEG 2000 codestream declares {tiles:,} tile(s) and about {blocks:,} precincts and "
+                        f"code-blocks, over the limit of {MAX_J2K_BLOCKS:,} (openjpeg allocates each)")
+
+
+def _coding_styles(codestream: bytes, components: int):
+    """(levels, code-block width and height exponents, precinct exponents per resolution) of every COD and
+    COC marker, in the main header and every tile-part header (T.800 A.4, A.6.1, A.6.2)."""
+    pos, tile_part = 2, 0
+    while pos + 4 <= len(codestream):
+        if codestream[pos] != 0xFF:
+            raise MalformedFrame(f"the JPEG 2000 codestream has no marker at byte {pos}")
+        marker = codestream[pos + 1]
+        if marker == 0xD9:  # EOC
+            return
+        if marker == 0x93:  # SOD: the tile-part's data follows; Psot says where the next one starts
+            (psot,) = struct.unpack_from(">I", codestream, tile_part + 6)
+            if psot == 0 or tile_part + psot <= pos:
+                return
+            pos = tile_part + psot
+            continue
+        (length,) = struct.unpack_from(">H", codestream, pos + 2)
+        segment = codestream[pos + 4: pos + 2 + length]
+        if marker == 0x90:  # SOT
+            tile_part = pos
+        elif marker in (0x52, 0x53):  # COD, COC: Scod | Ccoc Scoc, then SPcod (SGcod comes first in COD)
+            start = 5 if marker == 0x52 else (2 if components < 257 else 3)
+            style = segment[0] if marker == 0x52 else segment[start - 1]
+            if len(segment) < start + 3:
+                raise MalformedFrame("the JPEG 2000 coding style marker is truncated")
+            levels, xcb, ycb = segment[start], segment[start + 1], segment[start + 2]
+            precincts = segment[start + 5: start + 6 + levels] if style & 1 else b""
+            yield levels, xcb + 2, ycb + 2, [(b & 0x0F, b >> 4) for b in precincts]
+        pos += 2 + length
+
+
+def _j2k_blocks(header: FrameHeader, style) -> int:
+    """About how many precincts and code-blocks openjpeg makes for the image with this coding style: per
+    resolution, its size over the precinct size, plus its size over the code-block size."""
+    levels, xcb, ycb, precincts = style
+    total = 0
+    for r in range(min(levels, 32) + 1):
+        scale = 2 ** (min(levels, 32) - r)
+        width, height = -(-header.width // scale), -(-header.height // scale)
+        ppx, ppy = precincts[r] if r < len(precincts) else (15, 15)
+        cbx, cby = min(xcb, ppx - (r > 0)), min(ycb, ppy - (r > 0))
+        total += -(-width // 2**ppx) * -(-height // 2**ppy) + -(-width // 2 ** max(cbx, 0)) * -(-height // 2 ** max(cby, 0))
+    return total * max(header.components, 1)
 
 
 def canonical_frame(frame: bytes, syntax: str) -> tuple[bytes, FrameHeader] | None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 from PIL import Image
 
-from pneumoscan.data.codestream import MalformedFrame, canonical_frame
+from pneumoscan.data.codestream import FrameBomb, MalformedFrame, canonical_frame, check_decoder_cost
 from pneumoscan.data.dicom_scan import LONG_VRS, check_structure
 from pneumoscan.data.pixels import MAX_PIXELS, scaled_to_uint8, to_uint8
 from pneumoscan.errors import ImageReadError, reason
@@ -230,6 +230,12 @@ def _one_checked_frame(ds, syntax: str, label: str) -> None:
         raise ImageReadError(
             f"{label}: corrupt DICOM: the compressed frame declares {header.components} component(s) of "
             f"{header.precision} bits, the header {samples} sample(s) of {bits} bits allocated")
+    try:
+        check_decoder_cost(data, header, syntax)
+    except FrameBomb as exc:
+        raise ImageReadError(f"{label}: refused as a decompression bomb: {exc}") from None
+    except MalformedFrame as exc:
+        raise ImageReadError(f"{label}: corrupt DICOM ({exc})") from None
     for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
         if keyword in ds:
             del ds[keyword]
