@@ -96,7 +96,8 @@ def evaluate(config: EvaluateConfig) -> EvaluationResult:
 
     Promises: the model files are only read (their threshold is never changed); operating points and
     the temperature come from the model file or the run's validation data, never from the evaluated
-    split; images that cannot be decoded are skipped and listed in the report.
+    split; images that cannot be decoded are skipped and listed in the report; images the scope gate
+    refuses (as ``predict`` does) are counted, named and kept out of the metrics.
     """
     import pneumoscan
 
