@@ -14,7 +14,7 @@ from pneumoscan.evaluation.operating import apply_temperature
 from pneumoscan.evaluation.results import Figure
 from pneumoscan.evaluation.scoring import Member
 
-METRICS_ON = ("the images the model scored; the images it refuses as out of scope are counted and listed here, "
+METRICS_ON = ("the images the model scored: the images it refuses as out of scope are counted and listed here, "
               "not in the metrics (predict gives them no probability and no label)")
 ALL_IMAGES_METRICS = ("sensitivity", "specificity", "accuracy")
 

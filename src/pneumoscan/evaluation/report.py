@@ -195,7 +195,7 @@ def render_markdown(report: Report) -> str:
     if rows := ece_rows(report):
         lines += [_md_row(ECE_HEADER), "|---" * len(ECE_HEADER) + "|", *map(_md_row, rows)]
     if rows := scope_rows(report):
-        lines += ["", "## Out of scope", "", f"{report.scope['metrics_on']}.", "", _md_row(SCOPE_HEADER),
+        lines += ["", "## Out of scope", "", f"The metrics are on {report.scope['metrics_on']}.", "", _md_row(SCOPE_HEADER),
                   "|---" * len(SCOPE_HEADER) + "|", *map(_md_row, rows)]
         if text := all_images_text(report):
             lines += ["", text]
@@ -273,7 +273,7 @@ def render_html(report: Report, figures: dict[str, bytes], gallery: dict[str, by
     if rows := ece_rows(report):
         parts.append(_table(ECE_HEADER, rows))
     if rows := scope_rows(report):
-        parts.append(f"<h2 id='out-of-scope'>Out of scope</h2><p>{esc(report.scope['metrics_on'])}.</p>")
+        parts.append(f"<h2 id='out-of-scope'>Out of scope</h2><p>The metrics are on {esc(report.scope['metrics_on'])}.</p>")
         parts.append(_table(SCOPE_HEADER, rows))
         if text := all_images_text(report):
             parts.append(f"<p>{esc(text)}</p>")
@@ -303,6 +303,7 @@ def render_html(report: Report, figures: dict[str, bytes], gallery: dict[str, by
         ["images / patients", f"{data['images']} / {data['patients']}"],
         ["pneumonia / normal", f"{data['pneumonia']} / {data['normal']}"],
         ["fingerprint", data["fingerprint"]], ["unreadable (skipped)", str(len(data["unreadable"]))],
+        ["out of scope (refused, not in the metrics)", str((report.scope or {}).get("refused", "not checked"))],
         ["validation used", json.dumps(report.validation)],
     ]))
     if data["unreadable"]:
