@@ -49,6 +49,7 @@ def main() -> None:
     import pneumoscan
     from pneumoscan.data import kermany_patient_id
     from pneumoscan.evaluation import EvaluateConfig, evaluate
+    from pneumoscan.evaluation import intervals as I
     from pneumoscan.evaluation import metrics as M
     from pneumoscan.models import build_model
     from pneumoscan.models.artifact import ModelMeta, save_model
@@ -87,8 +88,8 @@ def main() -> None:
     scores = np.array([float(r[3]) for r in preds])
     patients = np.array([r[1] for r in preds])
     t0 = time.perf_counter()
-    M.bootstrap_intervals(labels, scores, patients, {"a": 0.3, "b": 0.5, "c": 0.7, "d": 0.9},
-                          resamples=args.bootstrap, seed=0)
+    I.estimates(labels, scores, {"a": 0.3, "b": 0.5, "c": 0.7, "d": 0.9},
+                M.patient_bootstrap_weights(patients, args.bootstrap, 0))
     boot_only = time.perf_counter() - t0
 
     load = os.getloadavg()

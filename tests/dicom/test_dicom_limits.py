@@ -184,3 +184,32 @@ def test_limits_out_of_range_are_a_one_line_error(tmp_path, capsys):
     assert main(["dicom", "listen", str(tmp_path), "--max-pdu-kib", "1", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert "limits out of range" in err and "PDU >= 4 KiB" in err and "\n" not in err
+
+
+def test_pull_refuses_an_instance_with_too_many_sequence_items_before_the_client_parses_it(dicom_model, tmp_path,
+                                                                                          monkeypatch):
+    """dicomweb-client parses each instance it fetches with pydicom: the pull counts the items first (the
+    limit is lowered here so that the test's own DICOMweb server can read the instance's header)."""
+    import io
+
+    from helpers import bombs
+    from helpers.dicomweb_server import DicomWebServer
+    from pneumoscan.data import dicom_scan
+    from pneumoscan.dicom.web import pull
+    from pneumoscan.errors import ImageReadError
+
+    monkeypatch.setattr(dicom_scan, "MAX_DICOM_ELEMENTS", 500)
+    bomb = bombs.sequence_bomb(1000)
+    study = str(pydicom.dcmread(io.BytesIO(bomb), stop_before_pixels=True).StudyInstanceUID)
+    parsed, real_dcmread = [], pydicom.dcmread
+
+    def dcmread(*args, **kwargs):  # the client reads whole instances; the test server only headers
+        if not kwargs.get("stop_before_pixels"):
+            parsed.append(args)
+        return real_dcmread(*args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", dcmread)
+    with DicomWebServer({study: [bomb]}) as server, \
+            pytest.raises(ImageReadError, match="an instance: refused: the DICOM data set holds over 500 elements"):
+        pull(Processor(dicom_model, tmp_path), server.url, study=study)
+    assert not parsed

@@ -129,10 +129,18 @@ def test_bootstrap_is_reproducible_with_its_seed():
     assert not np.array_equal(a, M.patient_bootstrap_weights(patients, 50, seed=8))
 
 
+def percentile_intervals(labels, probs, patients, thresholds, resamples, seed) -> dict:
+    """The patient-bootstrap percentile interval of every metric, and how many resamples left each undefined."""
+    samples = M.weighted_metrics(labels, probs, thresholds, M.patient_bootstrap_weights(patients, resamples, seed))
+    return {"threshold_free": {m: M.percentile_interval(samples[m]) for m in M.THRESHOLD_FREE_METRICS},
+            "at": {t: {m: M.percentile_interval(v) for m, v in row.items()} for t, row in samples["at"].items()},
+            "undefined": {m: int((~np.isfinite(samples[m])).sum()) for m in M.THRESHOLD_FREE_METRICS}}
+
+
 def test_bootstrap_of_a_perfect_classifier_is_one_to_one():
     labels = np.array([0] * 30 + [1] * 30)
     probs = np.where(labels == 1, 0.9, 0.1)
-    ci = M.bootstrap_intervals(labels, probs, np.arange(60).astype(str), {"t": 0.5}, resamples=300, seed=0)
+    ci = percentile_intervals(labels, probs, np.arange(60).astype(str), {"t": 0.5}, resamples=300, seed=0)
     for metric in ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "balanced_accuracy"):
         assert ci["at"]["t"][metric] == (1.0, 1.0), metric
     assert ci["threshold_free"]["roc_auc"] == (1.0, 1.0)
@@ -155,7 +163,7 @@ def test_bootstrap_accuracy_interval_matches_the_binomial_distribution():
     n, correct = 50, 40
     labels = np.ones(n, dtype=int)
     probs = np.r_[np.full(correct, 0.9), np.full(n - correct, 0.1)]
-    ci = M.bootstrap_intervals(labels, probs, np.arange(n).astype(str), {"t": 0.5}, resamples=20_000, seed=1)
+    ci = percentile_intervals(labels, probs, np.arange(n).astype(str), {"t": 0.5}, resamples=20_000, seed=1)
     low, high = ci["at"]["t"]["accuracy"]
     assert low == pytest.approx(binomial_quantile(0.025, n, correct / n) / n, abs=1 / n + 1e-9)
     assert high == pytest.approx(binomial_quantile(0.975, n, correct / n) / n, abs=1 / n + 1e-9)
@@ -166,17 +174,17 @@ def test_resampling_patients_widens_the_interval_when_a_patients_images_agree():
     # 20 observations, not 100; resampling images would make it about sqrt(5) times narrower.
     labels = np.ones(100, dtype=int)
     probs = np.repeat(np.r_[np.full(14, 0.9), np.full(6, 0.1)], 5)
-    by_patient = M.bootstrap_intervals(labels, probs, np.repeat(np.arange(20), 5).astype(str), {"t": 0.5},
-                                       resamples=4000, seed=0)["at"]["t"]["accuracy"]
-    by_image = M.bootstrap_intervals(labels, probs, np.arange(100).astype(str), {"t": 0.5},
-                                     resamples=4000, seed=0)["at"]["t"]["accuracy"]
+    by_patient = percentile_intervals(labels, probs, np.repeat(np.arange(20), 5).astype(str), {"t": 0.5},
+                                      resamples=4000, seed=0)["at"]["t"]["accuracy"]
+    by_image = percentile_intervals(labels, probs, np.arange(100).astype(str), {"t": 0.5},
+                                    resamples=4000, seed=0)["at"]["t"]["accuracy"]
     assert (by_patient[1] - by_patient[0]) > 1.8 * (by_image[1] - by_image[0])
 
 
 def test_undefined_resamples_are_counted_not_hidden():
     labels = np.array([0, 0, 0, 1])  # one positive patient: often absent from a resample
     probs = np.array([0.1, 0.2, 0.3, 0.8])
-    ci = M.bootstrap_intervals(labels, probs, np.array(list("abcd")), {"t": 0.5}, resamples=400, seed=0)
+    ci = percentile_intervals(labels, probs, np.array(list("abcd")), {"t": 0.5}, resamples=400, seed=0)
     assert 0 < ci["undefined"]["roc_auc"] < 400  # about (3/4)^4 = 32% of resamples have no positive
     assert ci["undefined"]["roc_auc"] == pytest.approx(400 * 0.75**4, rel=0.3)
 

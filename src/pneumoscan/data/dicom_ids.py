@@ -10,7 +10,7 @@ import io
 import os
 from pathlib import Path
 
-from pneumoscan.data.dicom_image import MAX_DICOM_HEADER_BYTES, is_deflated_dicom, read_dicom_header
+from pneumoscan.data.dicom_image import read_dicom_header
 from pneumoscan.data.image import is_dicom, open_regular_file
 
 # Output column -> DICOM keyword.
@@ -20,8 +20,6 @@ DICOM_ID_COLUMNS: dict[str, str] = {
     "study_instance_uid": "StudyInstanceUID",
     "sop_instance_uid": "SOPInstanceUID",
 }
-# The file meta group (which names the transfer syntax) sits in the first bytes of a DICOM file.
-_META_PROBE_BYTES = 64 * 1024
 # Raster formats never hold a DICOM header: no need to open them a second time.
 _NOT_DICOM_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -46,15 +44,7 @@ def read_dicom_identifiers(source: str | os.PathLike | bytes) -> dict[str, str |
             if not is_dicom(stream.read(132)):
                 return empty
             stream.seek(0)
-            head = stream.read(_META_PROBE_BYTES)
-            if is_deflated_dicom(head):  # never inflate more than a header's worth
-                # Deflate shrinks a header at most to itself, so this many compressed bytes hold all of it.
-                ds = read_dicom_header(head + stream.read(MAX_DICOM_HEADER_BYTES), "DICOM identifiers")
-            else:
-                import pydicom
-
-                stream.seek(0)
-                ds = pydicom.dcmread(stream, stop_before_pixels=True, specific_tags=list(DICOM_ID_COLUMNS.values()))
+            ds, _ = read_dicom_header(stream, "DICOM identifiers")
             values = {column: ds.get(keyword) for column, keyword in DICOM_ID_COLUMNS.items()}
     except Exception:  # noqa: BLE001 - a damaged header: the decoder names the problem on the row
         return empty

@@ -13,12 +13,18 @@ import io
 import struct
 import zlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from PIL import Image
 
-from pneumoscan.data.pixels import MAX_PIXELS, to_uint8
+from pneumoscan.data.codestream import FrameBomb, MalformedFrame, canonical_frame, check_decoder_cost
+from pneumoscan.data.dicom_scan import LONG_VRS, check_structure
+from pneumoscan.data.pixels import MAX_PIXELS, scaled_to_uint8, to_uint8
 from pneumoscan.errors import ImageReadError, reason
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 # Everything in a DICOM data set but its pixels (patient, study, overlays, an icon) stays far below this.
 # A deflated data set may inflate to its pixels' size plus this much, never more.
@@ -26,6 +32,7 @@ MAX_DICOM_HEADER_BYTES = 8 * 1024 * 1024
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
 _INFLATE_CHUNK = 1024 * 1024
+_HEAD_CHUNK = 64 * 1024
 
 
 def is_dicom(head: bytes) -> bool:
@@ -48,6 +55,21 @@ def probe_dicom(data: bytes, label: str) -> tuple[int, int, str]:
         return int(ds.get("Columns", 0)), int(ds.get("Rows", 0)), str(ds.get("PhotometricInterpretation", "?"))
 
 
+def read_dicom_dataset(data: bytes, label: str) -> Dataset:
+    """The whole data set of a DICOM file's bytes, parsed by pydicom within the bounds :func:`decode_dicom`
+    keeps: elements and sequence items counted first, a deflated data set inflated no further than its
+    pixels need. Raises :class:`ImageReadError` naming ``label``."""
+    with _corrupt_dicom(label):
+        return _dcmread(_inflate_if_deflated(data, label), label)
+
+
+def check_dicom_bytes(data: bytes, label: str) -> None:
+    """Raise :class:`ImageReadError` naming ``label`` for the DICOM file ``data`` when pydicom's parse of it
+    would pass the bounds of :func:`read_dicom_dataset`; for code that hands the bytes to pydicom itself."""
+    with _corrupt_dicom(label):
+        _count_elements(_inflate_if_deflated(data, label), label, stop_before_pixels=False)
+
+
 @contextlib.contextmanager
 def _corrupt_dicom(label: str) -> Iterator[None]:
     """Turn whatever pydicom raises on a damaged file into an ImageReadError naming the file.
@@ -64,13 +86,22 @@ def _corrupt_dicom(label: str) -> Iterator[None]:
 
 
 def _dcmread(data: bytes, label: str, stop_before_pixels: bool = False):
+    """pydicom's parse of ``data`` (not deflated), once its elements and items are counted within bounds."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    _count_elements(data, label, stop_before_pixels)
     try:
         return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
     except (InvalidDicomError, OSError, ValueError, KeyError, EOFError, AttributeError) as exc:
         raise ImageReadError(f"{label}: corrupt DICOM ({reason(exc)})") from None
+
+
+def _count_elements(data: bytes, label: str, stop_before_pixels: bool) -> int | None:
+    """:func:`~pneumoscan.data.dicom_scan.check_structure` on a DICOM file's bytes (not deflated)."""
+    elements, start = _file_meta_elements(data, label)
+    syntax = next((value for tag, _, value in elements if tag == 0x00020010), b"")
+    return check_structure(data, start, syntax.rstrip(b"\0 ").decode("ascii", "replace"), label, stop_before_pixels)
 
 
 def _decode(data: bytes, label: str) -> np.ndarray:
@@ -82,34 +113,46 @@ def _decode(data: bytes, label: str) -> np.ndarray:
     ds = _dcmread(data, label)
     if "PixelData" not in ds:
         raise ImageReadError(f"{label}: DICOM has no pixel data (a report or structured document?)")
-    _check_codestream(ds, label)
-    try:
-        pixels = ds.pixel_array
-    except Exception as exc:  # pydicom raises many types for unsupported transfer syntaxes
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise ImageReadError(
-            f"{label}: cannot decode DICOM pixel data (transfer syntax {syntax}: {reason(exc)}); "
-            "reinstall pneumoscan to get its decoders (pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg, pyjpegls)"
-        ) from None
+    pixels = _pixel_array(ds, label)
     if pixels.ndim == 3:  # RGB DICOM (secondary capture)
         return np.asarray(Image.fromarray(to_uint8(pixels)).convert("L"))
     try:
-        values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)  # rescale slope / intercept
+        values = apply_modality_lut(pixels, ds)  # rescale slope / intercept (the pixels themselves without)
         if "VOILUTSequence" in ds:
-            image = to_uint8(np.asarray(apply_voi_lut(values, ds, index=0)))
+            image = to_uint8(np.asarray(apply_voi_lut(np.asarray(values, dtype=np.float64), ds, index=0)))
         elif "WindowCenter" in ds and "WindowWidth" in ds:
-            # Scale by the window's output range, not the image's own: a window is an absolute
-            # choice of contrast, and pixels outside it must saturate at 0 or 255.
-            windowed = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
-            low, high = np.asarray(apply_voi_lut(np.array([-1e12, 1e12]), ds, index=0), dtype=np.float64)
-            image = np.clip((windowed - low) * (255.0 / max(high - low, 1e-9)) + 0.5, 0, 255).astype(np.uint8)
+            image = _windowed(pixels, ds)
         else:
-            image = to_uint8(values)
+            image = to_uint8(values)  # in float32: no float64 copy of a large image
     except Exception as exc:
         raise ImageReadError(f"{label}: invalid DICOM value transforms ({reason(exc)})") from None
     if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         image = 255 - image  # MONOCHROME1 stores bright as low values
     return image
+
+
+def _windowed(pixels: np.ndarray, ds) -> np.ndarray:
+    """The stored ``pixels`` through the modality transform and the first window of ``ds``, its output
+    range scaled to 0..255. Integer pixels go through a table of their values (at most 65,536 entries),
+    computed by the same pydicom calls: a large image then costs no float64 copies in pydicom's windowing
+    (1.4 GB for 64 Mpx)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    def transform(values: np.ndarray) -> np.ndarray:
+        windowed = np.asarray(apply_voi_lut(np.asarray(apply_modality_lut(values, ds), dtype=np.float64), ds, index=0),
+                              dtype=np.float64)
+        # Scale by the window's output range, not the image's own: a window is an absolute
+        # choice of contrast, and pixels outside it must saturate at 0 or 255.
+        low, high = np.asarray(apply_voi_lut(np.array([-1e12, 1e12]), ds, index=0), dtype=np.float64)
+        return scaled_to_uint8(windowed, float(low), 255.0 / max(float(high - low), 1e-9))
+
+    if not np.issubdtype(pixels.dtype, np.integer) or pixels.itemsize > 2 or not pixels.size:
+        return transform(pixels)
+    low, high = int(pixels.min()), int(pixels.max())
+    table = transform(np.arange(low, high + 1).astype(pixels.dtype))
+    index = pixels.astype(np.int32)
+    index -= low
+    return table[index]
 
 
 def _check_dicom_pixels(ds, label: str) -> None:
@@ -133,88 +176,105 @@ def _check_dicom_pixels(ds, label: str) -> None:
         raise ImageReadError(f"{label}: multi-frame DICOM ({frames} frames); a chest radiograph is a single frame")
 
 
-# The JPEG start-of-frame markers (ITU T.81 B.1.1.3; 0xC4, 0xC8 and 0xCC are not frames) and JPEG-LS's
-# SOF55 (0xF7); all say height and width at the same offsets.
-_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7})
-_J2K_SIZ = b"\xff\x4f\xff\x51"  # SOC then SIZ: a JPEG 2000 codestream's first two markers
-# JPEG (baseline, extended, lossless), JPEG-LS, JPEG 2000 and HTJ2K: a frame of these has a header.
-_HEADERED_SYNTAXES = frozenset({f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81, 90, 91, 92, 93, 201, 202, 203)})
-
-
-def codestream_size(frame: bytes) -> tuple[int, int, int] | None:
-    """(width, height, components) that a JPEG, JPEG-LS or JPEG 2000 frame declares in its own header
-    (SOF / SIZ marker), read without decoding anything; None when ``frame`` holds none of them."""
-    if frame[:2] == b"\xff\xd8":  # JPEG and JPEG-LS: walk the marker segments up to the frame header
-        offset = 2
-        while offset + 4 <= len(frame):
-            if frame[offset] != 0xFF:
-                return None
-            marker = frame[offset + 1]
-            if marker == 0xFF:  # fill byte
-                offset += 1
-                continue
-            if 0xD0 <= marker <= 0xD9 or marker == 0x01:  # markers without a length
-                offset += 2
-                continue
-            (length,) = struct.unpack_from(">H", frame, offset + 2)
-            if marker in _SOF_MARKERS:
-                if offset + 10 > len(frame):
-                    return None
-                height, width = struct.unpack_from(">HH", frame, offset + 5)
-                return width, height, frame[offset + 9]
-            offset += 2 + length
-        return None
-    start = frame.find(_J2K_SIZ, 0, 4096)  # a bare codestream, or one in JP2 boxes
-    if start < 0 or start + 42 > len(frame):
-        return None
-    xsiz, ysiz, xosiz, yosiz = struct.unpack_from(">IIII", frame, start + 8)
-    (components,) = struct.unpack_from(">H", frame, start + 40)
-    return xsiz - xosiz, ysiz - yosiz, components
-
-
-def _check_codestream(ds, label: str) -> None:
-    """Refuse, before any decoder runs, a compressed frame whose own header declares more pixels than
-    the limit or another size than Rows and Columns: a decoder allocates what the codestream says, and
-    a 1 kB JPEG 2000 frame can say 10000 x 10000."""
-    from pydicom.encaps import generate_frames
-
+def _pixel_array(ds, label: str) -> np.ndarray:
+    """``ds.pixel_array``, decoded from bytes whose own header was checked first, and checked again after."""
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is None or not syntax.is_encapsulated or syntax == "1.2.840.10008.1.2.5":  # RLE: no header
-        return
+    if syntax is not None and syntax.is_encapsulated:
+        _one_checked_frame(ds, str(syntax), label)
     try:
-        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
-    except (StopIteration, ValueError) as exc:
+        pixels = ds.pixel_array
+    except Exception as exc:  # pydicom raises many types for unsupported transfer syntaxes
+        raise ImageReadError(_undecodable(syntax, exc, label)) from None
+    rows, columns, samples = int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1) or 1)
+    if pixels.shape != ((rows, columns) if samples == 1 else (rows, columns, samples)):
+        raise ImageReadError(f"{label}: corrupt DICOM: the pixel data decodes to {pixels.shape}, the header says "
+                             f"{rows} rows x {columns} columns x {samples} sample(s)")
+    return pixels
+
+
+def _one_checked_frame(ds, syntax: str, label: str) -> None:
+    """Replace the encapsulated pixel data of ``ds`` by the one frame a decoder would decode, taken as
+    pydicom's decoders take it (``get_frame``, with the Extended Offset Table), after checking the size
+    that frame declares against the pixel limit and the header. The decoder is then handed those bytes
+    and nothing else: no second fragment, offset table or JP2 box can make it decode another image than
+    the one checked."""
+    from pydicom.encaps import encapsulate, get_frame
+
+    offsets = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+        if len(offsets[0]) != len(offsets[1]):
+            offsets = None  # pydicom's decoders ignore a table whose two halves disagree
+    try:
+        frame = get_frame(ds.PixelData, 0, number_of_frames=1, extended_offsets=offsets)
+        checked = canonical_frame(frame, syntax)
+    except MalformedFrame as exc:
+        raise ImageReadError(f"{label}: corrupt DICOM ({exc})") from None
+    except (ValueError, IndexError, KeyError, struct.error) as exc:
         raise ImageReadError(f"{label}: corrupt DICOM (no compressed frame in the pixel data: {reason(exc)})") from None
-    size = codestream_size(frame)
-    if size is None:
-        if syntax in _HEADERED_SYNTAXES:
-            raise ImageReadError(f"{label}: corrupt DICOM (the compressed frame has no JPEG frame header)")
-        return  # another compression: its decoder works from Rows and Columns
-    width, height, components = size
-    if width * height * max(components, 1) > MAX_PIXELS:
+    if checked is None:
+        return  # RLE: its segments declare no size; its decoder works from Rows and Columns
+    data, header = checked
+    values = header.width * header.height * max(header.components, 1)
+    if values > MAX_PIXELS:
         raise ImageReadError(
-            f"{label}: refused as a decompression bomb: the compressed frame declares {width}x{height} x "
-            f"{components} component(s), over the limit of {MAX_PIXELS:,} values (set PNEUMOSCAN_MAX_PIXELS "
-            "to raise it)")
-    if (width, height) != (int(ds.Columns), int(ds.Rows)):
+            f"{label}: refused as a decompression bomb: the compressed frame declares {header.width}x{header.height} "
+            f"x {header.components} component(s), over the limit of {MAX_PIXELS:,} values (set "
+            "PNEUMOSCAN_MAX_PIXELS to raise it)")
+    if (header.width, header.height) != (int(ds.Columns), int(ds.Rows)):
         raise ImageReadError(
-            f"{label}: corrupt DICOM: the compressed frame declares {width}x{height} pixels, the header "
+            f"{label}: corrupt DICOM: the compressed frame declares {header.width}x{header.height} pixels, the header "
             f"{ds.Columns}x{ds.Rows} (Columns x Rows)")
+    samples, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.get("BitsAllocated", 0) or 0)
+    if header.components != samples or header.precision > bits:
+        raise ImageReadError(
+            f"{label}: corrupt DICOM: the compressed frame declares {header.components} component(s) of "
+            f"{header.precision} bits, the header {samples} sample(s) of {bits} bits allocated")
+    try:
+        check_decoder_cost(data, header, syntax)
+    except FrameBomb as exc:
+        raise ImageReadError(f"{label}: refused as a decompression bomb: {exc}") from None
+    except MalformedFrame as exc:
+        raise ImageReadError(f"{label}: corrupt DICOM ({exc})") from None
+    for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
+        if keyword in ds:
+            del ds[keyword]
+    ds.PixelData = encapsulate([data])
 
 
-def is_deflated_dicom(data: bytes) -> bool:
-    """Whether the file meta of these DICOM bytes (its first kilobytes suffice) names the deflated syntax."""
-    return _is_deflated(_file_meta_elements(data)[0])
+def _undecodable(syntax, exc: Exception, label: str) -> str:
+    """Why the pixel data cannot be decoded: a decoder missing from this installation, or a frame that
+    the installed decoders refuse (malformed, or a variant they do not support)."""
+    from pydicom.pixels import get_decoder
+
+    try:
+        available = get_decoder(syntax).is_available
+    except (NotImplementedError, ValueError, TypeError):
+        return f"{label}: DICOM pixel data in transfer syntax {syntax}, which pneumoscan cannot decode"
+    if not available:
+        return (f"{label}: cannot decode DICOM pixel data (transfer syntax {syntax}): its decoder is not installed; "
+                "reinstall pneumoscan to get its decoders (pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg, pyjpegls)")
+    return (f"{label}: corrupt DICOM: the compressed frame is malformed or of a kind the decoder does not "
+            f"support (transfer syntax {syntax}: {reason(exc)})")
 
 
-def read_dicom_header(data: bytes, label: str):
-    """The data set before its pixels; a deflated one is inflated to at most ``MAX_DICOM_HEADER_BYTES``
-    (pydicom alone would inflate all of it, pixels and padding, even to read one element)."""
-    elements, start = _file_meta_elements(data)
-    if not _is_deflated(elements):
-        return _dcmread(data, label, stop_before_pixels=True)
-    body = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[start:], MAX_DICOM_HEADER_BYTES)
-    return _dcmread(_explicit_head(data, elements) + body, label, stop_before_pixels=True)
+def read_dicom_header(stream: BinaryIO, label: str) -> tuple[Dataset, bool]:
+    """(the data set before its pixels, whether pixel data follows it) of the DICOM file read from
+    ``stream`` (at its start), parsed by pydicom once its elements and items are counted within bounds.
+    At most ``MAX_DICOM_HEADER_BYTES`` of header are read; a deflated one is inflated no further (pydicom
+    alone would inflate all of it, pixels and padding, even to read one element)."""
+    data = stream.read(_HEAD_CHUNK)
+    elements, start = _file_meta_elements(data, label)
+    if _is_deflated(elements):
+        body = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[start:] + stream.read(MAX_DICOM_HEADER_BYTES),
+                                                              MAX_DICOM_HEADER_BYTES)
+        data = _explicit_head(data, elements) + body
+        pixels_at = _count_elements(data, label, stop_before_pixels=True)
+    else:  # read on until the pixel data, the end of the file, or the limit
+        while (pixels_at := _count_elements(data, label, stop_before_pixels=True)) is None \
+                and len(data) < MAX_DICOM_HEADER_BYTES and (more := stream.read(len(data))):
+            data += more
+    return _dcmread(data, label, stop_before_pixels=True), pixels_at is not None
 
 
 def _is_deflated(elements: list[tuple[int, bytes, bytes]]) -> bool:
@@ -276,24 +336,28 @@ def _inflate_if_deflated(data: bytes, label: str) -> bytes:
 
 
 
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_MAX_META_ELEMENTS = 64  # PS3.10 defines 14
 
 
-def _file_meta_elements(data: bytes) -> tuple[list[tuple[int, bytes, bytes]], int]:
+def _file_meta_elements(data: bytes, label: str = "DICOM") -> tuple[list[tuple[int, bytes, bytes]], int]:
     """The raw (tag, VR, value) elements of the file meta group (0002) and the offset where the data set
-    starts. The group is always Explicit VR Little Endian (PS3.10 7.1)."""
+    starts. The group is always Explicit VR Little Endian (PS3.10 7.1) and holds a dozen elements, none a
+    sequence: anything else is refused before pydicom parses it."""
     elements, offset = [], 132
     while offset + 8 <= len(data):
         group, element = struct.unpack_from("<HH", data, offset)
         if group != 0x0002:
             break
         vr = data[offset + 4: offset + 6]
-        if vr in _LONG_VRS:
-            (length,) = struct.unpack_from("<I", data, offset + 8)
+        if vr in LONG_VRS:
+            (length,) = struct.unpack_from("<I", data, offset + 8) if offset + 12 <= len(data) else (0,)
             value_at = offset + 12
         else:
             (length,) = struct.unpack_from("<H", data, offset + 6)
             value_at = offset + 8
+        if vr == b"SQ" or length == 0xFFFFFFFF or len(elements) >= _MAX_META_ELEMENTS:
+            raise ImageReadError(f"{label}: corrupt DICOM (the file meta group holds a sequence or over "
+                                 f"{_MAX_META_ELEMENTS} elements)")
         elements.append(((group << 16) | element, vr, data[value_at: value_at + length]))
         offset = value_at + length
     return elements, offset
@@ -306,7 +370,7 @@ def _encode_meta(elements: list[tuple[int, bytes, bytes]]) -> bytes:
         if tag == 0x00020000:
             continue
         tag_bytes = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
-        if vr in _LONG_VRS:
+        if vr in LONG_VRS:
             body += tag_bytes + vr + b"\0\0" + struct.pack("<I", len(value)) + value
         else:
             body += tag_bytes + vr + struct.pack("<H", len(value)) + value

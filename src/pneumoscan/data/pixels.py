@@ -15,18 +15,33 @@ MAX_FILE_BYTES = int(os.environ.get("PNEUMOSCAN_MAX_FILE_BYTES", 512 * 1024 * 10
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """Scale any-depth pixel values to 0..255 by their own range (12/16-bit and float images)."""
+    """Scale any-depth pixel values to 0..255 by their own range (12/16-bit and float images).
+
+    Works in one float32 copy, scaled in place: at the pixel limit every extra temporary is 256 MB."""
     if pixels.dtype == np.uint8:
         return pixels
     values = pixels.astype(np.float32)
-    finite = np.isfinite(values)
-    if not finite.any():
-        return np.zeros(values.shape, np.uint8)
-    low, high = float(values[finite].min()), float(values[finite].max())
-    values = np.where(finite, values, low)
+    if np.issubdtype(pixels.dtype, np.integer):
+        low, high = float(values.min()), float(values.max())
+    else:
+        finite = np.isfinite(values)
+        if not finite.any():
+            return np.zeros(values.shape, np.uint8)
+        low, high = float(np.min(values, where=finite, initial=np.inf)), float(np.max(values, where=finite, initial=-np.inf))
+        values[~finite] = low
+        del finite
     if high <= low:
         return np.zeros(values.shape, np.uint8)
-    return np.clip((values - low) * (255.0 / (high - low)) + 0.5, 0, 255).astype(np.uint8)
+    return scaled_to_uint8(values, low, 255.0 / (high - low))
+
+
+def scaled_to_uint8(values: np.ndarray, low: float, scale: float) -> np.ndarray:
+    """``clip((values - low) * scale + 0.5, 0, 255)`` as uint8, computed in ``values`` itself."""
+    values -= low
+    values *= scale
+    values += 0.5
+    np.clip(values, 0, 255, out=values)
+    return values.astype(np.uint8)
 
 
 def check_pixels(width: int, height: int, label: str) -> None:

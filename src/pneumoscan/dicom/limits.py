@@ -1,4 +1,5 @@
-"""What one DICOM peer may cost the node: PDU and data set sizes, time per PDU, associations.
+"""What one DICOM peer may cost the node: PDU and data set sizes, time per PDU, associations; and what an
+instance fetched by ``dicom pull`` may cost before it is parsed.
 
 pynetdicom reads a PDU whole, whatever length its header says, waits as long as bytes trickle in, and
 keeps a data set's fragments until the last one. Here every PDU is read under a deadline and a size
@@ -223,3 +224,23 @@ def bounded_server_class(limits: Limits):
                     self._peers[str(client_address[0])] -= 1
 
     return BoundedServer
+
+
+def bounded_dicomweb_client(url: str, session):
+    """A ``DICOMwebClient`` for ``url`` that checks each instance it retrieves (elements and sequence items
+    counted, a deflated one inflated no further than its pixels need) before it parses it with pydicom, as
+    it parses every part it receives: an instance past the bounds raises
+    :class:`~pneumoscan.errors.ImageReadError` naming the server."""
+    from dicomweb_client.api import DICOMwebClient
+
+    from pneumoscan.data.dicom_image import check_dicom_bytes, is_dicom
+
+    class BoundedClient(DICOMwebClient):
+        # Every multipart part goes through here before the client's pydicom.dcmread.
+        def _decode_multipart_message(self, response, stream):
+            for part in super()._decode_multipart_message(response, stream):
+                if is_dicom(part):
+                    check_dicom_bytes(bytes(part), f"{url}: an instance")
+                yield part
+
+    return BoundedClient(url, session=session)

@@ -16,10 +16,11 @@ import threading
 import time
 from dataclasses import dataclass
 
+from pneumoscan.data.dicom_image import read_dicom_dataset
 from pneumoscan.dicom.instances import CHEST_SOP_CLASSES, CHEST_TRANSFER_SYNTAXES, printable
 from pneumoscan.dicom.limits import Limits, bounded_server_class
 from pneumoscan.dicom.processing import Processor
-from pneumoscan.errors import ConfigError, OutputError
+from pneumoscan.errors import ConfigError, ImageReadError, OutputError
 
 log = logging.getLogger("pneumoscan.dicom")
 
@@ -217,9 +218,13 @@ class StorageNode:
         origin = printable(f"{calling}@{event.assoc.requestor.address}")
         try:
             data = event.encoded_dataset()
-            ds = event.dataset
+            # Not event.dataset: pydicom would parse (and inflate) whatever arrived, without bounds.
+            ds = read_dicom_dataset(data, f"an instance from {origin}")
             ds.file_meta = event.file_meta
             outcome = self.processor.process(ds, data, origin=origin)
+        except ImageReadError as exc:
+            log.warning("%s", printable(str(exc)))
+            return PROCESSING_FAILURE
         except OutputError as exc:
             log.error("cannot keep the result of an instance from %s: %s", origin, exc)
             return OUT_OF_RESOURCES

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 from pneumoscan.dicom.bounded_http import PullLimits
 from pneumoscan.dicom.instances import is_valid_uid, shown_uid
+from pneumoscan.dicom.limits import bounded_dicomweb_client
 from pneumoscan.dicom.processing import Outcome, Processor
-from pneumoscan.errors import ConfigError, DicomNetworkError, reason
+from pneumoscan.errors import ConfigError, DicomNetworkError, ImageReadError, reason
 from pneumoscan.inference.scope import RADIOGRAPH_MODALITIES as MODALITIES
 
 log = logging.getLogger("pneumoscan.dicom")
@@ -53,10 +54,10 @@ def pull(processor: Processor, url: str, *, study: str | None = None, since: str
     With ``store``, the derived objects of each study are sent back with STOW-RS. Every answer is read
     under ``limits`` (sizes, pages, timeouts and a deadline for the whole pull). A study or series whose
     UID the server gives wrong is skipped and listed. Raises :class:`DicomNetworkError` when the server
-    cannot be reached, refuses a request or breaks a limit; what was scored before stays on disk.
+    cannot be reached, refuses a request or breaks a limit, and :class:`~pneumoscan.errors.ImageReadError`
+    for an instance past the bounds of the DICOM reader (:func:`~pneumoscan.dicom.limits.bounded_dicomweb_client`);
+    what was scored before stays on disk.
     """
-    from dicomweb_client.api import DICOMwebClient
-
     from pneumoscan.dicom.bounded_http import BoundedSession, Deadline
     from pneumoscan.dicom.logs import guard_library_logs
 
@@ -67,7 +68,7 @@ def pull(processor: Processor, url: str, *, study: str | None = None, since: str
     guard_library_logs()
     limits = limits or PullLimits()
     session = BoundedSession(limits, Deadline(limits.deadline))
-    client = DICOMwebClient(url.rstrip("/"), session=session)
+    client = bounded_dicomweb_client(url.rstrip("/"), session=session)
     client.set_http_retry_params(retry=False)  # its retries wait up to half a minute, past any deadline
     search = _Search(url, limits)
     result = PullResult()
@@ -182,6 +183,8 @@ def _network(url: str, what: str) -> Iterator[None]:
         yield
     except PullLimitExceeded as exc:
         raise DicomNetworkError(f"{url}: {what}: {exc}") from None
+    except ImageReadError:
+        raise  # an instance past the DICOM reader's bounds: its message names the server already
     except requests.JSONDecodeError:
         raise DicomNetworkError(f"{url}: {what}: the answer is not valid JSON") from None
     except requests.HTTPError as exc:

@@ -27,14 +27,24 @@ from pneumoscan._io import (
 )
 from pneumoscan.config import save_config, to_dict
 from pneumoscan.errors import ConfigError, DatasetError
+from pneumoscan.evaluation import intervals as I
 from pneumoscan.evaluation import metrics as M
+from pneumoscan.evaluation.cautions import leakage, report_warnings
 from pneumoscan.evaluation.config import EvaluateConfig
 from pneumoscan.evaluation.context import report_context
 from pneumoscan.evaluation.figures import report_figures
 from pneumoscan.evaluation.gallery import gallery as error_gallery
 from pneumoscan.evaluation.operating import apply_temperature, fit_temperature
+from pneumoscan.evaluation.refused import out_of_scope, scope_record
 from pneumoscan.evaluation.results import Figure, Metrics, Report
-from pneumoscan.evaluation.scoring import RULES, Member, operating_points, run_split, score, validation_scores
+from pneumoscan.evaluation.scoring import (
+    Member,
+    operating_points,
+    point_rules,
+    run_split,
+    score,
+    validation_scores,
+)
 from pneumoscan.provenance import DISCLAIMER, git_commit, library_versions
 from pneumoscan.runs import (
     CONFIG,
@@ -86,7 +96,8 @@ def evaluate(config: EvaluateConfig) -> EvaluationResult:
 
     Promises: the model files are only read (their threshold is never changed); operating points and
     the temperature come from the model file or the run's validation data, never from the evaluated
-    split; images that cannot be decoded are skipped and listed in the report.
+    split; images that cannot be decoded are skipped and listed in the report; images the scope gate
+    refuses (as ``predict`` does) are counted, named and kept out of the metrics.
     """
     import pneumoscan
 
@@ -128,8 +139,6 @@ def _evaluate(config: EvaluateConfig, members: list[Member], metas: list, out: P
         data_notes.append(left_out_text(left_out))
     cache = build_cache(samples, size, fit, progress=False)
     images, kept = cache.subset(None)
-    labels = np.array([s.label for s in kept], dtype=np.int64)
-    patients = np.array([s.patient_id for s in kept], dtype=str)
     if len(kept) == 0:
         raise DatasetError(f"{data_root}: none of the {len(samples)} images of split {config.split!r} could be decoded")
 
@@ -144,41 +153,50 @@ def _evaluate(config: EvaluateConfig, members: list[Member], metas: list, out: P
                               f"({VAL_PREDICTIONS} or {SPLIT} in the run folder)")
         temperature = fit_temperature(validation["labels"], validation["probs"])
 
-    # 3. Score the evaluated split.
+    # 3. Score the evaluated split. The images predict refuses as out of scope get no probability there, so
+    # the metrics are those of the scored images; the refused ones are named, and scored apart (scope_record).
     clock.lap("validation")
-    raw = score(members, images, config)
+    raw_all = score(members, images, config)
+    refused = out_of_scope(members, images, kept, config.batch_size)
     clock.lap("infer")
-    probs = apply_temperature(raw, temperature) if temperature else raw
     thresholds = {"stored": stored, **points}
     uncalibrated = dict(thresholds)
     if temperature:
         # Same decisions as before scaling: the thresholds move with the probabilities (monotone map).
         thresholds = {k: float(apply_temperature(np.array([t]), temperature)[0]) for k, t in thresholds.items()}
+    everything = scope_record(members, kept, refused, raw_all, temperature, thresholds["stored"], config)
+    scored = np.array([i not in refused for i in range(len(kept))], dtype=bool)
+    if not scored.any():
+        raise DatasetError(f"{data_root}: all {len(kept)} decoded images of split {config.split!r} are out of the "
+                           f"model's scope (first: {kept[0].path}: {refused[0]})")
+    images, kept, raw = images[scored], [s for s, keep in zip(kept, scored, strict=True) if keep], raw_all[scored]
+    labels = np.array([s.label for s in kept], dtype=np.int64)
+    patients = np.array([s.patient_id for s in kept], dtype=str)
+    probs = apply_temperature(raw, temperature) if temperature else raw
 
-    # 4. Metrics with patient-bootstrap intervals.
+    # 4. Metrics with their intervals (patient bootstrap; exact for proportions; ECE bias-corrected).
     weights = M.patient_bootstrap_weights(patients, config.bootstrap, config.seed)
-    ci = M.bootstrap_intervals(labels, probs, patients, thresholds, level=config.level, bins=config.bins,
-                               weights=weights)
-    free = M.threshold_free_metrics(labels, probs, config.bins)
+    found = I.estimates(labels, probs, thresholds, weights, config.level, config.bins)
     clock.lap("bootstrap")
+    rules = point_rules(members, metas)
     report = Report(
         disclaimer=DISCLAIMER,
         created=started.isoformat(timespec="seconds"),
         metrics=Metrics(
-            threshold_free={m: Figure.of(free[m], ci["threshold_free"][m]) for m in M.THRESHOLD_FREE_METRICS},
-            at={name: {m: Figure.of(v, ci["at"][name][m]) for m, v in M.threshold_metrics(labels, probs, t).items()}
-                for name, t in thresholds.items()},
+            threshold_free={m: Figure.of(e) for m, e in found["threshold_free"].items()},
+            at={name: {m: Figure.of(e) for m, e in row.items()} for name, row in found["at"].items()},
         ),
         confusion_matrix={name: M.confusion(labels, probs, t) for name, t in thresholds.items()},
         operating_points={
             name: {"threshold": thresholds[name], "source": points_source if name != "stored" else
                    ("model file" if len(members) == 1 else "mean of the ensemble members' stored thresholds"),
-                   "rule": RULES.get(name, ""),
+                   "rule": rules.get(name, ""),
                    **({"threshold_before_calibration": uncalibrated[name]} if temperature else {})}
             for name in thresholds
         },
         bootstrap={"resamples": config.bootstrap, "seed": config.seed, "level": config.level,
-                   "unit": "patient", "method": "percentile", "undefined_resamples": ci["undefined"]},
+                   "unit": "patient", "method": I.METHODS, "undefined_resamples": found["undefined"]},
+        scope=everything,
         calibration=_calibration(labels, raw, probs, temperature, weights, config) if temperature else None,
         site_calibration=_site_calibration(metas[0], labels, probs, config) if len(members) == 1 else None,
         reliability=M.calibration_bins(labels, probs, config.bins),
@@ -192,12 +210,12 @@ def _evaluate(config: EvaluateConfig, members: list[Member], metas: list, out: P
             "patients": len(set(validation["patients"])),
         },
         context=report_context(metas, [s.path for s in kept], config.split, data_root),
-        leakage=_leakage(members, kept),
+        leakage=leakage(members, kept),
         config=to_dict(config),
         versions=library_versions(),
         git_commit=git_commit(),
     )
-    report.warnings = _warnings(report)
+    report.warnings = report_warnings(report)
 
     # 5. Figures, per-image predictions, report files.
     figures = report_figures(members[0].run_dir, labels, probs, raw, thresholds, weights, report, config.bins)
@@ -299,15 +317,13 @@ def _select(index, split: str) -> tuple[list, list[str]]:
 
 
 def _calibration(labels, raw, calibrated, temperature, weights, config) -> dict[str, Any]:
-    before = M.bootstrap_intervals(labels, raw, [], {}, level=config.level, bins=config.bins, weights=weights)
-    after = M.bootstrap_intervals(labels, calibrated, [], {}, level=config.level, bins=config.bins, weights=weights)
-    free_before = M.threshold_free_metrics(labels, raw, config.bins)
-    free_after = M.threshold_free_metrics(labels, calibrated, config.bins)
+    before = I.estimates(labels, raw, {}, weights, config.level, config.bins)["threshold_free"]
+    after = I.estimates(labels, calibrated, {}, weights, config.level, config.bins)["threshold_free"]
     return {
         "temperature": temperature,
         "fitted_on": "the run's validation predictions",
-        "before": {m: Figure.of(free_before[m], before["threshold_free"][m]) for m in M.CALIBRATION_METRICS},
-        "after": {m: Figure.of(free_after[m], after["threshold_free"][m]) for m in M.CALIBRATION_METRICS},
+        "before": {m: Figure.of(before[m]) for m in M.CALIBRATION_METRICS},
+        "after": {m: Figure.of(after[m]) for m in M.CALIBRATION_METRICS},
     }
 
 
@@ -350,52 +366,6 @@ def _describe_data(index, split, kept, failures, notes, labels, patients) -> dic
         "unreadable": [{"path": p, "reason": r} for p, r in failures],
         "notes": [*index.notes, *notes],
     }
-
-
-def _leakage(members: list[Member], kept) -> dict[str, Any]:
-    """Evaluated images or patients that a member saw in training or validation (from its split.csv)."""
-    patients = {s.patient_id for s in kept}
-    paths = {os.path.abspath(s.path) for s in kept}
-    result: dict[str, Any] = {"checked": [], "patients": {}, "images": {}}
-    for member in members:
-        trained = run_split(member)
-        if trained is None:
-            continue
-        result["checked"].append(str(split_file(member.run_dir)))
-        for sample in trained:
-            part = sample.split
-            if part not in ("train", "val"):
-                continue
-            if sample.patient_id in patients:
-                result["patients"].setdefault(part, set()).add(sample.patient_id)
-            if os.path.abspath(sample.path) in paths:
-                result["images"].setdefault(part, set()).add(str(sample.path))
-    result["patients"] = {k: len(v) for k, v in result["patients"].items()}
-    result["images"] = {k: len(v) for k, v in result["images"].items()}
-    return result
-
-
-def _warnings(report: Report) -> list[str]:
-    warnings: list[str] = []
-    leak, data = report.leakage, report.data
-    for part in ("train", "val"):
-        if leak["images"].get(part) or leak["patients"].get(part):
-            warnings.append(
-                f"LEAKAGE: {leak['images'].get(part, 0)} evaluated images and {leak['patients'].get(part, 0)} "
-                f"patients were in the run's {part} split; these figures are optimistic, not a test result")
-    if not leak["checked"]:
-        warnings.append(f"no {SPLIT} beside the model: could not check the evaluated patients against training")
-    if report.validation is None:
-        warnings.append("no validation data in the run folder: operating points come from the model file only")
-    left_out = data.get("calibration_sample")
-    if left_out and not left_out["checked"]:
-        warnings.append("the calibration sample's image list (calibration.json) is not beside this calibrated "
-                        "model: its images could not be left out, and figures on them are optimistic")
-    if data["unreadable"]:
-        warnings.append(f"{len(data['unreadable'])} images could not be decoded and were skipped")
-    if data["pneumonia"] == 0 or data["normal"] == 0:
-        warnings.append("the evaluated split holds one class only: sensitivity/specificity/AUC are undefined")
-    return warnings
 
 
 def _write_predictions(path: Path, kept, labels, raw, probs, threshold: float) -> None:

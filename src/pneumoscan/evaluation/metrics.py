@@ -1,4 +1,5 @@
-"""Screening metrics, their patient-level bootstrap confidence intervals, and calibration error.
+"""Screening metrics, their patient-level bootstrap resamples, and calibration error (the intervals drawn
+from the resamples are made in :mod:`~pneumoscan.evaluation.intervals`).
 
 Point estimates come from scikit-learn, the reference everyone can check. The bootstrap needs the same
 metrics on 1,000 resamples; calling scikit-learn 12,000 times would take many seconds, so the resamples
@@ -90,7 +91,8 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int 
 
 
 def calibration_bins(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> dict[str, list[float]]:
-    """Per bin: lower edge, count, mean probability and observed rate (for the reliability diagram)."""
+    """Per non-empty bin: lower and upper edge, count, mean probability and observed pneumonia rate (the
+    reliability diagram, and the ECE's terms: ECE = sum of count / total x |observed rate - mean probability|)."""
     labels = np.asarray(labels, dtype=np.float64)
     probs = np.asarray(probs, dtype=np.float64)
     index = _bin_index(probs, bins)
@@ -101,7 +103,8 @@ def calibration_bins(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> d
     count[bins - 1] += count[bins]
     edges = np.arange(bins) / bins
     keep = count[:bins] > 0
-    return {"lower": edges[keep].tolist(), "count": count[:bins][keep].tolist(),
+    return {"lower": edges[keep].tolist(), "upper": (edges + 1 / bins)[keep].round(12).tolist(),
+            "count": count[:bins][keep].tolist(),
             "mean_probability": mean_p[:bins][keep].tolist(), "observed_rate": rate[:bins][keep].tolist()}
 
 
@@ -195,34 +198,3 @@ def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float
     low, high = np.quantile(finite, [alpha, 1 - alpha])
     return float(low), float(high)
 
-
-def bootstrap_intervals(
-    labels: np.ndarray,
-    probs: np.ndarray,
-    patient_ids: list[str] | np.ndarray,
-    thresholds: dict[str, float],
-    resamples: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-    bins: int = 10,
-    weights: np.ndarray | None = None,
-) -> dict:
-    """Percentile intervals for every metric, resampling patients.
-
-    ``weights`` (from :func:`patient_bootstrap_weights`) may be passed to share resamples with a plot.
-
-    Returns ``{"threshold_free": {metric: (low, high)}, "at": {name: {metric: (low, high)}},
-    "undefined": {metric: count of resamples where it was undefined}}``.
-    """
-    if weights is None:
-        weights = patient_bootstrap_weights(patient_ids, resamples, seed)
-    samples = weighted_metrics(labels, probs, thresholds, weights, bins)
-    result: dict = {"threshold_free": {}, "at": {}, "undefined": {}}
-    for metric in THRESHOLD_FREE_METRICS:
-        result["threshold_free"][metric] = percentile_interval(samples[metric], level)
-        result["undefined"][metric] = int((~np.isfinite(samples[metric])).sum())
-    for name, per_metric in samples["at"].items():
-        result["at"][name] = {m: percentile_interval(v, level) for m, v in per_metric.items()}
-        for m, v in per_metric.items():
-            result["undefined"][m] = max(result["undefined"].get(m, 0), int((~np.isfinite(v)).sum()))
-    return result

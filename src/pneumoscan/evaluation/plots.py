@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 
+from pneumoscan.evaluation.intervals import clopper_pearson
 from pneumoscan.evaluation.metrics import calibration_bins
 
 # Open markers of different shapes and sizes: points that coincide (the stored threshold is Youden's)
@@ -136,15 +137,24 @@ def pr_plot(labels, probs, points: dict[str, float], ap_text: str) -> bytes:
 
 
 def reliability_plot(labels, curves: dict[str, np.ndarray], bins: int = 10) -> bytes:
-    """Reliability diagram (observed pneumonia rate against mean probability per bin) and bin counts."""
+    """Reliability diagram: observed pneumonia rate against mean probability per bin, with each bin's image
+    count beside its point and its exact 95 % interval as an error bar (a bin of 2 images can only show 0,
+    0.5 or 1), and the counts as a histogram below."""
     fig = _figure(5.0, 5.0)
     ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect calibration")
     for (name, probs), colour in zip(curves.items(), ("tab:blue", "tab:orange"), strict=False):
         table = calibration_bins(labels, probs, bins)
-        ax.plot(table["mean_probability"], table["observed_rate"], "o-", color=colour, label=name)
+        x, rate = np.array(table["mean_probability"]), np.array(table["observed_rate"])
+        counts = np.array(table["count"], dtype=int)
+        ends = np.array([clopper_pearson(round(r * n), n) for r, n in zip(rate, counts, strict=True)]).reshape(-1, 2)
+        ax.errorbar(x, rate, yerr=np.abs(ends.T - rate), fmt="o-", color=colour, capsize=2, linewidth=1,
+                    label=f"{name} (bars: exact 95% interval)")
+        for xi, yi, n in zip(x, rate, counts, strict=True):
+            ax.annotate(f"n={n}", (xi, yi), textcoords="offset points", xytext=(-22 if xi > 0.85 else 4,
+                        -10 if yi > 0.5 else 5), fontsize=7, color=colour)
         hist.hist(probs, bins=np.linspace(0, 1, bins + 1), color=colour, alpha=0.5, label=name)
-    ax.set(ylabel="observed pneumonia rate", title="Reliability diagram", xlim=(0, 1), ylim=(0, 1))
+    ax.set(ylabel="observed pneumonia rate", title="Reliability diagram", xlim=(0, 1), ylim=(-0.02, 1.02))
     ax.legend(loc="upper left", fontsize=8)
     hist.set(xlabel="predicted probability of pneumonia", ylabel="images")
     return _png(fig, bottom=0.1, hspace=0.08)

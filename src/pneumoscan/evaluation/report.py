@@ -82,6 +82,74 @@ CONTEXT_NOTE = ("Published figures use the whole official test split and other t
                 "distribution (the hospital the model learnt from), not from the data evaluated here.")
 
 
+def interval_text(report: Report) -> str:
+    """How the report's intervals were made, in one sentence."""
+    boot = report.bootstrap
+    method = boot.get("method")
+    how = "; ".join(method.values()) if isinstance(method, dict) else f"{method} bootstrap over patients"
+    return (f"{round(boot['level'] * 100)}% intervals: {how}; {boot['resamples']} patient resamples, "
+            f"seed {boot['seed']}. No interval leaves out its own estimate.")
+
+
+def stored_rule_text(report: Report) -> str:
+    """How the stored threshold was chosen, as the model records it, and where the other points come from."""
+    rule = report.operating_points.get("stored", {}).get("rule", "")
+    return (f"The stored threshold: {rule}. The other points come from the model file or the run's validation "
+            "data; none was tuned on the split evaluated here.")
+
+
+def ece_text(report: Report) -> str:
+    """The ECE's definition, with this report's number of bins and its plug-in value."""
+    bins = int((report.config or {}).get("bins", 10))
+    ece = report.free("ece")
+    plug = f" (plug-in {ece.plug_in:.3f})" if ece.plug_in is not None else ""
+    return (f"Expected calibration error (ECE): the images are put in {bins} equal-width bins of predicted "
+            f"probability, [0, {1 / bins:g}), [{1 / bins:g}, {2 / bins:g}), ..., the last closed at 1; ECE = the sum over "
+            "bins of (images in the bin / all images) x |observed pneumonia rate - mean predicted probability|. "
+            "The plain (plug-in) sum is biased upward, as every bin's sampling noise adds to it even for a perfectly "
+            f"calibrated model, so the report gives the bootstrap bias-corrected estimate{plug}: 2 x plug-in - the mean "
+            "over the patient resamples, with the basic bootstrap interval. A bin of a few images swings between 0 "
+            "and 1: read the counts.")
+
+
+def ece_rows(report: Report) -> list[list[str]]:
+    """One row per non-empty calibration bin: edges, images, mean probability, observed rate, ECE term."""
+    table = report.reliability or {}
+    if not isinstance(table, dict) or not table.get("count"):
+        return []
+    width = 1 / int((report.config or {}).get("bins", 10))
+    total = sum(table["count"])
+    rows = []
+    for i, (lower, count) in enumerate(zip(table["lower"], table["count"], strict=True)):
+        upper = table["upper"][i] if "upper" in table else lower + width
+        mean, rate = table["mean_probability"][i], table["observed_rate"][i]
+        rows.append([f"[{lower:.2f}, {upper:.2f}{']' if upper >= 1 else ')'}", str(int(count)), f"{mean:.3f}",
+                     f"{rate:.3f}", f"{count / total * abs(rate - mean):.4f}"])
+    return rows
+
+
+ECE_HEADER = ["bin", "images", "mean probability", "observed rate", "term of the ECE (plug-in)"]
+SCOPE_HEADER = ["file", "label", "why refused"]
+ALL_IMAGES_NOTE = ("The same figures at the stored threshold on every decoded image, the refused ones scored with "
+                   "the scope check off (what the model would have said about them):")
+
+
+def scope_rows(report: Report) -> list[list[str]]:
+    """The refused images: file, true label, reason."""
+    return [[item["path"], "PNEUMONIA" if item["label"] == 1 else "NORMAL", item["reason"]]
+            for item in (report.scope or {}).get("images", [])]
+
+
+def all_images_text(report: Report) -> str | None:
+    """The stored threshold's figures with the refused images scored, or None where none was refused."""
+    figures = (report.scope or {}).get("all_images")
+    if not figures:
+        return None
+    shown = ", ".join(f"{LABELS[m]} {format_value(f)} (scored only: {report.at('stored', m)})"
+                      for m, f in figures.items())
+    return f"{ALL_IMAGES_NOTE} {shown}."
+
+
 def _summary_line(report: Report) -> str:
     data = report.data
     models = ", ".join(f"{m['name']} ({m['path']})" for m in report.models)
@@ -93,17 +161,15 @@ def _summary_line(report: Report) -> str:
 
 def render_markdown(report: Report) -> str:
     """A short Markdown summary: disclaimer, data, warnings, metric tables with intervals."""
-    boot = report.bootstrap
-    level = round(boot["level"] * 100)
     points = report.points
     lines = [f"# {report.title}", "", f"> **{report.disclaimer}**", "", _summary_line(report), "",
-             f"Created {report.created}; {level}% intervals: percentile bootstrap over patients, "
-             f"{boot['resamples']} resamples, seed {boot['seed']}.", ""]
+             f"Created {report.created}. {interval_text(report)}", ""]
     for warning in report.warnings:
         lines.append(f"- **WARNING:** {warning}")
     if report.warnings:
         lines.append("")
-    lines += ["## Operating points", "", "| point | threshold | chosen by |", "|---|---|---|"]
+    lines += ["## Operating points", "", stored_rule_text(report), "", "| point | threshold | chosen by |",
+              "|---|---|---|"]
     for name in points:
         op = report.operating_points[name]
         shown = f"{op['threshold']:.4f}"
@@ -125,6 +191,14 @@ def render_markdown(report: Report) -> str:
     lines += ["", "## Threshold-free metrics", "", "| metric | value |", "|---|---|"]
     for metric in THRESHOLD_FREE_METRICS:
         lines.append(f"| {LABELS[metric]} | {format_value(report.free(metric))} |")
+    lines += ["", "## Calibration: ECE", "", ece_text(report), ""]
+    if rows := ece_rows(report):
+        lines += [_md_row(ECE_HEADER), "|---" * len(ECE_HEADER) + "|", *map(_md_row, rows)]
+    if rows := scope_rows(report):
+        lines += ["", "## Out of scope", "", f"The metrics are on {report.scope['metrics_on']}.", "", _md_row(SCOPE_HEADER),
+                  "|---" * len(SCOPE_HEADER) + "|", *map(_md_row, rows)]
+        if text := all_images_text(report):
+            lines += ["", text]
     cm = report.confusion_matrix["stored"]
     lines += ["", "## Confusion matrix (stored threshold)", "", "| true \\ predicted | NORMAL | PNEUMONIA |",
               "|---|---|---|", f"| NORMAL | {cm['tn']} | {cm['fp']} |", f"| PNEUMONIA | {cm['fn']} | {cm['tp']} |"]
@@ -138,6 +212,10 @@ def render_markdown(report: Report) -> str:
     lines += ["", f"Data fingerprint {report.data['fingerprint']}; pneumoscan "
               f"{report.versions.get('pneumoscan', '?')}, git {report.git_commit or 'unknown'}.", ""]
     return "\n".join(lines)
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
 _CSS = """
@@ -164,19 +242,16 @@ def render_html(report: Report, figures: dict[str, bytes], gallery: dict[str, by
     """One self-contained HTML page: figures inlined as data URIs, no script, no external resource."""
     esc = html.escape
     points = report.points
-    boot = report.bootstrap
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{esc(report.title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{esc(report.title)}</h1>",
         f"<p class='disclaimer' id='disclaimer'>{esc(report.disclaimer)}</p>",
         f"<p>{esc(_summary_line(report))}</p>",
-        f"<p class='muted'>Created {esc(report.created)}. Intervals: {round(boot['level'] * 100)}% percentile "
-        f"bootstrap resampling patients (not images), {boot['resamples']} resamples, seed {boot['seed']}.</p>",
+        f"<p class='muted'>Created {esc(report.created)}. {esc(interval_text(report))}</p>",
     ]
     parts += [f"<p class='warning'>WARNING: {esc(w)}</p>" for w in report.warnings]
-    parts.append("<h2>Operating points</h2><p>Every threshold was stored at training (the class-balanced "
-                 "0.5 by default) or chosen on validation data; none was tuned on the split evaluated here.</p>")
+    parts.append(f"<h2>Operating points</h2><p>{esc(stored_rule_text(report))}</p>")
     ops = report.operating_points
     parts.append(_table(["point", "threshold", "rule", "source"], [
         [POINT_LABELS.get(n, n), f"{ops[n]['threshold']:.4f}" + (
@@ -194,6 +269,14 @@ def render_html(report: Report, figures: dict[str, bytes], gallery: dict[str, by
     parts.append("<h2>Threshold-free metrics</h2>")
     parts.append(_table(["metric", "value [95% CI]"], [
         [LABELS[m], format_value(report.free(m))] for m in THRESHOLD_FREE_METRICS]))
+    parts.append(f"<h2 id='ece'>Calibration: ECE</h2><p>{esc(ece_text(report))}</p>")
+    if rows := ece_rows(report):
+        parts.append(_table(ECE_HEADER, rows))
+    if rows := scope_rows(report):
+        parts.append(f"<h2 id='out-of-scope'>Out of scope</h2><p>The metrics are on {esc(report.scope['metrics_on'])}.</p>")
+        parts.append(_table(SCOPE_HEADER, rows))
+        if text := all_images_text(report):
+            parts.append(f"<p>{esc(text)}</p>")
     parts.append("<h2>Confusion matrices</h2>")
     parts.append(_table(["point", "TN", "FP", "FN", "TP"], [
         [POINT_LABELS.get(p, p), *[str(report.confusion_matrix[p][k]) for k in ("tn", "fp", "fn", "tp")]]
@@ -220,6 +303,7 @@ def render_html(report: Report, figures: dict[str, bytes], gallery: dict[str, by
         ["images / patients", f"{data['images']} / {data['patients']}"],
         ["pneumonia / normal", f"{data['pneumonia']} / {data['normal']}"],
         ["fingerprint", data["fingerprint"]], ["unreadable (skipped)", str(len(data["unreadable"]))],
+        ["out of scope (refused, not in the metrics)", str((report.scope or {}).get("refused", "not checked"))],
         ["validation used", json.dumps(report.validation)],
     ]))
     if data["unreadable"]:

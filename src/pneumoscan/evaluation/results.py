@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pneumoscan.evaluation.intervals import Estimate
 
 TITLE = "pneumoscan evaluation report"
 
@@ -37,20 +40,29 @@ class _ReadsLikeJson:
 
 @dataclass(frozen=True)
 class Figure(_ReadsLikeJson):
-    """A metric with its bootstrap interval; None where undefined (one class only, a degenerate resample)."""
+    """A metric with its confidence interval; None where undefined (one class only, a degenerate resample).
+
+    ``method`` says how the interval was made; ``plug_in`` is the uncorrected estimate where ``value`` is
+    bias-corrected (the ECE); see :mod:`~pneumoscan.evaluation.intervals`.
+    """
 
     value: float | None
     low: float | None = None
     high: float | None = None
+    method: str | None = None
+    plug_in: float | None = None
 
     @classmethod
-    def of(cls, value: float | None, interval: tuple[float | None, float | None] = (None, None)) -> Figure:
-        return cls(finite(value), finite(interval[0]), finite(interval[1]))
+    def of(cls, estimate: Estimate) -> Figure:
+        """The report's form of an :class:`~pneumoscan.evaluation.intervals.Estimate` (already checked to hold
+        its value), JSON-safe."""
+        return cls(finite(estimate.value), finite(estimate.low), finite(estimate.high), estimate.method,
+                   finite(estimate.plug_in))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Figure:
         data = data or {}
-        return cls(data.get("value"), data.get("low"), data.get("high"))
+        return cls(data.get("value"), data.get("low"), data.get("high"), data.get("method"), data.get("plug_in"))
 
     def __str__(self) -> str:
         """``0.912 [0.887, 0.934]``, or ``n/a`` when undefined."""
@@ -82,7 +94,8 @@ class Report(_ReadsLikeJson):
     models: list[dict[str, Any]]
     calibration: dict[str, Any] | None = None  # temperature scaling fitted on validation
     site_calibration: dict[str, Any] | None = None  # a model version from `pneumoscan calibrate`
-    reliability: list[dict[str, Any]] = field(default_factory=list)
+    reliability: dict[str, list[float]] = field(default_factory=dict)  # per bin: edges, count, rates (ECE)
+    scope: dict[str, Any] | None = None  # images refused as out of scope: counted, named, not in the metrics
     ensemble: bool = False
     tta: str | None = None
     validation: dict[str, Any] | None = None

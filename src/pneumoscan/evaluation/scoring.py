@@ -16,13 +16,13 @@ from pneumoscan.evaluation.config import EvaluateConfig
 from pneumoscan.evaluation.operating import OPERATING_POINTS, POINT_NAMES, choose_operating_points
 from pneumoscan.runs import VAL_PREDICTIONS, split_file
 
-RULES = {"stored": "the threshold stored in the model (by the training's threshold rule, by default "
-                    "sens95-median on the validation patients; or re-fitted on a site's sample by `pneumoscan "
-                    "calibrate`), applied as is",
-          "original": "the stored threshold of the model before site calibration, in this version's scale",
-          "site-estimate": "the calibration sample's own estimate for the target sensitivity (bootstrap median), "
-                           "adopted by `pneumoscan calibrate` only where the sample could support it",
-          **OPERATING_POINTS}
+# The stored threshold's rule is read from each model (point_rules); this is what a model that records none gets.
+UNRECORDED_RULE = "the threshold stored in the model, applied as is (the model does not record how it was chosen)"
+RULES = {"stored": UNRECORDED_RULE,
+         "original": "the stored threshold of the model before site calibration, in this version's scale",
+         "site-estimate": "the calibration sample's own estimate for the target sensitivity (bootstrap median), "
+                          "adopted by `pneumoscan calibrate` only where the sample could support it",
+         **OPERATING_POINTS}
 
 
 @dataclass
@@ -32,6 +32,20 @@ class Member:
     source: Path
     run_dir: Path | None
     classifier: Any
+
+
+def point_rules(members: list[Member], metas: list) -> dict[str, str]:
+    """How each operating point was chosen; the stored threshold's rule as the model's metadata records it
+    (the training's rule on validation, or a site calibration), so no renderer describes a default."""
+    from pneumoscan.serving.model_card import threshold_rule
+
+    rules = [threshold_rule(meta) or UNRECORDED_RULE for meta in metas]
+    if len(members) == 1:
+        stored = f"stored in the model and applied as is; {rules[0]}"
+    else:
+        stored = "mean of the members' stored thresholds; " + "; ".join(
+            f"{m.source.name}: {rule}" for m, rule in zip(members, rules, strict=True))
+    return {**RULES, "stored": stored}
 
 
 def score(members: list[Member], images: np.ndarray, config: EvaluateConfig) -> np.ndarray:
@@ -127,3 +141,4 @@ def read_csv(path: Path) -> list[dict[str, str]]:
             return [{k: csv_text(v) if isinstance(v, str) else v for k, v in row.items()} for row in csv.DictReader(fh)]
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read ({exc.strerror})") from None
+

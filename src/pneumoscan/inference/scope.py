@@ -165,21 +165,14 @@ def _header_of(fh) -> str | None:
     a header's worth). None for a file without pixel data: decoding says so, which matters more."""
     import warnings
 
-    import pydicom
-
-    from pneumoscan.data.dicom_image import MAX_DICOM_HEADER_BYTES, is_deflated_dicom, read_dicom_header
+    from pneumoscan.data.dicom_image import read_dicom_header
 
     try:
-        head = fh.read(64 * 1024)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if is_deflated_dicom(head):
-                ds = read_dicom_header(head + fh.read(MAX_DICOM_HEADER_BYTES), "scope")
-            else:
-                fh.seek(0)
-                ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
-                if not fh.read(1):  # the header ran to the end: no pixel data follows
-                    return None
+            ds, has_pixels = read_dicom_header(fh, "scope")
+            if not has_pixels:  # the header ran to the end: no pixel data follows
+                return None
     except Exception:  # noqa: BLE001 - decoding reports an unreadable header with its reason
         return None
     return header_reason(ds)
