@@ -137,3 +137,16 @@ def test_the_dicom_node_scores_an_instance_with_the_python_apis_row(onnx_file, i
     assert scored.scored, scored.reason
     assert (scored.probability, scored.label, scored.threshold) == (row["probability"], row["label"], row["threshold"])
     assert refused.reason == api_rows[2]["error"].removeprefix(f"{images[2]}: ")  # the scope module's words
+
+
+def test_predict_lists_its_inputs_once_and_scores_a_file_given_twice_once(onnx_file, images, monkeypatch, tmp_path):
+    from pneumoscan.inference import inputs
+
+    walked = []
+    real = inputs.iter_inputs
+    monkeypatch.setattr(inputs, "iter_inputs", lambda items: (walked.append(list(items)), real(walked[-1]))[1])
+    folder, out = images[0].parent, tmp_path / "rows.json"
+    assert main(["predict", str(onnx_file), str(images[0]), str(folder), str(images[0]), "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["predictions"]
+    assert sorted(row["file"] for row in rows) == sorted(map(str, images))
+    assert walked == [[str(images[0])], [str(folder)], [str(images[0])]]  # each argument listed once

@@ -124,7 +124,7 @@ def run_predict(args) -> int:
         print(f"note: {classifier.scope_note}", file=sys.stderr)
     if streamed:
         return _predict_streamed(args, classifier, paths)
-    files = list_inputs(paths)  # listed once: predict takes the list as it is
+    files = list_inputs(paths, once=True)  # listed once: predict takes the list as it is
     if not files:
         raise ConfigError(f"no image files found in {' '.join(paths)}")
     progress = args.progress if args.progress is not None else len(files) > PROGRESS_MIN_FILES and sys.stderr.isatty()

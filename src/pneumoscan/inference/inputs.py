@@ -152,16 +152,19 @@ class Inputs(list):
     them as they are (the CLI counts them first, for its progress bar, without listing them twice)."""
 
 
-def list_inputs(sources) -> Inputs:
-    """What :meth:`~pneumoscan.inference.Classifier.predict` is given, as ``(name, image)`` pairs: paths
-    expanded as the CLI expands them (folders, globs), arrays split into images, bytes and PIL images
-    named by position. :class:`Inputs` pass through."""
+def list_inputs(sources, once: bool = False) -> Inputs:
+    """What :meth:`~pneumoscan.inference.Classifier.predict` is given, as ``(name, image)`` pairs, one per
+    image given: paths expanded as the CLI expands them (folders, globs), arrays split into images, bytes
+    and PIL images named by position. With ``once`` (the command line), a file given twice (by name, or
+    in a folder or glob) is listed once, as by :func:`expand_inputs`. :class:`Inputs` pass through."""
     if isinstance(sources, Inputs):
         return sources
+    seen: set[str] | None = set() if once else None
 
     def one(value, label: str) -> list[tuple[str, object]]:
         if isinstance(value, str | os.PathLike):
-            return [(f, f) for f in expand_inputs([value])]
+            files = iter_inputs([value]) if seen is not None else expand_inputs([value])
+            return [(f, f) for f in files if seen is None or (f not in seen and not seen.add(f))]  # type: ignore[func-returns-value]
         if isinstance(value, bytes | bytearray | memoryview):
             return [(f"<bytes{label}>", value)]
         return split_batch(pixels_of(value), f"<image{label}>")
