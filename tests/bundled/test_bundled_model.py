@@ -166,3 +166,39 @@ def test_serve_with_no_model_serves_the_bundled_one_with_its_card():
     card = served_card(served)
     assert card["files"]["onnx_sha256"] == bundled_card()["files"]["onnx_sha256"]
     assert card["disclaimer"] == DISCLAIMER
+
+
+def test_every_command_that_takes_a_model_accepts_default(shared_data, tmp_path, capsys, monkeypatch):
+    """`default` is the bundled model's name in `pneumoscan models`: every command takes it as MODEL."""
+    from pneumoscan.cli import build_parser
+    from pneumoscan.dicom.processing import Processor
+    from pneumoscan.serving.app import load_served
+
+    data = tmp_path / "data"
+    for cls in ("NORMAL", "PNEUMONIA"):
+        (data / "test" / cls).mkdir(parents=True)
+        for image in sorted((shared_data / "chest_xray" / "test" / cls).glob("*.jpeg"))[:6]:
+            (data / "test" / cls / image.name).symlink_to(image)
+    image = next((data / "test" / "PNEUMONIA").iterdir())
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "default", "--data", str(data), "--bootstrap", "20", "--gallery", "0",
+                 "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "report.json").is_file()
+    assert main(["predict", "default", str(image)]) == 0
+    assert "the bundled default model" in capsys.readouterr().out
+    assert main(["explain", "default", str(image), "--out", str(tmp_path / "explain")]) == 0
+    assert list((tmp_path / "explain").glob("*.png"))
+    assert load_served("default").files.bundled  # serve default
+    assert Processor("default", tmp_path / "node").classifier.files.bundled  # dicom listen / pull default
+    parser = build_parser()
+    for argv in (["serve", "default"], ["dicom", "listen", "default", "--out", "x"], ["calibrate", "default", "--data", "x"],
+                 ["export", "default"]):
+        assert parser.parse_args(argv).model == "default", argv
+
+
+@pytest.mark.slow
+def test_export_default_writes_the_bundled_weights_to_runs_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "default"]) == 0
+    exported = pneumoscan.load(tmp_path / "runs" / "default" / "export" / ONNX_FILE)
+    assert exported.meta == pneumoscan.load().meta

@@ -30,9 +30,10 @@ OPSET = 18  # the opset the torch.export-based exporter targets natively; ONNX R
 PARITY_TOLERANCE = 1e-4  # largest allowed |p_onnx - p_torch| on the check batch, float16 weights included
 
 
-def export_onnx(model_path: str | os.PathLike, out_path: str | os.PathLike | None = None, *,
+def export_onnx(model_path: str | os.PathLike | None, out_path: str | os.PathLike | None = None, *,
                 opset: int = OPSET, check: bool = True, float16_weights: bool = False) -> Path:
-    """Export the model at ``model_path`` (run folder, ``.safetensors`` or ``.ckpt``) to ONNX.
+    """Export the model at ``model_path`` (run folder, ``.safetensors`` or ``.ckpt``; ``default`` or None: the
+    bundled model's weights, written to ``runs/default/export/``) to ONNX.
 
     Writes the ONNX file (default ``RUN/export/model.onnx``) atomically as one self-contained file, with
     the full :class:`~pneumoscan.models.ModelMeta` and the readable input contract in its metadata,
@@ -46,6 +47,7 @@ def export_onnx(model_path: str | os.PathLike, out_path: str | os.PathLike | Non
     """
     import torch
 
+    from pneumoscan.inference.model_files import resolve_model
     from pneumoscan.inference.onnx_backend import (
         INPUT_NAME,
         LOGIT_OUTPUT,
@@ -57,11 +59,11 @@ def export_onnx(model_path: str | os.PathLike, out_path: str | os.PathLike | Non
     from pneumoscan.models.scope import gate_of
     from pneumoscan.serving.model_card import write_model_card
 
-    model_path = Path(model_path).expanduser()
-    if model_path.suffix.lower() == ".onnx":
+    if str(model_path).lower().endswith(".onnx"):
         raise ModelFileError(f"{model_path}: already an ONNX model; export from the run folder or .safetensors")
-    model, meta = load_model(model_path)
-    run_folder = run_folder_of(model_path)
+    files = resolve_model(model_path, backend="torch")  # `default`: the bundled weights, exported to runs/default
+    model, meta = load_model(files.path)
+    run_folder = files.run_folder if files.bundled else run_folder_of(files.path)
     out = Path(out_path) if out_path is not None else export_file(run_folder)
     if out.suffix.lower() != ".onnx":
         raise ModelFileError(f"{out}: the exported model's name must end in .onnx")
