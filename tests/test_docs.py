@@ -65,3 +65,42 @@ def test_the_documented_server_answer_carries_the_bundled_models_threshold():
     shown = [float(x) for x in re.findall(r'"threshold": ([0-9.]+)', text)]
     stored = round(float(resolve_model().read_card()["operating_point"]["threshold"]), 4)
     assert shown and all(x == stored for x in shown), (shown, stored)
+
+
+# A row of the README's table of what `predict` answers for examples/: image, true label, probability, answer.
+EXAMPLE_ROW = re.compile(r"^\| `((?:NORMAL|PNEUMONIA)/[^`]+)` \| (NORMAL|PNEUMONIA) \| ([0-9.]+) \| (NORMAL|PNEUMONIA)\b(.*)\|$")
+
+
+def _readme_examples() -> list[tuple[str, str, str, str, str]]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return [m.groups() for line in text.splitlines() if (m := EXAMPLE_ROW.match(line))]
+
+
+def test_the_readme_shows_what_predict_answers_for_every_example(tmp_path):
+    """The README's example outputs are `predict`'s, within the precision printed, with their true labels,
+    and a wrong answer is said to be wrong."""
+    import csv
+
+    from pneumoscan.cli import main
+
+    rows = _readme_examples()
+    examples = sorted(p.relative_to(ROOT / "examples").as_posix() for p in (ROOT / "examples").rglob("*.jpeg"))
+    assert sorted(r[0] for r in rows) == examples and len(examples) >= 4
+    assert main(["predict", str(ROOT / "examples"), "--out", str(tmp_path / "out.csv")]) == 0
+    with open(tmp_path / "out.csv", newline="") as fh:
+        printed = {Path(r["file"]).relative_to(ROOT / "examples").as_posix(): (float(r["probability"]), r["label"])
+                   for r in csv.DictReader(fh)}
+    for image, truth, shown, answer, note in rows:
+        assert image.split("/")[0] == truth, image  # the dataset's own label is the folder
+        probability, label = printed[image]
+        decimals = len(shown.split(".")[1])
+        assert abs(probability - float(shown)) <= 0.5 * 10**-decimals + 1e-9, (image, probability, shown)
+        assert label == answer, image
+        assert ("wrong" in note) == (answer != truth), image
+
+
+def test_the_examples_are_test_images_the_bundled_model_never_trained_on(shared_data):
+    for image, *_ in _readme_examples():
+        source = shared_data / "chest_xray" / "test" / image
+        assert (ROOT / "examples" / image).read_bytes() == source.read_bytes(), image
+        assert not (shared_data / "chest_xray" / "train" / image).exists(), image
