@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import pneumoscan
@@ -202,3 +203,47 @@ def test_export_default_writes_the_bundled_weights_to_runs_default(tmp_path, mon
     assert main(["export", "default"]) == 0
     exported = pneumoscan.load(tmp_path / "runs" / "default" / "export" / ONNX_FILE)
     assert exported.meta == pneumoscan.load().meta
+
+
+def _by_the_cards_words(card: dict, files: list[Path]) -> np.ndarray:
+    """The bundled graph run with ONNX Runtime on images made as the card's input section says, with Pillow
+    and numpy alone: what a user without pneumoscan does."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    contract = card["input"]
+    size = int(contract["size"])
+    # the card's words, checked so that this follows them rather than the decoder's code
+    assert contract["fit"] == "stretch" and "stretched to" in contract["resize"]
+    assert "Image.resize(..., Image.Resampling.BILINEAR, reducing_gap=3.0)" in contract["resize"]
+    assert "convert('L')" in contract["grey"] and "/ 255" in contract["scale"]
+    assert contract["layout"] == "NCHW" and contract["dtype"] == "float32"
+    pixels = []
+    for file in files:
+        with Image.open(file) as image:
+            grey = image.convert("L").resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        pixels.append(np.asarray(grey, dtype=np.float32)[None] / 255)
+    session = ort.InferenceSession(str(BUNDLED_DIR / ONNX_FILE), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    outputs = dict(zip(names, session.run(names, {"image": np.stack(pixels)}), strict=True))
+    for name, values in outputs.items():  # every output is described, with its real shape
+        assert f"(N, {values.shape[1]})" in card["output"][name], name
+    return outputs["probability"].reshape(-1)
+
+
+def _predict_matches_the_cards_words(card: dict, files: list[Path]) -> None:
+    expected = [row.probability for row in pneumoscan.load(scope_check=False).predict(files)]
+    assert None not in expected
+    got = _by_the_cards_words(card, files)
+    assert np.max(np.abs(got - np.array(expected))) < 1e-4
+
+
+def test_the_cards_input_contract_is_enough_to_run_the_onnx_file_as_predict_does(card, shared_data):
+    files = sorted((shared_data / "chest_xray" / "test").glob("*/*.jpeg"))[::20]
+    assert len(files) >= 15
+    _predict_matches_the_cards_words(card, files)
+
+
+@pytest.mark.slow
+def test_the_cards_input_contract_holds_on_every_test_image(card, shared_data):
+    _predict_matches_the_cards_words(card, sorted((shared_data / "chest_xray" / "test").glob("*/*.jpeg")))
