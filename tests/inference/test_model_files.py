@@ -180,8 +180,7 @@ def test_default_names_the_bundled_model_and_a_folder_of_that_name_is_given_as_a
 
 def test_only_a_folder_the_loader_can_load_counts_as_a_model(exported_run, tmp_path):
     """`predict FOLDER images` takes the folder as the model exactly when loading it can work."""
-    from pneumoscan.inference.inputs import split_model_and_inputs
-    from pneumoscan.inference.model_files import MODEL_SUFFIXES, is_model
+    from pneumoscan.inference.model_files import MODEL_SUFFIXES, is_model, split_model_and_inputs
 
     only_meta = tmp_path / "only-meta"
     only_meta.mkdir()

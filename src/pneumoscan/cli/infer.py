@@ -100,12 +100,8 @@ def register(subparsers) -> None:
 def run_predict(args) -> int:
     from pneumoscan.errors import ConfigError
     from pneumoscan.inference import load, scope
-    from pneumoscan.inference.inputs import (
-        expand_inputs,
-        format_table,
-        split_model_and_inputs,
-        write_predictions,
-    )
+    from pneumoscan.inference.inputs import expand_inputs, format_table, write_predictions
+    from pneumoscan.inference.model_files import split_model_and_inputs
 
     model, paths = split_model_and_inputs(args.paths, args.model)
     if not paths:
@@ -219,7 +215,8 @@ def run_explain(args) -> int:
     from pneumoscan.errors import ConfigError
     from pneumoscan.explain import conv_layers, explain_images, target_layer
     from pneumoscan.inference import resolve_model
-    from pneumoscan.inference.inputs import expand_inputs, split_model_and_inputs
+    from pneumoscan.inference.inputs import expand_inputs
+    from pneumoscan.inference.model_files import split_model_and_inputs
 
     if args.list_layers:
         model_path = args.model or (args.images[0] if args.images else None)

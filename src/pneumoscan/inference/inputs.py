@@ -35,26 +35,6 @@ class Prediction:
     error: str | None = None
 
 
-def split_model_and_inputs(items: Sequence[str], model: str | None) -> tuple[str | None, list[str]]:
-    """``[MODEL] PATH...`` -> (model or None for the bundled default, the image paths).
-
-    The first item is the model when ``model`` is not given, more than one item is, and it names a
-    model (:func:`pneumoscan.inference.model_files.is_model`); a model alone, with no image, is refused rather
-    than scored as one.
-    """
-    from pneumoscan.inference.model_files import is_model
-
-    items = list(items)
-    if model is not None:
-        return model, items
-    if items and is_model(items[0]):
-        if len(items) == 1:
-            raise ConfigError(f"{items[0]}: this is a model; give the images to score after it "
-                              f"(pneumoscan predict {items[0]} chest.jpeg)")
-        return items[0], items[1:]
-    return None, items
-
-
 def expand_inputs(items: Iterable[str | os.PathLike]) -> list[str]:
     """Files, folders and globs -> the list of files to score, in a stable order.
 

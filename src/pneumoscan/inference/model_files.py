@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,6 +100,24 @@ def is_model(item: str | os.PathLike) -> bool:
         return True
     loadable = (path / runs.MODEL, path / runs.EXPORT / runs.MODEL, runs.export_file(path), path / runs.ONNX)
     return path.is_dir() and any(file.is_file() for file in loadable)
+
+
+def split_model_and_inputs(items: Sequence[str], model: str | None) -> tuple[str | None, list[str]]:
+    """``[MODEL] PATH...`` -> (model or None for the bundled default, the image paths).
+
+    The first item is the model when ``model`` is not given, more than one item is, and it names a
+    model (:func:`is_model`); a model alone, with no image, is refused rather
+    than scored as one.
+    """
+    items = list(items)
+    if model is not None:
+        return model, items
+    if items and is_model(items[0]):
+        if len(items) == 1:
+            raise ConfigError(f"{items[0]}: this is a model; give the images to score after it "
+                              f"(pneumoscan predict {items[0]} chest.jpeg)")
+        return items[0], items[1:]
+    return None, items
 
 
 def resolve_model(model: str | os.PathLike | None = None, *, device: str | None = None,
