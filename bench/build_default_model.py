@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scope-only", action="store_true", help="refit the scope gate of the shipped model on "
                         "DATA/train, re-export it and update its card's files and scope gate (weights unchanged)")
     parser.add_argument("--export-only", action="store_true", help="re-export the shipped weights to ONNX with "
-                        "the current exporter and refresh the card (hashes, contract, reference scores; the weights "
-                        "and test figures unchanged)")
+                        "the current exporter, evaluate it on DATA/test and refresh the card (hashes, contract, "
+                        "reference scores, test figures; the weights unchanged)")
     args = parser.parse_args(argv)
     # Paths relative to the repository in the model's provenance: no machine's absolute paths in the bundle.
     args.data, args.work, args.out = (os.path.relpath(Path(p).resolve(), REPO) for p in (args.data, args.work, args.out))
@@ -172,15 +172,20 @@ def refit_scope(data: Path, work: Path, out: Path) -> int:
 
 def reexport(data: Path, work: Path, out: Path) -> int:
     """Export the shipped ``model.safetensors`` again (the exporter checks that ONNX Runtime and PyTorch agree
-    within 1e-4) and rewrite ``model.onnx`` and the card: its hashes, contract and reference scores."""
+    within 1e-4), evaluate the new ``model.onnx`` on ``data/test`` as ``evaluate`` does, and rewrite
+    ``model.onnx`` and the card: its hashes, contract, reference scores and test figures."""
     from pneumoscan._io import atomic_write_json, atomic_write_text
     from pneumoscan.bundled import CARD_JSON, CARD_MARKDOWN, ONNX_FILE, WEIGHTS_FILE
     from pneumoscan.bundled.card import refresh_card, render_bundled_markdown
+    from pneumoscan.evaluation import EvaluateConfig, evaluate
     from pneumoscan.serving.export import export_onnx
 
     onnx = export_onnx(out / WEIGHTS_FILE, work / "reexport" / ONNX_FILE, float16_weights=True)
     shutil.copyfile(onnx, out / ONNX_FILE)
-    card = refresh_card(json.loads((out / CARD_JSON).read_text()), out, data.parent)
+    result = evaluate(EvaluateConfig(models=[str(out / ONNX_FILE)], data=str(data), split="test",
+                                     out=str(work / "reexport" / "report")))
+    print(f"evaluated on {data / 'test'}: {result.json}")
+    card = refresh_card(json.loads((out / CARD_JSON).read_text()), out, data.parent, result.report.to_dict())
     atomic_write_json(out / CARD_JSON, card)
     atomic_write_text(out / CARD_MARKDOWN, render_bundled_markdown(card))
     gap = max(abs(r["probability"] - r["probability_torch"]) for r in card["reference_scores"])

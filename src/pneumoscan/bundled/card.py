@@ -76,15 +76,7 @@ def build_bundled_card(folder: str | os.PathLike, report: dict[str, Any], *, rec
         "alternatives": {name: {"threshold": p["threshold"], "rule": p.get("rule", "")}
                          for name, p in points.items() if name != "stored"},
     }
-    data, boot, figures = report["data"], report["bootstrap"], report["metrics"]
-    card["metrics"]["evaluation"] = {
-        "report": "chest_xray/test: half of the official Kermany test set, chosen by patient",
-        "images": data["images"], "patients": data["patients"],
-        "pneumonia": data["pneumonia"], "normal": data["normal"],
-        "interval_level": boot["level"], "interval_unit": boot["unit"], "resamples": boot["resamples"],
-        "figures": {**{m: figures["threshold_free"][m] for m in HEADLINE},
-                    **{f"{m} at the threshold": figures["at"]["stored"][m] for m in AT_THRESHOLD}},
-    }
+    card["metrics"]["evaluation"] = evaluation_section(report)
     card["metrics"]["note"] = None
     card["reference_scores"] = reference_scores(folder, reference_images, shared_root)
     card["build"] = {
@@ -99,7 +91,22 @@ def build_bundled_card(folder: str | os.PathLike, report: dict[str, Any], *, rec
     return packaged(portable(card, shared_root))
 
 
-def refresh_card(card: dict[str, Any], folder: str | os.PathLike, shared_root: str | os.PathLike) -> dict[str, Any]:
+def evaluation_section(report: dict[str, Any]) -> dict[str, Any]:
+    """The card's ``metrics.evaluation``: the headline figures of ``report`` (the model's evaluation on the
+    official test half), with how their intervals were made."""
+    data, boot, figures = report["data"], report["bootstrap"], report["metrics"]
+    return {
+        "report": "chest_xray/test: half of the official Kermany test set, chosen by patient",
+        "images": data["images"], "patients": data["patients"],
+        "pneumonia": data["pneumonia"], "normal": data["normal"],
+        "interval_level": boot["level"], "interval_unit": boot["unit"], "resamples": boot["resamples"],
+        "figures": {**{m: figures["threshold_free"][m] for m in HEADLINE},
+                    **{f"{m} at the threshold": figures["at"]["stored"][m] for m in AT_THRESHOLD}},
+    }
+
+
+def refresh_card(card: dict[str, Any], folder: str | os.PathLike, shared_root: str | os.PathLike,
+                 report: dict[str, Any] | None = None) -> dict[str, Any]:
     """``card`` brought up to date with the files in ``folder`` after a re-export: their hashes, the input and
     output contract, scope and provenance as the code now writes them, and the reference images' scores
     with both backends; the test figures and the build's recipe are kept (the weights are the same)."""
@@ -118,6 +125,8 @@ def refresh_card(card: dict[str, Any], folder: str | os.PathLike, shared_root: s
     card["reference_scores"] = reference_scores(folder, [r["image"] for r in card["reference_scores"]],
                                                 shared_root)
     card["build"] = {**card["build"], **training_command(meta)}
+    if report is not None:
+        card["metrics"] = {**card["metrics"], "evaluation": evaluation_section(report)}
     card["disclaimer"] = DISCLAIMER
     return packaged(portable(card, shared_root))
 
