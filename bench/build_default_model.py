@@ -3,6 +3,7 @@
     .venv/bin/python bench/build_default_model.py                 # the default recipe, as `pneumoscan train`
     .venv/bin/python bench/build_default_model.py --epochs 2      # a provisional model (the card says so)
     .venv/bin/python bench/build_default_model.py --scope-only    # refit the shipped model's scope gate only
+    .venv/bin/python bench/build_default_model.py --export-only   # re-export the shipped weights, refresh the card
 
 Steps: train the DEFAULT recipe exactly as ``pneumoscan train`` with no options does (the default
 ``TrainConfig()``; only the data root and the output folder are set, and ``--epochs`` when given, which
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
                         "export, report and card only)")
     parser.add_argument("--scope-only", action="store_true", help="refit the scope gate of the shipped model on "
                         "DATA/train, re-export it and update its card's files and scope gate (weights unchanged)")
+    parser.add_argument("--export-only", action="store_true", help="re-export the shipped weights to ONNX with "
+                        "the current exporter, evaluate it on DATA/test and refresh the card (hashes, contract, "
+                        "reference scores, test figures; the weights unchanged)")
     args = parser.parse_args(argv)
     # Paths relative to the repository in the model's provenance: no machine's absolute paths in the bundle.
     args.data, args.work, args.out = (os.path.relpath(Path(p).resolve(), REPO) for p in (args.data, args.work, args.out))
@@ -62,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.scope_only:
         return refit_scope(data, work, out)
+    if args.export_only:
+        return reexport(data, work, out)
     deviations = {k: v for k, v in (("epochs", args.epochs), ("image_size", args.image_size)) if v is not None}
     config = TrainConfig(data=str(data), out=str(work), run_name="run", progress=sys.stderr.isatty(), **deviations)
     recipe = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
@@ -161,6 +167,29 @@ def refit_scope(data: Path, work: Path, out: Path) -> int:
     atomic_write_json(out / CARD_JSON, card)
     atomic_write_text(out / CARD_MARKDOWN, render_bundled_markdown(card))
     print(f"bundle in {out}: scope gate refitted, probabilities unchanged")
+    return 0
+
+
+def reexport(data: Path, work: Path, out: Path) -> int:
+    """Export the shipped ``model.safetensors`` again (the exporter checks that ONNX Runtime and PyTorch agree
+    within 1e-4), evaluate the new ``model.onnx`` on ``data/test`` as ``evaluate`` does, and rewrite
+    ``model.onnx`` and the card: its hashes, contract, reference scores and test figures."""
+    from pneumoscan._io import atomic_write_json, atomic_write_text
+    from pneumoscan.bundled import CARD_JSON, CARD_MARKDOWN, ONNX_FILE, WEIGHTS_FILE
+    from pneumoscan.bundled.card import refresh_card, render_bundled_markdown
+    from pneumoscan.evaluation import EvaluateConfig, evaluate
+    from pneumoscan.serving.export import export_onnx
+
+    onnx = export_onnx(out / WEIGHTS_FILE, work / "reexport" / ONNX_FILE, float16_weights=True)
+    shutil.copyfile(onnx, out / ONNX_FILE)
+    result = evaluate(EvaluateConfig(models=[str(out / ONNX_FILE)], data=str(data), split="test",
+                                     out=str(work / "reexport" / "report")))
+    print(f"evaluated on {data / 'test'}: {result.json}")
+    card = refresh_card(json.loads((out / CARD_JSON).read_text()), out, data.parent, result.report.to_dict())
+    atomic_write_json(out / CARD_JSON, card)
+    atomic_write_text(out / CARD_MARKDOWN, render_bundled_markdown(card))
+    gap = max(abs(r["probability"] - r["probability_torch"]) for r in card["reference_scores"])
+    print(f"bundle in {out}: re-exported; reference images: ONNX Runtime and PyTorch within {gap:.1e}")
     return 0
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import pneumoscan
@@ -166,3 +167,102 @@ def test_serve_with_no_model_serves_the_bundled_one_with_its_card():
     card = served_card(served)
     assert card["files"]["onnx_sha256"] == bundled_card()["files"]["onnx_sha256"]
     assert card["disclaimer"] == DISCLAIMER
+
+
+def test_every_command_that_takes_a_model_accepts_default(shared_data, tmp_path, capsys, monkeypatch):
+    """`default` is the bundled model's name in `pneumoscan models`: every command takes it as MODEL."""
+    from pneumoscan.cli import build_parser
+    from pneumoscan.dicom.processing import Processor
+    from pneumoscan.serving.app import load_served
+
+    data = tmp_path / "data"
+    for cls in ("NORMAL", "PNEUMONIA"):
+        (data / "test" / cls).mkdir(parents=True)
+        for image in sorted((shared_data / "chest_xray" / "test" / cls).glob("*.jpeg"))[:6]:
+            (data / "test" / cls / image.name).symlink_to(image)
+    image = next((data / "test" / "PNEUMONIA").iterdir())
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "default", "--data", str(data), "--bootstrap", "20", "--gallery", "0",
+                 "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "report.json").is_file()
+    assert main(["predict", "default", str(image)]) == 0
+    assert "the bundled default model" in capsys.readouterr().out
+    assert main(["explain", "default", str(image), "--out", str(tmp_path / "explain")]) == 0
+    assert list((tmp_path / "explain").glob("*.png"))
+    assert load_served("default").files.bundled  # serve default
+    assert Processor("default", tmp_path / "node").classifier.files.bundled  # dicom listen / pull default
+    parser = build_parser()
+    for argv in (["serve", "default"], ["dicom", "listen", "default", "--out", "x"], ["calibrate", "default", "--data", "x"],
+                 ["export", "default"]):
+        assert parser.parse_args(argv).model == "default", argv
+
+
+@pytest.mark.slow
+def test_export_default_writes_the_bundled_weights_to_runs_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "default"]) == 0
+    exported = pneumoscan.load(tmp_path / "runs" / "default" / "export" / ONNX_FILE)
+    assert exported.meta == pneumoscan.load().meta
+
+
+def _by_the_cards_words(card: dict, files: list[Path]) -> np.ndarray:
+    """The bundled graph run with ONNX Runtime on images made as the card's input section says, with Pillow
+    and numpy alone: what a user without pneumoscan does."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    contract = card["input"]
+    size = int(contract["size"])
+    # the card's words, checked so that this follows them rather than the decoder's code
+    assert contract["fit"] == "stretch" and "stretched to" in contract["resize"]
+    assert "Image.resize(..., Image.Resampling.BILINEAR, reducing_gap=3.0)" in contract["resize"]
+    assert "convert('L')" in contract["grey"] and "/ 255" in contract["scale"]
+    assert contract["layout"] == "NCHW" and contract["dtype"] == "float32"
+    pixels = []
+    for file in files:
+        with Image.open(file) as image:
+            grey = image.convert("L").resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        pixels.append(np.asarray(grey, dtype=np.float32)[None] / 255)
+    session = ort.InferenceSession(str(BUNDLED_DIR / ONNX_FILE), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    outputs = dict(zip(names, session.run(names, {"image": np.stack(pixels)}), strict=True))
+    for name, values in outputs.items():  # every output is described, with its real shape
+        assert f"(N, {values.shape[1]})" in card["output"][name], name
+    return outputs["probability"].reshape(-1)
+
+
+def _predict_matches_the_cards_words(card: dict, files: list[Path]) -> None:
+    expected = [row.probability for row in pneumoscan.load(scope_check=False).predict(files)]
+    assert None not in expected
+    got = _by_the_cards_words(card, files)
+    assert np.max(np.abs(got - np.array(expected))) < 1e-4
+
+
+def test_the_cards_input_contract_is_enough_to_run_the_onnx_file_as_predict_does(card, shared_data):
+    files = sorted((shared_data / "chest_xray" / "test").glob("*/*.jpeg"))[::20]
+    assert len(files) >= 15
+    _predict_matches_the_cards_words(card, files)
+
+
+@pytest.mark.slow
+def test_the_cards_input_contract_holds_on_every_test_image(card, shared_data):
+    _predict_matches_the_cards_words(card, sorted((shared_data / "chest_xray" / "test").glob("*/*.jpeg")))
+
+
+def _exported_with_batchnorm_folded() -> bool:
+    import onnx
+
+    graph = onnx.load(str(BUNDLED_DIR / ONNX_FILE)).graph
+    return not any(node.op_type == "BatchNormalization" for node in graph.node)
+
+
+def test_both_shipped_files_give_the_same_probabilities_within_1e_4(shared_data):
+    """ONNX Runtime and PyTorch compute from the same float16 weights (the export keeps BatchNorm apart)."""
+    if _exported_with_batchnorm_folded():
+        pytest.skip("the bundled model.onnx predates the exporter that keeps BatchNorm apart (it differs from "
+                    "PyTorch by up to 0.014): rebuild it with python bench/build_default_model.py --export-only")
+    files = sorted((shared_data / "chest_xray" / "test").glob("*/*.jpeg"))
+    onnx = pneumoscan.load(scope_check=False)
+    batch = np.stack([onnx.preprocess(f) for f in files])
+    gap = np.abs(onnx.predict_proba(batch) - pneumoscan.load(backend="torch", scope_check=False).predict_proba(batch))
+    assert gap.max() < 1e-4

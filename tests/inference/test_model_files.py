@@ -162,3 +162,60 @@ def test_the_torch_module_fits_an_image_as_the_decoder_does(fit):
     assert fitted.shape == expected.shape == (32, 32)
     # the same geometry (where the black margins and the stripe land); the resampling differs a little
     assert np.abs(fitted - expected).mean() < 8
+
+
+def test_default_names_the_bundled_model_and_a_folder_of_that_name_is_given_as_a_path(tmp_path, monkeypatch):
+    from pneumoscan.inference.model_files import is_model
+
+    bundled = resolve_model()
+    assert resolve_model("default") == bundled and bundled.bundled
+    assert pneumoscan.load("default").files.bundled
+    assert is_model("default")
+    folder = tmp_path / "default"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelFileError, match="no model.safetensors in this folder"):
+        resolve_model("./default")  # a path: the folder, not the bundled model
+
+
+def test_only_a_folder_the_loader_can_load_counts_as_a_model(exported_run, tmp_path):
+    """`predict FOLDER images` takes the folder as the model exactly when loading it can work."""
+    from pneumoscan.inference.model_files import MODEL_SUFFIXES, is_model, split_model_and_inputs
+
+    only_meta = tmp_path / "only-meta"
+    only_meta.mkdir()
+    shutil.copyfile(exported_run / "model.json", only_meta / "model.json")
+    assert not is_model(only_meta)  # model.json alone: loading refuses it, so it is an image folder
+    assert split_model_and_inputs([str(only_meta), "x.jpeg"], None) == (None, [str(only_meta), "x.jpeg"])
+    assert is_model(exported_run) and all(is_model(tmp_path / f"m{suffix}") for suffix in MODEL_SUFFIXES)
+    assert split_model_and_inputs(["default", "x.jpeg"], None) == ("default", ["x.jpeg"])
+
+
+def test_pneumoscan_models_says_onnx_only_for_an_export_the_loader_uses(exported_run, tmp_path):
+    from pneumoscan.models.catalog import list_models
+
+    runs_dir = tmp_path / "runs"
+    run = shutil.copytree(exported_run, runs_dir / "run")
+    entries = {e.name: e for e in list_models(runs_dir)}
+    assert entries["default"].onnx and entries["run"].onnx
+    meta = read_meta(run)
+    meta.threshold = 0.9  # the run changed after its export: predict would not use the export
+    model, _ = pneumoscan.models.load_model(run)
+    save_model(run, model, meta)
+    assert resolve_model(run, prefer_onnx=True).backend == "torch"
+    assert not {e.name: e for e in list_models(runs_dir)}["run"].onnx
+
+
+def test_backend_torch_scores_with_pytorch_or_says_why_it_cannot(exported_run, tmp_path, capsys):
+    from helpers.synthetic import write_synthetic_image
+    from pneumoscan.cli import main
+
+    image = write_synthetic_image(tmp_path / "chest.png", 1, seed=1, size=96)
+    assert main(["predict", "--backend", "torch", "--no-scope-check", str(image)]) == 0  # the bundled model
+    assert "bundled default model (pneumoscan 0.1.0, torch)" in capsys.readouterr().out
+    assert pneumoscan.load(backend="torch").backend_name == "torch"
+    onnx = exported_run / "export" / "model.onnx"
+    assert pneumoscan.load(onnx, backend="torch").backend_name == "torch"  # its weights are in its run
+    lonely = shutil.copyfile(onnx, tmp_path / "lonely.onnx")
+    assert main(["predict", "--backend", "torch", str(lonely), str(image)]) == 2
+    assert "lonely.onnx: the torch backend needs the PyTorch weights" in capsys.readouterr().err

@@ -114,3 +114,57 @@ def test_a_file_named_onnx_that_is_not_onnx_gives_a_one_line_error(tmp_path, con
     with pytest.raises(ModelFileError, match="model.onnx: not a loadable ONNX model") as info:
         pneumoscan.load(fake)
     assert "\n" not in str(info.value)
+
+
+def _with_trained_batchnorm(network, images: np.ndarray, seed: int = 0):
+    """``network`` with BatchNorm statistics measured on ``images`` and scales away from 1, as training
+    leaves them (a fresh layer is the identity, which no fold could change), its weights rounded to float16
+    as the bundled model's are."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # the plain mean over the batches seen
+            norm.weight.copy_(torch.rand(norm.num_features, generator=generator) + 0.5)
+        network.train()(torch.from_numpy(images))
+        for parameter in network.parameters():
+            if parameter.ndim >= 2:
+                parameter.copy_(parameter.half().float())
+    return network.eval()
+
+
+def test_an_export_with_float16_weights_computes_as_pytorch_does_within_1e_4(tmp_path, real_subset):
+    """The graph keeps the model's own float16 weights: BatchNorm is not folded into them at export (a
+    fold rounds the folded weights to float16 again, 0.014 in probability on the bundled model)."""
+    import torch
+
+    from pneumoscan.data import read_image
+    from pneumoscan.models import ModelMeta, build_model
+    from pneumoscan.serving.export import export_onnx
+
+    files = sorted(real_subset.glob("train/*/*.jpeg"))[:24]
+    pixels = np.stack([read_image(f, SIZE, "stretch") for f in files])[:, None].astype(np.float32) / 255
+    torch.manual_seed(0)
+    network = _with_trained_batchnorm(build_model("mini-resnet", SIZE), pixels)
+    save_model(tmp_path / "run", network, ModelMeta(name="mini-resnet", image_size=SIZE, fit="stretch", run_id="f16"))
+    onnx_file = export_onnx(tmp_path / "run", float16_weights=True)
+    p_onnx = np.array([r.probability for r in pneumoscan.load(onnx_file).predict(files)])
+    p_torch = np.array([r.probability for r in pneumoscan.load(tmp_path / "run").predict(files)])
+    assert np.ptp(p_torch) > 0.01  # the images are told apart: a wrong input could not pass
+    assert np.max(np.abs(p_onnx - p_torch)) < 1e-4
+
+
+def test_float16_storage_refuses_weights_that_are_not_float16_values(tmp_path):
+    import torch
+
+    from pneumoscan.models import ModelMeta, build_model
+    from pneumoscan.serving.export import export_onnx
+
+    torch.manual_seed(0)
+    save_model(tmp_path / "run", build_model("mini-resnet", SIZE), ModelMeta(name="mini-resnet", image_size=SIZE))
+    with pytest.raises(ModelFileError, match="not float16-exact"):
+        export_onnx(tmp_path / "run", float16_weights=True)
+    assert not export_file(tmp_path / "run").exists()

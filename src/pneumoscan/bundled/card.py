@@ -27,8 +27,9 @@ TRAINING_DATA = {
              "half is never trained on or used to choose anything",
 }
 SCOPE = (
-    "Research only. Out of scope: any clinical use; adults; lateral, PA or other views; other hospitals "
-    "and scanners without a new evaluation; findings other than pneumonia (and bacterial vs viral)."
+    "Research only. Out of scope: any clinical use; adults; lateral or other non-frontal views; other "
+    "hospitals and scanners without a new evaluation; findings other than pneumonia (and bacterial vs "
+    "viral). Posterior-anterior (PA) views are scored but untested: the training and test images are AP."
 )
 PATHS = ("relative to the folder that holds chest_xray/ (the dataset as `pneumoscan data download` "
          "fetches it)")
@@ -52,15 +53,14 @@ def build_bundled_card(folder: str | os.PathLike, report: dict[str, Any], *, rec
     """The card of the model in ``folder`` (``model.onnx`` and ``model.safetensors``), from the report of
     its evaluation on the official test half; reference images are paths relative to ``shared_root``."""
     import pneumoscan
-    from pneumoscan.bundled import ONNX_FILE, WEIGHTS_FILE
+    from pneumoscan.bundled import ONNX_FILE
     from pneumoscan.serving.model_card import build_model_card
 
     folder, shared_root = Path(folder), Path(shared_root)
     onnx = pneumoscan.load(folder / ONNX_FILE)
     meta = onnx.meta
     card = build_model_card(meta, None, folder / ONNX_FILE)
-    card["files"] = {"onnx": ONNX_FILE, "onnx_sha256": sha256_file(folder / ONNX_FILE),
-                     "safetensors": WEIGHTS_FILE, "safetensors_sha256": sha256_file(folder / WEIGHTS_FILE)}
+    card["files"] = shipped_files(folder)
     card["scope"] = SCOPE
     card["training_data"] = {**TRAINING_DATA, **card["training_data"]}
     from pneumoscan.serving.model_card import threshold_rule
@@ -76,8 +76,26 @@ def build_bundled_card(folder: str | os.PathLike, report: dict[str, Any], *, rec
         "alternatives": {name: {"threshold": p["threshold"], "rule": p.get("rule", "")}
                          for name, p in points.items() if name != "stored"},
     }
+    card["metrics"]["evaluation"] = evaluation_section(report)
+    card["metrics"]["note"] = None
+    card["reference_scores"] = reference_scores(folder, reference_images, shared_root)
+    card["build"] = {
+        **training_command(meta),
+        "recipe": _recipe_text(deviations),
+        "deviations_from_default": deviations,
+        "config": recipe,
+        "train_seconds": round(train_seconds, 1),
+        "versions": {k: v for k, v in library_versions().items() if k != "platform"},
+    }
+    card["disclaimer"] = DISCLAIMER
+    return packaged(portable(card, shared_root))
+
+
+def evaluation_section(report: dict[str, Any]) -> dict[str, Any]:
+    """The card's ``metrics.evaluation``: the headline figures of ``report`` (the model's evaluation on the
+    official test half), with how their intervals were made."""
     data, boot, figures = report["data"], report["bootstrap"], report["metrics"]
-    card["metrics"]["evaluation"] = {
+    return {
         "report": "chest_xray/test: half of the official Kermany test set, chosen by patient",
         "images": data["images"], "patients": data["patients"],
         "pneumonia": data["pneumonia"], "normal": data["normal"],
@@ -85,28 +103,66 @@ def build_bundled_card(folder: str | os.PathLike, report: dict[str, Any], *, rec
         "figures": {**{m: figures["threshold_free"][m] for m in HEADLINE},
                     **{f"{m} at the threshold": figures["at"]["stored"][m] for m in AT_THRESHOLD}},
     }
-    card["metrics"]["note"] = None
-    torch_model = pneumoscan.load(folder / WEIGHTS_FILE, device="cpu")
-    card["reference_scores"] = []
-    for image in reference_images:
-        path = shared_root / image
-        rows = [m.predict([path])[0] for m in (onnx, torch_model)]
-        if rows[0].error:
-            raise ImageReadError(f"reference image: {rows[0].error}")
-        p_onnx, p_torch = (row.probability for row in rows)
-        card["reference_scores"].append({"image": image, "probability": p_onnx,
-                                         "probability_torch": p_torch})
-    card["build"] = {
-        "command": "python bench/build_default_model.py" + "".join(f" --{k} {v}" for k, v in deviations.items()),
-        "recipe": _recipe_text(deviations),
-        "deviations_from_default": deviations,
-        "config": recipe,
-        "train_seconds": round(train_seconds, 1),
-        "git_commit": git_commit(),
-        "versions": {k: v for k, v in library_versions().items() if k != "platform"},
-    }
+
+
+def refresh_card(card: dict[str, Any], folder: str | os.PathLike, shared_root: str | os.PathLike,
+                 report: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``card`` brought up to date with the files in ``folder`` after a re-export: their hashes, the input and
+    output contract, scope and provenance as the code now writes them, and the reference images' scores
+    with both backends; the test figures and the build's recipe are kept (the weights are the same)."""
+    import pneumoscan
+    from pneumoscan.bundled import ONNX_FILE
+    from pneumoscan.serving.model_card import build_model_card
+
+    folder = Path(folder)
+    meta = pneumoscan.load(folder / ONNX_FILE).meta
+    fresh = build_model_card(meta, None, folder / ONNX_FILE)
+    card = {**card, **{k: fresh[k] for k in ("model", "out_of_scope", "input", "scope_gate", "limitations",
+                                             "provenance", "intended_use")}}
+    card["output"] = {**card["output"], **fresh["output"]}
+    card["files"] = shipped_files(folder)
+    card["scope"] = SCOPE
+    card["reference_scores"] = reference_scores(folder, [r["image"] for r in card["reference_scores"]],
+                                                shared_root)
+    card["build"] = {**card["build"], **training_command(meta)}
+    if report is not None:
+        card["metrics"] = {**card["metrics"], "evaluation": evaluation_section(report)}
     card["disclaimer"] = DISCLAIMER
     return packaged(portable(card, shared_root))
+
+
+def shipped_files(folder: Path) -> dict[str, str]:
+    """The card's ``files`` section: both files of ``folder`` with their SHA-256."""
+    from pneumoscan.bundled import ONNX_FILE, WEIGHTS_FILE
+
+    return {"onnx": ONNX_FILE, "onnx_sha256": sha256_file(folder / ONNX_FILE),
+            "safetensors": WEIGHTS_FILE, "safetensors_sha256": sha256_file(folder / WEIGHTS_FILE)}
+
+
+def reference_scores(folder: Path, images: list[str], shared_root: str | os.PathLike) -> list[dict[str, Any]]:
+    """Each image's probability with the ONNX file and with the PyTorch weights of ``folder``; ``images``
+    are relative to ``shared_root`` (or to the folder that holds ``chest_xray/`` there)."""
+    import pneumoscan
+    from pneumoscan.bundled import ONNX_FILE, WEIGHTS_FILE
+
+    models = [pneumoscan.load(folder / ONNX_FILE), pneumoscan.load(folder / WEIGHTS_FILE, device="cpu")]
+    scores = []
+    for image in images:
+        rows = [m.predict([Path(shared_root) / image.removeprefix(f"{SHARED_DATA}/")])[0] for m in models]
+        if rows[0].error:
+            raise ImageReadError(f"reference image: {rows[0].error}")
+        scores.append({"image": image, "probability": rows[0].probability, "probability_torch": rows[1].probability})
+    return scores
+
+
+def training_command(meta: Any) -> dict[str, Any]:
+    """How the weights were trained, as the model's own provenance records it (the command and the git
+    commit of the training, ``+dirty`` when the working tree had uncommitted changes), so that the card
+    and ``model.json`` say the same."""
+    provenance = meta.provenance or {}
+    command = str(provenance.get("command") or "bench/build_default_model.py")
+    return {"command": command if command.startswith("python ") else f"python {command}",
+            "git_commit": provenance.get("git_commit") or git_commit()}
 
 
 def packaged(card: dict[str, Any]) -> dict[str, Any]:
@@ -150,11 +206,15 @@ def render_bundled_markdown(card: dict[str, Any]) -> str:
     extra += [f"- {name}: {p['threshold']:.4f}: {p['rule']}" for name, p in point["alternatives"].items()]
     if point.get("expected"):
         extra += ["", f"What to expect at another site: {point['expected']}"]
-    extra += ["", "## How it was built", "", f"- {build['recipe']}", f"- command: `{build['command']}`",
-              f"- training time: {build['train_seconds']:.0f} s; git commit {build['git_commit'] or 'unknown'}", "",
+    commit = str(build.get("git_commit") or "unknown")
+    if commit.endswith("+dirty"):
+        commit = f"{commit.removesuffix('+dirty')} with uncommitted changes (`+dirty`)"
+    gap = max((abs(r["probability"] - r["probability_torch"]) for r in card["reference_scores"]), default=0.0)
+    extra += ["", "## How it was built", "", f"- {build['recipe']}",
+              f"- command (as the model's provenance records it): `{build['command']}`",
+              f"- training time: {build['train_seconds']:.0f} s; git commit {commit}", "",
               "## Reference scores", "",
-              "Probabilities the shipped files give with each backend (the ONNX graph stores its folded weights "
-              "as float16, so the two differ by about 1e-3 at most):", "",
+              f"Probabilities the shipped files give with each backend (largest difference here {gap:.1e}):", "",
               "| image | ONNX Runtime | PyTorch |", "|---|---|---|"]
     extra += [f"| `{r['image']}` | {r['probability']:.6f} | {r['probability_torch']:.6f} |"
               for r in card["reference_scores"]]

@@ -84,7 +84,8 @@ def register(subparsers) -> None:
     download = add_command(
         commands, "download",
         "Download the public ChestXRay2017 archive (Kermany et al., Mendeley Data, doi:10.17632/rscbjbr9sj.2, "
-        "CC BY 4.0), resumable and checksum-verified, and extract it into the cache.",
+        "CC BY 4.0), resumable, and extract it into the cache. Its SHA-256 is printed and checked only against "
+        "--sha256 when given: without it nothing verifies the archive.",
         "pneumoscan data download --sha256 <expected sha256>", _download,
     )
     download.add_argument("--url", default=None, help="archive URL (default: the Mendeley Data file)")

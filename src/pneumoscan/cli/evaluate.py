@@ -19,7 +19,8 @@ def register(subparsers) -> None:
         _evaluate,
     )
     ev.add_argument("models", nargs="+", metavar="RUN_OR_MODEL",
-                    help="run folder or model file; several are evaluated as an ensemble (mean probability)")
+                    help="run folder, model file, or default (the bundled model); several are evaluated as an "
+                         "ensemble (mean probability)")
     ev.add_argument("--data", default=SUPPRESS, help="dataset folder or CSV manifest (default: the run's split.csv, whose "
                     "test split is the data's own test split, such as the official Kermany test images, or for "
                     "data without one the 10 %% of patients training held out; else the default data)")

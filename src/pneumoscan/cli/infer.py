@@ -23,8 +23,8 @@ def register(subparsers) -> None:
         "  pneumoscan predict runs/latest/export/model.onnx scans/ 'more/*.dcm' --out preds.csv", run_predict,
     )
     predict.add_argument("paths", metavar="[MODEL] PATH", nargs="+",
-                         help="optionally a model first (run folder, .safetensors, .ckpt or exported .onnx; "
-                              "default: the bundled model), then image files, folders (searched recursively) "
+                         help="optionally a model first (run folder, .safetensors, .ckpt, exported .onnx, or "
+                              "default: the bundled model, also used when none is given), then image files, folders (searched recursively) "
                               "or globs")
     predict.add_argument("--model", metavar="MODEL", help="the model, when it is not given first")
     predict.add_argument("--out", metavar="FILE",
@@ -33,8 +33,9 @@ def register(subparsers) -> None:
     predict.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     predict.add_argument("--backend", choices=["auto", "torch"], default="auto",
-                         help="auto: for a run folder, its export/model.onnx (ONNX Runtime) when it matches the "
-                              "run's model, else PyTorch")
+                         help="auto: ONNX Runtime for an .onnx model and the bundled one on the CPU, and for a run "
+                              "folder its export/model.onnx when it matches the run's model, else PyTorch; torch: "
+                              "PyTorch always (an .onnx model's weights beside it)")
     bar = predict.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="always show a progress bar (default: on a terminal, for more than 50 files; with a "
@@ -49,7 +50,7 @@ def register(subparsers) -> None:
                          help="processes decoding images (default: the usable cores, at most 8)")
     predict.add_argument("--worklist", metavar="FILE.csv",
                          help="after the run, also write every row of --out sorted by probability (highest first) "
-                              "with a flag per operating point and the DICOM identifiers: a triage worklist")
+                              "with a flag per operating point and the DICOM identifiers: a review list for research, not clinical triage")
     predict.add_argument("--no-scope-check", dest="scope_check", action="store_false",
                          help="score images the scope gate refuses (not frontal chest radiographs: other modalities, "
                               "views, photos, rotated or inverted radiographs...); their rows say 'scope check off'")
@@ -64,8 +65,8 @@ def register(subparsers) -> None:
         "pneumoscan explain runs/latest chest.jpeg --out explain/ --filters", run_explain,
     )
     explain.add_argument("images", metavar="[MODEL] IMAGE", nargs="*",
-                         help="optionally a model first (run folder, .safetensors or .ckpt, or an .onnx with its "
-                              "weights beside it; default: the bundled model), then image files, folders or globs")
+                         help="optionally a model first (run folder, .safetensors or .ckpt, an .onnx with its "
+                              "weights beside it, or default: the bundled model, also used when none is given), then image files, folders or globs")
     explain.add_argument("--model", metavar="MODEL", help="the model, when it is not given first")
     explain.add_argument("--out", metavar="DIR", default="explain", help="folder for the PNG files")
     explain.add_argument("--filters", action="store_true",
@@ -89,7 +90,8 @@ def register(subparsers) -> None:
         subparsers, "export", "Export a model to ONNX with its preprocessing contract and a model card.",
         "pneumoscan export runs/latest --format onnx", run_export,
     )
-    export.add_argument("model", metavar="MODEL", help="run folder, .safetensors or .ckpt")
+    export.add_argument("model", metavar="MODEL", help="run folder, .safetensors, .ckpt, or default (the bundled "
+                        "model; written to runs/default/export/)")
     export.add_argument("--format", choices=["onnx"], default="onnx", help="export format")
     export.add_argument("--out", metavar="FILE", help="output file (default: RUN/export/model.onnx)")
     export.add_argument("--opset", type=int, default=18, help="ONNX opset")
@@ -98,7 +100,8 @@ def register(subparsers) -> None:
 def run_predict(args) -> int:
     from pneumoscan.errors import ConfigError
     from pneumoscan.inference import load, scope
-    from pneumoscan.inference.inputs import list_inputs, split_model_and_inputs
+    from pneumoscan.inference.inputs import list_inputs
+    from pneumoscan.inference.model_files import split_model_and_inputs
     from pneumoscan.inference.results import format_table, write_predictions
 
     model, paths = split_model_and_inputs(args.paths, args.model)
@@ -114,12 +117,13 @@ def run_predict(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {args.workers}")
     if args.engine == "ray":
-        if not args.scope_check:
-            raise ConfigError("--no-scope-check is for --engine local")
+        if not args.scope_check or args.backend != "auto":
+            raise ConfigError(f"{'--no-scope-check' if not args.scope_check else '--backend torch'} is for --engine local")
         return _predict_ray(args, model, paths)
     if args.address:
         raise ConfigError("--address joins a Ray cluster: use it with --engine ray")
-    classifier = load(model, device=args.device, prefer_onnx=args.backend == "auto", scope_check=args.scope_check)
+    classifier = load(model, device=args.device, prefer_onnx=args.backend == "auto", scope_check=args.scope_check,
+                      backend=args.backend)
     if classifier.scope_note:
         print(f"note: {classifier.scope_note}", file=sys.stderr)
     if streamed:
@@ -153,7 +157,7 @@ def run_predict(args) -> int:
               "--no-scope-check scores them anyway)", file=sys.stderr)
     if scored + refused < len(rows):
         print(f"{len(rows) - scored - refused} file(s) could not be scored: see the note on their rows", file=sys.stderr)
-    if backend == "torch" and model is not None:
+    if backend == "torch" and model is not None and args.backend == "auto":
         print(f"note: scored with PyTorch; `pneumoscan export {model}` makes predict start in about a second "
               "(ONNX Runtime, no torch import)", file=sys.stderr)
     print(DISCLAIMER, file=sys.stderr)
@@ -212,7 +216,8 @@ def run_explain(args) -> int:
     from pneumoscan.errors import ConfigError
     from pneumoscan.explain import conv_layers, explain_images, target_layer
     from pneumoscan.inference import resolve_model
-    from pneumoscan.inference.inputs import expand_inputs, split_model_and_inputs
+    from pneumoscan.inference.inputs import expand_inputs
+    from pneumoscan.inference.model_files import split_model_and_inputs
 
     if args.list_layers:
         model_path = args.model or (args.images[0] if args.images else None)

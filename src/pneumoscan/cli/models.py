@@ -31,7 +31,7 @@ def run(args) -> int:
         path = e.path if e.kind == "bundled" else os.path.relpath(e.path)
         print(f"{e.name:<{width}}  {e.kind:<10}  {e.network:<16}  {e.image_size:>4}  {e.threshold:>9.4f}  {auc:>7}  "
               f"{'yes' if e.onnx else 'no':<4}  {path}")
-    print("\nuse one: pneumoscan predict [MODEL] chest.jpeg (no MODEL: the bundled default); "
+    print("\nuse one: pneumoscan predict [MODEL] chest.jpeg (no MODEL, or default: the bundled model); "
           "pneumoscan.load(MODEL) in Python")
     print(DISCLAIMER)
     return 0

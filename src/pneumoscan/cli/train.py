@@ -10,8 +10,8 @@ import typing
 
 from pneumoscan.cli.commands import add_command
 
-EXAMPLE = ("pneumoscan train --model mini-resnet --image-size 128 --epochs 12    "
-           "# then: pneumoscan evaluate runs/latest")
+EXAMPLE = ("pneumoscan train --epochs 12    # the default recipe (EfficientNet-Lite0 from ImageNet, 128 px); "
+           "then: pneumoscan evaluate runs/latest")
 
 
 def register(subparsers) -> None:

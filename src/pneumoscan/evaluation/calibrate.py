@@ -62,7 +62,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitiv
     from pneumoscan.runs import CALIBRATION_JSON, CALIBRATION_README, calibrated_folder, find_run, split_file
     from pneumoscan.serving.model_card import write_model_card
 
-    files = resolve_model(None if _is_default(model) else model)
+    files = resolve_model(model)  # `default` names the bundled model there
     network, meta = files.load_network("calibrate")  # an ONNX model's PyTorch weights: the new version is one
     source = files.weights
     origin = find_run(source) if not _is_bundled(source) else None
@@ -129,13 +129,6 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitiv
     write_model_card(folder, new_meta)
     atomic_write_text(folder / CALIBRATION_README, _readme(record))
     return CalibrationResult(folder, model_file, fitted, source)
-
-
-def _is_default(model: str | os.PathLike) -> bool:
-    """``default`` (when no such path exists) names the bundled model."""
-    from pneumoscan.bundled import NAME
-
-    return str(model) == NAME and not Path(model).exists()
 
 
 def _is_bundled(source: Path) -> bool:

@@ -107,7 +107,9 @@ def evaluate(config: EvaluateConfig) -> EvaluationResult:
         raise ConfigError(f"--bootstrap must be at least 1, not {config.bootstrap}")
     if not 0 < config.level < 1:
         raise ConfigError(f"--level must be between 0 and 1, not {config.level}")
-    members = [Member(Path(m), find_run(m), pneumoscan.load(m, device=config.device)) for m in config.models]
+    loaded = [(m, pneumoscan.load(m, device=config.device)) for m in config.models]
+    # The bundled model (`default`) is no run: its reports go to its own folder, runs/default.
+    members = [Member(Path(m), c.files.run_folder if c.files.bundled else find_run(m), c) for m, c in loaded]
     metas = [m.classifier.meta for m in members]
     if len({(meta.image_size, meta.fit) for meta in metas}) > 1:
         raise ConfigError("ensemble members differ in image size or fit; evaluate them separately "

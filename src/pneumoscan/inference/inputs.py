@@ -6,43 +6,13 @@ from __future__ import annotations
 import glob
 import os
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from pneumoscan.data.image import IMAGE_SUFFIXES, is_dicom
-from pneumoscan.errors import ConfigError, ImageReadError
-
-MODEL_SUFFIXES = (".onnx", ".safetensors", ".ckpt")
-
-
-def is_model_path(item: str | os.PathLike) -> bool:
-    """Whether ``item`` names a model rather than images: a model file, or a run / model folder."""
-    path = Path(os.fsdecode(item)).expanduser()
-    if path.suffix.lower() in MODEL_SUFFIXES:
-        return True
-    from pneumoscan import runs
-
-    markers = (path / runs.MODEL, path / runs.MODEL_JSON, path / runs.ONNX, runs.export_file(path))
-    return path.is_dir() and any(marker.is_file() for marker in markers)
-
-
-def split_model_and_inputs(items: Sequence[str], model: str | None) -> tuple[str | None, list[str]]:
-    """``[MODEL] PATH...`` -> (model or None for the bundled default, the image paths).
-
-    The first item is the model when ``model`` is not given, more than one item is, and it names a
-    model (:func:`is_model_path`); a model alone, with no image, is refused rather than scored as one.
-    """
-    items = list(items)
-    if model is not None:
-        return model, items
-    if items and is_model_path(items[0]):
-        if len(items) == 1:
-            raise ConfigError(f"{items[0]}: this is a model; give the images to score after it "
-                              f"(pneumoscan predict {items[0]} chest.jpeg)")
-        return items[0], items[1:]
-    return None, items
+from pneumoscan.errors import ImageReadError
 
 
 def expand_inputs(items: Iterable[str | os.PathLike]) -> list[str]:

@@ -4,8 +4,11 @@
 A MODEL argument resolves to :class:`ModelFiles` (:func:`resolve_model`), which :func:`load` turns into a
 :class:`~pneumoscan.inference.Classifier` that keeps them (``classifier.files``, ``.weights``, ``.card``):
 
-- ``None``: the model bundled with the package (:mod:`pneumoscan.bundled`): its ``model.onnx`` on the CPU
-  (ONNX Runtime, no torch import), its ``model.safetensors`` for another device; its card either way.
+- ``None`` or ``"default"`` (the name ``pneumoscan models`` lists it by; ``./default`` is a folder): the model
+  bundled with the package (:mod:`pneumoscan.bundled`): its ``model.onnx`` on the CPU (ONNX Runtime, no torch
+  import), its ``model.safetensors`` for another device; its card either way. Its own folder for what
+  commands write about it (reports, exports, calibrated versions) is ``runs/default``
+  (:attr:`ModelFiles.run_folder`).
 - an ``.onnx`` file: ONNX Runtime. Its PyTorch weights (Grad-CAM, :meth:`Classifier.torch_module`) are
   ``model.safetensors`` beside it or in its run folder (``RUN/export/model.onnx`` -> ``RUN/model.safetensors``);
   its card is the ``model_card.json`` beside it.
@@ -16,19 +19,21 @@ A MODEL argument resolves to :class:`ModelFiles` (:func:`resolve_model`), which 
   while it holds the same metadata as the folder's ``model.json`` (an export made before the run was
   retrained or resumed is stale and ignored; :attr:`ModelFiles.note` says why).
 
-Nothing here exports, and no file is ever unpickled.
+:func:`is_model` says whether a command-line item names a model at all (by these same rules). Nothing here
+exports, and no file is ever unpickled.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pneumoscan import runs
-from pneumoscan.errors import ModelFileError
+from pneumoscan.errors import ConfigError, ModelFileError
 
 if TYPE_CHECKING:
     from pneumoscan.inference.classifier import Classifier
@@ -36,6 +41,7 @@ if TYPE_CHECKING:
 
 ONNXRUNTIME = "onnxruntime"
 TORCH = "torch"
+MODEL_SUFFIXES = (".onnx", ".safetensors", ".ckpt")  # the model files resolve_model loads
 
 
 @dataclass(frozen=True)
@@ -75,25 +81,66 @@ class ModelFiles:
         return load_model(self.weights)
 
 
+def is_bundled(model: str | os.PathLike | None) -> bool:
+    """Whether ``model`` means the bundled model: None, or its name ``default`` (a folder of that name is
+    given as ``./default``)."""
+    from pneumoscan.bundled import NAME
+
+    return model is None or (isinstance(model, str) and model == NAME)
+
+
+def is_model(item: str | os.PathLike) -> bool:
+    """Whether ``item`` names a model rather than images: ``default``, a model file (by its suffix), or a
+    folder holding what :func:`resolve_model` loads from one (``model.safetensors`` or an ONNX export;
+    ``model.json`` alone is no model)."""
+    if is_bundled(item):
+        return True
+    path = Path(os.fsdecode(item)).expanduser()
+    if path.suffix.lower() in MODEL_SUFFIXES:
+        return True
+    loadable = (path / runs.MODEL, path / runs.EXPORT / runs.MODEL, runs.export_file(path), path / runs.ONNX)
+    return path.is_dir() and any(file.is_file() for file in loadable)
+
+
+def split_model_and_inputs(items: Sequence[str], model: str | None) -> tuple[str | None, list[str]]:
+    """``[MODEL] PATH...`` -> (model or None for the bundled default, the image paths).
+
+    The first item is the model when ``model`` is not given, more than one item is, and it names a
+    model (:func:`is_model`); a model alone, with no image, is refused rather
+    than scored as one.
+    """
+    items = list(items)
+    if model is not None:
+        return model, items
+    if items and is_model(items[0]):
+        if len(items) == 1:
+            raise ConfigError(f"{items[0]}: this is a model; give the images to score after it "
+                              f"(pneumoscan predict {items[0]} chest.jpeg)")
+        return items[0], items[1:]
+    return None, items
+
+
 def resolve_model(model: str | os.PathLike | None = None, *, device: str | None = None,
-                  prefer_onnx: bool = False) -> ModelFiles:
+                  prefer_onnx: bool = False, backend: str = "auto") -> ModelFiles:
     """The files behind ``model`` (see the module docstring); raises :class:`ModelFileError` when there is
     no model there. With ``prefer_onnx``, checking that an export matches loads it once (see :func:`load`,
     which keeps that session)."""
-    return _resolve(model, device, prefer_onnx, threads=None)[0]
+    return _resolve(model, device, prefer_onnx, None, backend)[0]
 
 
 def load(model: str | os.PathLike | None = None, device: str | None = None, *, prefer_onnx: bool = False,
-         scope_check: bool = True, threads: int | None = None) -> Classifier:
+         scope_check: bool = True, threads: int | None = None, backend: str = "auto") -> Classifier:
     """The :class:`~pneumoscan.inference.Classifier` for ``model`` (a run folder, a ``.safetensors``/``.ckpt``
-    model, an exported ``.onnx`` model, or None: the bundled model), holding its :class:`ModelFiles`.
+    model, an exported ``.onnx`` model, or None / ``"default"``: the bundled model), holding its :class:`ModelFiles`.
 
     ``prefer_onnx``: a folder is scored by its matching ONNX model when there is one (see the module
     docstring). ``scope_check=False`` scores images the scope gate would refuse (they are marked).
-    ``threads``: ONNX Runtime's threads per inference (None: its default, one per core). Raises
-    :class:`ModelFileError` for anything that is not one of our models.
+    ``threads``: ONNX Runtime's threads per inference (None: its default, one per core). ``backend="torch"``:
+    PyTorch whatever the model (the bundled one's ``model.safetensors``, an ONNX file's weights beside it),
+    never ONNX Runtime; ``"auto"``: as above. Raises :class:`ModelFileError` for anything that is not one
+    of our models, or for ``torch`` without PyTorch weights.
     """
-    files, classifier = _resolve(model, device, prefer_onnx, threads)
+    files, classifier = _resolve(model, device, prefer_onnx, threads, backend)
     if classifier is None:
         if files.backend == ONNXRUNTIME:
             from pneumoscan.inference.onnx_backend import load_onnx
@@ -111,10 +158,25 @@ def load(model: str | os.PathLike | None = None, device: str | None = None, *, p
     return classifier
 
 
-def _resolve(model: str | os.PathLike | None, device: str | None, prefer_onnx: bool,
-             threads: int | None) -> tuple[ModelFiles, Classifier | None]:
+def _resolve(model: str | os.PathLike | None, device: str | None, prefer_onnx: bool, threads: int | None,
+             backend: str) -> tuple[ModelFiles, Classifier | None]:
     """(the files, the classifier when deciding already loaded it)."""
-    if model is None:
+    if backend not in ("auto", TORCH):
+        raise ConfigError(f"backend must be 'auto' or '{TORCH}', not {backend!r}")
+    if backend != TORCH:
+        return _resolve_auto(model, device, prefer_onnx, threads)
+    files = _resolve_auto(model, device, False, threads)[0]
+    if files.backend == TORCH:
+        return files, None
+    if files.weights is None:
+        raise ModelFileError(f"{files.path}: the torch backend needs the PyTorch weights and there is no "
+                             f"{runs.MODEL} beside this ONNX model or in its run folder")
+    return replace(files, path=files.weights, backend=TORCH), None
+
+
+def _resolve_auto(model: str | os.PathLike | None, device: str | None, prefer_onnx: bool,
+                  threads: int | None) -> tuple[ModelFiles, Classifier | None]:
+    if is_bundled(model):
         return _bundled(device), None
     path = Path(model).expanduser()
     suffix = path.suffix.lower()
@@ -127,21 +189,20 @@ def _resolve(model: str | os.PathLike | None, device: str | None, prefer_onnx: b
         return ModelFiles(weights, TORCH, weights, None, runs.run_folder_of(weights)), None
     note = None
     if prefer_onnx and device in (None, "cpu"):
-        for onnx in (runs.export_file(path), path / runs.ONNX):
-            if onnx.is_file():
-                classifier, note = _matching(onnx, path, threads)
-                if classifier is not None:
-                    return _onnx(onnx, path), classifier
-                break
-        else:
+        onnx = _candidate_export(path)
+        if onnx is None:
             note = f"{runs.EXPORT}/{runs.ONNX} is missing"
+        else:
+            classifier, note = _matching(onnx, path, threads)
+            if classifier is not None:
+                return _onnx(onnx, path), classifier
     weights = runs.find_model_file(path)
     # No card: an export's one describes the exported model, which is not this one.
     return ModelFiles(weights, TORCH, weights, None, path, note=note), None
 
 
 def _bundled(device: str | None) -> ModelFiles:
-    from pneumoscan.bundled import BUNDLED_DIR
+    from pneumoscan.bundled import BUNDLED_DIR, NAME
 
     onnx, weights = BUNDLED_DIR / runs.ONNX, BUNDLED_DIR / runs.MODEL
     if not onnx.is_file():
@@ -149,7 +210,7 @@ def _bundled(device: str | None) -> ModelFiles:
                              "give a model (a run folder or an exported .onnx), or rebuild it with "
                              "bench/build_default_model.py")
     card = BUNDLED_DIR / runs.CARD_JSON  # it describes both files
-    files = _onnx(onnx, None)
+    files = _onnx(onnx, Path(runs.RUNS_DIR) / NAME)
     files = replace(files, card=card if card.is_file() else None, bundled=True)
     return files if device in (None, "cpu") else replace(files, path=weights, backend=TORCH)
 
@@ -160,21 +221,51 @@ def _onnx(onnx: Path, run_folder: Path | None) -> ModelFiles:
     return ModelFiles(onnx, ONNXRUNTIME, weights, card if card.is_file() else None, run_folder)
 
 
+def folder_export(folder: str | os.PathLike) -> tuple[Path | None, str | None]:
+    """(the ONNX model a folder is scored with under ``prefer_onnx``, or None; why not), from the ONNX
+    file's metadata alone (no ONNX Runtime session): what ``pneumoscan models`` shows."""
+    from pneumoscan.inference.onnx_backend import read_onnx_meta
+
+    folder = Path(folder)
+    onnx = _candidate_export(folder)
+    if onnx is None:
+        return None, f"{runs.EXPORT}/{runs.ONNX} is missing"
+    try:
+        import onnx as onnx_lib
+
+        proto = onnx_lib.load(str(onnx), load_external_data=False)
+        meta = read_onnx_meta({p.key: p.value for p in proto.metadata_props}, onnx)
+    except Exception as exc:  # onnx raises protobuf's DecodeError and its own types
+        return None, f"{onnx.relative_to(folder)} is unreadable ({exc})"
+    why = _stale(meta, onnx, folder)
+    return (None, why) if why else (onnx, None)
+
+
+def _candidate_export(folder: Path) -> Path | None:
+    """The folder's ONNX file that ``prefer_onnx`` considers: ``export/model.onnx``, else ``model.onnx``."""
+    return next((f for f in (runs.export_file(folder), folder / runs.ONNX) if f.is_file()), None)
+
+
+def _stale(meta: ModelMeta, onnx: Path, folder: Path) -> str | None:
+    """Why the ONNX model with ``meta`` is not the folder's model (it does not hold the same metadata as the
+    folder's ``model.json``), or None when it is (or the folder has no ``model.json``)."""
+    meta_file = folder / runs.MODEL_JSON
+    if not meta_file.is_file():
+        return None
+    try:
+        same = json.loads(meta.to_json()) == json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        same = False
+    return None if same else f"{onnx.relative_to(folder)} is stale (it does not match {runs.MODEL_JSON})"
+
+
 def _matching(onnx: Path, folder: Path, threads: int | None) -> tuple[Classifier | None, str | None]:
-    """(the folder's ONNX model, loaded, when it holds the same metadata as the folder's ``model.json``
-    (or the folder has none), else None; why not)."""
+    """(the folder's ONNX model, loaded, when it is the folder's model (:func:`_stale`), else None; why not)."""
     from pneumoscan.inference.onnx_backend import load_onnx
 
-    shown = onnx.relative_to(folder)
     try:
         classifier = load_onnx(onnx, device="cpu", threads=threads)
     except ModelFileError as exc:
-        return None, f"{shown} is unreadable ({exc})"
-    meta_file = folder / runs.MODEL_JSON
-    if not meta_file.is_file():
-        return classifier, None
-    try:
-        same = json.loads(classifier.meta.to_json()) == json.loads(meta_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        same = False
-    return (classifier, None) if same else (None, f"{shown} is stale (it does not match {runs.MODEL_JSON})")
+        return None, f"{onnx.relative_to(folder)} is unreadable ({exc})"
+    why = _stale(classifier.meta, onnx, folder)
+    return (None, why) if why else (classifier, None)

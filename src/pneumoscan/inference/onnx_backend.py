@@ -1,15 +1,18 @@
 """Score images with an exported ONNX model through ONNX Runtime, without torch, Lightning or MONAI.
 
-The contract of a pneumoscan ONNX file (written by :func:`pneumoscan.serving.export.export_onnx`):
+The contract of a pneumoscan ONNX file (written by :func:`pneumoscan.serving.export.export_onnx`; in words,
+:func:`input_contract` and :func:`output_contract`, which the model card and the file's metadata repeat):
 
-- input ``image``: float32 ``(N, 1, S, S)``, grayscale ``uint8 / 255``; N is dynamic. Per-image
+- input ``image``: float32 ``(N, 1, S, S)``, NCHW, grey ``uint8 / 255``, made as the decoder makes it
+  (:data:`GREY`, :func:`resize_text`: Pillow's bilinear resize, antialiased); N is dynamic. Per-image
   standardisation is inside the graph.
 - outputs ``logit`` ``(N, 1)`` and ``probability`` ``(N, 1)`` = ``sigmoid(logit / temperature)``; a model with a
-  scope gate also ``scope`` ``(N, 7)``: the distance to the training radiographs' features and the
-  log-probability of each orientation (:mod:`pneumoscan.models.scope`, read by :mod:`pneumoscan.inference.scope`).
+  scope gate also ``scope`` ``(N, K)`` (:func:`scope_columns`): the distance to the training radiographs'
+  features and the log-probability of each orientation (:mod:`pneumoscan.models.scope`, read by
+  :mod:`pneumoscan.inference.scope`).
 - ``metadata_props``: ``pneumoscan`` holds the full :class:`~pneumoscan.models.ModelMeta` JSON; readable
-  keys (``image_size``, ``fit``, ``channels``, ``scale``, ``threshold``, ...) repeat the contract for
-  other tools.
+  keys (``image_size``, ``fit``, ``resize``, ``grey``, ``scale``, ``outputs``, ``threshold``, ...) repeat
+  the contract for other tools.
 """
 
 from __future__ import annotations
@@ -96,11 +99,68 @@ def read_onnx_meta(props: dict[str, str], path: str | os.PathLike = "<onnx>") ->
     return ModelMeta.from_json(props[META_KEY], path)
 
 
+# How every input is made grey before the resize (data.image._to_grayscale, DICOM's decoder).
+GREY = ("decoded to 8-bit grey: a colour image by Pillow's convert('L') (ITU-R 601-2 luma, L = R * 299/1000 + "
+        "G * 587/1000 + B * 114/1000), transparency first composited on black; 16-bit images scaled by their "
+        "range; DICOM through its modality and VOI transforms (window, else range), MONOCHROME1 inverted")
+
+
+def resize_text(meta: ModelMeta) -> str:
+    """How an image becomes ``S`` x ``S`` for ``meta`` (:func:`pneumoscan.data.image.resize`), in words a
+    user of the ONNX file alone can follow. Another filter changes the probabilities (Pillow's default,
+    bicubic, moves them by up to 0.49 on the test radiographs)."""
+    size = int(meta.image_size)
+    pil = ("Pillow's Image.resize(..., Image.Resampling.BILINEAR, reducing_gap=3.0) on the 8-bit grey image: "
+           "a bilinear (triangle) filter widened by the scale factor, i.e. antialiased, after a box "
+           "reduction by a whole factor where the image shrinks more than 3 times; the result is uint8")
+    how = {"stretch": f"stretched to {size} x {size} (aspect ratio not kept)",
+           "pad": f"scaled so that its longer side is {size} px (the other side rounded), then pasted on a "
+                  f"black {size} x {size} square at ((S - width) // 2, (S - height) // 2)",
+           "crop": f"scaled so that its shorter side is {size} px (the other side rounded), then its central "
+                   f"{size} x {size} square kept (from ((width - S) // 2, (height - S) // 2))"}
+    return f"{how.get(meta.fit, meta.fit)}; resized with {pil}"
+
+
+def scope_columns(meta: ModelMeta) -> list[str]:
+    """What each column of the ``scope`` output holds, from the model's own gate statistics
+    (``ModelMeta.scope``): its ``columns`` when it lists them, else the distance and one log-probability
+    per orientation of ``orientations``. Empty for a model without a gate."""
+    gate = meta.scope or {}
+    if not gate:
+        return []
+    if isinstance(gate.get("columns"), list):
+        return [str(c) for c in gate["columns"]]
+    return ["distance to the training radiographs' features (Mahalanobis; refused above "
+            f"{float(gate.get('distance_threshold', float('nan'))):.2f})"] + [
+        f"log p({name})" for name in gate.get("orientations", [])]
+
+
+def input_contract(meta: ModelMeta) -> dict[str, object]:
+    """The input, in words: what to feed the graph's ``image`` input (the card's ``input`` section)."""
+    size = int(meta.image_size)
+    return {**meta.preprocessing, "grey": GREY, "resize": resize_text(meta),
+            "tensor": f"{INPUT_NAME}: float32 (N, 1, {size}, {size}), N any"}
+
+
+def output_contract(meta: ModelMeta) -> dict[str, str]:
+    """Every output of the graph: name -> shape and meaning."""
+    outputs = {LOGIT_OUTPUT: "float32 (N, 1): the raw score",
+               PROBABILITY_OUTPUT: f"float32 (N, 1) = sigmoid(logit / temperature), temperature "
+                                   f"{float(meta.temperature or 1.0):g}: the probability of {meta.class_names[1]}"}
+    columns = scope_columns(meta)
+    if columns:
+        outputs[SCOPE_OUTPUT] = (f"float32 (N, {len(columns)}): the scope gate, columns "
+                                 + "; ".join(f"{i}: {c}" for i, c in enumerate(columns))
+                                 + " (pneumoscan.inference.scope decides from them and the thresholds in the "
+                                   "model's metadata)")
+    return outputs
+
+
 def onnx_metadata(meta: ModelMeta) -> dict[str, str]:
     """The ``metadata_props`` written into an exported model: the full meta and readable contract keys."""
     from pneumoscan.provenance import DISCLAIMER
 
-    contract = meta.preprocessing
+    contract = input_contract(meta)
     return {
         META_KEY: meta.to_json(),
         "image_size": str(contract["size"]),
@@ -109,10 +169,11 @@ def onnx_metadata(meta: ModelMeta) -> dict[str, str]:
         "layout": str(contract["layout"]),
         "dtype": str(contract["dtype"]),
         "scale": str(contract["scale"]),
+        "grey": str(contract["grey"]),
+        "resize": str(contract["resize"]),
         "normalisation": str(contract["normalisation"]),
-        "input": f"{INPUT_NAME}: float32 (N, 1, {meta.image_size}, {meta.image_size})",
-        "outputs": f"{LOGIT_OUTPUT}: (N, 1) raw score; {PROBABILITY_OUTPUT}: (N, 1) = sigmoid(logit / temperature)"
-                   + (f"; {SCOPE_OUTPUT}: (N, 7) scope distance, then log p of each orientation" if meta.scope else ""),
+        "input": str(contract["tensor"]),
+        "outputs": "; ".join(f"{name}: {text}" for name, text in output_contract(meta).items()),
         "temperature": repr(float(meta.temperature or 1.0)),
         "threshold": repr(float(meta.threshold)),
         "class_names": ",".join(meta.class_names),

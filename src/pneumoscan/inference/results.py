@@ -305,7 +305,7 @@ def _typed(row: dict[str, str]) -> dict[str, Any]:
 
 
 def write_worklist(results: str | os.PathLike, out: str | os.PathLike, operating_points: dict[str, float]) -> Path:
-    """Write the rows of ``results`` as a triage worklist: most probable pneumonia first.
+    """Write the rows of ``results`` as a review worklist (for research, not clinical triage): most probable pneumonia first.
 
     One CSV row per input: its rank, probability and label, one yes/no flag per operating point stored
     with the model (``at_youden``: probability at or above that threshold), the DICOM identifiers and

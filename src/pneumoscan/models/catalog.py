@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pneumoscan.errors import ModelFileError
 from pneumoscan.models.artifact import MODEL_FILE, ModelMeta, read_meta
-from pneumoscan.runs import CALIBRATED, MODEL_JSON, ONNX, RUNS_DIR, export_file
+from pneumoscan.runs import CALIBRATED, MODEL_JSON, RUNS_DIR
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class ModelEntry:
     image_size: int
     threshold: float
     created: str
-    onnx: bool  # an ONNX export is there (fast start, no torch)
+    onnx: bool  # an ONNX export that loading uses (it matches the model: fast start, no torch)
     val_auc: float | None
 
 
@@ -59,9 +59,11 @@ def _entry(name: str, kind: str, folder: Path) -> ModelEntry:
     meta = _meta(folder)
     metrics = meta.val_metrics if isinstance(meta.val_metrics, dict) else {}
     auc = metrics.get("auc", metrics.get("roc_auc"))
+    # Whether `predict` would use its ONNX model, by the loader's own rule (a stale export is not used).
+    from pneumoscan.inference.model_files import folder_export
+
     return ModelEntry(name, kind, folder, meta.name, int(meta.image_size), float(meta.threshold), meta.created,
-                      (folder / ONNX).is_file() or export_file(folder).is_file(),
-                      float(auc) if isinstance(auc, int | float) else None)
+                      folder_export(folder)[0] is not None, float(auc) if isinstance(auc, int | float) else None)
 
 
 def _meta(folder: Path) -> ModelMeta:

@@ -147,7 +147,7 @@ def seed_cnn(image_size: int) -> nn.Module:
 
 @register_model(
     "mini-resnet",
-    "pneumoscan's fast default: a narrow MONAI ResNet (BasicBlock x1 per stage, 16-32-64-128 channels, stride-2 stem)",
+    "a light, fast network from scratch (the earlier default): a narrow MONAI ResNet (BasicBlock x1 per stage, 16-32-64-128 channels, stride-2 stem)",
 )
 def mini_resnet(image_size: int) -> nn.Module:
     # Measured on 2 CPU cores (bench/bench_train.py): ~30x the training images/s of resnet18 at 128 px,

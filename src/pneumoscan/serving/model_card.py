@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pneumoscan._io import atomic_write_json, atomic_write_text
 from pneumoscan.errors import ModelFileError
+from pneumoscan.inference.onnx_backend import SCOPE_OUTPUT, input_contract, output_contract
 from pneumoscan.models.artifact import ModelMeta
 from pneumoscan.provenance import DISCLAIMER, sha256_file
 from pneumoscan.runs import CARD_JSON, CARD_MARKDOWN, latest_report
@@ -30,8 +31,9 @@ INTENDED_USE = (
 )
 OUT_OF_SCOPE = [
     "Any clinical decision: diagnosis, triage, screening or ruling out pneumonia in a patient.",
-    "Adult radiographs, lateral or PA views from other hospitals, CT, or any image that is not a "
-    "chest radiograph. The scope gate (see 'Scope gate') refuses much of this, not all of it: it is a "
+    "Adult radiographs, lateral views, CT, or any image that is not a chest radiograph. Posterior-anterior "
+    "(PA) views are scored (the DICOM node and the gate pass frontal views, AP and PA) but untested: the "
+    "training and test data are AP. The scope gate (see 'Scope gate') refuses much of this, not all of it: it is a "
     "safeguard against the wrong file, not a guarantee that an image it passes is within scope.",
     "Telling bacterial from viral pneumonia, or any other finding (effusion, nodules, lines and tubes).",
 ]
@@ -58,17 +60,14 @@ def build_model_card(meta: ModelMeta, run_folder: str | os.PathLike | None = Non
                   "created": meta.created},
         "intended_use": INTENDED_USE,
         "out_of_scope": OUT_OF_SCOPE,
-        "input": {**meta.preprocessing, "tensor": f"image: float32 (N, 1, {meta.image_size}, {meta.image_size})"},
+        "input": input_contract(meta),
         "output": {
-            "logit": "(N, 1) raw score",
-            "probability": "(N, 1) = sigmoid(logit / temperature), the probability of PNEUMONIA",
+            **output_contract(meta),
             "temperature": float(meta.temperature or 1.0),
             "threshold": float(meta.threshold),
             "threshold_rule": threshold_rule(meta),
             "label": f"{meta.class_names[1]} when probability >= threshold, else {meta.class_names[0]}",
             "operating_points": dict(meta.operating_points),
-            **({"scope": "(N, 7) the scope gate's distance to the training radiographs, then the log-probability "
-                         "of each orientation (upright first)"} if meta.scope else {}),
         },
         "training_data": _training_data(meta),
         "initial_weights": _initial_weights(meta),
@@ -213,10 +212,14 @@ def render_markdown(card: dict[str, Any]) -> str:
     lines += [
         "", "## Input", "",
         f"- tensor: `{inp['tensor']}`, layout {inp['layout']}, {inp['channels']} channel",
-        f"- pixels: {inp['scale']}; images made square by `{inp['fit']}` at {inp['size']} px",
+        f"- grey: {inp.get('grey', 'uint8 grey')}",
+        f"- size ({inp['size']} px): {inp.get('resize') or inp['fit']}",
+        f"- pixels: {inp['scale']}",
         f"- normalisation: {inp['normalisation']}",
         "", "## Output", "",
-        f"- `logit`: {out['logit']}; `probability`: {out['probability']} (temperature {out['temperature']:g})",
+        f"- `logit`: {out['logit']}",
+        f"- `probability`: {out['probability']}",
+        *([f"- `{SCOPE_OUTPUT}`: {out[SCOPE_OUTPUT]}"] if out.get(SCOPE_OUTPUT) else []),
         f"- threshold: **{out['threshold']:.4f}**: {out['label']}",
         f"- how the threshold was chosen: {out.get('threshold_rule') or 'not recorded'}",
     ]
