@@ -150,3 +150,69 @@ def test_predict_lists_its_inputs_once_and_scores_a_file_given_twice_once(onnx_f
     rows = json.loads(out.read_text())["predictions"]
     assert sorted(row["file"] for row in rows) == sorted(map(str, images))
     assert walked == [[str(images[0])], [str(folder)], [str(images[0])]]  # each argument listed once
+
+
+_NEW_FIELD_PROBE = """
+import json, os, sys
+import pyarrow.parquet as pq
+from fastapi.testclient import TestClient
+import pneumoscan
+from pneumoscan.inference.ray_engine import decode_batch, scorer_for
+from pneumoscan.inference.results import write_predictions
+from pneumoscan.inference.rows import COLUMNS
+from pneumoscan.serving.app import create_app
+import pyarrow as pa
+
+onnx, image, out = sys.argv[1], sys.argv[2], sys.argv[3]
+model = pneumoscan.load(onnx)
+rows = model.predict([image])
+found = {"api": list(rows[0].record())}
+for fmt in (".csv", ".json", ".jsonl", ".parquet"):
+    path = write_predictions(rows, os.path.join(out, "r" + fmt))
+    if fmt == ".json":
+        found[fmt] = list(json.loads(open(path).read())["predictions"][0])
+    elif fmt == ".csv":
+        found[fmt] = open(path).readline().strip().split(",")
+    elif fmt == ".jsonl":
+        found[fmt] = list(json.loads(open(path).readline()))
+    else:
+        found[fmt] = pq.read_table(path).schema.names
+with TestClient(create_app(model)) as client:
+    item = client.post("/v1/predict/batch", files=[("files", ("a.png", open(image, "rb").read()))]).json()["results"][0]
+found["server"] = [c for c in item if c in COLUMNS]
+listing = pa.table({"file": [image], "fspath": [os.fsencode(image)], "size": [1], "mtime_ns": [1]})
+scored = scorer_for(__import__("pathlib").Path(onnx))()(decode_batch(listing, int(model.meta.image_size), model.meta.fit))
+found["ray"] = scored.schema.names
+found["value"] = [rows[0].record()["second_opinion"], item["second_opinion"], scored.to_pylist()[0]["second_opinion"]]
+print(json.dumps({"columns": list(COLUMNS), "found": found}))
+"""
+
+
+@pytest.mark.e2e
+def test_a_new_field_of_every_result_is_a_change_to_the_schema_and_the_row_maker_alone(onnx_file, images, tmp_path):
+    """A copy of pneumoscan whose rows.py alone gains a field (declared in Prediction, filled by
+    result_rows) writes it in every format, the server's rows and the Ray scorer's table."""
+    import shutil
+    import subprocess
+    import sys
+
+    package = Path(pneumoscan.__file__).parent
+    copy = tmp_path / "src" / "pneumoscan"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    rows_py = copy / "inference" / "rows.py"
+    text = rows_py.read_text()
+    declared = "    mtime_ns: int | None = None\n\n    @property"
+    filled = "size=source.size, mtime_ns=source.mtime_ns,"
+    assert text.count(declared) == 1 and text.count(filled) == 1
+    rows_py.write_text(text.replace(declared, "    mtime_ns: int | None = None\n    second_opinion: str | None = None"
+                                              "\n\n    @property")
+                       .replace(filled, filled + ' second_opinion=None if probability is None else "viral",'))
+    env = {**__import__("os").environ, "PYTHONPATH": str(copy.parent)}
+    done = subprocess.run([sys.executable, "-c", _NEW_FIELD_PROBE, str(onnx_file), str(images[0]), str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["columns"][-1] == "second_opinion"
+    assert {key: cols for key, cols in result["found"].items() if key != "value"} == dict.fromkeys(
+        ("api", ".csv", ".json", ".jsonl", ".parquet", "server", "ray"), result["columns"])
+    assert result["found"]["value"] == ["viral"] * 3
