@@ -113,6 +113,12 @@ class TrainConfig:
     crop_source: float = _opt(1.5, "random crops are cut from training images kept at this multiple of "
                                    "--image-size, so zoomed views stay sharp (1: crop the --image-size image)")
     label_smoothing: float = _opt(0.1, "label smoothing of the training targets (0.1: 0.05 and 0.95)")
+    # distillation: a model that already ranks well gives each augmented image a calibrated soft target
+    teacher: str | None = _opt(None, "learn from these models' calibrated probabilities as well as the labels: "
+                                     "run folders or model files, comma-separated (their mean probability), or "
+                                     "'default' (the bundled model); they score each augmented training batch")
+    distill_weight: float = _opt(0.9, "with --teacher: the teacher's share of the training target "
+                                      "(weight * teacher probability + (1 - weight) * label)")
     ema: float = _opt(0.995, "decay of an exponential moving average of the weights, which is what is "
                            "validated and saved (0: off)")
     temperature_scaling: bool = _opt(True, "after training, fit a temperature on validation so that the stored "
@@ -198,6 +204,8 @@ class TrainConfig:
                      "label_smoothing", "ema"):
             if not 0.0 <= getattr(self, name) < (10.0 if name == "gamma" else 1.0):
                 raise ConfigError(f"--{name.replace('_', '-')}: out of range: {getattr(self, name)}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ConfigError(f"--distill-weight: must be between 0 and 1, not {self.distill_weight}")
         for name in ("limit_train_images", "limit_val_images", "max_time", "threads"):
             value = getattr(self, name)
             if value is not None and not value > 0:
