@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from pneumoscan.cli import main
 from pneumoscan.errors import ConfigError, ModelFileError
 from pneumoscan.provenance import sha256_file
 from pneumoscan.training import TrainConfig
-from pneumoscan.training.distill import load_teacher, soft_targets
+from pneumoscan.training.distill import load_teacher, same_teacher, soft_targets
 
 
 def test_the_soft_target_mixes_the_teacher_and_the_label_by_the_weight():
@@ -74,3 +76,14 @@ def test_a_bad_teacher_path_is_a_one_line_error_naming_it(tmp_path, capsys):
 def test_the_distill_weight_is_a_share():
     with pytest.raises(ConfigError, match="--distill-weight"):
         TrainConfig(teacher="default", distill_weight=1.5)
+
+
+def test_a_resumed_run_refuses_a_teacher_whose_files_changed(tmp_path):
+    teacher = load_teacher("default")
+    provenance = tmp_path / "provenance.json"
+    provenance.write_text(json.dumps({"teacher": {"weight": 0.9, "models": teacher.record}}))
+    same_teacher(teacher, provenance)  # the same files: nothing to say
+    changed = [{**teacher.record[0], "sha256": "0" * 64}]
+    provenance.write_text(json.dumps({"teacher": {"weight": 0.9, "models": changed}}))
+    with pytest.raises(ModelFileError, match="--teacher default: not the model this run started with"):
+        same_teacher(teacher, provenance)
