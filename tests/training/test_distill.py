@@ -87,3 +87,16 @@ def test_a_resumed_run_refuses_a_teacher_whose_files_changed(tmp_path):
     provenance.write_text(json.dumps({"teacher": {"weight": 0.9, "models": changed}}))
     with pytest.raises(ModelFileError, match="--teacher default: not the model this run started with"):
         same_teacher(teacher, provenance)
+
+
+def test_the_training_loss_is_the_class_weighted_cross_entropy_against_the_soft_target():
+    from pneumoscan.models import build_model
+    from pneumoscan.training.module import XrayClassifier
+
+    config = TrainConfig(image_size=32, teacher="default", distill_weight=0.9)
+    module = XrayClassifier(build_model("mini-resnet", 32), config, class_weights=(2.0, 0.5))
+    logits, labels, teacher = torch.tensor([0.3, -1.0]), torch.tensor([0.0, 1.0]), torch.tensor([0.2, 0.6])
+    targets = [0.9 * 0.2 + 0.1 * 0.05, 0.9 * 0.6 + 0.1 * 0.95]  # labels smoothed by 0.1: 0.05 and 0.95
+    expected = np.mean([w * -(t * np.log(1 / (1 + np.exp(-z))) + (1 - t) * np.log(1 - 1 / (1 + np.exp(-z))))
+                        for w, t, z in zip((2.0, 0.5), targets, (0.3, -1.0), strict=True)])
+    assert module._loss(logits, labels, 0.1, teacher).item() == pytest.approx(expected, rel=1e-6)
