@@ -85,3 +85,32 @@ def test_a_run_with_a_teacher_trains_and_records_the_teacher(dataset, tmp_path, 
     # the student alone is the model: no teacher weights in its checkpoint
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert all(key.startswith("model.") for key in state)
+
+
+def test_the_original_view_scores_each_training_image_once_before_training(dataset, tmp_path, monkeypatch):
+    import lightning as L
+
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    given: list[torch.Tensor] = []
+    real = distill.load_teacher
+
+    def spied(spec: str) -> distill.Teacher:
+        teacher = real(spec)
+        teacher.register_forward_hook(lambda _, args, out: calls.append((args[0].clone(), out.clone())))
+        return teacher
+
+    class Batches(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            given.append(batch[2].clone())
+
+    monkeypatch.setattr(distill, "load_teacher", spied)
+    monkeypatch.delenv("PNEUMOSCAN_RUN_DIR", raising=False)
+    run = train(TrainConfig(**options(dataset, tmp_path), teacher="default", distill_view="original"),
+                callbacks=[Batches()])
+    # every call came before training, on the stored (un-augmented) pixels: multiples of 1/255
+    assert all(torch.allclose(x * 255, (x * 255).round(), atol=1e-4) for x, _ in calls)
+    scored = torch.cat([out for _, out in calls])
+    seen = torch.cat(given)
+    assert len(seen) == len(scored)  # one epoch: each training image once, with the score computed for it
+    assert torch.equal(seen.sort().values, scored.sort().values)
+    assert json.loads((run / "provenance.json").read_text())["teacher"]["view"] == "original"

@@ -72,6 +72,18 @@ class Teacher(nn.Module):
         return torch.stack(probabilities).mean(dim=0)
 
 
+def score_images(teacher: Teacher, images: Any, batch_size: int = 64) -> Any:
+    """The teacher's probability of each uint8 image ``(N, S, S)``, un-augmented, as float32 ``(N,)``
+    (``--distill-view original``: computed once before training)."""
+    import numpy as np
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    teacher = teacher.to(device)
+    scores = [teacher(torch.from_numpy(images[i : i + batch_size]).to(device).float().div_(255.0)[:, None]).cpu()
+              for i in range(0, len(images), batch_size)]
+    return torch.cat(scores).numpy() if scores else np.zeros(0, np.float32)
+
+
 def load_teacher(spec: str) -> Teacher:
     """The :class:`Teacher` of ``--teacher`` ``spec`` (CPU; the training step moves it to the batch's device).
 

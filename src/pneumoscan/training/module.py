@@ -136,7 +136,7 @@ class XrayClassifier(L.LightningModule):
 
     # -- data on the device ------------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        images, labels = batch
+        images, labels, *teacher = batch  # teacher: the scores of --distill-view original, when given
         images = images.float().div_(255.0)
         augment = self._augment[0]
         if augment is not None and self.trainer is not None and self.trainer.training:
@@ -144,7 +144,7 @@ class XrayClassifier(L.LightningModule):
                 images = augment.to(images.device)(images).clamp_(0.0, 1.0)
         if self.config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return images, labels
+        return images, labels, *teacher
 
     # -- steps -------------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -158,9 +158,10 @@ class XrayClassifier(L.LightningModule):
         return F.binary_cross_entropy_with_logits(logits, targets, weight=weights)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        images, labels = batch
-        # The teacher scores exactly the augmented batch the student learns from (eval mode, no gradients).
-        teacher = self._teacher[0](images) if self._teacher[0] is not None else None
+        images, labels, *scores = batch
+        # The teacher scores exactly the augmented batch the student learns from (eval mode, no gradients),
+        # or gave its scores of the un-augmented images with the batch (--distill-view original).
+        teacher = self._teacher[0](images) if self._teacher[0] is not None else (scores[0] if scores else None)
         members = member_logits(self.model, images).float()
         # Each member of an ensemble learns from its own loss, so the members stay different networks.
         loss = torch.stack([self._loss(members[:, i], labels, self.config.label_smoothing, teacher)

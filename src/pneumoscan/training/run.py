@@ -116,7 +116,15 @@ def _train(config: TrainConfig | None, resume: str | os.PathLike | None, callbac
         provenance["pretrained"] = {"source": pretrained_report.source, "loaded": len(pretrained_report.loaded),
                                     "adapted": pretrained_report.adapted, "licence": pretrained_report.licence}
     if teacher is not None:
-        provenance["teacher"] = {"weight": config.distill_weight, "models": teacher.record}
+        provenance["teacher"] = {"weight": config.distill_weight, "view": config.distill_view,
+                                 "models": teacher.record}
+        if config.distill_view == "original":
+            from pneumoscan.training.distill import score_images
+
+            datamodule.teacher_scores = score_images(teacher, data.train_images, config.batch_size)
+            datamodule.train_set = None
+            datamodule.setup("fit")  # the training set again, each image with its teacher's score
+            teacher = None  # the training step has nothing left to ask it
 
     if rank_zero:
         save_config(config, run_dir / runs.CONFIG)
