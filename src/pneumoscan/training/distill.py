@@ -8,8 +8,12 @@ gradients), so the soft target always describes the image being learned from.
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -72,11 +76,9 @@ class Teacher(nn.Module):
         return torch.stack(probabilities).mean(dim=0)
 
 
-def score_images(teacher: Teacher, images: Any, batch_size: int = 64) -> Any:
+def score_images(teacher: Teacher, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """The teacher's probability of each uint8 image ``(N, S, S)``, un-augmented, as float32 ``(N,)``
     (``--distill-view original``: computed once before training)."""
-    import numpy as np
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     teacher = teacher.to(device)
     scores = [teacher(torch.from_numpy(images[i : i + batch_size]).to(device).float().div_(255.0)[:, None]).cpu()
@@ -114,12 +116,9 @@ def load_teacher(spec: str) -> Teacher:
     return Teacher(models, record)
 
 
-def same_teacher(teacher: Teacher, provenance_file: Any) -> None:
+def same_teacher(teacher: Teacher, provenance_file: str | os.PathLike) -> None:
     """Raise :class:`ModelFileError` when a resumed run's teacher files are not the ones it started with
     (``provenance.json`` records their SHA-256): the rest of the run would learn from another model."""
-    import json
-    from pathlib import Path
-
     try:
         before = json.loads(Path(provenance_file).read_text(encoding="utf-8")).get("teacher") or {}
     except (OSError, ValueError):
