@@ -14,6 +14,7 @@ SAMPLERS = ("shuffle", "weighted")
 MONITORS = ("val_loss", "val_auc")
 SPLITS = ("auto", "patient", "source")
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "64-true")
+DISTILL_VIEWS = ("augmented", "original")
 THRESHOLD_RULES = ("balanced", "youden", "youden-median", "sens95-median")
 
 
@@ -113,6 +114,16 @@ class TrainConfig:
     crop_source: float = _opt(1.5, "random crops are cut from training images kept at this multiple of "
                                    "--image-size, so zoomed views stay sharp (1: crop the --image-size image)")
     label_smoothing: float = _opt(0.1, "label smoothing of the training targets (0.1: 0.05 and 0.95)")
+    # distillation: a model that already ranks well gives each augmented image a calibrated soft target
+    teacher: str | None = _opt(None, "learn from these models' calibrated probabilities as well as the labels: "
+                                     "run folders or model files, comma-separated (their mean probability), or "
+                                     "'default' (the bundled model); they score each augmented training batch")
+    distill_weight: float = _opt(0.9, "with --teacher: the teacher's share of the training target "
+                                      "(weight * teacher probability + (1 - weight) * label)")
+    distill_view: str = _opt("augmented", "with --teacher: 'augmented': the teacher scores each augmented training "
+                                          "batch, the view the student learns from; 'original': it scores each "
+                                          "training image once, un-augmented, before training (cheaper; the target "
+                                          "then describes the whole image, not the crop)", DISTILL_VIEWS)
     ema: float = _opt(0.995, "decay of an exponential moving average of the weights, which is what is "
                            "validated and saved (0: off)")
     temperature_scaling: bool = _opt(True, "after training, fit a temperature on validation so that the stored "
@@ -169,7 +180,8 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the option when a value is out of range."""
         parse_devices(str(self.devices))  # before any data is cached or a run folder written
-        for name in ("optimizer", "scheduler", "sampler", "monitor", "split", "precision", "fit", "threshold_rule"):
+        for name in ("optimizer", "scheduler", "sampler", "monitor", "split", "precision", "fit", "threshold_rule",
+                     "distill_view"):
             choices = type(self).__dataclass_fields__[name].metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ConfigError(f"--{name.replace('_', '-')}: {getattr(self, name)!r} is not one of "
@@ -198,6 +210,8 @@ class TrainConfig:
                      "label_smoothing", "ema"):
             if not 0.0 <= getattr(self, name) < (10.0 if name == "gamma" else 1.0):
                 raise ConfigError(f"--{name.replace('_', '-')}: out of range: {getattr(self, name)}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ConfigError(f"--distill-weight: must be between 0 and 1, not {self.distill_weight}")
         for name in ("limit_train_images", "limit_val_images", "max_time", "threads"):
             value = getattr(self, name)
             if value is not None and not value > 0:

@@ -145,17 +145,21 @@ def _limit(samples: list[Sample], limit: int | None, rng: random.Random) -> list
 
 
 class UInt8Images(Dataset):
-    """(image uint8 (1, S, S), label float32) pairs over an in-memory array."""
+    """(image uint8 (1, S, S), label float32) pairs over an in-memory array; with ``teacher`` (a teacher's
+    probability per image), (image, label, teacher probability) triples."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+    def __init__(self, images: np.ndarray, labels: np.ndarray, teacher: np.ndarray | None = None) -> None:
         self.images = torch.from_numpy(np.ascontiguousarray(images))
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.float32))
+        self.teacher = None if teacher is None else torch.from_numpy(np.asarray(teacher, dtype=np.float32))
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index].unsqueeze(0), self.labels[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        if self.teacher is None:
+            return self.images[index].unsqueeze(0), self.labels[index]
+        return self.images[index].unsqueeze(0), self.labels[index], self.teacher[index]
 
 
 class XrayDataModule(L.LightningDataModule):
@@ -178,6 +182,8 @@ class XrayDataModule(L.LightningDataModule):
         self.data: PreparedData | None = None  # set by setup, or given
         self.train_set: UInt8Images | None = None
         self.val_set: UInt8Images | None = None
+        # a teacher's probability of each training image, un-augmented (--distill-view original), or None
+        self.teacher_scores: np.ndarray | None = None
         # Lightning calls the hooks again inside fit and predict; a run has called them before (its
         # module needs the class counts), and the work is not to be done twice.
         self._prepared = False
@@ -205,7 +211,7 @@ class XrayDataModule(L.LightningDataModule):
                                      test, _crop_sources(self.config, train_samples, self.progress))
         if self.train_set is None or self.val_set is None:
             sources = self.data.train_images if self.data.crop_sources is None else self.data.crop_sources
-            self.train_set = UInt8Images(sources, self.data.train_labels)
+            self.train_set = UInt8Images(sources, self.data.train_labels, self.teacher_scores)
             self.val_set = UInt8Images(self.data.val_images, self.data.val_labels)
 
     def _workers(self) -> int:

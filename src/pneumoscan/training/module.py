@@ -1,4 +1,5 @@
-"""The LightningModule: class-weighted BCE on one logit, kornia augmentation on the device, metrics.
+"""The LightningModule: class-weighted BCE on one logit, kornia augmentation on the device, metrics; with a
+teacher (:mod:`~pneumoscan.training.distill`), the target mixes its probability on the same augmented batch.
 
 The network lives under the attribute ``model`` so that checkpoint keys start with ``model.`` (the model
 file contract), and every checkpoint carries ``checkpoint["pneumoscan"]``: the :class:`ModelMeta` JSON with
@@ -25,6 +26,7 @@ from pneumoscan import __version__
 from pneumoscan.models import ModelMeta
 from pneumoscan.models.registry import head_parameters, member_logits
 from pneumoscan.training.config import TrainConfig
+from pneumoscan.training.distill import soft_targets
 from pneumoscan.training.metrics import operating_points
 
 
@@ -98,13 +100,16 @@ class XrayClassifier(L.LightningModule):
     """Binary pneumonia classifier around any registry network (one-channel [0, 1] input, one logit)."""
 
     def __init__(self, model: nn.Module, config: TrainConfig, class_weights: tuple[float, float] = (1.0, 1.0),
-                 provenance: dict[str, Any] | None = None, run_id: str = "") -> None:
+                 provenance: dict[str, Any] | None = None, run_id: str = "", teacher: nn.Module | None = None
+                 ) -> None:
         super().__init__()
         self.model = model
         self.config = config
         # Held in a tuple, not as a sub-module: kornia's parameter buffers must not enter the checkpoint,
         # whose state_dict holds the network only (keys "model.*").
         self._augment = (build_augmentation(config),)
+        # The teacher likewise (a tuple): it is not the model, so it stays out of checkpoints and model files.
+        self._teacher = (teacher,)
         self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32), persistent=False)
         self.provenance = provenance or {}
         self.run_id = run_id
@@ -126,10 +131,12 @@ class XrayClassifier(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._fit_start = time.perf_counter()
+        if self._teacher[0] is not None:
+            self._teacher[0].to(self.device)
 
     # -- data on the device ------------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        images, labels = batch
+        images, labels, *teacher = batch  # teacher: the scores of --distill-view original, when given
         images = images.float().div_(255.0)
         augment = self._augment[0]
         if augment is not None and self.trainer is not None and self.trainer.training:
@@ -137,22 +144,27 @@ class XrayClassifier(L.LightningModule):
                 images = augment.to(images.device)(images).clamp_(0.0, 1.0)
         if self.config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return images, labels
+        return images, labels, *teacher
 
     # -- steps -------------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0,
+              teacher: torch.Tensor | None = None) -> torch.Tensor:
+        # Weighted by the true class, with a teacher too: the label part stays class-balanced as without one.
         weights = self.class_weights[labels.long()]
-        targets = labels * (1.0 - smoothing) + 0.5 * smoothing if smoothing else labels
+        targets = soft_targets(labels, teacher, self.config.distill_weight, smoothing)
         return F.binary_cross_entropy_with_logits(logits, targets, weight=weights)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        images, labels = batch
+        images, labels, *scores = batch
+        # The teacher scores exactly the augmented batch the student learns from (eval mode, no gradients),
+        # or gave its scores of the un-augmented images with the batch (--distill-view original).
+        teacher = self._teacher[0](images) if self._teacher[0] is not None else (scores[0] if scores else None)
         members = member_logits(self.model, images).float()
         # Each member of an ensemble learns from its own loss, so the members stay different networks.
-        loss = torch.stack([self._loss(members[:, i], labels, self.config.label_smoothing)
+        loss = torch.stack([self._loss(members[:, i], labels, self.config.label_smoothing, teacher)
                             for i in range(members.shape[1])]).mean()
         logits = members.mean(dim=1)
         probs = torch.sigmoid(logits.detach())

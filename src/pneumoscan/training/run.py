@@ -90,6 +90,17 @@ def _train(config: TrainConfig | None, resume: str | os.PathLike | None, callbac
         if rank_zero:
             print(pretrained_report.summary())
 
+    teacher = None
+    if config.teacher:
+        from pneumoscan.training.distill import load_teacher, same_teacher
+
+        # before the data, as the weights above: a wrong teacher path fails at once
+        teacher = load_teacher(config.teacher)
+        if resume_ckpt is not None:
+            same_teacher(teacher, run_dir / runs.PROVENANCE)
+        if rank_zero:
+            print(f"{teacher.summary()}, weight {config.distill_weight}")
+
     if resume_ckpt is None:
         run_dir = _new_run_dir(config)
     # Called here, not only by fit: the module's class weights and the provenance need the data first.
@@ -104,6 +115,16 @@ def _train(config: TrainConfig | None, resume: str | os.PathLike | None, callbac
     if pretrained_report is not None:
         provenance["pretrained"] = {"source": pretrained_report.source, "loaded": len(pretrained_report.loaded),
                                     "adapted": pretrained_report.adapted, "licence": pretrained_report.licence}
+    if teacher is not None:
+        provenance["teacher"] = {"weight": config.distill_weight, "view": config.distill_view,
+                                 "models": teacher.record}
+        if config.distill_view == "original":
+            from pneumoscan.training.distill import score_images
+
+            datamodule.teacher_scores = score_images(teacher, data.train_images, config.batch_size)
+            datamodule.train_set = None
+            datamodule.setup("fit")  # the training set again, each image with its teacher's score
+            teacher = None  # the training step has nothing left to ask it
 
     if rank_zero:
         save_config(config, run_dir / runs.CONFIG)
@@ -115,7 +136,7 @@ def _train(config: TrainConfig | None, resume: str | os.PathLike | None, callbac
 
     use_weights = config.class_weights and config.sampler != "weighted"
     weights = balanced_class_weights(data.train_labels) if use_weights else (1.0, 1.0)
-    module = XrayClassifier(network, config, weights, provenance, run_id=run_dir.name)
+    module = XrayClassifier(network, config, weights, provenance, run_id=run_dir.name, teacher=teacher)
     trainer = _trainer(config, run_dir, on_gpu, list(callbacks), len(data.train_samples))
     with warnings.catch_warnings():
         # On CPU the loaders deliberately use no worker processes (the images are already in RAM).
