@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = args.runs or list(range(args.first_seed, args.first_seed + args.seeds))
     for job in jobs:
         if isinstance(job, Path):  # an earlier run of this bench: evaluate only
-            from pneumoscan.config import load_config
+            from pneumoscan.config_files import load_config
 
             run, wall = job, trained_seconds(job)
             seed = load_config(TrainConfig, run / "config.yaml").seed

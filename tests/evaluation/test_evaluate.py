@@ -14,7 +14,7 @@ from sklearn import metrics as skm
 import pneumoscan
 from helpers.fake_runs import make_run
 from pneumoscan.cli import main
-from pneumoscan.config import load_config
+from pneumoscan.config_files import load_config
 from pneumoscan.errors import ConfigError, DatasetError
 from pneumoscan.evaluation import EvaluateConfig, compare, evaluate
 from pneumoscan.evaluation.operating import apply_temperature

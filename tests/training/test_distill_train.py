@@ -11,7 +11,7 @@ import torch
 from helpers.synthetic import write_synthetic_image
 from pneumoscan.bundled import BUNDLED_DIR
 from pneumoscan.cli import main
-from pneumoscan.config import load_config
+from pneumoscan.config_files import load_config
 from pneumoscan.models import read_meta
 from pneumoscan.provenance import sha256_file
 from pneumoscan.training import TrainConfig, distill, train

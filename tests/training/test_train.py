@@ -13,7 +13,7 @@ import torch
 import pneumoscan
 from helpers.synthetic import write_synthetic_image
 from pneumoscan.cli import main
-from pneumoscan.config import load_config
+from pneumoscan.config_files import load_config
 from pneumoscan.errors import ConfigError, DatasetError, ModelFileError
 from pneumoscan.models import load_model, read_meta
 from pneumoscan.training import TrainConfig, train

@@ -71,7 +71,7 @@ def register(subparsers) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from pneumoscan.config import from_dict, load_config
+    from pneumoscan.config_files import from_dict, load_config
     from pneumoscan.evaluation import EvaluateConfig, evaluate
 
     # Options left out are SUPPRESSed (absent): the config file's or the dataclass's defaults apply.

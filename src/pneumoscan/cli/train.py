@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     # Before torch loads OpenMP: on a shared CPU, spinning OpenMP threads wait for cores that other
     # processes hold and a training step gets 10-20x slower (measured, see docs/training.md).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from pneumoscan.config import from_dict, load_config
+    from pneumoscan.config_files import from_dict, load_config
     from pneumoscan.training import TrainConfig, train
 
     if args.list_models:

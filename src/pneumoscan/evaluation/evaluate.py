@@ -25,7 +25,7 @@ from pneumoscan._io import (
     atomic_write_text,
     ensure_writable_dir,
 )
-from pneumoscan.config import save_config, to_dict
+from pneumoscan.config_files import save_config, to_dict
 from pneumoscan.errors import ConfigError, DatasetError
 from pneumoscan.evaluation import intervals as I
 from pneumoscan.evaluation import metrics as M

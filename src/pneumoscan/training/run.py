@@ -21,7 +21,7 @@ import torch
 
 from pneumoscan import runs
 from pneumoscan._io import atomic_write_csv, atomic_write_json, ensure_writable_dir
-from pneumoscan.config import load_config, save_config, to_dict
+from pneumoscan.config_files import load_config, save_config, to_dict
 from pneumoscan.errors import ConfigError, ModelFileError
 from pneumoscan.evaluation.operating import balanced_class_weights
 from pneumoscan.provenance import DISCLAIMER, command_line, git_commit, library_versions

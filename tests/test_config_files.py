@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumoscan.config import load_config, save_config
+from pneumoscan.config_files import load_config, save_config
 from pneumoscan.errors import ConfigError
 
 
