@@ -80,7 +80,7 @@ def target_layer(model: nn.Module, image_size: int, stride: int | None = None) -
 class Heatmaps:
     """Heatmaps of the PNEUMONIA logit for one network: ``heatmaps(images) -> (N, S, S)`` in [0, 1].
 
-    Works on its own copy of ``model`` (``copy=False``: on ``model`` itself, which then keeps the hooks
+    Works on its own copy of ``model`` (``copy_model=False``: on ``model`` itself, which then keeps the hooks
     and must not be used elsewhere), so the caller's network is never modified. Safe to call from several
     threads (one call at a time), and holds nothing between calls but the copy.
     """

@@ -1,7 +1,7 @@
-"""A heatmap as a picture: blended over the radiograph, at the image's own aspect, saying so when it is empty.
+"""A heatmap as a picture: blended over the radiograph, at the image's own aspect, saying so when it is flat.
 
 ``pneumoscan explain``, the server's ``?explain=true`` and the DICOM node's overlay all draw with
-:func:`explanation_picture`, so an empty map reads the same everywhere: the plain radiograph with
+:func:`explanation_picture`, so a flat map reads the same everywhere: the plain radiograph with
 :data:`FLAT_NOTICE` written on it, never a picture that only looks like "no evidence".
 """
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from pneumoscan.explain.gradcam import is_flat
 
-FLAT_NOTICE = "empty map: no evidence for PNEUMONIA found"
+FLAT_NOTICE = "flat map: no evidence for PNEUMONIA located"
 # Pictures are drawn at least this large (longest side, px), so that the notice's text can be read.
 MIN_SIDE = 256
 
@@ -39,7 +39,7 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, cmap: s
 def explanation_picture(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45,
                         source: tuple[int, int, str] | None = None, longest: int | None = None) -> np.ndarray:
     """The heatmap over the model input ``image`` (uint8 S x S), RGB uint8, with :data:`FLAT_NOTICE`
-    written on it when the map is empty (:func:`~pneumoscan.explain.is_flat`).
+    written on it when the map is flat (:func:`~pneumoscan.explain.is_flat`).
 
     ``source`` = (width, height, fit) of the image the input was made from: the picture is then drawn at
     that image's aspect (the padding of ``pad`` removed, ``stretch`` undone; ``crop`` keeps the square the

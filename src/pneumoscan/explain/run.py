@@ -72,7 +72,7 @@ def explain_images(model: str | os.PathLike | Classifier | None, images: list[st
         title = (f"{shown}: p(pneumonia) = {row.probability:.3f}, {row.label} at threshold {meta.threshold:.3f}"
                  + (f"; {row.error}" if row.error else "") + "\n"
                  f"{METHODS[method]} of {meta.name} ({maps.layer}): where the evidence for PNEUMONIA is")
-        caption = f"{METHODS[method]}" + (": empty map" if is_flat(heat) else "")
+        caption = f"{METHODS[method]}" + (": flat map" if is_flat(heat) else "")
         png = _figure([(pixels, "radiograph (model input)"), (explanation_picture(pixels, heat, alpha=alpha), caption)],
                       title)
         result.written.append(atomic_write_bytes(out / f"{stem}_gradcam.png", png))

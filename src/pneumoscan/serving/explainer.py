@@ -43,8 +43,8 @@ class Explainer:
     def explain(self, image: np.ndarray) -> dict[str, str]:
         """The heatmap of one preprocessed image, float32 (1, S, S) in [0, 1].
 
-        Returns PNGs, base64-encoded: ``overlay`` (heatmap over the image, with a notice written on it when
-        the map is empty) and ``image`` (the image as the model sees it), both S x S. Raises
+        Returns PNGs, base64-encoded: ``overlay`` (heatmap over the image, at least 256 px, with a notice
+        written on it when the map is flat) and ``image`` (the image as the model sees it, S x S). Raises
         :class:`ExplainUnavailable` when there are no torch weights.
         """
         if not self.available:
