@@ -97,8 +97,9 @@ def test_feature_maps_of_chosen_layers_and_a_clear_error_for_an_unknown_one():
 def test_cli_explain_writes_a_png_per_readable_image_and_skips_bad_files(tmp_path, capsys):
     torch.manual_seed(0)
     save_model(tmp_path / "run", build_model("seed-cnn", 32), ModelMeta(name="seed-cnn", image_size=32))
-    good = tmp_path / "chest.png"
-    Image.fromarray(_spot(10, 20), "L").save(good)
+    good = tmp_path / "chest.png"  # textured: a flat image with a spot is out of scope (too few grey levels)
+    texture = np.random.default_rng(0).integers(0, 60, (48, 48), dtype=np.uint8)
+    Image.fromarray(_spot(10, 20) + texture, "L").save(good)
     bad = tmp_path / "notes.txt"
     bad.write_text("hello")
     out = tmp_path / "out"

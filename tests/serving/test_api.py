@@ -107,7 +107,7 @@ def test_explain_adds_a_gradcam_overlay_of_the_image_the_model_saw(client, real_
     assert explanation["method"] == "grad-cam"
     overlay = Image.open(io.BytesIO(base64.b64decode(explanation["overlay_png_base64"])))
     seen = Image.open(io.BytesIO(base64.b64decode(explanation["image_png_base64"])))
-    assert (overlay.format, overlay.mode, overlay.size) == ("PNG", "RGB", (64, 64))
+    assert (overlay.format, overlay.mode, overlay.size) == ("PNG", "RGB", (256, 256))  # drawn at least 256 px
     assert (seen.mode, seen.size) == ("L", (64, 64))
     # The overlay is the radiograph tinted by the heatmap: coloured somewhere, not a copy of the image.
     rgb = np.asarray(overlay, dtype=np.int16)

@@ -61,7 +61,8 @@ def register(subparsers) -> None:
                          help="with --engine ray: the Ray cluster to join (default: start a local Ray on this machine)")
 
     explain = add_command(
-        subparsers, "explain", "Grad-CAM heatmaps over the radiographs, and optionally filters and feature maps.",
+        subparsers, "explain", "Heatmaps (HiResCAM, Grad-CAM) over the radiographs, and optionally filters and "
+                               "feature maps.",
         "pneumoscan explain runs/latest chest.jpeg --out explain/ --filters", run_explain,
     )
     explain.add_argument("images", metavar="[MODEL] IMAGE", nargs="*",
@@ -72,7 +73,10 @@ def register(subparsers) -> None:
     explain.add_argument("--filters", action="store_true",
                          help="also save the first layer's filters and the feature maps of --layers for the first image")
     explain.add_argument("--layers", metavar="A,B", help="layers for the feature maps (default: first and last)")
-    explain.add_argument("--layer", metavar="NAME", help="Grad-CAM target layer (default: the last spatial feature map)")
+    explain.add_argument("--layer", metavar="NAME",
+                         help="heatmap target layer (default: the last block at 1/16 of the input size; see --list-layers)")
+    explain.add_argument("--method", choices=["grad-cam", "grad-cam++", "hirescam"], default="grad-cam",
+                         help="heatmap method (default: grad-cam)")
     explain.add_argument("--list-layers", action="store_true", help="print the model's convolution layers and exit")
 
     fit_scope = add_command(
@@ -214,7 +218,7 @@ def _predict_ray(args, model: str | None, paths: list[str]) -> int:
 
 def run_explain(args) -> int:
     from pneumoscan.errors import ConfigError
-    from pneumoscan.explain import conv_layers, explain_images, target_layer
+    from pneumoscan.explain import FINE_STRIDE, conv_layers, explain_images, target_layer
     from pneumoscan.inference import resolve_model
     from pneumoscan.inference.inputs import expand_inputs
     from pneumoscan.inference.model_files import split_model_and_inputs
@@ -224,7 +228,7 @@ def run_explain(args) -> int:
         model, meta = resolve_model(model_path).load_network()
         for name in conv_layers(model):
             print(name)
-        print(f"Grad-CAM target by default: {target_layer(model, int(meta.image_size))}")
+        print(f"heatmap target by default: {target_layer(model, int(meta.image_size), FINE_STRIDE)}")
         return 0
     model_path, images = split_model_and_inputs(args.images, args.model)
     if not images:
@@ -233,13 +237,14 @@ def run_explain(args) -> int:
     files = expand_inputs(images)
     if not files:  # as predict does: an empty folder or a glob matching nothing is a one-line error
         raise ConfigError(f"no image files found in {' '.join(images)}")
-    result = explain_images(model_path, files, args.out, filters=args.filters, layers=layers, layer=args.layer)
+    result = explain_images(model_path, files, args.out, filters=args.filters, layers=layers, layer=args.layer,
+                            method=args.method)
     for path in result.written:
         print(path)
     for _, reason in result.failures:
         print(f"skipped: {reason}", file=sys.stderr)
     if result.written:
-        print(f"\n{len(result.written)} file(s) written to {args.out} (Grad-CAM layer {result.layer})")
+        print(f"\n{len(result.written)} file(s) written to {args.out} ({result.method} on layer {result.layer})")
     else:  # the folder is created with the first file: there is none to point to
         print(f"\nnothing written: none of the {len(files)} image(s) could be explained")
     print(DISCLAIMER, file=sys.stderr)

@@ -77,12 +77,11 @@ class Processor:
         self.meta = self.classifier.meta
         self.out = ensure_writable_dir(out)
         self.overlay = overlay
-        self._explainable = None
-        if overlay:  # load it now: a model without PyTorch weights is an error at start, not per instance
-            from pneumoscan.explain import target_layer
+        self._heatmaps = None
+        if overlay:  # set up now: a model without PyTorch weights is an error at start, not per instance
+            from pneumoscan.explain import Heatmaps
 
-            network = self.classifier.torch_module().network.cpu().eval()
-            self._explainable = (network, target_layer(network, self.classifier.image_size))
+            self._heatmaps = Heatmaps.of(self.classifier)
         self._model_lock = threading.Lock()
         self.worklist = Worklist(self.out)
 
@@ -113,8 +112,8 @@ class Processor:
         outcome.flags = sorted(k for k, v in (self.meta.operating_points or {}).items() if probability >= float(v))
         try:
             sr = results.structured_report(ds, prediction, self.meta)
-            image = (results.overlay_image(ds, self._heatmap(pixels), prediction, self.meta)
-                     if self._explainable is not None else None)
+            image = (results.overlay_image(ds, self._overlay(ds, pixels), prediction, self.meta)
+                     if self._heatmaps is not None else None)
         except (ValueError, TypeError, AttributeError, KeyError) as exc:
             # highdicom checks every attribute it copies: a header it refuses gets a reason, not a crash.
             outcome.probability = outcome.label = outcome.threshold = None
@@ -158,12 +157,13 @@ class Processor:
             raise OutOfScopeError(row.error or name)
         return image, row
 
-    def _heatmap(self, image: np.ndarray) -> np.ndarray:
-        from pneumoscan.explain import gradcam, overlay
+    def _overlay(self, ds: Dataset, image: np.ndarray) -> np.ndarray:
+        """The heatmap over the model input, drawn at the instance's own aspect (Columns x Rows)."""
+        from pneumoscan.explain import explanation_picture
 
-        network, layer = self._explainable
-        with self._model_lock:  # Grad-CAM hooks the network: one at a time
-            heat = gradcam(network, image[None], layer=layer)[0]
+        with self._model_lock:  # one image through the network at a time, as for scoring
+            heat = self._heatmaps(image[None])[0]
         gray = np.clip(image[0] * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return overlay(gray, heat)
+        source = (int(ds.get("Columns") or gray.shape[1]), int(ds.get("Rows") or gray.shape[0]), self.meta.fit)
+        return explanation_picture(gray, heat, source=source, longest=results.OVERLAY_SIZE)
 

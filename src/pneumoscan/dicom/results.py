@@ -37,6 +37,7 @@ NO_UNITS = Code("1", "UCUM", "no units")
 SR_SERIES_NUMBER = 9901
 OVERLAY_SERIES_NUMBER = 9902
 SR_DESCRIPTION = "pneumoscan result - NOT FOR DIAGNOSIS"
+OVERLAY_SIZE = 512  # px, the overlay's longest side
 OVERLAY_DESCRIPTION = "pneumoscan Grad-CAM - NOT FOR DIAGNOSIS"
 
 
@@ -87,11 +88,11 @@ def structured_report(source: Dataset, prediction: Prediction, meta) -> Dataset:
     return sr
 
 
-def overlay_image(source: Dataset, rgb: np.ndarray, prediction: Prediction, meta, size: int = 512) -> Dataset:
+def overlay_image(source: Dataset, rgb: np.ndarray, prediction: Prediction, meta, size: int = OVERLAY_SIZE) -> Dataset:
     """A Secondary Capture of the Grad-CAM overlay ``rgb`` (H, W, 3 uint8) in the source's study.
 
-    The image is scaled to ``size`` px and carries a burned-in line saying what it is and that it is not
-    for diagnosis (BurnedInAnnotation YES).
+    The image is scaled to ``size`` px on its longest side, keeping its aspect, and carries a burned-in
+    line saying what it is and that it is not for diagnosis (BurnedInAnnotation YES).
     """
     import highdicom as hd
 
@@ -169,16 +170,19 @@ def _header(source: Dataset) -> Dataset:
 
 
 def _burn_in(rgb: np.ndarray, size: int, lines: list[str]) -> np.ndarray:
-    """``rgb`` scaled to ``size`` px with ``lines`` written in a black band at the bottom."""
+    """``rgb`` scaled to ``size`` px on its longest side with ``lines`` written in a black band at the bottom."""
     from PIL import Image, ImageDraw, ImageFont
 
-    image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB").resize((size, size),
-                                                                                    Image.Resampling.BILINEAR)
+    image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB")
+    scale = size / max(image.size)
+    if scale != 1:
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(image)
     height = max(10, size // 36)
     font = ImageFont.load_default(size=height)
-    top = size - len(lines) * (height + 3) - 4
-    draw.rectangle((0, top, size, size), fill=(0, 0, 0))
+    top = image.height - len(lines) * (height + 3) - 4
+    draw.rectangle((0, top, image.width, image.height), fill=(0, 0, 0))
     for i, line in enumerate(lines):
         draw.text((4, top + 2 + i * (height + 3)), line, fill=(255, 255, 0), font=font)
     return np.asarray(image, dtype=np.uint8)

@@ -16,7 +16,7 @@ def gallery(member: Member, images, kept, probs, labels, threshold: float, per_k
     if per_kind <= 0:
         return None
     try:
-        from pneumoscan.explain import gradcam, overlay
+        from pneumoscan.explain import explanation_picture, gradcam
     except ImportError:  # explain is an optional part of the toolkit
         return None
     import torch
@@ -38,7 +38,7 @@ def gallery(member: Member, images, kept, probs, labels, threshold: float, per_k
     items = []
     for k, ((kind, i), h) in enumerate(zip(chosen, heat, strict=True)):
         buffer = io.BytesIO()
-        Image.fromarray(overlay(images[i], h)).resize((224, 224)).save(buffer, format="PNG")
+        Image.fromarray(explanation_picture(images[i], h, longest=224)).save(buffer, format="PNG")
         name = Path(kept[i].path).name
         items.append({"kind": kind, "path": str(kept[i].path), "patient_id": kept[i].patient_id,
                       "probability": float(probs[i]), "image": f"{GALLERY}/{k:02d}-{kind.replace(' ', '-')}.png",

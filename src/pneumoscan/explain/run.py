@@ -1,4 +1,5 @@
-"""``pneumoscan explain``: heatmap figures for image files, and optionally the filters and feature maps."""
+"""``pneumoscan explain``: heatmap figures for the image files ``predict`` scores, and optionally the filters
+and feature maps."""
 
 from __future__ import annotations
 
@@ -10,65 +11,80 @@ import numpy as np
 
 from pneumoscan._io import atomic_write_bytes
 from pneumoscan.errors import ImageReadError
+from pneumoscan.explain.gradcam import DEFAULT_METHOD, METHODS
+from pneumoscan.inference.classifier import Classifier, Prediction
 from pneumoscan.provenance import DISCLAIMER
 
 
 @dataclass
 class ExplainResult:
-    """What ``explain_images`` wrote, and the files it could not read (``(file, reason)``)."""
+    """What ``explain_images`` wrote, and the files it could not read or that are out of scope
+    (``(file, reason)``)."""
 
     written: list[Path] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     layer: str = ""
+    method: str = DEFAULT_METHOD
+    predictions: list[Prediction] = field(default_factory=list)  # of the explained images, as predict gives them
 
 
-def explain_images(model_path: str | os.PathLike | None, images: list[str | os.PathLike], out_dir: str | os.PathLike,
-                   *, filters: bool = False, layers: list[str] | None = None, layer: str | None = None,
-                   alpha: float = 0.45) -> ExplainResult:
-    """Write ``out_dir/<image>_gradcam.png`` for every readable image (radiograph beside its heatmap).
+def explain_images(model: str | os.PathLike | Classifier | None, images: list[str | os.PathLike],
+                   out_dir: str | os.PathLike, *, filters: bool = False, layers: list[str] | None = None,
+                   layer: str | None = None, method: str = DEFAULT_METHOD, alpha: float = 0.45) -> ExplainResult:
+    """Write ``out_dir/<image>_gradcam.png`` for every image ``predict`` scores (radiograph beside its heatmap).
 
-    With ``filters``, also ``out_dir/filters.png`` (the first layer's filters) and, for the first readable
-    image, ``out_dir/<image>_features_<layer>.png`` for each of ``layers`` (default: first and last).
-    ``layer`` overrides the automatically chosen Grad-CAM target. Unreadable files are skipped and listed.
+    Each image is decoded, screened by the scope gate and scored exactly as ``predict`` does (the same
+    :class:`~pneumoscan.inference.Classifier`, ONNX preferred): the figure shows that probability, and an
+    image ``predict`` refuses is skipped with predict's reason. With ``filters``, also ``out_dir/filters.png``
+    (the first layer's filters) and, for the first explained image, ``out_dir/<image>_features_<layer>.png``
+    for each of ``layers`` (default: first and last). ``layer`` and ``method`` override the heatmap's
+    defaults (:class:`~pneumoscan.explain.Heatmaps`). Unreadable and refused files are skipped and listed.
     """
-    from pneumoscan.data.radiograph import read_radiograph
     from pneumoscan.explain.filters import feature_maps, first_layer_filters
-    from pneumoscan.explain.gradcam import gradcam, overlay, target_layer
-    from pneumoscan.inference.classifier import Classifier
-    from pneumoscan.inference.model_files import resolve_model
-    from pneumoscan.inference.torch_backend import TorchBackend
+    from pneumoscan.explain.gradcam import Heatmaps, is_flat
+    from pneumoscan.explain.picture import explanation_picture
+    from pneumoscan.inference import load
 
-    # Gradients need the PyTorch weights: for an ONNX file, those beside it or in its run folder.
-    model, meta = resolve_model(model_path).load_network()
-    scorer = Classifier(TorchBackend(model, "cpu"), meta)  # the probability and label exactly as `predict`
+    classifier = model if isinstance(model, Classifier) else load(model, prefer_onnx=True)
+    meta = classifier.meta
+    # Gradients need the PyTorch weights: for an ONNX model, those beside it or in its run folder.
+    maps = Heatmaps.of(classifier, layer=layer, method=method)
+    network = classifier.torch_module().network if filters else None
     out = Path(out_dir)
-    result = ExplainResult(layer=layer or target_layer(model, int(meta.image_size)))
+    result = ExplainResult(layer=maps.layer, method=method)
     used: set[str] = set()
     first: tuple[str, np.ndarray] | None = None
     for source in images:
         name = os.fsdecode(source)
         try:
-            pixels = read_radiograph(source, meta.image_size, meta.fit)
-        except ImageReadError as exc:
+            image, reason = classifier.prepare(source)
+        except ImageReadError as exc:  # unreadable, or a DICOM header the scope rules refuse
             result.failures.append((name, str(exc)))
             continue
+        row = classifier.assess(image[None], [name], [reason])[0]
+        if row.probability is None:  # out of scope, as predict says it
+            result.failures.append((name, row.error or f"{name}: not scored"))
+            continue
+        pixels = np.clip(image[0] * 255.0 + 0.5, 0, 255).astype(np.uint8)
         stem = _unique(Path(name).stem, used)
-        heat = gradcam(model, pixels[None], layer=result.layer)[0]
-        row = scorer.prediction(name, float(scorer.predict_proba(pixels[None])[0]))
-        probability, label = row.probability, row.label
+        heat = maps(image[None])[0]
         shown = os.fsencode(Path(name).name).decode("utf-8", "backslashreplace")  # non-UTF-8 names: drawable
-        title = (f"{shown}: p(pneumonia) = {probability:.3f}, {label} at threshold {meta.threshold:.3f}\n"
-                 f"Grad-CAM of {meta.name} ({result.layer}): where the evidence for PNEUMONIA is")
-        png = _figure([(pixels, "radiograph (model input)"), (overlay(pixels, heat, alpha), "Grad-CAM")], title)
+        title = (f"{shown}: p(pneumonia) = {row.probability:.3f}, {row.label} at threshold {meta.threshold:.3f}"
+                 + (f"; {row.error}" if row.error else "") + "\n"
+                 f"{METHODS[method]} of {meta.name} ({maps.layer}): where the evidence for PNEUMONIA is")
+        caption = f"{METHODS[method]}" + (": flat map" if is_flat(heat) else "")
+        png = _figure([(pixels, "radiograph (model input)"), (explanation_picture(pixels, heat, alpha=alpha), caption)],
+                      title)
         result.written.append(atomic_write_bytes(out / f"{stem}_gradcam.png", png))
+        result.predictions.append(row)
         first = first or (stem, pixels)
     if filters:
-        grid = first_layer_filters(model)
+        grid = first_layer_filters(network)
         result.written.append(atomic_write_bytes(
             out / "filters.png", _figure([(grid, "")], f"{meta.name}: first convolution's filters")))
         if first is not None:
-            for layer_name, maps in feature_maps(model, first[1], layers).items():
-                png = _figure([(maps, "")], f"{first[0]}: feature maps of {layer_name} (most active channels)")
+            for layer_name, grids in feature_maps(network, first[1], layers).items():
+                png = _figure([(grids, "")], f"{first[0]}: feature maps of {layer_name} (most active channels)")
                 safe = layer_name.replace(".", "-")
                 result.written.append(atomic_write_bytes(out / f"{first[0]}_features_{safe}.png", png))
     return result
