@@ -95,7 +95,7 @@ def main() -> int:
     from pynetdicom.sop_class import ComputedRadiographyImageStorage
 
     from pneumoscan.dicom import Processor
-    from pneumoscan.dicom.results import structured_report
+    from pneumoscan.dicom.result_objects import structured_report
     from pneumoscan.inference.classifier import Prediction
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-dicom-"))

@@ -81,7 +81,7 @@ def test_a_fully_anonymised_instance_fetched_by_pull_is_scored(dicom_model, gray
 
 
 def test_pull_goes_on_after_an_instance_whose_result_cannot_be_made(dicom_model, grays, tmp_path, monkeypatch):
-    from pneumoscan.dicom import results
+    from pneumoscan.dicom import result_objects as results
 
     base = chest_dicoms.study()
     sources = [_anonymised(grays, base=base), _anonymised(grays, base=base)]

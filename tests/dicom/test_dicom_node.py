@@ -21,7 +21,7 @@ import pneumoscan
 from helpers import chest_dicoms
 from pneumoscan.cli import main
 from pneumoscan.dicom import Peer, Processor, StorageNode
-from pneumoscan.dicom.results import PROBABILITY
+from pneumoscan.dicom.result_objects import PROBABILITY
 
 REPO = Path(__file__).resolve().parents[2]
 

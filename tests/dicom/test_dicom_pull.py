@@ -21,7 +21,7 @@ from helpers import chest_dicoms
 from helpers.dicomweb_server import HOSTILE, DicomWebServer
 from pneumoscan.cli import main
 from pneumoscan.dicom import Processor, pull
-from pneumoscan.dicom.results import PROBABILITY
+from pneumoscan.dicom.result_objects import PROBABILITY
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ import pytest
 
 from helpers import chest_dicoms
 from pneumoscan.dicom import Processor, refusal
-from pneumoscan.dicom.results import OVERLAY_DESCRIPTION, PROBABILITY, THRESHOLD
+from pneumoscan.dicom.result_objects import OVERLAY_DESCRIPTION, PROBABILITY, THRESHOLD
 from pneumoscan.provenance import DISCLAIMER
 
 

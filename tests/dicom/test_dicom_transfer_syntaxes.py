@@ -11,7 +11,7 @@ import orthanc
 import pneumoscan
 from helpers import chest_dicoms, transfer_syntaxes
 from pneumoscan.dicom import Processor, StorageNode
-from pneumoscan.dicom.results import PROBABILITY
+from pneumoscan.dicom.result_objects import PROBABILITY
 
 LOSSY_TOLERANCE = 0.05  # the lossy syntaxes change pixels: a score near the original's, not equal
 

@@ -20,7 +20,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from pneumoscan._io import atomic_write_bytes, ensure_writable_dir
-from pneumoscan.dicom import instances, results
+from pneumoscan.dicom import instances, result_objects
 from pneumoscan.dicom.worklist import WORKLIST_COLUMNS, Worklist
 from pneumoscan.errors import ImageReadError, OutputError, reason
 
@@ -111,8 +111,8 @@ class Processor:
         outcome.probability, outcome.label, outcome.threshold = probability, prediction.label, prediction.threshold
         outcome.flags = sorted(k for k, v in (self.meta.operating_points or {}).items() if probability >= float(v))
         try:
-            sr = results.structured_report(ds, prediction, self.meta)
-            image = (results.overlay_image(ds, self._overlay(ds, pixels), prediction, self.meta)
+            sr = result_objects.structured_report(ds, prediction, self.meta)
+            image = (result_objects.overlay_image(ds, self._overlay(ds, pixels), prediction, self.meta)
                      if self._heatmaps is not None else None)
         except (ValueError, TypeError, AttributeError, KeyError) as exc:
             # highdicom checks every attribute it copies: a header it refuses gets a reason, not a crash.
@@ -124,11 +124,11 @@ class Processor:
             self.worklist.add(outcome)
             return outcome
         stem = instances.file_stem(outcome.ids.sop_instance_uid)
-        outcome.sr_file = str(atomic_write_bytes(self._inside("sr", f"{stem}.dcm"), results.encode(sr)))
+        outcome.sr_file = str(atomic_write_bytes(self._inside("sr", f"{stem}.dcm"), result_objects.encode(sr)))
         outcome.derived.append(sr)
         if image is not None:
             outcome.overlay_file = str(atomic_write_bytes(self._inside("overlay", f"{stem}.dcm"),
-                                                          results.encode(image)))
+                                                          result_objects.encode(image)))
             outcome.derived.append(image)
         log.info("scored %s (from %s): p(pneumonia) %.4f, %s", name, instances.printable(origin or "?"), probability,
                  prediction.label)
@@ -165,5 +165,5 @@ class Processor:
             heat = self._heatmaps(image[None])[0]
         gray = np.clip(image[0] * 255.0 + 0.5, 0, 255).astype(np.uint8)
         source = (int(ds.get("Columns") or gray.shape[1]), int(ds.get("Rows") or gray.shape[0]), self.meta.fit)
-        return explanation_picture(gray, heat, source=source, longest=results.OVERLAY_SIZE)
+        return explanation_picture(gray, heat, source=source, longest=result_objects.OVERLAY_SIZE)
 
