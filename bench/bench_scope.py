@@ -33,6 +33,8 @@ sys.path.insert(0, str(REPO / "bench"))
 from _scope_images import build  # noqa: E402
 
 IN_SCOPE = ("chest_xray/test", "chest_xray_originals")
+# The reasons the learned gate gives (inference.scope.gate_reason); the rest are the file and pixel rules'.
+LEARNED = ("unlike the training radiographs", "not one frontal chest radiograph", "p(upright)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     data, work = Path(args.data), Path(args.work)
     start = time.perf_counter()
-    groups = build(work / "images", data / "chest_xray" / "test")
+    groups = build(work / "images", data / "chest_xray" / "test", originals=data / "chest_xray_originals")
     classifier = load(args.model)
     print(f"model: {args.model or 'bundled'} ({classifier.meta.name}, {classifier.backend.name}); gate: "
           f"{'learned + rules' if classifier.scope_note is None else 'rules only'}\n")
@@ -60,11 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|")
     totals = [0, 0]
     inside = {name: data / name for name in IN_SCOPE}
+    unused = unused_training(data / "chest_xray", classifier.meta.scope)
+    if unused:
+        inside[f"chest_xray/train, the {len(unused)} images the gate's fit never read"] = unused
     for name, folder in [*groups.items(), *inside.items()]:
-        files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = (sorted(str(p) for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+                 if isinstance(folder, Path) else folder)
         rows = classifier.predict(files)
         refused = [r for r in rows if r.probability is None]
-        learned = [r for r in refused if "unlike the training" in r.error or "p(upright)" in r.error]
+        learned = [r for r in refused if any(word in r.error for word in LEARNED)]
         share = len(refused) / len(rows)
         label = f"**{name}** (in scope: share lost)" if name in inside else name
         print(f"| {label} | {len(rows)} | {share:.1%} ({len(refused)}) | {len(refused) - len(learned)} | {len(learned)} |")
@@ -81,6 +87,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def unused_training(root: Path, scope: dict) -> list[str]:
+    """The training radiographs of ``root`` that fitting the gate of ``scope`` never read (in scope)."""
+    from pneumoscan.data import load_dataset
+    from pneumoscan.inference.scope import fit_choice
+
+    if not scope or not (root / "train").is_dir():
+        return []
+    index = load_dataset(root)
+    paths = [str(s.path) for s in index.by_split("train") or index.samples]
+    read = set(fit_choice(len(paths), int(scope["fitted_on"]), int(scope["held_out"]), int(scope.get("seed", 0))))
+    return [p for i, p in enumerate(paths) if i not in read]
+
+
 def compare(model: str | None, groups: dict[str, Path], inside: dict[str, Path], data: Path, fit_images: int) -> None:
     """The learned check (distance alone, and with the orientation probe) on the model's own features and on
     frozen ImageNet Lite0 features: the share refused of every group's decodable images."""
@@ -89,6 +108,7 @@ def compare(model: str | None, groups: dict[str, Path], inside: dict[str, Path],
     from pneumoscan.data.image import read_image
     from pneumoscan.inference import resolve_model
     from pneumoscan.models.scope import features_of, fit_gate
+    from pneumoscan.models.scope_meta import refusals
 
     start = time.perf_counter()
     own, meta = resolve_model(model).load_network()
@@ -100,7 +120,7 @@ def compare(model: str | None, groups: dict[str, Path], inside: dict[str, Path],
     every = {**groups, **inside}
     files = {name: sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
              for name, folder in every.items()}
-    print("\n| group | " + " | ".join(f"{e}: distance | {e}: + orientation" for e in extractors) + " |")
+    print("\n| group | " + " | ".join(f"{e}: distance | {e}: + probes" for e in extractors) + " |")
     print("|---|" + "---|---|" * len(extractors))
     results: dict[str, list[str]] = {name: [] for name in every}
     for _, (network, size, fit_rule) in extractors.items():
@@ -113,14 +133,14 @@ def compare(model: str | None, groups: dict[str, Path], inside: dict[str, Path],
                     continue
             return np.stack(out) if out else np.zeros((0, size, size), np.uint8)
 
-        gate, info = fit_gate(network, decode(fit), decode(held), orientation_images=500)
+        gate, info = fit_gate(network, decode(fit), decode(held), orientation_images=500, fit=fit_rule)
 
         for name in every:
             pixels = decode(files[name])
             with torch.inference_mode():
-                out = gate(torch.from_numpy(features_of(network, pixels))).numpy() if len(pixels) else np.zeros((0, 7))
-            far = out[:, 0] > info["distance_threshold"]
-            turned = out[:, 1] < info["orientation_threshold"]
+                out = gate(torch.from_numpy(features_of(network, pixels))).numpy() if len(pixels) else np.zeros((0, 13))
+            rules = refusals(out, info)
+            far, turned = rules["distance"], rules["orientation"] | rules["kind"]
             results[name] += [f"{far.mean():.1%}" if len(out) else "-", f"{(far | turned).mean():.1%}" if len(out) else "-"]
     for name in every:
         label = f"**{name}** (in scope)" if name in inside else name

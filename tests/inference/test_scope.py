@@ -125,7 +125,7 @@ def test_a_model_with_a_gate_carries_it_in_its_file_and_both_backends_compute_it
     assert torch_c.scope_note is None and onnx_c.scope_note is None
     batch = np.stack([torch_c.preprocess(str(p)) for p in make_pictures(tmp_path).values()])
     (t_logits, t_scope), (o_logits, o_scope) = torch_c.backend.scores(batch), onnx_c.backend.scores(batch)
-    assert t_scope.shape == (len(batch), 7)
+    assert t_scope.shape == (len(batch), 13)
     np.testing.assert_allclose(o_logits, t_logits, atol=1e-4)
     np.testing.assert_allclose(o_scope, t_scope, rtol=1e-3, atol=1e-3)
 
@@ -153,13 +153,15 @@ def test_the_gate_refuses_far_images_with_their_score_and_never_changes_an_in_sc
 
 def test_an_image_out_of_orientation_is_refused_with_the_orientation_it_looks_like(gated_run):
     meta = load(gated_run).meta
-    meta = replace(meta, scope={**meta.scope, "orientation_threshold": float(np.log(0.1))})
-    upright = np.log([0.01, 0.9, 0.03, 0.02, 0.02, 0.02])  # the probe says: rotated 90 degrees
-    reason = gate_rules.gate_reason(meta, np.r_[meta.scope["distance_threshold"] / 2, upright])
+    meta = replace(meta, scope={**meta.scope, "orientation_margin": 1.5, "kind_threshold": float(np.log(0.5))})
+    radiograph = np.log([0.95] + [0.01] * 5)  # the kind probe: one frontal radiograph
+    near = meta.scope["distance_threshold"] / 2
+    turned = np.log([0.01, 0.9, 0.03, 0.02, 0.02, 0.02])  # the probe says: rotated 90 degrees
+    reason = gate_rules.gate_reason(meta, np.r_[near, turned, radiograph])
     assert reason.startswith("looks rotated 90 degrees (p(upright) 0.010")
-    assert gate_rules.gate_reason(meta, np.r_[meta.scope["distance_threshold"] / 2, np.log([0.97] + [0.006] * 5)]) is None
-    both = gate_rules.gate_reason(meta, np.r_[meta.scope["distance_threshold"] * 3, np.log([0.01] * 5 + [0.95])])
-    assert "unlike the training radiographs" in both and "looks inverted" in both
+    assert gate_rules.gate_reason(meta, np.r_[near, np.log([0.97] + [0.006] * 5), radiograph]) is None
+    far = gate_rules.gate_reason(meta, np.r_[meta.scope["distance_threshold"] * 3, np.log([0.01] * 5 + [0.95]), radiograph])
+    assert "unlike the training radiographs" in far and "inverted" not in far  # one reason: the first rule's
 
 
 def test_a_model_without_a_gate_skips_the_learned_check_with_a_note_and_keeps_the_rules(exported_run, tmp_path):

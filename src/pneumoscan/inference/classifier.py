@@ -220,6 +220,10 @@ class Classifier:
                 gate.append(chunk_gate)
         z = np.concatenate(logits) if logits else np.zeros(0, np.float32)
         probabilities = 1.0 / (1.0 + np.exp(-z / float(self.meta.temperature or 1.0)))
+        if with_gate and logits and scope.has_gate(self.meta) and not gate:
+            # Never the gate silently off: a model whose metadata claims a gate must compute it.
+            raise ModelFileError(f"{self.meta.name}: its metadata describes a scope gate but the model gives no "
+                                 "scope output; refit it with `pneumoscan fit-scope` or re-export it")
         return probabilities, (np.concatenate(gate) if gate and scope.has_gate(self.meta) else None)
 
     def assess(self, batch: np.ndarray, names: list[str], reasons: list[str | None] | None = None,

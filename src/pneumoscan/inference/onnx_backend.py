@@ -5,8 +5,9 @@ The contract of a pneumoscan ONNX file (written by :func:`pneumoscan.serving.exp
 - input ``image``: float32 ``(N, 1, S, S)``, grayscale ``uint8 / 255``; N is dynamic. Per-image
   standardisation is inside the graph.
 - outputs ``logit`` ``(N, 1)`` and ``probability`` ``(N, 1)`` = ``sigmoid(logit / temperature)``; a model with a
-  scope gate also ``scope`` ``(N, 7)``: the distance to the training radiographs' features and the
-  log-probability of each orientation (:mod:`pneumoscan.models.scope`, read by :mod:`pneumoscan.inference.scope`).
+  scope gate also ``scope`` ``(N, 13)``: the distance to the training radiographs' features, the
+  log-probability of each orientation and of each kind of image; ``(N, 7)`` for a gate without the kind
+  probe (:mod:`pneumoscan.models.scope_meta`, read by :mod:`pneumoscan.inference.scope`).
 - ``metadata_props``: ``pneumoscan`` holds the full :class:`~pneumoscan.models.ModelMeta` JSON; readable
   keys (``image_size``, ``fit``, ``channels``, ``scale``, ``threshold``, ...) repeat the contract for
   other tools.
@@ -85,7 +86,24 @@ def load_onnx(path: str | os.PathLike, device: str | None = None, threads: int |
     if LOGIT_OUTPUT not in backend.outputs:
         raise ModelFileError(f"{path}: ONNX model has no '{LOGIT_OUTPUT}' output (has {backend.outputs}); "
                              "re-export it with 'pneumoscan export'")
+    _check_scope_output(backend, meta, path)
     return Classifier(backend, meta)
+
+
+def _check_scope_output(backend: OnnxBackend, meta: ModelMeta, path: Path) -> None:
+    """A graph whose metadata describes a scope gate has its ``scope`` output, as wide as the gate's."""
+    from pneumoscan.models.scope_meta import output_width
+
+    if not meta.scope:
+        return
+    if SCOPE_OUTPUT not in backend.outputs:
+        raise ModelFileError(f"{path}: its metadata describes a scope gate but the graph has no '{SCOPE_OUTPUT}' "
+                             "output; re-export it with 'pneumoscan export'")
+    shape = next(o.shape for o in backend.session.get_outputs() if o.name == SCOPE_OUTPUT)
+    width = shape[-1] if shape else None
+    if isinstance(width, int) and width != output_width(meta.scope):
+        raise ModelFileError(f"{path}: its '{SCOPE_OUTPUT}' output has {width} columns, its metadata describes "
+                             f"{output_width(meta.scope)}; re-export it with 'pneumoscan export'")
 
 
 def read_onnx_meta(props: dict[str, str], path: str | os.PathLike = "<onnx>") -> ModelMeta:
@@ -98,6 +116,7 @@ def read_onnx_meta(props: dict[str, str], path: str | os.PathLike = "<onnx>") ->
 
 def onnx_metadata(meta: ModelMeta) -> dict[str, str]:
     """The ``metadata_props`` written into an exported model: the full meta and readable contract keys."""
+    from pneumoscan.models.scope_meta import output_text
     from pneumoscan.provenance import DISCLAIMER
 
     contract = meta.preprocessing
@@ -112,7 +131,7 @@ def onnx_metadata(meta: ModelMeta) -> dict[str, str]:
         "normalisation": str(contract["normalisation"]),
         "input": f"{INPUT_NAME}: float32 (N, 1, {meta.image_size}, {meta.image_size})",
         "outputs": f"{LOGIT_OUTPUT}: (N, 1) raw score; {PROBABILITY_OUTPUT}: (N, 1) = sigmoid(logit / temperature)"
-                   + (f"; {SCOPE_OUTPUT}: (N, 7) scope distance, then log p of each orientation" if meta.scope else ""),
+                   + (f"; {SCOPE_OUTPUT}: {output_text(meta.scope)}" if meta.scope else ""),
         "temperature": repr(float(meta.temperature or 1.0)),
         "threshold": repr(float(meta.threshold)),
         "class_names": ",".join(meta.class_names),

@@ -208,30 +208,46 @@ def has_gate(meta: Any) -> bool:
     return "distance_threshold" in scope and "orientation_threshold" in scope
 
 
+# What to send instead, by the rule that refused: advice that fits what was sent.
+SEND_RADIOGRAPH = "send one frontal chest radiograph, as the scanner or PACS exports it"
+SEND_WHOLE = "send the radiograph itself, alone and filling the image (its DICOM, or the image exported from the viewer)"
+SEND_UPRIGHT = "send the upright, non-inverted radiograph"
+
+
 def gate_reason(meta: Any, output: np.ndarray) -> str | None:
-    """Why the gate's ``output`` for one image ((1 + orientations,): the distance, then each orientation's
-    log-probability) puts it out of scope, or None."""
+    """Why the gate's ``output`` for one image (the distance, each orientation's log-probability, then each
+    kind's: :mod:`pneumoscan.models.scope_meta`) puts it out of scope, or None. One reason, the first rule
+    that refuses: unlike the training radiographs (with the likeliest kind when the kind probe has one), not
+    one frontal radiograph filling the frame, not upright; the advice fits that reason."""
+    from pneumoscan.models.scope_meta import ORIENTATIONS, kinds_of, output_width, refusals
+
     scope = meta.scope
-    orientations = list(scope.get("orientations") or ["upright"])
-    distance, logp = float(output[0]), np.asarray(output[1:], np.float64)
-    reasons = []
-    limit = float(scope["distance_threshold"])
-    if not np.isfinite(distance) or distance > limit:
-        reasons.append(f"unlike the training radiographs (scope distance {distance:.1f}, "
-                       f"{distance / limit:.2f} x the threshold {limit:.1f})")
-    upright, floor = float(logp[0]), float(scope["orientation_threshold"])
-    if not np.isfinite(upright) or upright < floor:
-        which = int(np.argmax(logp)) if np.isfinite(logp).all() else 0
-        likeliest = orientations[which] if which < len(orientations) else "not upright"
-        shown = "not upright" if which == 0 else f"looks {likeliest}"
-        reasons.append(f"{shown} (p(upright) {np.exp(upright):.3f}, threshold {np.exp(floor):.3f}); "
-                       "give the upright, non-inverted radiograph")
-    return "; ".join(reasons) or None
+    values = np.asarray(output, np.float64).reshape(-1)
+    if len(values) != output_width(scope):
+        raise ValueError(f"the scope gate gave {len(values)} values per image, its metadata describes {output_width(scope)}")
+    refused = {rule: bool(hit[0]) for rule, hit in refusals(values[None], scope).items()}
+    kinds = kinds_of(scope)
+    kind_logp = values[1 + len(ORIENTATIONS):]
+    likeliest = kinds[1 + int(np.argmax(kind_logp[1:]))] if kinds and np.isfinite(kind_logp).all() else None
+    if refused["distance"]:
+        distance, limit = float(values[0]), float(scope["distance_threshold"])
+        looks = f"; looks like {likeliest}" if likeliest and refused.get("kind") else ""
+        return (f"unlike the training radiographs (scope distance {distance:.1f}, {distance / limit:.2f} x the "
+                f"threshold {limit:.1f}){looks}; {SEND_RADIOGRAPH}")
+    if refused.get("kind"):
+        return (f"looks like {likeliest or 'something else'}, not one frontal chest radiograph filling the image "
+                f"(p {np.exp(kind_logp[0]):.3f}, threshold {np.exp(float(scope['kind_threshold'])):.3f}); {SEND_WHOLE}")
+    if refused["orientation"]:
+        logp = values[1:1 + len(ORIENTATIONS)]
+        which = 1 + int(np.argmax(logp[1:])) if np.isfinite(logp).all() else 0
+        shown = f"looks {ORIENTATIONS[which]}" if which else "not upright"
+        return f"{shown} (p(upright) {np.exp(logp[0]):.3f}, p({ORIENTATIONS[which]}) {np.exp(logp[which]):.3f}); {SEND_UPRIGHT}"
+    return None
 
 
 # -- fitting a model's gate ----------------------------------------------------------------------------------
 def fit_scope(model_path: str | os.PathLike, data: str | os.PathLike, *, out: str | os.PathLike | None = None,
-              images: int = 3000, held_out: int = 800, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+              images: int = 3000, held_out: int = 1500, seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Fit the scope gate of the model at ``model_path`` on the training radiographs of ``data`` and save
     the model with it (``out``: another folder; default: in place). Returns the ``ModelMeta.scope`` entry.
 
@@ -256,14 +272,13 @@ def fit_scope(model_path: str | os.PathLike, data: str | os.PathLike, *, out: st
     return scope
 
 
-def fit_model_scope(model: Any, meta: Any, paths: list, *, images: int = 3000, held_out: int = 800, seed: int = 0,
+def fit_model_scope(model: Any, meta: Any, paths: list, *, images: int = 3000, held_out: int = 1500, seed: int = 0,
                     progress: bool = False) -> dict[str, Any]:
     """Fit and attach the gate of ``model`` (in memory) from the training images ``paths``; returns the
     ``ModelMeta.scope`` entry (the caller saves the model with it)."""
     from pneumoscan.data.image import read_image
 
-    order = np.random.default_rng(seed).permutation(len(paths))
-    chosen = [paths[i] for i in order[: images + held_out]]
+    chosen = [paths[i] for i in fit_choice(len(paths), images, held_out, seed)]
     decoded = []
     for path in chosen:
         try:
@@ -273,10 +288,15 @@ def fit_model_scope(model: Any, meta: Any, paths: list, *, images: int = 3000, h
         if progress and len(decoded) % 500 == 0:
             print(f"scope gate: {len(decoded)} of {len(chosen)} training images decoded", flush=True)
     pixels = np.stack(decoded) if decoded else np.zeros((0, meta.image_size, meta.image_size), np.uint8)
-    return fit_scope_on_pixels(model, pixels, images=images, held_out=held_out, seed=seed)
+    return fit_scope_on_pixels(model, pixels, fit=meta.fit, images=images, held_out=held_out, seed=seed)
 
 
-def fit_scope_on_pixels(model: Any, pixels: np.ndarray, *, images: int = 3000, held_out: int = 800,
+def fit_choice(count: int, images: int, held_out: int, seed: int) -> np.ndarray:
+    """Which of ``count`` training images :func:`fit_model_scope` reads (the others the gate never sees)."""
+    return np.random.default_rng(seed).permutation(count)[: images + held_out]
+
+
+def fit_scope_on_pixels(model: Any, pixels: np.ndarray, *, fit: str, images: int = 3000, held_out: int = 1500,
                         seed: int = 0) -> dict[str, Any]:
     """:func:`fit_model_scope` for training images already decoded (uint8 (N, S, S), the model's input):
     ``held_out`` of them (fewer when there are not ``images`` more: at least a fifth) set the thresholds,
@@ -286,7 +306,7 @@ def fit_scope_on_pixels(model: Any, pixels: np.ndarray, *, images: int = 3000, h
     order = np.random.default_rng(seed).permutation(len(pixels))
     n_held = min(held_out, max(len(pixels) - images, len(pixels) // 5))
     fit_part, held_part = order[n_held : n_held + images], order[:n_held]
-    gate, info = fit_gate(model, pixels[np.sort(fit_part)], pixels[np.sort(held_part)])
+    gate, info = fit_gate(model, pixels[np.sort(fit_part)], pixels[np.sort(held_part)], fit=fit, seed=seed)
     attach(model, gate.to(next(model.parameters()).device))
     info["seed"] = seed
     return info

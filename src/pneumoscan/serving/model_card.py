@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pneumoscan._io import atomic_write_json, atomic_write_text
 from pneumoscan.errors import ModelFileError
 from pneumoscan.models.artifact import ModelMeta
+from pneumoscan.models.scope_meta import describe, output_text
 from pneumoscan.provenance import DISCLAIMER, sha256_file
 from pneumoscan.runs import CARD_JSON, CARD_MARKDOWN, latest_report
 
@@ -67,8 +68,7 @@ def build_model_card(meta: ModelMeta, run_folder: str | os.PathLike | None = Non
             "threshold_rule": threshold_rule(meta),
             "label": f"{meta.class_names[1]} when probability >= threshold, else {meta.class_names[0]}",
             "operating_points": dict(meta.operating_points),
-            **({"scope": "(N, 7) the scope gate's distance to the training radiographs, then the log-probability "
-                         "of each orientation (upright first)"} if meta.scope else {}),
+            **({"scope": output_text(meta.scope)} if meta.scope else {}),
         },
         "training_data": _training_data(meta),
         "initial_weights": _initial_weights(meta),
@@ -138,13 +138,7 @@ def scope_gate(meta: ModelMeta) -> dict[str, Any]:
     if not gate:
         return {"rules": rules, "learned": None,
                 "note": "this model carries no learned scope gate: only the rules apply"}
-    learned = (
-        f"a Mahalanobis distance of the network's penultimate features to {gate.get('fitted_on', '?')} training "
-        f"radiographs (refused above {gate['distance_threshold']:.2f}), and an orientation probe on the same "
-        f"features that refuses radiographs rotated by 90, 180 or 270 degrees, mirrored top-bottom or inverted; "
-        f"both thresholds set on {gate.get('held_out', '?')} held-out training radiographs, of which together "
-        f"{100 * float(gate.get('held_out_kept', 0)):.1f} % pass"
-    )
+    learned = describe(gate)
     return {"rules": rules, "learned": learned, "statistics": gate,
             "output": "an image out of scope gets no probability and no label: 'out of scope: <reason>'; "
                       "--no-scope-check scores it anyway and marks it"}
