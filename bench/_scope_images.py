@@ -10,6 +10,7 @@ and ``chest_xray_originals`` at their own resolution: never of training images, 
 
 from __future__ import annotations
 
+import functools
 import shutil
 import warnings
 from pathlib import Path
@@ -29,9 +30,12 @@ TRANSFORMS = {
 
 
 def build(out: Path, test: Path, per_transform: int = 60, seed: int = 0, originals: Path | None = None,
-          per_kind: int = 60) -> dict[str, Path]:
+          per_kind: int = 60, keep: bool = False) -> dict[str, Path]:
     """Write every group under ``out``; return group name -> folder. The kinds users send by mistake are
-    made of radiographs of ``test`` and ``originals`` (``per_kind`` of each)."""
+    made of radiographs of ``test`` and ``originals`` (``per_kind`` of each). ``keep``: the images already
+    under ``out`` (another model scored on the same files)."""
+    if keep and out.is_dir():
+        return {p.name.replace("_", " "): p for p in sorted(out.iterdir()) if p.is_dir()}
     if out.exists():
         shutil.rmtree(out)
     rng = np.random.default_rng(seed)
@@ -70,13 +74,19 @@ def build(out: Path, test: Path, per_transform: int = 60, seed: int = 0, origina
 def _mistakes(target: Path, make, sources: list[Path], count: int, rng: np.random.Generator) -> None:
     """``count`` images made by ``make(tiles, rng)`` of radiographs drawn from ``sources`` (up to 9 each)."""
     for i in range(count):
-        tiles = []
-        for j in rng.choice(len(sources), 9, replace=False):
-            with Image.open(sources[j]) as im:
-                tile = ImageOps.exif_transpose(im).convert("L")
-                tile.thumbnail((TILE_SIDE, TILE_SIDE))  # a screen's resolution: what a screenshot or collage holds
-                tiles.append(np.asarray(tile))
+        tiles = [_tile(sources[j]) for j in rng.choice(len(sources), 9, replace=False)]
         Image.fromarray(make(tiles, rng)).save(target / f"{i:03d}.png")
+
+
+@functools.lru_cache(maxsize=1024)
+def _tile(path: Path) -> np.ndarray:
+    """The radiograph at ``path`` at most ``TILE_SIDE`` pixels on a side: a screen's resolution, what a
+    screenshot or a collage holds (JPEGs decoded at a reduced scale: the originals are large)."""
+    with Image.open(path) as im:
+        im.draft("L", (TILE_SIDE, TILE_SIDE))
+        tile = ImageOps.exif_transpose(im).convert("L")
+        tile.thumbnail((TILE_SIDE, TILE_SIDE))
+        return np.asarray(tile)
 
 
 TILE_SIDE = 1024

@@ -3,12 +3,16 @@
     .venv/bin/python bench/bench_scope.py                    # the bundled model, its gate, as `predict` runs it
     .venv/bin/python bench/bench_scope.py --model runs/latest
     .venv/bin/python bench/bench_scope.py --compare          # + the learned check on other features
+    .venv/bin/python bench/bench_scope.py --model M --keep-images   # another model on the same files
 
 The out-of-scope images are rebuilt here (``bench/_scope_images.py``, into ``bench/out/scope/``): pydicom's
 and pynetdicom's test DICOMs of other modalities, scikit-image's sample images (``pip install scikit-image``,
-for this bench only), rendered text, noise, gradients, degenerate images, and 60 radiographs of
-``chest_xray/test`` rotated by 90, 180 and 270 degrees, mirrored top-bottom and inverted. In scope:
-``chest_xray/test`` and ``chest_xray_originals``. Every file is scored by ``Classifier.predict``, exactly as
+for this bench only; left out when absent), rendered text, noise, gradients, degenerate images, 60
+radiographs of ``chest_xray/test`` rotated by 90, 180 and 270 degrees, mirrored top-bottom and inverted,
+and 60 of each kind users send by mistake, made of radiographs of ``chest_xray/test`` and
+``chest_xray_originals`` (never of training images): viewer screenshots, two side by side, 2 x 2 and 3 x 3
+grids, one lung, a small radiograph on a canvas. In scope: ``chest_xray/test``, ``chest_xray_originals``
+and the training radiographs that fitting the model's gate never read. Every file is scored by ``Classifier.predict``, exactly as
 ``pneumoscan predict`` does; the table gives the share refused per group and by which part of the gate.
 
 ``--compare`` fits the learned check again on other features, with the same training images, split and
@@ -44,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                         "chest_xray_originals/")
     parser.add_argument("--work", default=str(REPO / "bench/out/scope"), help="where the images are written")
     parser.add_argument("--compare", action="store_true", help="also compare the learned check on other features")
+    parser.add_argument("--keep-images", action="store_true", help="score the images already in WORK/images "
+                        "(another model on the same files) instead of rebuilding them")
     parser.add_argument("--fit-images", type=int, default=1500, help="--compare: training images to fit on")
     args = parser.parse_args(argv)
 
@@ -54,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
 
     data, work = Path(args.data), Path(args.work)
     start = time.perf_counter()
-    groups = build(work / "images", data / "chest_xray" / "test", originals=data / "chest_xray_originals")
+    groups = build(work / "images", data / "chest_xray" / "test", originals=data / "chest_xray_originals",
+                   keep=args.keep_images)
     classifier = load(args.model)
     print(f"model: {args.model or 'bundled'} ({classifier.meta.name}, {classifier.backend.name}); gate: "
           f"{'learned + rules' if classifier.scope_note is None else 'rules only'}\n")

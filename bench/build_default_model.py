@@ -3,6 +3,7 @@
     .venv/bin/python bench/build_default_model.py                 # the default recipe, as `pneumoscan train`
     .venv/bin/python bench/build_default_model.py --epochs 2      # a provisional model (the card says so)
     .venv/bin/python bench/build_default_model.py --scope-only    # refit the shipped model's scope gate only
+                                                                  # (distance, orientation and kind probes)
 
 Steps: train the DEFAULT recipe exactly as ``pneumoscan train`` with no options does (the default
 ``TrainConfig()``; only the data root and the output folder are set, and ``--epochs`` when given, which
@@ -129,6 +130,7 @@ def refit_scope(data: Path, work: Path, out: Path) -> int:
     from pneumoscan.bundled.card import packaged, portable, render_bundled_markdown
     from pneumoscan.inference import load
     from pneumoscan.inference.scope import fit_scope
+    from pneumoscan.models.scope_meta import output_text
     from pneumoscan.provenance import sha256_file
     from pneumoscan.serving.export import export_onnx
     from pneumoscan.serving.model_card import OUT_OF_SCOPE, scope_gate
@@ -155,8 +157,7 @@ def refit_scope(data: Path, work: Path, out: Path) -> int:
     card["files"].update(onnx_sha256=sha256_file(out / ONNX_FILE), safetensors_sha256=sha256_file(out / WEIGHTS_FILE))
     card["scope_gate"] = scope_gate(meta)
     card["out_of_scope"] = OUT_OF_SCOPE
-    card["output"] = {**card["output"], "scope": "(N, 7) the scope gate's distance to the training radiographs, "
-                      "then the log-probability of each orientation (upright first)"}
+    card["output"] = {**card["output"], "scope": output_text(meta.scope)}
     card = packaged(card)
     atomic_write_json(out / CARD_JSON, card)
     atomic_write_text(out / CARD_MARKDOWN, render_bundled_markdown(card))

@@ -115,6 +115,7 @@ def test_a_gate_fitted_before_the_kind_probe_still_runs_with_its_old_rule(gated_
     def old_meta(meta):
         for key in ("kind_threshold", "kinds", "orientation_margin"):
             scope_of(meta).pop(key)
+        scope_of(meta)["orientation_threshold"] = float(np.log(0.1))
 
     def old_tensors(tensors):
         del tensors["scope.kind_weight"], tensors["scope.kind_bias"]

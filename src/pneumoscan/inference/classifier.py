@@ -146,10 +146,10 @@ class Classifier:
         ``source`` is a path, a file's bytes, a PIL image, or the pixels as a numpy array or torch tensor
         ((H, W) or (H, W, C); see :func:`pneumoscan.data.image.read_pixels` for the accepted types); all
         go through the same grayscale conversion, depth scaling, fit and resize as a file. Raises
-        :class:`ImageReadError` for what cannot be decoded, and for an image of the wrong kind (blank,
-        or a colour picture rather than a radiograph), with the reason; with the scope check on,
-        :class:`~pneumoscan.inference.scope.OutOfScopeError` (a subclass) for a file or pixels that the
-        scope rules refuse (a DICOM of another modality, body part or view; degenerate pixels). The
+        :class:`ImageReadError` for what cannot be decoded, and for pixels that hold no radiograph (blank,
+        a colour picture, a few grey levels, near-flat), with the reason; with the scope check on,
+        :class:`~pneumoscan.inference.scope.OutOfScopeError` (a subclass) for a file that the scope rules
+        refuse (a DICOM of another modality, body part or view). The
         learned part of the gate needs the network: :meth:`predict` and :meth:`assess` apply it.
         """
         image, reason = self.prepare(source, name)
@@ -176,7 +176,7 @@ class Classifier:
         original = _pixels_of(source)
         pixels = read_pixels(original, self.meta.image_size, self.meta.fit, name=label)
         check_radiograph_pixels(np.asarray(original), pixels, label)
-        return pixels, scope.pixel_reason(pixels)
+        return pixels, None
 
     @staticmethod
     def _label(source: ImageInput, name: str | None) -> str:

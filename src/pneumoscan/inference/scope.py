@@ -7,14 +7,17 @@
    names a lateral or other non-frontal view, or whose PhotometricInterpretation cannot be a radiograph's.
    Only what a file states is held against it (a JPEG says nothing); the DICOM node also requires the
    chest to be named (``require_chest``), as a PACS sends every body part.
-2. **Degenerate pixels** (:func:`pixel_reason`), before the network: a handful of grey levels (one bright
-   pixel on black), or a near-flat image. Blank images, colour pictures and NaN or infinite values are
-   refused by decoding (:mod:`pneumoscan.data.radiograph`, :mod:`pneumoscan.data.image`).
-3. **What the pixels look like** (:func:`gate_reason`), from the gate every trained model carries
+2. **What the pixels look like** (:func:`gate_reason`), from the gate every trained model carries
    (:mod:`pneumoscan.models.scope`): the Mahalanobis distance of the network's penultimate features to the
-   training radiographs', and an orientation probe that refuses a radiograph rotated by 90, 180 or 270
-   degrees, mirrored top-bottom or inverted. Both thresholds keep 99.5 % of held-out training radiographs.
-   A model saved without a gate skips this step (:data:`NO_GATE_NOTE`).
+   training radiographs'; a kind probe that refuses what is not one frontal chest radiograph filling the
+   image (a viewer's screenshot, several radiographs in one image, one lung, a small radiograph on a
+   canvas, a page of text); and an orientation probe that refuses a radiograph clearly rotated by 90, 180
+   or 270 degrees, mirrored top-bottom or inverted. Each threshold keeps 99.8 % of held-out training
+   radiographs. A model saved without a gate skips this step (:data:`NO_GATE_NOTE`).
+
+Pixels that hold no radiograph at all (blank, a colour picture, a handful of grey levels, near-flat, NaN
+or infinite values) are refused before any of this by decoding, for every entry point alike and whatever
+the scope check (:mod:`pneumoscan.data.radiograph`, :mod:`pneumoscan.data.image`).
 
 An image out of scope gets no probability and no label: its row's ``error`` says ``out of scope: <reason>``
 with its score. With the check off (``--no-scope-check``, ``scope_check=False``) it is scored, and its
@@ -56,14 +59,6 @@ FRONTAL_VIEW_CODES = {"R-10214": "postero-anterior", "R-10206": "antero-posterio
 # Pseudo-colour cannot hold a radiograph. RGB and YBR can (a grey radiograph saved in colour by a secondary
 # capture): they are decoded to grey and left to the learned check.
 PHOTOMETRIC_NOT_RADIOGRAPH = ("PALETTE COLOR",)
-
-# A decoded model input with fewer grey levels than this is a drawing or a dot on black, not a radiograph
-# (training radiographs: 138 or more at 128 px).
-MIN_GREY_LEVELS = 32
-# Near-flat: this share of pixels within FLAT_LEVELS of the median (training radiographs: at most 0.58, with padding).
-MAX_FLAT_SHARE = 0.9
-FLAT_LEVELS = 4
-
 
 class OutOfScopeError(ImageReadError):
     """The image decodes but is not a frontal chest radiograph the model was made for; the message says why."""
@@ -184,25 +179,7 @@ def _header_of(fh) -> str | None:
     return header_reason(ds)
 
 
-# -- 2. degenerate pixels ------------------------------------------------------------------------------------
-def pixel_reason(pixels: np.ndarray) -> str | None:
-    """Why the decoded model input ``pixels`` (uint8 (S, S)) cannot be a radiograph, or None."""
-    values = np.asarray(pixels)
-    counts = np.bincount(values.ravel(), minlength=256)
-    levels = int(np.count_nonzero(counts))
-    if levels < MIN_GREY_LEVELS:
-        return f"only {levels} grey levels (a radiograph has over {MIN_GREY_LEVELS * 4}); a drawing, a mask or a dot on black"
-    # The median and the share near it from the histogram: the same figures as np.median, without a sort.
-    below = np.cumsum(counts)
-    middle = np.searchsorted(below, [(values.size - 1) // 2, values.size // 2], side="right")
-    median = int(middle.sum()) // 2
-    flat = float(counts[max(0, median - FLAT_LEVELS): median + FLAT_LEVELS + 1].sum() / values.size)
-    if flat > MAX_FLAT_SHARE:
-        return f"near-flat: {flat:.0%} of the pixels within {FLAT_LEVELS} grey levels of one value"
-    return None
-
-
-# -- 3. the learned gate -------------------------------------------------------------------------------------
+# -- 2. the learned gate -------------------------------------------------------------------------------------
 def has_gate(meta: Any) -> bool:
     scope = getattr(meta, "scope", None) or {}
     return "distance_threshold" in scope and "orientation_threshold" in scope
