@@ -146,11 +146,10 @@ class Classifier:
         ``source`` is a path, a file's bytes, a PIL image, or the pixels as a numpy array or torch tensor
         ((H, W) or (H, W, C); see :func:`pneumoscan.data.image.read_pixels` for the accepted types); all
         go through the same grayscale conversion, depth scaling, fit and resize as a file. Raises
-        :class:`ImageReadError` for what cannot be decoded, and for pixels that hold no radiograph (blank,
-        a colour picture, a few grey levels, near-flat), with the reason; with the scope check on,
-        :class:`~pneumoscan.inference.scope.OutOfScopeError` (a subclass) for a file that the scope rules
-        refuse (a DICOM of another modality, body part or view). The
-        learned part of the gate needs the network: :meth:`predict` and :meth:`assess` apply it.
+        :class:`ImageReadError` for what cannot be decoded or holds no radiograph (blank, colour, a few grey
+        levels, near-flat), with the reason; with the scope check on, :class:`~pneumoscan.inference.scope.
+        OutOfScopeError` (a subclass) for a DICOM whose header the scope rules refuse. The learned part of
+        the gate needs the network: :meth:`predict` and :meth:`assess` apply it.
         """
         image, reason = self.prepare(source, name)
         if reason is not None and self.scope_check:
@@ -220,10 +219,8 @@ class Classifier:
                 gate.append(chunk_gate)
         z = np.concatenate(logits) if logits else np.zeros(0, np.float32)
         probabilities = 1.0 / (1.0 + np.exp(-z / float(self.meta.temperature or 1.0)))
-        if with_gate and logits and scope.has_gate(self.meta) and not gate:
-            # Never the gate silently off: a model whose metadata claims a gate must compute it.
-            raise ModelFileError(f"{self.meta.name}: its metadata describes a scope gate but the model gives no "
-                                 "scope output; refit it with `pneumoscan fit-scope` or re-export it")
+        if with_gate and logits and scope.has_gate(self.meta) and not gate:  # never the gate silently off
+            raise ModelFileError(f"{self.meta.name}: its metadata describes a scope gate the model does not compute")
         return probabilities, (np.concatenate(gate) if gate and scope.has_gate(self.meta) else None)
 
     def assess(self, batch: np.ndarray, names: list[str], reasons: list[str | None] | None = None,
