@@ -98,7 +98,8 @@ def test_cli_explain_writes_a_png_per_readable_image_and_skips_bad_files(tmp_pat
     torch.manual_seed(0)
     save_model(tmp_path / "run", build_model("seed-cnn", 32), ModelMeta(name="seed-cnn", image_size=32))
     good = tmp_path / "chest.png"
-    Image.fromarray(_spot(10, 20), "L").save(good)
+    texture = np.random.default_rng(0).integers(0, 25, (48, 48), dtype=np.uint8)  # a two-level drawing is no radiograph
+    Image.fromarray(_spot(10, 20) + texture, "L").save(good)
     bad = tmp_path / "notes.txt"
     bad.write_text("hello")
     out = tmp_path / "out"
