@@ -3,17 +3,22 @@
 Every group is written as files into a folder, so the bench scores them exactly as ``pneumoscan predict``
 does (decoding, rules, network). Sources: pydicom's and pynetdicom's bundled test DICOMs, scikit-image's
 sample images (``pip install scikit-image``: only the bench needs it), text rendered with Pillow, noise
-and gradients drawn with numpy, and the radiographs of ``chest_xray/test`` rotated, mirrored and inverted.
+and gradients drawn with numpy, the radiographs of ``chest_xray/test`` rotated, mirrored and inverted, and
+what users send by mistake (:mod:`pneumoscan.models.scope_kinds`) made of radiographs of ``chest_xray/test``
+and ``chest_xray_originals`` at their own resolution: never of training images, which the gate learned from.
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from pneumoscan.models import scope_kinds as kinds
 
 TRANSFORMS = {
     "rotated 90": lambda im: im.transpose(Image.Transpose.ROTATE_90),
@@ -24,8 +29,13 @@ TRANSFORMS = {
 }
 
 
-def build(out: Path, test: Path, per_transform: int = 60, seed: int = 0) -> dict[str, Path]:
-    """Write every group under ``out``; return group name -> folder."""
+def build(out: Path, test: Path, per_transform: int = 60, seed: int = 0, originals: Path | None = None,
+          per_kind: int = 60, keep: bool = False) -> dict[str, Path]:
+    """Write every group under ``out``; return group name -> folder. The kinds users send by mistake are
+    made of radiographs of ``test`` and ``originals`` (``per_kind`` of each). ``keep``: the images already
+    under ``out`` (another model scored on the same files)."""
+    if keep and out.is_dir():
+        return {p.name.replace("_", " "): p for p in sorted(out.iterdir()) if p.is_dir()}
     if out.exists():
         shutil.rmtree(out)
     rng = np.random.default_rng(seed)
@@ -38,7 +48,12 @@ def build(out: Path, test: Path, per_transform: int = 60, seed: int = 0) -> dict
         return path
 
     _dicoms(folder("DICOM, other modalities"))
-    _skimage(folder("photos and scans (scikit-image)"))
+    try:
+        import skimage  # noqa: F401 - only this group needs it
+    except ImportError:
+        print("scikit-image is not installed: the group of its sample images is left out")
+    else:
+        _skimage(folder("photos and scans (scikit-image)"))
     _text(folder("rendered text"), rng)
     _noise(folder("noise"), rng)
     _gradients(folder("gradients"))
@@ -50,7 +65,39 @@ def build(out: Path, test: Path, per_transform: int = 60, seed: int = 0) -> dict
         for path in chosen:
             with Image.open(path) as im:
                 transform(im.convert("L")).save(target / f"{path.parent.name}_{path.stem}.png")
+    sources = radiographs + (sorted(originals.rglob("*.jpeg")) if originals is not None else [])
+    for name, make in MISTAKES.items():
+        _mistakes(folder(name), make, sources, per_kind, rng)
     return groups
+
+
+def _mistakes(target: Path, make, sources: list[Path], count: int, rng: np.random.Generator) -> None:
+    """``count`` images made by ``make(tiles, rng)`` of radiographs drawn from ``sources`` (up to 9 each)."""
+    for i in range(count):
+        tiles = [_tile(sources[j]) for j in rng.choice(len(sources), 9, replace=False)]
+        Image.fromarray(make(tiles, rng)).save(target / f"{i:03d}.png")
+
+
+@functools.lru_cache(maxsize=1024)
+def _tile(path: Path) -> np.ndarray:
+    """The radiograph at ``path`` at most ``TILE_SIDE`` pixels on a side: a screen's resolution, what a
+    screenshot or a collage holds (JPEGs decoded at a reduced scale: the originals are large)."""
+    with Image.open(path) as im:
+        im.draft("L", (TILE_SIDE, TILE_SIDE))
+        tile = ImageOps.exif_transpose(im).convert("L")
+        tile.thumbnail((TILE_SIDE, TILE_SIDE))
+        return np.asarray(tile)
+
+
+TILE_SIDE = 1024
+MISTAKES = {
+    "viewer screenshot": kinds.screenshot,
+    "two side by side": lambda tiles, rng: kinds.grid(tiles, 2, 1, rng),
+    "2 x 2 grid": lambda tiles, rng: kinds.grid(tiles, 2, 2, rng),
+    "3 x 3 grid": lambda tiles, rng: kinds.grid(tiles, 3, 3, rng),
+    "one lung (half)": kinds.one_lung,
+    "small radiograph on a canvas": kinds.small_on_canvas,
+}
 
 
 def _dicoms(target: Path) -> None:

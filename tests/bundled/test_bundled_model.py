@@ -93,7 +93,9 @@ def test_the_card_names_no_build_run_and_no_path_outside_the_package(card):
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_the_shipped_model_gives_the_card_scores_on_the_shared_images(card, shared_data, backend):
-    model = pneumoscan.load() if backend == "onnxruntime" else pneumoscan.load(BUNDLED_DIR / WEIGHTS_FILE)
+    # The probabilities are the classifier's: the scope gate (tested on its own) must not hide one.
+    model = (pneumoscan.load(scope_check=False) if backend == "onnxruntime"
+             else pneumoscan.load(BUNDLED_DIR / WEIGHTS_FILE, scope_check=False))
     assert model.backend.name == backend
     references = card["reference_scores"]
     assert len(references) >= 4
@@ -101,7 +103,7 @@ def test_the_shipped_model_gives_the_card_scores_on_the_shared_images(card, shar
     labels = {Path(r["image"]).parent.name for r in references}
     assert labels == {"NORMAL", "PNEUMONIA"}
     for row, reference in zip(model.predict(files), references, strict=True):
-        assert row.error is None, row.error
+        assert row.probability is not None, row.error
         expected = reference["probability"] if backend == "onnxruntime" else reference["probability_torch"]
         assert row.probability == pytest.approx(expected, abs=TOLERANCE), reference["image"]
 

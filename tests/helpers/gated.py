@@ -24,7 +24,7 @@ def make_gated_run(folder: Path) -> None:
     model = build_model("mini-resnet", 64).eval()
     pixels = np.stack([np.asarray(Image.open(write_synthetic_image(folder / "train" / f"{i}.png", i % 2, seed=i)))
                        for i in range(160)])
-    scope = fit_scope_on_pixels(model, pixels, held_out=40)
+    scope = fit_scope_on_pixels(model, pixels, fit="pad", held_out=40)
     meta = ModelMeta(name="mini-resnet", image_size=64, fit="pad", threshold=0.5, temperature=1.7,
                      version=__version__, run_id="gated", scope=scope)
     save_model(folder, model, meta)

@@ -11,14 +11,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from PIL import Image
 
 import pneumoscan
 from helpers.gated import pictures as make_pictures
 from helpers.images import write_dicom
-from helpers.properties import examples
 from helpers.synthetic import write_synthetic_image
 from pneumoscan.cli import main
 from pneumoscan.inference import Classifier, load
@@ -71,19 +68,7 @@ def test_the_dicom_node_also_requires_the_chest_to_be_named():
     assert gate_rules.header_reason(dataset(Modality="CR", BodyPartExamined="CHEST"), require_chest=True) is None
 
 
-# -- degenerate pixels ---------------------------------------------------------------------------------------
-def test_degenerate_pixels_are_refused_and_a_radiograph_like_image_is_not(tmp_path):
-    dot = np.zeros((64, 64), np.uint8)
-    dot[20, 30] = 255
-    assert "grey levels" in gate_rules.pixel_reason(dot)
-    assert "grey levels" in gate_rules.pixel_reason(np.random.default_rng(0).integers(0, 3, (64, 64)).astype(np.uint8) * 100)
-    flat = np.full((64, 64), 120, np.uint8)
-    flat[:8, :8] = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4  # 65 grey levels, 98 % of pixels at one
-    assert "near-flat" in gate_rules.pixel_reason(flat)
-    chest = np.asarray(Image.open(write_synthetic_image(tmp_path / "chest.png", 1, seed=0, size=64)))
-    assert gate_rules.pixel_reason(chest) is None
-
-
+# -- pixels that hold no radiograph -------------------------------------------------------------------------
 def test_float_images_with_nan_or_infinity_are_refused_before_the_network(tmp_path, exported_run):
     nan = tmp_path / "nan.tiff"
     Image.fromarray(np.full((32, 32), np.nan, np.float32), mode="F").save(nan)
@@ -125,7 +110,7 @@ def test_a_model_with_a_gate_carries_it_in_its_file_and_both_backends_compute_it
     assert torch_c.scope_note is None and onnx_c.scope_note is None
     batch = np.stack([torch_c.preprocess(str(p)) for p in make_pictures(tmp_path).values()])
     (t_logits, t_scope), (o_logits, o_scope) = torch_c.backend.scores(batch), onnx_c.backend.scores(batch)
-    assert t_scope.shape == (len(batch), 7)
+    assert t_scope.shape == (len(batch), 13)
     np.testing.assert_allclose(o_logits, t_logits, atol=1e-4)
     np.testing.assert_allclose(o_scope, t_scope, rtol=1e-3, atol=1e-3)
 
@@ -153,13 +138,15 @@ def test_the_gate_refuses_far_images_with_their_score_and_never_changes_an_in_sc
 
 def test_an_image_out_of_orientation_is_refused_with_the_orientation_it_looks_like(gated_run):
     meta = load(gated_run).meta
-    meta = replace(meta, scope={**meta.scope, "orientation_threshold": float(np.log(0.1))})
-    upright = np.log([0.01, 0.9, 0.03, 0.02, 0.02, 0.02])  # the probe says: rotated 90 degrees
-    reason = gate_rules.gate_reason(meta, np.r_[meta.scope["distance_threshold"] / 2, upright])
+    meta = replace(meta, scope={**meta.scope, "orientation_margin": 1.5, "kind_threshold": float(np.log(0.5))})
+    radiograph = np.log([0.95] + [0.01] * 5)  # the kind probe: one frontal radiograph
+    near = meta.scope["distance_threshold"] / 2
+    turned = np.log([0.01, 0.9, 0.03, 0.02, 0.02, 0.02])  # the probe says: rotated 90 degrees
+    reason = gate_rules.gate_reason(meta, np.r_[near, turned, radiograph])
     assert reason.startswith("looks rotated 90 degrees (p(upright) 0.010")
-    assert gate_rules.gate_reason(meta, np.r_[meta.scope["distance_threshold"] / 2, np.log([0.97] + [0.006] * 5)]) is None
-    both = gate_rules.gate_reason(meta, np.r_[meta.scope["distance_threshold"] * 3, np.log([0.01] * 5 + [0.95])])
-    assert "unlike the training radiographs" in both and "looks inverted" in both
+    assert gate_rules.gate_reason(meta, np.r_[near, np.log([0.97] + [0.006] * 5), radiograph]) is None
+    far = gate_rules.gate_reason(meta, np.r_[meta.scope["distance_threshold"] * 3, np.log([0.01] * 5 + [0.95]), radiograph])
+    assert "unlike the training radiographs" in far and "inverted" not in far  # one reason: the first rule's
 
 
 def test_a_model_without_a_gate_skips_the_learned_check_with_a_note_and_keeps_the_rules(exported_run, tmp_path):
@@ -171,7 +158,8 @@ def test_a_model_without_a_gate_skips_the_learned_check_with_a_note_and_keeps_th
     dot = np.zeros((64, 64), np.uint8)
     dot[10, 10] = 255
     Image.fromarray(dot).save(tmp_path / "dot.png")
-    assert "out of scope: only" in classifier.predict(str(tmp_path / "dot.png"))[0].error
+    dotted = classifier.predict(str(tmp_path / "dot.png"))[0]
+    assert dotted.probability is None and "only 2 grey levels" in dotted.error and "out of scope" not in dotted.error
 
 
 def test_assess_applies_the_gate_to_decoded_images(gated_run, tmp_path):
@@ -240,8 +228,9 @@ def test_the_bundled_model_refuses_rotated_mirrored_and_inverted_radiographs_and
     for name in variants:
         assert rows[name].probability is None and rows[name].label is None, name
         assert "out of scope" in rows[name].error, name
-    assert "looks rotated 90 degrees" in rows["rot90"].error
-    assert "looks inverted" in rows["inverted"].error
+    # Turned a quarter, it is far from every training radiograph: the distance refuses it first.
+    assert "unlike the training radiographs" in rows["rot90"].error
+    assert "looks rotated 180 degrees" in rows["rot180"].error and "looks inverted" in rows["inverted"].error
 
 
 # -- fitting a gate for a model saved without one ------------------------------------------------------------
@@ -269,25 +258,3 @@ def test_fit_scope_gives_an_old_model_a_gate_from_a_data_folder(tmp_path, capsys
         write_synthetic_image(small / "train" / "PNEUMONIA" / f"IM-{i:04d}-0002.png", 1, seed=i)
     assert main(["fit-scope", str(run), str(small)]) == 2
     assert "the scope gate needs at least 50 training images" in capsys.readouterr().err
-
-
-@settings(max_examples=examples(300), deadline=None)
-@given(st.integers(1, 60), st.integers(0, 255), st.integers(0, 40), st.integers(0, 2**32 - 1))
-def test_the_near_flat_rule_matches_the_median_and_share_it_is_defined_by(size, centre, spread, seed):
-    """The rule reads the median and the share of pixels near it from the histogram; it must give what
-    np.median and counting give, for odd and even pixel counts, near 0 and 255 too."""
-    rng = np.random.default_rng(seed)
-    pixels = np.clip(rng.normal(centre, spread + 0.1, (size, size + seed % 2)), 0, 255).astype(np.uint8)
-    outliers = int(rng.integers(0, pixels.size // 5 + 1))
-    pixels.flat[:outliers] = rng.integers(0, 256, outliers, dtype=np.uint8)
-    median = int(np.median(pixels))
-    share = float(np.mean(np.abs(pixels.astype(np.int16) - median) <= gate_rules.FLAT_LEVELS))
-    levels = len(np.unique(pixels))
-    reason = gate_rules.pixel_reason(pixels)
-    if levels < gate_rules.MIN_GREY_LEVELS:
-        assert "grey levels" in reason
-    elif share > gate_rules.MAX_FLAT_SHARE:
-        assert reason == (f"near-flat: {share:.0%} of the pixels within {gate_rules.FLAT_LEVELS} grey levels of "
-                          "one value")
-    else:
-        assert reason is None

@@ -1,8 +1,12 @@
-"""Is a decoded image plausibly a chest radiograph? Refuse blank images and colour pictures.
+"""Can these pixels hold a radiograph at all? The one place of the pixel rules, with one outcome everywhere.
 
-Decoding (:mod:`pneumoscan.data.image`) accepts any image; scoring a holiday photo or an all-grey
-placeholder would still give a confident-looking probability, so prediction and explanation call
-:func:`read_radiograph` on every file and report such images on their own row instead.
+Decoding (:mod:`pneumoscan.data.image`) accepts any image; scoring a holiday photo, an all-grey placeholder,
+a drawing or a dot on black would still give a confident-looking probability, so prediction, explanation,
+the server and the DICOM node call :func:`read_radiograph` (or :func:`check_radiograph_pixels` for pixels
+given as an array) on every image and report such images on their own row instead: blank, a colour
+picture, a handful of grey levels, near-flat. These are pixels that hold no radiograph, not a judgement
+of scope: ``--no-scope-check`` does not score them (the scope gate, :mod:`pneumoscan.inference.scope`,
+judges the pixels that pass).
 """
 
 from __future__ import annotations
@@ -19,12 +23,18 @@ from pneumoscan.errors import ImageReadError
 MAX_CHROMA = 12.0
 # A radiograph spans far more than this many grey levels; fewer is a blank or placeholder image.
 MIN_RANGE = 8
+# A decoded model input with fewer grey levels than this is a drawing or a dot on black, not a radiograph
+# (training radiographs: 138 or more at 128 px).
+MIN_GREY_LEVELS = 32
+# Near-flat: this share of pixels within FLAT_LEVELS of the median (training radiographs: at most 0.58, with padding).
+MAX_FLAT_SHARE = 0.9
+FLAT_LEVELS = 4
 
 
 def read_radiograph(source: str | os.PathLike | bytes, size: int | None = None, fit: Fit = "pad", *,
                     name: str | None = None) -> np.ndarray:
     """:func:`~pneumoscan.data.image.read_image`, refusing images that decode but cannot be chest
-    radiographs: blank ones and colour pictures. Raises :class:`ImageReadError` naming the file.
+    radiographs (:func:`pixel_problem`). Raises :class:`ImageReadError` naming the file.
 
     The file is decoded once: the colour test looks at a small sample of the decoded image when it is
     stored in a colour mode (the public radiographs are grey saved as RGB), grey files cost nothing extra.
@@ -47,11 +57,34 @@ def check_radiograph_pixels(original: np.ndarray, pixels: np.ndarray, name: str)
 
 
 def _check(pixels: np.ndarray, chroma: float | None, label: str) -> None:
-    if int(pixels.max()) - int(pixels.min()) < MIN_RANGE:
-        raise ImageReadError(f"{label}: blank image (all pixels about {int(pixels.mean())}); not a radiograph")
+    problem = pixel_problem(pixels, chroma)
+    if problem is not None:
+        raise ImageReadError(f"{label}: {problem}")
+
+
+def pixel_problem(pixels: np.ndarray, chroma: float | None = None) -> str | None:
+    """Why the decoded image ``pixels`` (uint8 (H, W), the model's input) cannot be a radiograph, or None:
+    blank, a colour picture (``chroma``: its mean channel difference, None for a grey file), a handful of
+    grey levels (a drawing, a mask, a dot on black), or near-flat."""
+    values = np.asarray(pixels)
+    low, high = int(values.min()), int(values.max())
+    if high - low < MIN_RANGE:
+        return f"blank image (all pixels about {int(values.mean())}); not a radiograph"
     if chroma is not None and chroma > MAX_CHROMA:
-        raise ImageReadError(f"{label}: a colour picture (mean channel difference {chroma:.0f}/255), not a "
-                             "grayscale chest radiograph")
+        return f"a colour picture (mean channel difference {chroma:.0f}/255), not a grayscale chest radiograph"
+    counts = np.bincount(values.ravel(), minlength=256)
+    levels = int(np.count_nonzero(counts))
+    if levels < MIN_GREY_LEVELS:
+        return (f"only {levels} grey levels (a radiograph has over {MIN_GREY_LEVELS * 4}); a drawing, a mask or a "
+                "dot on black, not a radiograph")
+    # The median and the share near it from the histogram: the same figures as np.median, without a sort.
+    below = np.cumsum(counts)
+    middle = np.searchsorted(below, [(values.size - 1) // 2, values.size // 2], side="right")
+    median = int(middle.sum()) // 2
+    flat = float(counts[max(0, median - FLAT_LEVELS): median + FLAT_LEVELS + 1].sum() / values.size)
+    if flat > MAX_FLAT_SHARE:
+        return f"near-flat: {flat:.0%} of the pixels within {FLAT_LEVELS} grey levels of one value; not a radiograph"
+    return None
 
 
 def _chroma(rgb: np.ndarray) -> float:

@@ -147,11 +147,10 @@ class Classifier:
         ``source`` is a path, a file's bytes, a PIL image, or the pixels as a numpy array or torch tensor
         ((H, W) or (H, W, C); see :func:`pneumoscan.data.image.read_pixels` for the accepted types); all
         go through the same grayscale conversion, depth scaling, fit and resize as a file. Raises
-        :class:`ImageReadError` for what cannot be decoded, and for an image of the wrong kind (blank,
-        or a colour picture rather than a radiograph), with the reason; with the scope check on,
-        :class:`~pneumoscan.inference.scope.OutOfScopeError` (a subclass) for a file or pixels that the
-        scope rules refuse (a DICOM of another modality, body part or view; degenerate pixels). The
-        learned part of the gate needs the network: :meth:`predict` and :meth:`assess` apply it.
+        :class:`ImageReadError` for what cannot be decoded or holds no radiograph (blank, colour, a few grey
+        levels, near-flat), with the reason; with the scope check on, :class:`~pneumoscan.inference.scope.
+        OutOfScopeError` (a subclass) for a DICOM whose header the scope rules refuse. The learned part of
+        the gate needs the network: :meth:`predict` and :meth:`assess` apply it.
         """
         image, reason = self.prepare(source, name)
         if reason is not None and self.scope_check:
@@ -177,7 +176,7 @@ class Classifier:
         original = pixels_of(source)
         pixels = read_pixels(original, self.meta.image_size, self.meta.fit, name=label)
         check_radiograph_pixels(np.asarray(original), pixels, label)
-        return pixels, scope.pixel_reason(pixels)
+        return pixels, None
 
     @staticmethod
     def _label(source: ImageInput, name: str | None) -> str:
@@ -221,6 +220,8 @@ class Classifier:
                 gate.append(chunk_gate)
         z = np.concatenate(logits) if logits else np.zeros(0, np.float32)
         probabilities = 1.0 / (1.0 + np.exp(-z / float(self.meta.temperature or 1.0)))
+        if with_gate and logits and scope.has_gate(self.meta) and not gate:  # never the gate silently off
+            raise ModelFileError(f"{self.meta.name}: its metadata describes a scope gate the model does not compute")
         return probabilities, (np.concatenate(gate) if gate and scope.has_gate(self.meta) else None)
 
     def assess(self, batch, sources: Sequence[str | Source], reasons: Sequence[str | None] | None = None,

@@ -32,12 +32,12 @@ def decode_input(source: str | os.PathLike | bytes, image_size: int, fit: str, *
     """One file (or its bytes) as the model's input: ``(uint8 (S, S) pixels, None)``, or with the reason the
     scope rules refuse it: ``(None, reason)`` for a DICOM header they refuse with ``scope_check`` on (never
     decoded), ``(pixels, reason)`` otherwise. Raises :class:`ImageReadError` for what cannot be decoded and
-    for what is not a radiograph (blank, colour picture)."""
+    for what is not a radiograph (blank, colour picture, a few grey levels, near-flat)."""
     reason = scope.file_reason(source)
     if reason is not None and scope_check:
         return None, reason
     pixels = read_radiograph(source, image_size, fit, name=name)  # type: ignore[arg-type]
-    return pixels, reason or scope.pixel_reason(pixels)
+    return pixels, reason
 
 
 class DecodedFile(NamedTuple):

@@ -8,7 +8,8 @@ The contract of a pneumoscan ONNX file (written by :func:`pneumoscan.serving.exp
   standardisation is inside the graph.
 - outputs ``logit`` ``(N, 1)`` and ``probability`` ``(N, 1)`` = ``sigmoid(logit / temperature)``; a model with a
   scope gate also ``scope`` ``(N, K)`` (:func:`scope_columns`): the distance to the training radiographs'
-  features and the log-probability of each orientation (:mod:`pneumoscan.models.scope`, read by
+  features, the log-probability of each orientation and, for a gate with the kind probe, of each kind of
+  image: K = 13 (7 for a gate without the kind probe; :mod:`pneumoscan.models.scope_meta`, read by
   :mod:`pneumoscan.inference.scope`).
 - ``metadata_props``: ``pneumoscan`` holds the full :class:`~pneumoscan.models.ModelMeta` JSON; readable
   keys (``image_size``, ``fit``, ``resize``, ``grey``, ``scale``, ``outputs``, ``threshold``, ...) repeat
@@ -88,7 +89,24 @@ def load_onnx(path: str | os.PathLike, device: str | None = None, threads: int |
     if LOGIT_OUTPUT not in backend.outputs:
         raise ModelFileError(f"{path}: ONNX model has no '{LOGIT_OUTPUT}' output (has {backend.outputs}); "
                              "re-export it with 'pneumoscan export'")
+    _check_scope_output(backend, meta, path)
     return Classifier(backend, meta)
+
+
+def _check_scope_output(backend: OnnxBackend, meta: ModelMeta, path: Path) -> None:
+    """A graph whose metadata describes a scope gate has its ``scope`` output, as wide as the gate's."""
+    from pneumoscan.models.scope_meta import output_width
+
+    if not meta.scope:
+        return
+    if SCOPE_OUTPUT not in backend.outputs:
+        raise ModelFileError(f"{path}: its metadata describes a scope gate but the graph has no '{SCOPE_OUTPUT}' "
+                             "output; re-export it with 'pneumoscan export'")
+    shape = next(o.shape for o in backend.session.get_outputs() if o.name == SCOPE_OUTPUT)
+    width = shape[-1] if shape else None
+    if isinstance(width, int) and width != output_width(meta.scope):
+        raise ModelFileError(f"{path}: its '{SCOPE_OUTPUT}' output has {width} columns, its metadata describes "
+                             f"{output_width(meta.scope)}; re-export it with 'pneumoscan export'")
 
 
 def read_onnx_meta(props: dict[str, str], path: str | os.PathLike = "<onnx>") -> ModelMeta:
@@ -123,16 +141,17 @@ def resize_text(meta: ModelMeta) -> str:
 
 def scope_columns(meta: ModelMeta) -> list[str]:
     """What each column of the ``scope`` output holds, from the model's own gate statistics
-    (``ModelMeta.scope``): its ``columns`` when it lists them, else the distance and one log-probability
-    per orientation of ``orientations``. Empty for a model without a gate."""
+    (``ModelMeta.scope``, :mod:`pneumoscan.models.scope_meta`): the distance, one log-probability per
+    orientation, then one per kind of image for a gate with the kind probe. Empty for a model without a gate."""
+    from pneumoscan.models.scope_meta import ORIENTATIONS, kinds_of
+
     gate = meta.scope or {}
     if not gate:
         return []
-    if isinstance(gate.get("columns"), list):
-        return [str(c) for c in gate["columns"]]
-    return ["distance to the training radiographs' features (Mahalanobis; refused above "
-            f"{float(gate.get('distance_threshold', float('nan'))):.2f})"] + [
-        f"log p({name})" for name in gate.get("orientations", [])]
+    return (["distance to the training radiographs' features (Mahalanobis; refused above "
+             f"{float(gate.get('distance_threshold', float('nan'))):.2f})"]
+            + [f"log p({name})" for name in ORIENTATIONS]
+            + [f"log p(kind: {name})" for name in kinds_of(gate)])
 
 
 def input_contract(meta: ModelMeta) -> dict[str, object]:

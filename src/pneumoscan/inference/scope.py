@@ -7,14 +7,17 @@
    names a lateral or other non-frontal view, or whose PhotometricInterpretation cannot be a radiograph's.
    Only what a file states is held against it (a JPEG says nothing); the DICOM node also requires the
    chest to be named (``require_chest``), as a PACS sends every body part.
-2. **Degenerate pixels** (:func:`pixel_reason`), before the network: a handful of grey levels (one bright
-   pixel on black), or a near-flat image. Blank images, colour pictures and NaN or infinite values are
-   refused by decoding (:mod:`pneumoscan.data.radiograph`, :mod:`pneumoscan.data.image`).
-3. **What the pixels look like** (:func:`gate_reason`), from the gate every trained model carries
+2. **What the pixels look like** (:func:`gate_reason`), from the gate every trained model carries
    (:mod:`pneumoscan.models.scope`): the Mahalanobis distance of the network's penultimate features to the
-   training radiographs', and an orientation probe that refuses a radiograph rotated by 90, 180 or 270
-   degrees, mirrored top-bottom or inverted. Both thresholds keep 99.5 % of held-out training radiographs.
-   A model saved without a gate skips this step (:data:`NO_GATE_NOTE`).
+   training radiographs'; a kind probe that refuses what is not one frontal chest radiograph filling the
+   image (a viewer's screenshot, several radiographs in one image, one lung, a small radiograph on a
+   canvas, a page of text); and an orientation probe that refuses a radiograph clearly rotated by 90, 180
+   or 270 degrees, mirrored top-bottom or inverted. Each threshold keeps 99.8 % of held-out training
+   radiographs. A model saved without a gate skips this step (:data:`NO_GATE_NOTE`).
+
+Pixels that hold no radiograph at all (blank, a colour picture, a handful of grey levels, near-flat, NaN
+or infinite values) are refused before any of this by decoding, for every entry point alike and whatever
+the scope check (:mod:`pneumoscan.data.radiograph`, :mod:`pneumoscan.data.image`).
 
 An image out of scope gets no probability and no label: its row's ``error`` says ``out of scope: <reason>``
 with its score. With the check off (``--no-scope-check``, ``scope_check=False``) it is scored, and its
@@ -56,14 +59,6 @@ FRONTAL_VIEW_CODES = {"R-10214": "postero-anterior", "R-10206": "antero-posterio
 # Pseudo-colour cannot hold a radiograph. RGB and YBR can (a grey radiograph saved in colour by a secondary
 # capture): they are decoded to grey and left to the learned check.
 PHOTOMETRIC_NOT_RADIOGRAPH = ("PALETTE COLOR",)
-
-# A decoded model input with fewer grey levels than this is a drawing or a dot on black, not a radiograph
-# (training radiographs: 138 or more at 128 px).
-MIN_GREY_LEVELS = 32
-# Near-flat: this share of pixels within FLAT_LEVELS of the median (training radiographs: at most 0.58, with padding).
-MAX_FLAT_SHARE = 0.9
-FLAT_LEVELS = 4
-
 
 class OutOfScopeError(ImageReadError):
     """The image decodes but is not a frontal chest radiograph the model was made for; the message says why."""
@@ -178,54 +173,52 @@ def _header_of(fh) -> str | None:
     return header_reason(ds)
 
 
-# -- 2. degenerate pixels ------------------------------------------------------------------------------------
-def pixel_reason(pixels: np.ndarray) -> str | None:
-    """Why the decoded model input ``pixels`` (uint8 (S, S)) cannot be a radiograph, or None."""
-    values = np.asarray(pixels)
-    counts = np.bincount(values.ravel(), minlength=256)
-    levels = int(np.count_nonzero(counts))
-    if levels < MIN_GREY_LEVELS:
-        return f"only {levels} grey levels (a radiograph has over {MIN_GREY_LEVELS * 4}); a drawing, a mask or a dot on black"
-    # The median and the share near it from the histogram: the same figures as np.median, without a sort.
-    below = np.cumsum(counts)
-    middle = np.searchsorted(below, [(values.size - 1) // 2, values.size // 2], side="right")
-    median = int(middle.sum()) // 2
-    flat = float(counts[max(0, median - FLAT_LEVELS): median + FLAT_LEVELS + 1].sum() / values.size)
-    if flat > MAX_FLAT_SHARE:
-        return f"near-flat: {flat:.0%} of the pixels within {FLAT_LEVELS} grey levels of one value"
-    return None
-
-
-# -- 3. the learned gate -------------------------------------------------------------------------------------
+# -- 2. the learned gate -------------------------------------------------------------------------------------
 def has_gate(meta: Any) -> bool:
     scope = getattr(meta, "scope", None) or {}
     return "distance_threshold" in scope and "orientation_threshold" in scope
 
 
+# What to send instead, by the rule that refused: advice that fits what was sent.
+SEND_RADIOGRAPH = "send one frontal chest radiograph, as the scanner or PACS exports it"
+SEND_WHOLE = "send the radiograph itself, alone and filling the image (its DICOM, or the image exported from the viewer)"
+SEND_UPRIGHT = "send the upright, non-inverted radiograph"
+
+
 def gate_reason(meta: Any, output: np.ndarray) -> str | None:
-    """Why the gate's ``output`` for one image ((1 + orientations,): the distance, then each orientation's
-    log-probability) puts it out of scope, or None."""
+    """Why the gate's ``output`` for one image (the distance, each orientation's log-probability, then each
+    kind's: :mod:`pneumoscan.models.scope_meta`) puts it out of scope, or None. One reason, the first rule
+    that refuses: unlike the training radiographs (with the likeliest kind when the kind probe has one), not
+    one frontal radiograph filling the frame, not upright; the advice fits that reason."""
+    from pneumoscan.models.scope_meta import ORIENTATIONS, kinds_of, output_width, refusals
+
     scope = meta.scope
-    orientations = list(scope.get("orientations") or ["upright"])
-    distance, logp = float(output[0]), np.asarray(output[1:], np.float64)
-    reasons = []
-    limit = float(scope["distance_threshold"])
-    if not np.isfinite(distance) or distance > limit:
-        reasons.append(f"unlike the training radiographs (scope distance {distance:.1f}, "
-                       f"{distance / limit:.2f} x the threshold {limit:.1f})")
-    upright, floor = float(logp[0]), float(scope["orientation_threshold"])
-    if not np.isfinite(upright) or upright < floor:
-        which = int(np.argmax(logp)) if np.isfinite(logp).all() else 0
-        likeliest = orientations[which] if which < len(orientations) else "not upright"
-        shown = "not upright" if which == 0 else f"looks {likeliest}"
-        reasons.append(f"{shown} (p(upright) {np.exp(upright):.3f}, threshold {np.exp(floor):.3f}); "
-                       "give the upright, non-inverted radiograph")
-    return "; ".join(reasons) or None
+    values = np.asarray(output, np.float64).reshape(-1)
+    if len(values) != output_width(scope):
+        raise ValueError(f"the scope gate gave {len(values)} values per image, its metadata describes {output_width(scope)}")
+    refused = {rule: bool(hit[0]) for rule, hit in refusals(values[None], scope).items()}
+    kinds = kinds_of(scope)
+    kind_logp = values[1 + len(ORIENTATIONS):]
+    likeliest = kinds[1 + int(np.argmax(kind_logp[1:]))] if kinds and np.isfinite(kind_logp).all() else None
+    if refused["distance"]:
+        distance, limit = float(values[0]), float(scope["distance_threshold"])
+        looks = f"; looks like {likeliest}" if likeliest and refused.get("kind") else ""
+        return (f"unlike the training radiographs (scope distance {distance:.1f}, {distance / limit:.2f} x the "
+                f"threshold {limit:.1f}){looks}; {SEND_RADIOGRAPH}")
+    if refused.get("kind"):
+        return (f"looks like {likeliest or 'something else'}, not one frontal chest radiograph filling the image "
+                f"(p {np.exp(kind_logp[0]):.3f}, threshold {np.exp(float(scope['kind_threshold'])):.3f}); {SEND_WHOLE}")
+    if refused["orientation"]:
+        logp = values[1:1 + len(ORIENTATIONS)]
+        which = 1 + int(np.argmax(logp[1:])) if np.isfinite(logp).all() else 0
+        shown = f"looks {ORIENTATIONS[which]}" if which else "not upright"
+        return f"{shown} (p(upright) {np.exp(logp[0]):.3f}, p({ORIENTATIONS[which]}) {np.exp(logp[which]):.3f}); {SEND_UPRIGHT}"
+    return None
 
 
 # -- fitting a model's gate ----------------------------------------------------------------------------------
 def fit_scope(model_path: str | os.PathLike, data: str | os.PathLike, *, out: str | os.PathLike | None = None,
-              images: int = 3000, held_out: int = 800, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+              images: int = 3000, held_out: int = 1500, seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Fit the scope gate of the model at ``model_path`` on the training radiographs of ``data`` and save
     the model with it (``out``: another folder; default: in place). Returns the ``ModelMeta.scope`` entry.
 
@@ -250,14 +243,13 @@ def fit_scope(model_path: str | os.PathLike, data: str | os.PathLike, *, out: st
     return scope
 
 
-def fit_model_scope(model: Any, meta: Any, paths: list, *, images: int = 3000, held_out: int = 800, seed: int = 0,
+def fit_model_scope(model: Any, meta: Any, paths: list, *, images: int = 3000, held_out: int = 1500, seed: int = 0,
                     progress: bool = False) -> dict[str, Any]:
     """Fit and attach the gate of ``model`` (in memory) from the training images ``paths``; returns the
     ``ModelMeta.scope`` entry (the caller saves the model with it)."""
     from pneumoscan.data.image import read_image
 
-    order = np.random.default_rng(seed).permutation(len(paths))
-    chosen = [paths[i] for i in order[: images + held_out]]
+    chosen = [paths[i] for i in fit_choice(len(paths), images, held_out, seed)]
     decoded = []
     for path in chosen:
         try:
@@ -267,10 +259,15 @@ def fit_model_scope(model: Any, meta: Any, paths: list, *, images: int = 3000, h
         if progress and len(decoded) % 500 == 0:
             print(f"scope gate: {len(decoded)} of {len(chosen)} training images decoded", flush=True)
     pixels = np.stack(decoded) if decoded else np.zeros((0, meta.image_size, meta.image_size), np.uint8)
-    return fit_scope_on_pixels(model, pixels, images=images, held_out=held_out, seed=seed)
+    return fit_scope_on_pixels(model, pixels, fit=meta.fit, images=images, held_out=held_out, seed=seed)
 
 
-def fit_scope_on_pixels(model: Any, pixels: np.ndarray, *, images: int = 3000, held_out: int = 800,
+def fit_choice(count: int, images: int, held_out: int, seed: int) -> np.ndarray:
+    """Which of ``count`` training images :func:`fit_model_scope` reads (the others the gate never sees)."""
+    return np.random.default_rng(seed).permutation(count)[: images + held_out]
+
+
+def fit_scope_on_pixels(model: Any, pixels: np.ndarray, *, fit: str, images: int = 3000, held_out: int = 1500,
                         seed: int = 0) -> dict[str, Any]:
     """:func:`fit_model_scope` for training images already decoded (uint8 (N, S, S), the model's input):
     ``held_out`` of them (fewer when there are not ``images`` more: at least a fifth) set the thresholds,
@@ -280,7 +277,7 @@ def fit_scope_on_pixels(model: Any, pixels: np.ndarray, *, images: int = 3000, h
     order = np.random.default_rng(seed).permutation(len(pixels))
     n_held = min(held_out, max(len(pixels) - images, len(pixels) // 5))
     fit_part, held_part = order[n_held : n_held + images], order[:n_held]
-    gate, info = fit_gate(model, pixels[np.sort(fit_part)], pixels[np.sort(held_part)])
+    gate, info = fit_gate(model, pixels[np.sort(fit_part)], pixels[np.sort(held_part)], fit=fit, seed=seed)
     attach(model, gate.to(next(model.parameters()).device))
     info["seed"] = seed
     return info

@@ -127,6 +127,12 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _scope_problem(value: Any) -> str | None:
+    from pneumoscan.models.scope_meta import problem
+
+    return problem(value)
+
+
 # field -> check returning what is wrong (None when the value is fine)
 _CHECKS: dict[str, Any] = {
     "name": lambda v: None if isinstance(v, str) and v.strip() else "must be a model name",
@@ -148,9 +154,7 @@ _CHECKS: dict[str, Any] = {
     "members": lambda v: None if isinstance(v, int) and not isinstance(v, bool) and v in MEMBERS
     else f"must be a whole number of networks from {MEMBERS.start} to {MEMBERS.stop - 1}",
     "provenance": lambda v: None if isinstance(v, dict) else "must be an object",
-    "scope": lambda v: None if isinstance(v, dict) and (not v or all(
-        _is_number(v.get(k)) for k in ("distance_threshold", "orientation_threshold")))
-    else "must be empty or hold the numbers distance_threshold and orientation_threshold",
+    "scope": _scope_problem,
 }
 
 
@@ -194,7 +198,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         model = build_model(meta.name, meta.image_size, meta.members)
     except ConfigError as exc:  # a name this version does not know, a size the network cannot take
         raise ModelFileError(f"{file}: invalid pneumoscan metadata: {exc}") from None
-    from pneumoscan.models.scope import gate_for_state
+    from pneumoscan.models.scope import gate_for_state, gate_problem
 
     gate_for_state(model, state)  # a model fitted with a scope gate carries its statistics as scope.*
     try:
@@ -203,6 +207,9 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         raise ModelFileError(
             f"{file}: the weights do not fit a {meta.name!r} network at {meta.image_size}px ({reason(exc)})"
         ) from None
+    problem = gate_problem(model, meta.scope)  # a gate the metadata claims runs, or the model is refused
+    if problem:
+        raise ModelFileError(f"{file}: {problem}")
     return model.to(map_location).eval(), meta
 
 

@@ -17,6 +17,7 @@ from pneumoscan._io import atomic_write_json, atomic_write_text
 from pneumoscan.errors import ModelFileError
 from pneumoscan.inference.onnx_backend import SCOPE_OUTPUT, input_contract, output_contract
 from pneumoscan.models.artifact import ModelMeta
+from pneumoscan.models.scope_meta import describe
 from pneumoscan.provenance import DISCLAIMER, sha256_file
 from pneumoscan.runs import CARD_JSON, CARD_MARKDOWN, latest_report
 
@@ -137,13 +138,7 @@ def scope_gate(meta: ModelMeta) -> dict[str, Any]:
     if not gate:
         return {"rules": rules, "learned": None,
                 "note": "this model carries no learned scope gate: only the rules apply"}
-    learned = (
-        f"a Mahalanobis distance of the network's penultimate features to {gate.get('fitted_on', '?')} training "
-        f"radiographs (refused above {gate['distance_threshold']:.2f}), and an orientation probe on the same "
-        f"features that refuses radiographs rotated by 90, 180 or 270 degrees, mirrored top-bottom or inverted; "
-        f"both thresholds set on {gate.get('held_out', '?')} held-out training radiographs, of which together "
-        f"{100 * float(gate.get('held_out_kept', 0)):.1f} % pass"
-    )
+    learned = describe(gate)
     return {"rules": rules, "learned": learned, "statistics": gate,
             "output": "an image out of scope gets no probability and no label: 'out of scope: <reason>'; "
                       "--no-scope-check scores it anyway and marks it"}

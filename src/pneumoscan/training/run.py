@@ -280,7 +280,7 @@ def _fit_scope(network: Any, data: Any, config: TrainConfig, provenance: dict[st
     from pneumoscan.inference.scope import fit_scope_on_pixels
 
     try:
-        return fit_scope_on_pixels(network.eval(), data.train_images, seed=config.seed)
+        return fit_scope_on_pixels(network.eval(), data.train_images, fit=config.fit, seed=config.seed)
     except ConfigError as exc:
         provenance["warnings"] = [*provenance.get("warnings", []), f"no scope gate: {exc}"]
         return {}
