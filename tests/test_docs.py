@@ -68,7 +68,9 @@ def test_the_documented_server_answer_carries_the_bundled_models_threshold():
 
 
 # A row of the README's table of what `predict` answers for examples/: image, true label, probability, answer.
-EXAMPLE_ROW = re.compile(r"^\| `((?:NORMAL|PNEUMONIA)/[^`]+)` \| (NORMAL|PNEUMONIA) \| ([0-9.]+) \| (NORMAL|PNEUMONIA)\b(.*)\|$")
+# A row: image, true label, probability ("none" when refused), answer (a label, or "refused"), and a note.
+EXAMPLE_ROW = re.compile(r"^\| `((?:NORMAL|PNEUMONIA)/[^`]+)` \| (NORMAL|PNEUMONIA) \| ([0-9.]+|none) \| "
+                         r"(NORMAL|PNEUMONIA|refused)\b(.*)\|$")
 
 
 def _readme_examples() -> list[tuple[str, str, str, str, str]]:
@@ -88,14 +90,17 @@ def test_the_readme_shows_what_predict_answers_for_every_example(tmp_path):
     assert sorted(r[0] for r in rows) == examples and len(examples) >= 4
     assert main(["predict", str(ROOT / "examples"), "--out", str(tmp_path / "out.csv")]) == 0
     with open(tmp_path / "out.csv", newline="") as fh:
-        printed = {Path(r["file"]).relative_to(ROOT / "examples").as_posix(): (float(r["probability"]), r["label"])
-                   for r in csv.DictReader(fh)}
+        printed = {Path(r["file"]).relative_to(ROOT / "examples").as_posix(): r for r in csv.DictReader(fh)}
     for image, truth, shown, answer, note in rows:
         assert image.split("/")[0] == truth, image  # the dataset's own label is the folder
-        probability, label = printed[image]
+        row = printed[image]
+        if answer == "refused":  # a real radiograph the scope gate refuses is a wrong answer too
+            assert shown == "none" and row["probability"] == "" and "out of scope" in row["error"], image
+            assert "wrong" in note and row["error"].split("out of scope: ")[1].split(",")[0] in note, image
+            continue
         decimals = len(shown.split(".")[1])
-        assert abs(probability - float(shown)) <= 0.5 * 10**-decimals + 1e-9, (image, probability, shown)
-        assert label == answer, image
+        assert abs(float(row["probability"]) - float(shown)) <= 0.5 * 10**-decimals + 1e-9, (image, row, shown)
+        assert row["label"] == answer, image
         assert ("wrong" in note) == (answer != truth), image
 
 

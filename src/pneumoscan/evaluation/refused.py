@@ -23,10 +23,12 @@ def out_of_scope(members: list[Member], images: np.ndarray, samples: list, batch
     """``{index: reason}`` of the images that ``predict`` refuses as out of scope: the file and pixel rules,
     then each member's learned gate (an ensemble refuses what any member refuses), as in
     :meth:`~pneumoscan.inference.Classifier.predict`. ``images``: the decoded model inputs, uint8 (N, S, S)."""
+    from pneumoscan.data.radiograph import pixel_problem
     from pneumoscan.inference import scope
 
     names = [str(s.path) for s in samples]
-    rules = [scope.file_reason(s.path) or scope.pixel_reason(pixels) for s, pixels in zip(samples, images, strict=True)]
+    # predict reports pixels that hold no radiograph as unreadable: here they are refused with that reason
+    rules = [scope.file_reason(s.path) or pixel_problem(pixels) for s, pixels in zip(samples, images, strict=True)]
     found = {i: reason for i, reason in enumerate(rules) if reason}
     for member in members:
         rows = member.classifier.with_scope_check(True).assess(images, names, rules, batch_size)
