@@ -24,3 +24,12 @@ def random_run(folder: Path, name: str, size: int, fit: str = "pad") -> Path:
     save_model(folder, build_model(name, size), ModelMeta(name=name, image_size=size, fit=fit, version=__version__,
                                                           run_id="bench-random-weights"))
     return folder
+
+
+def resident_mib(pid: int) -> float:
+    """The resident memory of process ``pid`` (VmRSS), MiB (NaN once it has ended)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return float("nan")
+    return next((int(line.split()[1]) / 1024 for line in lines if line.startswith("VmRSS:")), float("nan"))

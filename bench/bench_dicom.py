@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import orthanc  # noqa: E402
-from _common import default_architecture, random_run  # noqa: E402
+from _common import default_architecture, random_run, resident_mib  # noqa: E402
 from helpers import chest_dicoms  # noqa: E402
 
 AIM_IPS, AIM_P99_S = 40.0, 1.0
@@ -173,8 +173,16 @@ def main() -> int:
                     failures.append(ds.SOPInstanceUID)
             assoc.release()
 
+        memory: list[tuple[int, float]] = []  # (instances answered, the node's resident MiB)
+
+        def sample_memory() -> None:
+            while not done.is_set() and node.poll() is None:
+                memory.append((len(answered), resident_mib(node.pid)))
+                time.sleep(1.0)
+
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
+        threading.Thread(target=sample_memory, daemon=True).start()
         start = time.monotonic()
         senders = [threading.Thread(target=send, args=(datasets[i::args.associations],))
                    for i in range(args.associations)]
@@ -205,6 +213,10 @@ def main() -> int:
     if last in stored:
         print(f"last instance answered -> its SR stored in Orthanc: {stored[last] - answered[last]:.3f} s")
     print(f"C-STORE failures: {len(failures)}; SRs missing in Orthanc: {missing}")
+    early = [mib for count, mib in memory if count >= len(datasets) // 10]
+    if early:
+        print(f"node resident memory: {early[0]:,.0f} MiB once {len(datasets) // 10} instances were answered, "
+              f"{memory[-1][1]:,.0f} MiB at the end (largest {max(m for _, m in memory):,.0f} MiB)")
     return 0 if not failures and not missing else 1
 
 

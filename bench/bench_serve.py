@@ -3,6 +3,8 @@
     .venv/bin/python bench/bench_serve.py                    # the figures of docs/benchmarks.md: 30 s, 8 clients
     .venv/bin/python bench/bench_serve.py --seconds 5        # a quick check
     .venv/bin/python bench/bench_serve.py --model runs/latest --workers 2
+    .venv/bin/python bench/bench_serve.py --model src/pneumoscan/bundled/model.onnx --explain --seconds 120
+                                                             # a 2-minute flood of Grad-CAM requests: memory
 
 The server runs as its own process, started exactly as a user starts it (`python -m pneumoscan serve`).
 Without --model it serves the ONNX export of the default training architecture at its default size,
@@ -33,7 +35,7 @@ sys.path.insert(0, str(REPO / "src"))
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _common import default_architecture, random_run  # noqa: E402
+from _common import default_architecture, random_run, resident_mib  # noqa: E402
 
 AIM_RPS, AIM_P99_MS = 50.0, 250.0
 
@@ -77,7 +79,7 @@ def start_server(model: Path, port: int, args: argparse.Namespace, log: Path) ->
     sys.exit(f"bench_serve: the server was not ready after 180 s:\n{log.read_text()}")
 
 
-def load(url: str, images: list[tuple[str, bytes]], clients: int, seconds: float) -> dict:
+def load(url: str, images: list[tuple[str, bytes]], clients: int, seconds: float, path: str = "/v1/predict") -> dict:
     """``clients`` threads send images back to back for ``seconds``; latencies of successful requests."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: Counter[str] = Counter()
@@ -94,7 +96,7 @@ def load(url: str, images: list[tuple[str, bytes]], clients: int, seconds: float
                 i += clients
                 sent = time.perf_counter()
                 try:
-                    response = http.post("/v1/predict", files={"file": (name, data, "image/jpeg")})
+                    response = http.post(path, files={"file": (name, data, "image/jpeg")})
                     code = response.status_code
                 except httpx.HTTPError as exc:
                     code = type(exc).__name__
@@ -139,8 +141,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
     parser.add_argument("--workers", type=int, default=1, help="server worker processes")
     parser.add_argument("--max-concurrency", type=int, default=2, help="server inference threads per worker")
+    parser.add_argument("--explain", action="store_true", help="ask for the Grad-CAM overlay with every answer "
+                        "(?explain=true), and print the server's resident memory after warm-up and at the end")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args()
+    path = "/v1/predict?explain=true" if args.explain else "/v1/predict"
 
     images = real_images(args.data, args.images)
     with tempfile.TemporaryDirectory(prefix="pneumoscan-bench-serve-") as tmp:
@@ -160,8 +165,10 @@ def main() -> None:
             with httpx.Client(base_url=url, timeout=10) as http:
                 serving = http.get("/v1/model").json()["serving"]
             if args.warmup > 0:
-                load(url, images, args.clients, args.warmup)
-            figures = load(url, images, args.clients, args.seconds)
+                load(url, images, args.clients, args.warmup, path)
+            memory = [resident_mib(server.pid)]
+            figures = load(url, images, args.clients, args.seconds, path)
+            memory.append(resident_mib(server.pid))
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -169,13 +176,15 @@ def main() -> None:
     conditions = {
         "model": serving["model"], "backend": serving["backend"], "file": serving["file"],
         "workers": args.workers, "max_concurrency": args.max_concurrency, "clients": args.clients,
-        "images": len(images), "cpu_cores": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+        "images": len(images), "explain": args.explain, "cpu_cores": os.cpu_count(), "machine": platform.processor() or platform.machine(),
         "python": platform.python_version(),
     }
     print(f"conditions: {json.dumps(conditions)}")
     print(f"{figures['requests_ok']} requests in {figures['seconds']} s: {figures['requests_per_s']} requests/s; "
           f"latency p50 {figures['p50_ms']} ms, p90 {figures['p90_ms']} ms, p99 {figures['p99_ms']} ms, "
           f"max {figures['max_ms']} ms; errors {figures['errors']} {figures['errors_by_kind'] or ''}")
+    figures["server_rss_mib"] = {"after_warmup": round(memory[0], 1), "at_end": round(memory[1], 1)}
+    print(f"server resident memory: {memory[0]:,.0f} MiB after the warm-up, {memory[1]:,.0f} MiB at the end")
     met = (figures["requests_per_s"] >= AIM_RPS and figures["p99_ms"] is not None
            and figures["p99_ms"] <= AIM_P99_MS and figures["errors"] == 0)
     print(f"aim (>= {AIM_RPS:g} requests/s, p99 <= {AIM_P99_MS:g} ms, 0 errors): {'met' if met else 'NOT met'}")
