@@ -137,11 +137,11 @@ def refit_scope(data: Path, work: Path, out: Path, reuse: bool = False) -> int:
     from pneumoscan.bundled import CARD_JSON, CARD_MARKDOWN, META_JSON, ONNX_FILE, WEIGHTS_FILE
     from pneumoscan.bundled.card import packaged, portable, render_bundled_markdown
     from pneumoscan.inference import load
-    from pneumoscan.inference.scope import fit_scope
+    from pneumoscan.inference.model_card import OUT_OF_SCOPE, scope_gate
     from pneumoscan.models.scope_meta import output_text
     from pneumoscan.provenance import sha256_file
     from pneumoscan.serving.export import export_onnx
-    from pneumoscan.serving.model_card import OUT_OF_SCOPE, scope_gate
+    from pneumoscan.training.scope_fit import fit_scope
 
     started = time.perf_counter()
     folder = work / "scope"

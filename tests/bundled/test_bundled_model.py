@@ -161,7 +161,7 @@ def test_a_run_given_first_is_the_model_and_a_run_alone_is_refused(tmp_path, cap
 def test_serve_with_no_model_serves_the_bundled_one_with_its_card():
     from pneumoscan.cli import build_parser
     from pneumoscan.serving.app import load_served
-    from pneumoscan.serving.model_card import served_card
+    from pneumoscan.serving.responses import served_card
 
     assert build_parser().parse_args(["serve"]).model is None  # the command accepts no MODEL
     served = load_served(BUNDLED_DIR)

@@ -100,7 +100,7 @@ def test_a_dicom_of_another_modality_gets_no_probability_and_the_override_scores
 # -- the learned check ---------------------------------------------------------------------------------------
 def test_a_model_with_a_gate_carries_it_in_its_file_and_both_backends_compute_it_alike(gated_run, tmp_path):
     from pneumoscan.models import load_model
-    from pneumoscan.models.scope import gate_of
+    from pneumoscan.models.scope_gate import gate_of
 
     model, meta = load_model(gated_run)
     assert gate_of(model) is not None and meta.scope["distance_threshold"] > 0

@@ -57,10 +57,10 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitiv
     import pneumoscan
     from pneumoscan.data import load_dataset
     from pneumoscan.evaluation.calibration_sample import describe, listed, site_sample
+    from pneumoscan.inference.model_card import write_model_card
     from pneumoscan.inference.model_files import resolve_model
     from pneumoscan.models import save_model
     from pneumoscan.runs import CALIBRATION_JSON, CALIBRATION_README, calibrated_folder, find_run, split_file
-    from pneumoscan.serving.model_card import write_model_card
 
     files = resolve_model(model)  # `default` names the bundled model there
     network, meta = files.load_network("calibrate")  # an ONNX model's PyTorch weights: the new version is one
