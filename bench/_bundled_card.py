@@ -3,8 +3,8 @@ a newcomer needs to trust or distrust it: the files' hashes, test figures with p
 intervals, the operating point and how it was chosen, the training data, how it was built, and the
 probabilities of a few reference images (which ``tests/bundled`` re-computes from the shipped files).
 
-Used by ``bench/build_default_model.py``; reading the card needs only
-``pneumoscan.inference.resolve_model().read_card()``.
+A build tool of ``bench/build_default_model.py``, kept out of the package: the package ships the card it
+writes (``pneumoscan.bundled``), and reading it needs only ``pneumoscan.inference.resolve_model().read_card()``.
 """
 
 from __future__ import annotations
