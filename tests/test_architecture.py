@@ -123,6 +123,10 @@ def _upward(module: str, path: Path) -> list[str]:
                 continue
             target = f"{ROOT}.inference"  # `import pneumoscan` to call `pneumoscan.load`
         layer = _layer(target)
+        if not {layer, own} <= set(LAYER_OF):
+            found.append(f"{module} (line {line}) imports {target}: {({layer, own} - set(LAYER_OF)).pop()} is in "
+                         "no layer")
+            continue
         if layer == own or LAYER_OF[layer] < LAYER_OF[own]:
             continue
         where = "above" if LAYER_OF[layer] > LAYER_OF[own] else "beside"

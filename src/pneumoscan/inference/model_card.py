@@ -1,5 +1,6 @@
-"""The model card written beside every exported model: what the model is for, what it was trained and
-measured on, how to feed it, and what it must not be used for. JSON for tools, Markdown for people.
+"""The model card written beside a model's files (by ``export``, ``calibrate`` and the bundled model's build;
+read back as ``Classifier.card``): what the model is for, what it was trained and measured on, how to feed
+it, and what it must not be used for. JSON for tools, Markdown for people.
 
 Figures come from the model's own metadata (validation metrics, threshold, operating points) and, when
 the run has been evaluated, from the newest ``RUN/reports/*/report.json`` (read defensively: a missing or
