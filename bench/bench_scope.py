@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 def unused_training(root: Path, scope: dict) -> list[str]:
     """The training radiographs of ``root`` that fitting the gate of ``scope`` never read (in scope)."""
     from pneumoscan.data import load_dataset
-    from pneumoscan.inference.scope import fit_choice
+    from pneumoscan.training.scope_fit import fit_choice
 
     if not scope or not (root / "train").is_dir():
         return []
@@ -114,7 +114,7 @@ def compare(model: str | None, groups: dict[str, Path], inside: dict[str, Path],
 
     from pneumoscan.data.image import read_image
     from pneumoscan.inference import resolve_model
-    from pneumoscan.models.scope import features_of, fit_gate
+    from pneumoscan.models.scope_gate import features_of, fit_gate
     from pneumoscan.models.scope_meta import refusals
 
     start = time.perf_counter()

@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     args.data, args.work, args.out = (os.path.relpath(Path(p).resolve(), REPO) for p in (args.data, args.work, args.out))
     os.chdir(REPO)
 
+    from _bundled_card import build_bundled_card, portable, render_bundled_markdown
     from pneumoscan._io import atomic_write_json, atomic_write_text
     from pneumoscan.bundled import CARD_JSON, CARD_MARKDOWN, META_JSON, ONNX_FILE, WEIGHTS_FILE
-    from pneumoscan.bundled.card import build_bundled_card, portable, render_bundled_markdown
     from pneumoscan.evaluation import EvaluateConfig, evaluate
     from pneumoscan.serving.export import export_onnx
     from pneumoscan.training import TrainConfig, train
@@ -133,15 +133,15 @@ def refit_scope(data: Path, work: Path, out: Path, reuse: bool = False) -> int:
     every probability stay as they are (checked against the card's reference scores, with the scope check
     off: a reference image the new gate refuses is reported, its probability still checked). ``reuse``:
     the gate fitted and exported by an earlier ``--scope-only`` in the work folder."""
+    from _bundled_card import packaged, portable, render_bundled_markdown
     from pneumoscan._io import atomic_write_json, atomic_write_text
     from pneumoscan.bundled import CARD_JSON, CARD_MARKDOWN, META_JSON, ONNX_FILE, WEIGHTS_FILE
-    from pneumoscan.bundled.card import packaged, portable, render_bundled_markdown
     from pneumoscan.inference import load
-    from pneumoscan.inference.scope import fit_scope
+    from pneumoscan.inference.model_card import OUT_OF_SCOPE, scope_gate
     from pneumoscan.models.scope_meta import output_text
     from pneumoscan.provenance import sha256_file
     from pneumoscan.serving.export import export_onnx
-    from pneumoscan.serving.model_card import OUT_OF_SCOPE, scope_gate
+    from pneumoscan.training.scope_fit import fit_scope
 
     started = time.perf_counter()
     folder = work / "scope"
@@ -181,9 +181,9 @@ def reexport(data: Path, work: Path, out: Path) -> int:
     """Export the shipped ``model.safetensors`` again (the exporter checks that ONNX Runtime and PyTorch agree
     within 1e-4), evaluate the new ``model.onnx`` on ``data/test`` as ``evaluate`` does, and rewrite
     ``model.onnx`` and the card: its hashes, contract, reference scores and test figures."""
+    from _bundled_card import refresh_card, render_bundled_markdown
     from pneumoscan._io import atomic_write_json, atomic_write_text
     from pneumoscan.bundled import CARD_JSON, CARD_MARKDOWN, ONNX_FILE, WEIGHTS_FILE
-    from pneumoscan.bundled.card import refresh_card, render_bundled_markdown
     from pneumoscan.evaluation import EvaluateConfig, evaluate
     from pneumoscan.serving.export import export_onnx
 

@@ -16,7 +16,7 @@ from helpers.fake_runs import make_run
 from pneumoscan.bundled import BUNDLED_DIR, WEIGHTS_FILE
 from pneumoscan.evaluation import EvaluateConfig, evaluate, plots
 from pneumoscan.evaluation.scoring import UNRECORDED_RULE
-from pneumoscan.serving.model_card import threshold_rule
+from pneumoscan.inference.model_card import threshold_rule
 
 PER_CLASS = 30
 # Out of scope, each for a different rule: a drawing (too few grey levels) and a real radiograph upside down

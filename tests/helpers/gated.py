@@ -16,9 +16,9 @@ def make_gated_run(folder: Path) -> None:
     import torch
 
     from pneumoscan import __version__
-    from pneumoscan.inference.scope import fit_scope_on_pixels
     from pneumoscan.models import ModelMeta, build_model, save_model
     from pneumoscan.serving.export import export_onnx
+    from pneumoscan.training.scope_fit import fit_scope_on_pixels
 
     torch.manual_seed(3)
     model = build_model("mini-resnet", 64).eval()

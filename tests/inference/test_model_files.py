@@ -192,7 +192,7 @@ def test_only_a_folder_the_loader_can_load_counts_as_a_model(exported_run, tmp_p
 
 
 def test_pneumoscan_models_says_onnx_only_for_an_export_the_loader_uses(exported_run, tmp_path):
-    from pneumoscan.models.catalog import list_models
+    from pneumoscan.inference.catalog import list_models
 
     runs_dir = tmp_path / "runs"
     run = shutil.copytree(exported_run, runs_dir / "run")

@@ -16,7 +16,6 @@ from PIL import Image
 import pneumoscan
 from helpers.gated import pictures as make_pictures
 from helpers.images import write_dicom
-from helpers.synthetic import write_synthetic_image
 from pneumoscan.cli import main
 from pneumoscan.inference import Classifier, load
 from pneumoscan.inference import scope as gate_rules
@@ -100,7 +99,7 @@ def test_a_dicom_of_another_modality_gets_no_probability_and_the_override_scores
 # -- the learned check ---------------------------------------------------------------------------------------
 def test_a_model_with_a_gate_carries_it_in_its_file_and_both_backends_compute_it_alike(gated_run, tmp_path):
     from pneumoscan.models import load_model
-    from pneumoscan.models.scope import gate_of
+    from pneumoscan.models.scope_gate import gate_of
 
     model, meta = load_model(gated_run)
     assert gate_of(model) is not None and meta.scope["distance_threshold"] > 0
@@ -231,30 +230,3 @@ def test_the_bundled_model_refuses_rotated_mirrored_and_inverted_radiographs_and
     # Turned a quarter, it is far from every training radiograph: the distance refuses it first.
     assert "unlike the training radiographs" in rows["rot90"].error
     assert "looks rotated 180 degrees" in rows["rot180"].error and "looks inverted" in rows["inverted"].error
-
-
-# -- fitting a gate for a model saved without one ------------------------------------------------------------
-def test_fit_scope_gives_an_old_model_a_gate_from_a_data_folder(tmp_path, capsys):
-    import torch
-
-    from pneumoscan.models import ModelMeta, build_model, read_meta, save_model
-
-    torch.manual_seed(0)
-    run = tmp_path / "old-run"
-    save_model(run, build_model("mini-resnet", 64), ModelMeta(name="mini-resnet", image_size=64, run_id="old"))
-    assert load(run).scope_note is not None
-    for i in range(110):
-        write_synthetic_image(tmp_path / "data" / "train" / ("NORMAL", "PNEUMONIA")[i % 2] / f"IM-{i:04d}-0001.png",
-                          i % 2, seed=i)
-    assert main(["fit-scope", str(run), str(tmp_path / "data"), "--images", "50", "--held-out", "20"]) == 0
-    assert "keep" in capsys.readouterr().out
-    meta = read_meta(run)
-    assert meta.scope["fitted_on"] == 50 and meta.scope["held_out"] == 20 and load(run).scope_note is None
-    assert load(run).predict(str(tmp_path / "data" / "train" / "NORMAL" / "IM-0000-0001.png"))[0].probability is not None
-
-    small = tmp_path / "small"
-    for i in range(30):
-        write_synthetic_image(small / "train" / "NORMAL" / f"IM-{i:04d}-0001.png", 0, seed=i)
-        write_synthetic_image(small / "train" / "PNEUMONIA" / f"IM-{i:04d}-0002.png", 1, seed=i)
-    assert main(["fit-scope", str(run), str(small)]) == 2
-    assert "the scope gate needs at least 50 training images" in capsys.readouterr().err

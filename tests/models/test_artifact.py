@@ -139,7 +139,7 @@ def test_an_undefined_validation_metric_is_left_out_not_stored_as_nan(tmp_path):
 
 
 def test_a_scope_gate_beside_the_network_loads_and_an_oversized_one_is_refused_before_building(tmp_path):
-    from pneumoscan.models.scope import ScopeGate, attach
+    from pneumoscan.models.scope_gate import ScopeGate, attach
 
     original = _saved_model(tmp_path / "good")
     meta = read_meta(tmp_path / "good")

@@ -81,8 +81,8 @@ def test_a_torn_or_foreign_report_never_breaks_the_model_card(run):
     _report(run, "torn", '{"metrics": {"auroc": 0.9', age=0)
     _report(run, "list", "[1, 2, 3]", age=10)
     assert latest_report(run) == (None, None)
+    from pneumoscan.inference.model_card import build_model_card
     from pneumoscan.models import read_meta
-    from pneumoscan.serving.model_card import build_model_card
 
     card = build_model_card(read_meta(run), run)
     assert card["metrics"]["evaluation"] is None and card["metrics"]["note"]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from pneumoscan.inference.model_card import threshold_rule
 from pneumoscan.models.artifact import ModelMeta
-from pneumoscan.serving.model_card import threshold_rule
 
 
 def _meta(rule: str, temperature: float = 1.0) -> ModelMeta:
@@ -27,7 +27,7 @@ def test_a_stale_exports_model_card_is_not_served_for_the_retrained_model(export
 
     from pneumoscan.models import build_model, read_meta, save_model
     from pneumoscan.serving.app import load_served
-    from pneumoscan.serving.model_card import served_card
+    from pneumoscan.serving.responses import served_card
 
     run = tmp_path / "run"
     shutil.copytree(exported_run, run)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from helpers.synthetic import write_synthetic_image
 from pneumoscan.models import build_model
-from pneumoscan.models.scope import gate_of
+from pneumoscan.models.scope_gate import gate_of
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.run import _fit_scope
 

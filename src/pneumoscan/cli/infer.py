@@ -253,7 +253,7 @@ def run_explain(args) -> int:
 
 def run_fit_scope(args) -> int:
     from pneumoscan.errors import ConfigError
-    from pneumoscan.inference.scope import fit_scope
+    from pneumoscan.training.scope_fit import fit_scope
 
     if args.images < 50 or args.held_out < 20:
         raise ConfigError("--images must be at least 50 and --held-out at least 20")

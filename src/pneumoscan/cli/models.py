@@ -16,7 +16,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from pneumoscan.models.catalog import list_models
+    from pneumoscan.inference.catalog import list_models
     from pneumoscan.provenance import DISCLAIMER
 
     entries = list_models(args.runs)

@@ -54,13 +54,13 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitiv
     operating points, ``model.json``, ``calibration.json`` (with the sample's images, which ``evaluate``
     leaves out), a model card and a README. The original file is only read.
     """
-    import pneumoscan
     from pneumoscan.data import load_dataset
     from pneumoscan.evaluation.calibration_sample import describe, listed, site_sample
+    from pneumoscan.inference import load
+    from pneumoscan.inference.model_card import write_model_card
     from pneumoscan.inference.model_files import resolve_model
     from pneumoscan.models import save_model
     from pneumoscan.runs import CALIBRATION_JSON, CALIBRATION_README, calibrated_folder, find_run, split_file
-    from pneumoscan.serving.model_card import write_model_card
 
     files = resolve_model(model)  # `default` names the bundled model there
     network, meta = files.load_network("calibrate")  # an ONNX model's PyTorch weights: the new version is one
@@ -71,7 +71,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitiv
     if not samples:
         raise DatasetError(f"{data}: no labelled images to calibrate on")
     # The scope check as `predict` applies it: an image the model would not score is not fitted on.
-    trusted = site_sample(data, samples, pneumoscan.load(source), split_file(origin) if origin else None)
+    trusted = site_sample(data, samples, load(source), split_file(origin) if origin else None)
     kept = trusted.samples
     if not kept:
         raise DatasetError(f"{data}: none of the {len(samples)} images can be used "

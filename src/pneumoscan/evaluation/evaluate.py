@@ -99,7 +99,7 @@ def evaluate(config: EvaluateConfig) -> EvaluationResult:
     split; images that cannot be decoded are skipped and listed in the report; images the scope gate
     refuses (as ``predict`` does) are counted, named and kept out of the metrics.
     """
-    import pneumoscan
+    from pneumoscan.inference import load
 
     if not config.models:
         raise ConfigError("evaluate: give at least one run folder or model file")
@@ -107,7 +107,7 @@ def evaluate(config: EvaluateConfig) -> EvaluationResult:
         raise ConfigError(f"--bootstrap must be at least 1, not {config.bootstrap}")
     if not 0 < config.level < 1:
         raise ConfigError(f"--level must be between 0 and 1, not {config.level}")
-    loaded = [(m, pneumoscan.load(m, device=config.device)) for m in config.models]
+    loaded = [(m, load(m, device=config.device)) for m in config.models]
     # The bundled model (`default`) is no run: its reports go to its own folder, runs/default.
     members = [Member(Path(m), c.files.run_folder if c.files.bundled else find_run(m), c) for m, c in loaded]
     metas = [m.classifier.meta for m in members]

@@ -9,18 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from pneumoscan.errors import DatasetError
-
-OPERATING_POINTS: dict[str, str] = {
-    "youden": "maximises Youden's J (sensitivity + specificity - 1) on validation",
-    "youden-median": "median over 200 bootstrap resamples of validation of the middle (in logit space) "
-                     "of the score gap where Youden's J is maximal",
-    "sens95": "highest threshold with sensitivity >= 0.95 on validation",
-    "sens95-median": "median over 200 bootstrap resamples of validation of the highest threshold with "
-                     "sensitivity >= 0.95",
-    "spec95": "lowest threshold with specificity >= 0.95 on validation",
-    "balanced": "probability 0.5 of a model trained class-balanced: the decision that weighs "
-                "both classes equally, set by the training loss rather than by any validation image",
-}
+from pneumoscan.models.artifact import OPERATING_POINTS
 
 # The point that no data chooses: 0.5 on the (temperature-scaled, which keeps 0.5) probability.
 BALANCED_THRESHOLD = 0.5

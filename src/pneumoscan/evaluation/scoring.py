@@ -37,7 +37,7 @@ class Member:
 def point_rules(members: list[Member], metas: list) -> dict[str, str]:
     """How each operating point was chosen; the stored threshold's rule as the model's metadata records it
     (the training's rule on validation, or a site calibration), so no renderer describes a default."""
-    from pneumoscan.serving.model_card import threshold_rule
+    from pneumoscan.inference.model_card import threshold_rule
 
     rules = [threshold_rule(meta) or UNRECORDED_RULE for meta in metas]
     if len(members) == 1:

@@ -27,7 +27,7 @@ class TorchBackend:
 
     def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(logits (N,), the scope gate's output (N, K) or None for a model without one), one pass."""
-        from pneumoscan.models.scope import logit_and_scope
+        from pneumoscan.models.scope_gate import logit_and_scope
 
         with self.torch.inference_mode():
             logits, scope = logit_and_scope(self.model, self.torch.from_numpy(batch).to(self.device))

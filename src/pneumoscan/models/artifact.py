@@ -31,9 +31,22 @@ CHECKPOINT_PREFIX = "model."  # the LightningModule holds the network as ``self.
 # need gigabytes before its weights are even read.
 IMAGE_SIZES = range(8, 1025)
 MEMBERS = range(1, 33)  # networks in an ensemble: each costs a full network's memory and time
+# The operating points a model file stores (``ModelMeta.operating_points``; the threshold is one of them,
+# by the training's rule) and how each is chosen, in the words of reports and model cards.
+OPERATING_POINTS: dict[str, str] = {
+    "youden": "maximises Youden's J (sensitivity + specificity - 1) on validation",
+    "youden-median": "median over 200 bootstrap resamples of validation of the middle (in logit space) "
+                     "of the score gap where Youden's J is maximal",
+    "sens95": "highest threshold with sensitivity >= 0.95 on validation",
+    "sens95-median": "median over 200 bootstrap resamples of validation of the highest threshold with "
+                     "sensitivity >= 0.95",
+    "spec95": "lowest threshold with specificity >= 0.95 on validation",
+    "balanced": "probability 0.5 of a model trained class-balanced: the decision that weighs "
+                "both classes equally, set by the training loss rather than by any validation image",
+}
 
-__all__ = ["META_KEY", "MODEL_FILE", "ModelMeta", "read_checkpoint", "find_model_file", "load_model",
-           "read_meta", "run_folder_of", "save_model"]
+__all__ = ["META_KEY", "MODEL_FILE", "OPERATING_POINTS", "ModelMeta", "read_checkpoint", "find_model_file",
+           "load_model", "read_meta", "run_folder_of", "save_model"]
 
 
 @dataclass
@@ -53,7 +66,7 @@ class ModelMeta:
     temperature: float = 1.0  # logits are divided by this before the sigmoid (temperature scaling)
     members: int = 1  # an ensemble of this many networks in one model (mean logit)
     provenance: dict[str, Any] = field(default_factory=dict)  # config, versions, git commit, data hash
-    # The scope gate's thresholds and how they were fitted (models.scope); empty: the model has no gate.
+    # The scope gate's thresholds and how they were fitted (models.scope_gate); empty: the model has no gate.
     scope: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -198,7 +211,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         model = build_model(meta.name, meta.image_size, meta.members)
     except ConfigError as exc:  # a name this version does not know, a size the network cannot take
         raise ModelFileError(f"{file}: invalid pneumoscan metadata: {exc}") from None
-    from pneumoscan.models.scope import gate_for_state, gate_problem
+    from pneumoscan.models.scope_gate import gate_for_state, gate_problem
 
     gate_for_state(model, state)  # a model fitted with a scope gate carries its statistics as scope.*
     try:
@@ -225,7 +238,7 @@ def _check_weights(file: Path, meta: ModelMeta, shapes: dict[str, tuple[int, ...
     except Exception as exc:  # noqa: BLE001 - a size the network cannot take
         raise ModelFileError(f"{file}: invalid pneumoscan metadata: a {meta.name!r} network cannot be built at "
                              f"{meta.image_size}px ({reason(exc)})") from None
-    from pneumoscan.models.scope import gate_shapes
+    from pneumoscan.models.scope_gate import gate_shapes
 
     expected = {**expected, **gate_shapes(shapes)}  # a scope gate's statistics travel beside the network
     what = (f"{file}: the weights do not fit a {meta.name!r} network at {meta.image_size}px with "

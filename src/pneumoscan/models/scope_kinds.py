@@ -1,6 +1,6 @@
 """What users send by mistake instead of one frontal chest radiograph, made from radiographs.
 
-The scope gate's kind probe (:mod:`pneumoscan.models.scope`) learns these kinds from training radiographs
+The scope gate's kind probe (:mod:`pneumoscan.models.scope_gate`) learns these kinds from training radiographs
 turned into them, and ``bench/bench_scope.py`` measures it on kinds made from test radiographs: a
 screenshot of a viewer (the radiograph in a dark frame with toolbars, side panels, thumbnails and
 overlay text), several radiographs in one image (2 side by side, 2 x 2, 3 x 3), one lung (the left or

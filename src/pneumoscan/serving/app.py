@@ -42,7 +42,6 @@ from pneumoscan.inference.rows import Source
 from pneumoscan.provenance import DISCLAIMER
 from pneumoscan.serving.explainer import Explainer, ExplainUnavailable
 from pneumoscan.serving.middleware import DeclaredSizeLimit, SecurityHeaders
-from pneumoscan.serving.model_card import served_card
 from pneumoscan.serving.options import (
     DEFAULT_MAX_BATCH_FILES,
     DEFAULT_MAX_CONCURRENCY,
@@ -57,6 +56,7 @@ from pneumoscan.serving.responses import (
     Explanation,
     PredictResponse,
     error_doc,
+    served_card,
 )
 
 log = logging.getLogger("pneumoscan.serving")

@@ -47,6 +47,7 @@ def export_onnx(model_path: str | os.PathLike | None, out_path: str | os.PathLik
     """
     import torch
 
+    from pneumoscan.inference.model_card import write_model_card
     from pneumoscan.inference.model_files import resolve_model
     from pneumoscan.inference.onnx_backend import (
         INPUT_NAME,
@@ -56,8 +57,7 @@ def export_onnx(model_path: str | os.PathLike | None, out_path: str | os.PathLik
         onnx_metadata,
     )
     from pneumoscan.models import load_model
-    from pneumoscan.models.scope import gate_of
-    from pneumoscan.serving.model_card import write_model_card
+    from pneumoscan.models.scope_gate import gate_of
 
     if str(model_path).lower().endswith(".onnx"):
         raise ModelFileError(f"{model_path}: already an ONNX model; export from the run folder or .safetensors")
@@ -175,7 +175,7 @@ def _with_probability(model, temperature: float):
     with a scope gate, the gate's output from the same pass."""
     from torch import nn
 
-    from pneumoscan.models.scope import logit_and_scope
+    from pneumoscan.models.scope_gate import logit_and_scope
 
     class LogitAndProbability(nn.Module):
         def __init__(self) -> None:

@@ -4,13 +4,21 @@ what only an HTTP answer has (the echoed file name, the backend, the latency, a 
 
 from __future__ import annotations
 
+import logging
 import typing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, create_model
 
+from pneumoscan.errors import ModelFileError
+from pneumoscan.inference.model_card import build_model_card
 from pneumoscan.inference.rows import COLUMNS, Prediction
 from pneumoscan.provenance import DISCLAIMER
+
+if TYPE_CHECKING:
+    from pneumoscan.inference import Classifier
+
+log = logging.getLogger("pneumoscan.serving")
 
 # What OpenAPI says of the schema's columns; a column without a line here is documented by its name.
 _DESCRIBED = {
@@ -87,3 +95,24 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def served_card(classifier: Classifier) -> dict[str, Any]:
+    """The model card for ``GET /v1/model``: the one written for the model (``classifier.card``) when there
+    is one, else one built the same way from its metadata (and its run's reports); always with the
+    disclaimer and a ``serving`` section (what is served and how, which the page reads)."""
+    try:
+        card = classifier.card
+    except ModelFileError as exc:
+        log.warning("%s; serving a card built from the model's metadata", exc)
+        card = None
+    meta, files = classifier.meta, classifier.files
+    card = dict(card) if card is not None else build_model_card(meta, files.run_folder if files else None)
+    card.setdefault("disclaimer", DISCLAIMER)
+    card["serving"] = {
+        "model": meta.name,
+        "version": meta.version,
+        "file": files.path.name if files else None,  # the name only: the server's folders are nobody's business
+        "backend": classifier.backend_name,
+        "threshold": float(meta.threshold),
+        "explain": classifier.explainable,
+    }
+    return card

@@ -277,7 +277,7 @@ def _log_order(path: Path) -> int:
 def _fit_scope(network: Any, data: Any, config: TrainConfig, provenance: dict[str, Any]) -> dict[str, Any]:
     """The scope gate of the trained network, fitted on its training images (attached to ``network``);
     empty, with a warning in the provenance, when there are too few images or the network has no linear head."""
-    from pneumoscan.inference.scope import fit_scope_on_pixels
+    from pneumoscan.training.scope_fit import fit_scope_on_pixels
 
     try:
         return fit_scope_on_pixels(network.eval(), data.train_images, fit=config.fit, seed=config.seed)

@@ -1,5 +1,6 @@
-"""The model card written beside every exported model: what the model is for, what it was trained and
-measured on, how to feed it, and what it must not be used for. JSON for tools, Markdown for people.
+"""The model card written beside a model's files (by ``export``, ``calibrate`` and the bundled model's build;
+read back as ``Classifier.card``): what the model is for, what it was trained and measured on, how to feed
+it, and what it must not be used for. JSON for tools, Markdown for people.
 
 Figures come from the model's own metadata (validation metrics, threshold, operating points) and, when
 the run has been evaluated, from the newest ``RUN/reports/*/report.json`` (read defensively: a missing or
@@ -8,23 +9,16 @@ unfamiliar report leaves the card without test figures, and says so).
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pneumoscan._io import atomic_write_json, atomic_write_text
-from pneumoscan.errors import ModelFileError
 from pneumoscan.inference.onnx_backend import SCOPE_OUTPUT, input_contract, output_contract
-from pneumoscan.models.artifact import ModelMeta
+from pneumoscan.models.artifact import OPERATING_POINTS, ModelMeta
 from pneumoscan.models.scope_meta import describe
 from pneumoscan.provenance import DISCLAIMER, sha256_file
 from pneumoscan.runs import CARD_JSON, CARD_MARKDOWN, latest_report
-
-if TYPE_CHECKING:
-    from pneumoscan.inference import Classifier
-
-log = logging.getLogger("pneumoscan.serving")
 
 INTENDED_USE = (
     "Research, teaching and engineering: reproducing and comparing pneumonia classifiers on public chest "
@@ -90,29 +84,6 @@ def build_model_card(meta: ModelMeta, run_folder: str | os.PathLike | None = Non
     }
     if onnx_file is not None and Path(onnx_file).is_file():
         card["files"] = {"onnx": Path(onnx_file).name, "onnx_sha256": sha256_file(onnx_file)}
-    return card
-
-
-def served_card(classifier: Classifier) -> dict[str, Any]:
-    """The model card for ``GET /v1/model``: the one written for the model (``classifier.card``) when there
-    is one, else one built the same way from its metadata (and its run's reports); always with the
-    disclaimer and a ``serving`` section (what is served and how, which the page reads)."""
-    try:
-        card = classifier.card
-    except ModelFileError as exc:
-        log.warning("%s; serving a card built from the model's metadata", exc)
-        card = None
-    meta, files = classifier.meta, classifier.files
-    card = dict(card) if card is not None else build_model_card(meta, files.run_folder if files else None)
-    card.setdefault("disclaimer", DISCLAIMER)
-    card["serving"] = {
-        "model": meta.name,
-        "version": meta.version,
-        "file": files.path.name if files else None,  # the name only: the server's folders are nobody's business
-        "backend": classifier.backend_name,
-        "threshold": float(meta.threshold),
-        "explain": classifier.explainable,
-    }
     return card
 
 
@@ -250,8 +221,6 @@ def render_markdown(card: dict[str, Any]) -> str:
 
 def threshold_rule(meta: ModelMeta) -> str | None:
     """Where the stored threshold came from: a site calibration, or the rule applied to validation."""
-    from pneumoscan.evaluation.operating import OPERATING_POINTS
-
     calibration = meta.provenance.get("calibration")
     if isinstance(calibration, dict):
         lines = calibration.get("summary")  # versions calibrated before it existed state their rule only

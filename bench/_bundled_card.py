@@ -3,8 +3,8 @@ a newcomer needs to trust or distrust it: the files' hashes, test figures with p
 intervals, the operating point and how it was chosen, the training data, how it was built, and the
 probabilities of a few reference images (which ``tests/bundled`` re-computes from the shipped files).
 
-Used by ``bench/build_default_model.py``; reading the card needs only
-``pneumoscan.inference.resolve_model().read_card()``.
+A build tool of ``bench/build_default_model.py``, kept out of the package: the package ships the card it
+writes (``pneumoscan.bundled``), and reading it needs only ``pneumoscan.inference.resolve_model().read_card()``.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def build_bundled_card(folder: str | os.PathLike, report: dict[str, Any], *, rec
     its evaluation on the official test half; reference images are paths relative to ``shared_root``."""
     import pneumoscan
     from pneumoscan.bundled import ONNX_FILE
-    from pneumoscan.serving.model_card import build_model_card
+    from pneumoscan.inference.model_card import build_model_card
 
     folder, shared_root = Path(folder), Path(shared_root)
     onnx = pneumoscan.load(folder / ONNX_FILE)
@@ -71,7 +71,7 @@ def build_bundled_card(folder: str | os.PathLike, report: dict[str, Any], *, rec
     card["files"] = shipped_files(folder)
     card["scope"] = SCOPE
     card["training_data"] = {**TRAINING_DATA, **card["training_data"]}
-    from pneumoscan.serving.model_card import threshold_rule
+    from pneumoscan.inference.model_card import threshold_rule
 
     points = report["operating_points"]
     rule = str(recipe.get("threshold_rule", "youden"))
@@ -120,7 +120,7 @@ def refresh_card(card: dict[str, Any], folder: str | os.PathLike, shared_root: s
     with both backends; the test figures and the build's recipe are kept (the weights are the same)."""
     import pneumoscan
     from pneumoscan.bundled import ONNX_FILE
-    from pneumoscan.serving.model_card import build_model_card
+    from pneumoscan.inference.model_card import build_model_card
 
     folder = Path(folder)
     meta = pneumoscan.load(folder / ONNX_FILE).meta
@@ -203,7 +203,7 @@ def packaged(card: dict[str, Any]) -> dict[str, Any]:
 
 def render_bundled_markdown(card: dict[str, Any]) -> str:
     """The card for people: the export card's sections plus operating point, build and reference scores."""
-    from pneumoscan.serving.model_card import render_markdown
+    from pneumoscan.inference.model_card import render_markdown
 
     base = render_markdown(card)
     head, _, tail = base.partition("## Limitations")
