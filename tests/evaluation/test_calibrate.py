@@ -224,7 +224,8 @@ def test_calibrate_cli_refuses_a_one_class_sample_naming_the_data(tiny_run, tiny
 def test_the_bundled_model_is_calibrated_into_runs_default_and_listed(shared_data, tmp_path, monkeypatch, capsys):
     sample = tmp_path / "site.csv"
     test = shared_data / "chest_xray" / "test"
-    files = _first_patients(test / "NORMAL", 20) + _first_patients(test / "PNEUMONIA", 20)
+    # 22 a class: the gate refuses a tightly framed one (IM-0001-0001), and calibrate needs 20 patients a class
+    files = _first_patients(test / "NORMAL", 22) + _first_patients(test / "PNEUMONIA", 22)
     sample.write_text("path,label\n" + "".join(f"{f},{int(f.parent.name == 'PNEUMONIA')}\n" for f in files))
     monkeypatch.chdir(tmp_path)
     assert main(["calibrate", "--data", str(sample), "--bootstrap", "100"]) == 0
@@ -320,7 +321,7 @@ def test_one_radiograph_under_both_labels_is_refused(tiny_run, site, tmp_path):
         calibrate(tiny_run, _manifest(tmp_path / "s.csv", [*rows, (relabelled, 1, None)]), out=tmp_path / "v")
 
 
-def test_out_of_scope_images_are_left_out_and_listed_not_fitted(tiny_run, site, tmp_path):
+def test_images_that_hold_no_radiograph_are_left_out_and_listed_not_fitted(tiny_run, site, tmp_path):
     from PIL import Image
 
     drawing = np.zeros((256, 256), np.uint8)
@@ -333,10 +334,11 @@ def test_out_of_scope_images_are_left_out_and_listed_not_fitted(tiny_run, site, 
     result = calibrate(tiny_run, _manifest(tmp_path / "s.csv", rows + extra), out=tmp_path / "v", resamples=100)
     record = json.loads((tmp_path / "v" / "calibration.json").read_text())
     assert result.calibration.images == 80 and len(record["sample"]) == 80
-    out = record["excluded"]["out_of_scope"]
+    # Pixels that hold no radiograph are refused as predict refuses them: unreadable as radiographs.
+    out = record["excluded"]["unreadable"]
     assert out["count"] == 2 and {Path(r["path"]).name for r in out["images"]} == {"drawing.png", "drawing-2.png"}
-    assert all("out of scope: only" in r["reason"] for r in out["images"])
-    assert any("2 out of scope" in line for line in record["summary"])
+    assert all("grey levels" in r["reason"] and "not a radiograph" in r["reason"] for r in out["images"])
+    assert any("2 unreadable" in line for line in record["summary"])
 
 
 def test_the_runs_own_training_or_validation_images_are_refused_copies_included(tiny_run, tiny_data, site,
