@@ -177,11 +177,11 @@ def synthesise(images: np.ndarray, per_kind: int, size: int, fit: Fit,
 
 
 def tight(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``image`` (uint8 (S, S)) cropped to 80-95 % of each side, anywhere within it, and scaled back to S x S:
-    a radiograph framed tightly but whole, both lungs in it (the kind probe's in-scope side, beside the
-    one-lung kind's 25-50 % of the width)."""
+    """``image`` (uint8 (S, S)) cropped to 65-95 % of its width and 75-95 % of its height, anywhere within
+    it, and scaled back to S x S: a radiograph framed tightly but whole, both lungs in it, the chest wall at
+    the edges (the kind probe's in-scope side, beside the one-lung kind's 25-50 % of the width)."""
     height, width = image.shape
-    keep = rng.uniform(0.8, 0.95, 2)
+    keep = rng.uniform((0.75, 0.65), 0.95)
     h, w = max(8, int(height * keep[0])), max(8, int(width * keep[1]))
     top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
     crop = Image.fromarray(np.ascontiguousarray(image[top:top + h, left:left + w]))
