@@ -163,9 +163,9 @@ def test_the_kinds_made_for_the_probe_are_what_their_names_say():
     rng = np.random.default_rng(0)
     tile = np.tile(np.linspace(0, 255, 100, dtype=np.uint8), (120, 1))
     assert scope_kinds.grid([tile] * 4, 2, 2, rng).shape[1] >= 2 * 120
-    assert scope_kinds.one_lung([tile], rng).shape[1] <= 50  # a half at most: a tight framing is not one lung
+    assert scope_kinds.one_lung([tile], rng).shape[1] <= 45  # under a half: a tight framing is not one lung
     framed = scope_kinds.tight(tile, rng)
-    assert framed.shape == tile.shape and 0.75 * 255 <= np.ptp(framed) <= 0.95 * 255  # 80-95 % kept, scaled back
+    assert framed.shape == tile.shape and 0.55 * 255 <= np.ptp(framed) <= 0.95 * 255  # 60-95 % kept, scaled back
     small = scope_kinds.small_on_canvas([tile], rng)
     assert small.size >= 120 * 100 / 0.4**2 * 0.5
     pixels, kinds = scope_kinds.synthesise(np.stack([tile[:100]] * 3), 2, 64, "pad")

@@ -115,10 +115,10 @@ def grid(tiles: list[np.ndarray], columns: int, rows: int, rng: np.random.Genera
 
 
 def one_lung(tiles: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """The left or right part of a radiograph (25-50 % of its width), as a crop of one lung. Not wider: a
-    tightly framed radiograph of both lungs is 80 % or more of a loosely framed one's width."""
+    """The left or right part of a radiograph (25-45 % of its width), as a crop of one lung. Not wider: a
+    tightly framed radiograph of both lungs is 60 % or more of a loosely framed one's width."""
     image = tiles[0]
-    cut = int(image.shape[1] * rng.uniform(0.25, 0.5))
+    cut = int(image.shape[1] * rng.uniform(0.25, 0.45))
     part = image[:, :cut] if rng.random() < 0.5 else image[:, image.shape[1] - cut:]
     if rng.random() < 0.3:  # cropped in height too
         top = int(image.shape[0] * rng.uniform(0.0, 0.15))
@@ -177,11 +177,11 @@ def synthesise(images: np.ndarray, per_kind: int, size: int, fit: Fit,
 
 
 def tight(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``image`` (uint8 (S, S)) cropped to 65-95 % of its width and 75-95 % of its height, anywhere within
+    """``image`` (uint8 (S, S)) cropped to 60-95 % of its width and 75-95 % of its height, anywhere within
     it, and scaled back to S x S: a radiograph framed tightly but whole, both lungs in it, the chest wall at
-    the edges (the kind probe's in-scope side, beside the one-lung kind's 25-50 % of the width)."""
+    the edges (the kind probe's in-scope side, beside the one-lung kind's 25-45 % of the width)."""
     height, width = image.shape
-    keep = rng.uniform((0.75, 0.65), 0.95)
+    keep = rng.uniform((0.75, 0.6), 0.95)
     h, w = max(8, int(height * keep[0])), max(8, int(width * keep[1]))
     top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
     crop = Image.fromarray(np.ascontiguousarray(image[top:top + h, left:left + w]))
@@ -191,13 +191,13 @@ def tight(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def augment(images: np.ndarray, seed: int = 0) -> np.ndarray:
     """Mild, realistic variants of radiographs (uint8 (N, S, S)): a few degrees of rotation, zoom from
     0.85 to 1.1, shifts, a left-right flip, contrast, gamma, blur or noise; what a real upload varies by.
-    Half of them are framed tightly instead (:func:`tight`), as many exports crop to the lungs."""
+    Three in four are framed tightly instead (:func:`tight`), as many exports crop to the lungs."""
     rng = np.random.default_rng(seed)
     out = []
     for image in images:
         pil = Image.fromarray(image)
         size = pil.width
-        if rng.random() < 0.5:
+        if rng.random() < 0.75:
             canvas = Image.fromarray(tight(image, rng))
         else:
             zoom = rng.uniform(0.85, 1.1)
