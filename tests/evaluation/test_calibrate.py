@@ -224,7 +224,7 @@ def test_calibrate_cli_refuses_a_one_class_sample_naming_the_data(tiny_run, tiny
 def test_the_bundled_model_is_calibrated_into_runs_default_and_listed(shared_data, tmp_path, monkeypatch, capsys):
     sample = tmp_path / "site.csv"
     test = shared_data / "chest_xray" / "test"
-    # 22 a class: the gate refuses a tightly framed one (IM-0001-0001), and calibrate needs 20 patients a class
+    # 22 a class: the gate may refuse a tightly framed radiograph, and calibrate needs 20 patients a class
     files = _first_patients(test / "NORMAL", 22) + _first_patients(test / "PNEUMONIA", 22)
     sample.write_text("path,label\n" + "".join(f"{f},{int(f.parent.name == 'PNEUMONIA')}\n" for f in files))
     monkeypatch.chdir(tmp_path)

@@ -120,7 +120,7 @@ def test_refused_images_are_counted_named_and_left_out_of_the_metrics(real_repor
     assert (scope["refused_normal"], scope["refused_pneumonia"]) == (len(refused) - pneumonia, pneumonia)
     named = {Path(item["path"]).name: item["reason"] for item in scope["images"]}
     assert set(named) == set(refused)  # exactly the images predict refuses
-    assert "grey levels" in named[DRAWING] and "not one frontal chest radiograph" in named[UPSIDE_DOWN]
+    assert "grey levels" in named[DRAWING] and "looks mirrored top-bottom" in named[UPSIDE_DOWN]  # turned: told so
     # The metrics are those of the scored images only; every decoded image's figures stand beside them.
     assert report.data["images"] == scored and sum(report.confusion_matrix["stored"].values()) == scored
     assert set(scope["all_images"]) == {"sensitivity", "specificity", "accuracy"}

@@ -143,6 +143,16 @@ def test_an_image_out_of_orientation_is_refused_with_the_orientation_it_looks_li
     turned = np.log([0.01, 0.9, 0.03, 0.02, 0.02, 0.02])  # the probe says: rotated 90 degrees
     reason = gate_rules.gate_reason(meta, np.r_[near, turned, radiograph])
     assert reason.startswith("looks rotated 90 degrees (p(upright) 0.010")
+    # Both probes refuse: the surer one names what was sent.
+    unsure_kind, sure_kind = np.log([0.1, 0.05, 0.8, 0.02, 0.02, 0.01]), np.log([0.002, 0.002, 0.99, 0.002, 0.002, 0.002])
+    upside_down = np.log([0.01, 0.02, 0.9, 0.03, 0.02, 0.02])
+    reason = gate_rules.gate_reason(meta, np.r_[near, upside_down, unsure_kind])
+    assert reason.startswith("looks rotated 180 degrees") and reason.endswith("non-inverted radiograph")
+    mirrored_maybe = np.log([0.1, 0.01, 0.01, 0.01, 0.85, 0.02])
+    assert gate_rules.gate_reason(meta, np.r_[near, mirrored_maybe, sure_kind]).startswith(
+        "looks like several radiographs in one image")
+    assert gate_rules.gate_reason(meta, np.r_[near, np.log([0.97] + [0.006] * 5), unsure_kind]).startswith(
+        "looks like several radiographs in one image")
     assert gate_rules.gate_reason(meta, np.r_[near, np.log([0.97] + [0.006] * 5), radiograph]) is None
     far = gate_rules.gate_reason(meta, np.r_[meta.scope["distance_threshold"] * 3, np.log([0.01] * 5 + [0.95]), radiograph])
     assert "unlike the training radiographs" in far and "inverted" not in far  # one reason: the first rule's

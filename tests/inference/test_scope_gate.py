@@ -142,13 +142,14 @@ def test_each_refusal_gives_one_reason_and_advice_that_fits_what_was_sent(gated_
     meta = load(gated_run).meta
     meta = replace(meta, scope={**meta.scope, "kind_threshold": float(np.log(0.5)), "orientation_margin": 1.5})
     upright, radiograph = [0.9] + [0.02] * 5, [0.9] + [0.02] * 5
-    screenshot = [0.1, 0.8, 0.04, 0.02, 0.02, 0.02]
+    screenshot = [0.01, 0.95, 0.01, 0.01, 0.01, 0.01]
     assert gate_rules.gate_reason(meta, output(meta, 0.5, upright, radiograph)) is None
     far = gate_rules.gate_reason(meta, output(meta, 3, [0.01] * 5 + [0.95], [0.05] * 5 + [0.75]))
     assert far.startswith("unlike the training radiographs") and "looks like a page of text" in far
     assert "upright" not in far and "inverted" not in far  # a text page is no radiograph to turn
     assert far.endswith(gate_rules.SEND_RADIOGRAPH)
-    kind = gate_rules.gate_reason(meta, output(meta, 0.5, [0.01, 0.95, 0.01, 0.01, 0.01, 0.01], screenshot))
+    # The orientation probe refuses too, less surely than the kind probe: the kind names it.
+    kind = gate_rules.gate_reason(meta, output(meta, 0.5, [0.1, 0.8, 0.04, 0.02, 0.02, 0.02], screenshot))
     assert kind.startswith("looks like a screenshot of a viewer, not one frontal chest radiograph filling the image")
     assert "upright" not in kind and kind.endswith(gate_rules.SEND_WHOLE)
     turned = gate_rules.gate_reason(meta, output(meta, 0.5, [0.05, 0.01, 0.9, 0.02, 0.01, 0.01], radiograph))
@@ -163,7 +164,9 @@ def test_the_kinds_made_for_the_probe_are_what_their_names_say():
     rng = np.random.default_rng(0)
     tile = np.tile(np.linspace(0, 255, 100, dtype=np.uint8), (120, 1))
     assert scope_kinds.grid([tile] * 4, 2, 2, rng).shape[1] >= 2 * 120
-    assert scope_kinds.one_lung([tile], rng).shape[1] <= 60
+    assert scope_kinds.one_lung([tile], rng).shape[1] <= 45  # under a half: a tight framing is not one lung
+    framed = scope_kinds.tight(tile, rng)
+    assert framed.shape == tile.shape and 0.55 * 255 <= np.ptp(framed) <= 0.95 * 255  # 60-95 % kept, scaled back
     small = scope_kinds.small_on_canvas([tile], rng)
     assert small.size >= 120 * 100 / 0.4**2 * 0.5
     pixels, kinds = scope_kinds.synthesise(np.stack([tile[:100]] * 3), 2, 64, "pad")

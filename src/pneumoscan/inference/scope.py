@@ -188,7 +188,10 @@ def gate_reason(meta: Any, output: np.ndarray) -> str | None:
     """Why the gate's ``output`` for one image (the distance, each orientation's log-probability, then each
     kind's: :mod:`pneumoscan.models.scope_meta`) puts it out of scope, or None. One reason, the first rule
     that refuses: unlike the training radiographs (with the likeliest kind when the kind probe has one), not
-    one frontal radiograph filling the frame, not upright; the advice fits that reason."""
+    one frontal radiograph filling the frame, not upright; the advice fits that reason. Where the kind and
+    orientation probes both refuse, the surer one (the larger lead over upright, over one radiograph) names
+    it: a radiograph sent upside down is not told it looks like several radiographs, nor a collage that it
+    looks mirrored."""
     from pneumoscan.models.scope_meta import ORIENTATIONS, kinds_of, output_width, refusals
 
     scope = meta.scope
@@ -204,12 +207,18 @@ def gate_reason(meta: Any, output: np.ndarray) -> str | None:
         looks = f"; looks like {likeliest}" if likeliest and refused.get("kind") else ""
         return (f"unlike the training radiographs (scope distance {distance:.1f}, {distance / limit:.2f} x the "
                 f"threshold {limit:.1f}){looks}; {SEND_RADIOGRAPH}")
-    if refused.get("kind"):
-        return (f"looks like {likeliest or 'something else'}, not one frontal chest radiograph filling the image "
-                f"(p {np.exp(kind_logp[0]):.3f}, threshold {np.exp(float(scope['kind_threshold'])):.3f}); {SEND_WHOLE}")
-    if refused["orientation"]:
-        logp = values[1:1 + len(ORIENTATIONS)]
+    logp = values[1:1 + len(ORIENTATIONS)]
+    if refused["orientation"] and not (refused.get("kind") and _lead(kind_logp) >= _lead(logp)):
         which = 1 + int(np.argmax(logp[1:])) if np.isfinite(logp).all() else 0
         shown = f"looks {ORIENTATIONS[which]}" if which else "not upright"
         return f"{shown} (p(upright) {np.exp(logp[0]):.3f}, p({ORIENTATIONS[which]}) {np.exp(logp[which]):.3f}); {SEND_UPRIGHT}"
+    if refused.get("kind"):
+        return (f"looks like {likeliest or 'something else'}, not one frontal chest radiograph filling the image "
+                f"(p {np.exp(kind_logp[0]):.3f}, threshold {np.exp(float(scope['kind_threshold'])):.3f}); {SEND_WHOLE}")
     return None
+
+
+def _lead(logp: np.ndarray) -> float:
+    """How much likelier a probe's likeliest refused class is than its first (upright; one radiograph), in
+    log-odds; -inf when the values are not finite (the other probe names the reason)."""
+    return float(np.max(logp[1:]) - logp[0]) if np.isfinite(logp).all() else float("-inf")

@@ -4,7 +4,7 @@ The scope gate's kind probe (:mod:`pneumoscan.models.scope_gate`) learns these k
 turned into them, and ``bench/bench_scope.py`` measures it on kinds made from test radiographs: a
 screenshot of a viewer (the radiograph in a dark frame with toolbars, side panels, thumbnails and
 overlay text), several radiographs in one image (2 side by side, 2 x 2, 3 x 3), one lung (the left or
-right half), a small radiograph (20-40 % of the side) on a black, white or grey canvas, and a page of
+right quarter to half), a small radiograph (20-40 % of the side) on a black, white or grey canvas, and a page of
 text. :func:`compose` makes one image at any resolution (the bench writes them as files);
 :func:`synthesise` makes many at the model's input size, through the model's fit, as decoding would.
 """
@@ -115,9 +115,10 @@ def grid(tiles: list[np.ndarray], columns: int, rows: int, rng: np.random.Genera
 
 
 def one_lung(tiles: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """The left or right part of a radiograph (35-60 % of its width), as a crop of one lung."""
+    """The left or right part of a radiograph (25-45 % of its width), as a crop of one lung. Not wider: a
+    tightly framed radiograph of both lungs is 60 % or more of a loosely framed one's width."""
     image = tiles[0]
-    cut = int(image.shape[1] * rng.uniform(0.35, 0.6))
+    cut = int(image.shape[1] * rng.uniform(0.25, 0.45))
     part = image[:, :cut] if rng.random() < 0.5 else image[:, image.shape[1] - cut:]
     if rng.random() < 0.3:  # cropped in height too
         top = int(image.shape[0] * rng.uniform(0.0, 0.15))
@@ -175,21 +176,37 @@ def synthesise(images: np.ndarray, per_kind: int, size: int, fit: Fit,
     return np.stack(out), np.asarray(kinds)
 
 
+def tight(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``image`` (uint8 (S, S)) cropped to 60-95 % of its width and 75-95 % of its height, anywhere within
+    it, and scaled back to S x S: a radiograph framed tightly but whole, both lungs in it, the chest wall at
+    the edges (the kind probe's in-scope side, beside the one-lung kind's 25-45 % of the width)."""
+    height, width = image.shape
+    keep = rng.uniform((0.75, 0.6), 0.95)
+    h, w = max(8, int(height * keep[0])), max(8, int(width * keep[1]))
+    top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+    crop = Image.fromarray(np.ascontiguousarray(image[top:top + h, left:left + w]))
+    return np.asarray(crop.resize((width, height), Image.Resampling.BILINEAR))
+
+
 def augment(images: np.ndarray, seed: int = 0) -> np.ndarray:
     """Mild, realistic variants of radiographs (uint8 (N, S, S)): a few degrees of rotation, zoom from
-    0.85 to 1.1, shifts, a left-right flip, contrast, gamma, blur or noise; what a real upload varies by."""
+    0.85 to 1.1, shifts, a left-right flip, contrast, gamma, blur or noise; what a real upload varies by.
+    Three in four are framed tightly instead (:func:`tight`), as many exports crop to the lungs."""
     rng = np.random.default_rng(seed)
     out = []
     for image in images:
         pil = Image.fromarray(image)
         size = pil.width
-        zoom = rng.uniform(0.85, 1.1)
-        pil = pil.rotate(rng.uniform(-8, 8), Image.Resampling.BILINEAR, fillcolor=int(rng.choice([0, image.min()])))
-        new = max(8, round(size * zoom))
-        scaled = pil.resize((new, new), Image.Resampling.BILINEAR)
-        canvas = Image.new("L", (size, size), 0)
-        shift = rng.integers(-size // 16, size // 16 + 1, 2)
-        canvas.paste(scaled, ((size - new) // 2 + int(shift[0]), (size - new) // 2 + int(shift[1])))
+        if rng.random() < 0.75:
+            canvas = Image.fromarray(tight(image, rng))
+        else:
+            zoom = rng.uniform(0.85, 1.1)
+            pil = pil.rotate(rng.uniform(-8, 8), Image.Resampling.BILINEAR, fillcolor=int(rng.choice([0, image.min()])))
+            new = max(8, round(size * zoom))
+            scaled = pil.resize((new, new), Image.Resampling.BILINEAR)
+            canvas = Image.new("L", (size, size), 0)
+            shift = rng.integers(-size // 16, size // 16 + 1, 2)
+            canvas.paste(scaled, ((size - new) // 2 + int(shift[0]), (size - new) // 2 + int(shift[1])))
         if rng.random() < 0.5:
             canvas = canvas.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if rng.random() < 0.3:
