@@ -90,14 +90,7 @@ def _tile(path: Path) -> np.ndarray:
 
 
 TILE_SIDE = 1024
-MISTAKES = {
-    "viewer screenshot": kinds.screenshot,
-    "two side by side": lambda tiles, rng: kinds.grid(tiles, 2, 1, rng),
-    "2 x 2 grid": lambda tiles, rng: kinds.grid(tiles, 2, 2, rng),
-    "3 x 3 grid": lambda tiles, rng: kinds.grid(tiles, 3, 3, rng),
-    "one lung (half)": kinds.one_lung,
-    "small radiograph on a canvas": kinds.small_on_canvas,
-}
+MISTAKES = kinds.MISTAKES
 
 
 def _dicoms(target: Path) -> None:

@@ -175,14 +175,7 @@ def test_the_kinds_made_for_the_probe_are_what_their_names_say():
 
 
 # -- the bundled model on real radiographs -------------------------------------------------------------------
-MISTAKES = {
-    "screenshot": scope_kinds.screenshot,
-    "side_by_side": lambda tiles, rng: scope_kinds.grid(tiles, 2, 1, rng),
-    "grid_2x2": lambda tiles, rng: scope_kinds.grid(tiles, 2, 2, rng),
-    "grid_3x3": lambda tiles, rng: scope_kinds.grid(tiles, 3, 3, rng),
-    "one_lung": scope_kinds.one_lung,
-    "small_on_canvas": scope_kinds.small_on_canvas,
-}
+MISTAKES = scope_kinds.MISTAKES
 
 
 def test_the_bundled_model_refuses_what_users_send_by_mistake_made_of_real_test_radiographs(shared_data, tmp_path):

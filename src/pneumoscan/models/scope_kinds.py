@@ -153,6 +153,15 @@ def text_page(_: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
 
 
 _MAKERS = {KINDS[1]: screenshot, KINDS[2]: collage, KINDS[3]: one_lung, KINDS[4]: small_on_canvas, KINDS[5]: text_page}
+# The mistakes the benches and tests make of radiographs the gate never saw, one maker per named layout.
+MISTAKES = {
+    "viewer screenshot": screenshot,
+    "two side by side": lambda tiles, rng: grid(tiles, 2, 1, rng),
+    "2 x 2 grid": lambda tiles, rng: grid(tiles, 2, 2, rng),
+    "3 x 3 grid": lambda tiles, rng: grid(tiles, 3, 3, rng),
+    "one lung (half)": one_lung,
+    "small radiograph on a canvas": small_on_canvas,
+}
 
 
 def compose(kind: str, tiles: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
