@@ -70,6 +70,8 @@ def test_the_ece_interval_holds_its_estimate_and_reaches_the_truth_on_calibrated
         assert ece.low <= ece.value <= ece.high, ece
         assert 0 <= ece.value < ece.plug_in  # corrected downward, never below 0
         reaches_0 += ece.low == 0
+    print(f"percentile interval missed the plug-in in {datasets - percentile_holds} of {datasets}; "
+          f"the bias-corrected interval reached 0 in {reaches_0} of {datasets}")  # the figures of docs/evaluation.md
     assert percentile_holds < datasets and percentile_reaches_0 == 0  # why the plug-in's interval was replaced
     assert reaches_0 >= datasets // 2  # measured: 28 of 40 (documented in docs/evaluation.md)
 

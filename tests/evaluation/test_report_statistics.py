@@ -82,8 +82,10 @@ def test_the_ece_is_defined_with_its_bins_in_every_renderer(real_report):
     for text in (html, markdown):
         assert "Expected calibration error (ECE)" in text and "equal-width bins" in text
         assert "bias-corrected" in text and "basic bootstrap interval" in text
-        for lower, upper, count in zip(bins["lower"], bins["upper"], bins["count"], strict=True):
-            assert f"[{lower:.2f}, {upper:.2f}" in text and f"| {int(count)} |" in markdown
+    for lower, upper, count in zip(bins["lower"], bins["upper"], bins["count"], strict=True):
+        if count:  # each non-empty bin's row: its edges beside its count, in both renderers
+            edge = f"[{lower:.2f}, {upper:.2f}{']' if upper >= 1 else ')'}"
+            assert f"| {edge} | {int(count)} |" in markdown and f"<td>{edge}</td><td>{int(count)}</td>" in html
 
 
 def test_the_stored_threshold_is_described_by_the_models_own_rule(real_report, tiny_data, tmp_path):

@@ -84,7 +84,7 @@ def test_a_run_with_a_teacher_trains_and_records_the_teacher(dataset, tmp_path, 
     assert meta.provenance["teacher"] == recorded and meta.image_size == 64
     # the student alone is the model: no teacher weights in its checkpoint
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    assert all(key.startswith("model.") for key in state)
+    assert state and all(key.startswith("model.") for key in state)
 
 
 def test_the_original_view_scores_each_training_image_once_before_training(dataset, tmp_path, monkeypatch):
