@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 import tempfile
 import time
@@ -32,6 +33,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
+
+from _common import resident_mib  # noqa: E402
 
 LUNG_ROWS = (0.12, 0.82)
 LUNG_COLUMNS = (0.12, 0.88)
@@ -116,11 +120,11 @@ def rss_table(classifier, data: Path, calls: int) -> None:
         for i in range(5):
             call(i)
         gc.collect()
-        before, start = _rss(), time.perf_counter()
+        before, start = resident_mib(os.getpid()), time.perf_counter()
         for i in range(1 if name.startswith("pneumoscan") else calls):
             call(i)
         gc.collect()
-        after = _rss()
+        after = resident_mib(os.getpid())
         print(f"{name:24s} {before:8.0f} -> {after:8.0f}  ({after - before:+.0f} MiB, "
               f"{(time.perf_counter() - start) / calls * 1000:.0f} ms per call)")
 
@@ -170,11 +174,6 @@ def _explain(classifier, files, calls: int):
         assert len(explain_images(classifier, chosen, out).written) == len(chosen)
 
     return call
-
-
-def _rss() -> float:
-    with open("/proc/self/status", encoding="ascii") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
 
 
 if __name__ == "__main__":

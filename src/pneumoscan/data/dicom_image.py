@@ -85,12 +85,14 @@ def _corrupt_dicom(label: str) -> Iterator[None]:
         raise ImageReadError(f"{label}: corrupt DICOM ({reason(exc)})") from None
 
 
-def _dcmread(data: bytes, label: str, stop_before_pixels: bool = False):
-    """pydicom's parse of ``data`` (not deflated), once its elements and items are counted within bounds."""
+def _dcmread(data: bytes, label: str, stop_before_pixels: bool = False, counted: bool = False):
+    """pydicom's parse of ``data`` (not deflated), once its elements and items are counted within bounds
+    (``counted``: the caller has just counted them, with the same ``stop_before_pixels``)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    _count_elements(data, label, stop_before_pixels)
+    if not counted:
+        _count_elements(data, label, stop_before_pixels)
     try:
         return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
     except (InvalidDicomError, OSError, ValueError, KeyError, EOFError, AttributeError) as exc:
@@ -117,13 +119,15 @@ def _decode(data: bytes, label: str) -> np.ndarray:
     if pixels.ndim == 3:  # RGB DICOM (secondary capture)
         return np.asarray(Image.fromarray(to_uint8(pixels)).convert("L"))
     try:
-        values = apply_modality_lut(pixels, ds)  # rescale slope / intercept (the pixels themselves without)
+        # The modality transform (rescale slope / intercept) only where its values are used: the window
+        # reads the stored values through a table (_windowed) without a whole-image copy.
         if "VOILUTSequence" in ds:
-            image = to_uint8(np.asarray(apply_voi_lut(np.asarray(values, dtype=np.float64), ds, index=0)))
+            values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+            image = to_uint8(np.asarray(apply_voi_lut(values, ds, index=0)))
         elif "WindowCenter" in ds and "WindowWidth" in ds:
             image = _windowed(pixels, ds)
         else:
-            image = to_uint8(values)  # in float32: no float64 copy of a large image
+            image = to_uint8(apply_modality_lut(pixels, ds))  # in float32: no float64 copy of a large image
     except Exception as exc:
         raise ImageReadError(f"{label}: invalid DICOM value transforms ({reason(exc)})") from None
     if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
@@ -274,7 +278,7 @@ def read_dicom_header(stream: BinaryIO, label: str) -> tuple[Dataset, bool]:
         while (pixels_at := _count_elements(data, label, stop_before_pixels=True)) is None \
                 and len(data) < MAX_DICOM_HEADER_BYTES and (more := stream.read(len(data))):
             data += more
-    return _dcmread(data, label, stop_before_pixels=True), pixels_at is not None
+    return _dcmread(data, label, stop_before_pixels=True, counted=True), pixels_at is not None
 
 
 def _is_deflated(elements: list[tuple[int, bytes, bytes]]) -> bool:

@@ -42,8 +42,8 @@ class SiteSample:
         return {kind: len(rows) for kind, rows in self.excluded.items()}
 
 
-def site_sample(data: str | os.PathLike, samples: list[Sample], classifier: Any, split_csv: Path | None,
-                hash_distance: int | None = None) -> SiteSample:
+def site_sample(data: str | os.PathLike, samples: list[Sample], classifier: Any, split_csv: Path | None
+                ) -> SiteSample:
     """The trusted part of ``samples`` (labelled) scored by ``classifier`` (a loaded
     :class:`~pneumoscan.inference.Classifier`, scope check on); ``split_csv``: the model's run's
     ``split.csv`` (None: no run to check against). Raises :class:`DatasetError` naming ``data`` for a
@@ -61,7 +61,7 @@ def site_sample(data: str | os.PathLike, samples: list[Sample], classifier: Any,
     # Duplicates among the images in scope: two drawings alike under two labels are not a labelling error.
     found = {str(s.path): r for s, r in readable}
     kept, duplicates = _distinct(data, [(s, found[str(s.path)]) for s in scored],
-                                 HASH_DISTANCE if hash_distance is None else hash_distance)
+                                 HASH_DISTANCE)
     where = {id(s): i for i, s in enumerate(scored)}
     return SiteSample(kept, probabilities[[where[id(s)] for s in kept]],
                       {"duplicates": duplicates, "out_of_scope": out_of_scope, "unreadable": unreadable + failed},

@@ -199,7 +199,8 @@ def _evaluate(config: EvaluateConfig, members: list[Member], metas: list, out: P
         bootstrap={"resamples": config.bootstrap, "seed": config.seed, "level": config.level,
                    "unit": "patient", "method": I.METHODS, "undefined_resamples": found["undefined"]},
         scope=everything,
-        calibration=_calibration(labels, raw, probs, temperature, weights, config) if temperature else None,
+        calibration=_calibration(labels, raw, found["threshold_free"], temperature, weights, config)
+        if temperature else None,
         site_calibration=_site_calibration(metas[0], labels, probs, config) if len(members) == 1 else None,
         reliability=M.calibration_bins(labels, probs, config.bins),
         models=[_describe_member(m) for m in members],
@@ -318,9 +319,9 @@ def _select(index, split: str) -> tuple[list, list[str]]:
     return labelled, notes
 
 
-def _calibration(labels, raw, calibrated, temperature, weights, config) -> dict[str, Any]:
+def _calibration(labels, raw, after, temperature, weights, config) -> dict[str, Any]:
+    """The threshold-free figures before the temperature beside ``after`` (the report's own, with it)."""
     before = I.estimates(labels, raw, {}, weights, config.level, config.bins)["threshold_free"]
-    after = I.estimates(labels, calibrated, {}, weights, config.level, config.bins)["threshold_free"]
     return {
         "temperature": temperature,
         "fitted_on": "the run's validation predictions",

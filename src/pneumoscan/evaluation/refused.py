@@ -31,6 +31,8 @@ def out_of_scope(members: list[Member], images: np.ndarray, samples: list, batch
     rules = [scope.file_reason(s.path) or pixel_problem(pixels) for s, pixels in zip(samples, images, strict=True)]
     found = {i: reason for i, reason in enumerate(rules) if reason}
     for member in members:
+        if not scope.has_gate(member.classifier.meta):  # the rules above are all it would apply
+            continue
         rows = member.classifier.with_scope_check(True).assess(images, names, rules, batch_size)
         for i, (name, row) in enumerate(zip(names, rows, strict=True)):
             if row.error and i not in found:

@@ -30,6 +30,7 @@ import numpy as np
 
 from pneumoscan.errors import DatasetError
 from pneumoscan.evaluation import metrics as M
+from pneumoscan.evaluation.intervals import clopper_pearson
 from pneumoscan.evaluation.operating import logit
 
 MIN_PER_CLASS = 20  # patients of each class a sample must hold: below it a threshold is guesswork
@@ -215,17 +216,6 @@ def smooth_sensitivity_threshold(labels: np.ndarray, scores: np.ndarray, target:
     return float(np.median(points)), (low, high)
 
 
-def clopper_pearson(k: float, n: float, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """One-sided ``confidence`` Clopper-Pearson bounds of ``k`` successes in ``n`` (the Beta quantiles, which
-    also take the fractional counts of patients weighed over their images)."""
-    from scipy.stats import beta
-
-    alpha = 1 - confidence
-    low = float(beta.ppf(alpha, k, n - k + 1)) if k > 0 else 0.0
-    high = float(beta.ppf(confidence, k + 1, n - k)) if k < n else 1.0
-    return low, high
-
-
 def _choose_threshold(labels: np.ndarray, scores: np.ndarray, own: float, estimate: float,
                       target: float, weights: np.ndarray) -> tuple[float, str, str, float, tuple[float, float]]:
     """(threshold, source, reason, pneumonia patients at own, sensitivity interval at own), in logit space."""
@@ -234,7 +224,7 @@ def _choose_threshold(labels: np.ndarray, scores: np.ndarray, own: float, estima
     positives, weight = scores[pos][order], weights[pos][order]
     n = float(weight.sum())  # pneumonia patients
     k = float(weight[positives >= own].sum())
-    at_own = clopper_pearson(k, n)
+    at_own = clopper_pearson(k, n, level=2 * CONFIDENCE - 1)  # two one-sided CONFIDENCE bounds
     shown = (f"{_count(k)} of {_count(n)} PNEUMONIA patients of the sample score at or above it (sensitivity "
              f"{k / n:.3f}, one-sided {CONFIDENCE:.0%} bounds {at_own[0]:.3f}-{at_own[1]:.3f})")
     if at_own[1] < target:

@@ -1,7 +1,7 @@
 """Explanations: heatmaps (MONAI's Grad-CAM family), the first layer's filters and feature maps of chosen layers.
 
 >>> from pneumoscan.explain import Heatmaps, explanation_picture, gradcam
->>> heat = gradcam(model, images)          # (N, S, S) in [0, 1]: evidence for PNEUMONIA (HiResCAM)
+>>> heat = gradcam(model, images)          # (N, S, S) in [0, 1]: evidence for PNEUMONIA (Grad-CAM)
 >>> maps = Heatmaps(model, 128)            # one set-up, reused for many calls (what every entry point holds)
 >>> rgb = explanation_picture(images[0], heat[0])  # RGB uint8, heatmap over the radiograph, notice if empty
 

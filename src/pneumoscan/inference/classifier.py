@@ -290,8 +290,10 @@ class Classifier:
                              self.meta.fit, workers or default_workers(), scope_check=self.scope_check)
         rows: deque[list[Prediction | None]] = deque()  # one slot per input, filled when it is scored
         pending: list[tuple[list[Prediction | None], Source, np.ndarray | None]] = []
+        images = [0]  # decoded images among the pending ones
 
         def flush() -> None:
+            images[0] = 0
             if pending:
                 scored = self.assess([x for *_, x in pending if x is not None], [s for _, s, _ in pending],
                                      batch_size=batch_size)
@@ -315,8 +317,10 @@ class Classifier:
                 except Exception as exc:  # noqa: BLE001 - a decoder bug on one image must not stop the others
                     error = f"{name}: unexpected error ({type(exc).__name__}: {exc})"
                     pending.append((slot, _source(name, source, error), None))
-            if pending[-1][2] is not None and sum(x is not None for *_, x in pending) >= batch_size:
-                flush()
+            if pending[-1][2] is not None:
+                images[0] += 1
+                if images[0] >= batch_size:
+                    flush()
             while rows and rows[0][0] is not None:
                 yield rows.popleft()[0]  # type: ignore[misc]
         flush()

@@ -103,7 +103,8 @@ def load_teacher(spec: str) -> Teacher:
     for name in names:
         try:
             # No scope gate: the teacher scores augmented training batches, never a user's file.
-            classifier = load(None if name == DEFAULT_TEACHER else name, device="cpu", scope_check=False)
+            classifier = load(None if name == DEFAULT_TEACHER else name, device="cpu", scope_check=False,
+                              backend="torch")  # its torch module is what is held: no ONNX session
             module = classifier.torch_module()
         except PneumoscanError as exc:
             raise ModelFileError(f"--teacher {name}: {exc}") from None
