@@ -117,7 +117,8 @@ def main() -> int:
     meta = Processor(model, tmp / "probe").meta
     expected = {}
     for ds in datasets:
-        sr = structured_report(ds, Prediction("", 0.5, meta.class_names[0], 0.5, meta.name, meta.version), meta)
+        sr = structured_report(ds, Prediction(file="", probability=0.5, label=meta.class_names[0], threshold=0.5,
+                                                 model=meta.name, version=meta.version), meta)
         expected[orthanc_id(sr)] = ds.SOPInstanceUID
 
     node_port = orthanc.free_port()

@@ -6,7 +6,7 @@ Every stage asks this module rather than spelling a file name itself. A run fold
     config.yaml          the resolved TrainConfig: `pneumoscan train --config` reproduces the run
     provenance.json      library versions, git commit, data manifest hash, seed, counts, skipped images
     pretrained.json      which pretrained weights were loaded (only with --pretrained)
-    split.csv            path,label,patient_id,split of every image used (a data manifest)
+    split.csv            path,label,patient_id,split,subtype of every image used (a data manifest)
     checkpoints/         best.ckpt (monitored metric) and last.ckpt (for --resume), weights-only loadable
     logs/csv, logs/tensorboard
     history.csv          one row per epoch: wall seconds, lr, loss / accuracy / AUC for train and val

@@ -59,7 +59,7 @@ def register(subparsers) -> None:
     split = dataset_command(
         "split",
         "Patient-level, class-stratified split of train (and the official val) into train/val, written as a "
-        "CSV manifest (path,label,patient_id,split) that every command accepts as ROOT.",
+        "CSV manifest (path,label,patient_id,split,subtype) that every command accepts as ROOT.",
         "pneumoscan data split ../shared/data/chest_xray --val-fraction 0.1 --seed 0 --out split.csv", _split,
     )
     split.add_argument("--val-fraction", type=float, default=defaults.VAL_FRACTION,

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from pneumoscan.data.image import ImageInfo, probe_image, read_image
     from pneumoscan.data.inspect import inspect_dataset
     from pneumoscan.data.manifest import write_manifest
-    from pneumoscan.data.records import CLASS_NAMES, DataIndex, Sample, kermany_patient_id
+    from pneumoscan.data.records import CLASS_NAMES, SUBTYPES, DataIndex, Sample, kermany_patient_id
     from pneumoscan.data.sources import load_dataset
     from pneumoscan.data.split import split_by_patient, split_dataset
     from pneumoscan.data.validate import validate_dataset
@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 _WHERE = {
     "ImageCache": "cache", "build_cache": "cache", "cache_root": "defaults", "default_data_root": "defaults",
     "download_dataset": "download", "ImageInfo": "image", "probe_image": "image", "read_image": "image",
-    "inspect_dataset": "inspect", "write_manifest": "manifest", "CLASS_NAMES": "records", "Sample": "records",
+    "inspect_dataset": "inspect", "write_manifest": "manifest", "CLASS_NAMES": "records", "SUBTYPES": "records",
+    "Sample": "records",
     "DataIndex": "records", "kermany_patient_id": "records", "load_dataset": "sources",
     "split_by_patient": "split", "split_dataset": "split", "validate_dataset": "validate",
 }
@@ -38,7 +39,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "CLASS_NAMES", "DataIndex", "ImageCache", "ImageInfo", "Sample", "build_cache", "cache_root",
+    "CLASS_NAMES", "SUBTYPES", "DataIndex", "ImageCache", "ImageInfo", "Sample", "build_cache", "cache_root",
     "default_data_root", "download_dataset", "inspect_dataset", "kermany_patient_id", "load_dataset",
     "probe_image", "read_image", "split_by_patient", "split_dataset", "validate_dataset", "write_manifest",
 ]

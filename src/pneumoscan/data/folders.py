@@ -11,7 +11,15 @@ from collections import Counter
 from pathlib import Path
 
 from pneumoscan.data.image import IMAGE_SUFFIXES
-from pneumoscan.data.records import CLASS_NAMES, SPLITS, DataIndex, Sample, kermany_patient_id, split_name
+from pneumoscan.data.records import (
+    CLASS_NAMES,
+    SPLITS,
+    DataIndex,
+    Sample,
+    kermany_patient_id,
+    kermany_subtype,
+    split_name,
+)
 from pneumoscan.errors import DatasetError
 
 _IGNORED_NAMES = {".ds_store", "__macosx", "thumbs.db", ".ipynb_checkpoints"}
@@ -35,7 +43,8 @@ def load_folders(root: Path) -> DataIndex:
     for split, class_dirs in layout.items():
         for label, class_dir in class_dirs.items():
             for path in _walk_images(class_dir, ignored):
-                samples.append(Sample(path, label, kermany_patient_id(path.stem), split))
+                samples.append(Sample(path, label, kermany_patient_id(path.stem), split,
+                                      kermany_subtype(path.stem) if label == 1 else None))
     for name, count in sorted(ignored.items()):
         notes.append(f"ignored {count} {name}")
     _check_classes(root, samples, layout)

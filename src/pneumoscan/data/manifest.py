@@ -1,9 +1,11 @@
-"""CSV manifests: ``path,label[,patient_id][,split]``, read by :func:`load_manifest`, written by
+"""CSV manifests: ``path,label[,patient_id][,split][,subtype]``, read by :func:`load_manifest`, written by
 :func:`write_manifest` (what ``pneumoscan data split`` produces and training records in ``split.csv``).
 
 Paths are relative to the manifest's folder (absolute paths are kept as they are). Labels are ``0``/``1``
 or the class names (any case); splits are ``train``/``val``/``test`` (``validation``, ``valid``, ...
-accepted); a missing patient id is taken from the file name (:func:`kermany_patient_id`).
+accepted); a missing patient id is taken from the file name (:func:`kermany_patient_id`). The optional
+``subtype`` column says ``bacterial`` or ``viral`` (``bacteria``/``virus`` accepted) for a PNEUMONIA row; an
+empty cell, or no column, leaves the subtype unknown: it is never guessed from the file name here.
 """
 
 from __future__ import annotations
@@ -14,10 +16,18 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pneumoscan._io import atomic_write_csv, csv_text
-from pneumoscan.data.records import CLASS_NAMES, DataIndex, Sample, kermany_patient_id, split_name
+from pneumoscan.data.records import (
+    CLASS_NAMES,
+    SUBTYPE_ALIASES,
+    SUBTYPES,
+    DataIndex,
+    Sample,
+    kermany_patient_id,
+    split_name,
+)
 from pneumoscan.errors import DatasetError
 
-MANIFEST_COLUMNS = ("path", "label", "patient_id", "split")
+MANIFEST_COLUMNS = ("path", "label", "patient_id", "split", "subtype")
 _LABELS = {"0": 0, "1": 1, **{name.lower(): i for i, name in enumerate(CLASS_NAMES)}}
 
 
@@ -51,7 +61,7 @@ def load_manifest(path: str | os.PathLike, *, keep_missing: bool = False):
         if not keep_missing and not file.is_file():
             missing.append(str(file))
             continue
-        samples.append(Sample(file, label, patient, split))
+        samples.append(Sample(file, label, patient, split, _subtype(row.get("subtype"), label, path, line)))
     notes = []
     if missing:
         shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
@@ -77,7 +87,7 @@ def write_manifest(samples: Iterable[Sample], path: str | os.PathLike, relative_
         except ValueError:
             shown = str(file)
         label = "" if sample.label is None else CLASS_NAMES[sample.label]
-        return [shown, label, sample.patient_id, sample.split or ""]
+        return [shown, label, sample.patient_id, sample.split or "", sample.subtype or ""]
 
     return atomic_write_csv(path, MANIFEST_COLUMNS, map(row, samples))
 
@@ -115,6 +125,18 @@ def _label(value: str | None, path: Path, line: int) -> int:
             f"{path}:{line}: unknown label {value!r}; use 0/1 or {'/'.join(CLASS_NAMES)}"
         )
     return _LABELS[key]
+
+
+def _subtype(value: str | None, label: int, path: Path, line: int) -> str | None:
+    key = (value or "").strip().lower()
+    if not key:
+        return None
+    if key not in SUBTYPE_ALIASES:
+        raise DatasetError(f"{path}:{line}: unknown subtype {value!r}; use {' or '.join(SUBTYPES)} or leave it empty")
+    if label != 1:
+        raise DatasetError(f"{path}:{line}: subtype {value!r} on a {CLASS_NAMES[label]} row; only {CLASS_NAMES[1]} "
+                           "rows have a subtype")
+    return SUBTYPE_ALIASES[key]
 
 
 def _split(value: str | None, path: Path, line: int) -> str | None:

@@ -10,6 +10,12 @@ from pathlib import Path
 CLASS_NAMES: tuple[str, str] = ("NORMAL", "PNEUMONIA")
 """Label 0 is NORMAL, label 1 is PNEUMONIA (the positive class) everywhere in pneumoscan."""
 
+SUBTYPES: tuple[str, str] = ("bacterial", "viral")
+"""The pneumonia subtypes, in the order of the subtype head's target (viral is the positive class)."""
+# What file names and manifests call them (any case); Kermany names say ``person12_bacteria_45``.
+SUBTYPE_ALIASES: dict[str, str] = {"bacterial": "bacterial", "bacteria": "bacterial", "viral": "viral",
+                                   "virus": "viral"}
+
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 # What folders and manifests call the splits (any case).
 SPLIT_ALIASES: dict[str, str] = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -27,9 +33,12 @@ class Sample:
     label: int | None  # 0 normal, 1 pneumonia, None when unknown (prediction)
     patient_id: str  # splits are made on this, never on rows
     split: str | None = None  # "train", "val" or "test" when the source says so
+    # "bacterial" or "viral" for a PNEUMONIA image whose source says which (Kermany file names, a manifest's
+    # subtype column); None when unknown, and always for NORMAL: an unknown subtype is masked, never guessed.
+    subtype: str | None = None
 
     def with_split(self, split: str | None) -> Sample:
-        return Sample(self.path, self.label, self.patient_id, split)
+        return Sample(self.path, self.label, self.patient_id, split, self.subtype)
 
 
 @dataclass
@@ -58,6 +67,13 @@ _IM = re.compile(r"(?:^|(?P<series>[a-z0-9]+)-)IM-(?P<number>\d+)-", re.IGNORECA
 def follows_kermany_naming(stem: str) -> bool:
     """Whether a file stem follows one of the Kermany numbering schemes (``person…``, ``…IM-…-``)."""
     return bool(_PERSON.search(stem) or _IM.search(stem))
+
+
+def kermany_subtype(stem: str) -> str | None:
+    """The pneumonia subtype a Kermany file name states (``person1449_bacteria_3745`` -> ``bacterial``,
+    ``person1_virus_6`` -> ``viral``), else None."""
+    match = _PERSON.search(stem)
+    return SUBTYPE_ALIASES.get((match.group(2) or "").lower()) if match else None
 
 
 def kermany_patient_id(stem: str) -> str:

@@ -81,7 +81,7 @@ def split_dataset(
 ) -> SplitResult:
     """Split the dataset at ``root`` by patient (:func:`split_by_patient`) and write the manifest ``out``.
 
-    The manifest (``path,label,patient_id,split``) is what ``load_dataset(out)`` reads back.
+    The manifest (``path,label,patient_id,split,subtype``) is what ``load_dataset(out)`` reads back.
     """
     from pneumoscan.data.manifest import write_manifest
     from pneumoscan.data.sources import load_dataset

@@ -20,9 +20,14 @@ from typing import Any
 from pneumoscan.inference import scope
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Prediction:
     """One image's result, the one schema of every output (its fields are the columns, in order).
+
+    ``subtype`` (``bacterial``, ``viral`` or ``uncertain``, see :meth:`ModelMeta.subtype_label
+    <pneumoscan.models.ModelMeta.subtype_label>`) and ``viral_probability`` (the calibrated probability that
+    the pneumonia is viral rather than bacterial) are set only for a PNEUMONIA answer of a model with a
+    subtype head; empty otherwise (NORMAL, refused, unreadable, or a model without the head).
 
     ``error`` is set, and probability and label empty, when the image could not be read or is out of
     scope (``<file>: out of scope: <reason>``, see :mod:`pneumoscan.inference.scope`). Scored with the
@@ -34,6 +39,8 @@ class Prediction:
     file: str
     probability: float | None
     label: str | None
+    subtype: str | None = None
+    viral_probability: float | None = None
     threshold: float
     model: str
     version: str
@@ -87,18 +94,19 @@ class Source:
 
 
 def result_rows(meta, sources: Sequence[Source], probabilities: Sequence[float], gate=None,
-                scope_check: bool = True) -> list[Prediction]:
+                scope_check: bool = True, viral: Sequence[float] | None = None) -> list[Prediction]:
     """The rows of ``sources``, in order: ``probabilities`` (and the scope ``gate``'s output, rows of
-    ``(K,)`` or None) are those of the sources without ``error``, in order.
+    ``(K,)`` or None, and ``viral``, the subtype head's calibrated probabilities or None) are those of the
+    sources without ``error``, in order.
 
     The label is the model's (``meta.label``, at its stored threshold); an image the rules or the
     learned gate refuse gets no probability and no label but its reason, unless ``scope_check`` is off:
-    then it is scored and marked.
+    then it is scored and marked. Only a PNEUMONIA answer carries a subtype.
     """
     scored = iter(range(len(probabilities)))
     rows = []
     for source in sources:
-        probability, error = None, source.error
+        probability, error, viral_probability = None, source.error, None
         if error is None:
             i = next(scored)
             reason = source.reason
@@ -106,11 +114,15 @@ def result_rows(meta, sources: Sequence[Source], probabilities: Sequence[float],
                 reason = scope.gate_reason(meta, gate[i])
             if reason is None or not scope_check:
                 probability = float(probabilities[i])
+                if viral is not None and meta.label(probability) == meta.class_names[1]:
+                    viral_probability = float(viral[i])
             error = None if reason is None else (scope.check_off_message(source.file, reason) if not scope_check
                                                  else scope.message(source.file, reason))
         rows.append(Prediction(
             file=source.file, probability=probability,
             label=None if probability is None else meta.label(probability),
+            subtype=None if viral_probability is None else meta.subtype_label(viral_probability),
+            viral_probability=viral_probability,
             threshold=float(meta.threshold), model=meta.name, version=meta.version, error=error,
             **{name: source.ids.get(name) for name in ID_COLUMNS},
             size=source.size, mtime_ns=source.mtime_ns,

@@ -68,6 +68,8 @@ class ModelMeta:
     provenance: dict[str, Any] = field(default_factory=dict)  # config, versions, git commit, data hash
     # The scope gate's thresholds and how they were fitted (models.scope_gate); empty: the model has no gate.
     scope: dict[str, Any] = field(default_factory=dict)
+    # The subtype head's calibration and operating point (models.subtype_meta); empty: no subtype head.
+    subtype: dict[str, Any] = field(default_factory=dict)
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -79,6 +81,13 @@ class ModelMeta:
     def label(self, probability: float) -> str:
         """The class name for a pneumonia probability: PNEUMONIA at or above the stored threshold."""
         return self.class_names[int(probability >= self.threshold)]
+
+    def subtype_label(self, viral_probability: float) -> str:
+        """``bacterial``, ``viral`` or ``uncertain`` for the head's calibrated probability of viral
+        (:func:`pneumoscan.models.subtype_meta.subtype_label`)."""
+        from pneumoscan.models.subtype_meta import subtype_label
+
+        return subtype_label(self.subtype, viral_probability)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as stored; a validation metric that was undefined (NaN: one class only) is left out,
@@ -146,6 +155,12 @@ def _scope_problem(value: Any) -> str | None:
     return problem(value)
 
 
+def _subtype_problem(value: Any) -> str | None:
+    from pneumoscan.models.subtype_meta import problem
+
+    return problem(value)
+
+
 # field -> check returning what is wrong (None when the value is fine)
 _CHECKS: dict[str, Any] = {
     "name": lambda v: None if isinstance(v, str) and v.strip() else "must be a model name",
@@ -168,6 +183,7 @@ _CHECKS: dict[str, Any] = {
     else f"must be a whole number of networks from {MEMBERS.start} to {MEMBERS.stop - 1}",
     "provenance": lambda v: None if isinstance(v, dict) else "must be an object",
     "scope": _scope_problem,
+    "subtype": _subtype_problem,
 }
 
 
