@@ -108,7 +108,7 @@ def test_a_model_with_a_gate_carries_it_in_its_file_and_both_backends_compute_it
     assert (torch_c.backend.name, onnx_c.backend.name) == ("torch", "onnxruntime")
     assert torch_c.scope_note is None and onnx_c.scope_note is None
     batch = np.stack([torch_c.preprocess(str(p)) for p in make_pictures(tmp_path).values()])
-    (t_logits, t_scope), (o_logits, o_scope) = torch_c.backend.scores(batch), onnx_c.backend.scores(batch)
+    (t_logits, t_scope, _), (o_logits, o_scope, _) = torch_c.backend.scores(batch), onnx_c.backend.scores(batch)
     assert t_scope.shape == (len(batch), 13)
     np.testing.assert_allclose(o_logits, t_logits, atol=1e-4)
     np.testing.assert_allclose(o_scope, t_scope, rtol=1e-3, atol=1e-3)

@@ -50,7 +50,7 @@ class Classifier:
 
     def __init__(self, backend, meta, scope_check: bool = True, files=None) -> None:
         # backend: .name, .logits(batch: float32 N x 1 x S x S) -> (N,), and optionally .scores(batch) ->
-        # (logits (N,), the scope gate's output (N, K) or None)
+        # (logits (N,), the scope gate's output (N, K) or None, the subtype head's viral logits (N,) or None)
         self.backend = backend
         self.meta = meta
         self.scope_check = scope_check
@@ -208,21 +208,29 @@ class Classifier:
         return self._scored(batch, batch_size, with_gate=False)[0]
 
     def _scored(self, batch: np.ndarray, batch_size: int, with_gate: bool = True
-                ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(probabilities (N,), the scope gate's output (N, K) or None) of a model-input batch, in chunks."""
+                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(probabilities (N,), the scope gate's output (N, K) or None, the calibrated viral probabilities (N,)
+        or None) of a model-input batch, in chunks."""
         scores = getattr(self.backend, "scores", None) if with_gate else None
-        logits, gate = [], []
+        logits, gate, viral = [], [], []
         for i in range(0, len(batch), batch_size):
             chunk = np.ascontiguousarray(batch[i : i + batch_size], dtype=np.float32)
-            chunk_logits, chunk_gate = scores(chunk) if scores is not None else (self.backend.logits(chunk), None)
+            chunk_logits, chunk_gate, chunk_viral = (scores(chunk) if scores is not None
+                                                     else (self.backend.logits(chunk), None, None))
             logits.append(chunk_logits)
             if chunk_gate is not None:
                 gate.append(chunk_gate)
+            if chunk_viral is not None:
+                viral.append(chunk_viral)
         z = np.concatenate(logits) if logits else np.zeros(0, np.float32)
-        probabilities = 1.0 / (1.0 + np.exp(-z / float(self.meta.temperature or 1.0)))
+        probabilities = _sigmoid(z, self.meta.temperature)
         if with_gate and logits and scope.has_gate(self.meta) and not gate:  # never the gate silently off
             raise ModelFileError(f"{self.meta.name}: its metadata describes a scope gate the model does not compute")
-        return probabilities, (np.concatenate(gate) if gate and scope.has_gate(self.meta) else None)
+        if with_gate and logits and self.meta.subtype and not viral:  # nor the subtype silently missing
+            raise ModelFileError(f"{self.meta.name}: its metadata describes a subtype head the model does not compute")
+        return (probabilities, np.concatenate(gate) if gate and scope.has_gate(self.meta) else None,
+                _sigmoid(np.concatenate(viral), self.meta.subtype["temperature"]) if viral and self.meta.subtype
+                else None)
 
     def assess(self, batch, sources: Sequence[str | Source], reasons: Sequence[str | None] | None = None,
                batch_size: int = 64) -> list[Prediction]:
@@ -243,8 +251,8 @@ class Classifier:
         if model_input is None:
             raise ImageReadError(f"a batch of shape {np.shape(batch)}; expected the model's input (N, 1, S, S) float32 "
                                  "or (N, S, S) uint8")
-        probabilities, outputs = self._scored(model_input, batch_size)
-        return result_rows(self.meta, sources, probabilities, outputs, self.scope_check)
+        probabilities, outputs, viral = self._scored(model_input, batch_size)
+        return result_rows(self.meta, sources, probabilities, outputs, self.scope_check, viral)
 
     def _model_input(self, array) -> np.ndarray | None:
         """``array`` as the network's input when it already is one (no preprocessing to do), else None."""
@@ -331,6 +339,10 @@ class Classifier:
         """The row for one image scored elsewhere (no scope gate): its label at the stored threshold, model
         name and version, from the one row maker."""
         return result_rows(self.meta, [Source(name)], [probability])[0]
+
+
+def _sigmoid(logits: np.ndarray, temperature: float | None) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits / float(temperature or 1.0)))
 
 
 def _source(name: str, image, error: str | None = None, reason: str | None = None) -> Source:

@@ -11,6 +11,9 @@ The contract of a pneumoscan ONNX file (written by :func:`pneumoscan.serving.exp
   features, the log-probability of each orientation and, for a gate with the kind probe, of each kind of
   image: K = 13 (7 for a gate without the kind probe; :mod:`pneumoscan.models.scope_meta`, read by
   :mod:`pneumoscan.inference.scope`).
+- a model with a subtype head also ``viral_logit`` ``(N, 1)`` and ``viral_probability`` ``(N, 1)`` =
+  ``sigmoid(viral_logit / subtype temperature)``: the probability that a pneumonia is viral rather than
+  bacterial (:mod:`pneumoscan.models.subtype_meta`; meaningful for PNEUMONIA answers only).
 - ``metadata_props``: ``pneumoscan`` holds the full :class:`~pneumoscan.models.ModelMeta` JSON; readable
   keys (``image_size``, ``fit``, ``resize``, ``grey``, ``scale``, ``outputs``, ``threshold``, ...) repeat
   the contract for other tools.
@@ -31,6 +34,8 @@ INPUT_NAME = "image"
 LOGIT_OUTPUT = "logit"
 PROBABILITY_OUTPUT = "probability"
 SCOPE_OUTPUT = "scope"
+VIRAL_LOGIT_OUTPUT = "viral_logit"
+VIRAL_PROBABILITY_OUTPUT = "viral_probability"
 
 
 class OnnxBackend:
@@ -63,13 +68,15 @@ class OnnxBackend:
         out = self.session.run([LOGIT_OUTPUT], {self.input: np.ascontiguousarray(batch, dtype=np.float32)})[0]
         return np.asarray(out, dtype=np.float32).reshape(-1)
 
-    def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(logits (N,), the ``scope`` output (N, K) or None for a graph without one), one run."""
-        if SCOPE_OUTPUT not in self.outputs:
-            return self.logits(batch), None
-        logits, scope = self.session.run([LOGIT_OUTPUT, SCOPE_OUTPUT],
-                                         {self.input: np.ascontiguousarray(batch, dtype=np.float32)})
-        return np.asarray(logits, dtype=np.float32).reshape(-1), np.asarray(scope, dtype=np.float32).reshape(len(batch), -1)
+    def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(logits (N,), the ``scope`` output (N, K) or None, the ``viral_logit`` output (N,) or None), one run."""
+        names = [LOGIT_OUTPUT] + [n for n in (SCOPE_OUTPUT, VIRAL_LOGIT_OUTPUT) if n in self.outputs]
+        got = dict(zip(names, self.session.run(names, {self.input: np.ascontiguousarray(batch, dtype=np.float32)}),
+                       strict=True))
+        scope, viral = got.get(SCOPE_OUTPUT), got.get(VIRAL_LOGIT_OUTPUT)
+        return (np.asarray(got[LOGIT_OUTPUT], dtype=np.float32).reshape(-1),
+                None if scope is None else np.asarray(scope, dtype=np.float32).reshape(len(batch), -1),
+                None if viral is None else np.asarray(viral, dtype=np.float32).reshape(-1))
 
     def metadata(self) -> dict[str, str]:
         return dict(self.session.get_modelmeta().custom_metadata_map)
@@ -90,6 +97,9 @@ def load_onnx(path: str | os.PathLike, device: str | None = None, threads: int |
         raise ModelFileError(f"{path}: ONNX model has no '{LOGIT_OUTPUT}' output (has {backend.outputs}); "
                              "re-export it with 'pneumoscan export'")
     _check_scope_output(backend, meta, path)
+    if meta.subtype and VIRAL_LOGIT_OUTPUT not in backend.outputs:
+        raise ModelFileError(f"{path}: its metadata describes a subtype head but the graph has no "
+                             f"'{VIRAL_LOGIT_OUTPUT}' output; re-export it with 'pneumoscan export'")
     return Classifier(backend, meta)
 
 

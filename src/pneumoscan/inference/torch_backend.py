@@ -25,11 +25,13 @@ class TorchBackend:
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.scores(batch)[0]
 
-    def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(logits (N,), the scope gate's output (N, K) or None for a model without one), one pass."""
-        from pneumoscan.models.scope_gate import logit_and_scope
+    def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(logits (N,), the scope gate's output (N, K) or None, the subtype head's viral logits (N,) or None),
+        one pass."""
+        from pneumoscan.models.subtype_head import model_outputs
 
         with self.torch.inference_mode():
-            logits, scope = logit_and_scope(self.model, self.torch.from_numpy(batch).to(self.device))
+            logits, scope, viral = model_outputs(self.model, self.torch.from_numpy(batch).to(self.device))
         return (logits.float().reshape(-1).cpu().numpy(),
-                None if scope is None else scope.float().reshape(len(batch), -1).cpu().numpy())
+                None if scope is None else scope.float().reshape(len(batch), -1).cpu().numpy(),
+                None if viral is None else viral.float().reshape(-1).cpu().numpy())

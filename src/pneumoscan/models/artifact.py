@@ -228,15 +228,18 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     except ConfigError as exc:  # a name this version does not know, a size the network cannot take
         raise ModelFileError(f"{file}: invalid pneumoscan metadata: {exc}") from None
     from pneumoscan.models.scope_gate import gate_for_state, gate_problem
+    from pneumoscan.models.subtype_head import subtype_for_state, subtype_problem
 
     gate_for_state(model, state)  # a model fitted with a scope gate carries its statistics as scope.*
+    subtype_for_state(model, state)  # and a subtype head its probe as subtype.*
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ModelFileError(
             f"{file}: the weights do not fit a {meta.name!r} network at {meta.image_size}px ({reason(exc)})"
         ) from None
-    problem = gate_problem(model, meta.scope)  # a gate the metadata claims runs, or the model is refused
+    # a gate or a head the metadata claims runs, or the model is refused
+    problem = gate_problem(model, meta.scope) or subtype_problem(model, meta.subtype)
     if problem:
         raise ModelFileError(f"{file}: {problem}")
     return model.to(map_location).eval(), meta
@@ -255,8 +258,10 @@ def _check_weights(file: Path, meta: ModelMeta, shapes: dict[str, tuple[int, ...
         raise ModelFileError(f"{file}: invalid pneumoscan metadata: a {meta.name!r} network cannot be built at "
                              f"{meta.image_size}px ({reason(exc)})") from None
     from pneumoscan.models.scope_gate import gate_shapes
+    from pneumoscan.models.subtype_head import subtype_shapes
 
-    expected = {**expected, **gate_shapes(shapes)}  # a scope gate's statistics travel beside the network
+    # a scope gate's statistics and a subtype head's probe travel beside the network
+    expected = {**expected, **gate_shapes(shapes), **subtype_shapes(shapes)}
     what = (f"{file}: the weights do not fit a {meta.name!r} network at {meta.image_size}px with "
             f"{meta.members} member{'s' if meta.members != 1 else ''} (as its metadata says)")
     missing = [key for key in expected if key not in shapes]

@@ -19,8 +19,9 @@ variants of them) against those kinds made from the same training images.
 The statistics live in the model's state dict under ``scope.*`` (inside ``model.safetensors``) and the
 thresholds in ``ModelMeta.scope``. The gate's output is (N, 1 + len(ORIENTATIONS) + len(KINDS)): the
 distance, the log-probability of each orientation, then of each kind; (N, 7) for a gate fitted before the
-kind probe (:mod:`pneumoscan.models.scope_meta`). :func:`logit_and_scope` computes both outputs in one
-pass: it is what the torch backend runs and what the ONNX export traces, so both backends agree.
+kind probe (:mod:`pneumoscan.models.scope_meta`). :func:`pneumoscan.models.subtype_head.model_outputs`
+computes the logit, the gate's output and the subtype head's in one pass: it is what the torch backend runs
+and what the ONNX export traces, so both backends agree.
 """
 
 from __future__ import annotations
@@ -92,15 +93,6 @@ def logit_and_features(model: nn.Module, images: torch.Tensor) -> tuple[torch.Te
 def gate_of(model: nn.Module) -> ScopeGate | None:
     gate = getattr(model, "scope", None)
     return gate if isinstance(gate, ScopeGate) else None
-
-
-def logit_and_scope(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(logits (N, 1), the gate's output (N, 7 or 13) or None when the model has no gate), one forward pass."""
-    gate = gate_of(model)
-    if gate is None:
-        return model(images), None
-    logits, features = logit_and_features(model, images)
-    return logits, gate(features)
 
 
 def attach(model: nn.Module, gate: ScopeGate) -> nn.Module:
@@ -204,10 +196,10 @@ def fit_gate(model: nn.Module, fit_images: np.ndarray, held_out: np.ndarray, kee
     upright = fit_features[:orientation_images]
     x = np.concatenate([upright] + [features_of(model, orient(fit_images[:orientation_images], k))
                                     for k in range(1, len(ORIENTATIONS))])
-    _set_probe(gate.orientation_weight, gate.orientation_bias, x, np.repeat(np.arange(len(ORIENTATIONS)), len(upright)))
+    fit_linear_probe(gate.orientation_weight, gate.orientation_bias, x, np.repeat(np.arange(len(ORIENTATIONS)), len(upright)))
     inside = np.concatenate([fit_features, variants])
     x = np.concatenate([inside, features_of(model, made)])
-    _set_probe(gate.kind_weight, gate.kind_bias, x, np.concatenate([np.zeros(len(inside), int), made_kinds]))
+    fit_linear_probe(gate.kind_weight, gate.kind_bias, x, np.concatenate([np.zeros(len(inside), int), made_kinds]))
     with torch.inference_mode():
         out = gate(torch.from_numpy(held)).numpy()
     distance, orientation, kind = out[:, 0], out[:, 1:1 + len(ORIENTATIONS)], out[:, 1 + len(ORIENTATIONS)]
@@ -222,13 +214,15 @@ def fit_gate(model: nn.Module, fit_images: np.ndarray, held_out: np.ndarray, kee
     return gate, info
 
 
-def _set_probe(weight: torch.Tensor, bias: torch.Tensor, x: np.ndarray, y: np.ndarray) -> None:
-    """Fit a multinomial logistic regression of ``y`` on the features ``x`` into ``weight`` (D, K) and
-    ``bias`` (K,), the features' standardisation folded into them."""
+def fit_linear_probe(weight: torch.Tensor, bias: torch.Tensor, x: np.ndarray, y: np.ndarray, c: float = 1.0,
+                     seed: int = 0) -> None:
+    """Fit a logistic regression of ``y`` on the features ``x`` into ``weight`` (D, K) and ``bias`` (K,)
+    (multinomial for K classes; K = 1 for two classes: the logit of class 1), the features'
+    standardisation folded into them; ``c``: the inverse L2 strength on the standardised features."""
     from sklearn.linear_model import LogisticRegression
 
     mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-6
-    probe = LogisticRegression(C=1.0, max_iter=3000).fit((x - mu) / sd, y)
+    probe = LogisticRegression(C=c, max_iter=3000, random_state=seed).fit((x - mu) / sd, y)
     coef = probe.coef_.T / sd[:, None]
     weight.copy_(torch.from_numpy(coef).float())
     bias.copy_(torch.from_numpy(probe.intercept_ - mu @ coef).float())

@@ -54,10 +54,13 @@ def export_onnx(model_path: str | os.PathLike | None, out_path: str | os.PathLik
         LOGIT_OUTPUT,
         PROBABILITY_OUTPUT,
         SCOPE_OUTPUT,
+        VIRAL_LOGIT_OUTPUT,
+        VIRAL_PROBABILITY_OUTPUT,
         onnx_metadata,
     )
     from pneumoscan.models import load_model
     from pneumoscan.models.scope_gate import gate_of
+    from pneumoscan.models.subtype_head import subtype_of
 
     if str(model_path).lower().endswith(".onnx"):
         raise ModelFileError(f"{model_path}: already an ONNX model; export from the run folder or .safetensors")
@@ -68,14 +71,16 @@ def export_onnx(model_path: str | os.PathLike | None, out_path: str | os.PathLik
     if out.suffix.lower() != ".onnx":
         raise ModelFileError(f"{out}: the exported model's name must end in .onnx")
 
-    wrapper = _with_probability(model, float(meta.temperature or 1.0)).eval()
+    wrapper = _with_probability(model, float(meta.temperature or 1.0),
+                                float(meta.subtype.get("temperature", 1.0))).eval()
     size = int(meta.image_size)
     example = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
     batch = torch.export.Dim("batch", min=1, max=4096)
     with _quiet():
         program = torch.onnx.export(
             wrapper, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=[LOGIT_OUTPUT, PROBABILITY_OUTPUT] + ([SCOPE_OUTPUT] if gate_of(model) is not None else []),
+            output_names=[LOGIT_OUTPUT, PROBABILITY_OUTPUT] + ([SCOPE_OUTPUT] if gate_of(model) is not None else [])
+            + ([VIRAL_LOGIT_OUTPUT, VIRAL_PROBABILITY_OUTPUT] if subtype_of(model) is not None else []),
             dynamic_shapes=({0: batch},),
             external_data=False, optimize=False, verbose=False,
         )
@@ -170,12 +175,13 @@ def _check_parity(data: bytes, wrapper, size: int, out: Path, tolerance: float =
                              f"probability (tolerance {tolerance}); please report this model")
 
 
-def _with_probability(model, temperature: float):
+def _with_probability(model, temperature: float, subtype_temperature: float = 1.0):
     """The model wrapped so that the graph returns the logit, the calibrated probability and, for a model
-    with a scope gate, the gate's output from the same pass."""
+    with a scope gate, the gate's output, and for a model with a subtype head, the viral logit and its
+    calibrated probability, all from the same pass."""
     from torch import nn
 
-    from pneumoscan.models.scope_gate import logit_and_scope
+    from pneumoscan.models.subtype_head import model_outputs
 
     class LogitAndProbability(nn.Module):
         def __init__(self) -> None:
@@ -183,10 +189,11 @@ def _with_probability(model, temperature: float):
             self.model = model
 
         def forward(self, image):
-            logit, scope = logit_and_scope(self.model, image)
-            if scope is None:
-                return logit, (logit / temperature).sigmoid()
-            return logit, (logit / temperature).sigmoid(), scope
+            logit, scope, viral = model_outputs(self.model, image)
+            outputs = [logit, (logit / temperature).sigmoid()] + ([] if scope is None else [scope])
+            if viral is not None:
+                outputs += [viral, (viral / subtype_temperature).sigmoid()]
+            return tuple(outputs)
 
     return LogitAndProbability()
 

@@ -286,6 +286,19 @@ def _fit_scope(network: Any, data: Any, config: TrainConfig, provenance: dict[st
         return {}
 
 
+def _fit_subtype(network: Any, data: Any, config: TrainConfig, provenance: dict[str, Any]) -> dict[str, Any]:
+    """The subtype head of the trained network (attached to ``network``), fitted on the training and
+    validation images whose subtype the data state; empty when they state too few, said in the provenance."""
+    from pneumoscan.training.subtype_fit import fit_subtype_on_pixels
+
+    try:
+        return fit_subtype_on_pixels(network.eval(), data.train_images, [s.subtype for s in data.train_samples],
+                                     data.val_images, [s.subtype for s in data.val_samples], seed=config.seed)
+    except ConfigError as exc:
+        provenance["notes"] = [*provenance.get("notes", []), f"no subtype head: {exc}"]
+        return {}
+
+
 def _finish(run_dir: Path, config: TrainConfig, module: Any, datamodule: Any, provenance: dict[str, Any]) -> None:
     """Best weights -> validation predictions, threshold, model file, history and curves."""
     from pneumoscan.evaluation.operating import apply_temperature
@@ -324,7 +337,8 @@ def _finish(run_dir: Path, config: TrainConfig, module: Any, datamodule: Any, pr
                       for s, p in zip(data.val_samples, probs, strict=True)))
     # The module states what a model file says about itself; here only what validation chose changes.
     meta = replace(module.meta(), threshold=threshold, operating_points=points, val_metrics=metrics,
-                   temperature=temperature, scope=_fit_scope(network, data, config, provenance))
+                   temperature=temperature, scope=_fit_scope(network, data, config, provenance),
+                   subtype=_fit_subtype(network, data, config, provenance))
     save_model(run_dir, network.to(memory_format=torch.contiguous_format), meta)
     history = read_history(sorted((run_dir / runs.LOGS).glob("csv*/metrics.csv"), key=_log_order))
     if history:
@@ -334,3 +348,6 @@ def _finish(run_dir: Path, config: TrainConfig, module: Any, datamodule: Any, pr
     atomic_write_json(run_dir / runs.PROVENANCE, provenance)
     summary = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
     print(f"run folder: {run_dir}\nvalidation (best epoch {metrics['best_epoch']}): {summary}")
+    if meta.subtype:
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in meta.subtype["val_metrics"].items())
+        print(f"subtype head, viral vs bacterial (validation pneumonia images): {shown}")
