@@ -125,5 +125,5 @@ def _assess(classifier: Classifier, images: list[np.ndarray], sources: list[Sour
             return [exc]
         log.warning("a batch of %d images failed (%s: %s); scoring them one by one", len(images),
                     type(exc).__name__, exc)
-        return [result for image, source in zip(images, sources, strict=True)
-                for result in _assess(classifier, [image], [source])]
+    return [result for image, source in zip(images, sources, strict=True)
+            for result in _assess(classifier, [image], [source])]
