@@ -34,9 +34,9 @@ def register(subparsers) -> None:
     command.add_argument("--max-batch-files", type=int, default=defaults.max_batch_files,
                          help="most files in one /v1/predict/batch request")
     command.add_argument("--max-concurrency", type=int, default=defaults.max_concurrency,
-                         help="inferences run at once per worker")
+                         help="batches of images scored at once per worker")
     command.add_argument("--max-queue", type=int, default=defaults.max_queue,
-                         help="requests that may wait for an inference thread; beyond that, 503")
+                         help="requests that may be in progress beyond --max-concurrency; beyond that, 503")
     command.add_argument("--batch-images", type=int, default=defaults.batch_images,
                          help="most images of concurrent requests scored together in one network call")
     command.add_argument("--batch-wait-ms", type=float, default=defaults.batch_wait_ms,

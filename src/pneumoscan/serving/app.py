@@ -69,7 +69,6 @@ SCOPE_CHECK_DOC = ("false: also score images the scope gate refuses (not frontal
 MULTIPART_HINT = "send the image as multipart/form-data, field 'file' (field 'files' for a batch)"
 
 
-
 def create_app(
     model: str | os.PathLike | Classifier,
     *,
@@ -97,7 +96,7 @@ def create_app(
         raise ValueError("limits must be positive (max_queue and batch_wait_ms may be 0)")
     state = _State(model, threads or inference_threads(max_concurrency))
     limit = Admission(max_concurrency, max_queue, decode_threads or decoding_threads(),
-                              MicroBatcher(batch_images, batch_wait_ms / 1000, max_concurrency))
+                      MicroBatcher(batch_images, batch_wait_ms / 1000, max_concurrency))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

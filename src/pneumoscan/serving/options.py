@@ -10,16 +10,16 @@ from pneumoscan.errors import ConfigError
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a 3,000 px 16-bit DICOM is ~18 MiB
 DEFAULT_MAX_BATCH_FILES = 16
-DEFAULT_MAX_CONCURRENCY = 2  # inference threads per worker; each also uses the backend's own threads
-DEFAULT_MAX_QUEUE = 64  # requests waiting for a thread before new ones get 503
+DEFAULT_MAX_CONCURRENCY = 2  # batches scored at once per worker; each uses the backend's own threads
+DEFAULT_MAX_QUEUE = 64  # requests in progress beyond max_concurrency before new ones get 503
 DEFAULT_BATCH_IMAGES = 32  # most images of concurrent requests scored in one network call
 # Long enough for requests arriving together to meet, short beside a batch's few ms in the network.
 DEFAULT_BATCH_WAIT_MS = 2.0
 
 
 def inference_threads(max_concurrency: int, workers: int = 1) -> int:
-    """ONNX Runtime threads per inference: the cores shared out between the inferences that run at once
-    (one ONNX Runtime pool per inference thread and per worker would otherwise oversubscribe the cores)."""
+    """ONNX Runtime threads per batch: the cores shared out between the batches scored at once (one ONNX
+    Runtime pool per batch and per worker would otherwise oversubscribe the cores)."""
     return max(1, (os.cpu_count() or 1) // (max_concurrency * workers))
 
 
