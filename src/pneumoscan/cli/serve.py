@@ -34,9 +34,13 @@ def register(subparsers) -> None:
     command.add_argument("--max-batch-files", type=int, default=defaults.max_batch_files,
                          help="most files in one /v1/predict/batch request")
     command.add_argument("--max-concurrency", type=int, default=defaults.max_concurrency,
-                         help="inferences run at once per worker")
+                         help="batches of images scored at once per worker")
     command.add_argument("--max-queue", type=int, default=defaults.max_queue,
-                         help="requests that may wait for an inference thread; beyond that, 503")
+                         help="requests that may be in progress beyond --max-concurrency; beyond that, 503")
+    command.add_argument("--batch-images", type=int, default=defaults.batch_images,
+                         help="most images of concurrent requests scored together in one network call")
+    command.add_argument("--batch-wait-ms", type=float, default=defaults.batch_wait_ms,
+                         help="longest a batch waits for more images after its first (0: only those already waiting)")
     command.add_argument("--log-level", default=defaults.log_level,
                          choices=["critical", "error", "warning", "info", "debug"], help="server log detail")
 
@@ -53,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     serve(ServeOptions(
         model=args.model, host=args.host, port=args.port, workers=args.workers,
         max_upload_mb=args.max_upload_mb, max_batch_files=args.max_batch_files,
-        max_concurrency=args.max_concurrency, max_queue=args.max_queue, log_level=args.log_level,
+        max_concurrency=args.max_concurrency, max_queue=args.max_queue, batch_images=args.batch_images,
+        batch_wait_ms=args.batch_wait_ms, log_level=args.log_level,
     ))
     return 0

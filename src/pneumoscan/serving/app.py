@@ -7,22 +7,21 @@ OpenAPI docs at ``/docs`` (served from the package: they work offline).
 Safety: request bodies are counted while they are read and refused with 413 over the limit; uploads are
 kept in memory (or in the system's temporary folder above 1 MiB, deleted with the request) and their
 names are only echoed back, never used as paths; the content is sniffed (415 when it is not an image)
-and decoded by the project's one decoder, which refuses decompression bombs (422). Inference runs in a
-bounded pool of threads, never on the event loop; beyond the queue's length requests get 503. Every
-error is JSON ``{"detail": message}``, without a stack trace.
+and decoded by the project's one decoder, which refuses decompression bombs (422). Decoding runs in a
+pool of threads and inference in batches shared by concurrent requests (:mod:`~pneumoscan.serving.batching`),
+never on the event loop; beyond the queue's length requests get 503. Every error is JSON
+``{"detail": message}``, without a stack trace.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import time
-from collections.abc import Callable
 from contextlib import asynccontextmanager
 from html import escape
 from importlib.resources import files
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import anyio
 import numpy as np
@@ -31,22 +30,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
-from PIL import Image, UnidentifiedImageError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pneumoscan import __version__
-from pneumoscan.data.image import PIL_FORMATS, is_dicom
-from pneumoscan.errors import ImageReadError, PneumoscanError
-from pneumoscan.inference import Classifier, Prediction, load
+from pneumoscan.errors import PneumoscanError
+from pneumoscan.inference import Classifier, load
 from pneumoscan.inference.rows import Source
 from pneumoscan.provenance import DISCLAIMER
+from pneumoscan.serving.batching import MicroBatcher
 from pneumoscan.serving.explainer import Explainer, ExplainUnavailable
 from pneumoscan.serving.middleware import DeclaredSizeLimit, SecurityHeaders
 from pneumoscan.serving.options import (
+    DEFAULT_BATCH_IMAGES,
+    DEFAULT_BATCH_WAIT_MS,
     DEFAULT_MAX_BATCH_FILES,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_QUEUE,
     DEFAULT_MAX_UPLOAD_BYTES,
+    decoding_threads,
     inference_threads,
 )
 from pneumoscan.serving.responses import (
@@ -58,6 +59,7 @@ from pneumoscan.serving.responses import (
     error_doc,
     served_card,
 )
+from pneumoscan.serving.scoring import Admission, prepare, prepare_item, rows_of
 
 log = logging.getLogger("pneumoscan.serving")
 
@@ -65,8 +67,6 @@ SCOPE_CHECK_DOC = ("false: also score images the scope gate refuses (not frontal
                    "marked 'scope check off' in note. true (default): such an image gets 422 'out of scope: <reason>' "
                    "(in a batch, on its row)")
 MULTIPART_HINT = "send the image as multipart/form-data, field 'file' (field 'files' for a batch)"
-
-T = TypeVar("T")
 
 
 def create_app(
@@ -77,19 +77,26 @@ def create_app(
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     max_queue: int = DEFAULT_MAX_QUEUE,
     threads: int | None = None,
+    batch_images: int = DEFAULT_BATCH_IMAGES,
+    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
+    decode_threads: int | None = None,
 ) -> FastAPI:
     """The FastAPI app serving ``model``: a path (loaded in the background at start-up, ``/readyz``
     answers 503 until it is ready; see :func:`load_served`) or a loaded :class:`Classifier`.
 
     ``max_upload_bytes`` bounds a request's whole body (a batch's files together); a batch holds at most
-    ``max_batch_files`` files; ``max_concurrency`` inferences run at once and ``max_queue`` more may wait.
-    ``threads``: ONNX Runtime's threads per inference for a model given by path (default: the cores
-    divided by ``max_concurrency``).
+    ``max_batch_files`` files; ``max_concurrency`` requests are handled at once and ``max_queue`` more may
+    wait (beyond them, 503); ``max_concurrency`` batches are scored at once, each of at most
+    ``batch_images`` images from concurrent requests, waiting at most ``batch_wait_ms`` for them
+    (:class:`~pneumoscan.serving.batching.MicroBatcher`). ``threads``: ONNX Runtime's threads per batch for
+    a model given by path (default: the cores divided by ``max_concurrency``); ``decode_threads``: threads
+    decoding uploads (default: one per core).
     """
-    if min(max_upload_bytes, max_batch_files, max_concurrency) < 1 or max_queue < 0:
-        raise ValueError("limits must be positive (max_queue may be 0)")
+    if min(max_upload_bytes, max_batch_files, max_concurrency, batch_images) < 1 or max_queue < 0 or batch_wait_ms < 0:
+        raise ValueError("limits must be positive (max_queue and batch_wait_ms may be 0)")
     state = _State(model, threads or inference_threads(max_concurrency))
-    limit = _ConcurrencyLimit(max_concurrency, max_queue)
+    limit = Admission(max_concurrency, max_queue, decode_threads or decoding_threads(),
+                      MicroBatcher(batch_images, batch_wait_ms / 1000, max_concurrency))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -113,7 +120,7 @@ def create_app(
 
     _add_error_handlers(app, too_large)
     _add_page(app)
-    _add_health_routes(app, state)
+    _add_health_routes(app, state, limit.batcher)
     _add_predict_routes(app, state, limit, max_upload_bytes, max_batch_files)
     app.state.pneumoscan = state
     return app
@@ -159,8 +166,9 @@ def _add_page(app: FastAPI) -> None:
         return RedirectResponse("/static/favicon.svg", status_code=308)
 
 
-def _add_health_routes(app: FastAPI, state: _State) -> None:
-    """``/healthz`` (the process), ``/readyz`` (the model) and ``/v1/model`` (the model card)."""
+def _add_health_routes(app: FastAPI, state: _State, batcher: MicroBatcher) -> None:
+    """``/healthz`` (the process), ``/readyz`` (the model, and the batches scored so far) and ``/v1/model``
+    (the model card)."""
 
     @app.get("/healthz", tags=["health"], summary="The process is up (the model may still be loading)")
     async def healthz() -> dict[str, str]:
@@ -174,7 +182,8 @@ def _add_health_routes(app: FastAPI, state: _State) -> None:
             return JSONResponse({"status": "failed" if state.error else "loading",
                                  "detail": state.error or "model is loading"}, status_code=503)
         return JSONResponse({"status": "ready", "model": model.meta.name,
-                             "version": model.meta.version, "backend": model.backend_name})
+                             "version": model.meta.version, "backend": model.backend_name,
+                             "batching": batcher.stats()})
 
     @app.get("/v1/model", tags=["model"], summary="The model card: data, metrics, threshold, intended use, limits",
              responses={503: error_doc("model not loaded yet")})
@@ -183,7 +192,7 @@ def _add_health_routes(app: FastAPI, state: _State) -> None:
         return state.card
 
 
-def _add_predict_routes(app: FastAPI, state: _State, limit: _ConcurrencyLimit, max_upload_bytes: int,
+def _add_predict_routes(app: FastAPI, state: _State, limit: Admission, max_upload_bytes: int,
                         max_batch_files: int) -> None:
     """``POST /v1/predict`` (one image, optional Grad-CAM) and ``POST /v1/predict/batch``."""
 
@@ -202,13 +211,20 @@ def _add_predict_routes(app: FastAPI, state: _State, limit: _ConcurrencyLimit, m
         name = _display_name(file.filename)
         data = await file.read()
         start = time.perf_counter()
-        row, image = await limit.run(_score_one, model.with_scope_check(scope_check), data, name)
-        explanation = None
-        if explain:
-            try:
-                explanation = Explanation(**await limit.run(state.explainer.explain, image, exclusive=True))
-            except (ExplainUnavailable, PneumoscanError) as exc:  # no weights, or a network Grad-CAM cannot read
-                raise HTTPException(409, f"cannot explain: {exc}") from None
+        classifier = model.with_scope_check(scope_check)
+        async with limit.admit():
+            image, source = await limit.run(prepare, classifier, data, name)
+            [row] = await limit.batcher.assess(classifier, [image], [source])
+            if isinstance(row, Exception):
+                raise row
+            if row.probability is None:
+                raise HTTPException(422, row.error)
+            explanation = None
+            if explain:
+                try:
+                    explanation = Explanation(**await limit.run(state.explainer.explain, image, exclusive=True))
+                except (ExplainUnavailable, PneumoscanError) as exc:  # no weights, or a network Grad-CAM cannot read
+                    raise HTTPException(409, f"cannot explain: {exc}") from None
         return PredictResponse(
             **row.record(), filename=name, backend=model.backend_name, note=row.error, explanation=explanation,
             latency_ms=round((time.perf_counter() - start) * 1000, 2),
@@ -225,7 +241,19 @@ def _add_predict_routes(app: FastAPI, state: _State, limit: _ConcurrencyLimit, m
         model = state.require()
         uploads = [(_display_name(f.filename), await f.read()) for f in files]
         start = time.perf_counter()
-        items = await limit.run(_score_many, model.with_scope_check(scope_check), uploads)
+        classifier = model.with_scope_check(scope_check)
+        async with limit.admit():
+            decoded: list[tuple[np.ndarray | None, Source]] = [(None, Source(name)) for name, _ in uploads]
+
+            async def decode(i: int, name: str, data: bytes) -> None:
+                decoded[i] = await limit.run(prepare_item, classifier, data, name)
+
+            async with anyio.create_task_group() as tasks:  # the files decoded on all the decoding threads
+                for i, (name, data) in enumerate(uploads):
+                    tasks.start_soon(decode, i, name, data)
+            good = [(image, source) for image, source in decoded if image is not None]
+            scored = await limit.batcher.assess(classifier, [image for image, _ in good], [s for _, s in good])
+            items = [BatchItem.of(row) for row in rows_of(classifier, decoded, scored)]
         meta = model.meta
         return BatchResponse(
             results=items, threshold=model.threshold, model=meta.name, version=meta.version,
@@ -289,80 +317,6 @@ class _State:
             raise HTTPException(503, self.error or "the model is still loading; retry in a few seconds",
                                 headers={"Retry-After": "2"})
         return self.model
-
-
-class _ConcurrencyLimit:
-    """Runs CPU-bound work in worker threads: at most ``concurrency`` at once (explanations one at a time),
-    at most ``queue`` more waiting; beyond that, 503 at once rather than an unbounded backlog."""
-
-    def __init__(self, concurrency: int, queue: int) -> None:
-        self.concurrency, self.capacity = concurrency, concurrency + queue
-        self.pending = 0
-        self._limiters: dict[bool, anyio.CapacityLimiter] = {}
-
-    async def run(self, func: Callable[..., T], *args: Any, exclusive: bool = False) -> T:
-        if self.pending >= self.capacity:
-            raise HTTPException(503, f"server busy: {self.pending} requests in progress; retry shortly",
-                                headers={"Retry-After": "1"})
-        if exclusive not in self._limiters:  # created lazily, inside the running event loop
-            self._limiters[exclusive] = anyio.CapacityLimiter(1 if exclusive else self.concurrency)
-        self.pending += 1
-        try:
-            return await anyio.to_thread.run_sync(func, *args, limiter=self._limiters[exclusive])
-        finally:
-            self.pending -= 1
-
-
-def _score_one(classifier: Classifier, data: bytes, name: str) -> tuple[Prediction, np.ndarray]:
-    """Decode and score one upload (in a worker thread) into its result row; HTTP errors for what the client
-    sent, 422 for an image out of scope."""
-    image, reason = _decode(classifier, data, name)
-    row = classifier.assess([image], [Source.upload(name, data, reason=reason)])[0]
-    if row.probability is None:
-        raise HTTPException(422, row.error)
-    return row, image
-
-
-def _score_many(classifier: Classifier, uploads: list[tuple[str, bytes]]) -> list[BatchItem]:
-    """Decode every upload, score the good ones in one batch, and report the bad ones (and those out of
-    scope) on their rows: one result row each, made as ``predict`` makes its rows."""
-    sources: list[Source] = []
-    images: list[np.ndarray] = []
-    for name, data in uploads:
-        try:
-            image, reason = _decode(classifier, data, name)
-            images.append(image)
-            sources.append(Source.upload(name, data, reason=reason))
-        except HTTPException as exc:
-            sources.append(Source.upload(name, data, error=str(exc.detail)))
-    return [BatchItem.of(row) for row in classifier.assess(images, sources)]
-
-
-def _decode(classifier: Classifier, data: bytes, name: str) -> tuple[np.ndarray, str | None]:
-    if not data:
-        raise HTTPException(422, f"{name}: empty file (0 bytes); choose a JPEG, PNG or DICOM radiograph")
-    if not _looks_like_image(data):
-        raise HTTPException(415, f"{name}: not an image; send a JPEG, PNG or DICOM radiograph")
-    try:
-        return classifier.prepare(data, name=name)
-    except ImageReadError as exc:  # OutOfScopeError included: 422 with the reason
-        raise HTTPException(422, str(exc)) from None
-    except Exception as exc:  # a decoder's own bug on one odd file: answer, log, and keep serving
-        log.exception("unexpected error decoding %s", name)
-        raise HTTPException(422, f"{name}: cannot decode this file ({type(exc).__name__})") from None
-
-
-def _looks_like_image(data: bytes) -> bool:
-    """True when the bytes are DICOM or a format Pillow recognises (header only: nothing is decoded)."""
-    if is_dicom(data[:132]):
-        return True
-    try:
-        with Image.open(io.BytesIO(data), formats=PIL_FORMATS):
-            return True
-    except UnidentifiedImageError:
-        return False
-    except Exception:  # Pillow knew the format but not the content: the decoder will say what is wrong
-        return True
 
 
 def _size(n: int) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pneumoscan.errors import ConfigError
-from pneumoscan.serving.options import ServeOptions, inference_threads
+from pneumoscan.serving.options import ServeOptions, decoding_threads, inference_threads
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -44,7 +44,8 @@ def serve(options: ServeOptions) -> None:
     resolve_model(options.model, prefer_onnx=True)  # fail now, not in every worker
     os.environ[ENV_MODEL] = str(Path(options.model).expanduser().resolve())
     os.environ[ENV_LIMITS] = json.dumps(
-        {**options.limits(), "threads": inference_threads(options.max_concurrency, options.workers)})
+        {**options.limits(), "threads": inference_threads(options.max_concurrency, options.workers),
+         "decode_threads": decoding_threads(options.workers)})
     os.environ[ENV_LOG_LEVEL] = options.log_level
     uvicorn.run("pneumoscan.serving.server:app_from_env", factory=True, workers=options.workers, **config)
 
