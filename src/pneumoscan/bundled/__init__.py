@@ -1,6 +1,6 @@
 """The models shipped inside the package, so that ``predict``, ``serve`` and ``load()`` work right after
 install, before any training: ``default`` (the accurate one, used when no model is given) and ``fast`` (a
-small student distilled from ``default``: several times the images per second, a little less accurate).
+small student distilled from ``default``: many times the images per second, less specific at a new site).
 
 Each model's folder holds ``model.onnx`` (served by ONNX Runtime: no torch needed), ``model.safetensors``
 (the same weights for PyTorch and Grad-CAM), ``model.json`` (its metadata, readable without torch) and
@@ -33,7 +33,7 @@ MODELS: dict[str, Path] = {NAME: BUNDLED_DIR, FAST: BUNDLED_DIR / FAST}
 # What each is for, in a few words (`pneumoscan models`, the error for a model this installation lacks).
 PURPOSES: dict[str, str] = {
     NAME: "the accurate model (used when no model is given)",
-    FAST: f"a small student distilled from {NAME}: faster, a little less accurate",
+    FAST: f"a small student distilled from {NAME}: many times faster, less specific at a new site",
 }
 
 
