@@ -201,3 +201,19 @@ def test_the_package_data_ships_every_bundled_folder():
         for file in (ONNX_FILE, WEIGHTS_FILE, META_JSON, CARD_JSON, CARD_MARKDOWN):
             path = (folder / file).relative_to(package).as_posix()
             assert any(fnmatch.fnmatchcase(path, p) and p.count("/") == path.count("/") for p in patterns), (name, path)
+
+
+def test_git_keeps_every_bundled_models_files():
+    """`.gitignore` ignores *.onnx and *.safetensors everywhere but in the bundled folders."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    import subprocess
+
+    package = REPO / "src" / "pneumoscan"
+    for folder in bundled.MODELS.values():
+        for file in (ONNX_FILE, WEIGHTS_FILE):
+            path = (folder / file).relative_to(REPO)
+            # check-ignore exits 1 when the path is not ignored
+            assert subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=REPO).returncode == 1, path
+    assert subprocess.run(["git", "check-ignore", "-q", str((package / "x.onnx").relative_to(REPO))],
+                          cwd=REPO).returncode == 0

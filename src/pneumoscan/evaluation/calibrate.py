@@ -46,12 +46,12 @@ class CalibrationResult:
 
 def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitivity: float = 0.95,
               out: str | os.PathLike | None = None, resamples: int = 1000, seed: int = 0) -> CalibrationResult:
-    """Write a site-calibrated version of ``model`` (run folder, model file, or ``default``: the bundled
-    model) fitted on ``data``.
+    """Write a site-calibrated version of ``model`` (run folder, model file, or ``default`` / ``fast``: a
+    bundled model) fitted on ``data``.
 
     ``data`` is a labelled folder or CSV manifest from the site; every labelled image is used. The new
-    version goes to ``out`` (default ``RUN/calibrated/<data name>-<timestamp>/``; for the bundled model
-    ``runs/default/calibrated/...``): ``model.safetensors`` with the new threshold, temperature and
+    version goes to ``out`` (default ``RUN/calibrated/<data name>-<timestamp>/``; for a bundled model
+    ``runs/default/calibrated/...``, ``runs/fast/calibrated/...``): ``model.safetensors`` with the new threshold, temperature and
     operating points, ``model.json``, ``calibration.json`` (with the sample's images, which ``evaluate``
     leaves out), a model card and a README. The original file is only read.
     """
