@@ -266,7 +266,8 @@ def run_fit_scope(args) -> int:
         files = resolve_model(model, backend="torch")
         model, out = files.weights, files.run_folder
     gate = fit_scope(model, args.data, out=out, images=args.images, held_out=args.held_out, progress=True)
-    print(f"scope gate of {args.model}{f' (written to {out})' if out else ''}: fitted on {gate['fitted_on']} training images; thresholds "
+    written = f" (written to {out})" if out else ""
+    print(f"scope gate of {args.model}{written}: fitted on {gate['fitted_on']} training images; thresholds "
           f"(distance {gate['distance_threshold']:.2f}, orientation {gate['orientation_threshold']:.2f}) keep "
           f"{gate['held_out_kept']:.1%} of {gate['held_out']} held-out ones")
     print(f"an ONNX export made before carries no gate: pneumoscan export {out or args.model}", file=sys.stderr)

@@ -51,8 +51,8 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitiv
 
     ``data`` is a labelled folder or CSV manifest from the site; every labelled image is used. The new
     version goes to ``out`` (default ``RUN/calibrated/<data name>-<timestamp>/``; for a bundled model
-    ``runs/default/calibrated/...``, ``runs/fast/calibrated/...``): ``model.safetensors`` with the new threshold, temperature and
-    operating points, ``model.json``, ``calibration.json`` (with the sample's images, which ``evaluate``
+    ``runs/default/calibrated/...``, ``runs/fast/calibrated/...``): ``model.safetensors`` with the new
+    threshold, temperature and operating points, ``model.json``, ``calibration.json`` (with the sample's images, which ``evaluate``
     leaves out), a model card and a README. The original file is only read.
     """
     from pneumoscan.data import load_dataset
