@@ -1,19 +1,28 @@
-"""Rebuild the model shipped inside the package (``src/pneumoscan/bundled/``) from ``../shared/data``.
+"""Rebuild a model shipped inside the package from ``../shared/data``: ``default`` (``src/pneumoscan/bundled/``)
+or ``fast`` (``src/pneumoscan/bundled/fast/``).
 
     .venv/bin/python bench/build_default_model.py                 # the default recipe, as `pneumoscan train`
+    .venv/bin/python bench/build_default_model.py --which fast    # the fast recipe: a mini-resnet student of
+                                                                  # the bundled default (about 10 minutes)
     .venv/bin/python bench/build_default_model.py --epochs 2      # a provisional model (the card says so)
+    .venv/bin/python bench/build_default_model.py --which fast --epochs 1 --limit 200 --out /tmp/fast
+                                                                  # a quick check of the whole build (provisional)
+    .venv/bin/python bench/build_default_model.py --speed-only    # measure the shipped model's speed into its card
     .venv/bin/python bench/build_default_model.py --scope-only    # refit the shipped model's scope gate only
                                                                   # (distance, orientation and kind probes)
     .venv/bin/python bench/build_default_model.py --export-only   # re-export the shipped weights, refresh the card
 
-Steps: train the DEFAULT recipe exactly as ``pneumoscan train`` with no options does (the default
-``TrainConfig()``; only the data root and the output folder are set, and ``--epochs`` when given, which
-the card records as a deviation; training fits the model's scope gate on its training images), export it to ONNX (with the parity check), evaluate it on the official
-test half ``chest_xray/test`` (patient-bootstrap intervals), score a few reference images of the shared
-data with both backends, and write the bundle: ``model.onnx``, ``model.safetensors``,
-``model_card.json``, ``model_card.md``. ``tests/bundled/test_bundled_model.py`` checks that the shipped
-files match the card. The work folder (run, export, report) stays in ``bench/out/default-model/``.
-Never run by pytest.
+Steps: train the model's recipe exactly as ``pneumoscan train`` does (``default``: the default
+``TrainConfig()``, no options; ``fast``: ``_bundled_card.RECIPES["fast"]``, a distillation from the bundled
+``default``; only the data root and the output folder are set, and ``--epochs``, ``--image-size`` and
+``--limit`` when given, which the card records as deviations, ``--limit`` and fewer epochs as PROVISIONAL;
+training fits the model's scope gate on its training images), export it to ONNX (with the parity check),
+evaluate it on the official test half ``chest_xray/test`` (patient-bootstrap intervals), score a few
+reference images of the shared data with both backends, measure its speed (ONNX Runtime, images/s), and
+write the bundle: ``model.onnx``, ``model.safetensors``, ``model.json``, ``model_card.json``,
+``model_card.md``. Written into the package, it also rewrites the bundled models' table of README.md and
+docs/default-model.md from the cards. ``tests/bundled/`` checks that the shipped files match the cards. The
+work folder (run, export, report) stays in ``bench/out/<which>-model/``. Never run by pytest.
 """
 
 from __future__ import annotations
@@ -26,20 +35,26 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCES_PER_CLASS = 2  # images of the official test half whose probabilities the card records
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pneumoscan.bundled import MODELS, folder
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--which", choices=list(MODELS), default="default", help="which bundled model to build")
     parser.add_argument("--data", default="../shared/data/chest_xray", help="Kermany root with train/ and test/ "
                         "(reference images are read from its parent folder)")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (the card records it)")
     parser.add_argument("--image-size", type=int, default=None, help="override the recipe's input size (the card "
                         "records it)")
-    parser.add_argument("--work", default="bench/out/default-model", help="work folder (relative to the repository)")
-    parser.add_argument("--out", default="src/pneumoscan/bundled", help="bundle folder (relative to the repository)")
+    parser.add_argument("--limit", type=int, default=None, help="train on at most this many training images and "
+                        "validate on at most this many (a quick check of the build: the card says PROVISIONAL)")
+    parser.add_argument("--work", default=None, help="work folder (default bench/out/WHICH-model)")
+    parser.add_argument("--out", default=None, help="bundle folder (default: the model's folder in the package)")
     parser.add_argument("--reuse", action="store_true", help="keep the trained run of the work folder (rebuild "
                         "export, report and card only)")
     parser.add_argument("--scope-only", action="store_true", help="refit the scope gate of the shipped model on "
@@ -47,12 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export-only", action="store_true", help="re-export the shipped weights to ONNX with "
                         "the current exporter, evaluate it on DATA/test and refresh the card (hashes, contract, "
                         "reference scores, test figures; the weights unchanged)")
+    parser.add_argument("--speed-only", action="store_true", help="measure the bundle's speed (ONNX Runtime, "
+                        "images/s) into its card; run it for every bundled model on the same quiet machine")
     args = parser.parse_args(argv)
+    args.work = args.work or f"bench/out/{args.which}-model"
+    args.out = args.out or folder(args.which)
     # Paths relative to the repository in the model's provenance: no machine's absolute paths in the bundle.
     args.data, args.work, args.out = (os.path.relpath(Path(p).resolve(), REPO) for p in (args.data, args.work, args.out))
     os.chdir(REPO)
 
-    from _bundled_card import build_bundled_card, portable, render_bundled_markdown
+    from _bundled_card import RECIPES, build_bundled_card, portable, render_bundled_markdown
     from pneumoscan._io import atomic_write_json, atomic_write_text
     from pneumoscan.bundled import CARD_JSON, CARD_MARKDOWN, META_JSON, ONNX_FILE, WEIGHTS_FILE
     from pneumoscan.evaluation import EvaluateConfig, evaluate
@@ -69,8 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         return refit_scope(data, work, out, reuse=args.reuse)
     if args.export_only:
         return reexport(data, work, out)
-    deviations = {k: v for k, v in (("epochs", args.epochs), ("image_size", args.image_size)) if v is not None}
-    config = TrainConfig(data=str(data), out=str(work), run_name="run", progress=sys.stderr.isatty(), **deviations)
+    if args.speed_only:
+        return speed_only(data, out)
+    deviations = {k: v for k, v in (("epochs", args.epochs), ("image_size", args.image_size),
+                                    ("limit_train_images", args.limit), ("limit_val_images", args.limit))
+                  if v is not None}
+    config = TrainConfig(data=str(data), out=str(work), run_name="run", progress=sys.stderr.isatty(),
+                         **{**RECIPES[args.which], **deviations})
     recipe = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
               if f.name not in ("data", "out", "run_name", "progress")}
     started = time.perf_counter()
@@ -96,12 +120,50 @@ def main(argv: list[str] | None = None) -> int:
     # The metadata, readable without torch (`pneumoscan models`), without this machine's paths.
     atomic_write_json(out / META_JSON, portable(json.loads((run / META_JSON).read_text()), data.parent))
     card = build_bundled_card(out, result.report.to_dict(), recipe=recipe, deviations=deviations,
-                              reference_images=reference_images(data), shared_root=data.parent, train_seconds=trained_s)
+                              reference_images=reference_images(data), shared_root=data.parent, train_seconds=trained_s,
+                              which=args.which)
+    card["speed"] = measure_speed(out, data, speed_command(out))
     atomic_write_json(out / CARD_JSON, card)
     atomic_write_text(out / CARD_MARKDOWN, render_bundled_markdown(card))
     size = sum((out / name).stat().st_size for name in (ONNX_FILE, WEIGHTS_FILE, CARD_JSON, CARD_MARKDOWN, META_JSON))
-    print(f"bundle written to {out} ({size / 1e6:.2f} MB)")
+    print(f"bundle written to {out} ({size / 1e6:.2f} MB); {card['speed']['images_per_second']:,.0f} images/s")
+    update_shipped_docs(out)
     return 0
+
+
+def speed_only(data: Path, out: Path) -> int:
+    """Measure the speed of the bundle in ``out`` into its card (nothing else changes)."""
+    from _bundled_card import render_bundled_markdown
+    from pneumoscan._io import atomic_write_json, atomic_write_text
+    from pneumoscan.bundled import CARD_JSON, CARD_MARKDOWN
+
+    card = json.loads((out / CARD_JSON).read_text())
+    card["speed"] = measure_speed(out, data, speed_command(out))
+    atomic_write_json(out / CARD_JSON, card)
+    atomic_write_text(out / CARD_MARKDOWN, render_bundled_markdown(card))
+    print(f"{out}: {card['speed']['images_per_second']:,.0f} images/s ({card['speed']['conditions']})")
+    update_shipped_docs(out)
+    return 0
+
+
+def speed_command(out: Path) -> str:
+    """The command that re-measures the speed of the bundle in ``out``: the card records it."""
+    from pneumoscan.bundled import name_of
+
+    which = name_of(out / "model.onnx")
+    where = f" --which {which}" if which and which != "default" else ("" if which else f" --out {out}")
+    return f"python bench/build_default_model.py{where} --speed-only"
+
+
+def update_shipped_docs(out: Path) -> None:
+    """Rewrite the bundled models' table of the docs from the cards, when ``out`` is a shipped model's folder
+    (a build into a scratch folder leaves the docs alone)."""
+    from _bundled_card import update_docs
+    from pneumoscan.bundled import name_of
+
+    if name_of(out / "model.onnx") is not None:
+        for page in update_docs(REPO):
+            print(f"updated {page.relative_to(REPO)}: the bundled models' table")
 
 
 def round_weights_to_float16(file: Path) -> int:
@@ -198,6 +260,37 @@ def reexport(data: Path, work: Path, out: Path) -> int:
     gap = max(abs(r["probability"] - r["probability_torch"]) for r in card["reference_scores"])
     print(f"bundle in {out}: re-exported; reference images: ONNX Runtime and PyTorch within {gap:.1e}")
     return 0
+
+
+SPEED_THREADS, SPEED_BATCH = 2, 64  # as bench/bench_inference.py measures: the project's 2-core machine
+
+
+def measure_speed(folder: Path, data: Path, command: str) -> dict[str, Any]:
+    """The card's ``speed``: images per second of ``folder``'s ``model.onnx`` with ONNX Runtime on the CPU
+    (:data:`SPEED_THREADS` threads, batches of :data:`SPEED_BATCH` decoded images of ``data/test``; decoding
+    not timed) and one image's median latency, timed as ``bench/bench_inference.py`` times them, with the
+    machine's conditions and the ``command`` that measured it."""
+    import platform
+    import time
+
+    import numpy as np
+
+    from bench_inference import measure  # the bench's own timing loop
+    from pneumoscan.bundled import ONNX_FILE
+    from pneumoscan.inference.onnx_backend import OnnxBackend, load_onnx
+
+    onnx = folder / ONNX_FILE
+    files = sorted((data / "test").glob("*/*.jpeg"))[::8][:SPEED_BATCH]
+    classifier = load_onnx(onnx, device="cpu", threads=SPEED_THREADS)
+    images = np.stack([classifier.preprocess(f) for f in files])
+    result = measure(OnnxBackend(onnx, threads=SPEED_THREADS, device="cpu"), images, single=200,
+                     batch_size=SPEED_BATCH, batches=20, warmup=10)
+    when = time.strftime("%Y-%m-%d")
+    return {"images_per_second": round(result["images_per_s"], 1), "p50_ms": round(result["p50_ms"], 3),
+            "conditions": f"ONNX Runtime, {SPEED_THREADS} threads, batches of {SPEED_BATCH} decoded test images "
+                          f"(decoding not timed), {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+                          f"load average {os.getloadavg()[0]:.1f}, {when}",
+            "command": command, "measured": when}
 
 
 def reference_images(data: Path) -> list[str]:

@@ -193,3 +193,21 @@ def test_help_texts_say_what_the_code_does():
     from pneumoscan.models.registry import available_models
 
     assert "default" not in available_models()["mini-resnet"].replace("earlier default", "")
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/default-model.md"])
+def test_the_bundled_models_table_is_the_cards(page):
+    """The table of the two bundled models (figures and speed) is what the build writes from their cards
+    now: a rebuild or a speed measurement rewrites it, and a card changed by hand makes this fail."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_bundled_card", ROOT / "bench" / "_bundled_card.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    start, end = tool.DOCS_BLOCK
+    text = (ROOT / page).read_text(encoding="utf-8")
+    assert text.count(start) == 1 and text.count(end) == 1, page
+    shown = text.split(start)[1].split(end)[0].strip()
+    assert shown == tool.choice_table(), "run python bench/build_default_model.py --speed-only to rewrite it"
+    for name in ("default", "fast"):
+        assert f"| `{name}`" in shown

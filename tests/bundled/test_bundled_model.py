@@ -1,5 +1,7 @@
-"""The model shipped in the package: its files match its card, it scores the card's reference images as
-the card says with both backends, and `predict`, `serve`, `load()` and `models` use it with no model given."""
+"""The models shipped in the package (`default`, and `fast` once built): each one's files match its card, it
+scores the card's reference images as the card says with both backends, and `predict`, `serve`, `load()`
+and `models` use `default` with no model given. A bundled model this installation lacks is skipped, saying
+how to build it."""
 
 from __future__ import annotations
 
@@ -13,7 +15,16 @@ import numpy as np
 import pytest
 
 import pneumoscan
-from pneumoscan.bundled import BUNDLED_DIR, CARD_JSON, CARD_MARKDOWN, ONNX_FILE, WEIGHTS_FILE
+from pneumoscan.bundled import (
+    BUNDLED_DIR,
+    CARD_JSON,
+    CARD_MARKDOWN,
+    MODELS,
+    ONNX_FILE,
+    WEIGHTS_FILE,
+    folder,
+    installed,
+)
 from pneumoscan.cli import main
 from pneumoscan.inference import resolve_model
 from pneumoscan.provenance import DISCLAIMER, sha256_file
@@ -22,9 +33,14 @@ REPO = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(scope="module")
-def card() -> dict:
-    return bundled_card()
+@pytest.fixture(scope="module", params=list(MODELS))
+def bundle(request) -> tuple[str, Path, dict]:
+    """(name, folder, card) of each bundled model this installation holds."""
+    name = request.param
+    if not installed(name):
+        pytest.skip(f"the {name} model is not in this installation: python bench/build_default_model.py "
+                    f"--which {name} builds it")
+    return name, folder(name), resolve_model(name).read_card()
 
 
 def bundled_card() -> dict:
@@ -39,28 +55,41 @@ def _build_tool():
     return module
 
 
-def test_the_shipped_files_are_the_ones_the_card_describes(card):
+def test_the_shipped_files_are_the_ones_the_card_describes(bundle):
+    _, where, card = bundle
     files = card["files"]
-    assert sha256_file(BUNDLED_DIR / ONNX_FILE) == files["onnx_sha256"]
-    assert sha256_file(BUNDLED_DIR / WEIGHTS_FILE) == files["safetensors_sha256"]
-    total = sum((BUNDLED_DIR / n).stat().st_size for n in (ONNX_FILE, WEIGHTS_FILE, CARD_JSON, CARD_MARKDOWN))
+    assert sha256_file(where / ONNX_FILE) == files["onnx_sha256"]
+    assert sha256_file(where / WEIGHTS_FILE) == files["safetensors_sha256"]
+    total = sum((where / n).stat().st_size for n in (ONNX_FILE, WEIGHTS_FILE, CARD_JSON, CARD_MARKDOWN))
     # An ImageNet-pretrained EfficientNet-Lite0 (3.4 M parameters, stored as float16) with its scope gate.
     assert total < 20 * 2**20, f"the bundle is {total / 2**20:.1f} MiB; keep it under 20 MiB"
 
 
-def test_the_card_says_what_the_model_is_for_how_it_was_measured_and_what_it_must_not_do(card):
+def test_the_card_says_what_the_model_is_for_how_it_was_measured_and_what_it_must_not_do(bundle):
+    name, where, card = bundle
     assert card["disclaimer"] == DISCLAIMER
-    markdown = (BUNDLED_DIR / CARD_MARKDOWN).read_text(encoding="utf-8")
+    markdown = (where / CARD_MARKDOWN).read_text(encoding="utf-8")
     assert DISCLAIMER in markdown
     assert "Kermany" in card["training_data"]["dataset"] and "paediatric" in card["training_data"]["population"]
     assert "one centre" in card["training_data"]["population"]
     assert "Research only" in card["scope"] and "adults" in card["scope"] and "lateral" in card["scope"]
     point = card["operating_point"]
-    assert point["threshold"] == pytest.approx(pneumoscan.load().threshold)
+    assert point["threshold"] == pytest.approx(pneumoscan.load(name).threshold)
     assert "validation" in point["how_chosen"]
     # the rule's name, and what it has given where nothing was tuned, in both forms of the card
-    assert point["name"] == "sens95-median" and "0.95" in point["expected"] and "other half" in point["expected"]
+    assert point["name"] == "sens95-median" and "0.95" in point["expected"]
+    assert ("other half" in point["expected"]) == (name == "default")  # measured for the default recipe only
     assert point["expected"] in markdown
+    build = card["build"]
+    assert build.get("bundle", "default") == name
+    # a distilled model names its teacher, in both forms of the card
+    teachers = [t["teacher"] for t in (build.get("teacher") or {}).get("models", [])]
+    assert teachers == ([] if name == "default" else ["default"])
+    assert all(f"teacher: `{t}`" in markdown for t in teachers)
+    speed = card.get("speed")  # measured by the build (or --speed-only), with its command
+    if speed:
+        assert speed["images_per_second"] > 0 and speed["command"].startswith("python bench/build_default_model.py")
+        assert f"measured by `{speed['command']}`" in markdown
     evaluation = card["metrics"]["evaluation"]
     assert evaluation["interval_unit"] == "patient" and "chest_xray/test" in evaluation["report"]
     for name in ("roc_auc", "sensitivity at the threshold", "specificity at the threshold"):
@@ -72,10 +101,11 @@ def test_the_card_says_what_the_model_is_for_how_it_was_measured_and_what_it_mus
     assert "/work/" not in text and "/home/" not in text, "no machine's absolute paths in the card"
 
 
-def test_the_card_names_no_build_run_and_no_path_outside_the_package(card):
-    """The bundled model is `default`, not the build's work run; data paths are the dataset's own."""
+def test_the_card_names_no_build_run_and_no_path_outside_the_package(bundle):
+    """The bundled model is `default` (or `fast`), not the build's work run; data paths are the dataset's own."""
+    _, where, card = bundle
     assert card["model"]["run_id"] is None
-    markdown = (BUNDLED_DIR / CARD_MARKDOWN).read_text(encoding="utf-8")
+    markdown = (where / CARD_MARKDOWN).read_text(encoding="utf-8")
     assert "run: " not in markdown.splitlines()[4]
 
     def strings(value):
@@ -100,10 +130,11 @@ def test_the_card_names_no_build_run_and_no_path_outside_the_package(card):
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
-def test_the_shipped_model_gives_the_card_scores_on_the_shared_images(card, shared_data, backend):
+def test_the_shipped_model_gives_the_card_scores_on_the_shared_images(bundle, shared_data, backend):
+    name, where, card = bundle
     # The probabilities are the classifier's: the scope gate (tested on its own) must not hide one.
-    model = (pneumoscan.load(scope_check=False) if backend == "onnxruntime"
-             else pneumoscan.load(BUNDLED_DIR / WEIGHTS_FILE, scope_check=False))
+    model = (pneumoscan.load(name, scope_check=False) if backend == "onnxruntime"
+             else pneumoscan.load(where / WEIGHTS_FILE, scope_check=False))
     assert model.backend.name == backend
     references = card["reference_scores"]
     assert len(references) >= 4
@@ -215,7 +246,7 @@ def test_export_default_writes_the_bundled_weights_to_runs_default(tmp_path, mon
     assert exported.meta == pneumoscan.load().meta
 
 
-def _by_the_cards_words(card: dict, files: list[Path]) -> np.ndarray:
+def _by_the_cards_words(card: dict, files: list[Path], where: Path) -> np.ndarray:
     """The bundled graph run with ONNX Runtime on images made as the card's input section says, with Pillow
     and numpy alone: what a user without pneumoscan does."""
     import onnxruntime as ort
@@ -233,7 +264,7 @@ def _by_the_cards_words(card: dict, files: list[Path]) -> np.ndarray:
         with Image.open(file) as image:
             grey = image.convert("L").resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
         pixels.append(np.asarray(grey, dtype=np.float32)[None] / 255)
-    session = ort.InferenceSession(str(BUNDLED_DIR / ONNX_FILE), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(where / ONNX_FILE), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     outputs = dict(zip(names, session.run(names, {"image": np.stack(pixels)}), strict=True))
     for name, values in outputs.items():  # every output is described, with its real shape
@@ -241,38 +272,41 @@ def _by_the_cards_words(card: dict, files: list[Path]) -> np.ndarray:
     return outputs["probability"].reshape(-1)
 
 
-def _predict_matches_the_cards_words(card: dict, files: list[Path]) -> None:
-    expected = [row.probability for row in pneumoscan.load(scope_check=False).predict(files)]
+def _predict_matches_the_cards_words(bundle: tuple[str, Path, dict], files: list[Path]) -> None:
+    name, where, card = bundle
+    expected = [row.probability for row in pneumoscan.load(name, scope_check=False).predict(files)]
     assert None not in expected
-    got = _by_the_cards_words(card, files)
+    got = _by_the_cards_words(card, files, where)
     assert np.max(np.abs(got - np.array(expected))) < 1e-4
 
 
-def test_the_cards_input_contract_is_enough_to_run_the_onnx_file_as_predict_does(card, shared_data):
+def test_the_cards_input_contract_is_enough_to_run_the_onnx_file_as_predict_does(bundle, shared_data):
     files = sorted((shared_data / "chest_xray" / "test").glob("*/*.jpeg"))[::20]
     assert len(files) >= 15
-    _predict_matches_the_cards_words(card, files)
+    _predict_matches_the_cards_words(bundle, files)
 
 
 @pytest.mark.slow
-def test_the_cards_input_contract_holds_on_every_test_image(card, shared_data):
-    _predict_matches_the_cards_words(card, sorted((shared_data / "chest_xray" / "test").glob("*/*.jpeg")))
+def test_the_cards_input_contract_holds_on_every_test_image(bundle, shared_data):
+    _predict_matches_the_cards_words(bundle, sorted((shared_data / "chest_xray" / "test").glob("*/*.jpeg")))
 
 
-def _exported_with_batchnorm_folded() -> bool:
+def _exported_with_batchnorm_folded(where: Path) -> bool:
     import onnx
 
-    graph = onnx.load(str(BUNDLED_DIR / ONNX_FILE)).graph
+    graph = onnx.load(str(where / ONNX_FILE)).graph
     return not any(node.op_type == "BatchNormalization" for node in graph.node)
 
 
-def test_both_shipped_files_give_the_same_probabilities_within_1e_4(shared_data):
+def test_both_shipped_files_give_the_same_probabilities_within_1e_4(bundle, shared_data):
     """ONNX Runtime and PyTorch compute from the same float16 weights (the export keeps BatchNorm apart)."""
-    assert not _exported_with_batchnorm_folded(), ("the bundled model.onnx folds BatchNorm into the convolutions "
+    name, where, _ = bundle
+    assert not _exported_with_batchnorm_folded(where), ("the bundled model.onnx folds BatchNorm into the convolutions "
                                                    "(it differs from PyTorch by up to 0.014): rebuild it with python "
                                                    "bench/build_default_model.py --export-only")
     files = sorted((shared_data / "chest_xray" / "test").glob("*/*.jpeg"))
-    onnx = pneumoscan.load(scope_check=False)
+    onnx = pneumoscan.load(name, scope_check=False)
     batch = np.stack([onnx.preprocess(f) for f in files])
-    gap = np.abs(onnx.predict_proba(batch) - pneumoscan.load(backend="torch", scope_check=False).predict_proba(batch))
+    torch = pneumoscan.load(name, backend="torch", scope_check=False)
+    gap = np.abs(onnx.predict_proba(batch) - torch.predict_proba(batch))
     assert gap.max() < 1e-4

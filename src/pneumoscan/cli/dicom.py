@@ -63,7 +63,8 @@ def register(subparsers) -> None:
 
 
 def _common(command) -> None:
-    command.add_argument("model", metavar="MODEL", help="run folder, .safetensors, .ckpt, exported .onnx, or default (the bundled model)")
+    command.add_argument("model", metavar="MODEL", help="run folder, .safetensors, .ckpt, exported .onnx, or default or fast "
+                         "(the bundled models)")
     command.add_argument("--out", metavar="DIR", default="dicom-out",
                          help="folder for sr/, overlay/ and worklist.csv/.json")
     command.add_argument("--overlay", action="store_true",

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
         _evaluate,
     )
     ev.add_argument("models", nargs="+", metavar="RUN_OR_MODEL",
-                    help="run folder, model file, or default (the bundled model); several are evaluated as an "
+                    help="run folder, model file, or default or fast (the bundled models); several are evaluated as an "
                          "ensemble (mean probability)")
     ev.add_argument("--data", default=SUPPRESS, help="dataset folder or CSV manifest (default: the run's split.csv, whose "
                     "test split is the data's own test split, such as the official Kermany test images, or for "
@@ -47,8 +47,8 @@ def register(subparsers) -> None:
         _calibrate,
     )
     cal.add_argument("model", metavar="RUN_OR_MODEL", nargs="?", default="default",
-                     help="run folder or model file to calibrate (default: the bundled model; its calibrated "
-                          "versions go to runs/default/calibrated/)")
+                     help="run folder or model file to calibrate, or fast (default: the bundled default model; "
+                          "a bundled model's calibrated versions go to runs/default/calibrated/, runs/fast/calibrated/)")
     cal.add_argument("--data", required=True, help="the site's labelled sample: a class-folder dataset or CSV manifest "
                      "(every labelled image is used; both classes, and a sample too small for a threshold is refused, "
                      "naming the minimum per class)")

@@ -24,7 +24,7 @@ def register(subparsers) -> None:
     )
     predict.add_argument("paths", metavar="[MODEL] PATH", nargs="+",
                          help="optionally a model first (run folder, .safetensors, .ckpt, exported .onnx, or "
-                              "default: the bundled model, also used when none is given), then image files, folders (searched recursively) "
+                              "default or fast: the bundled models, default also used when none is given), then image files, folders (searched recursively) "
                               "or globs")
     predict.add_argument("--model", metavar="MODEL", help="the model, when it is not given first")
     predict.add_argument("--out", metavar="FILE",
@@ -33,7 +33,7 @@ def register(subparsers) -> None:
     predict.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     predict.add_argument("--backend", choices=["auto", "torch"], default="auto",
-                         help="auto: ONNX Runtime for an .onnx model and the bundled one on the CPU, and for a run "
+                         help="auto: ONNX Runtime for an .onnx model and the bundled ones on the CPU, and for a run "
                               "folder its export/model.onnx when it matches the run's model, else PyTorch; torch: "
                               "PyTorch always (an .onnx model's weights beside it)")
     bar = predict.add_mutually_exclusive_group()
@@ -67,7 +67,8 @@ def register(subparsers) -> None:
     )
     explain.add_argument("images", metavar="[MODEL] IMAGE", nargs="*",
                          help="optionally a model first (run folder, .safetensors or .ckpt, an .onnx with its "
-                              "weights beside it, or default: the bundled model, also used when none is given), then image files, folders or globs")
+                              "weights beside it, or default or fast: the bundled models, default also used when none is given), then image files, "
+                              "folders or globs")
     explain.add_argument("--model", metavar="MODEL", help="the model, when it is not given first")
     explain.add_argument("--out", metavar="DIR", default="explain", help="folder for the PNG files")
     explain.add_argument("--filters", action="store_true",
@@ -84,7 +85,8 @@ def register(subparsers) -> None:
         "pneumoscan fit-scope runs/old-run ../shared/data/chest_xray   # then: pneumoscan export runs/old-run",
         run_fit_scope,
     )
-    fit_scope.add_argument("model", metavar="MODEL", help="run folder or .safetensors (rewritten with the gate)")
+    fit_scope.add_argument("model", metavar="MODEL", help="run folder or .safetensors (rewritten with the gate), or "
+                           "default or fast (a bundled model: the version with the new gate goes to runs/NAME/)")
     fit_scope.add_argument("data", metavar="DATA", help="a dataset pneumoscan reads; its train split (or all of "
                            "it) is used")
     fit_scope.add_argument("--images", type=int, default=3000, help="training images to fit on")
@@ -94,8 +96,8 @@ def register(subparsers) -> None:
         subparsers, "export", "Export a model to ONNX with its preprocessing contract and a model card.",
         "pneumoscan export runs/latest --format onnx", run_export,
     )
-    export.add_argument("model", metavar="MODEL", help="run folder, .safetensors, .ckpt, or default (the bundled "
-                        "model; written to runs/default/export/)")
+    export.add_argument("model", metavar="MODEL", help="run folder, .safetensors, .ckpt, or default or fast (the "
+                        "bundled models; written to runs/default/export/, runs/fast/export/)")
     export.add_argument("--format", choices=["onnx"], default="onnx", help="export format")
     export.add_argument("--out", metavar="FILE", help="output file (default: RUN/export/model.onnx)")
     export.add_argument("--opset", type=int, default=18, help="ONNX opset")
@@ -152,7 +154,7 @@ def run_predict(args) -> int:
     scored = sum(row.probability is not None for row in rows)
     meta = classifier.meta
     backend = classifier.backend_name
-    which = f"{meta.name}, the bundled default model" if classifier.files.bundled else meta.name
+    which = _which(classifier)
     print(f"\nscored {scored} of {len(rows)} files with {which} (pneumoscan {meta.version or '?'}, {backend}), "
           f"threshold {classifier.threshold:.4f}" + (f"; results in {args.out}" if args.out else ""))
     refused = sum(row.probability is None and scope.OUT_OF_SCOPE in (row.error or "") for row in rows)
@@ -179,7 +181,7 @@ def _predict_streamed(args, classifier, paths: list[str]) -> int:
     if summary.seen == 0:
         raise ConfigError(f"no image files found in {' '.join(paths)}")
     scored, total = summary.scored, summary.seen - summary.skipped
-    which = f"{meta.name}, the bundled default model" if classifier.files.bundled else meta.name
+    which = _which(classifier)
     print(f"scored {scored} of {total} files with {which} (pneumoscan {meta.version or '?'}, {backend}), "
           f"threshold {classifier.threshold:.4f}, {summary.rate:,.0f} files/s; results in {args.out}"
           + (f" ({summary.skipped} already there)" if summary.skipped else ""))
@@ -253,15 +255,22 @@ def run_explain(args) -> int:
 
 def run_fit_scope(args) -> int:
     from pneumoscan.errors import ConfigError
+    from pneumoscan.inference import resolve_model
+    from pneumoscan.inference.model_files import is_bundled
     from pneumoscan.training.scope_fit import fit_scope
 
     if args.images < 50 or args.held_out < 20:
         raise ConfigError("--images must be at least 50 and --held-out at least 20")
-    gate = fit_scope(args.model, args.data, images=args.images, held_out=args.held_out, progress=True)
-    print(f"scope gate of {args.model}: fitted on {gate['fitted_on']} training images; thresholds "
+    model, out = args.model, None
+    if is_bundled(model):  # never rewrite the installed package: the refitted version is a folder of its own
+        files = resolve_model(model, backend="torch")
+        model, out = files.weights, files.run_folder
+    gate = fit_scope(model, args.data, out=out, images=args.images, held_out=args.held_out, progress=True)
+    written = f" (written to {out})" if out else ""
+    print(f"scope gate of {args.model}{written}: fitted on {gate['fitted_on']} training images; thresholds "
           f"(distance {gate['distance_threshold']:.2f}, orientation {gate['orientation_threshold']:.2f}) keep "
           f"{gate['held_out_kept']:.1%} of {gate['held_out']} held-out ones")
-    print(f"an ONNX export made before carries no gate: pneumoscan export {args.model}", file=sys.stderr)
+    print(f"an ONNX export made before carries no gate: pneumoscan export {out or args.model}", file=sys.stderr)
     return 0
 
 
@@ -278,3 +287,9 @@ def run_export(args) -> int:
     print(out.parent / runs.CARD_JSON)
     print(out.parent / runs.CARD_MARKDOWN)
     return 0
+
+
+def _which(classifier) -> str:
+    """The model as the summary line names it: its network, and which bundled model it is."""
+    files = classifier.files
+    return f"{classifier.meta.name}, the bundled {files.name} model" if files.bundled else classifier.meta.name

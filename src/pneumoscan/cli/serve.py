@@ -22,8 +22,8 @@ def register(subparsers) -> None:
         func=run,
     )
     command.add_argument("model", metavar="MODEL", nargs="?", default=None,
-                         help="model.onnx, a run folder, a .safetensors/.ckpt file, or default (the bundled model, also "
-                              "used when none is given)")
+                         help="model.onnx, a run folder, a .safetensors/.ckpt file, or default or fast (the bundled "
+                              "models; default also used when none is given)")
     command.add_argument("--host", default=defaults.host,
                          help="address to listen on; anything but loopback exposes an unauthenticated service")
     command.add_argument("--port", type=int, default=defaults.port, help="TCP port to listen on")

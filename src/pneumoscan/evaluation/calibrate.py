@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumoscan import bundled
 from pneumoscan._io import atomic_write_json, atomic_write_text
 from pneumoscan.errors import DatasetError
 from pneumoscan.evaluation.operating import apply_temperature
@@ -45,13 +46,13 @@ class CalibrationResult:
 
 def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitivity: float = 0.95,
               out: str | os.PathLike | None = None, resamples: int = 1000, seed: int = 0) -> CalibrationResult:
-    """Write a site-calibrated version of ``model`` (run folder, model file, or ``default``: the bundled
-    model) fitted on ``data``.
+    """Write a site-calibrated version of ``model`` (run folder, model file, or ``default`` / ``fast``: a
+    bundled model) fitted on ``data``.
 
     ``data`` is a labelled folder or CSV manifest from the site; every labelled image is used. The new
-    version goes to ``out`` (default ``RUN/calibrated/<data name>-<timestamp>/``; for the bundled model
-    ``runs/default/calibrated/...``): ``model.safetensors`` with the new threshold, temperature and
-    operating points, ``model.json``, ``calibration.json`` (with the sample's images, which ``evaluate``
+    version goes to ``out`` (default ``RUN/calibrated/<data name>-<timestamp>/``; for a bundled model
+    ``runs/default/calibrated/...``, ``runs/fast/calibrated/...``): ``model.safetensors`` with the new
+    threshold, temperature and operating points, ``model.json``, ``calibration.json`` (with the sample's images, which ``evaluate``
     leaves out), a model card and a README. The original file is only read.
     """
     from pneumoscan.data import load_dataset
@@ -65,7 +66,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitiv
     files = resolve_model(model)  # `default` names the bundled model there
     network, meta = files.load_network("calibrate")  # an ONNX model's PyTorch weights: the new version is one
     source = files.weights
-    origin = find_run(source) if not _is_bundled(source) else None
+    origin = find_run(source) if bundled.name_of(source) is None else None
     index = load_dataset(data)
     samples = [s for s in index.samples if s.label is not None]
     if not samples:
@@ -131,19 +132,13 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitiv
     return CalibrationResult(folder, model_file, fitted, source)
 
 
-def _is_bundled(source: Path) -> bool:
-    from pneumoscan.bundled import BUNDLED_DIR
-
-    return source.resolve().parent == BUNDLED_DIR
-
-
 def _calibration_home(source: Path) -> Path:
-    """Where calibrated versions of ``source`` go: its run folder; ``runs/default`` for the bundled model
+    """Where calibrated versions of ``source`` go: its run folder; ``runs/<name>`` for a bundled model
     (never the installed package)."""
-    from pneumoscan.bundled import NAME
     from pneumoscan.runs import RUNS_DIR, run_folder_of
 
-    return Path(RUNS_DIR) / NAME if _is_bundled(source) else run_folder_of(source)
+    name = bundled.name_of(source)
+    return Path(RUNS_DIR) / name if name else run_folder_of(source)
 
 
 def _name(data: str | os.PathLike) -> str:

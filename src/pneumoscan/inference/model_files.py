@@ -4,11 +4,12 @@
 A MODEL argument resolves to :class:`ModelFiles` (:func:`resolve_model`), which :func:`load` turns into a
 :class:`~pneumoscan.inference.Classifier` that keeps them (``classifier.files``, ``.weights``, ``.card``):
 
-- ``None`` or ``"default"`` (the name ``pneumoscan models`` lists it by; ``./default`` is a folder): the model
-  bundled with the package (:mod:`pneumoscan.bundled`): its ``model.onnx`` on the CPU (ONNX Runtime, no torch
-  import), its ``model.safetensors`` for another device; its card either way. Its own folder for what
-  commands write about it (reports, exports, calibrated versions) is ``runs/default``
-  (:attr:`ModelFiles.run_folder`).
+- ``None`` or ``"default"``, and ``"fast"`` (the names ``pneumoscan models`` lists them by, from
+  :data:`pneumoscan.bundled.MODELS`; ``./default`` and ``./fast`` are folders): a model bundled with the
+  package (:mod:`pneumoscan.bundled`): its ``model.onnx`` on the CPU (ONNX Runtime, no torch import), its
+  ``model.safetensors`` for another device; its card either way. Its own folder for what commands write
+  about it (reports, exports, calibrated versions) is ``runs/<name>`` (:attr:`ModelFiles.run_folder`). A
+  bundled model this installation lacks is a one-line :class:`ModelFileError` saying how to build it.
 - an ``.onnx`` file: ONNX Runtime. Its PyTorch weights (Grad-CAM, :meth:`Classifier.torch_module`) are
   ``model.safetensors`` beside it or in its run folder (``RUN/export/model.onnx`` -> ``RUN/model.safetensors``);
   its card is the ``model_card.json`` beside it.
@@ -53,7 +54,8 @@ class ModelFiles:
     weights: Path | None = None  # the PyTorch weights (Grad-CAM, torch_module); the loaded file for TORCH
     card: Path | None = None  # the model card (model_card.json) that describes this model, when there is one
     run_folder: Path | None = None  # the run the model belongs to (its evaluation reports complete a card)
-    bundled: bool = False  # the model shipped with the package
+    bundled: bool = False  # a model shipped with the package
+    name: str | None = None  # the bundled model's name (a key of pneumoscan.bundled.MODELS); None for others
     note: str | None = None  # why a folder's ONNX export is not used (missing, stale, unreadable), else None
 
     def read_card(self) -> dict[str, Any] | None:
@@ -81,12 +83,19 @@ class ModelFiles:
         return load_model(self.weights)
 
 
-def is_bundled(model: str | os.PathLike | None) -> bool:
-    """Whether ``model`` means the bundled model: None, or its name ``default`` (a folder of that name is
-    given as ``./default``)."""
-    from pneumoscan.bundled import NAME
+def bundled_name(model: str | os.PathLike | None) -> str | None:
+    """The bundled model ``model`` names: ``default`` for None, a name of :data:`pneumoscan.bundled.MODELS`
+    as given (a folder of that name is given as ``./default``, ``./fast``), else None."""
+    from pneumoscan.bundled import MODELS, NAME
 
-    return model is None or (isinstance(model, str) and model == NAME)
+    if model is None:
+        return NAME
+    return model if isinstance(model, str) and model in MODELS else None
+
+
+def is_bundled(model: str | os.PathLike | None) -> bool:
+    """Whether ``model`` means a bundled model (:func:`bundled_name`)."""
+    return bundled_name(model) is not None
 
 
 def is_model(item: str | os.PathLike) -> bool:
@@ -131,12 +140,13 @@ def resolve_model(model: str | os.PathLike | None = None, *, device: str | None 
 def load(model: str | os.PathLike | None = None, device: str | None = None, *, prefer_onnx: bool = False,
          scope_check: bool = True, threads: int | None = None, backend: str = "auto") -> Classifier:
     """The :class:`~pneumoscan.inference.Classifier` for ``model`` (a run folder, a ``.safetensors``/``.ckpt``
-    model, an exported ``.onnx`` model, or None / ``"default"``: the bundled model), holding its :class:`ModelFiles`.
+    model, an exported ``.onnx`` model, None / ``"default"``: the bundled model, or ``"fast"``: the bundled fast
+    one), holding its :class:`ModelFiles`.
 
     ``prefer_onnx``: a folder is scored by its matching ONNX model when there is one (see the module
     docstring). ``scope_check=False`` scores images the scope gate would refuse (they are marked).
     ``threads``: ONNX Runtime's threads per inference (None: its default, one per core). ``backend="torch"``:
-    PyTorch whatever the model (the bundled one's ``model.safetensors``, an ONNX file's weights beside it),
+    PyTorch whatever the model (a bundled one's ``model.safetensors``, an ONNX file's weights beside it),
     never ONNX Runtime; ``"auto"``: as above. Raises :class:`ModelFileError` for anything that is not one
     of our models, or for ``torch`` without PyTorch weights.
     """
@@ -176,8 +186,9 @@ def _resolve(model: str | os.PathLike | None, device: str | None, prefer_onnx: b
 
 def _resolve_auto(model: str | os.PathLike | None, device: str | None, prefer_onnx: bool,
                   threads: int | None) -> tuple[ModelFiles, Classifier | None]:
-    if is_bundled(model):
-        return _bundled(device), None
+    name = bundled_name(model)
+    if name is not None:
+        return _bundled(name, device), None
     path = Path(model).expanduser()
     suffix = path.suffix.lower()
     if suffix == ".onnx":
@@ -201,17 +212,19 @@ def _resolve_auto(model: str | os.PathLike | None, device: str | None, prefer_on
     return ModelFiles(weights, TORCH, weights, None, path, note=note), None
 
 
-def _bundled(device: str | None) -> ModelFiles:
-    from pneumoscan.bundled import BUNDLED_DIR, NAME
+def _bundled(name: str, device: str | None) -> ModelFiles:
+    from pneumoscan.bundled import NAME, folder
 
-    onnx, weights = BUNDLED_DIR / runs.ONNX, BUNDLED_DIR / runs.MODEL
+    where = folder(name)
+    onnx, weights = where / runs.ONNX, where / runs.MODEL
     if not onnx.is_file():
-        raise ModelFileError(f"{BUNDLED_DIR}: this installation has no bundled model ({runs.ONNX} missing); "
-                             "give a model (a run folder or an exported .onnx), or rebuild it with "
-                             "bench/build_default_model.py")
-    card = BUNDLED_DIR / runs.CARD_JSON  # it describes both files
-    files = _onnx(onnx, Path(runs.RUNS_DIR) / NAME)
-    files = replace(files, card=card if card.is_file() else None, bundled=True)
+        build = "python bench/build_default_model.py" + ("" if name == NAME else f" --which {name}")
+        instead = "give a run folder or an exported .onnx" + ("" if name == NAME else f", or {NAME}")
+        raise ModelFileError(f"the {name} model is not in this installation: {where} has no {runs.ONNX}; "
+                             f"{instead}, or build it with {build}")
+    card = where / runs.CARD_JSON  # it describes both files
+    files = _onnx(onnx, Path(runs.RUNS_DIR) / name)
+    files = replace(files, card=card if card.is_file() else None, bundled=True, name=name)
     return files if device in (None, "cpu") else replace(files, path=weights, backend=TORCH)
 
 
