@@ -107,6 +107,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(f"  {metric:<18} {report.at('original', metric)}")
         if site.get("ece"):
             print(f"  {'ece':<18} {site['ece']['original']:.3f} (calibrated: {site['ece']['calibrated']:.3f})")
+    from pneumoscan.evaluation.subtype import summary_lines
+
+    for line in summary_lines(report.subtype):
+        print(line)
     for warning in report.warnings:
         print(f"WARNING: {warning}")
     print(f"report: {result.html}\n        {result.json}\n        {result.markdown}")
