@@ -152,16 +152,15 @@ def test_a_person_uploads_a_radiograph_with_the_keyboard_and_reads_the_result(se
             # The subtype of a PNEUMONIA answer. The served model has no subtype head, so its real answers are
             # given the two fields here, as a model with one answers; without them the page shows none.
             expect(page.locator("#subtype-block")).to_be_hidden()
-            def answering(subtype):
-                def handler(route):
-                    answer = route.fetch().json()
-                    answer.update(label="PNEUMONIA", subtype=subtype, viral_probability=0.123)
-                    route.fulfill(json=answer)
-                return handler
+            def answering(answer):
+                return lambda route: route.fulfill(json=answer)
 
-            for subtype, shown in (("bacterial", "bacterial (P viral 0.12)"), ("uncertain", "uncertain")):
-                page.route("**/v1/predict", answering(subtype))
-                page.set_input_files("#file", str(radiographs[1 + (subtype == "uncertain")]))
+            for i, (subtype, shown) in enumerate((("bacterial", "bacterial (P viral 0.12)"), ("uncertain", "uncertain"))):
+                other = radiographs[1 + i]
+                answer = api.post("/v1/predict", files={"file": (other.name, other.read_bytes())}).json()
+                page.route("**/v1/predict", answering({**answer, "label": "PNEUMONIA", "subtype": subtype,
+                                                       "viral_probability": 0.123}))
+                page.set_input_files("#file", str(other))
                 expect(page.locator("#subtype")).to_have_text(shown)
                 expect(page.locator("#subtype-block")).to_be_visible()
                 expect(page.locator("#subtype-block")).to_contain_text("not a microbiological diagnosis")

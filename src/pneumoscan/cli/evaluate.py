@@ -119,13 +119,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from pneumoscan.evaluation.calibrate import calibrate, summary
+    from pneumoscan.evaluation.calibrate import calibrate
 
     result = calibrate(args.model, args.data, args.target_sensitivity, args.out, args.bootstrap, args.seed)
     c = result.calibration
     print(f"calibrated on {c.images} images of {c.patients} patients ({c.normal_patients} NORMAL, "
           f"{c.pneumonia_patients} PNEUMONIA; {c.normal} and {c.pneumonia} images), each patient weighing the same")
-    for line in summary(c.to_dict()):
+    for line in result.summary:
         print(f"  {line}")
     print(f"  on the sample itself (optimistic): sensitivity {c.sensitivity:.3f}, specificity {c.specificity:.3f}")
     print(f"new model version: {result.folder} (the original {result.original} is unchanged)")
