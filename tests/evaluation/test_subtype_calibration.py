@@ -8,18 +8,17 @@ pixels (patched where the calibration asks the classifier for it).
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers.fake_runs import make_dataset, make_run
+from helpers.fake_runs import make_dataset, make_run, with_subtype_rule
 from pneumoscan.cli import main
 from pneumoscan.evaluation import subtype as S
 from pneumoscan.evaluation.calibrate import calibrate
 from pneumoscan.evaluation.operating import apply_temperature
-from pneumoscan.models.artifact import load_model, read_meta, save_model
+from pneumoscan.models.artifact import read_meta
 from pneumoscan.models.subtype_meta import subtype_label
 
 RULE = {"temperature": 1.5, "threshold": 0.45, "uncertain": [0.35, 0.6], "rule": "chosen on validation patients"}
@@ -48,10 +47,7 @@ def site(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def headed_run(tmp_path_factory, tiny_data) -> Path:
-    folder = make_run(tmp_path_factory.mktemp("run"), tiny_data, threshold=0.5)
-    model, meta = load_model(folder)
-    save_model(folder, model, replace(meta, subtype=dict(RULE)))
-    return folder
+    return with_subtype_rule(make_run(tmp_path_factory.mktemp("run"), tiny_data, threshold=0.5), RULE)
 
 
 def test_a_sample_that_names_enough_subtypes_refits_the_temperature_and_keeps_the_answers(headed_run, site,

@@ -9,7 +9,6 @@ the one test that needs a real head uses a model that has one, and skips otherwi
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,12 +17,12 @@ import pytest
 from sklearn import metrics as skm
 
 import pneumoscan
-from helpers.fake_runs import make_dataset, make_run
+from helpers.fake_runs import make_dataset, make_run, with_subtype_rule
 from pneumoscan.cli import main
 from pneumoscan.data.records import Sample
 from pneumoscan.evaluation import EvaluateConfig, evaluate
 from pneumoscan.evaluation import subtype as S
-from pneumoscan.models.artifact import ModelMeta, load_model, save_model
+from pneumoscan.models.artifact import ModelMeta
 
 RULE = {"temperature": 1.3, "threshold": 0.5, "uncertain": [0.4, 0.6], "rule": "chosen on validation patients",
         "val_metrics": {"roc_auc": 0.9}, "fitted_on": "test"}
@@ -48,10 +47,7 @@ def subtyped_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def headed_run(tmp_path_factory, subtyped_data) -> Path:
-    folder = make_run(tmp_path_factory.mktemp("run"), subtyped_data, threshold=0.5)
-    model, meta = load_model(folder)
-    save_model(folder, model, replace(meta, subtype=dict(RULE)))
-    return folder
+    return with_subtype_rule(make_run(tmp_path_factory.mktemp("run"), subtyped_data, threshold=0.5), RULE)
 
 
 def sample(label: int, subtype: str | None, patient: str) -> Sample:
