@@ -116,7 +116,7 @@ def test_report_json_markdown_html_and_cli_show_the_subtype(headed_run, subtyped
 def test_subtype_section_is_absent_with_its_reason(tiny_run, headed_run, subtyped_data, tmp_path, no_figures):
     no_head = evaluate(EvaluateConfig(models=[str(tiny_run)], data=str(subtyped_data), out=str(tmp_path / "a"),
                                       bootstrap=20, gallery=0))
-    assert no_head.report.subtype == S.absent("the model has no subtype head (its metadata holds no subtype rule)")
+    assert no_head.report.subtype == S.absent("the model has no subtype head: its metadata holds no subtype rule")
     assert "No subtype figures: the model has no subtype head" in no_head.markdown.read_text()
     # The same images in a manifest without a subtype column: nothing says which pneumonia is which.
     manifest = tmp_path / "m.csv"

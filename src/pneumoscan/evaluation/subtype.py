@@ -85,7 +85,7 @@ def subtype_section(members: list, images: np.ndarray, samples: list, refused: d
         return absent("an ensemble: its members' subtype heads are not combined; evaluate one model for them")
     classifier = members[0].classifier
     if not classifier.meta.subtype:
-        return absent("the model has no subtype head (its metadata holds no subtype rule)")
+        return absent("the model has no subtype head: its metadata holds no subtype rule")
     scored = [i for i in range(len(samples)) if i not in refused]
     if not any(samples[i].label == 1 and samples[i].subtype for i in scored):
         return absent("the data give no scored PNEUMONIA image a subtype (Kermany file names personN_bacteria_M / "
@@ -168,7 +168,7 @@ def blocks(section: dict[str, Any] | None) -> list[str | tuple[list[str], list[l
         f"{section['patients']} patients ({section['bacterial']} bacterial, {section['viral']} viral). Viral is the "
         f"positive class; the stored threshold {section['threshold']:.4f} is the single operating point; "
         f"answers: bacterial below {low:.4f}, viral at or above {high:.4f}, uncertain between."
-        + (f" How they were chosen: {section['rule']}" if section["rule"] else ""),
+        + (f" How they were chosen: {section['rule'].rstrip('.')}." if section["rule"] else ""),
         (["metric", "this evaluation", f"published: {published['source']}"],
          [[FIGURE_LABELS[m], str(_figure(figures[m])), f"{published[m]:.3f}"] for m in FIGURES]),
         section["published_note"],
