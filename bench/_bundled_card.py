@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumoscan.errors import ImageReadError
+from pneumoscan.inference.subtype_card import subtype_card
 from pneumoscan.provenance import DISCLAIMER, git_commit, library_versions, sha256_file
 
 TRAINING_DATA = {
@@ -31,6 +32,8 @@ SCOPE = (
     "hospitals and scanners without a new evaluation; findings other than pneumonia (and bacterial vs "
     "viral). Posterior-anterior (PA) views are scored but untested: the training and test images are AP."
 )
+# A model with a subtype head answers bacterial vs viral as an image pattern ('Subtype answer').
+SCOPE_WITH_HEAD = SCOPE.replace("(and bacterial vs viral)", "(and a microbiological diagnosis of the subtype)")
 PATHS = ("relative to the folder that holds chest_xray/ (the dataset as `pneumoscan data download` "
          "fetches it)")
 # Each bundled model's recipe: the options of `pneumoscan train` it differs from the default recipe by.
@@ -83,7 +86,8 @@ def build_bundled_card(folder: str | os.PathLike, report: dict[str, Any], *, rec
     meta = onnx.meta
     card = build_model_card(meta, None, folder / ONNX_FILE)
     card["files"] = shipped_files(folder)
-    card["scope"] = SCOPE
+    card["scope"] = SCOPE_WITH_HEAD if meta.subtype else SCOPE
+    card["subtype"] = subtype_card(meta, report)
     card["training_data"] = {**TRAINING_DATA, **card["training_data"]}
     from pneumoscan.inference.model_card import threshold_rule
 
@@ -145,7 +149,10 @@ def refresh_card(card: dict[str, Any], folder: str | os.PathLike, shared_root: s
                                              "provenance", "intended_use")}}
     card["output"] = {**card["output"], **fresh["output"]}
     card["files"] = shipped_files(folder)
-    card["scope"] = SCOPE
+    card["scope"] = SCOPE_WITH_HEAD if meta.subtype else SCOPE
+    previous, card["subtype"] = card.get("subtype") or {}, subtype_card(meta, report)
+    if report is None and card["subtype"] and "evaluation" in previous:  # the build's report's figures stay
+        card["subtype"]["evaluation"] = previous["evaluation"]
     card["reference_scores"] = reference_scores(folder, [r["image"] for r in card["reference_scores"]],
                                                 shared_root)
     card["build"] = {**card["build"], **training_command(meta)}

@@ -51,6 +51,18 @@ def make_run(folder: Path, data: Path, threshold: float = 0.5, seed: int = 0,
     return folder
 
 
+def with_subtype_rule(folder: Path, rule: dict) -> Path:
+    """The run's model saved again with ``rule`` as its ``ModelMeta.subtype`` (the weights unchanged): the
+    metadata of a model with a subtype head, for the outputs that read it (the head itself is not computed)."""
+    from dataclasses import replace
+
+    from pneumoscan.models.artifact import load_model, save_model
+
+    model, meta = load_model(folder)
+    save_model(folder, model, replace(meta, subtype=dict(rule)))
+    return folder
+
+
 def write_image(path: Path, label: int, seed: int, size: int = 48) -> None:
     """A fake radiograph: noise, and for pneumonia a bright blob (so a model can tell the classes apart)."""
     rng = np.random.default_rng(seed)

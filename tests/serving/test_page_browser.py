@@ -149,6 +149,26 @@ def test_a_person_uploads_a_radiograph_with_the_keyboard_and_reads_the_result(se
             expect(page.locator("#result-file")).to_have_text(dropped.name)
             expect(page.locator("#probability")).to_have_text(f"{100 * dropped_expected['probability']:.1f}%")
 
+            # The subtype of a PNEUMONIA answer. The served model has no subtype head, so its real answers are
+            # given the two fields here, as a model with one answers; without them the page shows none.
+            expect(page.locator("#subtype-block")).to_be_hidden()
+            def answering(answer):
+                return lambda route: route.fulfill(json=answer)
+
+            for i, (subtype, shown) in enumerate((("bacterial", "bacterial (P viral 0.12)"), ("uncertain", "uncertain"))):
+                other = radiographs[1 + i]
+                answer = api.post("/v1/predict", files={"file": (other.name, other.read_bytes())}).json()
+                page.route("**/v1/predict", answering({**answer, "label": "PNEUMONIA", "subtype": subtype,
+                                                       "viral_probability": 0.123}))
+                page.set_input_files("#file", str(other))
+                expect(page.locator("#subtype")).to_have_text(shown)
+                expect(page.locator("#subtype-block")).to_be_visible()
+                expect(page.locator("#subtype-block")).to_contain_text("not a microbiological diagnosis")
+                expect(page.locator("#status")).to_contain_text(f"subtype {shown}")
+                expect(page.locator("#disclaimer")).to_contain_text(DISCLAIMER)
+                page.unroute("**/v1/predict")
+            page.screenshot(path=str(tmp_path / "page-subtype.png"), full_page=True)
+
             # A file that is not an image: the server's message, in the alert region.
             bad = tmp_path / "notes.txt"
             bad.write_text("not a radiograph")

@@ -107,6 +107,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(f"  {metric:<18} {report.at('original', metric)}")
         if site.get("ece"):
             print(f"  {'ece':<18} {site['ece']['original']:.3f} (calibrated: {site['ece']['calibrated']:.3f})")
+    from pneumoscan.evaluation.subtype import summary_lines
+
+    for line in summary_lines(report.subtype):
+        print(line)
     for warning in report.warnings:
         print(f"WARNING: {warning}")
     print(f"report: {result.html}\n        {result.json}\n        {result.markdown}")
@@ -115,13 +119,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from pneumoscan.evaluation.calibrate import calibrate, summary
+    from pneumoscan.evaluation.calibrate import calibrate
 
     result = calibrate(args.model, args.data, args.target_sensitivity, args.out, args.bootstrap, args.seed)
     c = result.calibration
     print(f"calibrated on {c.images} images of {c.patients} patients ({c.normal_patients} NORMAL, "
           f"{c.pneumonia_patients} PNEUMONIA; {c.normal} and {c.pneumonia} images), each patient weighing the same")
-    for line in summary(c.to_dict()):
+    for line in result.summary:
         print(f"  {line}")
     print(f"  on the sample itself (optimistic): sensitivity {c.sensitivity:.3f}, specificity {c.specificity:.3f}")
     print(f"new model version: {result.folder} (the original {result.original} is unchanged)")

@@ -29,6 +29,12 @@ LABEL = Code("PS003", SCHEME, "Label at the operating threshold")
 FINDING = Code("121071", "DCM", "Finding")
 PNEUMONIA = Code("233604007", "SCT", "Pneumonia")
 NO_PNEUMONIA = Code("PS004", SCHEME, "Pneumonia not detected")
+# The subtype of a PNEUMONIA answer (inference.rows.Prediction.subtype), as SNOMED CT findings where one exists.
+SUBTYPE = Code("PS005", SCHEME, "Pneumonia subtype")
+SUBTYPE_VALUES = {"bacterial": Code("53084003", "SCT", "Bacterial pneumonia"),
+                  "viral": Code("75570004", "SCT", "Viral pneumonia"),
+                  "uncertain": Code("373068000", "SCT", "Undetermined")}
+VIRAL_PROBABILITY = Code("PS006", SCHEME, "Probability that the pneumonia is viral")
 ALGORITHM_NAME = Code("111001", "DCM", "Algorithm Name")
 ALGORITHM_VERSION = Code("111003", "DCM", "Algorithm Version")
 COMMENT = Code("121106", "DCM", "Comment")
@@ -66,6 +72,7 @@ def structured_report(source: Dataset, prediction: Prediction, meta) -> Dataset:
         hd.sr.NumContentItem(PROBABILITY, float(prediction.probability), NO_UNITS, relationship_type=relation),
         hd.sr.TextContentItem(LABEL, str(prediction.label), relationship_type=relation),
         hd.sr.NumContentItem(THRESHOLD, float(prediction.threshold), NO_UNITS, relationship_type=relation),
+        *subtype_items(prediction, relation),
         hd.sr.TextContentItem(ALGORITHM_NAME, meta.name, relationship_type=relation),
         hd.sr.TextContentItem(ALGORITHM_VERSION, _version(meta), relationship_type=relation),
         hd.sr.TextContentItem(COMMENT, DISCLAIMER, relationship_type=relation),
@@ -86,6 +93,18 @@ def structured_report(source: Dataset, prediction: Prediction, meta) -> Dataset:
     sr.SeriesDescription = SR_DESCRIPTION
     sr.SoftwareVersions = f"pneumoscan {__version__}"
     return sr
+
+
+def subtype_items(prediction: Prediction, relation) -> list:
+    """The SR's content items for the prediction's subtype: a coded finding (bacterial or viral pneumonia,
+    or undetermined for ``uncertain``) and the calibrated probability of viral; none without a subtype."""
+    import highdicom as hd
+
+    if prediction.subtype is None or prediction.viral_probability is None:
+        return []
+    return [hd.sr.CodeContentItem(SUBTYPE, SUBTYPE_VALUES[prediction.subtype], relationship_type=relation),
+            hd.sr.NumContentItem(VIRAL_PROBABILITY, float(prediction.viral_probability), NO_UNITS,
+                                 relationship_type=relation)]
 
 
 def overlay_image(source: Dataset, rgb: np.ndarray, prediction: Prediction, meta, size: int = OVERLAY_SIZE) -> Dataset:

@@ -8,14 +8,16 @@ small labelled sample of their own before use; ``calibrate`` turns that sample i
 The sample is first made trustworthy (:mod:`pneumoscan.evaluation.calibration_sample`: duplicates count
 once, out-of-scope and unreadable images are left out and listed, the run's own training or validation
 images are refused); the fit counts patients, not images, and is restrained by the model's own
-temperature and threshold (:mod:`pneumoscan.evaluation.site_fit`).
+temperature and threshold (:mod:`pneumoscan.evaluation.site_fit`). A model with a subtype head has its
+subtype temperature re-fitted only where the sample names the subtype of enough patients of each kind, else
+kept, the reason said in the output and the card (:mod:`pneumoscan.evaluation.subtype_site`).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from pneumoscan.evaluation.site_fit import (
     SiteCalibration,
     fit_site_calibration,
 )
+from pneumoscan.evaluation.subtype_site import site_subtype, subtype_line
 
 
 @dataclass
@@ -42,6 +45,7 @@ class CalibrationResult:
     model_file: Path
     calibration: SiteCalibration
     original: Path
+    summary: list[str] = field(default_factory=list)  # what it did and why, one line each (summary())
 
 
 def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitivity: float = 0.95,
@@ -72,7 +76,8 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitiv
     if not samples:
         raise DatasetError(f"{data}: no labelled images to calibrate on")
     # The scope check as `predict` applies it: an image the model would not score is not fitted on.
-    trusted = site_sample(data, samples, load(source), split_file(origin) if origin else None)
+    classifier = load(source)
+    trusted = site_sample(data, samples, classifier, split_file(origin) if origin else None)
     kept = trusted.samples
     if not kept:
         raise DatasetError(f"{data}: none of the {len(samples)} images can be used "
@@ -118,9 +123,12 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitiv
         "training_images_checked": trusted.training_checked,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    subtype, subtype_record = site_subtype(meta, classifier, kept)
+    if subtype_record is not None:
+        record["subtype"] = subtype_record
     record["summary"] = summary(record)  # what the model card and README say
     new_meta = replace(
-        meta, threshold=fitted.threshold, temperature=fitted.temperature, operating_points=points,
+        meta, threshold=fitted.threshold, temperature=fitted.temperature, operating_points=points, subtype=subtype,
         run_id=f"{meta.run_id}+calibrated-{stamp}", created=record["created"],
         provenance={**meta.provenance, "calibration": record},
     )
@@ -129,7 +137,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, target_sensitiv
     atomic_write_json(folder / CALIBRATION_JSON, {**record, "excluded": listed(trusted.excluded), "sample": sample})
     write_model_card(folder, new_meta)
     atomic_write_text(folder / CALIBRATION_README, _readme(record))
-    return CalibrationResult(folder, model_file, fitted, source)
+    return CalibrationResult(folder, model_file, fitted, source, record["summary"])
 
 
 def _calibration_home(source: Path) -> Path:
@@ -158,6 +166,7 @@ def summary(record: dict[str, Any]) -> list[str]:
         f"the sample's own estimate for sensitivity {record['target_sensitivity']:g}: {record['threshold_estimate']:.4f} "
         f"(95 % interval {low:.4f}-{high:.4f}){' - not adopted' if kept else ''}",
         f"temperature {record['temperature']:.3f}: {record['temperature_note']}",
+        *subtype_line(record.get("subtype")),
         *(f"note: {note}" for note in record.get("notes", [])),
     ]
     return lines

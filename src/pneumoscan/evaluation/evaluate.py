@@ -45,6 +45,7 @@ from pneumoscan.evaluation.scoring import (
     score,
     validation_scores,
 )
+from pneumoscan.evaluation.subtype import subtype_section
 from pneumoscan.provenance import DISCLAIMER, git_commit, library_versions
 from pneumoscan.runs import (
     CONFIG,
@@ -167,6 +168,9 @@ def _evaluate(config: EvaluateConfig, members: list[Member], metas: list, out: P
         # Same decisions as before scaling: the thresholds move with the probabilities (monotone map).
         thresholds = {k: float(apply_temperature(np.array([t]), temperature)[0]) for k, t in thresholds.items()}
     everything = scope_record(members, kept, refused, raw_all, temperature, thresholds["stored"], config)
+    probs_all = apply_temperature(raw_all, temperature) if temperature else raw_all
+    # Before the refused images are dropped: the subtype's confusion matrix counts them as refused.
+    subtype = subtype_section(members, images, kept, refused, probs_all, thresholds["stored"], config)
     scored = np.array([i not in refused for i in range(len(kept))], dtype=bool)
     if not scored.any():
         raise DatasetError(f"{data_root}: all {len(kept)} decoded images of split {config.split!r} are out of the "
@@ -174,7 +178,7 @@ def _evaluate(config: EvaluateConfig, members: list[Member], metas: list, out: P
     images, kept, raw = images[scored], [s for s, keep in zip(kept, scored, strict=True) if keep], raw_all[scored]
     labels = np.array([s.label for s in kept], dtype=np.int64)
     patients = np.array([s.patient_id for s in kept], dtype=str)
-    probs = apply_temperature(raw, temperature) if temperature else raw
+    probs = probs_all[scored]
 
     # 4. Metrics with their intervals (patient bootstrap; exact for proportions; ECE bias-corrected).
     weights = M.patient_bootstrap_weights(patients, config.bootstrap, config.seed)
@@ -199,6 +203,7 @@ def _evaluate(config: EvaluateConfig, members: list[Member], metas: list, out: P
         bootstrap={"resamples": config.bootstrap, "seed": config.seed, "level": config.level,
                    "unit": "patient", "method": I.METHODS, "undefined_resamples": found["undefined"]},
         scope=everything,
+        subtype=subtype,
         calibration=_calibration(labels, raw, found["threshold_free"], temperature, weights, config)
         if temperature else None,
         site_calibration=_site_calibration(metas[0], labels, probs, config) if len(members) == 1 else None,

@@ -13,6 +13,9 @@ from typing import Any
 
 from pneumoscan.evaluation.metrics import THRESHOLD_FREE_METRICS, THRESHOLD_METRICS
 from pneumoscan.evaluation.results import Figure, Report
+from pneumoscan.evaluation.subtype import blocks as subtype_blocks
+
+SUBTYPE_TITLE = "Pneumonia subtype: bacterial or viral"
 
 LABELS: dict[str, str] = {
     "accuracy": "Accuracy", "sensitivity": "Sensitivity (recall)", "specificity": "Specificity",
@@ -202,6 +205,11 @@ def render_markdown(report: Report) -> str:
     cm = report.confusion_matrix["stored"]
     lines += ["", "## Confusion matrix (stored threshold)", "", "| true \\ predicted | NORMAL | PNEUMONIA |",
               "|---|---|---|", f"| NORMAL | {cm['tn']} | {cm['fp']} |", f"| PNEUMONIA | {cm['fn']} | {cm['tp']} |"]
+    if parts := subtype_blocks(report.subtype):
+        lines += ["", f"## {SUBTYPE_TITLE}"]
+        for part in parts:
+            lines += ["", part] if isinstance(part, str) else [
+                "", _md_row(part[0]), "|---" * len(part[0]) + "|", *map(_md_row, part[1])]
     if report.calibration:
         cal = report.calibration
         lines += ["", f"## Temperature scaling (T = {cal['temperature']:.3f}, fitted on {cal['fitted_on']})", "",
@@ -281,6 +289,9 @@ def render_html(report: Report, figures: dict[str, bytes], gallery: dict[str, by
     parts.append(_table(["point", "TN", "FP", "FN", "TP"], [
         [POINT_LABELS.get(p, p), *[str(report.confusion_matrix[p][k]) for k in ("tn", "fp", "fn", "tp")]]
         for p in points]))
+    if blocks := subtype_blocks(report.subtype):
+        parts.append(f"<h2 id='subtype'>{esc(SUBTYPE_TITLE)}</h2>")
+        parts += [f"<p>{esc(b)}</p>" if isinstance(b, str) else _table(*b) for b in blocks]
     if report.calibration:
         cal = report.calibration
         parts.append(f"<h2>Temperature scaling</h2><p>T = {cal['temperature']:.3f}, fitted on "

@@ -96,6 +96,7 @@ class Report(_ReadsLikeJson):
     site_calibration: dict[str, Any] | None = None  # a model version from `pneumoscan calibrate`
     reliability: dict[str, list[float]] = field(default_factory=dict)  # per bin: edges, count, rates (ECE)
     scope: dict[str, Any] | None = None  # images refused as out of scope: counted, named, not in the metrics
+    subtype: dict[str, Any] | None = None  # bacterial or viral (evaluation.subtype); available False: why not
     ensemble: bool = False
     tta: str | None = None
     validation: dict[str, Any] | None = None

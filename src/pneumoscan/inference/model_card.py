@@ -15,6 +15,7 @@ from typing import Any
 
 from pneumoscan._io import atomic_write_json, atomic_write_text
 from pneumoscan.inference.onnx_backend import SCOPE_OUTPUT, input_contract, output_contract
+from pneumoscan.inference.subtype_card import OUT_OF_SCOPE_WITH_HEAD, subtype_card, subtype_markdown
 from pneumoscan.models.artifact import OPERATING_POINTS, ModelMeta
 from pneumoscan.models.scope_meta import describe
 from pneumoscan.provenance import DISCLAIMER, sha256_file
@@ -54,7 +55,8 @@ def build_model_card(meta: ModelMeta, run_folder: str | os.PathLike | None = Non
         "model": {"name": meta.name, "pneumoscan_version": meta.version, "run_id": meta.run_id,
                   "created": meta.created},
         "intended_use": INTENDED_USE,
-        "out_of_scope": OUT_OF_SCOPE,
+        # A model with a subtype head tells bacterial from viral, as an image pattern (see its section).
+        "out_of_scope": [*OUT_OF_SCOPE[:-1], OUT_OF_SCOPE_WITH_HEAD] if meta.subtype else OUT_OF_SCOPE,
         "input": input_contract(meta),
         "output": {
             **output_contract(meta),
@@ -79,6 +81,7 @@ def build_model_card(meta: ModelMeta, run_folder: str | os.PathLike | None = Non
             "no evaluation report found in RUN/reports/: run 'pneumoscan evaluate' for test figures with intervals",
         },
         "scope_gate": scope_gate(meta),
+        "subtype": subtype_card(meta, report),
         "limitations": LIMITATIONS,
         "provenance": meta.provenance,
     }
@@ -192,6 +195,7 @@ def render_markdown(card: dict[str, Any]) -> str:
     if out["operating_points"]:
         lines.append("- other operating points (probability thresholds): "
                      + ", ".join(f"{k} {v:.4f}" for k, v in out["operating_points"].items()))
+    lines += ["", *subtype_markdown(card.get("subtype"))] if card.get("subtype") else []
     lines += ["", "## Training data", ""]
     lines += [f"- {k}: {v}" for k, v in card["training_data"].items()]
     lines.append(f"- initial weights: {card.get('initial_weights') or 'none (trained from random initialisation)'}")

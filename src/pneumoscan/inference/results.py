@@ -342,17 +342,32 @@ def write_predictions(rows: Iterable[Prediction], out: str | os.PathLike) -> Pat
 
 def format_table(rows: Iterable[Prediction], max_name: int = 48) -> str:
     """A plain-text table for the terminal: one line per file, errors in place of a probability (beside it
-    for an image scored with the scope check off)."""
-    lines = [f"{'file':<{max_name}}  {'probability':>11}  {'label':<9}  note"]
+    for an image scored with the scope check off); a subtype column where a row has one (PNEUMONIA answers of
+    a model with a subtype head)."""
+    rows = list(rows)
+    width = max((len(subtype_text(row)) for row in rows), default=0)
+    extra = f"  {'subtype':<{width}}" if width else ""
+    lines = [f"{'file':<{max_name}}  {'probability':>11}  {'label':<9}{extra}  note".rstrip()]
     for row in rows:
         name = row.file if len(row.file) <= max_name else "..." + row.file[-(max_name - 3):]
+        subtype = f"  {subtype_text(row):<{width}}" if width else ""
         if row.error and row.probability is not None:
-            lines.append(f"{name:<{max_name}}  {row.probability:>11.4f}  {row.label:<9}  {_short_error(row)}")
+            line = f"{name:<{max_name}}  {row.probability:>11.4f}  {row.label:<9}{subtype}  {_short_error(row)}"
         elif row.error:
-            lines.append(f"{name:<{max_name}}  {'-':>11}  {'-':<9}  {_short_error(row)}")
+            line = f"{name:<{max_name}}  {'-':>11}  {'-':<9}{subtype}  {_short_error(row)}"
         else:
-            lines.append(f"{name:<{max_name}}  {row.probability:>11.4f}  {row.label:<9}")
+            line = f"{name:<{max_name}}  {row.probability:>11.4f}  {row.label:<9}{subtype}"
+        lines.append(line.rstrip())
     return "\n".join(lines)
+
+
+def subtype_text(row: Prediction) -> str:
+    """``bacterial (P viral 0.12)``, ``viral (P viral 0.91)`` or ``uncertain``; empty without a subtype."""
+    if row.subtype is None:
+        return ""
+    if row.subtype == "uncertain" or row.viral_probability is None:
+        return row.subtype
+    return f"{row.subtype} (P viral {row.viral_probability:.2f})"
 
 
 def _short_error(row: Prediction) -> str:

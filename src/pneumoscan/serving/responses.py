@@ -25,6 +25,11 @@ _DESCRIBED = {
     "file": "the uploaded file's name, echoed (never used as a path)",
     "probability": "probability of pneumonia, 0 to 1; none when the image could not be scored",
     "label": "PNEUMONIA when probability >= threshold, else NORMAL",
+    "subtype": "for a PNEUMONIA answer of a model with a subtype head: bacterial, viral or uncertain (the "
+               "calibrated probability of viral below, at or above, or inside the model's uncertain band); none "
+               "otherwise. An image pattern, not a microbiological diagnosis",
+    "viral_probability": "for a PNEUMONIA answer of a model with a subtype head: the calibrated probability, 0 to "
+                         "1, that the pneumonia is viral rather than bacterial; none otherwise",
     "model": "architecture name",
     "version": "pneumoscan version that trained the model",
     "error": "why this file could not be scored ('out of scope: <reason>' for an image that is not a frontal "

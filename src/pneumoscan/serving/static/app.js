@@ -68,6 +68,13 @@ function showImage() {
   }
 }
 
+// Only a PNEUMONIA answer of a model with a subtype head carries one: "bacterial (P viral 0.12)", "uncertain".
+function subtypeText(result) {
+  if (result.label !== "PNEUMONIA" || !result.subtype) return "";
+  if (result.subtype === "uncertain" || typeof result.viral_probability !== "number") return result.subtype;
+  return `${result.subtype} (P viral ${result.viral_probability.toFixed(2)})`;
+}
+
 function render(result) {
   const pct = (100 * result.probability).toFixed(1);
   $("result-file").textContent = result.filename;
@@ -75,6 +82,8 @@ function render(result) {
   $("label").textContent = result.label;
   $("label").className = result.label;
   $("threshold").textContent = result.threshold.toFixed(2);
+  $("subtype").textContent = subtypeText(result);
+  $("subtype-block").hidden = !subtypeText(result);
   const fill = $("bar-fill");
   fill.style.width = `${pct}%`;
   fill.classList.toggle("pneumonia", result.label === "PNEUMONIA");
@@ -151,7 +160,7 @@ async function analyse(file) {
     if (request !== state.request) return;
     render(result);
     setStatus(`${result.filename}: probability of pneumonia ${(100 * result.probability).toFixed(1)}%, ` +
-              `labelled ${result.label}.`);
+              `labelled ${result.label}${subtypeText(result) ? `, subtype ${subtypeText(result)}` : ""}.`);
   } catch (error) {
     if (request !== state.request) return;
     $("result").hidden = true;
