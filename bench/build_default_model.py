@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                         "export, report and card only)")
     parser.add_argument("--scope-only", action="store_true", help="refit the scope gate of the shipped model on "
                         "DATA/train, re-export it and update its card's files and scope gate (weights unchanged)")
+    parser.add_argument("--subtype-only", action="store_true", help="fit the shipped model's subtype head (bacterial "
+                        "or viral) on the training split its recipe made, then re-export and re-evaluate it as "
+                        "--export-only does (the network's weights unchanged)")
     parser.add_argument("--export-only", action="store_true", help="re-export the shipped weights to ONNX with "
                         "the current exporter, evaluate it on DATA/test and refresh the card (hashes, contract, "
                         "reference scores, test figures; the weights unchanged)")
@@ -86,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.scope_only:
         return refit_scope(data, work, out, reuse=args.reuse)
+    if args.subtype_only:
+        return refit_subtype(data, work, out)
     if args.export_only:
         return reexport(data, work, out)
     if args.speed_only:
@@ -237,6 +242,22 @@ def refit_scope(data: Path, work: Path, out: Path, reuse: bool = False) -> int:
     atomic_write_text(out / CARD_MARKDOWN, render_bundled_markdown(card))
     print(f"bundle in {out}: scope gate refitted, probabilities unchanged")
     return 0
+
+
+def refit_subtype(data: Path, work: Path, out: Path) -> int:
+    """Fit the subtype head of the shipped model in ``out`` on the training and validation images of the split
+    its recipe made (the same seeded patient split, checked against the data hash in its provenance), then
+    :func:`reexport`: the card gets the head's figures on ``data/test``. The network's weights are unchanged."""
+    from pneumoscan.bundled import WEIGHTS_FILE
+    from pneumoscan.training.subtype_fit import fit_subtype
+
+    started = time.perf_counter()
+    folder = work / "subtype"
+    subtype = fit_subtype(out / WEIGHTS_FILE, data, out=folder)
+    print(f"subtype head fitted in {time.perf_counter() - started:.0f} s: {json.dumps(subtype)}")
+    round_weights_to_float16(folder / WEIGHTS_FILE)  # the network stored as float16 again (the head stays float32)
+    shutil.copyfile(folder / WEIGHTS_FILE, out / WEIGHTS_FILE)
+    return reexport(data, work, out)
 
 
 def reexport(data: Path, work: Path, out: Path) -> int:

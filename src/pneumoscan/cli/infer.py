@@ -92,6 +92,15 @@ def register(subparsers) -> None:
     fit_scope.add_argument("--images", type=int, default=3000, help="training images to fit on")
     fit_scope.add_argument("--held-out", type=int, default=800, help="other training images that set the thresholds")
 
+    fit_subtype = add_command(
+        subparsers, "fit-subtype", "Fit a trained model's subtype head (bacterial or viral) on its own training split.",
+        "pneumoscan fit-subtype runs/old-run   # then: pneumoscan export runs/old-run", run_fit_subtype,
+    )
+    fit_subtype.add_argument("model", metavar="MODEL", help="run folder or .safetensors (rewritten with the head), or "
+                             "default or fast (a bundled model: the version with the head goes to runs/NAME/)")
+    fit_subtype.add_argument("--data", default=None, help="the training data, when it has moved since training "
+                             "(default: the folder the model records)")
+
     export = add_command(
         subparsers, "export", "Export a model to ONNX with its preprocessing contract and a model card.",
         "pneumoscan export runs/latest --format onnx", run_export,
@@ -271,6 +280,24 @@ def run_fit_scope(args) -> int:
           f"(distance {gate['distance_threshold']:.2f}, orientation {gate['orientation_threshold']:.2f}) keep "
           f"{gate['held_out_kept']:.1%} of {gate['held_out']} held-out ones")
     print(f"an ONNX export made before carries no gate: pneumoscan export {out or args.model}", file=sys.stderr)
+    return 0
+
+
+def run_fit_subtype(args) -> int:
+    from pneumoscan.inference import resolve_model
+    from pneumoscan.inference.model_files import is_bundled
+    from pneumoscan.training.subtype_fit import fit_subtype
+
+    model, out = args.model, None
+    if is_bundled(model):  # never rewrite the installed package: the version with the head is a folder of its own
+        files = resolve_model(model, backend="torch")
+        model, out = files.weights, files.run_folder
+    head = fit_subtype(model, args.data, out=out)
+    written = f" (written to {out})" if out else ""
+    figures = ", ".join(f"{k} {v:.3f}" for k, v in head["val_metrics"].items())
+    print(f"subtype head of {args.model}{written}: fitted on {head['fitted_on']['train_bacterial']} bacterial and "
+          f"{head['fitted_on']['train_viral']} viral training images; validation: {figures}")
+    print(f"an ONNX export made before carries no head: pneumoscan export {out or args.model}", file=sys.stderr)
     return 0
 
 

@@ -20,7 +20,6 @@ that give no scored PNEUMONIA image a known subtype.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -56,24 +55,15 @@ def viral_probabilities(classifier: Any, images: np.ndarray, batch_size: int = 6
     """The subtype head's calibrated probability of viral for every image of ``images`` (the model's input),
     whatever the binary answer; None when the model computes none.
 
-    The one row maker fills it for PNEUMONIA answers only, so the rows are asked of the same classifier with a
-    threshold of 0 (every image a PNEUMONIA answer) and the scope check off: the same backend pass, the same
-    calibration, nothing computed apart. With ``tta``, the mean with the flipped image, as for the pneumonia
-    probability.
+    The rows carry it for PNEUMONIA answers only; ``predict_proba(..., subtype=True)`` gives it for every
+    image, from the same backend pass and calibration. With ``tta``, the mean with the flipped image, as for
+    the pneumonia probability.
     """
-    from pneumoscan.inference import Classifier
-
-    every = Classifier(classifier.backend, replace(classifier.meta, threshold=0.0), scope_check=False,
-                       files=classifier.files)
-    names = [f"<image {i}>" for i in range(len(images))]
+    if not classifier.meta.subtype:
+        return None
     passes = [images, np.ascontiguousarray(images[..., ::-1])] if tta else [images]
-    found = []
-    for batch in passes:
-        values = [row.viral_probability for row in every.assess(batch, names, batch_size=batch_size)]
-        if any(v is None for v in values):
-            return None
-        found.append(np.asarray(values, dtype=np.float64))
-    return np.mean(found, axis=0)
+    return np.mean([classifier.predict_proba(batch, batch_size, subtype=True)[:, 1] for batch in passes],
+                   axis=0).astype(np.float64)
 
 
 def subtype_section(members: list, images: np.ndarray, samples: list, refused: dict[int, str],

@@ -184,8 +184,11 @@ class Classifier:
             return name
         return os.fsdecode(source) if isinstance(source, str | os.PathLike) else "<upload>"
 
-    def predict_proba(self, images, batch_size: int = 64) -> np.ndarray:
-        """Pneumonia probabilities of images given as pixels, one per image, in order.
+    def predict_proba(self, images, batch_size: int = 64, subtype: bool = False) -> np.ndarray:
+        """Pneumonia probabilities of images given as pixels, one per image, in order; with ``subtype``, an
+        (N, 2) array: the pneumonia probability and the subtype head's calibrated probability that a
+        pneumonia is viral rather than bacterial (for every image, whatever its label: the rows carry it for
+        PNEUMONIA answers only), or :class:`ModelFileError` for a model without the head.
 
         ``images``: one image ((H, W) or (H, W, C), a PIL image, a path or a file's bytes), a batch ((N, H, W), (N, H, W, C) or (N, C, H, W)) as a
         numpy array or torch tensor, or a list of images of any sizes (arrays, tensors, PIL images, paths,
@@ -205,7 +208,13 @@ class Classifier:
             batch = self._model_input(array)
             if batch is None:
                 batch = self._preprocessed(split_batch(array, "<array>"))
-        return self._scored(batch, batch_size, with_gate=False)[0]
+        probabilities, _, viral = self._scored(batch, batch_size, with_gate=subtype)
+        if not subtype:
+            return probabilities
+        if viral is None:
+            raise ModelFileError(f"{self.meta.name}: the model has no subtype head (bacterial or viral); train it "
+                                 "on data that state the subtype")
+        return np.stack([probabilities, viral], axis=1)
 
     def _scored(self, batch: np.ndarray, batch_size: int, with_gate: bool = True
                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:

@@ -16,12 +16,14 @@ specificity are reported, is Youden's on validation, clipped into the band. When
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pneumoscan.data.records import SUBTYPES
-from pneumoscan.errors import ConfigError
+from pneumoscan.errors import ConfigError, DatasetError
 
 MIN_PER_SUBTYPE = {"train": 20, "val": 10}  # images of each subtype needed to fit / to calibrate
 MISSED = 0.10  # the share of each subtype the band may answer as the other
@@ -93,8 +95,48 @@ def fit_subtype_on_pixels(model: Any, train_images: np.ndarray, train_subtypes: 
     return info
 
 
+def fit_subtype(model_path: str | os.PathLike, data: str | os.PathLike | None = None, *,
+                out: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Give the trained model at ``model_path`` its subtype head, fitted on the training and validation images
+    of the split its own training made, and save it (``out``: another folder; default: in place). Returns the
+    ``ModelMeta.subtype`` entry.
+
+    The split is made again from the training options stored in the model (its data, or ``data`` when the
+    data moved; its seed and fractions) and must be the one it was trained on: the data hash in its
+    provenance is checked, so the head is never fitted or calibrated on images the model was judged on.
+    """
+    from dataclasses import replace
+
+    from pneumoscan.config_files import from_dict
+    from pneumoscan.models import load_model, save_model
+    from pneumoscan.models.artifact import find_model_file, run_folder_of
+    from pneumoscan.training.config import TrainConfig
+    from pneumoscan.training.data import XrayDataModule
+
+    model, meta = load_model(model_path)
+    stored = meta.provenance.get("config")
+    if not isinstance(stored, dict) or not meta.provenance.get("data_manifest_sha256"):
+        raise ConfigError(f"{model_path}: the model does not record the training options and data it was trained "
+                          "with, so its validation patients are unknown; train it again to get a subtype head")
+    config = from_dict(TrainConfig, {**stored, **({"data": os.fspath(data)} if data is not None else {})},
+                       source=f"{model_path} (its stored training options)")
+    datamodule = XrayDataModule(config)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    split = datamodule.data
+    if split.manifest_hash() != meta.provenance["data_manifest_sha256"]:
+        raise DatasetError(f"{config.data}: its split is not the one {model_path} was trained on (another data "
+                           "folder, or files changed); pass the training data")
+    subtype = fit_subtype_on_pixels(model, split.train_images, [s.subtype for s in split.train_samples],
+                                    split.val_images, [s.subtype for s in split.val_samples], seed=config.seed)
+    target = Path(out) if out is not None else (run_folder_of(model_path) if Path(model_path).is_dir()
+                                                else find_model_file(model_path).parent)
+    save_model(target, model, replace(meta, subtype=subtype))
+    return subtype
+
+
 def _log_loss(labels: np.ndarray, logits: np.ndarray) -> float:
     return float(np.mean(np.logaddexp(0.0, logits) - labels * logits))
 
 
-__all__ = ["MIN_PER_SUBTYPE", "fit_subtype_on_pixels", "subtype_targets"]
+__all__ = ["MIN_PER_SUBTYPE", "fit_subtype", "fit_subtype_on_pixels", "subtype_targets"]
