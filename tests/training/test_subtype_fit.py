@@ -10,7 +10,7 @@ import pytest
 
 from pneumoscan.data.image import read_image
 from pneumoscan.data.records import kermany_subtype
-from pneumoscan.errors import ConfigError, ModelFileError
+from pneumoscan.errors import ConfigError, DatasetError, ModelFileError
 from pneumoscan.models.subtype_meta import problem
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.run import _fit_subtype
@@ -114,3 +114,66 @@ def test_a_head_the_metadata_does_not_describe_or_the_reverse_is_refused(subtype
     save_model(tmp_path / "no-head", model, meta)
     with pytest.raises(ModelFileError, match="describes a subtype head but it holds no subtype"):
         load_model(tmp_path / "no-head")
+
+
+@pytest.fixture(scope="module")
+def kermany_with_subtypes(shared_data, tmp_path_factory):
+    """A Kermany-layout folder (symlinks): 40 normal, 40 bacterial and 40 viral training radiographs."""
+    root = tmp_path_factory.mktemp("kermany-subtypes")
+    folder = shared_data / "chest_xray" / "train"
+    picked = {"NORMAL": sorted((folder / "NORMAL").glob("*.jpeg"))[:40],
+              "PNEUMONIA": sorted((folder / "PNEUMONIA").glob("*_bacteria_*.jpeg"))[:40]
+              + sorted((folder / "PNEUMONIA").glob("*_virus_*.jpeg"))[:40]}
+    for cls, files in picked.items():
+        (root / "train" / cls).mkdir(parents=True)
+        for f in files:
+            (root / "train" / cls / f.name).symlink_to(f)
+    return root
+
+
+@pytest.mark.e2e
+def test_training_gives_the_model_a_head_and_fit_subtype_makes_the_same_one_again(kermany_with_subtypes, tmp_path,
+                                                                                   monkeypatch):
+    import shutil
+
+    from pneumoscan.data import load_dataset
+    from pneumoscan.models import load_model
+    from pneumoscan.training import TrainConfig, train
+    from pneumoscan.training.subtype_fit import fit_subtype
+
+    monkeypatch.delenv("PNEUMOSCAN_RUN_DIR", raising=False)
+    run = train(TrainConfig(data=str(kermany_with_subtypes), out=str(tmp_path / "runs"), model="mini-resnet",
+                            image_size=32, epochs=1, batch_size=16, val_fraction=0.3, progress=False, threads=1))
+    trained, meta = load_model(run)
+    assert meta.subtype and meta.subtype["fitted_on"]["val_viral"] >= 10
+    # The run's split file keeps each image's subtype, so the split is a dataset with its subtypes.
+    recorded = load_dataset(run / "split.csv").samples
+    assert {s.subtype for s in recorded if s.label == 1} == {"bacterial", "viral"}
+    assert {s.subtype for s in recorded if s.label == 0} == {None}
+    # Fitted again from the options stored in the model, on the split made again: the same head (to float
+    # rounding: the saved network computes its features in another memory layout than training's).
+    again = fit_subtype(run, out=tmp_path / "again")
+    refitted, _ = load_model(tmp_path / "again")
+    assert again["uncertain"] == pytest.approx(meta.subtype["uncertain"], abs=1e-4)
+    assert again["fitted_on"] == meta.subtype["fitted_on"]
+    assert torch_close(refitted.subtype.weight, trained.subtype.weight)
+    # Other data than the model was trained on: refused, nothing written.
+    other = tmp_path / "other"
+    shutil.copytree(kermany_with_subtypes, other, symlinks=True)
+    next((other / "train" / "NORMAL").iterdir()).unlink()
+    with pytest.raises(DatasetError, match="not the one .* was trained on"):
+        fit_subtype(run, other, out=tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+
+
+def test_a_model_that_does_not_record_its_training_cannot_get_a_head(exported_run):
+    from pneumoscan.training.subtype_fit import fit_subtype
+
+    with pytest.raises(ConfigError, match="does not record the training options"):
+        fit_subtype(exported_run, out=exported_run.parent / "never")
+
+
+def torch_close(a, b) -> bool:
+    import torch
+
+    return bool(torch.allclose(a, b, rtol=1e-3, atol=1e-5))
