@@ -52,14 +52,20 @@ def make_run(folder: Path, data: Path, threshold: float = 0.5, seed: int = 0,
 
 
 def with_subtype_rule(folder: Path, rule: dict) -> Path:
-    """The run's model saved again with ``rule`` as its ``ModelMeta.subtype`` (the weights unchanged): the
-    metadata of a model with a subtype head, for the outputs that read it (the head itself is not computed)."""
+    """The run's model saved again with a subtype head of seeded random weights and ``rule`` as its
+    ``ModelMeta.subtype`` (the network unchanged): a model with a head, for the outputs that read it."""
     from dataclasses import replace
 
+    import torch
+
     from pneumoscan.models.artifact import load_model, save_model
+    from pneumoscan.models.registry import heads
+    from pneumoscan.models.subtype_head import SubtypeHead, attach_subtype
 
     model, meta = load_model(folder)
-    save_model(folder, model, replace(meta, subtype=dict(rule)))
+    head = SubtypeHead(sum(h.in_features for h in heads(model)))
+    head.weight.copy_(torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(0)) * 0.1)
+    save_model(folder, attach_subtype(model, head), replace(meta, subtype=dict(rule)))
     return folder
 
 
