@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumoscan._io import atomic_write_json, atomic_write_text
-from pneumoscan.inference.onnx_backend import SCOPE_OUTPUT, input_contract, output_contract
+from pneumoscan.inference.onnx_backend import INT8_KEY, SCOPE_OUTPUT, input_contract, output_contract
 from pneumoscan.models.artifact import OPERATING_POINTS, ModelMeta
 from pneumoscan.models.scope_meta import describe
 from pneumoscan.provenance import DISCLAIMER, sha256_file
@@ -79,6 +79,7 @@ def build_model_card(meta: ModelMeta, run_folder: str | os.PathLike | None = Non
             "no evaluation report found in RUN/reports/: run 'pneumoscan evaluate' for test figures with intervals",
         },
         "scope_gate": scope_gate(meta),
+        **({"int8": meta.provenance[INT8_KEY]} if meta.provenance.get(INT8_KEY) else {}),
         "limitations": LIMITATIONS,
         "provenance": meta.provenance,
     }
@@ -116,12 +117,14 @@ def scope_gate(meta: ModelMeta) -> dict[str, Any]:
 
 
 def write_model_card(folder: str | os.PathLike, meta: ModelMeta, run_folder: str | os.PathLike | None = None,
-                     onnx_file: str | os.PathLike | None = None) -> tuple[Path, Path]:
-    """Write ``folder/model_card.json`` and ``folder/model_card.md`` atomically; return both paths."""
+                     onnx_file: str | os.PathLike | None = None,
+                     names: tuple[str, str] = (CARD_JSON, CARD_MARKDOWN)) -> tuple[Path, Path]:
+    """Write ``folder/model_card.json`` and ``folder/model_card.md`` (or the two ``names``: an int8 model's
+    card, :func:`pneumoscan.runs.card_names`) atomically; return both paths."""
     card = build_model_card(meta, run_folder, onnx_file)
     folder = Path(folder)
-    return (atomic_write_json(folder / CARD_JSON, card),
-            atomic_write_text(folder / CARD_MARKDOWN, render_markdown(card)))
+    return (atomic_write_json(folder / names[0], card),
+            atomic_write_text(folder / names[1], render_markdown(card)))
 
 
 def flatten_figures(report: dict, limit: int = 80) -> dict[str, Any]:
@@ -192,6 +195,8 @@ def render_markdown(card: dict[str, Any]) -> str:
     if out["operating_points"]:
         lines.append("- other operating points (probability thresholds): "
                      + ", ".join(f"{k} {v:.4f}" for k, v in out["operating_points"].items()))
+    if card.get("int8"):
+        lines += ["", "## int8", ""] + [f"- {k}: {v}" for k, v in card["int8"].items() if k != "float_model"]
     lines += ["", "## Training data", ""]
     lines += [f"- {k}: {v}" for k, v in card["training_data"].items()]
     lines.append(f"- initial weights: {card.get('initial_weights') or 'none (trained from random initialisation)'}")
@@ -234,7 +239,8 @@ def threshold_rule(meta: ModelMeta) -> str | None:
         if rule == "balanced":  # no image chose it; validation set the temperature only
             scaled = float(meta.temperature or 1.0) != 1.0
             on = f"; temperature {meta.temperature:.3f} fitted on validation{on}" if scaled else ""
-        return f"{rule}: {OPERATING_POINTS[rule]}{on}"
+        again = " (re-fitted on the int8 graph's own outputs)" if meta.provenance.get(INT8_KEY) else ""
+        return f"{rule}: {OPERATING_POINTS[rule]}{on}{again}"
     return None
 
 

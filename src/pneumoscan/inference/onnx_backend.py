@@ -31,6 +31,9 @@ INPUT_NAME = "image"
 LOGIT_OUTPUT = "logit"
 PROBABILITY_OUTPUT = "probability"
 SCOPE_OUTPUT = "scope"
+# The provenance key of an int8 model's metadata (pneumoscan.serving.quantize): how it was quantised, and
+# the digest of the float model's metadata it was made from.
+INT8_KEY = "int8"
 
 
 class OnnxBackend:
