@@ -1,0 +1,147 @@
+"""`pneumoscan export MODEL --int8`: a quantised backbone, float heads, its own temperature and threshold,
+loaded only when asked for."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+from helpers.shared import once_per_run
+from helpers.synthetic import write_synthetic_image
+from pneumoscan import runs
+from pneumoscan.cli import main
+from pneumoscan.errors import ConfigError, ModelFileError
+from pneumoscan.inference import load, resolve_model
+from pneumoscan.inference.onnx_backend import INT8_KEY, LOGIT_OUTPUT, PROBABILITY_OUTPUT, SCOPE_OUTPUT
+from pneumoscan.serving.quantize import backbone_nodes, export_int8, quantize_graph
+from pneumoscan.training.metrics import refit_on_validation
+
+QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+def _synthetic_data(root: Path) -> Path:
+    """20 patients per class, 2 images each: training images to calibrate on, validation carved by patient."""
+    for i in range(20):
+        for j in range(2):
+            write_synthetic_image(root / "train" / "NORMAL" / f"IM-{i:04d}-000{j}.png", 0, seed=10 * i + j)
+            write_synthetic_image(root / "train" / "PNEUMONIA" / f"person{i}_bacteria_{j}.png", 1, seed=1000 + 10 * i + j)
+    return root
+
+
+@pytest.fixture(scope="module")
+def int8_run(gated_run, tmp_path_factory) -> Path:
+    """The suite's gated run (64 px mini-resnet with a scope gate, exported) with its int8 graph beside the
+    float one, calibrated and re-fitted on synthetic radiographs."""
+    run = tmp_path_factory.mktemp("int8") / "run"
+    shutil.copytree(gated_run, run)
+    data = _synthetic_data(run.parent / "data")
+    export_int8(runs.export_file(run), refit_on_validation, data, images=40)
+    return run
+
+
+def _consumers_of(graph, tensor: str) -> list:
+    """Every node that depends on ``tensor``, directly or through others."""
+    found, frontier = [], {tensor}
+    for node in graph.node:  # the graph is topologically sorted
+        if frontier.intersection(node.input):
+            found.append(node)
+            frontier.update(node.output)
+    return found
+
+
+def test_only_the_backbone_is_quantised_and_every_head_after_the_features_stays_float(gated_run):
+    proto = onnx.load(runs.export_file(gated_run))
+    graph = proto.graph
+    linear = next(n for n in graph.node if LOGIT_OUTPUT in n.output)
+    features = linear.input[0]
+    # A third head on the penultimate features, as a subtype head would add: nothing may assume two outputs.
+    width = numpy_helper.to_array(next(t for t in graph.initializer if t.name == linear.input[1])).shape[-1]
+    weight = numpy_helper.from_array(np.linspace(-1, 1, width, dtype=np.float32)[:, None], "viral.weight")
+    graph.initializer.append(weight)
+    graph.node.extend([helper.make_node("MatMul", [features, weight.name], ["viral.logit"]),
+                       helper.make_node("Sigmoid", ["viral.logit"], ["viral"])])
+    graph.output.append(helper.make_tensor_value_info("viral", onnx.TensorProto.FLOAT, ["batch", 1]))
+    batches = [np.random.default_rng(i).random((8, 1, 64, 64), dtype=np.float32) for i in range(3)]
+
+    quantised, names = quantize_graph(proto.SerializeToString(), batches)
+
+    result = onnx.load_from_string(quantised)
+    assert [o.name for o in result.graph.output] == [LOGIT_OUTPUT, PROBABILITY_OUTPUT, SCOPE_OUTPUT, "viral"]
+    assert any(n.op_type in QDQ for n in result.graph.node), "nothing was quantised"
+    after = _consumers_of(result.graph, features)
+    assert {LOGIT_OUTPUT, SCOPE_OUTPUT, "viral", PROBABILITY_OUTPUT} <= {o for n in after for o in n.output}
+    assert not [n.name for n in after if n.op_type in QDQ]
+    assert not set(names) & {n.name for n in after}
+    # The gate's statistics and the heads' weights are the float ones, unchanged.
+    before = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for tensor in result.graph.initializer:
+        if "scope" in tensor.name or tensor.name == "viral.weight":
+            assert tensor.data_type == onnx.TensorProto.FLOAT
+            np.testing.assert_array_equal(numpy_helper.to_array(tensor), before[tensor.name])
+    # ... and the extra head computes on the int8 graph's own float features.
+    session = ort.InferenceSession(quantised, providers=["CPUExecutionProvider"])
+    viral, = session.run(["viral"], {"image": batches[0]})
+    assert viral.shape == (8, 1) and np.all((viral > 0) & (viral < 1))
+
+
+def test_a_graph_without_a_linear_layer_before_its_logit_is_refused(gated_run):
+    proto = onnx.load(runs.export_file(gated_run))
+    for node in proto.graph.node:
+        if node.op_type in ("Gemm", "MatMul"):
+            node.op_type = "Add"
+    with pytest.raises(ModelFileError, match="no Gemm or MatMul"):
+        backbone_nodes(proto, "m.onnx")
+
+
+def test_the_int8_graph_carries_its_refitted_temperature_and_threshold_in_its_file_and_card(int8_run):
+    int8_file = runs.int8_file(runs.export_file(int8_run))
+    model = load(int8_file)
+    record = model.meta.provenance[INT8_KEY]
+    assert "calibration" in record and "40 training images" in record["calibration"]
+    card = json.loads((int8_file.parent / "model_card.int8.json").read_text())
+    assert card["output"]["threshold"] == model.meta.threshold and card["output"]["temperature"] == model.meta.temperature
+    assert card["int8"]["refit"] == record["refit"] and "int8" in (int8_file.parent / "model_card.int8.md").read_text()
+    assert model.files.card == int8_file.parent / "model_card.int8.json"
+    # The float model's card is untouched, and its own.
+    float_card = json.loads((int8_run / "export" / "model_card.json").read_text())
+    assert "int8" not in float_card
+    # The graph's own probability output uses the re-fitted temperature.
+    batch = np.random.default_rng(0).random((4, 1, 64, 64), dtype=np.float32)
+    logit, probability = model.backend.session.run([LOGIT_OUTPUT, PROBABILITY_OUTPUT], {"image": batch})
+    np.testing.assert_allclose(probability, 1 / (1 + np.exp(-logit / model.meta.temperature)), rtol=1e-5)
+
+
+def test_a_run_folder_is_scored_by_its_float_graph_unless_the_int8_one_is_asked_for(int8_run, capsys):
+    export = runs.export_file(int8_run)
+    assert resolve_model(int8_run, prefer_onnx=True).path == export
+    assert resolve_model(export).path == export
+    int8 = resolve_model(int8_run, backend="onnx-int8")
+    assert int8.path == runs.int8_file(export) and int8.weights == int8_run / runs.MODEL
+    assert resolve_model(export, backend="onnx-int8").path == runs.int8_file(export)
+    assert resolve_model(runs.int8_file(export)).path == runs.int8_file(export)  # by its name
+    image = str(int8_run / "train" / "0.png")
+    assert main(["predict", str(int8_run), image, "--backend", "onnx-int8"]) == 0
+    assert "onnxruntime" in capsys.readouterr().out
+
+
+def test_asking_for_a_missing_or_stale_int8_graph_names_the_command_that_makes_it(int8_run, gated_run, tmp_path):
+    with pytest.raises(ModelFileError, match="--int8"):
+        resolve_model(gated_run, backend="onnx-int8")
+    retrained = tmp_path / "run"
+    shutil.copytree(int8_run, retrained)
+    meta = json.loads((retrained / runs.MODEL_JSON).read_text())
+    (retrained / runs.MODEL_JSON).write_text(json.dumps({**meta, "threshold": 0.25}))
+    with pytest.raises(ModelFileError, match="stale"):
+        resolve_model(retrained, backend="onnx-int8")
+
+
+def test_without_a_split_file_or_data_the_int8_export_asks_for_the_training_data(gated_run):
+    with pytest.raises(ConfigError, match="give the training data"):
+        export_int8(runs.export_file(gated_run), refit_on_validation)
