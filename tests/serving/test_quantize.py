@@ -142,6 +142,27 @@ def test_asking_for_a_missing_or_stale_int8_graph_names_the_command_that_makes_i
         resolve_model(retrained, backend="onnx-int8")
 
 
+def test_cli_export_int8_calibrates_and_refits_on_the_runs_own_split_file(gated_run, tmp_path, capsys):
+    from pneumoscan.data import load_dataset, write_manifest
+
+    run = tmp_path / "run"
+    shutil.copytree(gated_run, run)
+    samples = load_dataset(_synthetic_data(tmp_path / "data")).samples
+    # Validation: three patients of each class (12 images); only the run's split.csv says where the data is.
+    patients = {label: sorted({s.patient_id for s in samples if s.label == label}) for label in (0, 1)}
+    val = set(patients[0][:3] + patients[1][:3])
+    write_manifest([s.with_split("val" if s.patient_id in val else "train") for s in samples], run / runs.SPLIT)
+
+    assert main(["export", str(run), "--int8", "--int8-images", "16"]) == 0
+
+    printed = capsys.readouterr()
+    int8_file = runs.int8_file(runs.export_file(run))
+    assert str(int8_file) in printed.out and str(int8_file.parent / "model_card.int8.md") in printed.out
+    record = load(int8_file).meta.provenance[INT8_KEY]
+    assert record["calibration"].startswith("16 training images")
+    assert "on 12 validation images" in record["refit"] and "re-fitted on 12 validation images" in printed.err
+
+
 def test_without_a_split_file_or_data_the_int8_export_asks_for_the_training_data(gated_run):
     with pytest.raises(ConfigError, match="give the training data"):
         export_int8(runs.export_file(gated_run), refit_on_validation)

@@ -120,7 +120,7 @@ def _samples(meta: ModelMeta, onnx_file: Path, data: str | os.PathLike | None) -
     source = Path(data) if data is not None else split
     if source is None:
         raise ConfigError(f"{onnx_file}: no {runs.SPLIT} in its run folder to calibrate and re-fit on; give the "
-                          "training data (a dataset folder, or a manifest with train and val rows)")
+                          "training data (--int8-data DATA: a dataset folder, or a manifest with train and val rows)")
     if source.is_dir():
         config = meta.provenance.get("config") if isinstance(meta.provenance.get("config"), dict) else {}
         samples = split_by_patient(load_dataset(source).samples, float(config.get("val_fraction", VAL_FRACTION)),
@@ -298,10 +298,7 @@ def _float32_weights(proto) -> None:
         values = numpy_helper.to_array(halves[cast.input[0]]).astype(np.float32)
         graph.initializer.append(numpy_helper.from_array(values, cast.output[0]))
         graph.node.remove(cast)
-    used = {name for node in graph.node for name in node.input}
-    kept = [t for t in graph.initializer if t.name not in halves or t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    _drop_unused(graph, set(halves))
 
 
 def set_temperature(proto, temperature: float, source: str = "<model>") -> None:
@@ -316,11 +313,15 @@ def set_temperature(proto, temperature: float, source: str = "<model>") -> None:
         raise ModelFileError(f"{source}: '{PROBABILITY_OUTPUT}' is not sigmoid({LOGIT_OUTPUT} / temperature); "
                              "re-export the model with 'pneumoscan export'")
     name = f"{PROBABILITY_OUTPUT}.temperature"
-    kept = [t for t in graph.initializer if t.name != name]
+    old, divide.input[1] = divide.input[1], ""
+    _drop_unused(graph, {old, name})
+    graph.initializer.append(numpy_helper.from_array(np.array(temperature, dtype=np.float32), name))
+    divide.input[1] = name
+
+
+def _drop_unused(graph, names: set[str]) -> None:
+    """Remove the initializers of ``names`` that no node reads any more."""
+    used = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name not in names or t.name in used]
     del graph.initializer[:]
-    graph.initializer.extend([*kept, numpy_helper.from_array(np.array(temperature, dtype=np.float32), name)])
-    old, divide.input[1] = divide.input[1], name
-    if not any(old in node.input for node in graph.node):
-        kept = [t for t in graph.initializer if t.name != old]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+    graph.initializer.extend(kept)
