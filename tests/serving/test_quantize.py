@@ -208,6 +208,28 @@ def test_the_bundled_int8_threshold_is_refitted_on_its_validation_patients_and_r
     assert "re-fitted on the int8 graph's own outputs" in card["output"]["threshold_rule"]
 
 
+def test_the_refit_given_the_float_models_own_outputs_gives_back_the_threshold_its_training_chose(shared_data):
+    """The rule and the patients the int8 graph is re-fitted with are the training's: applied to the float
+    graph's outputs they give back the bundled model's stored temperature and threshold (its weights were
+    rounded to float16 after training, hence the small tolerance)."""
+    from pneumoscan.data import load_dataset, split_by_patient
+
+    model = load()
+    config = model.meta.provenance["config"]
+    samples = split_by_patient(load_dataset(shared_data / "chest_xray").samples, config["val_fraction"],
+                               config["seed"], config["test_fraction"])
+    val = [s for s in samples if s.split == "val"]
+    logits = np.concatenate([model.backend.logits(np.stack([model.preprocess(s.path) for s in val[i:i + 64]]))
+                             for i in range(0, len(val), 64)])
+
+    refitted = refit_on_validation(model.meta, np.array([s.label for s in val]), 1 / (1 + np.exp(-logits)))
+
+    assert len(val) == model.meta.val_metrics["images"] == 551
+    assert refitted.temperature == pytest.approx(model.meta.temperature, abs=1e-3)
+    assert refitted.threshold == pytest.approx(model.meta.threshold, abs=1e-3)
+    assert refitted.val_metrics["sensitivity"] == model.meta.val_metrics["sensitivity"]
+
+
 def test_the_int8_graphs_scope_gate_refuses_the_images_the_float_one_refuses(bundled_int8, shared_data, tmp_path):
     from PIL import Image, ImageOps
 
