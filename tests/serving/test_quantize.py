@@ -208,6 +208,21 @@ def test_the_bundled_int8_threshold_is_refitted_on_its_validation_patients_and_r
     assert "re-fitted on the int8 graph's own outputs" in card["output"]["threshold_rule"]
 
 
+def test_the_bundled_models_int8_graph_is_used_only_when_asked_for_once_made(bundled_int8, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # `pneumoscan export default --int8` writes to runs/default/export/
+    with pytest.raises(ModelFileError, match="export default --int8"):
+        resolve_model(None, backend="onnx-int8")
+    made = runs.int8_file(runs.export_file(Path(runs.RUNS_DIR) / "default"))
+    made.parent.mkdir(parents=True)
+    for file in (bundled_int8, bundled_int8.parent / "model_card.int8.json"):
+        shutil.copyfile(file, made.parent / file.name)
+
+    files = resolve_model(None, backend="onnx-int8")
+    assert files.path == made and files.bundled and files.card == made.parent / "model_card.int8.json"
+    assert files.weights == resolve_model(None).weights  # the bundled PyTorch weights, for Grad-CAM
+    assert resolve_model(None).path != made  # the float graph otherwise
+
+
 def test_the_refit_given_the_float_models_own_outputs_gives_back_the_threshold_its_training_chose(shared_data):
     """The rule and the patients the int8 graph is re-fitted with are the training's: applied to the float
     graph's outputs they give back the bundled model's stored temperature and threshold (its weights were

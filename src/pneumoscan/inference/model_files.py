@@ -235,13 +235,16 @@ def _int8(model: str | os.PathLike | None) -> ModelFiles:
     """The files of ``model``'s int8 graph (see the module docstring); :class:`ModelFileError` when it has none."""
     make = "make it with 'pneumoscan export MODEL --int8'"
     if is_bundled(model):
+        from pneumoscan.bundled import BUNDLED_DIR
+
         files = _bundled(None)
-        int8 = runs.int8_file(files.path)
-        if not int8.is_file():
-            raise ModelFileError(f"{int8}: this installation's bundled model has no int8 graph; use the float one "
-                                 "(no --backend) or rebuild the bundle with bench/build_default_model.py --int8")
-        card = int8.parent / runs.card_names(int8)[0]
-        return replace(files, path=int8, card=card if card.is_file() else None)
+        # Shipped beside the float graph, or made here by `pneumoscan export default --int8`.
+        made = [runs.int8_file(files.path), runs.int8_file(runs.export_file(files.run_folder))]
+        int8 = next((f for f in made if f.is_file() and not _stale_int8(f, BUNDLED_DIR / runs.MODEL_JSON)), None)
+        if int8 is None:
+            raise ModelFileError(f"{made[1]}: the bundled model has no int8 graph; use the float one (no --backend) "
+                                 "or make it with 'pneumoscan export default --int8 --int8-data DATA'")
+        return replace(_onnx(int8, files.run_folder), bundled=True, weights=files.weights)
     path = Path(model).expanduser()
     if path.suffix.lower() == ".onnx":
         int8 = runs.int8_file(path)
@@ -255,18 +258,17 @@ def _int8(model: str | os.PathLike | None) -> ModelFiles:
     int8 = runs.int8_file(export if export is not None else runs.export_file(path))
     if not int8.is_file():
         raise ModelFileError(f"{path}: no int8 graph ({int8.relative_to(path)} is missing); {make}")
-    why = _stale_int8(int8, path)
+    why = _stale_int8(int8, path / runs.MODEL_JSON)
     if why:
-        raise ModelFileError(f"{path}: {why}; {make}")
+        raise ModelFileError(f"{int8}: {why}; {make}")
     return _onnx(int8, path)
 
 
-def _stale_int8(int8: Path, folder: Path) -> str | None:
-    """Why the int8 graph is not made from the folder's model (the digest of the float metadata it records
-    differs from that of the folder's ``model.json``), or None when it is (or the folder has no ``model.json``)."""
+def _stale_int8(int8: Path, meta_file: Path) -> str | None:
+    """Why the int8 graph is not made from the model of ``meta_file`` (a ``model.json``: the digest of the
+    float metadata the graph records differs from its digest), or None when it is (or there is no such file)."""
     from pneumoscan.inference.onnx_backend import INT8_KEY, read_onnx_meta
 
-    meta_file = folder / runs.MODEL_JSON
     if not meta_file.is_file():
         return None
     try:
@@ -277,8 +279,8 @@ def _stale_int8(int8: Path, folder: Path) -> str | None:
         made_from = (meta.provenance.get(INT8_KEY) or {}).get("float_model")
         same = made_from == meta_digest(json.loads(meta_file.read_text(encoding="utf-8")))
     except Exception as exc:  # onnx raises protobuf's DecodeError and its own types
-        return f"{int8.relative_to(folder)} is unreadable ({exc})"
-    return None if same else f"{int8.relative_to(folder)} is stale (not made from {runs.MODEL_JSON})"
+        return f"unreadable ({exc})"
+    return None if same else f"stale: not made from the model of {meta_file}"
 
 
 def meta_digest(meta: dict[str, Any]) -> str:
