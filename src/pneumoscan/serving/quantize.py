@@ -101,7 +101,7 @@ def export_int8(onnx_file: str | os.PathLike, refit: Refit, data: str | os.PathL
               "calibration": f"{len(calibration)} training images, seed {seed}",
               "refit": f"temperature and operating points re-fitted on {len(labels)} validation images from "
                        "the int8 graph's own outputs, by the training's rule",
-              "validation_label_agreement": agreement, "validation_refusals_changed": changed,
+              "validation_label_agreement": round(agreement, 4), "validation_refusals_changed": changed,
               "float_model": meta_digest(json.loads(float_model.meta.to_json()))}
     meta = replace(meta, provenance={**meta.provenance, INT8_KEY: record})
     atomic_write_bytes(out, _finished(graph, meta, str(onnx_file)))
@@ -170,7 +170,9 @@ def _finished(graph: bytes, meta: ModelMeta, source: str) -> bytes:
     set_temperature(proto, float(meta.temperature or 1.0), source)
     proto.doc_string = f"pneumoscan {meta.name} at {meta.image_size}px, int8. NOT a medical device; not for diagnosis."
     del proto.metadata_props[:]
-    for key, value in onnx_metadata(meta).items():
+    record = meta.provenance[INT8_KEY]
+    readable = {**onnx_metadata(meta), INT8_KEY: f"{record['format']}; {record['quantised']}; {record['refit']}"}
+    for key, value in readable.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     return proto.SerializeToString()
