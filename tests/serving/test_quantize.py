@@ -128,7 +128,8 @@ def test_a_run_folder_is_scored_by_its_float_graph_unless_the_int8_one_is_asked_
     assert resolve_model(runs.int8_file(export)).path == runs.int8_file(export)  # by its name
     image = str(int8_run / "train" / "0.png")
     assert main(["predict", str(int8_run), image, "--backend", "onnx-int8"]) == 0
-    assert "onnxruntime" in capsys.readouterr().out
+    assert "onnxruntime-int8" in capsys.readouterr().out
+    assert load(int8_run, prefer_onnx=True).backend_name == "onnxruntime"  # the float graph
 
 
 def test_asking_for_a_missing_or_stale_int8_graph_names_the_command_that_makes_it(int8_run, gated_run, tmp_path):
@@ -161,6 +162,13 @@ def test_cli_export_int8_calibrates_and_refits_on_the_runs_own_split_file(gated_
     record = load(int8_file).meta.provenance[INT8_KEY]
     assert record["calibration"].startswith("16 training images")
     assert "on 12 validation images" in record["refit"] and "re-fitted on 12 validation images" in printed.err
+
+
+def test_int8_options_without_int8_are_refused_before_anything_is_exported(gated_run, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(gated_run), "--out", str(out), "--int8-data", str(tmp_path)]) == 2
+    assert main(["export", str(gated_run), "--out", str(out), "--int8", "--int8-images", "0"]) == 2
+    assert "--int8-data goes with --int8" in capsys.readouterr().err and not out.exists()
 
 
 def test_without_a_split_file_or_data_the_int8_export_asks_for_the_training_data(gated_run):

@@ -106,8 +106,8 @@ def register(subparsers) -> None:
     export.add_argument("--int8-data", metavar="DATA", help="with --int8: the training data to calibrate and re-fit "
                         "on when the model has no run split.csv (a dataset folder, split by patient as training "
                         "did, or a manifest with train and val rows)")
-    export.add_argument("--int8-images", type=int, default=300, metavar="N",
-                        help="with --int8: training images the activation ranges are measured on")
+    export.add_argument("--int8-images", type=int, default=None, metavar="N",
+                        help="with --int8: training images the activation ranges are measured on (default 300)")
 
 
 def run_predict(args) -> int:
@@ -277,7 +277,13 @@ def run_fit_scope(args) -> int:
 
 def run_export(args) -> int:
     from pneumoscan import runs
+    from pneumoscan.errors import ConfigError
     from pneumoscan.serving.export import PARITY_TOLERANCE, export_onnx
+
+    if not args.int8 and (args.int8_data is not None or args.int8_images is not None):
+        raise ConfigError(f"--int8-{'data' if args.int8_data is not None else 'images'} goes with --int8")
+    if args.int8_images is not None and args.int8_images < 1:
+        raise ConfigError(f"--int8-images must be at least 1, not {args.int8_images}")
 
     print(f"exporting {args.model} to ONNX and checking it against PyTorch (about half a minute)...",
           file=sys.stderr, flush=True)
@@ -288,12 +294,12 @@ def run_export(args) -> int:
     print(out.parent / runs.CARD_JSON)
     print(out.parent / runs.CARD_MARKDOWN)
     if args.int8:
-        from pneumoscan.serving.quantize import export_int8
+        from pneumoscan.serving.quantize import CALIBRATION_IMAGES, export_int8
         from pneumoscan.training.metrics import refit_on_validation
 
         print("quantising it to int8 (calibration, then the validation images scored by both graphs)...",
               file=sys.stderr, flush=True)
-        int8 = export_int8(out, refit_on_validation, args.int8_data, images=args.int8_images)
+        int8 = export_int8(out, refit_on_validation, args.int8_data, images=args.int8_images or CALIBRATION_IMAGES)
         print(f"int8: calibrated on {int8.calibration_images} training images; temperature "
               f"{int8.meta.temperature:.3f} and threshold {int8.meta.threshold:.4f} re-fitted on "
               f"{int8.validation_images} validation images, where it gives the float model's label to "

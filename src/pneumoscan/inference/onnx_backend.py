@@ -34,6 +34,7 @@ SCOPE_OUTPUT = "scope"
 # The provenance key of an int8 model's metadata (pneumoscan.serving.quantize): how it was quantised, and
 # the digest of the float model's metadata it was made from.
 INT8_KEY = "int8"
+INT8_BACKEND = "onnxruntime-int8"  # the backend name of an int8 graph's classifier
 
 
 class OnnxBackend:
@@ -93,6 +94,8 @@ def load_onnx(path: str | os.PathLike, device: str | None = None, threads: int |
         raise ModelFileError(f"{path}: ONNX model has no '{LOGIT_OUTPUT}' output (has {backend.outputs}); "
                              "re-export it with 'pneumoscan export'")
     _check_scope_output(backend, meta, path)
+    if meta.provenance.get(INT8_KEY):
+        backend.name = INT8_BACKEND  # every answer says which graph scored it
     return Classifier(backend, meta)
 
 

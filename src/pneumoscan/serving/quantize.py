@@ -27,7 +27,7 @@ import numpy as np
 
 from pneumoscan import runs
 from pneumoscan._io import atomic_write_bytes
-from pneumoscan.errors import ConfigError, DatasetError, ImageReadError, ModelFileError
+from pneumoscan.errors import ConfigError, DatasetError, ImageReadError, ModelFileError, reason
 from pneumoscan.inference.onnx_backend import INT8_KEY, LOGIT_OUTPUT, PROBABILITY_OUTPUT
 
 if TYPE_CHECKING:
@@ -225,9 +225,12 @@ def quantize_graph(float_graph: bytes, batches: Iterable[np.ndarray], source: st
                 batch = next(self.batches, None)
                 return None if batch is None else {input_name: np.ascontiguousarray(batch, dtype=np.float32)}
 
-        quantize_static(str(prepared), str(quantised), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=backbone,
-                        calibrate_method=CalibrationMethod.MinMax)
+        try:
+            quantize_static(str(prepared), str(quantised), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=backbone,
+                            calibrate_method=CalibrationMethod.MinMax)
+        except Exception as exc:  # ONNX Runtime raises its own types, and ValueError for a graph it cannot handle
+            raise ModelFileError(f"{source}: ONNX Runtime could not quantise this graph ({reason(exc)})") from None
         return quantised.read_bytes(), backbone
 
 
