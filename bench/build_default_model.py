@@ -5,6 +5,7 @@
     .venv/bin/python bench/build_default_model.py --scope-only    # refit the shipped model's scope gate only
                                                                   # (distance, orientation and kind probes)
     .venv/bin/python bench/build_default_model.py --export-only   # re-export the shipped weights, refresh the card
+    .venv/bin/python bench/build_default_model.py --export-only --int8   # ... and write model.int8.onnx beside it
 
 Steps: train the DEFAULT recipe exactly as ``pneumoscan train`` with no options does (the default
 ``TrainConfig()``; only the data root and the output folder are set, and ``--epochs`` when given, which
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export-only", action="store_true", help="re-export the shipped weights to ONNX with "
                         "the current exporter, evaluate it on DATA/test and refresh the card (hashes, contract, "
                         "reference scores, test figures; the weights unchanged)")
+    parser.add_argument("--int8", action="store_true", help="also write the int8 graph of the bundle's model.onnx "
+                        "beside it, with its card (`pneumoscan export --int8`: calibrated on DATA/train, re-fitted on "
+                        "the validation patients the training carved)")
     args = parser.parse_args(argv)
     # Paths relative to the repository in the model's provenance: no machine's absolute paths in the bundle.
     args.data, args.work, args.out = (os.path.relpath(Path(p).resolve(), REPO) for p in (args.data, args.work, args.out))
@@ -65,10 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"build_default_model: {', '.join(map(str, missing))} missing; run `pneumoscan data download` "
               "or pass --data", file=sys.stderr)
         return 2
-    if args.scope_only:
-        return refit_scope(data, work, out, reuse=args.reuse)
-    if args.export_only:
-        return reexport(data, work, out)
+    if args.scope_only or args.export_only:
+        status = refit_scope(data, work, out, reuse=args.reuse) if args.scope_only else reexport(data, work, out)
+        return status or write_int8(out, data, args.int8)
     deviations = {k: v for k, v in (("epochs", args.epochs), ("image_size", args.image_size)) if v is not None}
     config = TrainConfig(data=str(data), out=str(work), run_name="run", progress=sys.stderr.isatty(), **deviations)
     recipe = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
@@ -101,6 +104,21 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(out / CARD_MARKDOWN, render_bundled_markdown(card))
     size = sum((out / name).stat().st_size for name in (ONNX_FILE, WEIGHTS_FILE, CARD_JSON, CARD_MARKDOWN, META_JSON))
     print(f"bundle written to {out} ({size / 1e6:.2f} MB)")
+    return write_int8(out, data, args.int8)
+
+
+def write_int8(out: Path, data: Path, wanted: bool) -> int:
+    """With --int8, the int8 graph of ``out/model.onnx`` beside it with its card, as ``pneumoscan export
+    --int8`` makes it from ``data`` (split by patient as the bundled model's training split it); 0."""
+    if not wanted:
+        return 0
+    from pneumoscan.bundled import ONNX_FILE
+    from pneumoscan.serving.quantize import export_int8
+    from pneumoscan.training.metrics import refit_on_validation
+
+    made = export_int8(out / ONNX_FILE, refit_on_validation, data)
+    print(f"int8 graph written: {made.path} (threshold {made.meta.threshold:.4f}; the float model's answer for "
+          f"{made.label_agreement:.1%} of {made.validation_images} validation images)")
     return 0
 
 
