@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 CALIBRATION_IMAGES = 300  # training images the activation ranges are measured on (min-max: a few hundred suffice)
 SEED = 0  # which training images calibrate: fixed, so that two exports of one model give one graph
 BATCH = 32
-# The first convolutions stay float (the stem and, for EfficientNet-Lite, its first block: 3.5 % of its
+# The first convolutions stay float (the stem and, for EfficientNet-Lite, its first block: about 3 % of its
 # multiply-adds at 128 px): quantising them too moved the bundled model's validation probabilities by up to
 # 0.16 at the 99th percentile (0.04 with these 3 float, 0.06 with 4), as their errors compound downstream.
 FLOAT_CONVS = 3
