@@ -31,10 +31,6 @@ INPUT_NAME = "image"
 LOGIT_OUTPUT = "logit"
 PROBABILITY_OUTPUT = "probability"
 SCOPE_OUTPUT = "scope"
-# The provenance key of an int8 model's metadata (pneumoscan.serving.quantize): how it was quantised, and
-# the digest of the float model's metadata it was made from.
-INT8_KEY = "int8"
-INT8_BACKEND = "onnxruntime-int8"  # the backend name of an int8 graph's classifier
 
 
 class OnnxBackend:
@@ -79,6 +75,12 @@ class OnnxBackend:
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
 
+# The provenance key of an int8 model's metadata (pneumoscan.serving.quantize): how it was quantised, and
+# the digest of the float model's metadata it was made from.
+INT8_KEY = "int8"
+INT8_BACKEND = "onnxruntime-int8"  # the backend name of an int8 graph's classifier
+
+
 def load_onnx(path: str | os.PathLike, device: str | None = None, threads: int | None = None) -> Classifier:
     """Load an ONNX model exported by pneumoscan, with its :class:`ModelMeta` read from the file.
 
@@ -90,12 +92,12 @@ def load_onnx(path: str | os.PathLike, device: str | None = None, threads: int |
         raise ModelFileError(f"{path}: no such ONNX model file")
     backend = OnnxBackend(path, threads=threads, device=device)
     meta = read_onnx_meta(backend.metadata(), path)
+    if meta.provenance.get(INT8_KEY):
+        backend.name = INT8_BACKEND  # every answer says which graph scored it
     if LOGIT_OUTPUT not in backend.outputs:
         raise ModelFileError(f"{path}: ONNX model has no '{LOGIT_OUTPUT}' output (has {backend.outputs}); "
                              "re-export it with 'pneumoscan export'")
     _check_scope_output(backend, meta, path)
-    if meta.provenance.get(INT8_KEY):
-        backend.name = INT8_BACKEND  # every answer says which graph scored it
     return Classifier(backend, meta)
 
 
