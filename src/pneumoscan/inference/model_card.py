@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from pneumoscan._io import atomic_write_json, atomic_write_text
-from pneumoscan.inference.onnx_backend import INT8_KEY, SCOPE_OUTPUT, input_contract, output_contract
+from pneumoscan.inference import onnx_backend
+from pneumoscan.inference.onnx_backend import SCOPE_OUTPUT, input_contract, output_contract
 from pneumoscan.models.artifact import OPERATING_POINTS, ModelMeta
 from pneumoscan.models.scope_meta import describe
 from pneumoscan.provenance import DISCLAIMER, sha256_file
@@ -79,8 +80,8 @@ def build_model_card(meta: ModelMeta, run_folder: str | os.PathLike | None = Non
             "no evaluation report found in RUN/reports/: run 'pneumoscan evaluate' for test figures with intervals",
         },
         "scope_gate": scope_gate(meta),
-        **({"int8": meta.provenance[INT8_KEY]} if meta.provenance.get(INT8_KEY) else {}),
         "limitations": LIMITATIONS,
+        **({"int8": meta.provenance[onnx_backend.INT8_KEY]} if meta.provenance.get(onnx_backend.INT8_KEY) else {}),
         "provenance": meta.provenance,
     }
     if onnx_file is not None and Path(onnx_file).is_file():
@@ -195,8 +196,6 @@ def render_markdown(card: dict[str, Any]) -> str:
     if out["operating_points"]:
         lines.append("- other operating points (probability thresholds): "
                      + ", ".join(f"{k} {v:.4f}" for k, v in out["operating_points"].items()))
-    if card.get("int8"):
-        lines += ["", "## int8", ""] + [f"- {k}: {v}" for k, v in card["int8"].items() if k != "float_model"]
     lines += ["", "## Training data", ""]
     lines += [f"- {k}: {v}" for k, v in card["training_data"].items()]
     lines.append(f"- initial weights: {card.get('initial_weights') or 'none (trained from random initialisation)'}")
@@ -218,6 +217,8 @@ def render_markdown(card: dict[str, Any]) -> str:
         lines.append("")
     if card["metrics"]["note"]:
         lines += [f"*{card['metrics']['note']}.*", ""]
+    if card.get("int8"):
+        lines += ["## int8", ""] + [f"- {k}: {v}" for k, v in card["int8"].items() if k != "float_model"] + [""]
     lines += ["## Limitations", ""]
     lines += [f"- {item}" for item in card["limitations"]]
     lines += ["", "---", "", card["disclaimer"], ""]
@@ -239,7 +240,7 @@ def threshold_rule(meta: ModelMeta) -> str | None:
         if rule == "balanced":  # no image chose it; validation set the temperature only
             scaled = float(meta.temperature or 1.0) != 1.0
             on = f"; temperature {meta.temperature:.3f} fitted on validation{on}" if scaled else ""
-        again = " (re-fitted on the int8 graph's own outputs)" if meta.provenance.get(INT8_KEY) else ""
+        again = " (re-fitted on the int8 graph's own outputs)" if meta.provenance.get(onnx_backend.INT8_KEY) else ""
         return f"{rule}: {OPERATING_POINTS[rule]}{on}{again}"
     return None
 

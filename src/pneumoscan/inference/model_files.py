@@ -235,15 +235,14 @@ def _int8(model: str | os.PathLike | None) -> ModelFiles:
     """The files of ``model``'s int8 graph (see the module docstring); :class:`ModelFileError` when it has none."""
     make = "make it with 'pneumoscan export MODEL --int8'"
     if is_bundled(model):
-        from pneumoscan.bundled import BUNDLED_DIR
-
-        files = _bundled(None)
-        # Shipped beside the float graph, or made here by `pneumoscan export default --int8`.
+        files = _resolve_auto(model, None, False, None)[0]  # the bundled float graph, in its package folder
+        # Shipped beside the float graph, or made here by `pneumoscan export NAME --int8` in its run folder.
         made = [runs.int8_file(files.path), runs.int8_file(runs.export_file(files.run_folder))]
-        int8 = next((f for f in made if f.is_file() and not _stale_int8(f, BUNDLED_DIR / runs.MODEL_JSON)), None)
+        meta_file = files.path.parent / runs.MODEL_JSON
+        int8 = next((f for f in made if f.is_file() and not _stale_int8(f, meta_file)), None)
         if int8 is None:
-            raise ModelFileError(f"{made[1]}: the bundled model has no int8 graph; use the float one (no --backend) "
-                                 "or make it with 'pneumoscan export default --int8 --int8-data DATA'")
+            raise ModelFileError(f"{made[1]}: this bundled model has no int8 graph; use the float one (no --backend) "
+                                 f"or make it with 'pneumoscan export {model or 'default'} --int8 --int8-data DATA'")
         return replace(_onnx(int8, files.run_folder), bundled=True, weights=files.weights)
     path = Path(model).expanduser()
     if path.suffix.lower() == ".onnx":
