@@ -175,6 +175,16 @@ def test_int8_options_without_int8_are_refused_before_anything_is_exported(gated
     assert "--int8-data goes with --int8" in capsys.readouterr().err and not out.exists()
 
 
+def test_a_site_calibrated_version_is_not_quantised_with_a_validation_threshold(gated_run, tmp_path):
+    proto = onnx.load(runs.export_file(gated_run))
+    entry = next(p for p in proto.metadata_props if p.key == "pneumoscan")
+    meta = json.loads(entry.value)
+    entry.value = json.dumps({**meta, "provenance": {**meta.get("provenance", {}), "calibration": {"rule": "site"}}})
+    onnx.save(proto, tmp_path / runs.ONNX)
+    with pytest.raises(ConfigError, match="site-calibrated"):
+        export_int8(tmp_path / runs.ONNX, refit_on_validation, tmp_path)
+
+
 def test_without_a_split_file_or_data_the_int8_export_asks_for_the_training_data(gated_run):
     with pytest.raises(ConfigError, match="give the training data"):
         export_int8(runs.export_file(gated_run), refit_on_validation)

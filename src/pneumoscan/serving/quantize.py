@@ -83,6 +83,9 @@ def export_int8(onnx_file: str | os.PathLike, refit: Refit, data: str | os.PathL
     float_model = load_onnx(onnx_file, device="cpu")
     if float_model.meta.provenance.get(INT8_KEY):
         raise ModelFileError(f"{onnx_file}: already an int8 model; quantise the float model it was made from")
+    if float_model.meta.provenance.get("calibration"):  # see model_card.threshold_rule
+        raise ConfigError(f"{onnx_file}: a site-calibrated version, whose threshold was fitted on the site's images "
+                          "for the float graph; quantise the run it was calibrated from instead")
     out = Path(out) if out is not None else runs.int8_file(onnx_file)
     if out.suffix.lower() != ".onnx" or out.resolve() == onnx_file.resolve():
         raise ModelFileError(f"{out}: the int8 model needs a file name of its own, ending in .onnx")
