@@ -12,7 +12,7 @@ real radiographs from ../shared/data, decoded once (random pixels when the data 
 Figures: single-image latency p50/p99 (one image per call, model only), and batched throughput
 (images/s at --batch-size), for both backends with the same number of threads; then the wall time of a
 fresh `python -m pneumoscan predict model.onnx image.jpeg` process (cold: imports, model load, decode,
-score, print). Aims on 2 CPU cores: ONNX Runtime p50 <= 10 ms and >= 300 images/s batched;
+score, print); the int8 graph against the float one: bench/bench_int8.py. Aims on 2 CPU cores: ONNX Runtime p50 <= 10 ms and >= 300 images/s batched;
 cold predict <= 2 s.
 """
 

@@ -11,6 +11,7 @@ or ``fast`` (``src/pneumoscan/bundled/fast/``).
     .venv/bin/python bench/build_default_model.py --scope-only    # refit the shipped model's scope gate only
                                                                   # (distance, orientation and kind probes)
     .venv/bin/python bench/build_default_model.py --export-only   # re-export the shipped weights, refresh the card
+    .venv/bin/python bench/build_default_model.py --export-only --int8   # ... and write model.int8.onnx beside it
 
 Steps: train the model's recipe exactly as ``pneumoscan train`` does (``default``: the default
 ``TrainConfig()``, no options; ``fast``: ``_bundled_card.RECIPES["fast"]``, a distillation from the bundled
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                         "reference scores, test figures; the weights unchanged)")
     parser.add_argument("--speed-only", action="store_true", help="measure the bundle's speed (ONNX Runtime, "
                         "images/s) into its card; run it for every bundled model on the same quiet machine")
+    parser.add_argument("--int8", action="store_true", help="also write the int8 graph of the bundle's model.onnx "
+                        "beside it, with its card (`pneumoscan export --int8`: calibrated on DATA/train, re-fitted on "
+                        "the validation patients the training carved)")
     args = parser.parse_args(argv)
     args.work = args.work or f"bench/out/{args.which}-model"
     args.out = args.out or folder(args.which)
@@ -88,11 +92,11 @@ def main(argv: list[str] | None = None) -> int:
               "or pass --data", file=sys.stderr)
         return 2
     if args.scope_only:
-        return refit_scope(data, work, out, reuse=args.reuse)
+        return refit_scope(data, work, out, reuse=args.reuse) or write_int8(out, data, args.int8)
     if args.subtype_only:
-        return refit_subtype(data, work, out)
+        return refit_subtype(data, work, out) or write_int8(out, data, args.int8)
     if args.export_only:
-        return reexport(data, work, out)
+        return reexport(data, work, out) or write_int8(out, data, args.int8)
     if args.speed_only:
         return speed_only(data, out)
     deviations = {k: v for k, v in (("epochs", args.epochs), ("image_size", args.image_size),
@@ -133,6 +137,21 @@ def main(argv: list[str] | None = None) -> int:
     size = sum((out / name).stat().st_size for name in (ONNX_FILE, WEIGHTS_FILE, CARD_JSON, CARD_MARKDOWN, META_JSON))
     print(f"bundle written to {out} ({size / 1e6:.2f} MB); {card['speed']['images_per_second']:,.0f} images/s")
     update_shipped_docs(out)
+    return write_int8(out, data, args.int8)
+
+
+def write_int8(out: Path, data: Path, wanted: bool) -> int:
+    """With --int8, the int8 graph of ``out/model.onnx`` beside it with its card, as ``pneumoscan export
+    --int8`` makes it from ``data`` (split by patient as the bundled model's training split it); 0."""
+    if not wanted:
+        return 0
+    from pneumoscan.bundled import ONNX_FILE
+    from pneumoscan.serving.quantize import export_int8
+    from pneumoscan.training.metrics import refit_on_validation
+
+    made = export_int8(out / ONNX_FILE, refit_on_validation, data)
+    print(f"int8 graph written: {made.path} (threshold {made.meta.threshold:.4f}; the float model's answer for "
+          f"{made.label_agreement:.1%} of {made.validation_images} validation images)")
     return 0
 
 

@@ -14,7 +14,8 @@ Every stage asks this module rather than spelling a file name itself. A run fold
     model.safetensors    the best weights with the stored threshold (balanced 0.5 by default) and the operating points chosen on validation
     model.json           the same metadata, for people
     val_predictions.csv  path,patient_id,label,probability of the best weights on validation
-    export/              model.onnx, model_card.json, model_card.md (`pneumoscan export`)
+    export/              model.onnx, model_card.json, model_card.md (`pneumoscan export`); with --int8 also
+                         model.int8.onnx, model_card.int8.json, model_card.int8.md
     reports/<split>-<time>/  report.json, report.html, report.md, plots/, gallery/, predictions.csv and
                          the evaluation's own config.yaml (`pneumoscan evaluate`)
     calibrated/<data>-<time>/  a site-calibrated model version: model.safetensors, model.json,
@@ -48,6 +49,7 @@ LAST_CHECKPOINT = "last.ckpt"
 LOGS = "logs"
 EXPORT = "export"
 ONNX = "model.onnx"
+INT8_SUFFIX = ".int8.onnx"  # an int8 graph beside a float one: model.onnx -> model.int8.onnx
 CARD_JSON = "model_card.json"
 CARD_MARKDOWN = "model_card.md"
 REPORTS = "reports"
@@ -143,6 +145,26 @@ def calibration_record(model_path: str | os.PathLike) -> dict | None:
 def export_file(run: str | os.PathLike) -> Path:
     """Where ``pneumoscan export RUN`` writes the ONNX model (it may not exist yet)."""
     return Path(run) / EXPORT / ONNX
+
+
+def int8_file(onnx: str | os.PathLike) -> Path:
+    """The int8 model beside a float ONNX model (``model.onnx`` -> ``model.int8.onnx``; it may not exist)."""
+    onnx = Path(onnx)
+    return onnx if is_int8_file(onnx) else onnx.with_name(f"{onnx.stem}{INT8_SUFFIX}")
+
+
+def is_int8_file(onnx: str | os.PathLike) -> bool:
+    """Whether an ONNX file's name is that of an int8 model (``*.int8.onnx``)."""
+    return Path(onnx).name.lower().endswith(INT8_SUFFIX)
+
+
+def card_names(onnx: str | os.PathLike) -> tuple[str, str]:
+    """The names of the model card (JSON, Markdown) beside an ONNX model: ``model_card.json`` and
+    ``model_card.md``; for an int8 model, ``model_card.int8.json`` and ``model_card.int8.md``."""
+    if not is_int8_file(onnx):
+        return CARD_JSON, CARD_MARKDOWN
+    tag = INT8_SUFFIX.removesuffix(".onnx")
+    return CARD_JSON.replace(".json", f"{tag}.json"), CARD_MARKDOWN.replace(".md", f"{tag}.md")
 
 
 # -- training -------------------------------------------------------------------------------------------------

@@ -32,10 +32,11 @@ def register(subparsers) -> None:
                               "folder of Parquet files) are written batch by batch as files are scored; .json at the end")
     predict.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    predict.add_argument("--backend", choices=["auto", "torch"], default="auto",
+    predict.add_argument("--backend", choices=["auto", "torch", "onnx-int8"], default="auto",
                          help="auto: ONNX Runtime for an .onnx model and the bundled ones on the CPU, and for a run "
                               "folder its export/model.onnx when it matches the run's model, else PyTorch; torch: "
-                              "PyTorch always (an .onnx model's weights beside it)")
+                              "PyTorch always (an .onnx model's weights beside it); onnx-int8: the model's int8 "
+                              "graph (model.int8.onnx, made by 'pneumoscan export MODEL --int8'), never chosen otherwise")
     bar = predict.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="always show a progress bar (default: on a terminal, for more than 50 files; with a "
@@ -110,6 +111,14 @@ def register(subparsers) -> None:
     export.add_argument("--format", choices=["onnx"], default="onnx", help="export format")
     export.add_argument("--out", metavar="FILE", help="output file (default: RUN/export/model.onnx)")
     export.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    export.add_argument("--int8", action="store_true", help="also write an int8 graph beside it (model.int8.onnx: "
+                        "static quantisation of the backbone, its temperature and threshold re-fitted on validation; "
+                        "used only when asked for, e.g. predict --backend onnx-int8)")
+    export.add_argument("--int8-data", metavar="DATA", help="with --int8: the training data to calibrate and re-fit "
+                        "on when the model has no run split.csv (a dataset folder, split by patient as training "
+                        "did, or a manifest with train and val rows)")
+    export.add_argument("--int8-images", type=int, default=None, metavar="N",
+                        help="with --int8: training images the activation ranges are measured on (default 300)")
 
 
 def run_predict(args) -> int:
@@ -133,7 +142,8 @@ def run_predict(args) -> int:
         raise ConfigError(f"--workers must be at least 1, not {args.workers}")
     if args.engine == "ray":
         if not args.scope_check or args.backend != "auto":
-            raise ConfigError(f"{'--no-scope-check' if not args.scope_check else '--backend torch'} is for --engine local")
+            raise ConfigError(f"{'--no-scope-check' if not args.scope_check else '--backend ' + args.backend} is for "
+                              "--engine local")
         return _predict_ray(args, model, paths)
     if args.address:
         raise ConfigError("--address joins a Ray cluster: use it with --engine ray")
@@ -303,7 +313,13 @@ def run_fit_subtype(args) -> int:
 
 def run_export(args) -> int:
     from pneumoscan import runs
+    from pneumoscan.errors import ConfigError
     from pneumoscan.serving.export import PARITY_TOLERANCE, export_onnx
+
+    if not args.int8 and (args.int8_data is not None or args.int8_images is not None):
+        raise ConfigError(f"--int8-{'data' if args.int8_data is not None else 'images'} goes with --int8")
+    if args.int8_images is not None and args.int8_images < 1:
+        raise ConfigError(f"--int8-images must be at least 1, not {args.int8_images}")
 
     print(f"exporting {args.model} to ONNX and checking it against PyTorch (about half a minute)...",
           file=sys.stderr, flush=True)
@@ -313,6 +329,19 @@ def run_export(args) -> int:
     print(out)
     print(out.parent / runs.CARD_JSON)
     print(out.parent / runs.CARD_MARKDOWN)
+    if args.int8:
+        from pneumoscan.serving.quantize import CALIBRATION_IMAGES, export_int8
+        from pneumoscan.training.metrics import refit_on_validation
+
+        print("quantising it to int8 (calibration, then the validation images scored by both graphs)...",
+              file=sys.stderr, flush=True)
+        int8 = export_int8(out, refit_on_validation, args.int8_data, images=args.int8_images or CALIBRATION_IMAGES)
+        print(f"int8: calibrated on {int8.calibration_images} training images; temperature "
+              f"{int8.meta.temperature:.3f} and threshold {int8.meta.threshold:.4f} re-fitted on "
+              f"{int8.validation_images} validation images, where it gives the float model's label to "
+              f"{int8.label_agreement:.1%} ({int8.refusals_changed} scope refusals changed)", file=sys.stderr)
+        print(int8.path)
+        print(*(int8.path.parent / name for name in runs.card_names(int8.path)), sep="\n")
     return 0
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumoscan._io import atomic_write_json, atomic_write_text
+from pneumoscan.inference import onnx_backend
 from pneumoscan.inference.onnx_backend import SCOPE_OUTPUT, input_contract, output_contract
 from pneumoscan.inference.subtype_card import OUT_OF_SCOPE_WITH_HEAD, subtype_card, subtype_markdown
 from pneumoscan.models.artifact import OPERATING_POINTS, ModelMeta
@@ -83,6 +84,7 @@ def build_model_card(meta: ModelMeta, run_folder: str | os.PathLike | None = Non
         "scope_gate": scope_gate(meta),
         "subtype": subtype_card(meta, report),
         "limitations": LIMITATIONS,
+        **({"int8": meta.provenance[onnx_backend.INT8_KEY]} if meta.provenance.get(onnx_backend.INT8_KEY) else {}),
         "provenance": meta.provenance,
     }
     if onnx_file is not None and Path(onnx_file).is_file():
@@ -119,12 +121,14 @@ def scope_gate(meta: ModelMeta) -> dict[str, Any]:
 
 
 def write_model_card(folder: str | os.PathLike, meta: ModelMeta, run_folder: str | os.PathLike | None = None,
-                     onnx_file: str | os.PathLike | None = None) -> tuple[Path, Path]:
-    """Write ``folder/model_card.json`` and ``folder/model_card.md`` atomically; return both paths."""
+                     onnx_file: str | os.PathLike | None = None,
+                     names: tuple[str, str] = (CARD_JSON, CARD_MARKDOWN)) -> tuple[Path, Path]:
+    """Write ``folder/model_card.json`` and ``folder/model_card.md`` (or the two ``names``: an int8 model's
+    card, :func:`pneumoscan.runs.card_names`) atomically; return both paths."""
     card = build_model_card(meta, run_folder, onnx_file)
     folder = Path(folder)
-    return (atomic_write_json(folder / CARD_JSON, card),
-            atomic_write_text(folder / CARD_MARKDOWN, render_markdown(card)))
+    return (atomic_write_json(folder / names[0], card),
+            atomic_write_text(folder / names[1], render_markdown(card)))
 
 
 def flatten_figures(report: dict, limit: int = 80) -> dict[str, Any]:
@@ -217,6 +221,8 @@ def render_markdown(card: dict[str, Any]) -> str:
         lines.append("")
     if card["metrics"]["note"]:
         lines += [f"*{card['metrics']['note']}.*", ""]
+    if card.get("int8"):
+        lines += ["## int8", ""] + [f"- {k}: {v}" for k, v in card["int8"].items() if k != "float_model"] + [""]
     lines += ["## Limitations", ""]
     lines += [f"- {item}" for item in card["limitations"]]
     lines += ["", "---", "", card["disclaimer"], ""]
@@ -238,7 +244,8 @@ def threshold_rule(meta: ModelMeta) -> str | None:
         if rule == "balanced":  # no image chose it; validation set the temperature only
             scaled = float(meta.temperature or 1.0) != 1.0
             on = f"; temperature {meta.temperature:.3f} fitted on validation{on}" if scaled else ""
-        return f"{rule}: {OPERATING_POINTS[rule]}{on}"
+        again = " (re-fitted on the int8 graph's own outputs)" if meta.provenance.get(onnx_backend.INT8_KEY) else ""
+        return f"{rule}: {OPERATING_POINTS[rule]}{on}{again}"
     return None
 
 

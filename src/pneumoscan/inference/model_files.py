@@ -20,6 +20,12 @@ A MODEL argument resolves to :class:`ModelFiles` (:func:`resolve_model`), which 
   while it holds the same metadata as the folder's ``model.json`` (an export made before the run was
   retrained or resumed is stale and ignored; :attr:`ModelFiles.note` says why).
 
+int8 graphs (``model.int8.onnx`` beside ``model.onnx``, :func:`pneumoscan.runs.int8_file`) are used only when
+asked for: by naming the file, or with ``backend="onnx-int8"`` (``--backend onnx-int8``), which takes the int8
+graph of whatever MODEL names (the bundled model's, a folder's export's, the one beside an ``.onnx`` file) and
+refuses when there is none, or when a folder's is not made from the folder's model. A folder, and the bundled
+model, are scored by the float graph otherwise. An int8 graph's card is ``model_card.int8.json`` beside it.
+
 :func:`is_model` says whether a command-line item names a model at all (by these same rules). Nothing here
 exports, and no file is ever unpickled.
 """
@@ -42,6 +48,8 @@ if TYPE_CHECKING:
 
 ONNXRUNTIME = "onnxruntime"
 TORCH = "torch"
+INT8 = "onnx-int8"  # the backend choice that asks for a model's int8 graph (pneumoscan.serving.quantize)
+BACKENDS = ("auto", TORCH, INT8)
 MODEL_SUFFIXES = (".onnx", ".safetensors", ".ckpt")  # the model files resolve_model loads
 
 
@@ -147,7 +155,8 @@ def load(model: str | os.PathLike | None = None, device: str | None = None, *, p
     docstring). ``scope_check=False`` scores images the scope gate would refuse (they are marked).
     ``threads``: ONNX Runtime's threads per inference (None: its default, one per core). ``backend="torch"``:
     PyTorch whatever the model (a bundled one's ``model.safetensors``, an ONNX file's weights beside it),
-    never ONNX Runtime; ``"auto"``: as above. Raises :class:`ModelFileError` for anything that is not one
+    never ONNX Runtime; ``"onnx-int8"``: the model's int8 graph; ``"auto"``: as above. Raises
+    :class:`ModelFileError` for anything that is not one
     of our models, or for ``torch`` without PyTorch weights.
     """
     files, classifier = _resolve(model, device, prefer_onnx, threads, backend)
@@ -171,8 +180,10 @@ def load(model: str | os.PathLike | None = None, device: str | None = None, *, p
 def _resolve(model: str | os.PathLike | None, device: str | None, prefer_onnx: bool, threads: int | None,
              backend: str) -> tuple[ModelFiles, Classifier | None]:
     """(the files, the classifier when deciding already loaded it)."""
-    if backend not in ("auto", TORCH):
-        raise ConfigError(f"backend must be 'auto' or '{TORCH}', not {backend!r}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if backend == INT8:
+        return _int8(model), None
     if backend != TORCH:
         return _resolve_auto(model, device, prefer_onnx, threads)
     files = _resolve_auto(model, device, False, threads)[0]
@@ -230,8 +241,67 @@ def _bundled(name: str, device: str | None) -> ModelFiles:
 
 def _onnx(onnx: Path, run_folder: Path | None) -> ModelFiles:
     weights = next((w for w in (onnx.parent / runs.MODEL, onnx.parent.parent / runs.MODEL) if w.is_file()), None)
-    card = onnx.parent / runs.CARD_JSON
+    card = onnx.parent / runs.card_names(onnx)[0]
     return ModelFiles(onnx, ONNXRUNTIME, weights, card if card.is_file() else None, run_folder)
+
+
+def _int8(model: str | os.PathLike | None) -> ModelFiles:
+    """The files of ``model``'s int8 graph (see the module docstring); :class:`ModelFileError` when it has none."""
+    make = "make it with 'pneumoscan export MODEL --int8'"
+    if is_bundled(model):
+        files = _resolve_auto(model, None, False, None)[0]  # the bundled float graph, in its package folder
+        # Shipped beside the float graph, or made here by `pneumoscan export NAME --int8` in its run folder.
+        made = [runs.int8_file(files.path), runs.int8_file(runs.export_file(files.run_folder))]
+        meta_file = files.path.parent / runs.MODEL_JSON
+        int8 = next((f for f in made if f.is_file() and not _stale_int8(f, meta_file)), None)
+        if int8 is None:
+            raise ModelFileError(f"{made[1]}: this bundled model has no int8 graph; use the float one (no --backend) "
+                                 f"or make it with 'pneumoscan export {model or 'default'} --int8 --int8-data DATA'")
+        return replace(_onnx(int8, files.run_folder), bundled=True, weights=files.weights)
+    path = Path(model).expanduser()
+    if path.suffix.lower() == ".onnx":
+        int8 = runs.int8_file(path)
+        if not int8.is_file():
+            raise ModelFileError(f"{int8}: no int8 graph beside {path.name}; {make}")
+        return _onnx(int8, runs.run_folder_of(int8))
+    if not path.is_dir():
+        raise ModelFileError(f"{path}: an int8 graph is an ONNX file; give the run folder or its {runs.EXPORT}/"
+                             f"{runs.int8_file(runs.ONNX).name}")
+    export = _candidate_export(path)
+    int8 = runs.int8_file(export if export is not None else runs.export_file(path))
+    if not int8.is_file():
+        raise ModelFileError(f"{path}: no int8 graph ({int8.relative_to(path)} is missing); {make}")
+    why = _stale_int8(int8, path / runs.MODEL_JSON)
+    if why:
+        raise ModelFileError(f"{int8}: {why}; {make}")
+    return _onnx(int8, path)
+
+
+def _stale_int8(int8: Path, meta_file: Path) -> str | None:
+    """Why the int8 graph is not made from the model of ``meta_file`` (a ``model.json``: the digest of the
+    float metadata the graph records differs from its digest), or None when it is (or there is no such file)."""
+    from pneumoscan.inference.onnx_backend import INT8_KEY, read_onnx_meta
+
+    if not meta_file.is_file():
+        return None
+    try:
+        import onnx as onnx_lib
+
+        proto = onnx_lib.load(str(int8), load_external_data=False)
+        meta = read_onnx_meta({p.key: p.value for p in proto.metadata_props}, int8)
+        made_from = (meta.provenance.get(INT8_KEY) or {}).get("float_model")
+        same = made_from == meta_digest(json.loads(meta_file.read_text(encoding="utf-8")))
+    except Exception as exc:  # onnx raises protobuf's DecodeError and its own types
+        return f"unreadable ({exc})"
+    return None if same else f"stale: not made from the model of {meta_file}"
+
+
+def meta_digest(meta: dict[str, Any]) -> str:
+    """The SHA-256 of a model's metadata (as ``model.json`` holds it), whatever its key order: what ties an
+    int8 graph to the float model it was made from."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def folder_export(folder: str | os.PathLike) -> tuple[Path | None, str | None]:

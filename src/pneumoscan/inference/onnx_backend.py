@@ -82,6 +82,12 @@ class OnnxBackend:
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
 
+# The provenance key of an int8 model's metadata (pneumoscan.serving.quantize): how it was quantised, and
+# the digest of the float model's metadata it was made from.
+INT8_KEY = "int8"
+INT8_BACKEND = "onnxruntime-int8"  # the backend name of an int8 graph's classifier
+
+
 def load_onnx(path: str | os.PathLike, device: str | None = None, threads: int | None = None) -> Classifier:
     """Load an ONNX model exported by pneumoscan, with its :class:`ModelMeta` read from the file.
 
@@ -93,6 +99,8 @@ def load_onnx(path: str | os.PathLike, device: str | None = None, threads: int |
         raise ModelFileError(f"{path}: no such ONNX model file")
     backend = OnnxBackend(path, threads=threads, device=device)
     meta = read_onnx_meta(backend.metadata(), path)
+    if meta.provenance.get(INT8_KEY):
+        backend.name = INT8_BACKEND  # every answer says which graph scored it
     if LOGIT_OUTPUT not in backend.outputs:
         raise ModelFileError(f"{path}: ONNX model has no '{LOGIT_OUTPUT}' output (has {backend.outputs}); "
                              "re-export it with 'pneumoscan export'")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
+
 import numpy as np
 
 from pneumoscan.errors import DatasetError
@@ -12,6 +14,8 @@ from pneumoscan.evaluation.operating import (
     choose_operating_points,
     fit_temperature,
 )
+from pneumoscan.models.artifact import ModelMeta
+from pneumoscan.training.config import TrainConfig
 
 # A temperature outside this range means validation cannot support it (a handful of images, or
 # classes that validation separates perfectly): the model then keeps its raw probabilities.
@@ -66,3 +70,25 @@ def binary_summary(labels: np.ndarray, probabilities: np.ndarray, threshold: flo
         "threshold": float(threshold),
         "images": int(len(np.asarray(labels).ravel())),
     }
+
+
+def refit_on_validation(meta: ModelMeta, labels: np.ndarray, raw_probabilities: np.ndarray) -> ModelMeta:
+    """``meta`` with its temperature, operating points, threshold and validation metrics chosen again from
+    these validation predictions (``sigmoid(logit)``, before any temperature), by the rules its training
+    recorded (``threshold_rule``, ``temperature_scaling``, class balance and seed in its config), as
+    training chose them: for a graph whose outputs differ from the trained model's (an int8 one)."""
+    from pneumoscan.evaluation.operating import apply_temperature
+
+    recorded = meta.provenance.get("config")
+    known = {f.name for f in fields(TrainConfig)}  # a config recorded by another version may hold other keys
+    config = TrainConfig(**{k: v for k, v in (recorded if isinstance(recorded, dict) else {}).items() if k in known})
+    labels = np.asarray(labels).astype(int).ravel()
+    probabilities = np.asarray(raw_probabilities, dtype=np.float64).ravel()
+    temperature = 1.0
+    if config.temperature_scaling:
+        temperature, _ = validation_temperature(labels, probabilities, balanced=config.class_balanced)
+        probabilities = apply_temperature(probabilities, temperature)
+    points = operating_points(labels, probabilities, seed=config.seed)
+    threshold = points[config.threshold_rule]
+    metrics = {**binary_summary(labels, probabilities, threshold), "best_epoch": meta.val_metrics.get("best_epoch", -1)}
+    return replace(meta, temperature=temperature, threshold=threshold, operating_points=points, val_metrics=metrics)
