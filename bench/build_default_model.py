@@ -219,9 +219,9 @@ def refit_scope(data: Path, work: Path, out: Path, reuse: bool = False) -> int:
     every probability stay as they are (checked against the card's reference scores, with the scope check
     off: a reference image the new gate refuses is reported, its probability still checked). ``reuse``:
     the gate fitted and exported by an earlier ``--scope-only`` in the work folder."""
-    from _bundled_card import packaged, portable, render_bundled_markdown
+    from _bundled_card import packaged, render_bundled_markdown
     from pneumoscan._io import atomic_write_json, atomic_write_text
-    from pneumoscan.bundled import CARD_JSON, CARD_MARKDOWN, META_JSON, ONNX_FILE, WEIGHTS_FILE
+    from pneumoscan.bundled import CARD_JSON, CARD_MARKDOWN, ONNX_FILE, WEIGHTS_FILE
     from pneumoscan.inference import load
     from pneumoscan.inference.model_card import OUT_OF_SCOPE, scope_gate
     from pneumoscan.models.scope_meta import output_text
@@ -250,7 +250,7 @@ def refit_scope(data: Path, work: Path, out: Path, reuse: bool = False) -> int:
             return 1
     shutil.copyfile(onnx, out / ONNX_FILE)
     shutil.copyfile(folder / WEIGHTS_FILE, out / WEIGHTS_FILE)
-    atomic_write_json(out / META_JSON, portable(json.loads((folder / META_JSON).read_text()), data.parent))
+    write_meta(folder, out, data)
     meta = load(out / ONNX_FILE).meta
     card["files"].update(onnx_sha256=sha256_file(out / ONNX_FILE), safetensors_sha256=sha256_file(out / WEIGHTS_FILE))
     card["scope_gate"] = scope_gate(meta)
@@ -276,7 +276,17 @@ def refit_subtype(data: Path, work: Path, out: Path) -> int:
     print(f"subtype head fitted in {time.perf_counter() - started:.0f} s: {json.dumps(subtype)}")
     round_weights_to_float16(folder / WEIGHTS_FILE)  # the network stored as float16 again (the head stays float32)
     shutil.copyfile(folder / WEIGHTS_FILE, out / WEIGHTS_FILE)
+    write_meta(folder, out, data)
     return reexport(data, work, out)
+
+
+def write_meta(folder: Path, out: Path, data: Path) -> None:
+    """The bundle's ``model.json`` from the one in ``folder``: readable without torch, without this machine's paths."""
+    from _bundled_card import portable
+    from pneumoscan._io import atomic_write_json
+    from pneumoscan.bundled import META_JSON
+
+    atomic_write_json(out / META_JSON, portable(json.loads((folder / META_JSON).read_text()), data.parent))
 
 
 def reexport(data: Path, work: Path, out: Path) -> int:

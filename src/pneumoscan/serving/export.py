@@ -129,7 +129,7 @@ def store_float16_weights(proto, source: str | os.PathLike = "<model>") -> int:
     ONNX Runtime folds the casts when it loads the graph, so it computes in float32 at the same speed:
     half the file. The values must be float16 values already (else :class:`ModelFileError` names the
     tensor): the file then holds exactly the weights PyTorch computes with. Biases, BatchNorm statistics,
-    the per-image constants and the scope gate's statistics stay float32.
+    the per-image constants, the scope gate's statistics and the subtype head stay float32.
     """
     from onnx import TensorProto, helper, numpy_helper
 
@@ -137,8 +137,9 @@ def store_float16_weights(proto, source: str | os.PathLike = "<model>") -> int:
     kept, casts = [], []
     for tensor in graph.initializer:
         values = numpy_helper.to_array(tensor)
-        # The scope gate's statistics stay float32: its distance is compared with a threshold.
-        if values.dtype == np.float32 and values.ndim >= 2 and "scope" not in tensor.name:
+        # The scope gate's statistics stay float32 (its distance is compared with a threshold), and so does the
+        # subtype head, a probe fitted after the network's weights were rounded.
+        if values.dtype == np.float32 and values.ndim >= 2 and not {"scope", "subtype"} & set(tensor.name.split(".")):
             if not np.array_equal(values.astype(np.float16).astype(np.float32), values):
                 raise ModelFileError(f"{source}: weight {tensor.name} is not float16-exact; round the model's "
                                      "weights to float16 before exporting them as float16")
