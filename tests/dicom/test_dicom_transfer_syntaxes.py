@@ -56,14 +56,15 @@ def _recording_processor(model, out):
     """The node's processor, recording each instance's outcome by the transfer syntax it arrived in."""
     processor = Processor(model, out)
     received = {}
-    process = processor.process
+    process_many = processor.process_many
 
-    def record(ds, data=None, origin=""):
-        outcome = process(ds, data, origin)
-        received[str(ds.file_meta.TransferSyntaxUID)] = outcome
-        return outcome
+    def record(items):
+        outcomes = process_many(items)
+        for item, outcome in zip(items, outcomes, strict=True):
+            received[str(item.ds.file_meta.TransferSyntaxUID)] = outcome
+        return outcomes
 
-    processor.process = record
+    processor.process_many = record
     return processor, received
 
 
