@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import generate_uid
 
 from pneumoscan.data.dicom_image import read_dicom_dataset
@@ -224,6 +225,8 @@ class Scorer:
                 seen = path.stat()
                 data = path.read_bytes()
                 ds = read_dicom_dataset(data, str(path))
+                # As received: a deflated data set is read inflated, under another transfer syntax.
+                ds.file_meta = read_file_meta_info(path)
             except FileNotFoundError:
                 continue  # scored already: a copy queued twice
             except (OSError, ImageReadError) as exc:
