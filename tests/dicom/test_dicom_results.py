@@ -218,4 +218,7 @@ def test_the_sr_made_from_the_model_shell_is_the_one_highdicom_builds_whole(corp
         expected = comparable(highdicom_report(source, row, meta))
         assert comparable(sr) == expected and comparable(sr).file_meta == expected.file_meta
     assert len({sr.SOPInstanceUID for sr in made}) == len(made)
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, made[0])  # as a STOW-RS client writes it: a file, preamble and all
+    assert buffer.getvalue()[128:132] == b"DICM"
     assert made[-1].ContributingEquipmentSequence[0].Manufacturer == "ACME"  # the source's, as highdicom lists it

@@ -60,13 +60,14 @@ def check_ae_title(title: str) -> str:
 
 
 class Forwarder:
-    """Sends derived objects to a peer with C-STORE from one background thread.
+    """Sends derived objects to a peer with C-STORE from ``associations`` background threads, each with its
+    own association (a PACS stores one object at a time per association; several overlap).
 
-    Whatever is queued while an association is open goes over that association; a failed send is
-    retried (``retries`` times, with a growing pause) and then logged with the file that holds it.
+    What is queued while an association is open goes over it; a failed send is retried (``retries``
+    times, with a growing pause) and then logged with the file that holds it.
     """
 
-    def __init__(self, peer: Peer, ae_title: str, retries: int = 3) -> None:
+    def __init__(self, peer: Peer, ae_title: str, retries: int = 3, associations: int = 2) -> None:
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
         from pynetdicom import AE
         from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
@@ -77,21 +78,26 @@ class Forwarder:
             self.ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self._queue: queue.Queue = queue.Queue()
         self.sent = 0
-        self.seconds = 0.0  # spent sending
+        self.seconds = 0.0  # spent sending, all threads together
         self.failed: list[str] = []
-        self._thread = threading.Thread(target=self._run, name="pneumoscan-forward", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, name=f"pneumoscan-forward-{i}", daemon=True)
+                         for i in range(associations)]
+        for thread in self._threads:
+            thread.start()
 
     def put(self, datasets, files, done: Callable[[], None] | None = None) -> None:
-        """Queue ``datasets`` (kept in ``files``); ``done()`` is called once they are sent or given up on."""
-        last = len(datasets) - 1
-        for i, (ds, file) in enumerate(zip(datasets, files, strict=True)):
-            self._queue.put((ds, file, done if i == last else None))
+        """Queue one instance's ``datasets`` (kept in ``files``), sent together; ``done()`` is called once
+        they are all sent or given up on."""
+        self._queue.put((list(zip(datasets, files, strict=True)), done))
 
     def close(self, timeout: float = 30.0) -> None:
-        """Send what is queued (waiting up to ``timeout`` s), then stop the thread."""
-        self._queue.put(None)
-        self._thread.join(timeout)
+        """Send what is queued (waiting up to ``timeout`` s), then stop the threads."""
+        for _ in self._threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         while True:
@@ -112,23 +118,21 @@ class Forwarder:
 
     def _send(self, batch: list) -> None:
         tick = time.perf_counter()
-        self._send_all(batch)
-        self.seconds += time.perf_counter() - tick
-        for *_, done in batch:  # sent, or given up on and logged: the spool may let the instance go
-            if done is not None:
-                done()
-
-    def _send_all(self, batch: list) -> None:
-        pending = batch
+        pending = [pair for pairs, _ in batch for pair in pairs]
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(min(10.0, 0.5 * 2 ** attempt))
             pending = self._send_once(pending)
             if not pending:
-                return
-        for _, file, _ in pending:
-            self.failed.append(file)
+                break
+        for _, file in pending:
             log.error("could not send %s to %s after %d attempts; the file is kept", file, self.peer, self.retries + 1)
+        with self._lock:
+            self.failed += [file for _, file in pending]
+            self.seconds += time.perf_counter() - tick
+        for _, done in batch:  # sent, or given up on and logged: the spool may let the instance go
+            if done is not None:
+                done()
 
     def _send_once(self, batch: list) -> list:
         assoc = self.ae.associate(self.peer.host, self.peer.port, ae_title=self.peer.ae_title)
@@ -137,15 +141,15 @@ class Forwarder:
             return batch
         left = []
         try:
-            for item in batch:
-                ds, file, _ = item
+            for ds, file in batch:
                 status = assoc.send_c_store(ds)
                 code = getattr(status, "Status", None)
                 if code is None or (code != SUCCESS and code >> 12 != 0xB):  # 0xBxxx: stored with a warning
-                    left.append(item)
+                    left.append((ds, file))
                     log.warning("%s refused %s (status %s)", self.peer, file, f"0x{code:04X}" if code is not None else "none")
                 else:
-                    self.sent += 1
+                    with self._lock:
+                        self.sent += 1
                     log.info("sent %s to %s", file, self.peer)
         finally:
             if assoc.is_established:

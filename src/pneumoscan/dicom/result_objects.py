@@ -110,6 +110,7 @@ def structured_report(source: Dataset, prediction: Prediction, meta) -> Dataset:
     sr.CurrentRequestedProcedureEvidenceSequence = [_evidence(source)]
     sr.ContentSequence = hd.sr.ContentSequence(sr_content(source, prediction, meta))
     sr.file_meta = FileMetaDataset(_elements(shell.file_meta))
+    sr.preamble = shell.preamble  # written by whoever encodes it as a file (STOW-RS clients do)
     sr.file_meta.MediaStorageSOPInstanceUID = sr.SOPInstanceUID
     return sr
 
