@@ -82,8 +82,9 @@ def structured_report(source: Dataset, prediction: Prediction, meta) -> Dataset:
     The SR is highdicom's (:func:`highdicom_report`), made without its per-instance cost: highdicom builds
     the parts that depend on the model only once per model (:func:`_shell`), and each instance gets what
     depends on it filled in here, by the same highdicom calls where highdicom has a rule (the patient and
-    study modules, the acquisition equipment). highdicom's constructor took 8-10 ms per SR on an idle
-    core, this takes about a fifth of that; ``tests/dicom/test_dicom_results.py`` checks both give the same SR.
+    study modules, the acquisition equipment): its constructor looks every module up in the standard's
+    tables and deep-copies its evidence per SR. ``tests/dicom/test_dicom_results.py`` checks both give
+    the same SR.
     """
     import highdicom as hd
     from pydicom.dataset import FileMetaDataset
