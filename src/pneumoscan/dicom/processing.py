@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydicom.dataset import Dataset
 
-from pneumoscan._io import atomic_write_bytes, ensure_writable_dir
+from pneumoscan._io import atomic_write_bytes, ensure_writable_dir, fsync_dir
 from pneumoscan.dicom import instances, result_objects
-from pneumoscan.dicom.spool import fsync_dir
 from pneumoscan.dicom.worklist import WORKLIST_COLUMNS, Worklist
 from pneumoscan.errors import ImageReadError, OutputError, reason
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import generate_uid
 
+from pneumoscan._io import fsync_dir
 from pneumoscan.data.dicom_image import read_dicom_dataset
 from pneumoscan.dicom import instances
 from pneumoscan.errors import ConfigError, ImageReadError, OutputError, reason
@@ -47,18 +48,6 @@ log = logging.getLogger("pneumoscan.dicom")
 SPOOL_FOLDER = "spool"
 PRIVATE_CREATOR_UID = generate_uid(entropy_srcs=["pneumoscan", "spool", "origin and time received"])
 SET_ASIDE = ".unreadable"  # a spooled file that can no longer be read is renamed to this, never retried
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make the renames and removals in ``folder`` durable (they live in the folder, not in the files)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise OutputError(f"{folder}: cannot sync the folder ({reason(exc)})") from None
 
 
 def spool_file(file_meta: FileMetaDataset, dataset: bytes, origin: str, received: str) -> bytes:
