@@ -96,7 +96,7 @@ def structured_report(source: Dataset, prediction: Prediction, meta) -> Dataset:
     target = object.__new__(type(shell))
     Dataset.__init__(target, _elements(shell))
     target.copy_patient_and_study_information(header)
-    sr = Dataset(target._dict)
+    sr = Dataset(target)  # a plain data set holding those elements (given a Dataset, pydicom shares them)
     if "SpecificCharacterSet" in header:
         sr.SpecificCharacterSet = header.SpecificCharacterSet
     else:
@@ -139,7 +139,7 @@ def highdicom_report(source: Dataset, prediction: Prediction, meta) -> Dataset:
 
 
 _SHELLS: dict[tuple, Dataset] = {}
-_SHELLS_LOCK = threading.Lock()
+_CACHE_LOCK = threading.Lock()
 
 
 def _shell(meta) -> Dataset:
@@ -147,7 +147,7 @@ def _shell(meta) -> Dataset:
     does not depend on the instance (SOP common, SR document modules, series, manufacturer, root
     container) is taken from it as it is."""
     key = (*_model_identity(meta), meta.created, tuple(meta.class_names))
-    with _SHELLS_LOCK:
+    with _CACHE_LOCK:
         if key not in _SHELLS:
             stand_in = Dataset()
             stand_in.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR Image Storage
@@ -173,14 +173,14 @@ def _acquisition_equipment(header: Dataset) -> list:
     if not header.get("Manufacturer"):
         return []  # highdicom refuses such a source; asking it would cost the lookup for nothing
     key = tuple(str(header.get(keyword, "")) for keyword in _EQUIPMENT_KEYWORDS)
-    with _SHELLS_LOCK:
+    with _CACHE_LOCK:
         if key in _EQUIPMENT:
             return _EQUIPMENT[key]
     try:
         equipment = [hd.ContributingEquipment.for_image_acquisition(header)]
     except (ValueError, AttributeError, KeyError):  # not an image class: highdicom lists none either
         equipment = []
-    with _SHELLS_LOCK:
+    with _CACHE_LOCK:
         if len(_EQUIPMENT) >= 256:  # acquisition times differ between images: a bounded memo, not a store
             _EQUIPMENT.clear()
         _EQUIPMENT[key] = equipment

@@ -131,10 +131,14 @@ class Spool:
     def remove(self, path: Path, seen: os.stat_result) -> None:
         """Remove ``path`` when it is still the file that was scored (``seen``): a copy sent again since
         then is kept, and scored in its turn."""
-        with contextlib.suppress(FileNotFoundError):
+        try:
             now = path.stat()
             if (now.st_ino, now.st_mtime_ns, now.st_size) == (seen.st_ino, seen.st_mtime_ns, seen.st_size):
                 path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # scored again at the next start, to the same results
+            log.warning("%s: scored, but cannot be removed from the spool (%s)", path, reason(exc))
 
     def close(self) -> None:
         if self._lock is not None:
@@ -181,8 +185,11 @@ class Scorer:
     def _run(self) -> None:
         while True:
             batch, last = self._take()
-            if batch:
-                self._score(batch)
+            try:
+                if batch:
+                    self._score(batch)
+            except Exception:  # noqa: BLE001 - the scorer must outlive a bug: what it did not finish stays spooled
+                log.exception("unexpected error scoring %d spooled instance(s); they stay in the spool", len(batch))
             if last:
                 return
 
