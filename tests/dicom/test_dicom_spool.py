@@ -220,3 +220,22 @@ def test_a_node_killed_mid_study_scores_every_acknowledged_instance_once_when_st
         sr = pydicom.dcmread(out / "sr" / f"{uid}.dcm")
         assert sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0] \
             .ReferencedSOPSequence[0].ReferencedSOPInstanceUID == uid
+
+
+def test_a_spooled_file_that_cannot_be_read_is_set_aside_with_its_reason_and_the_others_scored(
+        dicom_model, grays, tmp_path, caplog):
+    from pydicom.filebase import DicomBytesIO
+
+    ds = _study(grays, 1)[0]
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    pydicom.filewriter.write_dataset(body, ds)
+    spool = Spool(tmp_path)
+    spool.put(ds.SOPInstanceUID, spool_file(ds.file_meta, body.getvalue(), "PACS@10.0.0.5", "2026-12-07T10:00:00+0000"))
+    damaged = spool.put("1.2.3.999", b"")  # emptied: a disk that lost what it had
+    with caplog.at_level("ERROR", logger="pneumoscan.dicom"):
+        Scorer(Processor(dicom_model, tmp_path), spool).start().close(timeout=60)
+    spool.close()
+    assert damaged.with_name(damaged.name + ".unreadable").is_file() and not damaged.exists()
+    assert any(str(damaged) in m and "renamed" in m for m in caplog.messages)
+    assert [r["sop_instance_uid"] for r in _worklist_rows(tmp_path)] == [ds.SOPInstanceUID]

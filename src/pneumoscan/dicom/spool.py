@@ -36,7 +36,7 @@ from pydicom.uid import generate_uid
 from pneumoscan._io import fsync_dir
 from pneumoscan.data.dicom_image import read_dicom_dataset
 from pneumoscan.dicom import instances
-from pneumoscan.errors import ConfigError, ImageReadError, OutputError, reason
+from pneumoscan.errors import ConfigError, OutputError, reason
 
 if TYPE_CHECKING:
     from pydicom.dataset import FileMetaDataset
@@ -225,7 +225,7 @@ class Scorer:
                 ds.file_meta = read_file_meta_info(path)
             except FileNotFoundError:
                 continue  # scored already: a copy queued twice
-            except (OSError, ImageReadError) as exc:
+            except Exception as exc:  # noqa: BLE001 - one damaged file must not keep the others from being scored
                 self._set_aside(path, reason(exc))
                 continue
             self.timings["spool wait"] += time.perf_counter() - queued
