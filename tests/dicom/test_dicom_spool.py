@@ -239,3 +239,23 @@ def test_a_spooled_file_that_cannot_be_read_is_set_aside_with_its_reason_and_the
     assert damaged.with_name(damaged.name + ".unreadable").is_file() and not damaged.exists()
     assert any(str(damaged) in m and "renamed" in m for m in caplog.messages)
     assert [r["sop_instance_uid"] for r in _worklist_rows(tmp_path)] == [ds.SOPInstanceUID]
+
+
+def test_an_instance_that_cannot_be_spooled_is_answered_out_of_resources(dicom_model, grays, tmp_path, monkeypatch):
+    """A full disk (mocked: it cannot be made here) at the spool: the sender is told 0xA700 and keeps the
+    instance; nothing is scored or listed."""
+    import errno
+
+    import pneumoscan.dicom.spool as spool_module
+    from pneumoscan._io import _output_error
+
+    def full(path, data):
+        raise _output_error(path, OSError(errno.ENOSPC, "No space left on device"))
+
+    monkeypatch.setattr(spool_module, "write_synced", full)
+    port = orthanc.free_port()
+    with StorageNode(Processor(dicom_model, tmp_path), port):
+        assoc = _sender(port).associate("127.0.0.1", port)
+        assert assoc.send_c_store(_study(grays, 1)[0]).Status == 0xA700
+        assoc.release()
+    assert _worklist_rows(tmp_path) == []

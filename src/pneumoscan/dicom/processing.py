@@ -8,8 +8,10 @@ decoded by the same :func:`~pneumoscan.data.read_image` as ``predict`` and score
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydicom.dataset import Dataset
 
-from pneumoscan._io import atomic_write_bytes, ensure_writable_dir, fsync_dir
+from pneumoscan._io import ensure_writable_dir, fsync_dir
 from pneumoscan.dicom import instances, result_objects
 from pneumoscan.dicom.worklist import WORKLIST_COLUMNS, Worklist
 from pneumoscan.errors import ImageReadError, OutputError, reason
@@ -73,6 +75,53 @@ class Received:
     received: str = ""  # the time it was received; now when empty
 
 
+def write_synced(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: a temporary beside it (named with this process's id), synced,
+    renamed. The rename is durable once the folder is synced (:func:`~pneumoscan._io.fsync_dir`, once for
+    many files). Unlike ``atomic_write_bytes`` it does not list the folder for a killed writer's
+    temporaries on every write: ``sr/`` holds one file per instance ever scored, and that listing grew
+    with it (32 ms a write at 20,000 files); :func:`sweep_temporaries` does it once, at start."""
+    try:
+        path.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({reason(exc)})") from None
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o644)  # mkstemp's is the owner's only; results are read by others
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise OutputError(f"{path}: cannot write ({reason(exc)})") from None
+    return path
+
+
+def sweep_temporaries(folder: Path) -> None:
+    """Remove the temporaries of :func:`write_synced` left in ``folder`` by processes no longer running."""
+    for tmp in folder.glob(".*.tmp"):
+        pid = tmp.name.rsplit(".", 3)[1] if tmp.name.count(".") >= 4 else ""
+        if pid.isdigit() and not _running(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
 def now() -> str:
     """The time an instance is received, as the worklist writes it."""
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -103,6 +152,8 @@ class Processor:
             self._heatmaps = Heatmaps.of(self.classifier)
         self._model_lock = threading.Lock()
         self.worklist = Worklist(self.out)
+        for folder in ("sr", "overlay"):
+            sweep_temporaries(self.out / folder)
         self.timings: Counter[str] = Counter()
 
     def process(self, ds: Dataset, data: bytes | None = None, origin: str = "") -> Outcome:
@@ -213,7 +264,7 @@ class Processor:
         for i, made in results.items():
             stem = instances.file_stem(outcomes[i].ids.sop_instance_uid)
             for folder, obj, data in made or ():
-                path = str(atomic_write_bytes(self._inside(folder, f"{stem}.dcm"), data))
+                path = str(write_synced(self._inside(folder, f"{stem}.dcm"), data))
                 if folder == "sr":
                     outcomes[i].sr_file = path
                 else:

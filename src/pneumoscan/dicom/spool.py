@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import queue
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -36,6 +35,7 @@ from pydicom.uid import generate_uid
 from pneumoscan._io import fsync_dir
 from pneumoscan.data.dicom_image import read_dicom_dataset
 from pneumoscan.dicom import instances
+from pneumoscan.dicom.processing import sweep_temporaries, write_synced
 from pneumoscan.errors import ConfigError, OutputError, reason
 
 if TYPE_CHECKING:
@@ -96,27 +96,12 @@ class Spool:
             os.close(self._lock)
             raise ConfigError(f"--out {out}: another pneumoscan node uses this folder; give each node its own "
                               "--out") from None
-        for leftover in self.folder.glob(".*.tmp"):  # a killed node's unfinished writes: never acknowledged
-            leftover.unlink(missing_ok=True)
+        sweep_temporaries(self.folder)  # a killed node's unfinished writes: never acknowledged
 
     def put(self, uid: object, data: bytes) -> Path:
         """Keep ``data`` as the instance ``uid`` (a later copy replaces an earlier one); it is on disk, and
         will be after a power cut, when this returns. :class:`OutputError` when it cannot be."""
-        path = self.folder / f"{instances.file_stem(uid)}.dcm"
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.folder)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError, UnboundLocalError):
-                os.unlink(tmp)
-            raise OutputError(f"{path}: cannot spool the instance ({reason(exc)})") from None
+        path = write_synced(self.folder / f"{instances.file_stem(uid)}.dcm", data)
         fsync_dir(self.folder)
         return path
 
