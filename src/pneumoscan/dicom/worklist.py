@@ -1,8 +1,9 @@
 """``worklist.csv`` and ``worklist.json``: every instance the node or a pull received, with its result.
 
-While instances arrive, each one's row is appended to ``worklist.csv`` with one ``write`` (and an fsync):
-what a row costs does not grow with the list, and a crash loses at most the row being written (a torn
-last line is cut off when the folder is opened again). When the session ends (:meth:`Worklist.finish`:
+While instances arrive, the rows of each batch are appended to ``worklist.csv`` with one ``write`` (and
+an fsync): what a row costs does not grow with the list, and a crash loses at most the rows being written
+(a torn last line is cut off when the folder is opened again). A row equal to the one kept for its
+instance is not written again (an instance scored twice across a restart). When the session ends (:meth:`Worklist.finish`:
 the node stopping, a pull ending) both files are rewritten atomically in worklist order: the scored rows
 by decreasing probability (the most suspicious first), then the refused ones with their reason; an
 instance received more than once keeps its last row.
