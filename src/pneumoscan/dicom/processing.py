@@ -150,6 +150,7 @@ class Processor:
             from pneumoscan.explain import Heatmaps
 
             self._heatmaps = Heatmaps.of(self.classifier)
+        result_objects.prepare(self.meta)
         self._model_lock = threading.Lock()
         self.worklist = Worklist(self.out)
         for folder in ("sr", "overlay"):

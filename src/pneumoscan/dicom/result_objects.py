@@ -138,6 +138,12 @@ def highdicom_report(source: Dataset, prediction: Prediction, meta) -> Dataset:
     return sr
 
 
+def prepare(meta) -> None:
+    """Make the model's SR template now: highdicom reads the standard's tables on first use (a second or
+    more), which the first instance scored would otherwise wait for."""
+    _shell(meta)
+
+
 _SHELLS: dict[tuple, Dataset] = {}
 _CACHE_LOCK = threading.Lock()
 
