@@ -35,13 +35,11 @@ from pydicom.uid import generate_uid
 from pneumoscan._io import fsync_dir
 from pneumoscan.data.dicom_image import read_dicom_dataset
 from pneumoscan.dicom import instances
-from pneumoscan.dicom.processing import sweep_temporaries, write_synced
+from pneumoscan.dicom.processing import Processor, Received, sweep_temporaries, write_synced
 from pneumoscan.errors import ConfigError, OutputError, reason
 
 if TYPE_CHECKING:
     from pydicom.dataset import FileMetaDataset
-
-    from pneumoscan.dicom.processing import Processor
 
 log = logging.getLogger("pneumoscan.dicom")
 
@@ -198,8 +196,6 @@ class Scorer:
         return list(batch.values()), False
 
     def _score(self, batch: list[tuple[Path, float]]) -> None:
-        from pneumoscan.dicom.processing import Received
-
         items, files = [], []
         for path, queued in batch:
             try:
