@@ -91,13 +91,13 @@ def test_hostile_uids_sent_to_the_node_are_written_under_out_with_safe_names(dic
     port = orthanc.free_port()
     processor = Processor(dicom_model, out)
     outcomes = []
-    record = processor.process
+    record = processor.process_many
 
-    def process(*args, **kwargs):
-        outcomes.append(record(*args, **kwargs))
-        return outcomes[-1]
+    def process_many(items):
+        outcomes.extend(record(items))
+        return outcomes[-len(items):]
 
-    processor.process = process
+    processor.process_many = process_many
     with caplog.at_level("INFO", logger="pneumoscan.dicom"), StorageNode(processor, port):
         ae = AE(ae_title="MODALITY")
         ae.add_requested_context(ComputedRadiographyImageStorage, pydicom.uid.ExplicitVRLittleEndian)

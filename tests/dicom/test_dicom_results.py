@@ -190,3 +190,35 @@ def test_results_keep_the_source_character_set(grays, dicom_model, tmp_path):
     for file in (outcome.sr_file, outcome.overlay_file):
         result = pydicom.dcmread(file)
         assert (result.SpecificCharacterSet, str(result.PatientName)) == ("ISO_IR 192", "Müller^Zoë")
+
+
+def test_the_sr_made_from_the_model_shell_is_the_one_highdicom_builds_whole(corpus, grays, dicom_model):
+    """SRs made in turn for different sources (one must not change another) equal, element for element,
+    highdicom's ComprehensiveSR of each; only the times of creation differ."""
+    import pneumoscan
+    from pneumoscan.dicom.result_objects import encode, highdicom_report, structured_report
+
+    meta = pneumoscan.load(dicom_model).meta
+    equipped = chest_dicoms.instance(chest_dicoms.study(), chest_dicoms.CR, "CR", 3, grays[0].astype("uint16") * 16, 12,
+                                     ViewPosition="PA", BodyPartExamined="CHEST", Manufacturer="ACME",
+                                     StationName="CR-1", SpecificCharacterSet="ISO_IR 192", PatientAge="005Y")
+    sources = [*(corpus[name] for name in chest_dicoms.GOOD), equipped]
+    rows = [pneumoscan.load(dicom_model).prediction("x", p) for p in (0.1, 0.9, 0.5, 0.3, 0.7, 0.6)]
+    made = [structured_report(source, row, meta) for source, row in zip(sources, rows, strict=True)]
+
+    def comparable(sr) -> pydicom.Dataset:
+        ds = pydicom.dcmread(io.BytesIO(encode(sr)))
+        for keyword in ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime"):
+            del ds[keyword]
+        for item in ds.ContributingEquipmentSequence:
+            item.pop("ContributionDateTime", None)
+        return ds
+
+    for source, row, sr in zip(sources, rows, made, strict=True):
+        expected = comparable(highdicom_report(source, row, meta))
+        assert comparable(sr) == expected and comparable(sr).file_meta == expected.file_meta
+    assert len({sr.SOPInstanceUID for sr in made}) == len(made)
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, made[0])  # as a STOW-RS client writes it: a file, preamble and all
+    assert buffer.getvalue()[128:132] == b"DICM"
+    assert made[-1].ContributingEquipmentSequence[0].Manufacturer == "ACME"  # the source's, as highdicom lists it

@@ -73,6 +73,9 @@ def _node(port: int, path: Path, warnings: _Warnings) -> str:
     finally:
         assoc.release()
     code = status.get("Status") if status else None
+    deadline = time.monotonic() + 30
+    while not warnings.messages and time.monotonic() < deadline:  # refused after the answer: by the scorer
+        time.sleep(0.05)
     said = warnings.messages[-1] if warnings.messages else "no warning logged"
     warnings.messages.clear()
     return f"status 0x{code:04X}: {said}" if code is not None else f"no status: {said}"

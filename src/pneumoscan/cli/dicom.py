@@ -101,6 +101,8 @@ def run_listen(args) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         node.serve_forever()
     print(f"received {node.received} instance(s); worklist in {processor.out / 'worklist.csv'}", file=sys.stderr)
+    stages = ", ".join(f"{stage} {seconds * 1000:.1f} ms" for stage, seconds in node.timings().items())
+    print(f"time per instance: {stages}", file=sys.stderr)
     return 0
 
 

@@ -1,10 +1,11 @@
 """``pneumoscan dicom listen``: a DICOM Storage SCP that scores chest radiographs as they arrive.
 
-A PACS (or a modality) sends instances with C-STORE; each one is screened, scored and its SR written
-before the C-STORE is answered, so an acknowledged instance always has its result on disk. Instances
-that are not frontal chest radiographs are acknowledged too (a refused C-STORE would make many PACS
-abort the rest of the study) and logged with the reason. Results go back to a PACS with C-STORE, from a
-background thread, when a destination is given.
+A PACS (or a modality) sends instances with C-STORE; each one is answered as soon as it is safely on disk
+in the spool (:mod:`pneumoscan.dicom.spool`), and scored from there in batches across every association,
+so an acknowledged instance always gets its result, even after a kill. Instances that are not frontal
+chest radiographs are acknowledged too (a refused C-STORE would make many PACS abort the rest of the
+study) and logged with the reason. Results go back to a PACS with C-STORE, from a background thread,
+when a destination is given.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pneumoscan.data.dicom_image import read_dicom_dataset
 from pneumoscan.dicom.instances import CHEST_SOP_CLASSES, CHEST_TRANSFER_SYNTAXES, printable
 from pneumoscan.dicom.limits import Limits, bounded_server_class
-from pneumoscan.dicom.processing import Processor
+from pneumoscan.dicom.processing import Processor, now
+from pneumoscan.dicom.spool import Scorer, Spool, spool_file
 from pneumoscan.errors import ConfigError, ImageReadError, OutputError
 
 log = logging.getLogger("pneumoscan.dicom")
@@ -57,13 +60,14 @@ def check_ae_title(title: str) -> str:
 
 
 class Forwarder:
-    """Sends derived objects to a peer with C-STORE from one background thread.
+    """Sends derived objects to a peer with C-STORE from ``associations`` background threads, each with its
+    own association (a PACS stores one object at a time per association; several overlap).
 
-    Whatever is queued while an association is open goes over that association; a failed send is
-    retried (``retries`` times, with a growing pause) and then logged with the file that holds it.
+    What is queued while an association is open goes over it; a failed send is retried (``retries``
+    times, with a growing pause) and then logged with the file that holds it.
     """
 
-    def __init__(self, peer: Peer, ae_title: str, retries: int = 3) -> None:
+    def __init__(self, peer: Peer, ae_title: str, retries: int = 3, associations: int = 2) -> None:
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
         from pynetdicom import AE
         from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
@@ -74,18 +78,26 @@ class Forwarder:
             self.ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self._queue: queue.Queue = queue.Queue()
         self.sent = 0
+        self.seconds = 0.0  # spent sending, all threads together
         self.failed: list[str] = []
-        self._thread = threading.Thread(target=self._run, name="pneumoscan-forward", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, name=f"pneumoscan-forward-{i}", daemon=True)
+                         for i in range(associations)]
+        for thread in self._threads:
+            thread.start()
 
-    def put(self, datasets, files) -> None:
-        for ds, file in zip(datasets, files, strict=True):
-            self._queue.put((ds, file))
+    def put(self, datasets, files, done: Callable[[], None] | None = None) -> None:
+        """Queue one instance's ``datasets`` (kept in ``files``), sent together; ``done()`` is called once
+        they are all sent or given up on."""
+        self._queue.put((list(zip(datasets, files, strict=True)), done))
 
     def close(self, timeout: float = 30.0) -> None:
-        """Send what is queued (waiting up to ``timeout`` s), then stop the thread."""
-        self._queue.put(None)
-        self._thread.join(timeout)
+        """Send what is queued (waiting up to ``timeout`` s), then stop the threads."""
+        for _ in self._threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         while True:
@@ -105,16 +117,22 @@ class Forwarder:
             self._send(batch)
 
     def _send(self, batch: list) -> None:
-        pending = batch
+        tick = time.perf_counter()
+        pending = [pair for pairs, _ in batch for pair in pairs]
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(min(10.0, 0.5 * 2 ** attempt))
             pending = self._send_once(pending)
             if not pending:
-                return
+                break
         for _, file in pending:
-            self.failed.append(file)
             log.error("could not send %s to %s after %d attempts; the file is kept", file, self.peer, self.retries + 1)
+        with self._lock:
+            self.failed += [file for _, file in pending]
+            self.seconds += time.perf_counter() - tick
+        for _, done in batch:  # sent, or given up on and logged: the spool may let the instance go
+            if done is not None:
+                done()
 
     def _send_once(self, batch: list) -> list:
         assoc = self.ae.associate(self.peer.host, self.peer.port, ae_title=self.peer.ae_title)
@@ -130,7 +148,8 @@ class Forwarder:
                     left.append((ds, file))
                     log.warning("%s refused %s (status %s)", self.peer, file, f"0x{code:04X}" if code is not None else "none")
                 else:
-                    self.sent += 1
+                    with self._lock:
+                        self.sent += 1
                     log.info("sent %s to %s", file, self.peer)
         finally:
             if assoc.is_established:
@@ -140,9 +159,11 @@ class Forwarder:
 
 class StorageNode:
     """The Storage SCP: accepts every storage class (so that nothing a PACS sends fails negotiation),
-    scores the chest radiographs through ``processor`` and forwards the results to ``forward``.
+    answers each C-STORE once the instance is spooled, scores the spooled instances through ``processor``
+    in batches (:class:`~pneumoscan.dicom.spool.Scorer`) and forwards the results to ``forward``.
 
-    ``start()`` returns once the port is listening; ``stop()`` closes it and sends what is queued.
+    ``start()`` scores first what an earlier node left in the spool, and returns once the port is
+    listening; ``stop()`` closes it, scores what is spooled and sends what is queued.
     ``limits`` bounds what each peer may cost (:class:`~pneumoscan.dicom.limits.Limits`).
     """
 
@@ -170,17 +191,25 @@ class StorageNode:
             self.ae.add_supported_context(sop_class, list(CHEST_TRANSFER_SYNTAXES))
         self.ae.add_supported_context(Verification)
         self._handlers = [(evt.EVT_C_STORE, self._on_store)]
-        self.forwarder = Forwarder(forward, self.ae_title, retries) if forward else None
+        self.forward, self.retries = forward, retries
+        self.forwarder: Forwarder | None = None
+        self.spool: Spool | None = None
+        self.scorer: Scorer | None = None
         self._server = None
         self.received = 0
         self._count_lock = threading.Lock()
+        self._receive_seconds = 0.0
 
     def start(self) -> StorageNode:
+        self.spool = Spool(self.processor.out)  # the folder's lock: one node per --out
         try:
             self._server = self.ae.make_server((self.host, self.port), evt_handlers=self._handlers,
                                                server_class=bounded_server_class(self.limits))
         except OSError as exc:
+            self.spool.close()
             raise ConfigError(f"--port {self.port}: cannot listen on {self.host}:{self.port} ({exc.strerror or exc})") from None
+        self.forwarder = Forwarder(self.forward, self.ae_title, self.retries) if self.forward else None
+        self.scorer = Scorer(self.processor, self.spool, self.forwarder.put if self.forwarder else None).start()
         self.ae._servers.append(self._server)  # as start_server does: the AE shuts it down with the others
         threading.Thread(target=self._server.serve_forever, name="pneumoscan-dicom-server", daemon=True).start()
         log.info("listening as %s on %s:%d%s", self.ae_title, self.host, self.port,
@@ -188,13 +217,31 @@ class StorageNode:
         return self
 
     def stop(self) -> None:
-        """Stop listening, send what is queued and write the worklist in its order."""
+        """Stop listening, score what is spooled, send what is queued and write the worklist in its order."""
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        if self.scorer is not None:
+            self.scorer.close()
         if self.forwarder is not None:
             self.forwarder.close()
         self.processor.worklist.finish()
+        if self.spool is not None:
+            self.spool.close()
+
+    def timings(self) -> dict[str, float]:
+        """Seconds per instance in each stage so far: receive (checks and spooling, in the association's
+        thread), spool wait, decode, network, sr (SR and overlay objects made and encoded), overlay
+        (Grad-CAM), write (result files and worklist rows), send (C-STORE to the destination)."""
+        done = max(1, self.processor.timings["instances"])
+        stages = {"receive": self._receive_seconds / max(1, self.received)}
+        if self.scorer is not None:
+            stages["spool wait"] = self.scorer.timings["spool wait"] / max(1, self.scorer.timings["instances"])
+        for stage in ("decode", "network", "sr", "overlay", "write"):
+            stages[stage] = self.processor.timings[stage] / done
+        if self.forwarder is not None:
+            stages["send"] = self.forwarder.seconds / done
+        return stages
 
     def __enter__(self) -> StorageNode:
         return self.start()
@@ -212,25 +259,26 @@ class StorageNode:
             self.stop()
 
     def _on_store(self, event) -> int:
+        tick = time.perf_counter()
         with self._count_lock:
             self.received += 1
         calling = event.assoc.requestor.ae_title
         origin = printable(f"{calling}@{event.assoc.requestor.address}")
         try:
-            data = event.encoded_dataset()
+            data = spool_file(event.file_meta, event.encoded_dataset(include_meta=False), origin, now())
             # Not event.dataset: pydicom would parse (and inflate) whatever arrived, without bounds.
             ds = read_dicom_dataset(data, f"an instance from {origin}")
-            ds.file_meta = event.file_meta
-            outcome = self.processor.process(ds, data, origin=origin)
+            path = self.spool.put(ds.get("SOPInstanceUID"), data)
         except ImageReadError as exc:
             log.warning("%s", printable(str(exc)))
             return PROCESSING_FAILURE
         except OutputError as exc:
-            log.error("cannot keep the result of an instance from %s: %s", origin, exc)
+            log.error("cannot keep an instance from %s: %s", origin, exc)
             return OUT_OF_RESOURCES
         except Exception:  # noqa: BLE001 - one instance must never take the association (or the node) down
             log.exception("unexpected error on an instance from %s; answered with a failure", origin)
             return PROCESSING_FAILURE
-        if self.forwarder is not None and outcome.derived:
-            self.forwarder.put(outcome.derived, [outcome.sr_file, outcome.overlay_file][: len(outcome.derived)])
+        self.scorer.put(path)
+        with self._count_lock:
+            self._receive_seconds += time.perf_counter() - tick
         return SUCCESS

@@ -8,7 +8,10 @@ in the PACS instead of adding a copy.
 
 from __future__ import annotations
 
+import copy
+import datetime as dt
 import io
+import threading
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -55,19 +58,15 @@ def _model_identity(meta) -> tuple[str, str, str]:
     return meta.name, meta.version or "", meta.run_id or ""
 
 
-def structured_report(source: Dataset, prediction: Prediction, meta) -> Dataset:
-    """A Comprehensive SR with the probability, label, threshold, model and disclaimer for ``source``.
-
-    ``source`` is the scored instance (its pixels may be absent: only its identifiers are used); the SR
-    is in its study, in a series of pneumoscan results, and references it as evidence and as the
-    image the finding is about.
-    """
+def sr_content(source: Dataset, prediction: Prediction, meta) -> list:
+    """What the SR says about ``source``: the content items of its root container, in order (the finding,
+    the probability, the label and threshold, the model, the disclaimer, the image it is about). A new
+    statement of every SR is one more item here; nothing else changes."""
     import highdicom as hd
 
     positive = prediction.label == meta.class_names[-1]
     relation = hd.sr.RelationshipTypeValues.CONTAINS
-    root = hd.sr.ContainerContentItem(name=REPORT_TITLE)
-    root.ContentSequence = hd.sr.ContentSequence([
+    return [
         hd.sr.CodeContentItem(FINDING, PNEUMONIA if positive else NO_PNEUMONIA, relationship_type=relation),
         hd.sr.NumContentItem(PROBABILITY, float(prediction.probability), NO_UNITS, relationship_type=relation),
         hd.sr.TextContentItem(LABEL, str(prediction.label), relationship_type=relation),
@@ -77,13 +76,64 @@ def structured_report(source: Dataset, prediction: Prediction, meta) -> Dataset:
         hd.sr.TextContentItem(ALGORITHM_VERSION, _version(meta), relationship_type=relation),
         hd.sr.TextContentItem(COMMENT, DISCLAIMER, relationship_type=relation),
         hd.sr.ImageContentItem(SOURCE, source.SOPClassUID, source.SOPInstanceUID, relationship_type=relation),
-    ])
-    study = source.StudyInstanceUID
+    ]
+
+
+def structured_report(source: Dataset, prediction: Prediction, meta) -> Dataset:
+    """A Comprehensive SR with the probability, label, threshold, model and disclaimer for ``source``.
+
+    ``source`` is the scored instance (its pixels may be absent: only its identifiers are used); the SR
+    is in its study, in a series of pneumoscan results, and references it as evidence and as the
+    image the finding is about.
+
+    The SR is highdicom's (:func:`highdicom_report`), made without its per-instance cost: highdicom builds
+    the parts that depend on the model only once per model (:func:`_shell`), and each instance gets what
+    depends on it filled in here, by the same highdicom calls where highdicom has a rule (the patient and
+    study modules, the acquisition equipment): its constructor looks every module up in the standard's
+    tables and deep-copies its evidence per SR. ``tests/dicom/test_dicom_results.py`` checks both give
+    the same SR.
+    """
+    import highdicom as hd
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.valuerep import DA, TM
+
+    shell = _shell(meta)
     header = _header(source)
+    # An object of highdicom's class, for its rule of which patient and study attributes a result copies.
+    target = object.__new__(type(shell))
+    Dataset.__init__(target, _elements(shell))
+    target.copy_patient_and_study_information(header)
+    sr = Dataset(target)  # a plain data set holding those elements (given a Dataset, pydicom shares them)
+    if "SpecificCharacterSet" in header:
+        sr.SpecificCharacterSet = header.SpecificCharacterSet
+    else:
+        sr.pop("SpecificCharacterSet", None)
+    sr.ContributingEquipmentSequence = [*_acquisition_equipment(header), *shell.ContributingEquipmentSequence]
+    sr.SeriesInstanceUID = _uid("sr-series", source.StudyInstanceUID, *_model_identity(meta))
+    sr.SOPInstanceUID = _uid("sr", source.SOPInstanceUID, *_model_identity(meta))
+    sr.InstanceNumber = int(source.get("InstanceNumber") or 1)
+    now = dt.datetime.now()
+    sr.InstanceCreationDate = sr.ContentDate = DA(now.date())
+    sr.InstanceCreationTime = sr.ContentTime = TM(now.time())
+    sr.CurrentRequestedProcedureEvidenceSequence = [_evidence(source)]
+    sr.ContentSequence = hd.sr.ContentSequence(sr_content(source, prediction, meta))
+    sr.file_meta = FileMetaDataset(_elements(shell.file_meta))
+    sr.preamble = shell.preamble  # written by whoever encodes it as a file (STOW-RS clients do)
+    sr.file_meta.MediaStorageSOPInstanceUID = sr.SOPInstanceUID
+    return sr
+
+
+def highdicom_report(source: Dataset, prediction: Prediction, meta) -> Dataset:
+    """:func:`structured_report` built by highdicom's ``ComprehensiveSR`` whole (the reference it is checked
+    against, and its template)."""
+    import highdicom as hd
+
+    root = hd.sr.ContainerContentItem(name=REPORT_TITLE)
+    root.ContentSequence = hd.sr.ContentSequence(sr_content(source, prediction, meta))
     sr = hd.sr.ComprehensiveSR(
-        evidence=[header],
+        evidence=[_header(source)],
         content=root,
-        series_instance_uid=_uid("sr-series", study, *_model_identity(meta)),
+        series_instance_uid=_uid("sr-series", source.StudyInstanceUID, *_model_identity(meta)),
         series_number=SR_SERIES_NUMBER,
         sop_instance_uid=_uid("sr", source.SOPInstanceUID, *_model_identity(meta)),
         instance_number=int(source.get("InstanceNumber") or 1),
@@ -105,6 +155,80 @@ def subtype_items(prediction: Prediction, relation) -> list:
     return [hd.sr.CodeContentItem(SUBTYPE, SUBTYPE_VALUES[prediction.subtype], relationship_type=relation),
             hd.sr.NumContentItem(VIRAL_PROBABILITY, float(prediction.viral_probability), NO_UNITS,
                                  relationship_type=relation)]
+
+
+def prepare(meta) -> None:
+    """Make the model's SR template now: highdicom reads the standard's tables on first use (a second or
+    more), which the first instance scored would otherwise wait for."""
+    _shell(meta)
+
+
+_SHELLS: dict[tuple, Dataset] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _shell(meta) -> Dataset:
+    """The model's SR made by highdicom for a stand-in source (a chest CR with empty identifiers): what
+    does not depend on the instance (SOP common, SR document modules, series, manufacturer, root
+    container) is taken from it as it is."""
+    key = (*_model_identity(meta), meta.created, tuple(meta.class_names))
+    with _CACHE_LOCK:
+        if key not in _SHELLS:
+            stand_in = Dataset()
+            stand_in.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR Image Storage
+            stand_in.SOPInstanceUID = stand_in.StudyInstanceUID = stand_in.SeriesInstanceUID = "1.2.3"
+            placeholder = Prediction(file="", probability=0.0, label=meta.class_names[0],
+                                     threshold=float(meta.threshold), model=meta.name, version=meta.version)
+            _SHELLS[key] = highdicom_report(stand_in, placeholder, meta)
+        return _SHELLS[key]
+
+
+# What highdicom's ContributingEquipment.for_image_acquisition reads of a source, besides its SOP class.
+_EQUIPMENT_KEYWORDS = ("SOPClassUID", "Manufacturer", "ManufacturerModelName", "SoftwareVersions",
+                       "DeviceSerialNumber", "InstitutionName", "InstitutionalDepartmentName", "InstitutionAddress",
+                       "StationName", "AcquisitionDateTime", "AcquisitionDate", "AcquisitionTime")
+_EQUIPMENT: dict[tuple, list] = {}
+
+
+def _acquisition_equipment(header: Dataset) -> list:
+    """The source's acquisition equipment as highdicom lists it in a result (none when the source names no
+    manufacturer, or is not an image). highdicom looks the SOP class up in the standard's tables on every
+    call (1-4 ms): the item is kept for sources that read the same."""
+    import highdicom as hd
+
+    if not header.get("Manufacturer"):
+        return []  # highdicom refuses such a source; asking it would cost the lookup for nothing
+    key = tuple(str(header.get(keyword, "")) for keyword in _EQUIPMENT_KEYWORDS)
+    with _CACHE_LOCK:
+        if key in _EQUIPMENT:
+            return _EQUIPMENT[key]
+    try:
+        equipment = [hd.ContributingEquipment.for_image_acquisition(header)]
+    except (ValueError, AttributeError, KeyError):  # not an image class: highdicom lists none either
+        equipment = []
+    with _CACHE_LOCK:
+        if len(_EQUIPMENT) >= 256:  # acquisition times differ between images: a bounded memo, not a store
+            _EQUIPMENT.clear()
+        _EQUIPMENT[key] = equipment
+    return equipment
+
+
+def _elements(ds: Dataset) -> dict:
+    """The top-level elements of ``ds``, each a copy: setting a value sets it on the element, and the
+    shell's elements must not change under the SRs made from it (their sequences are replaced, not changed)."""
+    return {element.tag: copy.copy(element) for element in ds}
+
+
+def _evidence(source: Dataset) -> Dataset:
+    """The Current Requested Procedure Evidence item of ``source`` (its study, series and instance), as
+    highdicom's ``collect_evidence`` makes it for evidence in the SR's own study."""
+    instance = Dataset()
+    instance.ReferencedSOPClassUID, instance.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
+    series = Dataset()
+    series.SeriesInstanceUID, series.ReferencedSOPSequence = source.SeriesInstanceUID, [instance]
+    study = Dataset()
+    study.StudyInstanceUID, study.ReferencedSeriesSequence = source.StudyInstanceUID, [series]
+    return study
 
 
 def overlay_image(source: Dataset, rgb: np.ndarray, prediction: Prediction, meta, size: int = OVERLAY_SIZE) -> Dataset:

@@ -1,8 +1,9 @@
 """``worklist.csv`` and ``worklist.json``: every instance the node or a pull received, with its result.
 
-While instances arrive, each one's row is appended to ``worklist.csv`` with one ``write`` (and an fsync):
-what a row costs does not grow with the list, and a crash loses at most the row being written (a torn
-last line is cut off when the folder is opened again). When the session ends (:meth:`Worklist.finish`:
+While instances arrive, the rows of each batch are appended to ``worklist.csv`` with one ``write`` (and
+an fsync): what a row costs does not grow with the list, and a crash loses at most the rows being written
+(a torn last line is cut off when the folder is opened again). A row equal to the one kept for its
+instance is not written again (an instance scored twice across a restart). When the session ends (:meth:`Worklist.finish`:
 the node stopping, a pull ending) both files are rewritten atomically in worklist order: the scored rows
 by decreasing probability (the most suspicious first), then the refused ones with their reason; an
 instance received more than once keeps its last row.
@@ -15,6 +16,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -55,11 +57,23 @@ class Worklist:
     def add(self, outcome: Outcome) -> None:
         """Append ``outcome``'s row (its text made printable: a NUL or a newline from a sender's header is
         escaped, so that one instance is one line)."""
-        row = {key: printable(value) if isinstance(value, str) else value for key, value in outcome.row().items()}
-        line = csv_lines([[row.get(column) for column in WORKLIST_COLUMNS]]).encode("utf-8", "backslashreplace")
+        self.add_many([outcome])
+
+    def add_many(self, outcomes: Sequence[Outcome]) -> None:
+        """Append the rows of ``outcomes`` with one write and one fsync. A row equal to the one the worklist
+        already holds for its instance (the same instance scored again after a restart) is not written twice."""
+        lines = []
         with self._lock:
-            self._rows[self._key(row)] = row
-            self._append(line)
+            for outcome in outcomes:
+                row = {key: printable(value) if isinstance(value, str) else value
+                       for key, value in outcome.row().items()}
+                key = self._key(row)
+                if key in self._rows and _same(self._rows[key], row):
+                    continue
+                self._rows[key] = row
+                lines.append([row.get(column) for column in WORKLIST_COLUMNS])
+            if lines:
+                self._append(csv_lines(lines).encode("utf-8", "backslashreplace"))
 
     def finish(self) -> None:
         """Rewrite ``worklist.csv`` and ``worklist.json`` in worklist order (atomically); rows added after
@@ -131,3 +145,9 @@ class Worklist:
 
     def __del__(self) -> None:
         self._close()
+
+
+def _same(kept: dict, row: dict) -> bool:
+    """Whether two rows say the same (a row read back from the CSV has "" where a new one has None)."""
+    return all(("" if kept.get(c) is None else kept.get(c)) == ("" if row.get(c) is None else row.get(c))
+               for c in WORKLIST_COLUMNS)
