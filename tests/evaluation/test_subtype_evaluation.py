@@ -135,7 +135,7 @@ def test_viral_probabilities_of_a_model_with_a_head(shared_data):
         pytest.skip("the bundled model has no subtype head yet")
     files = sorted((shared_data / "chest_xray" / "test" / "PNEUMONIA").glob("*.jpeg"))[:6]
     files += sorted((shared_data / "chest_xray" / "test" / "NORMAL").glob("*.jpeg"))[:6]
-    images = np.stack([classifier.preprocess(f)[0] for f in files])
+    images = np.stack([classifier.preprocess(f) for f in files])  # the model input, (N, 1, S, S)
     viral = S.viral_probabilities(classifier, images)
     assert viral is not None and viral.shape == (len(files),) and ((viral >= 0) & (viral <= 1)).all()
     for row, value in zip(classifier.assess(images, [str(f) for f in files]), viral, strict=True):

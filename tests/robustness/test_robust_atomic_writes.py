@@ -24,6 +24,10 @@ ALLOWED = {
     ("inference/results.py", "_open_lines"): "streamed predictions are appended batch by batch, each batch one "
                                              "fsynced write, so a killed run keeps every earlier batch",
     ("inference/results.py", "_cut_torn_tail"): "a resumed run cuts the torn last line a killed append left",
+    ("serving/quantize.py", "export_int8"): "a scratch copy in a temporary folder, deleted after use; the int8 "
+                                            "model itself is written atomically",
+    ("serving/quantize.py", "quantize_graph"): "ONNX Runtime's quantiser reads and writes files: scratch copies "
+                                               "in a temporary folder, deleted after use",
 }
 WRITERS = {"write_text", "write_bytes", "save", "savefig", "save_file", "to_csv", "dump"}
 

@@ -190,6 +190,13 @@ def output_contract(meta: ModelMeta) -> dict[str, str]:
                                  + "; ".join(f"{i}: {c}" for i, c in enumerate(columns))
                                  + " (pneumoscan.inference.scope decides from them and the thresholds in the "
                                    "model's metadata)")
+    if meta.subtype:
+        temperature = float(meta.subtype["temperature"])
+        outputs[VIRAL_LOGIT_OUTPUT] = ("float32 (N, 1): the subtype head's logit that the pneumonia is viral rather "
+                                       "than bacterial, before the subtype temperature")
+        outputs[VIRAL_PROBABILITY_OUTPUT] = (f"float32 (N, 1) = sigmoid(viral_logit / subtype temperature), temperature "
+                                             f"{temperature:g}: the calibrated probability that the pneumonia is viral; "
+                                             "meaningful only for a PNEUMONIA answer")
     return outputs
 
 

@@ -7,15 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from pneumoscan.inference.onnx_backend import output_contract
 from pneumoscan.models.artifact import ModelMeta
 
-# The ONNX outputs of a model with a subtype head, beside `logit`, `probability` (and `scope`).
-ONNX_OUTPUTS = {
-    "viral_logit": "float32 (N, 1): the subtype head's logit that the pneumonia is viral rather than bacterial, "
-                   "before the subtype temperature",
-    "viral_probability": "float32 (N, 1): the calibrated probability that the pneumonia is viral, "
-                         "sigmoid(viral_logit / subtype temperature); meaningful only for a PNEUMONIA answer",
-}
 WHAT_IT_IS = ("P(viral | pneumonia): for an image answered PNEUMONIA, the calibrated probability that the pneumonia "
               "is viral rather than bacterial, computed from the same features as the pneumonia logit. The answer "
               "is bacterial, viral or uncertain (inside the band); NORMAL answers, refused images and models "
@@ -50,7 +44,7 @@ def subtype_card(meta: ModelMeta, report: dict[str, Any] | None = None) -> dict[
         "rule": rule.get("rule") or "not recorded",
         "fitted_on": rule.get("fitted_on") or "not recorded",
         "validation": dict(rule.get("val_metrics") or {}),
-        "onnx_outputs": dict(ONNX_OUTPUTS),
+        "onnx_outputs": {name: text for name, text in output_contract(meta).items() if name.startswith("viral")},
         "not": list(WHAT_IT_IS_NOT),
     }
     evaluated = (report or {}).get("subtype")
