@@ -69,8 +69,10 @@ def test_the_documented_server_answer_carries_the_bundled_models_threshold():
 
 # A row of the README's table of what `predict` answers for examples/: image, true label, probability, answer.
 # A row: image, true label, probability ("none" when refused), answer (a label, or "refused"), and a note.
-EXAMPLE_ROW = re.compile(r"^\| `((?:NORMAL|PNEUMONIA)/[^`]+)` \| (NORMAL|PNEUMONIA) \| ([0-9.]+|none) \| "
+# A PNEUMONIA answer is followed by its subtype and viral probability: ", bacterial (P viral 0.14)".
+EXAMPLE_ROW = re.compile(r"^\| `((?:NORMAL|PNEUMONIA)/[^`]+)` \| (NORMAL|PNEUMONIA)(?: \([a-z]+\))? \| ([0-9.]+|none) \| "
                          r"(NORMAL|PNEUMONIA|refused)\b(.*)\|$")
+SUBTYPE_SHOWN = re.compile(r"^, (bacterial|viral|uncertain) \(P viral ([0-9.]+)\)")
 
 
 def _readme_examples() -> list[tuple[str, str, str, str, str]]:
@@ -102,6 +104,11 @@ def test_the_readme_shows_what_predict_answers_for_every_example(tmp_path):
         assert abs(float(row["probability"]) - float(shown)) <= 0.5 * 10**-decimals + 1e-9, (image, row, shown)
         assert row["label"] == answer, image
         assert ("wrong" in note) == (answer != truth), image
+        shown_subtype = SUBTYPE_SHOWN.match(note)
+        assert (shown_subtype is not None) == bool(row["subtype"]), image  # shown exactly when predict gives one
+        if shown_subtype:
+            assert shown_subtype.group(1) == row["subtype"], image
+            assert abs(float(row["viral_probability"]) - float(shown_subtype.group(2))) <= 0.005 + 1e-9, image
 
 
 def test_the_examples_are_test_images_the_bundled_model_never_trained_on(shared_data):
