@@ -29,7 +29,7 @@ MIN_PER_SUBTYPE = {"train": 20, "val": 10}  # images of each subtype needed to f
 MISSED = 0.10  # the share of each subtype the band may answer as the other
 # Inverse L2 strengths of the probe on standardised features tried; the one with the lowest validation log
 # loss is kept (the features are 1,280 wide for a Lite0: the fit alone would over-fit the training images).
-PROBE_CS = (0.003, 0.01, 0.03, 0.1, 0.3)
+PROBE_CS = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)
 RULE = ("probe strength by validation log loss; temperature by log loss on validation; bacterial below the 10th percentile of the validation viral "
         "images' probabilities, viral at or above the 90th percentile of the bacterial ones, uncertain between; "
         "threshold: Youden's J on validation, clipped into that band")
