@@ -4,6 +4,7 @@
     .venv/bin/python bench/bench_predict_scale.py --quick          # a minute: checks that it works
     .venv/bin/python bench/bench_predict_scale.py --model runs/latest/export/model.onnx --no-ray
     .venv/bin/python bench/bench_predict_scale.py --rates          # the pipeline's rates (under 3 minutes)
+    .venv/bin/python bench/bench_predict_scale.py --rates --model src/pneumoscan/bundled/fast/model.onnx
 
 Without --model it measures the training recipe's default network at its default size with random weights
 (speed does not depend on the weights), exported to ONNX as `pneumoscan export` does. Inputs are the
@@ -316,7 +317,8 @@ def rates_only(args, train: Path) -> None:
             light = export_onnx(random_run(Path(tmp_name) / "light", "mini-resnet", size, fit))
         figures = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
                    "cores_usable": len(os.sched_getaffinity(0)), "load_average_1min": os.getloadavg()[0],
-                   **pipeline_rates({"light network": light, "bundled model": None}, train)}
+                   **pipeline_rates({"light network" if args.model is None else str(args.model): light,
+                                     "bundled model": None}, train)}
         figures["load_average_1min_after"] = os.getloadavg()[0]
     print_rates(figures)
     print(f"{figures['machine']}, {figures['cores_usable']} usable; load average {figures['load_average_1min']:.1f} "
