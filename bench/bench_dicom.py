@@ -178,8 +178,9 @@ def run(args, model: Path, pacs, datasets: list, associations: int, folder: Path
         node.wait(120)
     except subprocess.TimeoutExpired:
         node.kill()
-    stages = next((line.split(":", 1)[1].strip() for line in log_file.read_text().splitlines()
-                   if line.startswith("time per instance:")), "not printed (see the node's log)")
+    lines = log_file.read_text(errors="replace").splitlines()
+    stages = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("time per instance:")),
+                  "not printed; the node's last lines: " + " | ".join(lines[-4:]))
     latencies = np.array([stored[uid] - sent[uid] for uid in stored]) if stored else np.zeros(0)
     end = max(stored.values()) if stored else time.monotonic()
     return {"associations": associations, "acknowledged/s": len(answered) / (max(answered.values()) - start),

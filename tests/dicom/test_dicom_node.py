@@ -239,3 +239,39 @@ def test_a_newline_in_a_uid_cannot_forge_a_log_line_of_the_dicom_libraries(dicom
     assert any("FORGED" in r.getMessage() for r in libraries)  # they did log the UID ...
     assert not any("\n" in r.getMessage() for r in caplog.records)  # ... escaped
     assert not any(r.name.startswith("highdicom") and r.levelname == "INFO" for r in caplog.records)
+
+
+def test_the_forwarder_keeps_one_association_per_thread_open_with_nagle_off(tmp_path):
+    """Results are sent over associations kept open between batches, their sockets without Nagle's delay (a
+    C-STORE is two PDUs before its answer: with Nagle on, each object waited for the peer's delayed ACK)."""
+    import socket
+
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import ComprehensiveSRStorage
+
+    from pneumoscan.dicom.node import Forwarder
+
+    opened, stored = [], threading.Event()
+    scp = AE(ae_title="PACS")
+    scp.add_supported_context(ComprehensiveSRStorage)
+    handlers = [(evt.EVT_CONN_OPEN, lambda event: opened.append(event.address)),
+                (evt.EVT_C_STORE, lambda event: (stored.set(), 0x0000)[1])]
+    port = orthanc.free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
+    forwarder = Forwarder(Peer("PACS", "127.0.0.1", port), "PNEUMOSCAN", associations=1)
+    try:
+        sr = pydicom.Dataset()
+        sr.SOPClassUID, sr.SOPInstanceUID, sr.PatientID = ComprehensiveSRStorage, pydicom.uid.generate_uid(), "P1"
+        sr.file_meta = pydicom.dataset.FileMetaDataset()
+        sr.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        for i in range(3):  # three batches, one after the other
+            stored.clear()
+            forwarder.put([sr], [tmp_path / f"sr{i}.dcm"])
+            assert stored.wait(10)
+            time.sleep(0.2)
+        assert forwarder.sent == 3 and len(opened) == 1  # one association for all three
+        client = next(a for a in forwarder.ae.active_associations)
+        assert client.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        forwarder.close()
+        server.shutdown()
