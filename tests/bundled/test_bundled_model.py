@@ -310,3 +310,18 @@ def test_both_shipped_files_give_the_same_probabilities_within_1e_4(bundle, shar
     torch = pneumoscan.load(name, backend="torch", scope_check=False)
     gap = np.abs(onnx.predict_proba(batch) - torch.predict_proba(batch))
     assert gap.max() < 1e-4
+
+
+def test_the_shipped_model_files_carry_no_machine_path(bundle):
+    """The metadata inside the weights and the ONNX graph, not only the card, name no folder of the machine
+    that built them (a student records its teacher: by its place in the package)."""
+    import onnx
+    from safetensors import safe_open
+
+    _, where, _ = bundle
+    with safe_open(str(where / "model.safetensors"), framework="pt") as fh:
+        texts = [json.dumps(fh.metadata())]
+    texts.append(json.dumps({p.key: p.value for p in onnx.load(str(where / "model.onnx")).metadata_props}))
+    texts.append((where / "model.json").read_text(encoding="utf-8"))
+    for text in texts:
+        assert not any(root in text for root in ("/work/", "/home/", "/root/", "/tmp/", "/Users/")), text[:200]

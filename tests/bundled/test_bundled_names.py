@@ -151,7 +151,12 @@ def test_fast_teaches_a_student_by_its_name(both):
 
     teacher = load_teacher("fast")
     assert teacher.record[0]["teacher"] == "fast"
-    assert Path(teacher.record[0]["weights"]) == both["fast"] / WEIGHTS_FILE
+    from pneumoscan.provenance import sha256_file
+
+    # Its weights, named by their place relative to the package (no machine's path in a student's file).
+    assert teacher.record[0]["sha256"] == sha256_file(both["fast"] / WEIGHTS_FILE)
+    assert not Path(teacher.record[0]["weights"]).is_absolute()
+    assert teacher.record[0]["weights"].endswith(f"{both['fast'].name}/{WEIGHTS_FILE}")
 
 
 def test_a_bundled_model_this_installation_lacks_is_a_one_line_error(tmp_path, monkeypatch, capsys):

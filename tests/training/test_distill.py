@@ -43,6 +43,7 @@ def test_the_default_teacher_gives_the_bundled_models_calibrated_probability():
     (record,) = teacher.record
     assert record["teacher"] == "default" and record["name"] == "efficientnet-lite0" and record["image_size"] == 128
     assert record["sha256"] == sha256_file(BUNDLED_DIR / "model.safetensors")
+    assert record["weights"] == "pneumoscan/bundled/model.safetensors"  # no machine's path in a student's file
 
 
 def test_an_ensemble_teacher_averages_the_probabilities_each_model_gives_at_its_own_size(exported_run):

@@ -110,11 +110,22 @@ def load_teacher(spec: str) -> Teacher:
             raise ModelFileError(f"--teacher {name}: {exc}") from None
         meta, weights = classifier.meta, classifier.weights
         models.append(module)
-        record.append({"teacher": name, "weights": str(weights), "sha256": sha256_file(weights) if weights else None,
+        record.append({"teacher": name, "weights": _recorded_path(weights, classifier), "sha256": sha256_file(weights) if weights else None,
                        "name": meta.name, "image_size": int(meta.image_size), "fit": meta.fit,
                        "temperature": float(meta.temperature or 1.0), "run_id": meta.run_id,
                        "created": meta.created, "version": meta.version})
     return Teacher(models, record)
+
+
+def _recorded_path(weights, classifier) -> str:
+    """How a teacher's weights are named in the student's provenance: a bundled model's by its place in the
+    package (a student shipped in the package must carry no machine's paths), another's as given."""
+    files = classifier.files
+    if weights is not None and files is not None and files.bundled:
+        from pneumoscan.bundled import BUNDLED_DIR
+
+        return Path(os.path.relpath(weights, BUNDLED_DIR.parent.parent)).as_posix()
+    return str(weights)
 
 
 def same_teacher(teacher: Teacher, provenance_file: str | os.PathLike) -> None:
