@@ -104,6 +104,10 @@ def test_report_json_markdown_html_and_cli_show_the_subtype(headed_run, subtyped
     counts = section["confusion"]["counts"]
     assert sum(sum(row.values()) for row in counts.values()) == data["scope"]["decoded"]
     assert sum(counts["viral"].values()) == len(viral_files)
+    printed_rows = {line.split()[0]: [int(x) for x in line.split()[1:]] for line in printed.splitlines()
+                    if line.startswith("  ") and line.split()[0] in counts and line.split()[1:] and
+                    all(x.isdigit() for x in line.split()[1:])}
+    assert printed_rows == {row: [counts[row][a] for a in S.ANSWERS] for row in counts}  # the matrix is printed
     assert 0 <= section["figures"]["roc_auc"]["value"] <= 1
     markdown = (tmp_path / "r" / "report.md").read_text()
     assert "## Pneumonia subtype: bacterial or viral" in markdown

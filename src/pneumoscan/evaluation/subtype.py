@@ -182,4 +182,9 @@ def summary_lines(section: dict[str, Any] | None) -> list[str]:
     lines += [f"  {m:<18} {_figure(section['figures'][m])}   (published {published[m]:.3f})" for m in FIGURES]
     lines.append(f"  {'uncertain share':<18} {_figure(section['uncertain_share'])} "
                  f"of {section['pneumonia_answers']} PNEUMONIA answers")
+    confusion = section["confusion"]
+    lines.append("  truth (rows) against the answer (columns), every decoded image:")
+    lines.append(f"  {'':<22}" + "".join(f"{a:>11}" for a in confusion["columns"]))
+    lines += [f"  {row:<22}" + "".join(f"{confusion['counts'][row][a]:>11}" for a in confusion["columns"])
+              for row in confusion["rows"]]
     return lines
