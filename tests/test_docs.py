@@ -137,7 +137,7 @@ def _rounded(value: float, shown: str) -> bool:
     return abs(value - float(shown)) <= 0.5 * 10**-decimals + 1e-9
 
 
-@pytest.mark.parametrize("page", ["README.md", "docs/default-model.md"])
+@pytest.mark.parametrize("page", ["README.md", "docs/default-model.md", "docs/generalisation.md"])
 def test_the_shipped_models_figures_are_the_cards(page):
     """Every figure of the shipped model's row is the card's, interval included, at the precision shown."""
     figures = _card()["metrics"]["evaluation"]["figures"]
