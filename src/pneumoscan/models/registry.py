@@ -104,6 +104,12 @@ def heads(model: nn.Module) -> list[nn.Linear]:
     return found
 
 
+def attached(model: nn.Module, name: str, kind: type):
+    """The sub-module ``model.<name>`` when it is a ``kind`` (a fitted part such as the scope gate), else None."""
+    part = getattr(model, name, None)
+    return part if isinstance(part, kind) else None
+
+
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The parameters of :func:`heads`."""
     return [p for head in heads(model) for p in head.parameters()]

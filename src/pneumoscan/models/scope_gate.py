@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from pneumoscan.errors import ConfigError
-from pneumoscan.models.registry import heads
+from pneumoscan.models.registry import attached, heads
 from pneumoscan.models.scope_meta import KINDS, MAX_KINDS, ORIENTATIONS
 
 PREFIX = "scope."
@@ -91,8 +91,7 @@ def logit_and_features(model: nn.Module, images: torch.Tensor) -> tuple[torch.Te
 
 
 def gate_of(model: nn.Module) -> ScopeGate | None:
-    gate = getattr(model, "scope", None)
-    return gate if isinstance(gate, ScopeGate) else None
+    return attached(model, "scope", ScopeGate)
 
 
 def attach(model: nn.Module, gate: ScopeGate) -> nn.Module:

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from pneumoscan.models.registry import heads
+from pneumoscan.models.registry import attached, heads
 from pneumoscan.models.scope_gate import gate_of, logit_and_features
 
 PREFIX = "subtype."
@@ -47,8 +47,7 @@ class ModelOutputs(NamedTuple):
 
 
 def subtype_of(model: nn.Module) -> SubtypeHead | None:
-    head = getattr(model, "subtype", None)
-    return head if isinstance(head, SubtypeHead) else None
+    return attached(model, "subtype", SubtypeHead)
 
 
 def attach_subtype(model: nn.Module, head: SubtypeHead) -> nn.Module:
