@@ -42,7 +42,7 @@ from pneumoscan.evaluation.scoring import (
     operating_points,
     point_rules,
     run_split,
-    score,
+    scores,
     validation_scores,
 )
 from pneumoscan.evaluation.subtype import subtype_section
@@ -159,7 +159,7 @@ def _evaluate(config: EvaluateConfig, members: list[Member], metas: list, out: P
     # 3. Score the evaluated split. The images predict refuses as out of scope get no probability there, so
     # the metrics are those of the scored images; the refused ones are named, and scored apart (scope_record).
     clock.lap("validation")
-    raw_all = score(members, images, config)
+    raw_all, viral_all = scores(members, images, config)
     refused = out_of_scope(members, images, kept, config.batch_size)
     clock.lap("infer")
     thresholds = {"stored": stored, **points}
@@ -170,7 +170,7 @@ def _evaluate(config: EvaluateConfig, members: list[Member], metas: list, out: P
     everything = scope_record(members, kept, refused, raw_all, temperature, thresholds["stored"], config)
     probs_all = apply_temperature(raw_all, temperature) if temperature else raw_all
     # Before the refused images are dropped: the subtype's confusion matrix counts them as refused.
-    subtype = subtype_section(members, images, kept, refused, probs_all, thresholds["stored"], config)
+    subtype = subtype_section(members, viral_all, kept, refused, probs_all, thresholds["stored"], config)
     scored = np.array([i not in refused for i in range(len(kept))], dtype=bool)
     if not scored.any():
         raise DatasetError(f"{data_root}: all {len(kept)} decoded images of split {config.split!r} are out of the "

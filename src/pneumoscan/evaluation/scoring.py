@@ -50,13 +50,22 @@ def point_rules(members: list[Member], metas: list) -> dict[str, str]:
 
 def score(members: list[Member], images: np.ndarray, config: EvaluateConfig) -> np.ndarray:
     """Mean pneumonia probability over the ensemble members (and the flipped image with TTA)."""
-    total = np.zeros(len(images), dtype=np.float64)
+    return scores(members, images, config)[0]
+
+
+def scores(members: list[Member], images: np.ndarray, config: EvaluateConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """(:func:`score`, and for one model with a subtype head its viral probability of every image, else None),
+    from the same network passes."""
+    with_viral = len(members) == 1 and bool(members[0].classifier.meta.subtype)
+    views = [images] + ([np.ascontiguousarray(images[..., ::-1])] if config.tta else [])
+    total, viral = np.zeros(len(images), dtype=np.float64), np.zeros(len(images), dtype=np.float64)
     for member in members:
-        total += member.classifier.predict_proba(images, config.batch_size)
-        if config.tta:
-            flipped = np.ascontiguousarray(images[..., ::-1])
-            total += member.classifier.predict_proba(flipped, config.batch_size)
-    return total / (len(members) * (2 if config.tta else 1))
+        for view in views:
+            out = member.classifier.predict_proba(view, config.batch_size, subtype=with_viral)
+            total += out[:, 0] if with_viral else out
+            if with_viral:
+                viral += out[:, 1]
+    return total / (len(members) * len(views)), (viral / len(views) if with_viral else None)
 
 
 def validation_scores(members: list[Member], config: EvaluateConfig, size: int, fit: str) -> dict | None:

@@ -4,8 +4,9 @@ Two questions, kept apart:
 
 - **How well does the head tell viral from bacterial?** On every scored image that is truly PNEUMONIA with
   a known subtype (:attr:`Sample.subtype <pneumoscan.data.records.Sample.subtype>`), *whatever the binary
-  answer*: the result rows carry the viral probability only for PNEUMONIA answers, so the evaluation asks
-  the classifier for it on every image (:func:`viral_probabilities`), and a pneumonia the binary model
+  answer*: the result rows carry the viral probability only for PNEUMONIA answers, so the evaluation takes
+  it for every image from the same network pass as the pneumonia probability
+  (``predict_proba(..., subtype=True)``), and a pneumonia the binary model
   missed still counts here. ROC-AUC (viral positive), and at the stored subtype threshold sensitivity (viral
   called viral), specificity (bacterial called bacterial) and accuracy, with the report's patient-bootstrap
   intervals (:func:`pneumoscan.evaluation.intervals.estimates`, the same resamples' method as every figure).
@@ -66,11 +67,12 @@ def viral_probabilities(classifier: Any, images: np.ndarray, batch_size: int = 6
                    axis=0).astype(np.float64)
 
 
-def subtype_section(members: list, images: np.ndarray, samples: list, refused: dict[int, str],
+def subtype_section(members: list, viral: np.ndarray | None, samples: list, refused: dict[int, str],
                     probs: np.ndarray, threshold: float, config: Any) -> dict[str, Any]:
-    """The report's ``subtype`` section for the decoded ``samples`` (``images``: their model inputs; ``probs``:
-    their pneumonia probabilities in the report's scale; ``threshold``: the stored one in that scale;
-    ``refused``: index -> reason of those out of scope), or :func:`absent` with the reason."""
+    """The report's ``subtype`` section for the decoded ``samples`` (``viral``: the head's probability of every
+    one, from the pass that gave ``probs``, or None; ``probs``: their pneumonia probabilities in the report's
+    scale; ``threshold``: the stored one in that scale; ``refused``: index -> reason of those out of scope), or
+    :func:`absent` with the reason."""
     if len(members) != 1:
         return absent("an ensemble: its members' subtype heads are not combined; evaluate one model for them")
     classifier = members[0].classifier
@@ -80,12 +82,9 @@ def subtype_section(members: list, images: np.ndarray, samples: list, refused: d
     if not any(samples[i].label == 1 and samples[i].subtype for i in scored):
         return absent("the data give no scored PNEUMONIA image a subtype (Kermany file names personN_bacteria_M / "
                       "personN_virus_M, or a manifest's subtype column)")
-    viral = viral_probabilities(classifier, images[scored], config.batch_size, config.tta)
     if viral is None:
         return absent("the model's metadata describes a subtype head that its backend does not compute")
-    everything = np.full(len(samples), np.nan)
-    everything[scored] = viral
-    return subtype_record(classifier.meta, samples, refused, probs, threshold, everything, config)
+    return subtype_record(classifier.meta, samples, refused, probs, threshold, viral, config)
 
 
 def subtype_record(meta: Any, samples: list, refused: dict[int, str], probs: np.ndarray, threshold: float,
