@@ -21,6 +21,7 @@ import torch
 
 from pneumoscan import runs
 from pneumoscan._io import atomic_write_csv, atomic_write_json, ensure_writable_dir
+from pneumoscan._memory import keep_freed_memory
 from pneumoscan.config_files import load_config, save_config, to_dict
 from pneumoscan.errors import ConfigError, ModelFileError
 from pneumoscan.evaluation.operating import balanced_class_weights
@@ -42,6 +43,7 @@ def train(config: TrainConfig | None = None, *, resume: str | os.PathLike | None
     # RUN_ENV names this run's folder for the processes it launches; left set, a second train() in the
     # same process (a notebook, the test suite) would write into the first run's folder.
     outer = os.environ.get(RUN_ENV)
+    keep_freed_memory()  # each step's activations reuse the last step's memory (see pneumoscan._memory)
     try:
         return _train(config, resume=resume, callbacks=callbacks)
     finally:

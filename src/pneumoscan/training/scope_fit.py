@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumoscan._memory import keep_freed_memory
 from pneumoscan.errors import ImageReadError
 
 
@@ -28,6 +29,7 @@ def fit_scope(model_path: str | os.PathLike, data: str | os.PathLike, *, out: st
     from pneumoscan.models import load_model, save_model
     from pneumoscan.models.artifact import find_model_file, run_folder_of
 
+    keep_freed_memory()  # the fit's forward passes reuse their memory (see pneumoscan._memory)
     model, meta = load_model(model_path)
     index = load_dataset(data)
     samples = index.by_split("train") or list(index.samples)

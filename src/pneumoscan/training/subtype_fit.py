@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumoscan._memory import keep_freed_memory
 from pneumoscan.data.records import SUBTYPES
 from pneumoscan.errors import ConfigError, DatasetError
 
@@ -113,6 +114,7 @@ def fit_subtype(model_path: str | os.PathLike, data: str | os.PathLike | None = 
     from pneumoscan.training.config import TrainConfig
     from pneumoscan.training.data import XrayDataModule
 
+    keep_freed_memory()  # the fit's forward passes reuse their memory (see pneumoscan._memory)
     model, meta = load_model(model_path)
     stored = meta.provenance.get("config")
     if not isinstance(stored, dict) or not meta.provenance.get("data_manifest_sha256"):
