@@ -11,7 +11,7 @@ import pytest
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
 
-# A training step's pattern: large tensors (over glibc's 32 MiB mmap threshold) made and freed again.
+# A training step's pattern: large tensors (over glibc's largest mmap threshold, 32 MiB) made and freed again.
 CHILD = textwrap.dedent("""
     import resource, sys
     import torch
@@ -19,7 +19,7 @@ CHILD = textwrap.dedent("""
         from pneumoscan._memory import keep_freed_memory
         assert keep_freed_memory() and keep_freed_memory()  # idempotent
     def step():
-        a = torch.ones(64, 32, 64, 64)  # 32 MiB, written
+        a = torch.ones(64, 40, 64, 64)  # 40 MiB, written
         b = a * 2.0
         return float(b[0, 0, 0, 0])
     faults = []
@@ -38,7 +38,7 @@ def _faults(mode: str) -> int:
 
 
 def test_freed_memory_is_reused_instead_of_faulted_in_again():
-    # A step makes two 32 MiB tensors: 16,384 pages faulted in when each block comes from a fresh mmap.
+    # A step makes two 40 MiB tensors: 20,480 pages faulted in when each block comes from a fresh mmap.
     # (The median step: a kernel that reclaims idle pages, as DAMON does, may fault in a kept one again.)
     default, kept = _faults("default"), _faults("kept")
     assert default > 8000, f"glibc served the blocks from its heap already ({default} faults a step)"
