@@ -156,7 +156,7 @@ class Forwarder:
             return batch, None
         left = []
         for ds, file in batch:
-            status = assoc.send_c_store(ds)
+            status = assoc.send_c_store(_as_written(ds, file))
             code = getattr(status, "Status", None)
             if code is None or (code != SUCCESS and code >> 12 != 0xB):  # 0xBxxx: stored with a warning
                 left.append((ds, file))
@@ -166,6 +166,20 @@ class Forwarder:
                     self.sent += 1
                 log.info("sent %s to %s", file, self.peer)
         return left, (assoc if assoc.is_established and not left else _released(assoc))
+
+
+def _as_written(ds, file):
+    """The object ``ds`` as read back from its ``file``, to send: pydicom writes the elements it read as
+    they are, where it encodes an object built in memory element by element again (a 3 KB SR: 0.5 ms
+    against 2-3 ms, under the interpreter lock that receiving and scoring need too); ``ds`` itself when
+    the file cannot be read."""
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return dcmread(file)
+    except (OSError, ValueError, TypeError, InvalidDicomError):
+        return ds
 
 
 def _without_nagle(assoc):
