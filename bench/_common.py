@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -24,6 +25,15 @@ def random_run(folder: Path, name: str, size: int, fit: str = "pad") -> Path:
     save_model(folder, build_model(name, size), ModelMeta(name=name, image_size=size, fit=fit, version=__version__,
                                                           run_id="bench-random-weights"))
     return folder
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system, all threads) process ``pid`` has used so far, s (NaN once it has ended)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def resident_mib(pid: int) -> float:

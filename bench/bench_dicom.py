@@ -44,7 +44,7 @@ from PIL import Image  # noqa: E402
 
 import orthanc  # noqa: E402
 import pneumoscan  # noqa: E402
-from _common import default_architecture, random_run, resident_mib  # noqa: E402
+from _common import cpu_seconds, default_architecture, random_run, resident_mib  # noqa: E402
 from helpers import chest_dicoms  # noqa: E402
 
 AIM_IPS = 40.0
@@ -165,6 +165,8 @@ def run(args, model: Path, pacs, datasets: list, associations: int, folder: Path
             time.sleep(0.5)
 
     threading.Thread(target=sample_memory, daemon=True).start()
+    processes = {"node": node.pid, "Orthanc": pacs.process.pid, "senders": os.getpid()}
+    cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
     start = time.monotonic()
     senders = [threading.Thread(target=send, args=(datasets[i::associations],)) for i in range(associations)]
     for thread in senders:
@@ -172,6 +174,8 @@ def run(args, model: Path, pacs, datasets: list, associations: int, folder: Path
     for thread in senders:
         thread.join()
     watcher.join(timeout=300)
+    # CPU used from the first C-STORE to the last SR stored, per instance: whether the 2 cores bound the run
+    cpu = {name: (cpu_seconds(pid) - cpu_before[name]) / len(datasets) for name, pid in processes.items()}
     done.set()
     node.send_signal(signal.SIGINT)
     try:
@@ -185,7 +189,7 @@ def run(args, model: Path, pacs, datasets: list, associations: int, folder: Path
     end = max(stored.values()) if stored else time.monotonic()
     return {"associations": associations, "acknowledged/s": len(answered) / (max(answered.values()) - start),
             "instances/s": len(stored) / (end - start), "latencies": latencies, "stages": stages,
-            "failures": len(failures), "missing": len(datasets) - len(stored), "peak MiB": peak[0]}
+            "failures": len(failures), "missing": len(datasets) - len(stored), "peak MiB": peak[0], "cpu": cpu}
 
 
 def main() -> int:
@@ -227,6 +231,10 @@ def main() -> int:
                 print(f"  C-STORE sent -> SR stored in Orthanc: p50 {np.percentile(latencies, 50):.3f} s, "
                       f"p99 {np.percentile(latencies, 99):.3f} s")
             print(f"  inside the node, per instance: {result['stages']}")
+            wall = 1000 / result["instances/s"] if result["instances/s"] else float("nan")
+            print("  CPU per instance: " + ", ".join(f"{name} {s * 1000:.1f} ms" for name, s in result["cpu"].items())
+                  + f" (senders: this process, its watcher included); wall {wall:.1f} ms an instance, "
+                  f"{os.cpu_count()} cores")
             print(f"  C-STORE failures {result['failures']}, SRs missing in Orthanc {result['missing']}, "
                   f"node's largest resident memory {result['peak MiB']:,.0f} MiB")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")

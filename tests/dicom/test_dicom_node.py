@@ -241,6 +241,19 @@ def test_a_newline_in_a_uid_cannot_forge_a_log_line_of_the_dicom_libraries(dicom
     assert not any(r.name.startswith("highdicom") and r.levelname == "INFO" for r in caplog.records)
 
 
+def _sr(**elements) -> pydicom.Dataset:
+    """A minimal SR data set with a new SOP Instance UID, and ``elements``, as the forwarder sends it."""
+    from pynetdicom.sop_class import ComprehensiveSRStorage
+
+    sr = pydicom.Dataset()
+    sr.SOPClassUID, sr.SOPInstanceUID, sr.PatientID = ComprehensiveSRStorage, pydicom.uid.generate_uid(), "P1"
+    for keyword, value in elements.items():
+        setattr(sr, keyword, value)
+    sr.file_meta = pydicom.dataset.FileMetaDataset()
+    sr.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    return sr
+
+
 def test_the_forwarder_keeps_one_association_per_thread_open_with_nagle_off(tmp_path):
     """Results are sent over associations kept open between batches, their sockets without Nagle's delay (a
     C-STORE is two PDUs before its answer: with Nagle on, each object waited for the peer's delayed ACK)."""
@@ -260,10 +273,7 @@ def test_the_forwarder_keeps_one_association_per_thread_open_with_nagle_off(tmp_
     server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
     forwarder = Forwarder(Peer("PACS", "127.0.0.1", port), "PNEUMOSCAN", associations=1)
     try:
-        sr = pydicom.Dataset()
-        sr.SOPClassUID, sr.SOPInstanceUID, sr.PatientID = ComprehensiveSRStorage, pydicom.uid.generate_uid(), "P1"
-        sr.file_meta = pydicom.dataset.FileMetaDataset()
-        sr.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        sr = _sr()
         for i in range(3):  # three batches, one after the other
             stored.clear()
             forwarder.put([sr], [tmp_path / f"sr{i}.dcm"])
@@ -272,6 +282,86 @@ def test_the_forwarder_keeps_one_association_per_thread_open_with_nagle_off(tmp_
         assert forwarder.sent == 3 and len(opened) == 1  # one association for all three
         client = next(a for a in forwarder.ae.active_associations)
         assert client.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        forwarder.close()
+        server.shutdown()
+
+
+def _delayed_acks() -> int | None:
+    """Linux's count of acknowledgements its delayed-ACK timer sent (TcpExt DelayedACKs), None elsewhere."""
+    try:
+        names, values = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines()
+                         if line.startswith("TcpExt:")][:2]
+    except (OSError, ValueError):
+        return None
+    return int(values[names.index("DelayedACKs")]) if "DelayedACKs" in names else None
+
+
+@pytest.mark.e2e  # starts a PACS
+def test_orthanc_answers_to_the_forwarder_are_acknowledged_at_once(orthanc_ready, tmp_path):
+    """Orthanc (DCMTK) writes each C-STORE answer in two pieces with Nagle's algorithm on: unless this side
+    acknowledges the first piece at once, the second waits for Linux's delayed-ACK timer (40 ms an object).
+    Counted on the kernel's own counter of delayed ACKs, not timed."""
+    import socket
+
+    from pneumoscan.dicom.node import Forwarder
+
+    if not hasattr(socket, "TCP_QUICKACK") or _delayed_acks() is None:
+        pytest.skip("Linux's TCP_QUICKACK and its delayed-ACK counter are needed")
+    with orthanc.Orthanc(tmp_path / "orthanc") as pacs:
+        forwarder = Forwarder(Peer(orthanc.AE_TITLE, "127.0.0.1", pacs.dicom_port), "PNEUMOSCAN", associations=1)
+        study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+        try:
+            for i in range(21):
+                if i == 1:  # the first opens the association
+                    before = _delayed_acks()
+                sr = _sr(StudyInstanceUID=study, SeriesInstanceUID=series, Modality="SR")
+                sent = threading.Event()
+                forwarder.put([sr], [tmp_path / f"sr{i}.dcm"], sent.set)
+                assert sent.wait(30)
+            delayed = _delayed_acks() - before
+        finally:
+            forwarder.close()
+        assert forwarder.sent == 21 and not forwarder.failed, pacs.tail()
+    assert delayed < 10  # 20 (one an object) without the quick acknowledgement; other traffic may add a few
+
+
+def test_a_burst_of_results_goes_out_over_every_forwarding_association_at_once(tmp_path):
+    """Results queued together (a batch scored across associations) are sent concurrently, one instance's
+    objects per association, not one after another over whichever association woke first."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import ComprehensiveSRStorage
+
+    from pneumoscan.dicom.node import Forwarder
+
+    lock, all_in = threading.Lock(), threading.Event()
+    in_flight, most, associations = [0], [0], set()
+
+    def on_store(event) -> int:
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+            associations.add(event.assoc.requestor.port)
+            if in_flight[0] == 4:
+                all_in.set()
+        all_in.wait(3)  # the PACS is slow: each store waits for the others (3 s at most)
+        with lock:
+            in_flight[0] -= 1
+        return 0x0000
+
+    scp = AE(ae_title="PACS")
+    scp.add_supported_context(ComprehensiveSRStorage)
+    port = orthanc.free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    forwarder = Forwarder(Peer("PACS", "127.0.0.1", port), "PNEUMOSCAN", associations=4)
+    done = threading.Semaphore(0)
+    try:
+        for i in range(4):  # as the scorer hands over a batch: one put after the other
+            forwarder.put([_sr()], [tmp_path / f"sr{i}.dcm"], done.release)
+        for _ in range(4):
+            assert done.acquire(timeout=30)
+        assert forwarder.sent == 4 and not forwarder.failed
+        assert most[0] == 4 and len(associations) == 4
     finally:
         forwarder.close()
         server.shutdown()
