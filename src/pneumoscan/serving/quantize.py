@@ -102,7 +102,7 @@ def export_int8(onnx_file: str | os.PathLike, refit: Refit, data: str | os.PathL
         raw = 1.0 / (1.0 + np.exp(-np.concatenate([backend.logits(part) for part in _batches(batch)])))
         meta = refit(float_model.meta, labels, raw)
         agreement, changed = _agreement(Classifier(backend, meta).assess(batch, names), float_model.assess(batch, names))
-    record = {"format": "static QDQ (ONNX Runtime quantize_static): int8 activations, min-max ranges; "
+    record = {"format": "static QDQ (ONNX Runtime quantize_static): uint8 activations, min-max ranges; "
                         "per-channel int8 weights",
               "quantised": f"{len(quantised)} nodes of the backbone, from its convolution {float_convs + 1} on; the "
                            "layers after the penultimate features (classifier, scope gate, any other head), the "
@@ -197,8 +197,12 @@ def _write_card(out: Path, meta: ModelMeta, onnx_file: Path) -> None:
 def quantize_graph(float_graph: bytes, batches: Iterable[np.ndarray], source: str = "<model>",
                    float_convs: int = FLOAT_CONVS) -> tuple[bytes, list[str]]:
     """(the int8 graph of ``float_graph``, the names of the nodes it quantised), calibrated on ``batches``
-    of model input (float32 ``(N, 1, S, S)``): static QDQ, int8 activations, per-channel int8 weights,
+    of model input (float32 ``(N, 1, S, S)``): static QDQ, uint8 activations, per-channel int8 weights,
     min-max calibration. Raises :class:`ModelFileError` when the graph has no linear layer before ``logit``.
+
+    uint8 activations with int8 weights (U8S8) are ONNX Runtime's fast path on x86 (its VNNI and AVX2
+    kernels): the bundled model's network ran 1,355 images/s so, 671 with int8 activations (S8S8), equally
+    close to the float graph (on the test images, the largest logit difference 0.326 either way).
 
     Min-max, not entropy or percentile: those keep every activation of every calibration image in memory
     (3.2 GB for 128 images of the bundled model) and changed the bundled model's test answers by one image.
@@ -237,7 +241,7 @@ def quantize_graph(float_graph: bytes, batches: Iterable[np.ndarray], source: st
 
         try:
             quantize_static(str(prepared), str(quantised), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=backbone,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_quantize=backbone,
                             calibrate_method=CalibrationMethod.MinMax)
         except Exception as exc:  # ONNX Runtime raises its own types, and ValueError for a graph it cannot handle
             raise ModelFileError(f"{source}: ONNX Runtime could not quantise this graph ({reason(exc)})") from None
