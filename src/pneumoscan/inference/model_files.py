@@ -257,7 +257,7 @@ def _int8(model: str | os.PathLike | None) -> ModelFiles:
         if int8 is None:
             raise ModelFileError(f"{made[1]}: this bundled model has no int8 graph; use the float one (no --backend) "
                                  f"or make it with 'pneumoscan export {model or 'default'} --int8 --int8-data DATA'")
-        return replace(_onnx(int8, files.run_folder), bundled=True, weights=files.weights)
+        return replace(_onnx(int8, files.run_folder), bundled=True, name=files.name, weights=files.weights)
     path = Path(model).expanduser()
     if path.suffix.lower() == ".onnx":
         int8 = runs.int8_file(path)
