@@ -55,3 +55,24 @@ def test_stochastic_depth_and_dropout_act_only_in_training():
     net.train()
     with torch.no_grad():
         assert not torch.equal(net(x), net(x))
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [7, 31, 32, 64])
+def test_same_padding_is_tensorflows_whether_the_convolution_pads_by_itself_or_its_input(kernel, stride, size):
+    import math
+
+    import torch.nn.functional as F
+
+    from pneumoscan.models.efficientnet_lite import SameConv2d
+
+    conv = SameConv2d(4, 4, kernel, stride, groups=4)
+    x = torch.rand(2, 4, size, size, generator=torch.Generator().manual_seed(size))
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)  # TensorFlow's SAME, per axis
+    pads = [total // 2, total - total // 2] * 2
+    expected = F.conv2d(F.pad(x, pads), conv.weight, None, conv.stride, 0, 1, conv.groups)
+    assert conv.symmetric == (stride == 1 and kernel % 2 == 1)
+    out = conv(x)
+    assert out.shape == expected.shape == (2, 4, math.ceil(size / stride), math.ceil(size / stride))
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
