@@ -283,3 +283,16 @@ def test_the_int8_graphs_scope_gate_refuses_the_images_the_float_one_refuses(bun
     changed = sum(a != b for a, b in zip(*refused, strict=True))
     # Measured: none of the 160 (121 refused by both gates; 1 of 160 when the first convolutions were int8 too).
     assert changed <= 0.02 * len(files), f"{changed} of {len(files)} images refused by one gate only"
+
+
+def test_serve_default_with_the_int8_backend_serves_the_shipped_int8_graph(bundled_int8, monkeypatch):
+    from pneumoscan.serving import server
+    from pneumoscan.serving.app import load_served
+
+    started = []
+    monkeypatch.setattr(server, "serve", started.append)  # the options it would listen with; no socket opened
+    assert main(["serve", "default", "--backend", "onnx-int8"]) == 0
+    assert main(["serve"]) == 0
+    assert [o.model for o in started] == [str(bundled_int8), str(bundled_int8.parent / runs.ONNX)]
+    served = load_served(started[0].model)
+    assert served.backend_name == "onnxruntime-int8" and served.explainable  # Grad-CAM from the float weights
