@@ -13,13 +13,13 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
+from helpers.shared import once_per_run
 from helpers.synthetic import write_synthetic_image
 from pneumoscan import runs
 from pneumoscan.cli import main
 from pneumoscan.errors import ConfigError, ModelFileError
 from pneumoscan.inference import load, resolve_model
 from pneumoscan.inference.onnx_backend import INT8_KEY, LOGIT_OUTPUT, PROBABILITY_OUTPUT, SCOPE_OUTPUT
-from pneumoscan.provenance import sha256_file
 from pneumoscan.serving.quantize import FLOAT_CONVS, backbone_nodes, export_int8, quantize_graph
 from pneumoscan.training.metrics import refit_on_validation
 
@@ -192,12 +192,26 @@ def test_without_a_split_file_or_data_the_int8_export_asks_for_the_training_data
 
 # -- the bundled model, quantised on the real data ---------------------------------------------------------------
 @pytest.fixture(scope="session")
-def bundled_int8() -> Path:
-    """The bundled model's int8 graph as shipped beside its float graph (`bench/build_default_model.py --int8`:
-    calibrated on its training images, re-fitted on its validation patients)."""
+def bundled_int8(shared_data, tmp_path_factory) -> Path:
+    """The bundled model's int8 graph, calibrated on its training images and re-fitted on its validation
+    patients (chest_xray split by patient as its training split it): made once per run (about 30 s)."""
     from pneumoscan.bundled import BUNDLED_DIR, ONNX_FILE
 
-    return BUNDLED_DIR / runs.int8_file(ONNX_FILE).name
+    def make(folder: Path) -> None:
+        export_int8(BUNDLED_DIR / ONNX_FILE, refit_on_validation, shared_data / "chest_xray",
+                    folder / runs.int8_file(ONNX_FILE).name)
+
+    return once_per_run(tmp_path_factory, "bundled-int8", make) / runs.int8_file(runs.ONNX).name
+
+
+def _made_as_export_default_int8(int8: Path) -> Path:
+    """The int8 graph ``int8`` and its card where `pneumoscan export default --int8` writes them (under the
+    working folder's runs/default/export/); returns the graph's path there."""
+    made = runs.int8_file(runs.export_file(Path(runs.RUNS_DIR) / "default"))
+    made.parent.mkdir(parents=True)
+    for file in (int8, int8.parent / "model_card.int8.json"):
+        shutil.copyfile(file, made.parent / file.name)
+    return made
 
 
 def _answers(model, files: list[Path]) -> list[tuple[bool, str | None]]:
@@ -226,23 +240,16 @@ def test_the_bundled_int8_threshold_is_refitted_on_its_validation_patients_and_r
     assert "re-fitted on the int8 graph's own outputs" in card["output"]["threshold_rule"]
 
 
-def test_the_bundled_models_int8_graph_is_used_only_when_asked_for(bundled_int8, shared_data, tmp_path, monkeypatch,
-                                                                 capsys):
-    from pneumoscan.inference.model_files import _stale_int8
+def test_the_bundled_models_int8_graph_is_used_only_when_asked_for_once_made(bundled_int8, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # `pneumoscan export default --int8` writes to runs/default/export/
+    with pytest.raises(ModelFileError, match="export default --int8"):
+        resolve_model(None, backend="onnx-int8")
+    made = _made_as_export_default_int8(bundled_int8)
 
-    monkeypatch.chdir(tmp_path)
     files = resolve_model(None, backend="onnx-int8")
-    assert files.path == bundled_int8 and files.bundled and files.name == "default"
-    assert files.card == bundled_int8.parent / "model_card.int8.json"
+    assert files.path == made and files.bundled and files.card == made.parent / "model_card.int8.json"
     assert files.weights == resolve_model(None).weights  # the bundled PyTorch weights, for Grad-CAM
-    assert resolve_model(None).path != bundled_int8  # the float graph otherwise
-    assert _stale_int8(bundled_int8, bundled_int8.parent / runs.MODEL_JSON) is None  # made from the shipped float
-    card = json.loads(files.card.read_text())
-    assert card["files"]["onnx_sha256"] == sha256_file(bundled_int8)
-
-    image = sorted((shared_data / "chest_xray" / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
-    assert main(["predict", "default", str(image), "--backend", "onnx-int8"]) == 0
-    assert "the bundled default model" in capsys.readouterr().out
+    assert resolve_model(None).path != made  # the float graph otherwise
 
 
 def test_the_refit_given_the_float_models_own_outputs_gives_back_the_threshold_its_training_chose(shared_data):
@@ -285,14 +292,11 @@ def test_the_int8_graphs_scope_gate_refuses_the_images_the_float_one_refuses(bun
     assert changed <= 0.02 * len(files), f"{changed} of {len(files)} images refused by one gate only"
 
 
-def test_serve_default_with_the_int8_backend_serves_the_shipped_int8_graph(bundled_int8, monkeypatch):
-    from pneumoscan.serving import server
-    from pneumoscan.serving.app import load_served
-
-    started = []
-    monkeypatch.setattr(server, "serve", started.append)  # the options it would listen with; no socket opened
-    assert main(["serve", "default", "--backend", "onnx-int8"]) == 0
-    assert main(["serve"]) == 0
-    assert [o.model for o in started] == [str(bundled_int8), str(bundled_int8.parent / runs.ONNX)]
-    served = load_served(started[0].model)
-    assert served.backend_name == "onnxruntime-int8" and served.explainable  # Grad-CAM from the float weights
+def test_predict_default_with_the_int8_backend_names_the_bundled_model(bundled_int8, shared_data, tmp_path,
+                                                                         monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _made_as_export_default_int8(bundled_int8)
+    image = sorted((shared_data / "chest_xray" / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
+    assert main(["predict", "default", str(image), "--backend", "onnx-int8"]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime-int8" in out and "the bundled default model" in out  # named as its float graph is

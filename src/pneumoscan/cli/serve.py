@@ -24,9 +24,6 @@ def register(subparsers) -> None:
     command.add_argument("model", metavar="MODEL", nargs="?", default=None,
                          help="model.onnx, a run folder, a .safetensors/.ckpt file, or default or fast (the bundled "
                               "models; default also used when none is given)")
-    command.add_argument("--backend", choices=["auto", "onnx-int8"], default="auto",
-                         help="auto: the model's float graph (as predict); onnx-int8: its int8 graph (the bundled "
-                              "default ships one; 'pneumoscan export MODEL --int8' makes one), never chosen otherwise")
     command.add_argument("--host", default=defaults.host,
                          help="address to listen on; anything but loopback exposes an unauthenticated service")
     command.add_argument("--port", type=int, default=defaults.port, help="TCP port to listen on")
@@ -53,11 +50,10 @@ def run(args: argparse.Namespace) -> int:
     from pneumoscan.serving.server import LOG_FORMAT, serve
 
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
-    if args.model is None or args.backend != "auto":
-        # The model by its file: every worker process finds it the same way (an int8 graph is loaded as such).
+    if args.model is None:  # the bundled model, by its file: every worker process finds it the same way
         from pneumoscan.inference import resolve_model
 
-        args.model = str(resolve_model(args.model, prefer_onnx=True, backend=args.backend).path)
+        args.model = str(resolve_model(prefer_onnx=True).path)
     serve(ServeOptions(
         model=args.model, host=args.host, port=args.port, workers=args.workers,
         max_upload_mb=args.max_upload_mb, max_batch_files=args.max_batch_files,
