@@ -17,7 +17,10 @@ CHILD = textwrap.dedent("""
     import torch
     if sys.argv[1] == "kept":
         from pneumoscan._memory import keep_freed_memory
-        assert keep_freed_memory() and keep_freed_memory()  # idempotent
+        if not keep_freed_memory():
+            print("unsupported")  # not glibc: nothing to check
+            sys.exit()
+        assert keep_freed_memory()  # idempotent
     def step():
         a = torch.ones(64, 40, 64, 64)  # 40 MiB, written
         b = a * 2.0
@@ -34,7 +37,10 @@ CHILD = textwrap.dedent("""
 def _faults(mode: str) -> int:
     done = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    return int(done.stdout.strip().splitlines()[-1])
+    last = done.stdout.strip().splitlines()[-1]
+    if last == "unsupported":
+        pytest.skip("a C library without glibc's mallopt")
+    return int(last)
 
 
 def test_freed_memory_is_reused_instead_of_faulted_in_again():

@@ -43,9 +43,8 @@ class SameConv2d(nn.Conv2d):
 
     With stride 1 and an odd kernel the padding is the same on every side whatever the input size, so the
     convolution pads by itself; only a strided one pads its input first (its padding depends on the size's
-    parity and may be one pixel more on the bottom and right). An explicit pad copies the whole tensor:
-    left to the strided ones, eval passes run 20-30 % faster and training steps about 10 % (EfficientNet-Lite0
-    at 128 px, 2 CPU threads), with the same output."""
+    parity and may be one pixel more on the bottom and right). An explicit pad copies the whole tensor, so
+    only the strided ones pay for it (see docs/training.md); the output is the same."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                  groups: int = 1) -> None:

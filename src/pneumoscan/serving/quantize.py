@@ -201,8 +201,8 @@ def quantize_graph(float_graph: bytes, batches: Iterable[np.ndarray], source: st
     min-max calibration. Raises :class:`ModelFileError` when the graph has no linear layer before ``logit``.
 
     uint8 activations with int8 weights (U8S8) are ONNX Runtime's fast path on x86 (its VNNI and AVX2
-    kernels): the bundled model's network ran 1,355 images/s so, 671 with int8 activations (S8S8), equally
-    close to the float graph (on the test images, the largest logit difference 0.326 either way).
+    kernels): ``bench/bench_int8.py`` measured the bundled model's network at 1,233 images/s so against 547
+    float (2026-12-08), where with int8 activations (S8S8) it had measured 681 against 599 (2026-12-07).
 
     Min-max, not entropy or percentile: those keep every activation of every calibration image in memory
     (3.2 GB for 128 images of the bundled model) and changed the bundled model's test answers by one image.
